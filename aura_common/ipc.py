@@ -1,0 +1,525 @@
+"""msgpack frames over SOCK_SEQPACKET Unix sockets: the link between Aura processes.
+
+One `recv` of a SEQPACKET socket is one whole frame, so there is no stream framing to parse.
+Each frame is a msgpack map whose key `t` names it (see docs/architecture.md). The connecting
+side speaks first with `{"t": "hello", "v": PROTOCOL_VERSION, "role": ...}`; the listener
+checks the caller's SO_PEERCRED and answers with its own hello (or an `error` frame, then
+closes).
+
+Who may connect (checked on the listening side, from SO_PEERCRED): uid 0, any uid in
+`allowed_uids`, or any process whose *primary* gid is in `allowed_gids`. Supplementary
+groups are not consulted (SO_PEERCRED does not carry them); give services that group as their
+primary group.
+
+The data path runs through here, so a channel reads every frame the socket holds in one
+reader callback into a bounded queue (`recv_many` takes them all at once), and packet batches
+are sent without blocking: a full socket drops the batch and counts it, as a full NIC queue
+would. Control frames use `send_reliable`, which waits for room instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import logging
+import os
+import socket
+import stat
+import struct
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NamedTuple
+
+import msgpack
+
+from aura_common.errors import AuraError
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 1 << 20
+SOCKET_BUFFER = 4 << 20
+HELLO_TIMEOUT = 5.0
+# Frames read but not yet taken by `recv`; above this the channel stops reading, so the
+# sender's socket fills and its packet batches are dropped there (and counted).
+MAX_QUEUED_FRAMES = 512
+# Linux socket options Python does not name (asm-generic/socket.h): root may exceed wmem_max.
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+# Overhead the kernel reserves per Unix datagram out of the send buffer.
+_SKB_OVERHEAD = 1024
+
+Frame = dict[str, Any]
+
+
+class ChannelClosed(AuraError):
+    """The other side closed the channel, or it broke (the message says why)."""
+
+
+class HelloRejected(ChannelClosed):
+    """The other side refused the hello: wrong protocol version, or not permitted."""
+
+
+class FrameTooLarge(ValueError):
+    """A frame to send does not fit the channel's limit; split the batch (`send_packets`)."""
+
+
+class Credentials(NamedTuple):
+    pid: int
+    uid: int
+    gid: int
+
+
+def encode(frame: Frame) -> bytes:
+    return msgpack.packb(frame, use_bin_type=True)
+
+
+def decode(data: bytes | memoryview) -> Frame:
+    """One frame, with limits so hostile input costs little; ValueError when it is not one."""
+    try:
+        frame = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=MAX_FRAME,
+            max_bin_len=MAX_FRAME,
+            max_array_len=MAX_FRAME // 16,
+            max_map_len=4096,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ValueError(f"undecodable frame ({type(exc).__name__}: {exc})") from None
+    if not isinstance(frame, dict) or not isinstance(frame.get("t"), str):
+        raise ValueError("frame is not a map with a string 't'")
+    return frame
+
+
+def peer_credentials(sock: socket.socket) -> Credentials:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return Credentials(*struct.unpack("3i", raw))
+
+
+def _tune_buffers(sock: socket.socket) -> None:
+    for force, plain in (
+        (SO_SNDBUFFORCE, socket.SO_SNDBUF),
+        (SO_RCVBUFFORCE, socket.SO_RCVBUF),
+    ):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+        except PermissionError:
+            # Unprivileged: the kernel caps this at net.core.wmem_max / rmem_max.
+            sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+
+
+class Channel:
+    """One connected SEQPACKET socket carrying frames.
+
+    `role` is the role the *other* side announced in its hello.
+    """
+
+    def __init__(self, sock: socket.socket, role: str = "") -> None:
+        sock.setblocking(False)
+        _tune_buffers(sock)
+        self.sock = sock
+        self.role = role
+        self.peer_credentials = peer_credentials(sock)
+        self.dropped = 0
+        # A frame larger than the send buffer fails with EMSGSIZE; stay below it.
+        sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        self.max_frame = min(MAX_FRAME, sndbuf - _SKB_OVERHEAD)
+        self._loop = asyncio.get_running_loop()
+        self._fd = sock.fileno()
+        self._buffer = bytearray(MAX_FRAME + 1)
+        self._view = memoryview(self._buffer)
+        self._queue: collections.deque[Frame] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._writer_waiter: asyncio.Future[None] | None = None
+        self._reading = False
+        self._closed_reason: str | None = None
+        self._send_lock = asyncio.Lock()
+        self._start_reading()
+
+    def __repr__(self) -> str:
+        c = self.peer_credentials
+        return f"<Channel role={self.role or '?'} pid={c.pid} uid={c.uid}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_reason is not None
+
+    # -- receiving ---------------------------------------------------------------------
+
+    def _start_reading(self) -> None:
+        if not self._reading and not self.closed:
+            self._loop.add_reader(self._fd, self._readable)
+            self._reading = True
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+
+    def _readable(self) -> None:
+        while len(self._queue) < MAX_QUEUED_FRAMES:
+            try:
+                size = self.sock.recv_into(self._buffer)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._fail(f"receive failed: {exc.strerror}")
+                break
+            if size == 0:
+                self._fail("closed by the other side")
+                break
+            if size > MAX_FRAME:
+                log.error("%r sent a frame over %d bytes; closing the channel", self, MAX_FRAME)
+                self._abort(f"frame over {MAX_FRAME} bytes")
+                break
+            try:
+                frame = decode(self._view[:size])
+            except ValueError as exc:
+                log.error("%r sent a bad frame (%s); closing the channel", self, exc)
+                self._abort("undecodable frame")
+                break
+            self._queue.append(frame)
+        else:
+            self._stop_reading()  # resumes once `recv` has taken frames off the queue
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _wait_for_frames(self) -> None:
+        while not self._queue:
+            if self._closed_reason is not None:
+                raise ChannelClosed(self._closed_reason)
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def recv(self) -> Frame:
+        """The next frame; raises ChannelClosed once the channel is closed and drained."""
+        await self._wait_for_frames()
+        frame = self._queue.popleft()
+        if len(self._queue) < MAX_QUEUED_FRAMES // 2:
+            self._start_reading()
+        return frame
+
+    async def recv_many(self) -> list[Frame]:
+        """Every frame read so far (at least one), for batch processing."""
+        await self._wait_for_frames()
+        frames = list(self._queue)
+        self._queue.clear()
+        self._start_reading()
+        return frames
+
+    # -- sending -----------------------------------------------------------------------
+
+    def _encode_checked(self, frame: Frame) -> bytes:
+        data = encode(frame)
+        if len(data) > self.max_frame:
+            raise FrameTooLarge(f"frame of {len(data)} bytes over the limit of {self.max_frame}")
+        return data
+
+    def send(self, frame: Frame) -> bool:
+        """Send without waiting. False when the socket is full (counted in `dropped`) or closed."""
+        if self.closed:
+            return False
+        data = self._encode_checked(frame)
+        if self._send_lock.locked():
+            # A reliable frame is waiting for room; do not overtake it.
+            self.dropped += 1
+            return False
+        return self._send_now(data)
+
+    def _send_now(self, data: bytes) -> bool:
+        try:
+            self.sock.send(data)
+            return True
+        except (BlockingIOError, InterruptedError):
+            self.dropped += 1
+            return False
+        except OSError as exc:
+            self._fail(f"send failed: {exc.strerror}")
+            return False
+
+    def send_packets(self, peer: str, packets: Sequence[bytes]) -> bool:
+        """Send IP packets for one peer as `pkts` frames, split to fit the frame limit.
+
+        False if any part was dropped (full socket) or the channel is closed.
+        """
+        budget = self.max_frame - 64 - len(peer.encode())
+        ok, size = True, 0
+        batch: list[bytes] = []
+        for packet in packets:
+            cost = len(packet) + 5  # msgpack bin32 header
+            if batch and size + cost > budget:
+                ok = self.send({"t": "pkts", "peer": peer, "data": batch}) and ok
+                batch, size = [], 0
+            batch.append(packet)
+            size += cost
+        if batch:
+            ok = self.send({"t": "pkts", "peer": peer, "data": batch}) and ok
+        return ok
+
+    async def send_reliable(self, frame: Frame) -> None:
+        """Send, waiting for room in the socket. Raises ChannelClosed if the channel breaks."""
+        data = self._encode_checked(frame)
+        async with self._send_lock:
+            while True:
+                if self._closed_reason is not None:
+                    raise ChannelClosed(self._closed_reason)
+                try:
+                    self.sock.send(data)
+                    return
+                except (BlockingIOError, InterruptedError):
+                    await self._writable()
+                except OSError as exc:
+                    self._fail(f"send failed: {exc.strerror}")
+
+    async def _writable(self) -> None:
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._loop.add_writer(self._fd, _resolve, ready)
+        self._writer_waiter = ready
+        try:
+            await ready
+        finally:
+            self._writer_waiter = None
+            if not self.closed:
+                self._loop.remove_writer(self._fd)
+
+    # -- closing -----------------------------------------------------------------------
+
+    def _fail(self, reason: str) -> None:
+        if self._closed_reason is not None:
+            return
+        self._closed_reason = reason
+        # Unregister the fd before closing it: a reused fd number must not inherit callbacks.
+        self._stop_reading()
+        if self._writer_waiter is not None:
+            self._loop.remove_writer(self._fd)
+            if not self._writer_waiter.done():
+                self._writer_waiter.set_result(None)  # the sender sees the reason and raises
+        self._wake()
+        self.sock.close()
+
+    def _abort(self, reason: str) -> None:
+        """Close after a protocol violation, telling the other side why (best effort)."""
+        with contextlib.suppress(OSError):
+            self.sock.send(encode({"t": "error", "message": reason}))
+        self._fail(reason)
+
+    def close(self) -> None:
+        self._fail("closed")
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+# -- connecting ----------------------------------------------------------------------------
+
+
+async def _expect_hello(channel: Channel) -> Frame:
+    try:
+        frame = await asyncio.wait_for(channel.recv(), HELLO_TIMEOUT)
+    except TimeoutError:
+        channel.close()
+        raise HelloRejected(f"no hello within {HELLO_TIMEOUT:.0f} s") from None
+    if frame["t"] == "error":
+        channel.close()
+        raise HelloRejected(f"refused: {frame.get('message')}")
+    if frame["t"] != "hello" or not isinstance(frame.get("role"), str):
+        channel._abort("expected a hello frame first")
+        raise HelloRejected(f"expected a hello frame, got {frame['t']!r}")
+    if frame.get("v") != PROTOCOL_VERSION:
+        channel._abort(f"protocol version {PROTOCOL_VERSION} required")
+        raise HelloRejected(
+            f"protocol version mismatch: ours {PROTOCOL_VERSION}, theirs {frame.get('v')!r}"
+        )
+    channel.role = frame["role"]
+    return frame
+
+
+async def connect(path: str | os.PathLike[str], role: str) -> Channel:
+    """Connect to a listener, exchange hellos, and return the channel.
+
+    Raises OSError when nothing listens at `path`, HelloRejected when the listener refuses.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, os.fspath(path))
+        channel = Channel(sock)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        await channel.send_reliable({"t": "hello", "v": PROTOCOL_VERSION, "role": role})
+        await _expect_hello(channel)
+    except BaseException:
+        channel.close()
+        raise
+    return channel
+
+
+def permitted(credentials: Credentials, allowed_uids: set[int], allowed_gids: set[int]) -> bool:
+    """uid 0, a uid in `allowed_uids`, or a primary gid in `allowed_gids`."""
+    return (
+        credentials.uid == 0 or credentials.uid in allowed_uids or credentials.gid in allowed_gids
+    )
+
+
+class Listener:
+    """Accepts channels on a Unix socket path (or a socket systemd passed us)."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        path: str | None,
+        on_channel: Callable[[Channel], Awaitable[None]],
+        allowed_uids: set[int],
+        allowed_gids: set[int],
+        role: str,
+    ) -> None:
+        self.sock = sock
+        self.path = path
+        self.role = role
+        self._on_channel = on_channel
+        self._allowed_uids = set(allowed_uids)
+        self._allowed_gids = set(allowed_gids)
+        self._loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop.add_reader(sock.fileno(), self._accept_ready)
+
+    @classmethod
+    async def start(
+        cls,
+        where: str | os.PathLike[str] | socket.socket,
+        on_channel: Callable[[Channel], Awaitable[None]],
+        allowed_uids: set[int],
+        allowed_gids: set[int],
+        *,
+        role: str = "router",
+        group: int | None = None,
+    ) -> Listener:
+        """Listen at a path (mode 0660, owned by `group` if given) or on a bound socket.
+
+        A socket file left by a process that died is replaced; one a live process still
+        listens on is not (AuraError).
+        """
+        if isinstance(where, socket.socket):
+            sock, path = where, None
+        else:
+            path = os.fspath(where)
+            sock = _bind_path(path, group)
+        sock.setblocking(False)
+        return cls(sock, path, on_channel, allowed_uids, allowed_gids, role)
+
+    def _accept_ready(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # EMFILE and friends: log, and let the next readiness event retry.
+                log.error("accept on %s failed: %s", self.path or "activated socket", exc)
+                return
+            task = self._loop.create_task(self._serve(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, conn: socket.socket) -> None:
+        try:
+            channel = Channel(conn)
+        except OSError as exc:
+            log.warning("dropping a connection that broke at once: %s", exc)
+            conn.close()
+            return
+        try:
+            if not permitted(channel.peer_credentials, self._allowed_uids, self._allowed_gids):
+                c = channel.peer_credentials
+                log.warning(
+                    "refused a connection from pid %d (uid %d, gid %d): not permitted",
+                    c.pid, c.uid, c.gid,
+                )  # fmt: skip
+                # Read the hello first, so the caller's hello send cannot fail with EPIPE
+                # and it gets to read the reason.
+                with contextlib.suppress(ChannelClosed, TimeoutError):
+                    await asyncio.wait_for(channel.recv(), HELLO_TIMEOUT)
+                channel._abort("permission denied")
+                return
+            try:
+                await _expect_hello(channel)
+            except ChannelClosed as exc:
+                log.warning("%r: bad hello: %s", channel, exc)
+                return
+            await channel.send_reliable({"t": "hello", "v": PROTOCOL_VERSION, "role": self.role})
+            await self._on_channel(channel)
+        except ChannelClosed:
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%r: handler failed", channel)
+        finally:
+            channel.close()
+
+    async def close(self) -> None:
+        """Stop accepting, close every channel's handler, and remove our socket file."""
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _bind_path(path: str, group: int | None) -> socket.socket:
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(path)
+        # Nobody can connect before listen(), so setting the mode after bind() is not racy.
+        os.chmod(path, 0o660)
+        if group is not None:
+            os.chown(path, -1, group)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise AuraError(f"cannot listen on {path}: {exc.strerror}") from None
+    return sock
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise AuraError(f"{path} exists and is not a socket; remove it or change runtime_dir")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    probe.setblocking(False)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:  # backlog full: very much alive
+            raise AuraError(f"another process is already listening on {path}") from None
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.EPROTOTYPE):
+            raise AuraError(f"{path}: cannot tell whether it is in use ({exc.strerror})") from None
+    else:
+        raise AuraError(f"another process is already listening on {path}")
+    finally:
+        probe.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
