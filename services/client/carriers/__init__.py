@@ -1,0 +1,55 @@
+"""Client carriers: how WireGuard messages travel between the client and the server.
+
+A carrier only moves opaque WireGuard datagrams; the handshake, encryption and timers live in
+the client's `Device`. Each transport module registers its class in `CARRIERS`; modules that
+are not present (or cannot import their dependencies) simply leave their transport out.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+Deliver = Callable[[list[bytes]], None]
+
+
+class ClientCarrier(Protocol):
+    name: str  # "udp" | "quic" | "tcp"
+
+    async def open(self, host: str, port: int, deliver: Deliver) -> None:
+        """Connect to the server; raise OSError, ConnectionError or TimeoutError on failure.
+
+        After `open` returns, every batch of WireGuard messages from the server is passed to
+        `deliver` (called from the event loop)."""
+        ...
+
+    def transmit(self, datagrams: Sequence[bytes]) -> None:
+        """Send WireGuard messages to the server; never blocks (drops when congested)."""
+        ...
+
+    async def wait_closed(self) -> str:
+        """Return the reason once the path breaks (connection reset, TLS alert, ...)."""
+        ...
+
+    def close(self) -> None:
+        """Release the path; `wait_closed` then returns."""
+        ...
+
+
+CARRIERS: dict[str, type[ClientCarrier]] = {}
+
+
+def _register_present() -> None:
+    for name in ("udp", "quic", "tcp"):
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ImportError as error:
+            # Only a missing carrier module is optional; a broken one must not hide.
+            if error.name != f"{__name__}.{name}":
+                raise
+            continue
+        CARRIERS[name] = module.Carrier
+
+
+_register_present()
