@@ -234,5 +234,3 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
     with os.fdopen(fd, "wb") as file:
         file.write(data)
     os.chmod(path, mode)  # the umask may have narrowed it
-
-
