@@ -48,14 +48,14 @@ def pseudo_header(packet: bytes, protocol: int, length: int) -> bytes:
     return packet[8:40] + struct.pack("!IxxxB", length, protocol)
 
 
-def ip_header_len(packet: bytes) -> int:
+def ip_header_len(packet: bytes | bytearray) -> int:
     return (packet[0] & 0x0F) * 4 if packet[0] >> 4 == 4 else 40
 
 
 def transport_checksum_ok(packet: bytes, protocol: int = 6) -> bool:
     start = ip_header_len(packet)
-    segment_bytes = packet[start:]
-    return reference_sum(pseudo_header(packet, protocol, len(segment_bytes)) + segment_bytes) == 0xFFFF
+    body = packet[start:]
+    return reference_sum(pseudo_header(packet, protocol, len(body)) + body) == 0xFFFF
 
 
 def ip_checksum_ok(packet: bytes) -> bool:
@@ -104,7 +104,8 @@ def tcp_packet(
         ip = bytearray(struct.pack("!IHBB16s16s", 0x60000000 | flow.tos << 20, len(tcp), 6,
                                    flow.ttl, src, dst))
     if checksum:
-        tcp[16:18] = reference_checksum(pseudo_header(bytes(ip), 6, len(tcp)) + tcp).to_bytes(2, "big")
+        value = reference_checksum(pseudo_header(bytes(ip), 6, len(tcp)) + tcp)
+        tcp[16:18] = value.to_bytes(2, "big")
     return bytes(ip + tcp)
 
 
@@ -311,9 +312,7 @@ def test_coalesce_keeps_flows_apart_and_in_order() -> None:
 def test_coalesce_refuses_what_must_not_merge() -> None:
     segments = flow_segments(V4, b"z" * 4000, 1000)
     gap = [segments[0], segments[2]]
-    shorter_then_more = flow_segments(V4, b"z" * 1500, 1000) + [
-        tcp_packet(V4, 2500, b"z" * 500)
-    ]
+    shorter_then_more = [*flow_segments(V4, b"z" * 1500, 1000), tcp_packet(V4, 2500, b"z" * 500)]
     push_in_middle = [tcp_packet(V4, 1000, b"z" * 1000, ACK | PSH), segments[1]]
     bigger_after = [tcp_packet(V4, 1000, b"z" * 500), tcp_packet(V4, 1500, b"z" * 1000)]
     different_ack = [segments[0], tcp_packet(Flow(ack=1), 2000, b"z" * 1000)]
@@ -371,7 +370,7 @@ def flow_streams(draw: st.DrawFn) -> tuple[Flow, list[bytes]]:
 @settings(max_examples=150, deadline=None)
 @given(flow_streams())
 def test_segment_of_coalesce_reproduces_the_segments(stream: tuple[Flow, list[bytes]]) -> None:
-    flow, packets = stream
+    _, packets = stream
     out: list[bytes] = []
     for header, packet in coalesce(packets):
         vnet = parse_vnet_header(header)
@@ -398,7 +397,7 @@ def test_interleaved_flows_keep_each_flows_bytes(streams, rng) -> None:  # type:
         mixed.append(queue.pop(0))
     out = [piece for header, packet in coalesce(mixed) for piece in segment(header, packet)]
     assert sorted(out) == sorted(mixed)
-    for flow, packets in flows:
+    for _, packets in flows:
         assert [p for p in out if p in packets] == packets
 
 
