@@ -1,0 +1,606 @@
+"""The WireGuard device: peers, sessions, timers. Datagrams and time in, events out; no I/O.
+
+`receive` and `send` are the data path: per packet they do one struct operation, one AEAD call
+on a cipher object cached in the keypair and a few integer operations; bookkeeping (endpoint,
+timers, events) happens once per run of packets from one peer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from ..errors import AuraError
+from .constants import (
+    DEFAULT_MTU,
+    INITIATION_MIN_INTERVAL,
+    KEEPALIVE_SIZE,
+    KEEPALIVE_TIMEOUT,
+    KEY_SIZE,
+    MAX_QUEUED_PACKETS,
+    MESSAGE_COOKIE_REPLY,
+    MESSAGE_INITIATION,
+    MESSAGE_RESPONSE,
+    MESSAGE_TRANSPORT,
+    REJECT_AFTER_MESSAGES,
+    REJECT_AFTER_TIME,
+    REKEY_AFTER_MESSAGES,
+    REKEY_AFTER_TIME,
+    REKEY_ATTEMPT_TIME,
+    REKEY_ON_RECEIVE_AGE,
+    REKEY_TIMEOUT,
+    REKEY_TIMEOUT_JITTER,
+    ZERO_KEYS_AFTER,
+)
+from .cookie import CookieChecker, CookieJar, LoadMeter, RateLimiter
+from .crypto import dh, public_key, tai64n
+from .events import (
+    Dropped,
+    Endpoint,
+    Event,
+    HandshakeCompleted,
+    Received,
+    SessionExpired,
+    Transmit,
+)
+from .keypair import Keypair
+from .messages import (
+    INITIATION_MAC1_OFFSET,
+    RESPONSE_MAC1_OFFSET,
+    TRANSPORT_HEADER,
+    TYPE_WORD,
+    CookieReply,
+    Initiation,
+    MessageError,
+    Response,
+)
+from .noise import (
+    HandshakeError,
+    InitiatorState,
+    consume_initiation,
+    consume_response,
+    create_initiation,
+    create_response,
+    initial_hash_for,
+)
+
+_NONCE_PREFIX = bytes(4)
+_ZEROS = bytes(16)
+_NEVER = float("-inf")
+
+
+class Peer:
+    """A remote WireGuard peer and its session state. Public attributes are the driver's view."""
+
+    __slots__ = (
+        "_cookies",
+        "_current",
+        "_handshake",
+        "_handshake_sent",
+        "_handshake_started",
+        "_initial_hash",
+        "_keepalive_due",
+        "_last_initiation_at",
+        "_last_received",
+        "_last_sent",
+        "_last_timestamp_received",
+        "_last_timestamp_sent_ns",
+        "_next",
+        "_previous",
+        "_queue",
+        "_rehandshake_due",
+        "_rekeyed_on_receive",
+        "_retransmit_at",
+        "_session_alive",
+        "_static_static",
+        "_zero_keys_at",
+        "context",
+        "endpoint",
+        "keepalive",
+        "last_handshake",
+        "preshared_key",
+        "public_key",
+        "rx_bytes",
+        "tx_bytes",
+    )
+
+    def __init__(self, public_key: bytes, static_static: bytes, *, preshared_key: bytes | None,
+                 endpoint: Endpoint | None, keepalive: float | None) -> None:
+        self.public_key = public_key
+        self.preshared_key = preshared_key
+        self.endpoint = endpoint
+        self.keepalive = keepalive
+        self.last_handshake: float | None = None
+        self.context: object = None
+        self.rx_bytes = 0
+        self.tx_bytes = 0
+        self._static_static = static_static
+        self._initial_hash = initial_hash_for(public_key)
+        self._cookies = CookieJar(public_key)
+        self._previous: Keypair | None = None
+        self._current: Keypair | None = None
+        self._next: Keypair | None = None
+        self._handshake: InitiatorState | None = None
+        self._handshake_started = _NEVER
+        self._handshake_sent = _NEVER
+        self._retransmit_at = _NEVER
+        self._last_timestamp_sent_ns = 0
+        self._last_timestamp_received = b""
+        self._last_initiation_at = _NEVER
+        self._queue: deque[bytes] = deque(maxlen=MAX_QUEUED_PACKETS)
+        self._last_sent = _NEVER
+        self._last_received = _NEVER
+        self._keepalive_due: float | None = None
+        self._rehandshake_due: float | None = None
+        self._zero_keys_at: float | None = None
+        self._rekeyed_on_receive = False
+        self._session_alive = False
+
+    def __repr__(self) -> str:
+        return f"Peer({self.public_key.hex()[:8]}…, endpoint={self.endpoint})"
+
+    def has_session(self, now: float) -> bool:
+        """Whether the peer holds keys that may still carry data."""
+        return any(
+            keypair is not None and keypair.receiver is not None
+            and now - keypair.created < REJECT_AFTER_TIME
+            for keypair in (self._current, self._next)
+        )
+
+
+class Device:
+    """One local static key and the peers allowed to talk to it."""
+
+    def __init__(self, private_key: bytes, *, rng: Callable[[int], bytes] = os.urandom,
+                 under_load_after: int = 128, mtu: int = DEFAULT_MTU) -> None:
+        if len(private_key) != KEY_SIZE:
+            raise AuraError(
+                f"WireGuard private key must be {KEY_SIZE} bytes, got {len(private_key)}"
+            )
+        self._static = X25519PrivateKey.from_private_bytes(private_key)
+        self.public_key = public_key(private_key)
+        self.mtu = mtu
+        self._rng = rng
+        self._initial_hash = initial_hash_for(self.public_key)
+        self._cookie_checker = CookieChecker(self.public_key, rng)
+        self._load = LoadMeter(under_load_after)
+        self._rate_limiter = RateLimiter()
+        self._peers: dict[bytes, Peer] = {}
+        self._keypairs: dict[int, Keypair] = {}
+        self._handshakes: dict[int, Peer] = {}
+
+    # -- peers ----------------------------------------------------------------------------
+    def add_peer(self, public_key: bytes, *, preshared_key: bytes | None = None,
+                 endpoint: Endpoint | None = None, keepalive: float | None = None) -> Peer:
+        if len(public_key) != KEY_SIZE:
+            raise AuraError(f"WireGuard public key must be {KEY_SIZE} bytes, got {len(public_key)}")
+        if preshared_key is not None and len(preshared_key) != KEY_SIZE:
+            raise AuraError(f"WireGuard preshared key must be {KEY_SIZE} bytes")
+        if public_key in self._peers:
+            raise AuraError(f"WireGuard peer {public_key.hex()} is already added")
+        try:
+            static_static = dh(self._static, public_key)
+        except ValueError as error:
+            raise AuraError(f"WireGuard public key {public_key.hex()} is unusable") from error
+        peer = Peer(public_key, static_static, preshared_key=preshared_key, endpoint=endpoint,
+                    keepalive=keepalive)
+        self._peers[public_key] = peer
+        return peer
+
+    def remove_peer(self, public_key: bytes) -> None:
+        peer = self._peers.pop(public_key, None)
+        if peer is not None:
+            self._erase_keys(peer)
+
+    def peer(self, public_key: bytes) -> Peer | None:
+        return self._peers.get(public_key)
+
+    @property
+    def peers(self) -> Iterable[Peer]:
+        return self._peers.values()
+
+    # -- data path: receive ---------------------------------------------------------------
+    def receive(self, datagrams: Sequence[bytes], source: Endpoint, now: float) -> list[Event]:
+        events: list[Event] = []
+        keypairs = self._keypairs
+        unpack_header = TRANSPORT_HEADER.unpack_from
+        run_peer: Peer | None = None
+        run_packets: list[bytes] = []
+        run_bytes = 0
+        run_has_data = False
+        for datagram in datagrams:
+            size = len(datagram)
+            if size >= KEEPALIVE_SIZE and datagram[0] == MESSAGE_TRANSPORT:
+                type_word, index, counter = unpack_header(datagram)
+                keypair = keypairs.get(index)
+                if type_word != MESSAGE_TRANSPORT or keypair is None:
+                    events.append(Dropped("unknown receiver index" if type_word == MESSAGE_TRANSPORT
+                                          else "nonzero reserved bytes", source))
+                    continue
+                receiver = keypair.receiver
+                if receiver is None or now - keypair.created >= REJECT_AFTER_TIME:
+                    events.append(Dropped("session expired", source))
+                    continue
+                try:
+                    payload = receiver.decrypt(_NONCE_PREFIX + datagram[8:16], datagram[16:], None)
+                except InvalidTag:
+                    events.append(Dropped("data did not authenticate", source))
+                    continue
+                if not keypair.accept_counter(counter):
+                    events.append(Dropped("replayed data", source))
+                    continue
+                peer = keypair.peer
+                if peer is not run_peer:
+                    if run_peer is not None:
+                        self._finish_run(run_peer, run_packets, run_bytes, run_has_data, source,
+                                         now, events)
+                    run_peer, run_packets, run_bytes, run_has_data = peer, [], 0, False
+                if keypair is not peer._current:
+                    self._confirm_keypair(peer, keypair, source, now, events)
+                run_bytes += size
+                if not payload:
+                    continue  # keepalive
+                run_has_data = True
+                version = payload[0] >> 4
+                if version == 4:
+                    length = (payload[2] << 8 | payload[3]) if len(payload) >= 20 else 0
+                    if length < 20 or length > len(payload):
+                        events.append(Dropped("malformed IPv4 packet", source))
+                        continue
+                    if length != len(payload):
+                        payload = payload[:length]
+                elif version == 6:
+                    length = (40 + (payload[4] << 8 | payload[5])) if len(payload) >= 40 else 0
+                    if length < 40 or length > len(payload):
+                        events.append(Dropped("malformed IPv6 packet", source))
+                        continue
+                    if length != len(payload):
+                        payload = payload[:length]
+                run_packets.append(payload)
+                continue
+            if run_peer is not None:
+                self._finish_run(run_peer, run_packets, run_bytes, run_has_data, source, now,
+                                 events)
+                run_peer = None
+            self._receive_other(datagram, source, now, events)
+        if run_peer is not None:
+            self._finish_run(run_peer, run_packets, run_bytes, run_has_data, source, now, events)
+        return events
+
+    def _finish_run(self, peer: Peer, packets: list[bytes], size: int, has_data: bool,
+                    source: Endpoint, now: float, events: list[Event]) -> None:
+        peer.endpoint = source
+        peer.rx_bytes += size
+        peer._last_received = now
+        peer._rehandshake_due = None
+        if has_data and peer._keepalive_due is None:
+            peer._keepalive_due = now + KEEPALIVE_TIMEOUT
+        current = peer._current
+        if (current is not None and current.is_initiator and not peer._rekeyed_on_receive
+                and now - current.created >= REKEY_ON_RECEIVE_AGE):
+            peer._rekeyed_on_receive = True
+            self._initiate_unless_pending(peer, now, events)
+        if packets:
+            events.append(Received(peer, packets))
+
+    def _confirm_keypair(self, peer: Peer, keypair: Keypair, source: Endpoint, now: float,
+                         events: list[Event]) -> None:
+        """First data on the responder's next keypair: it becomes current; queued data goes."""
+        if keypair is not peer._next:
+            return
+        self._erase_keypair(peer._previous)
+        peer._previous, peer._current, peer._next = peer._current, keypair, None
+        peer.endpoint = source
+        self._handshake_completed(peer, now, events)
+
+    def _handshake_completed(self, peer: Peer, now: float, events: list[Event]) -> None:
+        peer.last_handshake = now
+        peer._rekeyed_on_receive = False
+        peer._session_alive = True
+        events.append(HandshakeCompleted(peer))
+        if peer._queue:
+            queued = list(peer._queue)
+            peer._queue.clear()
+            self._send_on(peer, queued, now, events)
+
+    # -- data path: send ------------------------------------------------------------------
+    def send(self, peer: Peer, packets: Sequence[bytes], now: float) -> list[Event]:
+        """Encrypts packets for `peer`; without a usable session they wait for a handshake."""
+        events: list[Event] = []
+        if self._peers.get(peer.public_key) is not peer:
+            events.append(Dropped("peer was removed", peer.endpoint))
+        elif packets:
+            self._send_on(peer, packets, now, events)
+        return events
+
+    def _send_on(self, peer: Peer, packets: Sequence[bytes], now: float,
+                 events: list[Event]) -> None:
+        keypair = peer._current
+        endpoint = peer.endpoint
+        sender = keypair.sender if keypair is not None else None
+        if (keypair is None or sender is None or endpoint is None
+                or now - keypair.created >= REJECT_AFTER_TIME
+                or keypair.send_counter + len(packets) >= REJECT_AFTER_MESSAGES):
+            peer._queue.extend(packets)
+            self._handshake_for_queue(peer, now, events)
+            return
+        mtu = self.mtu
+        pack_header = TRANSPORT_HEADER.pack
+        seal = sender.encrypt
+        remote_index = keypair.remote_index
+        counter = keypair.send_counter
+        datagrams = []
+        size = 0
+        has_data = False
+        for packet in packets:
+            length = len(packet)
+            if length:
+                has_data = True
+                unit = length % mtu if length > mtu else length
+                padding = min((unit + 15) & ~15, mtu) - unit
+                if padding:
+                    packet = packet + _ZEROS[:padding]
+            header = pack_header(MESSAGE_TRANSPORT, remote_index, counter)
+            datagram = header + seal(_NONCE_PREFIX + header[8:], packet, None)
+            datagrams.append(datagram)
+            size += len(datagram)
+            counter += 1
+        keypair.send_counter = counter
+        peer.tx_bytes += size
+        peer._last_sent = now
+        peer._keepalive_due = None
+        if has_data and peer._rehandshake_due is None:
+            peer._rehandshake_due = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
+        events.append(Transmit(endpoint, datagrams))
+        if counter >= REKEY_AFTER_MESSAGES or (
+            keypair.is_initiator and now - keypair.created >= REKEY_AFTER_TIME
+        ):
+            self._initiate_unless_pending(peer, now, events)
+
+    def _handshake_for_queue(self, peer: Peer, now: float, events: list[Event]) -> None:
+        pending = peer._next
+        if pending is not None and now - pending.created < REKEY_TIMEOUT:
+            return  # we answered an initiation; its first data packet will confirm the keys
+        self._initiate_unless_pending(peer, now, events)
+
+    # -- handshakes -----------------------------------------------------------------------
+    def initiate(self, peer: Peer, now: float) -> list[Event]:
+        """Starts a handshake now (a new attempt period), even if one is pending."""
+        events: list[Event] = []
+        if self._peers.get(peer.public_key) is not peer:
+            events.append(Dropped("peer was removed", peer.endpoint))
+        elif peer.endpoint is None:
+            events.append(Dropped("peer has no endpoint to initiate to", None))
+        else:
+            self._send_initiation(peer, now, events, retry=False)
+        return events
+
+    def _initiate_unless_pending(self, peer: Peer, now: float, events: list[Event]) -> None:
+        if peer._handshake is None and peer.endpoint is not None:
+            self._send_initiation(peer, now, events, retry=False)
+
+    def _send_initiation(self, peer: Peer, now: float, events: list[Event], *, retry: bool) -> None:
+        assert peer.endpoint is not None
+        if peer._handshake is not None:
+            self._handshakes.pop(peer._handshake.local_index, None)
+        # Wall-clock based so it keeps increasing across restarts; bumped so it also increases
+        # between initiations sent within one clock tick.
+        timestamp_ns = max(time.time_ns(), peer._last_timestamp_sent_ns + 1)
+        peer._last_timestamp_sent_ns = timestamp_ns
+        local_index = self._new_index()
+        message, state = create_initiation(
+            local_static_public=self.public_key,
+            responder_initial_hash=peer._initial_hash,
+            responder_public=peer.public_key,
+            static_static=peer._static_static,
+            ephemeral=self._new_ephemeral(),
+            timestamp=tai64n(timestamp_ns),
+            local_index=local_index,
+        )
+        peer._handshake = state
+        self._handshakes[local_index] = peer
+        if not retry:
+            peer._handshake_started = now
+        peer._handshake_sent = now
+        peer._retransmit_at = now + REKEY_TIMEOUT + self._jitter()
+        peer._last_sent = now
+        peer._keepalive_due = None
+        events.append(Transmit(peer.endpoint, [peer._cookies.add_macs(message.pack(), now)]))
+
+    def _receive_other(self, datagram: bytes, source: Endpoint, now: float,
+                       events: list[Event]) -> None:
+        message_type = TYPE_WORD.unpack_from(datagram)[0] if len(datagram) >= 4 else -1
+        try:
+            if message_type == MESSAGE_INITIATION:
+                self._receive_initiation(datagram, source, now, events)
+            elif message_type == MESSAGE_RESPONSE:
+                self._receive_response(datagram, source, now, events)
+            elif message_type == MESSAGE_COOKIE_REPLY:
+                self._receive_cookie_reply(datagram, source, now, events)
+            elif message_type == MESSAGE_TRANSPORT:
+                events.append(Dropped("data message too short", source))
+            else:
+                events.append(Dropped("not a WireGuard message", source))
+        except MessageError as error:
+            events.append(Dropped(str(error), source))
+        except HandshakeError as error:
+            events.append(Dropped(f"handshake rejected: {error}", source))
+
+    def _admit_handshake(self, datagram: bytes, mac1_offset: int, sender: int,
+                         source: Endpoint, now: float, events: list[Event]) -> bool:
+        """mac1, then (under load) mac2 or a cookie reply, then the per-source rate limit."""
+        checker = self._cookie_checker
+        if not checker.mac1_valid(datagram, mac1_offset):
+            events.append(Dropped("bad mac1", source))
+            return False
+        if self._load.record(now) and not checker.mac2_valid(datagram, mac1_offset, source, now):
+            reply = checker.reply(datagram, mac1_offset, sender, source, now)
+            events.append(Transmit(source, [reply]))
+            return False
+        if not self._rate_limiter.allow(source[0], now):
+            events.append(Dropped("handshake rate limit", source))
+            return False
+        return True
+
+    def _receive_initiation(self, datagram: bytes, source: Endpoint, now: float,
+                            events: list[Event]) -> None:
+        message = Initiation.unpack(datagram)
+        if not self._admit_handshake(datagram, INITIATION_MAC1_OFFSET, message.sender, source,
+                                     now, events):
+            return
+        consumed = consume_initiation(
+            message,
+            local_static=self._static,
+            local_initial_hash=self._initial_hash,
+            static_static_for=self._static_static_for,
+        )
+        peer = self._peers[consumed.initiator_public]
+        if consumed.timestamp <= peer._last_timestamp_received:
+            events.append(Dropped("replayed initiation", source))
+            return
+        if now - peer._last_initiation_at < INITIATION_MIN_INTERVAL:
+            events.append(Dropped("initiation flood", source))
+            return
+        peer._last_timestamp_received = consumed.timestamp
+        peer._last_initiation_at = now
+        local_index = self._new_index()
+        response, keys = create_response(consumed, ephemeral=self._new_ephemeral(),
+                                         preshared_key=peer.preshared_key, local_index=local_index)
+        keypair = Keypair(peer, keys, local_index=local_index, remote_index=consumed.sender,
+                          is_initiator=False, created=now)
+        self._erase_keypair(peer._next)
+        self._erase_keypair(peer._previous)
+        peer._previous = None
+        peer._next = keypair
+        self._keypairs[local_index] = keypair
+        peer._zero_keys_at = now + ZERO_KEYS_AFTER
+        peer.endpoint = source
+        peer._last_received = peer._last_sent = now
+        peer._keepalive_due = None
+        events.append(Transmit(source, [peer._cookies.add_macs(response.pack(), now)]))
+
+    def _static_static_for(self, initiator_public: bytes) -> bytes | None:
+        peer = self._peers.get(initiator_public)
+        return None if peer is None else peer._static_static
+
+    def _receive_response(self, datagram: bytes, source: Endpoint, now: float,
+                          events: list[Event]) -> None:
+        message = Response.unpack(datagram)
+        if not self._admit_handshake(datagram, RESPONSE_MAC1_OFFSET, message.sender, source,
+                                     now, events):
+            return
+        peer = self._handshakes.get(message.receiver)
+        state = peer._handshake if peer is not None else None
+        if peer is None or state is None:
+            events.append(Dropped("response to no pending initiation", source))
+            return
+        keys = consume_response(message, state, local_static=self._static,
+                                preshared_key=peer.preshared_key)
+        del self._handshakes[state.local_index]
+        peer._handshake = None
+        keypair = Keypair(peer, keys, local_index=state.local_index, remote_index=message.sender,
+                          is_initiator=True, created=now)
+        self._keypairs[state.local_index] = keypair
+        self._erase_keypair(peer._previous)
+        if peer._next is not None:
+            self._erase_keypair(peer._current)
+            peer._previous, peer._next = peer._next, None
+        else:
+            peer._previous = peer._current
+        peer._current = keypair
+        peer._zero_keys_at = now + ZERO_KEYS_AFTER
+        peer.endpoint = source
+        peer._last_received = now
+        peer._rehandshake_due = None
+        if not peer._queue:
+            peer._queue.append(b"")  # a keepalive confirms the keys to the responder
+        self._handshake_completed(peer, now, events)
+
+    def _receive_cookie_reply(self, datagram: bytes, source: Endpoint, now: float,
+                              events: list[Event]) -> None:
+        message = CookieReply.unpack(datagram)
+        peer = self._handshakes.get(message.receiver)
+        if peer is None:
+            keypair = self._keypairs.get(message.receiver)
+            peer = keypair.peer if keypair is not None else None
+        if peer is None:
+            events.append(Dropped("cookie reply for unknown index", source))
+        elif not peer._cookies.consume_reply(message, now):
+            events.append(Dropped("cookie reply did not authenticate", source))
+
+    # -- timers ---------------------------------------------------------------------------
+    def tick(self, now: float) -> list[Event]:
+        """Retransmissions, keepalives, rekeying, expiry and key erasure due at `now`."""
+        events: list[Event] = []
+        for peer in list(self._peers.values()):
+            if peer._handshake is not None and now >= peer._retransmit_at:
+                if (now - peer._handshake_started >= REKEY_ATTEMPT_TIME
+                        or peer.endpoint is None):
+                    self._give_up_handshake(peer, now, events)
+                else:
+                    self._send_initiation(peer, now, events, retry=True)
+            if peer._rehandshake_due is not None and now >= peer._rehandshake_due:
+                # We sent data and heard nothing back: the session may be dead.
+                peer._rehandshake_due = None
+                self._initiate_unless_pending(peer, now, events)
+            if peer._keepalive_due is not None and now >= peer._keepalive_due:
+                peer._keepalive_due = None
+                if peer.has_session(now):
+                    self._send_on(peer, [b""], now, events)
+            if (peer.keepalive and peer.endpoint is not None
+                    and now - max(peer._last_sent, peer._last_received) >= peer.keepalive):
+                self._send_on(peer, [b""], now, events)
+            if peer._session_alive and not peer.has_session(now):
+                peer._session_alive = False
+                events.append(SessionExpired(peer))
+            if peer._zero_keys_at is not None and now >= peer._zero_keys_at:
+                self._erase_keys(peer)
+        self._rate_limiter.prune(now)
+        return events
+
+    def _give_up_handshake(self, peer: Peer, now: float, events: list[Event]) -> None:
+        assert peer._handshake is not None
+        self._handshakes.pop(peer._handshake.local_index, None)
+        peer._handshake = None
+        peer._queue.clear()
+        if peer._zero_keys_at is None:
+            peer._zero_keys_at = now + ZERO_KEYS_AFTER
+        events.append(Dropped("handshake did not complete; queued packets dropped",
+                              peer.endpoint))
+
+    # -- helpers --------------------------------------------------------------------------
+    def _erase_keypair(self, keypair: Keypair | None) -> None:
+        if keypair is not None:
+            self._keypairs.pop(keypair.local_index, None)
+            keypair.erase()
+
+    def _erase_keys(self, peer: Peer) -> None:
+        for keypair in (peer._previous, peer._current, peer._next):
+            self._erase_keypair(keypair)
+        peer._previous = peer._current = peer._next = None
+        if peer._handshake is not None:
+            self._handshakes.pop(peer._handshake.local_index, None)
+            peer._handshake = None
+        peer._queue.clear()
+        peer._cookies.forget()
+        peer._zero_keys_at = None
+        peer._keepalive_due = peer._rehandshake_due = None
+
+    def _new_index(self) -> int:
+        while True:
+            index = int.from_bytes(self._rng(4), "little")
+            if index not in self._keypairs and index not in self._handshakes:
+                return index
+
+    def _new_ephemeral(self) -> X25519PrivateKey:
+        return X25519PrivateKey.from_private_bytes(self._rng(KEY_SIZE))
+
+    def _jitter(self) -> float:
+        """0 to REKEY_TIMEOUT_JITTER seconds, in whole milliseconds."""
+        steps = round(REKEY_TIMEOUT_JITTER * 1000) + 1
+        return int.from_bytes(self._rng(2), "little") % steps / 1000

@@ -1,0 +1,207 @@
+"""Byte compatibility with stock WireGuard: the core against wireguard-go, in namespaces.
+
+Two namespaces joined by a veth. One runs wireguard-go configured with `wg`; the other runs this
+file as a small driver: the core plus a plain UDP socket, answering ICMP echo requests that
+arrive through the tunnel and pinging wireguard-go's tunnel address itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import shutil
+import socket
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from tests.netns import Lab
+
+WG_UNDERLAY, CORE_UNDERLAY = "192.168.77.1", "192.168.77.2"
+WG_PORT, CORE_PORT = 51820, 51821
+WG_TUNNEL, CORE_TUNNEL = "10.9.0.1", "10.9.0.2"
+
+
+# -- the driver (runs inside the core's namespace) ------------------------------------------
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _ipv4_icmp(source: bytes, destination: bytes, icmp: bytes) -> bytes:
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0, 64, 1, 0,
+                         source, destination)
+    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    return header + icmp
+
+
+def _icmp(icmp_type: int, rest: bytes) -> bytes:
+    body = struct.pack("!BBH", icmp_type, 0, 0) + rest
+    return body[:2] + struct.pack("!H", _checksum(body)) + body[4:]
+
+
+def echo_reply(request: bytes) -> bytes | None:
+    """The reply to an IPv4 ICMP echo request, or None for anything else."""
+    if len(request) < 28 or request[0] != 0x45 or request[9] != 1 or request[20] != 8:
+        return None
+    return _ipv4_icmp(request[16:20], request[12:16], _icmp(0, request[24:]))
+
+
+def echo_request(source: str, destination: str, sequence: int) -> bytes:
+    rest = struct.pack("!HH", 0x4155, sequence) + b"aura-interop-payload" * 3
+    return _ipv4_icmp(socket.inet_aton(source), socket.inet_aton(destination), _icmp(8, rest))
+
+
+def run_driver(argv: list[str]) -> None:
+    from aura_common.wireguard import Device, HandshakeCompleted, Received, Transmit
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--private", required=True)
+    parser.add_argument("--peer", required=True)
+    parser.add_argument("--psk")
+    parser.add_argument("--initiate", action="store_true")
+    parser.add_argument("--status", type=Path, required=True)
+    parser.add_argument("--duration", type=float, default=40)
+    args = parser.parse_args(argv)
+
+    status = args.status.open("a", buffering=1)
+    device = Device(bytes.fromhex(args.private))
+    peer = device.add_peer(
+        bytes.fromhex(args.peer),
+        preshared_key=bytes.fromhex(args.psk) if args.psk else None,
+        endpoint=(WG_UNDERLAY, WG_PORT) if args.initiate else None,
+    )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((CORE_UNDERLAY, CORE_PORT))
+    status.write("ready\n")
+    start = time.monotonic()
+
+    def handle(events: list) -> None:  # type: ignore[type-arg]
+        for event in events:
+            if isinstance(event, Transmit):
+                for datagram in event.datagrams:
+                    sock.sendto(datagram, event.destination)
+            elif isinstance(event, HandshakeCompleted):
+                status.write("handshake\n")
+                handle(device.send(peer, [echo_request(CORE_TUNNEL, WG_TUNNEL, 1)],
+                                   time.monotonic()))
+            elif isinstance(event, Received):
+                replies = []
+                for packet in event.packets:
+                    if len(packet) >= 28 and packet[20] == 0 and packet[12:16] == socket.inet_aton(
+                        WG_TUNNEL
+                    ):
+                        status.write("pong\n")
+                    reply = echo_reply(packet)
+                    if reply is not None:
+                        replies.append(reply)
+                if replies:
+                    handle(device.send(peer, replies, time.monotonic()))
+
+    if args.initiate:
+        handle(device.initiate(peer, time.monotonic()))
+    while time.monotonic() - start < args.duration:
+        readable, _, _ = select.select([sock], [], [], 0.1)
+        if readable:
+            datagram, source = sock.recvfrom(65535)
+            handle(device.receive([datagram], source, time.monotonic()))
+        handle(device.tick(time.monotonic()))
+
+
+# -- the tests ------------------------------------------------------------------------------
+def _wg_available() -> str | None:
+    for tool in ("wireguard-go", "wg"):
+        if shutil.which(tool) is None:
+            return f"needs {tool}"
+    return None
+
+
+def _run_interop(lab: Lab, tmp_path: Path, *, core_initiates: bool, with_psk: bool) -> None:
+    reason = _wg_available()
+    if reason:
+        pytest.skip(reason)
+    from aura_common.wireguard import generate_private_key, public_key
+
+    ns_wg, ns_core = lab.namespace("wg"), lab.namespace("core")
+    lab.link(ns_wg, f"{WG_UNDERLAY}/24", ns_core, f"{CORE_UNDERLAY}/24")
+    interface = f"{lab.prefix}wg"
+    lab.spawn(ns_wg, ["wireguard-go", interface], log=tmp_path / "wireguard-go.log",
+              env={"WG_PROCESS_FOREGROUND": "1"})
+    lab.wait_for(lambda: lab.run(ns_wg, f"ip link show {interface}", check=False).returncode == 0,
+                 what="wireguard-go interface")
+
+    wg_private, core_private = generate_private_key(), generate_private_key()
+    psk = os.urandom(32) if with_psk else None
+    (tmp_path / "wg.key").write_text(_b64(wg_private))
+    wg_command = [
+        "wg", "set", interface, "private-key", str(tmp_path / "wg.key"),
+        "listen-port", str(WG_PORT), "peer", _b64(public_key(core_private)),
+        "allowed-ips", f"{CORE_TUNNEL}/32",
+    ]
+    if psk:
+        (tmp_path / "psk").write_text(_b64(psk))
+        wg_command += ["preshared-key", str(tmp_path / "psk")]
+    if not core_initiates:
+        wg_command += ["endpoint", f"{CORE_UNDERLAY}:{CORE_PORT}"]
+    lab.run(ns_wg, wg_command)
+    lab.run(ns_wg, f"ip addr add {WG_TUNNEL}/24 dev {interface}")
+    lab.run(ns_wg, f"ip link set {interface} up")
+
+    status = tmp_path / "status"
+    status.touch()
+    driver = [
+        sys.executable, __file__, "--private", core_private.hex(),
+        "--peer", public_key(wg_private).hex(), "--status", str(status),
+    ]
+    if psk:
+        driver += ["--psk", psk.hex()]
+    if core_initiates:
+        driver.append("--initiate")
+    lab.spawn(ns_core, driver, log=tmp_path / "driver.log")
+    lab.wait_for(lambda: "ready" in status.read_text(), what="core driver socket")
+    if core_initiates:
+        lab.wait_for(lambda: "handshake" in status.read_text(), what="handshake with wireguard-go")
+
+    assert lab.ping(ns_wg, CORE_TUNNEL, count=3), (tmp_path / "driver.log").read_text()
+    lab.wait_for(lambda: "pong" in status.read_text(), what="echo reply from wireguard-go")
+    assert "latest handshake" in lab.run(ns_wg, f"wg show {interface}").stdout
+
+
+def _b64(key: bytes) -> str:
+    import base64
+
+    return base64.b64encode(key).decode()
+
+
+@pytest.mark.e2e
+def test_core_as_responder_to_wireguard_go(lab: Lab, tmp_path: Path) -> None:
+    _run_interop(lab, tmp_path, core_initiates=False, with_psk=False)
+
+
+@pytest.mark.e2e
+def test_core_as_initiator_to_wireguard_go(lab: Lab, tmp_path: Path) -> None:
+    _run_interop(lab, tmp_path, core_initiates=True, with_psk=False)
+
+
+@pytest.mark.e2e
+def test_core_as_responder_with_preshared_key(lab: Lab, tmp_path: Path) -> None:
+    _run_interop(lab, tmp_path, core_initiates=False, with_psk=True)
+
+
+@pytest.mark.e2e
+def test_core_as_initiator_with_preshared_key(lab: Lab, tmp_path: Path) -> None:
+    _run_interop(lab, tmp_path, core_initiates=True, with_psk=True)
+
+
+if __name__ == "__main__":
+    run_driver(sys.argv[1:])
