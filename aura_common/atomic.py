@@ -48,9 +48,10 @@ def locked(path: str | os.PathLike[str]) -> Iterator[None]:
     """Hold an exclusive lock on `path + ".lock"` for a read-modify-write of `path`.
 
     A separate lock file is used because `write_atomic` replaces the data file's inode, which
-    would silently drop a lock held on the old one.
+    would silently drop a lock held on the old one. The directory is created if missing.
     """
     lock_path = os.fspath(path) + ".lock"
+    os.makedirs(os.path.dirname(os.path.abspath(lock_path)), mode=0o750, exist_ok=True)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -1,0 +1,123 @@
+"""`runtime.json` in the state directory: the addresses each transport actually bound.
+
+Written by the transports at start (after port scanning or socket activation), read by
+`aura status` and `aura sign-bridges --from-runtime`:
+
+    {"version": 1, "transports": {"udp": {"bound": ["[::]:8443"], "bound_at": "...Z",
+                                          "pid": 1234, "activated": false}}}
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from aura_common.atomic import locked, write_atomic
+from aura_common.config import TRANSPORT_NAMES, parse_host_port
+from aura_common.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+RUNTIME_VERSION = 1
+
+
+def _empty() -> dict[str, Any]:
+    return {"version": RUNTIME_VERSION, "transports": {}}
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_runtime(data: bytes, path: str) -> dict[str, Any]:
+    """Validate the file's content; every problem names the file and the key."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError(path, "", "a JSON document") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(path, "", "a JSON object", type(doc).__name__)
+    if doc.get("version") != RUNTIME_VERSION or isinstance(doc.get("version"), bool):
+        raise ConfigError(path, "version", str(RUNTIME_VERSION), doc.get("version"))
+    transports = doc.get("transports")
+    if not isinstance(transports, dict):
+        raise ConfigError(path, "transports", "an object", transports)
+    for name, entry in transports.items():
+        key = f"transports.{name}"
+        if name not in TRANSPORT_NAMES:
+            raise ConfigError(path, key, f"one of {', '.join(TRANSPORT_NAMES)}")
+        if not isinstance(entry, dict):
+            raise ConfigError(path, key, "an object", entry)
+        bound = entry.get("bound")
+        if not isinstance(bound, list) or not all(isinstance(b, str) for b in bound):
+            raise ConfigError(path, f"{key}.bound", "a list of HOST:PORT strings", bound)
+        for address in bound:
+            try:
+                parse_host_port(address)
+            except ValueError:
+                raise ConfigError(path, f"{key}.bound", "HOST:PORT addresses", address) from None
+        bound_at = entry.get("bound_at")
+        try:
+            datetime.datetime.fromisoformat(bound_at)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ConfigError(path, f"{key}.bound_at", "an ISO-8601 time", bound_at) from None
+        pid = entry.get("pid")
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+            raise ConfigError(path, f"{key}.pid", "a process id", pid)
+        if not isinstance(entry.get("activated"), bool):
+            raise ConfigError(path, f"{key}.activated", "true or false", entry.get("activated"))
+    return doc
+
+
+def read_runtime(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The runtime file's content; a missing file means no transport has bound yet."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return _empty()
+    except OSError as exc:
+        raise ConfigError(path, "", f"a readable file ({exc.strerror})") from None
+    return parse_runtime(data, path)
+
+
+def _update(path: str, change: str, transport: str, entry: dict[str, Any] | None) -> None:
+    with locked(path):
+        try:
+            doc = read_runtime(path)
+        except ConfigError as exc:
+            # Only the transports write this file and each rewrites its own entry at start,
+            # so a damaged file is replaced rather than allowed to stop a service.
+            log.warning("replacing damaged runtime file while %s: %s", change, exc)
+            doc = _empty()
+        if entry is None:
+            if doc["transports"].pop(transport, None) is None:
+                return
+        else:
+            doc["transports"][transport] = entry
+        write_atomic(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(), 0o644)
+
+
+def record_bound(
+    path: str | os.PathLike[str], transport: str, addresses: Sequence[str], activated: bool
+) -> None:
+    """Record that `transport` (this process) listens on `addresses` (HOST:PORT strings)."""
+    if transport not in TRANSPORT_NAMES:
+        raise ValueError(f"unknown transport {transport!r}")
+    entry = {
+        "bound": list(addresses),
+        "bound_at": _utc_now(),
+        "pid": os.getpid(),
+        "activated": activated,
+    }
+    _update(os.fspath(path), f"recording {transport}", transport, entry)
+
+
+def forget(path: str | os.PathLike[str], transport: str) -> None:
+    """Remove `transport`'s entry (it stopped listening)."""
+    _update(os.fspath(path), f"forgetting {transport}", transport, None)
