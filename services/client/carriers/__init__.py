@@ -15,10 +15,17 @@ Deliver = Callable[[list[bytes]], None]
 
 
 class ClientCarrier(Protocol):
+    """One attempt at one path. The client builds a fresh carrier per attempt with
+    `CARRIERS[name](config)` (an `aura_common.config.ClientConfig`: TLS/QUIC carriers take the
+    server name and CA key from it) and calls `open` once."""
+
     name: str  # "udp" | "quic" | "tcp"
 
     async def open(self, host: str, port: int, deliver: Deliver) -> None:
         """Connect to the server; raise OSError, ConnectionError or TimeoutError on failure.
+
+        `host` is the IP address the client resolved (so it can keep that address out of the
+        tunnel routes); take the TLS server name from the config, not from `host`.
 
         After `open` returns, every batch of WireGuard messages from the server is passed to
         `deliver` (called from the event loop)."""
