@@ -6,6 +6,8 @@ import base64
 import datetime
 import json
 import re
+import stat
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 
 from aura_common import manifest as m
 from aura_common.errors import AuraError
+from aura_common.manifest_store import ManifestStore
 
 NOW = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=datetime.UTC)
 CA = ed25519.Ed25519PrivateKey.generate()
@@ -306,3 +309,44 @@ def test_fuzz_round_trip(endpoints: list[m.Endpoint], serial: int) -> None:
     )
     signed = m.SignedManifest.from_mapping(m.sign(manifest, CA).to_mapping())
     assert m.verify(signed, CA.public_key(), now=NOW) == manifest
+
+
+# -- the client's store ---------------------------------------------------------------------------
+def test_store_accepts_newer_refuses_rollback_and_logs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = ManifestStore(tmp_path / "manifest.json", CA.public_key())
+    assert store.serial == 0 and store.stored() is None
+    assert store.accept(m.sign(make(serial=7), CA), now=NOW).serial == 7
+    assert store.serial == 7
+    assert stat.S_IMODE((tmp_path / "manifest.json").stat().st_mode) == 0o600
+    assert store.accept(m.sign(make(serial=7), CA), now=NOW).serial == 7
+    with pytest.raises(m.ManifestError) as caught:
+        store.accept(m.sign(make(serial=6), CA), now=NOW)
+    assert caught.value.reason == "serial_rollback"
+    assert "refused bridge manifest: serial 6 is lower than 7" in caplog.text
+    assert store.serial == 7
+    store.accept(m.sign(make(serial=8), CA), now=NOW)
+    assert ManifestStore(tmp_path / "manifest.json", CA.public_key().public_bytes_raw()).serial == 8
+
+
+def test_store_keeps_its_floor_after_the_stored_manifest_expires(tmp_path: Path) -> None:
+    store = ManifestStore(tmp_path / "manifest.json", CA.public_key())
+    store.accept(m.sign(make(serial=4, days=1), CA), now=NOW)
+    later = NOW + datetime.timedelta(days=3)
+    with pytest.raises(m.ManifestError, match="lower than 4"):
+        store.accept(m.sign(make(serial=3, issued=later), CA), now=later)
+
+
+def test_store_refuses_tampered_and_ignores_a_damaged_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "manifest.json"
+    store = ManifestStore(path, CA.public_key())
+    signed = m.sign(make(), CA)
+    with pytest.raises(m.ManifestError, match="altered"):
+        store.accept(m.SignedManifest(signed.body, bytes(64)), now=NOW)
+    assert not path.exists()
+    path.write_text("{not json")
+    assert store.serial == 0
+    assert "ignoring stored manifest" in caplog.text

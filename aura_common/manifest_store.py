@@ -1,0 +1,70 @@
+"""Where a client keeps the newest bridge manifest it has accepted.
+
+The stored serial is the floor for every later manifest: one with a lower serial is refused
+(rollback), so a replayed old manifest cannot send the client back to abandoned ports.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from aura_common.atomic import locked, write_atomic
+from aura_common.manifest import Manifest, ManifestError, SignedManifest, verify
+
+log = logging.getLogger(__name__)
+
+
+class ManifestStore:
+    def __init__(
+        self, path: str | os.PathLike[str], ca_public_key: ed25519.Ed25519PublicKey | bytes
+    ) -> None:
+        self.path = os.fspath(path)
+        if isinstance(ca_public_key, bytes):
+            ca_public_key = ed25519.Ed25519PublicKey.from_public_bytes(ca_public_key)
+        self.ca_public_key = ca_public_key
+
+    def stored(self) -> tuple[SignedManifest, Manifest] | None:
+        """The stored manifest, signature checked but not its expiry; None if there is none.
+
+        A damaged or foreign file is reported and treated as absent.
+        """
+        try:
+            with open(self.path, "rb") as file:
+                text = file.read()
+        except FileNotFoundError:
+            return None
+        try:
+            signed = SignedManifest.from_json(text)
+            manifest = verify(signed, self.ca_public_key, now=None)
+        except ManifestError as error:
+            log.warning("ignoring stored manifest %s: %s", self.path, error.detail)
+            return None
+        return signed, manifest
+
+    @property
+    def serial(self) -> int:
+        """The serial of the stored manifest, 0 if none."""
+        current = self.stored()
+        return 0 if current is None else current[1].serial
+
+    def accept(
+        self, signed: SignedManifest, *, now: datetime.datetime | None = None
+    ) -> Manifest:
+        """Verify `signed` and store it if newer; raise ManifestError (logged) if refused."""
+        now = now or datetime.datetime.now(datetime.UTC)
+        with locked(self.path):
+            floor = self.serial
+            try:
+                manifest = verify(signed, self.ca_public_key, now=now, min_serial=floor)
+            except ManifestError as error:
+                log.warning("refused bridge manifest: %s", error.detail)
+                raise
+            if manifest.serial > floor:
+                write_atomic(self.path, signed.to_json().encode(), 0o600)
+                log.info("accepted bridge manifest serial %d", manifest.serial)
+        return manifest
+
