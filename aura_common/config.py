@@ -194,10 +194,17 @@ class _Section:
         result = []
         for index, item in enumerate(self.listing(name, [])):
             try:
-                result.append(str(ipaddress.ip_address(item)))
+                result.append(str(ipaddress.ip_address(_text(item))))
             except ValueError:
                 raise self.error(f"{name}[{index}]", "an IP address", item) from None
         return tuple(result)
+
+
+def _text(value: object) -> str:
+    """`value` if it is a string: ipaddress would read an integer as an address."""
+    if not isinstance(value, str):
+        raise ValueError(value)
+    return value
 
 
 def _read_yaml(path: str) -> object:
@@ -495,8 +502,8 @@ def _parse_tun(s: _Section) -> TunConfig:
 def _parse_network(s: _Section) -> NetworkConfig:
     ipv4_text = s.get("ipv4", "10.77.0.0/24")
     try:
-        ipv4 = IPv4Network(ipv4_text)
-    except (ValueError, TypeError):
+        ipv4 = IPv4Network(_text(ipv4_text))
+    except ValueError:
         raise s.error("ipv4", "an IPv4 network such as 10.77.0.0/24", ipv4_text) from None
     if ipv4.prefixlen > 30:
         raise s.error("ipv4", "a network of /30 or larger", ipv4_text)
@@ -504,13 +511,16 @@ def _parse_network(s: _Section) -> NetworkConfig:
     ipv6_text = s.get("ipv6", "fd77:7777::/64")
     if ipv6_text is not None:
         try:
-            ipv6 = IPv6Network(ipv6_text)
-        except (ValueError, TypeError):
+            ipv6 = IPv6Network(_text(ipv6_text))
+        except ValueError:
             raise s.error(
                 "ipv6", "an IPv6 network such as fd77:7777::/64, or null", ipv6_text
             ) from None
         if ipv6.prefixlen > 120:
             raise s.error("ipv6", "a network of /120 or larger", ipv6_text)
+        # A peer's IPv6 address has the same host index as its IPv4 one.
+        if 128 - ipv6.prefixlen < 32 - ipv4.prefixlen:
+            raise s.error("ipv6", f"a network at least as large as ipv4 ({ipv4})", ipv6_text)
     uplink = s.optional_string("uplink")
     if uplink is not None and not is_interface_name(uplink):
         raise s.error("uplink", "an interface name or null", uplink)
@@ -767,8 +777,8 @@ def _parse_client_interface(s: _Section) -> ClientInterface:
         raise s.error("addresses", "at least one address such as 10.77.0.2/32", items)
     for index, item in enumerate(items):
         try:
-            addresses.append(ipaddress.ip_interface(item))
-        except (ValueError, TypeError):
+            addresses.append(ipaddress.ip_interface(_text(item)))
+        except ValueError:
             raise s.error(f"addresses[{index}]", "an address such as 10.77.0.2/32", item) from None
     return ClientInterface(
         private_key=s.key_bytes("private_key"),
@@ -815,8 +825,8 @@ def _parse_client_tunnel(s: _Section) -> ClientTunnel:
             entry = _Section(split.path, split.key(f"{name}[{index}]"), item, ("cidr",))
             text = entry.get("cidr")
             try:
-                result.append(ipaddress.ip_network(text))
-            except (ValueError, TypeError):
+                result.append(ipaddress.ip_network(_text(text)))
+            except ValueError:
                 raise entry.error("cidr", "a network such as 10.0.0.0/8", text) from None
         return tuple(result)
 

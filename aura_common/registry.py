@@ -1,0 +1,242 @@
+"""The peer registry: who may connect, with which keys and addresses (`state_dir/peers.json`).
+
+The CLI changes it with `Registry.edit(path)` (load, change, save under the file lock) and then
+asks the router to reload; the router reads it with `Registry.load(path)`. Revoking a peer
+removes its entry, keys included, so nothing secret about it stays behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import datetime
+import ipaddress
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aura_common.atomic import locked, write_atomic
+from aura_common.config import is_peer_name
+from aura_common.errors import AuraError, ConfigError
+
+REGISTRY_VERSION = 1
+KEY_SIZE = 32
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    public_key: bytes
+    preshared_key: bytes | None = None
+    address_v4: str | None = None
+    address_v6: str | None = None
+    enabled: bool = True
+    created: str = field(default_factory=_now)
+
+    @property
+    def addresses(self) -> list[str]:
+        return [a for a in (self.address_v4, self.address_v6) if a is not None]
+
+
+def _encode_key(key: bytes | None) -> str | None:
+    return None if key is None else base64.b64encode(key).decode("ascii")
+
+
+def _peer_to_json(peer: Peer) -> dict[str, Any]:
+    return {
+        "name": peer.name,
+        "public_key": _encode_key(peer.public_key),
+        "preshared_key": _encode_key(peer.preshared_key),
+        "address_v4": peer.address_v4,
+        "address_v6": peer.address_v6,
+        "enabled": peer.enabled,
+        "created": peer.created,
+    }
+
+
+class Registry:
+    def __init__(self, path: str | os.PathLike[str], peers: list[Peer] | None = None) -> None:
+        self.path = os.fspath(path)
+        self._by_name: dict[str, Peer] = {}
+        self._by_key: dict[bytes, Peer] = {}
+        self._by_address: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, Peer] = {}
+        for peer in peers or []:
+            self.add(peer)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Registry:
+        """The registry in `path`; a missing file is an empty registry."""
+        path = os.fspath(path)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return cls(path)
+        except OSError as exc:
+            raise ConfigError(path, "", f"a readable file ({exc.strerror})") from None
+        return cls(path, parse_peers(data, path))
+
+    @classmethod
+    @contextlib.contextmanager
+    def edit(cls, path: str | os.PathLike[str]) -> Iterator[Registry]:
+        """Load, let the caller change, and save, holding the file lock throughout.
+
+        Nothing is saved if the block raises.
+        """
+        with locked(path):
+            registry = cls.load(path)
+            yield registry
+            registry.save()
+
+    def save(self) -> None:
+        """Write the file atomically (mode 0600: it holds preshared keys).
+
+        Call it inside `edit` (or hold `atomic.locked(path)`) when other processes may write.
+        """
+        doc = {"version": REGISTRY_VERSION, "peers": [_peer_to_json(p) for p in self]}
+        write_atomic(self.path, (json.dumps(doc, indent=2) + "\n").encode(), mode=0o600)
+
+    def add(self, peer: Peer) -> None:
+        if not is_peer_name(peer.name):
+            raise AuraError(
+                f"invalid peer name {peer.name!r}: use 1-32 of a-z 0-9 _ . - "
+                "starting with a letter or digit"
+            )
+        if len(peer.public_key) != KEY_SIZE:
+            raise AuraError(f"peer {peer.name}: public key must be {KEY_SIZE} bytes")
+        if peer.preshared_key is not None and len(peer.preshared_key) != KEY_SIZE:
+            raise AuraError(f"peer {peer.name}: preshared key must be {KEY_SIZE} bytes")
+        if peer.name in self._by_name:
+            raise AuraError(f"a peer named {peer.name!r} already exists")
+        other = self._by_key.get(peer.public_key)
+        if other is not None:
+            raise AuraError(f"peer {other.name!r} already uses this public key")
+        ips = [ipaddress.ip_address(a) for a in peer.addresses]  # ValueError: a caller bug
+        for ip in ips:
+            holder = self._by_address.get(ip)
+            if holder is not None:
+                raise AuraError(f"address {ip} already belongs to peer {holder.name!r}")
+        self._by_name[peer.name] = peer
+        self._by_key[peer.public_key] = peer
+        for ip in ips:
+            self._by_address[ip] = peer
+
+    def revoke(self, name: str) -> Peer:
+        """Remove the peer; it can no longer connect once the router reloads."""
+        peer = self._by_name.pop(name, None)
+        if peer is None:
+            raise AuraError(f"no peer named {name!r} (see `aura list-clients`)")
+        del self._by_key[peer.public_key]
+        for address in peer.addresses:
+            del self._by_address[ipaddress.ip_address(address)]
+        return peer
+
+    def get(self, name: str) -> Peer | None:
+        return self._by_name.get(name)
+
+    def by_key(self, public_key: bytes) -> Peer | None:
+        return self._by_key.get(public_key)
+
+    def by_address(self, address: str) -> Peer | None:
+        return self._by_address.get(ipaddress.ip_address(address))
+
+    def taken_addresses(self) -> set[str]:
+        return {a for peer in self for a in peer.addresses}
+
+    def __iter__(self) -> Iterator[Peer]:
+        return iter(list(self._by_name.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+
+def parse_peers(data: bytes, path: str) -> list[Peer]:
+    """Validate a registry file; every problem names the file and `peers[i].key`."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError(path, "", "a JSON document") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(path, "", "a JSON object", type(doc).__name__)
+    if doc.get("version") != REGISTRY_VERSION or isinstance(doc.get("version"), bool):
+        raise ConfigError(path, "version", str(REGISTRY_VERSION), doc.get("version"))
+    items = doc.get("peers")
+    if not isinstance(items, list):
+        raise ConfigError(path, "peers", "a list", items)
+    peers = []
+    for index, item in enumerate(items):
+        key = f"peers[{index}]"
+        if not isinstance(item, dict):
+            raise ConfigError(path, key, "an object", item)
+        peers.append(_parse_peer(item, path, key))
+    # Uniqueness is checked by Registry.add; report it against the file too.
+    try:
+        Registry(path, peers)
+    except AuraError as exc:
+        raise ConfigError(path, "peers", "unique names, keys and addresses", str(exc)) from None
+    return peers
+
+
+def _parse_peer(item: dict[str, Any], path: str, key: str) -> Peer:
+    known = ("name", "public_key", "preshared_key", "address_v4", "address_v6", "enabled",
+             "created")  # fmt: skip
+    unknown = sorted(str(k) for k in item if k not in known)
+    if unknown:
+        raise ConfigError(path, f"{key}.{unknown[0]}", f"one of the known keys: {', '.join(known)}")
+    name = item.get("name")
+    if not isinstance(name, str) or not is_peer_name(name):
+        raise ConfigError(path, f"{key}.name", "a name matching [a-z0-9][a-z0-9_.-]{0,31}", name)
+
+    def key_field(field_name: str, optional: bool) -> bytes | None:
+        value = item.get(field_name)
+        if value is None and optional:
+            return None
+        try:
+            raw = base64.b64decode(value.encode("ascii"), validate=True)  # type: ignore[union-attr]
+        except (AttributeError, binascii.Error, UnicodeEncodeError):
+            raw = b""
+        if len(raw) != KEY_SIZE:
+            raise ConfigError(path, f"{key}.{field_name}", "a base64 key of 32 bytes", value)
+        return raw
+
+    def address_field(field_name: str, version: int) -> str | None:
+        value = item.get(field_name)
+        if value is None:
+            return None
+        try:
+            ip = ipaddress.ip_address(value) if isinstance(value, str) else None
+        except ValueError:
+            ip = None
+        if ip is None or ip.version != version:
+            raise ConfigError(
+                path, f"{key}.{field_name}", f"an IPv{version} address or null", value
+            )
+        return str(ip)
+
+    enabled = item.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(path, f"{key}.enabled", "true or false", enabled)
+    created = item.get("created", "")
+    if not isinstance(created, str):
+        raise ConfigError(path, f"{key}.created", "an ISO-8601 time string", created)
+    public_key = key_field("public_key", optional=False)
+    assert public_key is not None
+    return Peer(
+        name=name,
+        public_key=public_key,
+        preshared_key=key_field("preshared_key", optional=True),
+        address_v4=address_field("address_v4", 4),
+        address_v6=address_field("address_v6", 6),
+        enabled=enabled,
+        created=created,
+    )
