@@ -1,0 +1,134 @@
+"""UDP GSO sends and GRO receives on loopback (aura_common.netio.udp)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aura_common.netio.udp import enable_gro, recv_batch, send_batch
+
+SO_NO_CHECK = 11  # disables UDP checksums on send, which the kernel's UDP GSO refuses
+SO_RCVBUFFORCE = 33  # as root, a receive buffer beyond rmem_max so bursts are not dropped
+
+
+def make_pair(family: int, gro: bool) -> tuple[socket.socket, socket.socket]:
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    receiver = socket.socket(family, socket.SOCK_DGRAM)
+    receiver.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
+    receiver.bind((host, 0))
+    if gro:
+        assert enable_gro(receiver)
+    sender = socket.socket(family, socket.SOCK_DGRAM)
+    sender.bind((host, 0))
+    return sender, receiver
+
+
+@pytest.fixture(params=[(socket.AF_INET, True), (socket.AF_INET, False), (socket.AF_INET6, True),
+                        (socket.AF_INET6, False)], ids=["v4-gro", "v4", "v6-gro", "v6"])
+def pair(request: pytest.FixtureRequest) -> Iterator[tuple[socket.socket, socket.socket]]:
+    sender, receiver = make_pair(*request.param)
+    yield sender, receiver
+    sender.close()
+    receiver.close()
+
+
+def receive(receiver: socket.socket, count: int, timeout: float = 3.0) -> list[bytes]:
+    """Everything that arrives until `count` datagrams did or `timeout` passes."""
+    received: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(received) < count and time.monotonic() < deadline:
+        for datagrams, _source in recv_batch(receiver):
+            received += datagrams
+        if len(received) < count:
+            time.sleep(0.005)
+    return received
+
+
+def payloads(sizes: list[int]) -> list[bytes]:
+    return [bytes([index % 251]) * size for index, size in enumerate(sizes)]
+
+
+def test_equal_sized_datagrams_arrive_as_sent(pair: tuple[socket.socket, socket.socket]) -> None:
+    sender, receiver = pair
+    datagrams = payloads([1200] * 150)
+    assert send_batch(sender, datagrams, receiver.getsockname()[:2]) == 150
+    assert receive(receiver, 150) == datagrams
+
+
+def test_mixed_sizes_keep_order_and_boundaries(pair: tuple[socket.socket, socket.socket]) -> None:
+    sender, receiver = pair
+    sizes = [1000, 1000, 999, 1000, 1, 0, 0, 1400, 1400, 1400, 64, 1500, *[200] * 70, 30000, 30000]
+    datagrams = payloads(sizes)
+    assert send_batch(sender, datagrams, receiver.getsockname()[:2]) == len(datagrams)
+    assert receive(receiver, len(datagrams)) == datagrams
+
+
+def test_one_receive_call_returns_a_whole_gso_send() -> None:
+    sender, receiver = make_pair(socket.AF_INET, gro=True)
+    with sender, receiver:
+        datagrams = payloads([1300] * 40)
+        send_batch(sender, datagrams, receiver.getsockname())
+        time.sleep(0.05)
+        batches = recv_batch(receiver, limit=1)
+        assert batches == [(datagrams, sender.getsockname())]
+
+
+def test_sources_are_reported_and_consecutive_ones_grouped() -> None:
+    sender, receiver = make_pair(socket.AF_INET6, gro=False)
+    other = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    with sender, receiver, other:
+        other.bind(("::1", 0))
+        destination = receiver.getsockname()[:2]
+        send_batch(sender, [b"a", b"b"], destination)
+        time.sleep(0.02)
+        send_batch(other, [b"c"], destination)
+        time.sleep(0.05)
+        assert recv_batch(receiver) == [
+            ([b"a", b"b"], ("::1", sender.getsockname()[1])),
+            ([b"c"], ("::1", other.getsockname()[1])),
+        ]
+
+
+def test_recv_batch_on_an_empty_socket_returns_nothing_without_blocking() -> None:
+    sender, receiver = make_pair(socket.AF_INET, gro=True)
+    with sender, receiver:
+        started = time.monotonic()
+        assert recv_batch(receiver) == []
+        assert time.monotonic() - started < 0.5
+
+
+def test_refused_gso_falls_back_to_plain_sends_for_good() -> None:
+    sender, receiver = make_pair(socket.AF_INET, gro=True)
+    with sender, receiver:
+        sender.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+        datagrams = payloads([800] * 20)
+        assert send_batch(sender, datagrams, receiver.getsockname()) == 20
+        assert receive(receiver, 20) == datagrams
+        send_batch(sender, datagrams, receiver.getsockname())
+        time.sleep(0.05)
+        first_call = recv_batch(receiver, limit=1)
+        assert first_call == [([datagrams[0]], sender.getsockname())]  # one datagram per send
+
+
+def test_unsendable_datagrams_are_dropped_not_raised() -> None:
+    sender, receiver = make_pair(socket.AF_INET, gro=False)
+    with sender, receiver:
+        too_big = [b"x" * 70000, b"y" * 70000]
+        assert send_batch(sender, too_big, receiver.getsockname()) == 0
+        assert send_batch(sender, [b"ok"], receiver.getsockname()) == 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.sampled_from([0, 1, 100, 1199, 1200, 1201, 1452]), max_size=200),
+       st.booleans())
+def test_any_size_sequence_round_trips(sizes: list[int], gro: bool) -> None:
+    sender, receiver = make_pair(socket.AF_INET, gro=gro)
+    with sender, receiver:
+        datagrams = payloads(sizes)
+        assert send_batch(sender, datagrams, receiver.getsockname()) == len(datagrams)
+        assert receive(receiver, len(datagrams), timeout=2.0) == datagrams
