@@ -1,0 +1,127 @@
+"""The ClientHello reader: real hellos from OpenSSL, every prefix, splits across records, fuzz."""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.tcp.clienthello import ClientHello, NotClientHello, parse_client_hello
+
+
+def real_client_hello(alpn: list[str] | None, server_name: str | None = "vpn.example") -> bytes:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def build_hello(extensions: bytes | None, *, session_id: bytes = b"") -> bytes:
+    body = b"\x03\x03" + b"\x11" * 32 + bytes([len(session_id)]) + session_id
+    body += b"\x00\x02\x13\x01" + b"\x01\x00"
+    if extensions is not None:
+        body += len(extensions).to_bytes(2, "big") + extensions
+    handshake = b"\x01" + len(body).to_bytes(3, "big") + body
+    return records(handshake, len(handshake))
+
+
+def records(handshake: bytes, size: int) -> bytes:
+    out = b""
+    for start in range(0, len(handshake), size):
+        piece = handshake[start : start + size]
+        out += b"\x16\x03\x01" + len(piece).to_bytes(2, "big") + piece
+    return out
+
+
+def alpn_extension(names: list[bytes]) -> bytes:
+    listing = b"".join(bytes([len(n)]) + n for n in names)
+    content = len(listing).to_bytes(2, "big") + listing
+    return b"\x00\x10" + len(content).to_bytes(2, "big") + content
+
+
+def test_real_hello_offering_aura() -> None:
+    hello = real_client_hello(["aura/1", "h2"])
+    assert parse_client_hello(hello) == ClientHello((b"aura/1", b"h2"), "vpn.example")
+
+
+def test_real_hello_without_alpn_or_sni() -> None:
+    assert parse_client_hello(real_client_hello(None, None)) == ClientHello((), None)
+
+
+def test_every_prefix_asks_for_more() -> None:
+    hello = real_client_hello(["aura/1"])
+    for cut in range(len(hello)):
+        assert parse_client_hello(hello[:cut]) is None
+    assert isinstance(parse_client_hello(hello + b"trailing"), ClientHello)
+
+
+def test_hello_split_over_many_records() -> None:
+    handshake = records_payload(build_hello(alpn_extension([b"aura/1"])))
+    for size in (1, 3, 7, 50):
+        split = records(handshake, size)
+        assert parse_client_hello(split) == ClientHello((b"aura/1",), None)
+        for cut in range(len(split)):
+            assert parse_client_hello(split[:cut]) is None
+
+
+def records_payload(single_record: bytes) -> bytes:
+    return single_record[5:]
+
+
+def test_verdicts_on_what_is_not_a_hello() -> None:
+    assert parse_client_hello(b"GET / HTTP/1.1\r\n\r\n") == NotClientHello("not TLS")
+    assert parse_client_hello(b"\x16\x02\x00\x00\x05") == NotClientHello(
+        "not a TLS record version")
+    assert parse_client_hello(b"\x16\x03\x01\x00\x00") == NotClientHello("bad TLS record length")
+    server_hello = b"\x16\x03\x03\x00\x04\x02\x00\x00\x00"
+    assert isinstance(parse_client_hello(server_hello), NotClientHello)
+    huge = b"\x16\x03\x01\x00\x04\x01\xff\xff\xff"
+    assert parse_client_hello(huge) == NotClientHello("ClientHello too large")
+    assert parse_client_hello(b"") is None
+
+
+def test_malformed_inside_is_refused_not_raised() -> None:
+    duplicate = alpn_extension([b"a"]) * 2
+    assert isinstance(parse_client_hello(build_hello(duplicate)), NotClientHello)
+    assert isinstance(parse_client_hello(build_hello(alpn_extension([b""]))), NotClientHello)
+    assert isinstance(parse_client_hello(build_hello(None, session_id=b"x" * 33)),
+                      NotClientHello)
+    assert parse_client_hello(build_hello(None)) == ClientHello((), None)
+
+
+@given(st.lists(st.binary(min_size=1, max_size=20), min_size=1, max_size=8),
+       st.integers(min_value=1, max_value=40))
+def test_built_alpn_offers_round_trip(names: list[bytes], record_size: int) -> None:
+    handshake = records_payload(build_hello(alpn_extension(names)))
+    assert parse_client_hello(records(handshake, record_size)) == ClientHello(tuple(names), None)
+
+
+@given(st.binary(max_size=600))
+def test_arbitrary_bytes_give_a_verdict_or_ask_for_more(data: bytes) -> None:
+    result = parse_client_hello(data)
+    assert result is None or isinstance(result, ClientHello | NotClientHello)
+
+
+@given(st.binary(max_size=400))
+def test_arbitrary_bytes_after_a_record_header(data: bytes) -> None:
+    framed = b"\x16\x03\x01" + len(data).to_bytes(2, "big") + data
+    result = parse_client_hello(framed)
+    assert result is None or isinstance(result, ClientHello | NotClientHello)
+
+
+@given(st.data())
+def test_mutated_real_hello_never_raises(data: st.DataObject) -> None:
+    hello = bytearray(real_client_hello(["aura/1"]))
+    for _ in range(data.draw(st.integers(min_value=1, max_value=8))):
+        index = data.draw(st.integers(min_value=0, max_value=len(hello) - 1))
+        hello[index] = data.draw(st.integers(min_value=0, max_value=255))
+    result = parse_client_hello(bytes(hello))
+    assert result is None or isinstance(result, ClientHello | NotClientHello)
