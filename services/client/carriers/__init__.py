@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from aura_common.config import ClientConfig
 
 Deliver = Callable[[list[bytes]], None]
 
@@ -20,6 +23,8 @@ class ClientCarrier(Protocol):
     server name and CA key from it) and calls `open` once."""
 
     name: str  # "udp" | "quic" | "tcp"
+
+    def __init__(self, config: ClientConfig) -> None: ...
 
     async def open(self, host: str, port: int, deliver: Deliver) -> None:
         """Connect to the server; raise OSError, ConnectionError or TimeoutError on failure.

@@ -1,0 +1,88 @@
+"""The UDP carrier: raw WireGuard datagrams over one connected UDP socket, in batches.
+
+A connected socket receives only the server's datagrams, and the kernel reports ICMP errors
+for it (port unreachable: the server process is gone), which this carrier turns into a broken
+path instead of waiting for the liveness timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+from collections.abc import Sequence
+
+from aura_common.config import ClientConfig
+from aura_common.netio import udp as udp_batch
+from services.client.carriers import Deliver
+
+RECV_BATCH_LIMIT = 64
+
+
+class Carrier:
+    name = "udp"
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.sock: socket.socket | None = None
+        self.destination: tuple[str, int] = ("", 0)
+        self._deliver: Deliver = lambda datagrams: None
+        self._closed: asyncio.Future[str] | None = None
+
+    async def open(self, host: str, port: int, deliver: Deliver) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.setblocking(False)
+            # No packet leaves yet; this fails at once only without a route to the server.
+            sock.connect((host, port))
+        except OSError:
+            sock.close()
+            raise
+        udp_batch.enable_gro(sock)
+        self.sock, self.destination, self._deliver = sock, (host, port), deliver
+        loop = asyncio.get_running_loop()
+        self._closed = loop.create_future()
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def _pending_error(self) -> bool:
+        """Consume an ICMP error the kernel queued for the socket; True if there was one."""
+        assert self.sock is not None
+        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if not code:
+            return False
+        reason = os.strerror(code)
+        if code == errno.ECONNREFUSED:
+            host, port = self.destination
+            reason += f" (ICMP port unreachable: nothing listens on udp {host}:{port})"
+        self._break(reason)
+        return True
+
+    def _readable(self) -> None:
+        if self.sock is None or self._pending_error():
+            return
+        for datagrams, _source in udp_batch.recv_batch(self.sock, RECV_BATCH_LIMIT):
+            self._deliver(datagrams)
+
+    def transmit(self, datagrams: Sequence[bytes]) -> None:
+        # A full socket buffer drops the datagrams, as a full NIC queue would.
+        if self.sock is not None and not self._pending_error():
+            udp_batch.send_batch(self.sock, datagrams, self.destination)
+
+    async def wait_closed(self) -> str:
+        assert self._closed is not None, "open() first"
+        return await asyncio.shield(self._closed)
+
+    def _break(self, reason: str) -> None:
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(reason)
+        self._release()
+
+    def close(self) -> None:
+        self._break("closed by the client")
+
+    def _release(self) -> None:
+        if self.sock is not None:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
