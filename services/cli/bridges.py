@@ -1,0 +1,186 @@
+"""`aura sign-bridges`: have the signer mint a bridge manifest, then let the router push it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import Any
+
+from aura_common import ipc, pki
+from aura_common.atomic import write_atomic
+from aura_common.config import TRANSPORT_NAMES, ServerConfig, parse_host_port
+from aura_common.errors import AuraError
+from aura_common.keys import read_key_file
+from aura_common.manifest import (
+    MAX_ENDPOINTS,
+    MAX_EXPIRES_DAYS,
+    Endpoint,
+    ManifestError,
+    SignedManifest,
+    parse_endpoint_spec,
+    verify,
+)
+from aura_common.runtime import read_runtime
+from services.cli.admin import tell_router
+
+DEFAULT_EXPIRES_DAYS = 365
+TIMEOUT = 10.0
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "sign-bridges",
+        help="sign a bridge manifest telling clients where the server listens",
+        description="Ask aura-signer for a new signed bridge manifest (the serial goes up by "
+        "one), store it, and have the router push it to connected Aura clients.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--endpoints",
+        nargs="+",
+        metavar="HOST:tcp=N:quic=N:udp=N",
+        help="where clients can reach the server; any subset of transports, IPv6 in brackets",
+    )
+    source.add_argument(
+        "--from-runtime",
+        action="store_true",
+        help="use the ports the running transports bound (runtime.json) and public_host",
+    )
+    parser.add_argument(
+        "--expires",
+        type=int,
+        default=DEFAULT_EXPIRES_DAYS,
+        metavar="DAYS",
+        help=f"validity in days (default {DEFAULT_EXPIRES_DAYS})",
+    )
+    parser.add_argument("-o", "--output", metavar="FILE", help="also write the manifest here")
+    parser.set_defaults(func=handler)
+
+
+def handler(args: argparse.Namespace) -> int:
+    config = ServerConfig.load(args.config)
+    if not 1 <= args.expires <= MAX_EXPIRES_DAYS:
+        raise AuraError(f"--expires {args.expires}: expected 1..{MAX_EXPIRES_DAYS} days")
+    if args.from_runtime:
+        endpoints = [endpoint_from_runtime(config)]
+    else:
+        endpoints = [parse_endpoint_spec(spec) for spec in args.endpoints]
+        if len(endpoints) > MAX_ENDPOINTS:
+            raise AuraError(f"--endpoints: at most {MAX_ENDPOINTS} endpoints")
+    server_key = read_key_file(os.path.join(config.key_dir, "server.pub"))
+    signed = request_signature(config, endpoints, args.expires, server_key)
+    # Check the signer's work against the CA clients trust before anyone relies on it.
+    try:
+        manifest = verify(signed, pki.load_ca_public_key(config.key_dir), now=None)
+    except ManifestError as error:
+        raise AuraError(f"the signer returned a manifest that does not verify: {error}") from None
+    print(f"signed bridge manifest, {manifest.summary()}")
+    print(f"stored in {config.manifest_file}")
+    if args.output:
+        try:
+            write_atomic(args.output, signed.to_json().encode(), 0o644)
+        except OSError as error:
+            raise AuraError(f"-o {args.output}: cannot write: {error.strerror}") from None
+        print(f"written to {args.output}")
+    try:
+        pushed = tell_router(config, "manifest_updated")
+    except AuraError as error:
+        print(f"aura: warning: could not tell the router to push it: {error}", file=sys.stderr)
+    else:
+        print(
+            "the router pushes it to connected Aura clients"
+            if pushed
+            else "the router is not running; it sends the manifest to clients once it starts"
+        )
+    return 0
+
+
+def endpoint_from_runtime(config: ServerConfig) -> Endpoint:
+    """`public_host` with the port each live transport bound, from the runtime file."""
+    path = config.runtime_file
+    if not os.path.exists(path):
+        raise AuraError(
+            f"{path}: no runtime file, so no transport has bound a port yet; start the server "
+            "(`systemctl start aura-router` or `aura server run`) or give --endpoints"
+        )
+    transports = read_runtime(path)["transports"]
+    ports: dict[str, int] = {}
+    for name in TRANSPORT_NAMES:
+        entry = transports.get(name)
+        if entry is None:
+            if getattr(config.transports, name).enabled:
+                print(f"aura: warning: {name} is enabled but not in {path}", file=sys.stderr)
+            continue
+        if not process_alive(entry["pid"]):
+            raise AuraError(
+                f"{path}: transports.{name}: process {entry['pid']} is not running, so the "
+                f"entry is stale; start aura-{name} again (it rewrites its entry) or give "
+                "--endpoints"
+            )
+        bound_ports = {parse_host_port(address)[1] for address in entry["bound"]}
+        if len(bound_ports) != 1:
+            raise AuraError(
+                f"{path}: transports.{name}.bound: expected addresses on one port, found "
+                f"{entry['bound']!r}"
+            )
+        ports[name] = bound_ports.pop()
+    if not ports:
+        raise AuraError(f"{path}: no transport is listening; start the server or give --endpoints")
+    return Endpoint(config.public_host, **ports)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def request_signature(
+    config: ServerConfig, endpoints: list[Endpoint], expires_days: int, server_key: bytes
+) -> SignedManifest:
+    """One `sign` exchange with aura-signer; AuraError says what went wrong and what to do."""
+    request = {
+        "t": "sign",
+        "endpoints": [endpoint.to_mapping() for endpoint in endpoints],
+        "expires_days": expires_days,
+        "server_public_key": server_key,
+    }
+    path = config.signer_socket
+    try:
+        reply = asyncio.run(asyncio.wait_for(_exchange(path, request), TIMEOUT))
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise AuraError(
+            f"the signer is not running (no answer on {path}): start it with "
+            "`systemctl start aura-signer` or `aura server run`"
+        ) from None
+    except PermissionError:
+        raise AuraError(
+            f"not allowed on {path}: run as root or a member of the '{config.admin_group}' group"
+        ) from None
+    except ipc.HelloRejected as error:
+        raise AuraError(f"the signer refused the connection: {error}") from None
+    except ipc.ChannelClosed as error:
+        raise AuraError(f"the signer closed the connection: {error}") from None
+    except TimeoutError:
+        raise AuraError(f"the signer did not answer within {TIMEOUT:.0f}s") from None
+    if reply.get("t") == "error":
+        raise AuraError(f"the signer refused: {reply.get('message')}")
+    try:
+        return SignedManifest.from_mapping(reply.get("manifest"))
+    except ManifestError as error:
+        raise AuraError(f"the signer sent a bad reply: {error.detail}") from None
+
+
+async def _exchange(path: str, request: dict[str, Any]) -> dict[str, Any]:
+    channel = await ipc.connect(path, "admin")
+    try:
+        await channel.send_reliable(request)
+        return await channel.recv()
+    finally:
+        channel.close()

@@ -1,0 +1,5 @@
+import sys
+
+from services.signer.main import main
+
+sys.exit(main())

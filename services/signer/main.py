@@ -1,0 +1,187 @@
+"""aura-signer: the only process that reads the CA private key. It signs bridge manifests on
+request and does nothing else.
+
+Protocol on `signer.sock` (SOCK_SEQPACKET msgpack frames after the `hello`, see aura_common.ipc):
+
+    {"t": "sign", "endpoints": [{"host", "udp"?, "tcp"?, "quic"?}...],
+     "expires_days": N, "server_public_key": <32 bytes>}
+      -> {"t": "signed", "manifest": <serialised signed manifest>}
+    anything else -> {"t": "error", "message": ...}, then the signer closes the channel
+
+Every signing takes the next serial, persisted in `manifest.serial` before the signature is
+made, so a serial is never used twice and never goes down, even across crashes. The newest
+manifest is also written to `manifest.json`, where the router picks it up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import grp
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from aura_common import ipc, pki, systemd
+from aura_common.atomic import locked, write_atomic
+from aura_common.config import ServerConfig
+from aura_common.errors import ConfigError
+from aura_common.log import fields
+from aura_common.manifest import (
+    MAX_ENDPOINTS,
+    MAX_EXPIRES_DAYS,
+    Manifest,
+    ManifestError,
+    SignedManifest,
+    endpoint_from_mapping,
+    sign,
+    verify,
+)
+from aura_common.service import run_service
+
+log = logging.getLogger("aura-signer")
+
+MAX_REQUEST_BYTES = 8192
+_SIGN_KEYS = {"t", "endpoints", "expires_days", "server_public_key"}
+
+
+class RequestError(ValueError):
+    """A request the signer refuses; the message goes back to the caller."""
+
+
+class Signer:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.ca_key = pki.load_ca_private_key(config.key_dir)
+
+    async def on_channel(self, channel: ipc.Channel) -> None:
+        caller = channel.peer_credentials
+        while True:
+            frame = await channel.recv()
+            try:
+                reply = self.handle(frame, caller)
+            except RequestError as error:
+                log.warning(
+                    "refused a request from uid %d: %s", caller.uid, error,
+                    extra=fields(uid=caller.uid, pid=caller.pid),
+                )  # fmt: skip
+                await channel.send_reliable({"t": "error", "message": str(error)})
+                return
+            await channel.send_reliable(reply)
+
+    def handle(self, frame: dict[str, Any], caller: ipc.Credentials) -> dict[str, Any]:
+        if len(ipc.encode(frame)) > MAX_REQUEST_BYTES:
+            raise RequestError(f"request over {MAX_REQUEST_BYTES} bytes")
+        if frame["t"] != "sign":
+            raise RequestError(f"unknown request {frame['t']!r}; the signer only signs")
+        signed, manifest = self.sign(*parse_sign_request(frame))
+        log.info(
+            "signed bridge manifest serial %d for uid %d: %s",
+            manifest.serial, caller.uid, ", ".join(manifest.bridges),
+            extra=fields(serial=manifest.serial, uid=caller.uid),
+        )  # fmt: skip
+        return {"t": "signed", "manifest": signed.to_mapping()}
+
+    def sign(
+        self, endpoints: list[Any], expires_days: int, server_public_key: bytes
+    ) -> tuple[SignedManifest, Manifest]:
+        with locked(self.config.manifest_serial_file):
+            serial = self.last_serial() + 1
+            try:
+                manifest = Manifest.create(
+                    serial=serial,
+                    issued=datetime.datetime.now(datetime.UTC),
+                    expires_days=expires_days,
+                    server_public_key=server_public_key,
+                    endpoints=endpoints,
+                )
+                signed = sign(manifest, self.ca_key)
+            except ValueError as error:
+                raise RequestError(f"sign: {error}") from None
+            # The serial is on disk before the manifest leaves this process, so no crash can
+            # make it be used twice.
+            write_atomic(self.config.manifest_serial_file, f"{serial}\n".encode(), 0o644)
+            write_atomic(self.config.manifest_file, signed.to_json().encode(), 0o644)
+        return signed, manifest
+
+    def last_serial(self) -> int:
+        """The highest serial used so far: from `manifest.serial`, or the stored manifest if
+        that is higher (the serial file was lost), so serials never go down."""
+        path = self.config.manifest_serial_file
+        try:
+            with open(path, encoding="ascii") as file:
+                text = file.read().strip()
+        except FileNotFoundError:
+            text = "0"
+        except (OSError, UnicodeDecodeError) as error:
+            raise RequestError(f"cannot read {path}: {error}") from None
+        if not text.isdigit():
+            # Guessing would risk reusing serials that clients have already seen.
+            raise RequestError(f"{path} is damaged (expected a number); fix it by hand")
+        return max(int(text), self.stored_serial())
+
+    def stored_serial(self) -> int:
+        with contextlib.suppress(FileNotFoundError, ValueError, ManifestError):
+            with open(self.config.manifest_file, "rb") as file:
+                signed = SignedManifest.from_json(file.read())
+            return verify(signed, self.ca_key.public_key(), now=None).serial
+        return 0
+
+
+def parse_sign_request(frame: dict[str, Any]) -> tuple[list[Any], int, bytes]:
+    unknown = set(frame) - _SIGN_KEYS
+    if unknown:
+        raise RequestError(f"sign: unknown field {sorted(unknown)[0]!r}")
+    endpoints = frame.get("endpoints")
+    if not isinstance(endpoints, list) or not 1 <= len(endpoints) <= MAX_ENDPOINTS:
+        raise RequestError(f"sign: endpoints: expected a list of 1..{MAX_ENDPOINTS} endpoints")
+    try:
+        parsed = [endpoint_from_mapping(e, f"endpoints[{i}]") for i, e in enumerate(endpoints)]
+    except ManifestError as error:
+        raise RequestError(f"sign: {error.detail}") from None
+    days = frame.get("expires_days")
+    if type(days) is not int or not 1 <= days <= MAX_EXPIRES_DAYS:
+        raise RequestError(f"sign: expires_days: expected 1..{MAX_EXPIRES_DAYS}, found {days!r}")
+    key = frame.get("server_public_key")
+    if not isinstance(key, bytes) or len(key) != 32:
+        raise RequestError("sign: server_public_key: expected 32 bytes")
+    return parsed, days, key
+
+
+def admin_gid(config: ServerConfig) -> int | None:
+    try:
+        return grp.getgrnam(config.admin_group).gr_gid
+    except KeyError:
+        return None
+
+
+async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
+    if not os.path.exists(config.ca_key_file):
+        raise ConfigError(config.ca_key_file, "", "the CA private key (run `aura server init`)")
+    signer = Signer(config)
+    gid = admin_gid(config)
+    activated = systemd.listen_fds().get("signer")
+    # Hand the socket file to the admin group when we may; systemd does it for activated ones.
+    may_chown = gid is not None and (os.geteuid() == 0 or gid in os.getgroups())
+    listener = await ipc.Listener.start(
+        activated[0] if activated else config.signer_socket,
+        signer.on_channel,
+        allowed_uids={os.getuid()},
+        allowed_gids=set() if gid is None else {gid},
+        role="signer",
+        group=gid if may_chown and not activated else None,
+    )
+    where = "socket activation" if activated else config.signer_socket
+    log.info("signing bridge manifests on %s", where)
+    systemd.ready(f"serving {where}")
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await listener.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_service("aura-signer", "Aura signer: signs bridge manifests.", serve, argv)
