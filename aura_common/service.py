@@ -1,0 +1,78 @@
+"""The shell every Aura process runs in: arguments, logging, signals, sd_notify, clean exits.
+
+A service supplies one coroutine; this module turns config errors into one clear journal line
+and exit status 78 (EX_CONFIG, which the units exclude from restarts), SIGTERM/SIGINT into a
+clean cancellation, and pings the systemd watchdog while the event loop is alive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+
+from aura_common import log as aura_log
+from aura_common import systemd
+from aura_common.config import ServerConfig
+from aura_common.errors import AuraError, ConfigError
+
+EXIT_CONFIG = 78
+DEFAULT_CONFIG = "/etc/aura/server.yaml"
+
+ServiceMain = Callable[[ServerConfig, argparse.Namespace], Awaitable[None]]
+
+
+def run_service(
+    name: str,
+    description: str,
+    main: ServiceMain,
+    argv: Sequence[str] | None = None,
+    extra_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> int:
+    parser = argparse.ArgumentParser(prog=name, description=description)
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help=f"server config file (default {DEFAULT_CONFIG})")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    if extra_arguments:
+        extra_arguments(parser)
+    args = parser.parse_args(argv)
+    aura_log.setup(name, verbose=args.verbose)
+    logger = logging.getLogger(name)
+    try:
+        config = ServerConfig.load(args.config)
+        asyncio.run(_supervise(main(config, args)))
+    except ConfigError as error:
+        logger.critical("configuration error: %s", error)
+        return EXIT_CONFIG
+    except AuraError as error:
+        logger.critical("%s", error)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def _supervise(work: Awaitable[None]) -> None:
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    watchdog = loop.create_task(_watchdog()) if systemd.watchdog_interval() else None
+    try:
+        await task
+    except asyncio.CancelledError:
+        systemd.stopping()
+    finally:
+        if watchdog:
+            watchdog.cancel()
+
+
+async def _watchdog() -> None:
+    interval = systemd.watchdog_interval()
+    assert interval
+    while True:
+        systemd.watchdog_ping()
+        await asyncio.sleep(interval / 3)
+

@@ -1,0 +1,225 @@
+"""What every server transport shares: the WireGuard session layer and the link to the router.
+
+A transport process is a `Carrier` (UDP socket, TLS streams, QUIC datagrams) plus one
+`SessionHub`. The carrier hands every WireGuard message it receives to `SessionHub.received()`
+with the outer source address, and sends what the hub asks it to through `Carrier.transmit()`.
+The hub runs the I/O-free WireGuard `Device`, keeps the peer list the router pushes, reports
+sessions to the router, and moves decrypted packets to and from it in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+from aura_common import ipc
+from aura_common.log import fields
+from aura_common.wireguard import (
+    Device,
+    Dropped,
+    HandshakeCompleted,
+    Peer,
+    Received,
+    SessionExpired,
+    Transmit,
+)
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+TICK_INTERVAL = 0.25
+ROUTER_RETRY_MAX = 2.0
+
+
+class Carrier(Protocol):
+    def transmit(self, destination: Address, datagrams: Sequence[bytes]) -> None:
+        """Send WireGuard messages to one remote endpoint; drop them if it is gone."""
+
+
+def format_endpoint(address: Address) -> str:
+    host, port = address[0], address[1]
+    if host.startswith("::ffff:") and "." in host:  # IPv4 seen through a dual-stack socket
+        host = host[7:]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class SessionHub:
+    def __init__(self, role: str, private_key: bytes, router_socket: str, *, mtu: int) -> None:
+        self.role = role
+        self.device = Device(private_key, mtu=mtu)
+        self.router_socket = router_socket
+        self.carrier: Carrier | None = None
+        self._router: ipc.Channel | None = None
+        self._names: dict[bytes, str] = {}  # public key -> peer name
+        self._by_name: dict[str, Peer] = {}
+        self._live: set[str] = set()  # peers with a session the router knows of
+        self.router_connected = asyncio.Event()
+        self.dropped_to_router = 0
+
+    # -- carrier side -------------------------------------------------------------------
+    def received(self, datagrams: Sequence[bytes], source: Address) -> None:
+        self._handle(self.device.receive(datagrams, source, time.monotonic()))
+
+    def endpoint_closed(self, source: Address) -> None:
+        """A stream carrier lost a connection: sessions bound to it can no longer reply."""
+        for peer in self.device.peers:
+            if peer.endpoint == source:
+                peer.endpoint = None
+
+    def _handle(self, events: list) -> None:  # type: ignore[type-arg]
+        carrier = self.carrier
+        for event in events:
+            if type(event) is Received:
+                name = self._names.get(event.peer.public_key)
+                if name is not None and self._router is not None:
+                    if not self._router.send_packets(name, event.packets):
+                        self.dropped_to_router += len(event.packets)
+            elif type(event) is Transmit:
+                if carrier is not None and event.destination is not None:
+                    carrier.transmit(event.destination, event.datagrams)
+            elif type(event) is HandshakeCompleted:
+                self._session_up(event.peer)
+            elif type(event) is SessionExpired:
+                self._session_down(event.peer)
+            elif type(event) is Dropped:
+                log.debug("dropped from %s: %s", event.source, event.reason)
+
+    def _session_up(self, peer: Peer) -> None:
+        name = self._names.get(peer.public_key)
+        if name is None:
+            return
+        endpoint = format_endpoint(peer.endpoint) if peer.endpoint else ""
+        first = name not in self._live
+        self._live.add(name)
+        log.log(
+            logging.INFO if first else logging.DEBUG,
+            "handshake with %s from %s", name, endpoint,
+            extra=fields(peer=name, transport=self.role, endpoint=endpoint),
+        )
+        self._tell_router({"t": "session_up", "peer": name, "endpoint": endpoint,
+                           "handshake_at": time.time()})
+
+    def _session_down(self, peer: Peer) -> None:
+        name = self._names.get(peer.public_key)
+        if name is None or name not in self._live:
+            return
+        self._live.discard(name)
+        log.info("session with %s ended", name, extra=fields(peer=name, transport=self.role))
+        self._tell_router({"t": "session_down", "peer": name})
+
+    def _tell_router(self, frame: dict) -> None:  # type: ignore[type-arg]
+        if self._router is not None:
+            asyncio.get_running_loop().create_task(self._send_reliable(self._router, frame))
+
+    @staticmethod
+    async def _send_reliable(channel: ipc.Channel, frame: dict) -> None:  # type: ignore[type-arg]
+        try:
+            await channel.send_reliable(frame)
+        except (OSError, ipc.ChannelClosed):
+            pass  # the router link loop notices and reconnects
+
+    # -- router side --------------------------------------------------------------------
+    def _apply_peers(self, peers: list[dict]) -> None:  # type: ignore[type-arg]
+        wanted = {bytes(p["public_key"]): p for p in peers}
+        for key in list(self._names):
+            if key not in wanted or self._changed(key, wanted[key]):
+                name = self._names.pop(key)
+                peer = self._by_name.pop(name, None)
+                self.device.remove_peer(key)
+                if name in self._live:
+                    self._live.discard(name)
+                    log.info("peer %s revoked: session closed", name,
+                             extra=fields(peer=name, transport=self.role))
+                    self._tell_router({"t": "session_down", "peer": name})
+                del peer
+        for key, entry in wanted.items():
+            if key not in self._names:
+                psk = entry.get("preshared_key")
+                peer = self.device.add_peer(key, preshared_key=bytes(psk) if psk else None)
+                self._names[key] = entry["name"]
+                self._by_name[entry["name"]] = peer
+
+    def _changed(self, key: bytes, entry: dict) -> bool:  # type: ignore[type-arg]
+        peer = self.device.peer(key)
+        psk = entry.get("preshared_key")
+        return (
+            peer is None
+            or self._names[key] != entry["name"]
+            or peer.preshared_key != (bytes(psk) if psk else None)
+        )
+
+    def _send_to_peer(self, name: str, packets: list[bytes]) -> None:
+        peer = self._by_name.get(name)
+        if peer is None or peer.endpoint is None:
+            return
+        self._handle(self.device.send(peer, packets, time.monotonic()))
+
+    async def run(self) -> None:
+        """Keep the router link up and the timers ticking, forever."""
+        ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+        try:
+            await self._router_link_forever()
+        finally:
+            ticker.cancel()
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_INTERVAL)
+            self._handle(self.device.tick(time.monotonic()))
+
+    async def _router_link_forever(self) -> None:
+        delay = 0.1
+        announced_down = False
+        while True:
+            try:
+                channel = await ipc.connect(self.router_socket, self.role)
+            except (OSError, ipc.ChannelClosed) as error:
+                if not announced_down:
+                    log.warning("router not reachable at %s (%s); retrying",
+                                self.router_socket, error)
+                    announced_down = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, ROUTER_RETRY_MAX)
+                continue
+            delay, announced_down = 0.1, False
+            log.info("connected to the router")
+            self._router = channel
+            self.router_connected.set()
+            try:
+                await self._serve_router(channel)
+            except ipc.ChannelClosed:
+                log.warning("router connection lost; live sessions are kept and re-registered")
+            finally:
+                self._router = None
+                self.router_connected.clear()
+                channel.close()
+
+    async def _serve_router(self, channel: ipc.Channel) -> None:
+        first_peers = True
+        while True:
+            frame = await channel.recv()
+            kind = frame.get("t")
+            if kind == "pkts":
+                self._send_to_peer(frame["peer"], frame["data"])
+            elif kind == "peers":
+                self._apply_peers(frame["peers"])
+                if first_peers:
+                    first_peers = False
+                    await self._reregister(channel)
+            elif kind == "error":
+                log.error("router refused us: %s", frame.get("message"))
+                raise ipc.ChannelClosed(str(frame.get("message")))
+
+    async def _reregister(self, channel: ipc.Channel) -> None:
+        """After (re)connecting, tell the router about sessions that survived its restart."""
+        for name in sorted(self._live):
+            peer = self._by_name.get(name)
+            if peer is None or peer.endpoint is None:
+                continue
+            await channel.send_reliable({
+                "t": "session_up", "peer": name, "endpoint": format_endpoint(peer.endpoint),
+                "handshake_at": time.time() - (time.monotonic() - (peer.last_handshake or 0)),
+            })

@@ -1,0 +1,263 @@
+"""`aura provision-client`, `aura revoke-client`, `aura list-clients`."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import ipaddress
+import json
+import os
+import sys
+from typing import Any
+
+import qrcode
+import yaml
+
+from aura_common import runtime
+from aura_common.atomic import write_atomic
+from aura_common.config import ServerConfig, encode_key, format_host_port
+from aura_common.errors import AuraError
+from aura_common.keys import new_key_pair, read_key_file, server_public_key
+from aura_common.pool import AddressPool
+from aura_common.registry import Peer, Registry
+from aura_common.wireguard import generate_private_key
+from services.cli.admin import tell_router
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+ALL_TRAFFIC = ("0.0.0.0/0", "::/0")
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    provision = commands.add_parser(
+        "provision-client", help="register a client and write its config",
+        description="Register a client (new key pair and preshared key) and write its config: "
+                    "`aura` (YAML for `aura client up`), `wireguard` (a wg-quick file for stock "
+                    "WireGuard apps) or `qr` (that file as a QR code in the terminal).",
+    )
+    provision.add_argument("name", help="client name: lowercase letters, digits, . _ -")
+    provision.add_argument("--format", choices=("aura", "wireguard", "qr"), default="aura")
+    provision.add_argument("--vpn-cidrs", nargs="+", metavar="CIDR",
+                           help="networks routed through the tunnel (default: everything)")
+    provision.add_argument("--direct-cidrs", nargs="+", metavar="CIDR", default=[],
+                           help="networks that bypass the tunnel")
+    provision.add_argument("--address", help="a fixed IPv4 address from the pool")
+    provision.add_argument("-o", "--output", metavar="FILE",
+                           help="where to write the config (default NAME.yaml or NAME.conf in "
+                                "the current folder; with --format qr, a .png path saves a PNG)")
+    provision.set_defaults(func=provision_client)
+
+    revoke = commands.add_parser("revoke-client", help="revoke a client at once, everywhere")
+    revoke.add_argument("name")
+    revoke.set_defaults(func=revoke_client)
+
+    listing = commands.add_parser("list-clients", help="list provisioned clients")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=list_clients)
+
+
+# -- routes ---------------------------------------------------------------------------------
+def parse_networks(values: list[str] | tuple[str, ...], option: str) -> list[Network]:
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value, strict=False))
+        except ValueError:
+            raise AuraError(f"{option} {value}: expected a network such as 10.0.0.0/8") from None
+    return networks
+
+
+def allowed_ips(vpn: list[Network], direct: list[Network]) -> list[Network]:
+    """The vpn networks with the direct ones cut out: what a stock client's AllowedIPs can say."""
+    remaining = list(vpn)
+    for hole in direct:
+        next_round: list[Network] = []
+        for network in remaining:
+            if network.version != hole.version or not network.overlaps(hole):
+                next_round.append(network)
+            elif hole.supernet_of(network):  # type: ignore[arg-type]
+                continue
+            else:
+                next_round.extend(network.address_exclude(hole))  # type: ignore[arg-type]
+        remaining = next_round
+    return sorted(remaining, key=lambda n: (n.version, n.network_address, n.prefixlen))
+
+
+# -- provisioning ---------------------------------------------------------------------------
+def _endpoint_ports(config: ServerConfig) -> dict[str, int]:
+    """Ports clients should use: what the transports really bound, else the configured ones."""
+    ports = {
+        "udp": config.transports.udp.port, "tcp": config.transports.tcp.port,
+        "quic": config.transports.quic.port,
+    }
+    try:
+        bound = runtime.read_runtime(config.runtime_file).get("transports", {})
+    except AuraError:
+        return ports
+    for name, entry in bound.items():
+        if name in ports and entry.get("bound"):
+            ports[name] = int(entry["bound"][0].rsplit(":", 1)[1])
+    return ports
+
+
+def _current_manifest(config: ServerConfig) -> dict[str, Any] | None:
+    try:
+        with open(config.manifest_file, encoding="utf-8") as file:
+            manifest: dict[str, Any] = json.load(file)
+            return manifest
+    except (OSError, ValueError):
+        return None
+
+
+def _register_peer(config: ServerConfig, name: str, address: str | None) -> tuple[Peer, bytes]:
+    private, public = new_key_pair()
+    preshared = generate_private_key()
+    pool = AddressPool(config.network.ipv4, config.network.ipv6)
+    with Registry.edit(config.peers_file) as registry:
+        if registry.get(name) is not None:
+            raise AuraError(f"a client named {name!r} exists; revoke it first or pick another name")
+        taken = registry.taken_addresses()
+        if address is not None:
+            v4, v6 = pool.validate_static(address)
+            if str(v4) in taken:
+                raise AuraError(f"--address {address}: already used by another client")
+        elif config.network.strategy == "static":
+            v4, v6 = pool.next_free(taken)
+        else:
+            v4 = v6 = None  # leased on connect
+        peer = Peer(
+            name=name, public_key=public, preshared_key=preshared,
+            address_v4=str(v4) if v4 else None, address_v6=str(v6) if v6 else None,
+            enabled=True,
+            created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        )
+        registry.add(peer)
+    return peer, private
+
+
+def wireguard_config(
+    config: ServerConfig, peer: Peer, private: bytes, routes: list[Network]
+) -> str:
+    if not peer.address_v4:
+        raise AuraError(
+            "stock WireGuard clients need a fixed address: the pool strategy is dynamic, "
+            "so pass --address"
+        )
+    addresses = [f"{peer.address_v4}/32"] + ([f"{peer.address_v6}/128"] if peer.address_v6 else [])
+    dns = ", ".join(config.network.dns)
+    lines = [
+        "[Interface]",
+        f"PrivateKey = {encode_key(private)}",
+        f"Address = {', '.join(addresses)}",
+        *([f"DNS = {dns}"] if dns else []),
+        f"MTU = {config.tun.mtu}",
+        "",
+        "[Peer]",
+        f"PublicKey = {encode_key(server_public_key(config))}",
+        f"PresharedKey = {encode_key(peer.preshared_key or b'')}",
+        f"AllowedIPs = {', '.join(map(str, routes))}",
+        f"Endpoint = {format_host_port(config.public_host, _endpoint_ports(config)['udp'])}",
+        "PersistentKeepalive = 25",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def aura_config(
+    config: ServerConfig, peer: Peer, private: bytes, vpn: list[Network], direct: list[Network]
+) -> str:
+    ports = _endpoint_ports(config)
+    addresses = [f"{peer.address_v4}/32"] if peer.address_v4 else []
+    if peer.address_v6:
+        addresses.append(f"{peer.address_v6}/128")
+    document = {
+        "version": 1,
+        "name": peer.name,
+        "interface": {"private_key": encode_key(private), "addresses": addresses,
+                      "mtu": config.tun.mtu, "dns": list(config.network.dns)},
+        "server": {
+            "public_key": encode_key(server_public_key(config)),
+            "preshared_key": encode_key(peer.preshared_key) if peer.preshared_key else None,
+            "host": config.public_host,
+            "ca_public_key": encode_key(read_key_file(config.ca_public_key_file)),
+        },
+        "transports": {"order": ["udp", "quic", "tcp"], **ports},
+        "tunnel": {"split": {"vpn": [{"cidr": str(n)} for n in vpn],
+                             "direct": [{"cidr": str(n)} for n in direct]}},
+        "manifest": _current_manifest(config),
+        "keepalive": 25,
+    }
+    header = f"# Aura client config for {peer.name}: `aura client up <this file>`\n"
+    return header + yaml.safe_dump(document, sort_keys=False)
+
+
+def _write_private(path: str, text: str) -> None:
+    write_atomic(path, text.encode(), mode=0o600)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def provision_client(args: argparse.Namespace) -> int:
+    config = ServerConfig.load(args.config)
+    vpn = parse_networks(args.vpn_cidrs or ALL_TRAFFIC, "--vpn-cidrs")
+    direct = parse_networks(args.direct_cidrs, "--direct-cidrs")
+    if args.format != "aura" and not args.address and config.network.strategy == "dynamic":
+        raise AuraError("stock WireGuard clients need a fixed address: pass --address")
+    peer, private = _register_peer(config, args.name, args.address)
+    live = tell_router(config, "reload")
+    if args.format == "aura":
+        _write_private(args.output or f"{peer.name}.yaml",
+                       aura_config(config, peer, private, vpn, direct))
+    else:
+        text = wireguard_config(config, peer, private, allowed_ips(vpn, direct))
+        if args.format == "wireguard":
+            _write_private(args.output or f"{peer.name}.conf", text)
+        else:
+            show_qr(text, args.output)
+    addresses = ", ".join(a for a in (peer.address_v4, peer.address_v6) if a) or "leased on connect"
+    print(f"provisioned {peer.name} ({addresses})" + ("" if live else "; router not running"),
+          file=sys.stderr)
+    return 0
+
+
+def show_qr(text: str, output: str | None) -> None:
+    code = qrcode.QRCode(border=1, error_correction=qrcode.constants.ERROR_CORRECT_L)
+    code.add_data(text)
+    code.make(fit=True)
+    if output:
+        image = code.make_image()
+        with open(output, "wb") as file:
+            os.fchmod(file.fileno(), 0o600)
+            image.save(file)
+        print(f"wrote {output}", file=sys.stderr)
+    else:
+        code.print_ascii(out=sys.stdout, invert=True)
+
+
+# -- revoking and listing -------------------------------------------------------------------
+def revoke_client(args: argparse.Namespace) -> int:
+    config = ServerConfig.load(args.config)
+    with Registry.edit(config.peers_file) as registry:
+        registry.revoke(args.name)
+    live = tell_router(config, "reload")
+    print(f"revoked {args.name}" + (": its sessions are closed" if live else ""))
+    return 0
+
+
+def list_clients(args: argparse.Namespace) -> int:
+    config = ServerConfig.load(args.config)
+    peers = list(Registry.load(config.peers_file))
+    if args.json:
+        print(json.dumps([
+            {"name": p.name, "public_key": encode_key(p.public_key),
+             "address": [a for a in (p.address_v4, p.address_v6) if a],
+             "enabled": p.enabled, "created": p.created}
+            for p in peers
+        ], indent=2))
+        return 0
+    if not peers:
+        print("no clients; add one with `aura provision-client NAME`")
+        return 0
+    print(f"{'NAME':<20} {'ADDRESS':<34} {'PUBLIC KEY':<45} CREATED")
+    for p in peers:
+        address = ", ".join(a for a in (p.address_v4, p.address_v6) if a) or "dynamic"
+        print(f"{p.name:<20} {address:<34} {encode_key(p.public_key):<45} {p.created}")
+    return 0

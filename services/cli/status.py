@@ -1,0 +1,75 @@
+"""`aura status`: transports, peers and live counters, from the running router."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from aura_common.config import ServerConfig
+from services.cli.admin import request
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    status = commands.add_parser("status", help="show transports, peers and counters")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=show_status)
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
+
+
+def render(status: dict[str, Any], now: float) -> str:
+    lines = [f"aura-router: up {human_duration(status['uptime'])}, tunnel {status['tun']}", ""]
+    lines.append("transports:")
+    for transport in status["transports"]:
+        state = "connected" if transport["connected"] else "not connected to the router"
+        lines.append(f"  {transport['name']:<5} {', '.join(transport['bound']) or '-':<28} {state}")
+    if not status["transports"]:
+        lines.append("  none running")
+    lines += ["", "peers:"]
+    header = (f"  {'NAME':<16} {'ADDRESS':<30} {'TRANSPORT':<9} {'ENDPOINT':<24} "
+              f"{'HANDSHAKE':<10} {'RX':>20} {'TX':>20}")
+    lines.append(header)
+    for peer in status["peers"]:
+        address = ", ".join(peer["address"]) or "dynamic"
+        if not peer["connected"]:
+            lines.append(f"  {peer['name']:<16} {address:<30} {'-':<9} {'-':<24} {'-':<10}")
+            continue
+        handshake = human_duration(now - peer["last_handshake"]) + " ago"
+        rx = f"{peer['rx_packets']} pkt {human_bytes(peer['rx_bytes'])}"
+        tx = f"{peer['tx_packets']} pkt {human_bytes(peer['tx_bytes'])}"
+        lines.append(f"  {peer['name']:<16} {address:<30} {peer['transport']:<9} "
+                     f"{peer['endpoint']:<24} {handshake:<10} {rx:>20} {tx:>20}")
+    if not status["peers"]:
+        lines.append("  no clients; add one with `aura provision-client NAME`")
+    return "\n".join(lines)
+
+
+def show_status(args: argparse.Namespace) -> int:
+    config = ServerConfig.load(args.config)
+    reply = request(config, {"t": "status"})
+    reply.pop("t", None)
+    if args.json:
+        print(json.dumps(reply, indent=2))
+    else:
+        print(render(reply, time.time()))
+    return 0

@@ -1,0 +1,289 @@
+"""aura-router: the TUN device, the peer authority, and packet dispatch between TUN and transports."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import grp
+import ipaddress
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aura_common import control, ipc, runtime, systemd
+from aura_common.config import ServerConfig
+from aura_common.errors import AuraError
+from aura_common.log import fields
+from aura_common.manifest import ManifestError, SignedManifest
+from aura_common.netio import link
+from aura_common.netio.tun import Tun
+from aura_common.pool import AddressPool, Leases
+from aura_common.registry import Peer, Registry
+from aura_common.service import run_service
+from services.router import nat
+from services.router.sessions import Session, SessionTable
+
+log = logging.getLogger("aura-router")
+
+TRANSPORT_ROLES = ("udp", "tcp", "quic")
+TUN_READ_LIMIT = 64
+
+
+def send_later(channel: ipc.Channel, frame: dict[str, Any]) -> None:
+    """Queue a control frame that must not be dropped like a packet batch may be."""
+
+    async def send() -> None:
+        with contextlib.suppress(ipc.ChannelClosed, OSError):
+            await channel.send_reliable(frame)
+
+    asyncio.get_running_loop().create_task(send())
+
+
+class Router:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.started = time.time()
+        self.registry = Registry.load(config.peers_file)
+        self.leases = Leases(config.leases_file,
+                             AddressPool(config.network.ipv4, config.network.ipv6))
+        self.sessions: SessionTable[ipc.Channel] = SessionTable()
+        self.transports: dict[ipc.Channel, str] = {}
+        self.tun: Tun | None = None
+        self.manifest: SignedManifest | None = None
+
+    # -- start and stop -----------------------------------------------------------------
+    async def open_tun(self) -> None:
+        config = self.config
+        addresses = [f"{config.server_address_v4}/{config.network.ipv4.prefixlen}"]
+        if config.network.ipv6 is not None:
+            addresses.append(f"{config.server_address_v6}/{config.network.ipv6.prefixlen}")
+        self.tun = Tun.open(config.tun.name, mtu=config.tun.mtu)
+        # pyroute2's synchronous API runs its own event loop: keep it off ours.
+        await asyncio.to_thread(link.configure, config.tun.name, addresses, config.tun.mtu)
+        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = [config.network.ipv4]
+        if config.network.ipv6 is not None:
+            networks.append(config.network.ipv6)
+        nat.install(config.tun.name, networks, config.network.uplink)
+        asyncio.get_running_loop().add_reader(self.tun.fileno(), self._tun_readable)
+        log.info("tunnel %s up with %s, mtu %d", config.tun.name, ", ".join(addresses),
+                 config.tun.mtu)
+
+    def close(self) -> None:
+        if self.tun is not None:
+            asyncio.get_running_loop().remove_reader(self.tun.fileno())
+            self.tun.close()
+            self.tun = None
+        nat.remove(self.config.tun.name)
+
+    # -- registry -----------------------------------------------------------------------
+    def reload(self) -> None:
+        self.registry = Registry.load(self.config.peers_file)
+        known = {peer.name for peer in self.registry if peer.enabled}
+        for session in list(self.sessions):
+            if session.peer not in known:
+                self._end_session(session.peer, None, "revoked")
+        for channel in self.transports:
+            send_later(channel, self._peers_frame())
+        log.info("peer registry loaded: %d peers", len(known))
+
+    def _peers_frame(self) -> dict[str, Any]:
+        return {"t": "peers", "peers": [
+            {"name": p.name, "public_key": p.public_key, "preshared_key": p.preshared_key}
+            for p in self.registry if p.enabled
+        ]}
+
+    def _addresses_for(self, peer: Peer) -> list[str]:
+        """A provisioned address is sticky; without one (dynamic pool) lease one for now."""
+        if peer.address_v4 or self.config.network.strategy == "static":
+            return peer.addresses
+        v4, v6 = self.leases.lease(peer.name, reserved=self.registry.taken_addresses())
+        return [str(a) for a in (v4, v6) if a is not None]
+
+    def load_manifest(self) -> None:
+        try:
+            with open(self.config.manifest_file, encoding="utf-8") as file:
+                self.manifest = SignedManifest.from_mapping(json.load(file))
+        except FileNotFoundError:
+            self.manifest = None
+        except (OSError, ValueError, ManifestError) as error:
+            log.warning("cannot read the bridge manifest %s: %s", self.config.manifest_file, error)
+
+    def _welcome(self, session: Session[ipc.Channel], addresses: list[str]) -> None:
+        """Tell an Aura client its address, DNS, routes and the latest manifest, in-tunnel."""
+        network = self.config.network
+        payload = control.encode_control(control.ControlMessage(
+            address=tuple(ipaddress.ip_interface(a) for a in addresses),
+            dns=tuple(ipaddress.ip_address(a) for a in network.dns),
+            routes=tuple(n for n in (network.ipv4, network.ipv6) if n is not None),
+            manifest=self.manifest,
+        ))
+        send_later(session.link, {"t": "pkts", "peer": session.peer, "data": [payload]})
+
+    def push_manifest(self) -> None:
+        self.load_manifest()
+        for session in self.sessions:
+            peer = self.registry.get(session.peer)
+            if peer is not None:
+                self._welcome(session, self._addresses_for(peer))
+        log.info("bridge manifest pushed to %d connected clients", len(list(self.sessions)))
+
+    # -- transports ---------------------------------------------------------------------
+    async def on_channel(self, channel: ipc.Channel) -> None:
+        if channel.role in TRANSPORT_ROLES:
+            await self._serve_transport(channel)
+        elif channel.role == "admin":
+            await self._serve_admin(channel)
+        else:
+            await channel.send_reliable({"t": "error", "message": f"unknown role {channel.role}"})
+
+    async def _serve_transport(self, channel: ipc.Channel) -> None:
+        role = channel.role
+        self.transports[channel] = role
+        log.info("transport %s connected", role, extra=fields(transport=role))
+        await channel.send_reliable(self._peers_frame())
+        try:
+            while True:
+                frame = await channel.recv()
+                kind = frame.get("t")
+                if kind == "pkts":
+                    self._from_transport(channel, frame["peer"], frame["data"])
+                elif kind == "session_up":
+                    self._session_up(channel, frame)
+                elif kind == "session_down":
+                    self._end_session(frame["peer"], channel, "ended")
+        except ipc.ChannelClosed:
+            log.warning("transport %s disconnected", role, extra=fields(transport=role))
+        finally:
+            del self.transports[channel]
+            for session in self.sessions.drop_link(channel):
+                self._release(session.peer)
+
+    def _session_up(self, channel: ipc.Channel, frame: dict[str, Any]) -> None:
+        name, endpoint = frame["peer"], frame.get("endpoint", "")
+        peer = self.registry.get(name)
+        if peer is None or not peer.enabled:
+            return
+        try:
+            addresses = self._addresses_for(peer)
+        except AuraError as error:
+            log.error("no address for %s: %s", name, error, extra=fields(peer=name))
+            return
+        role = self.transports.get(channel, "?")
+        session, new = self.sessions.up(
+            name, channel, role, endpoint, addresses, float(frame.get("handshake_at", 0))
+        )
+        if new:
+            log.info("%s connected over %s from %s as %s", name, role, endpoint,
+                     ", ".join(addresses),
+                     extra=fields(peer=name, transport=role, endpoint=endpoint))
+            self._welcome(session, addresses)
+
+    def _end_session(self, name: str, channel: ipc.Channel | None, why: str) -> None:
+        session = self.sessions.down(name, channel)
+        if session is not None:
+            self._release(name)
+            log.info("%s disconnected (%s)", name, why,
+                     extra=fields(peer=name, transport=session.transport))
+
+    def _release(self, name: str) -> None:
+        if self.config.network.strategy == "dynamic":
+            self.leases.release(name)
+
+    def _from_transport(self, channel: ipc.Channel, peer: str, packets: list[bytes]) -> None:
+        accepted = self.sessions.accept(peer, channel, packets)
+        if accepted and self.tun is not None:
+            self.tun.write_batch(accepted)
+
+    def _tun_readable(self) -> None:
+        assert self.tun is not None
+        packets = self.tun.read_batch(TUN_READ_LIMIT)
+        for session, batch in self.sessions.dispatch(packets).items():
+            session.link.send_packets(session.peer, batch)
+
+    # -- admin --------------------------------------------------------------------------
+    async def _serve_admin(self, channel: ipc.Channel) -> None:
+        with contextlib.suppress(ipc.ChannelClosed):
+            while True:
+                frame = await channel.recv()
+                kind = frame.get("t")
+                if kind == "status":
+                    await channel.send_reliable({"t": "status_reply", **self.status()})
+                elif kind == "reload":
+                    self.reload()
+                    await channel.send_reliable({"t": "reload_reply"})
+                elif kind == "manifest_updated":
+                    self.push_manifest()
+                    await channel.send_reliable({"t": "manifest_updated_reply"})
+                else:
+                    await channel.send_reliable({"t": "error", "message": f"unknown request {kind}"})
+
+    def status(self) -> dict[str, Any]:
+        try:
+            bound = runtime.read_runtime(self.config.runtime_file).get("transports", {})
+        except AuraError:
+            bound = {}
+        connected = set(self.transports.values())
+        transports = [
+            {"name": name, "connected": name in connected,
+             "bound": bound.get(name, {}).get("bound", [])}
+            for name in TRANSPORT_ROLES
+            if name in connected or name in bound
+        ]
+        peers = []
+        for peer in self.registry:
+            session = self.sessions.get(peer.name)
+            entry: dict[str, Any] = {
+                "name": peer.name, "enabled": peer.enabled, "address": peer.addresses,
+                "connected": session is not None,
+            }
+            if session is not None:
+                entry.update(
+                    address=[str(ipaddress.ip_address(a)) for a in session.addresses],
+                    transport=session.transport, endpoint=session.endpoint,
+                    last_handshake=session.handshake_at, connected_since=session.connected_at,
+                    rx_packets=session.rx_packets, rx_bytes=session.rx_bytes,
+                    tx_packets=session.tx_packets, tx_bytes=session.tx_bytes,
+                )
+            peers.append(entry)
+        return {
+            "uptime": time.time() - self.started, "tun": self.config.tun.name,
+            "transports": transports, "peers": peers,
+            "dropped": {"unroutable": self.sessions.unroutable,
+                        "spoofed": self.sessions.spoofed},
+        }
+
+
+def admin_gids(config: ServerConfig) -> set[int]:
+    try:
+        return {grp.getgrnam(config.admin_group).gr_gid}
+    except KeyError:
+        return set()
+
+
+async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
+    router = Router(config)
+    router.load_manifest()
+    await router.open_tun()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, router.reload)
+    activated = systemd.listen_fds().get("router")
+    listener = await ipc.Listener.start(
+        activated[0] if activated else config.router_socket, router.on_channel,
+        allowed_uids={os.getuid()}, allowed_gids=admin_gids(config),
+    )
+    systemd.ready(f"tunnel {config.tun.name} up; {sum(1 for p in router.registry)} peers")
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await listener.close()
+        router.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_service("aura-router", "Aura router: TUN device, peer authority, dispatch.",
+                       serve, argv)

@@ -1,0 +1,3 @@
+from services.udp.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,162 @@
+"""The UDP transport end to end: stock WireGuard clients through the Aura server suite."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.topology import (
+    INTERNET_HOST,
+    SERVER_TUNNEL_V4,
+    SERVER_TUNNEL_V6,
+    AuraServer,
+    build,
+    iperf3,
+    stock_wireguard_up,
+)
+from tests.netns import Lab
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def server(lab: Lab, tmp_path: Path) -> AuraServer:
+    aura = build(lab, tmp_path)
+    aura.init()
+    aura.start()
+    return aura
+
+
+def wg_rx_bytes(lab: Lab, ns: str) -> int:
+    line = lab.run(ns, "wg show wg0 transfer").stdout.split()
+    return int(line[1])
+
+
+def test_stock_client_reaches_server_and_internet(lab: Lab, server: AuraServer) -> None:
+    conf = server.provision("alice", "wireguard")
+    ns = server.add_client_namespace()
+    stock_wireguard_up(lab, ns, conf)
+
+    assert lab.ping(ns, SERVER_TUNNEL_V4)
+    assert lab.ping(ns, INTERNET_HOST), "NAT to the host behind the server"
+    assert lab.ping(ns, SERVER_TUNNEL_V6), "IPv6 inside the tunnel"
+
+    upload = iperf3(lab, ns, server.internet_ns, INTERNET_HOST)
+    download = iperf3(lab, ns, server.internet_ns, INTERNET_HOST, reverse=True)
+    assert upload > 1e6 and download > 1e6, (upload, download)
+
+    status = server.status()
+    alice = next(p for p in status["peers"] if p["name"] == "alice")
+    assert alice["connected"] and alice["transport"] == "udp"
+    assert alice["endpoint"].endswith(":" + alice["endpoint"].rsplit(":", 1)[1])
+    assert alice["rx_bytes"] > 1_000_000 and alice["tx_bytes"] > 1_000_000
+    assert time.time() - alice["last_handshake"] < 60
+
+
+def test_two_clients_get_only_their_own_traffic_and_revocation_is_immediate(
+    lab: Lab, server: AuraServer
+) -> None:
+    alice_ns, bob_ns = server.add_client_namespace(), server.add_client_namespace()
+    stock_wireguard_up(lab, alice_ns, server.provision("alice", "wireguard"))
+    stock_wireguard_up(lab, bob_ns, server.provision("bob", "wireguard"))
+    assert lab.ping(alice_ns, SERVER_TUNNEL_V4) and lab.ping(bob_ns, SERVER_TUNNEL_V4)
+    assert lab.ping(alice_ns, "10.77.0.3"), "clients reach each other through the router"
+
+    # 200 KB addressed to alice must not show up at bob.
+    bob_before = wg_rx_bytes(lab, bob_ns)
+    lab.run(server.ns, ["ping", "-c", "200", "-i", "0.005", "-s", "1000", "-q", "10.77.0.2"])
+    assert wg_rx_bytes(lab, bob_ns) - bob_before < 20_000
+
+    server.aura("revoke-client", "bob")
+    revoked_at = time.monotonic()
+    time.sleep(1.0)
+    assert not lab.ping(bob_ns, SERVER_TUNNEL_V4, count=2), "revoked client still passes traffic"
+    assert lab.ping(alice_ns, SERVER_TUNNEL_V4), "the other client is disturbed"
+    assert time.monotonic() - revoked_at < 10
+    assert [p["name"] for p in server.status()["peers"]] == ["alice"]
+
+
+def captured_datagrams(pcap: Path, port: int) -> list[bytes]:
+    """UDP payloads sent to `port` from a pcap file (Linux cooked or Ethernet framing)."""
+    data = pcap.read_bytes()
+    link_type = struct.unpack_from("<I", data, 20)[0]
+    link_header = {1: 14, 113: 16}[link_type]
+    offset, payloads = 24, []
+    while offset + 16 <= len(data):
+        _, _, captured, _ = struct.unpack_from("<IIII", data, offset)
+        frame = data[offset + 16: offset + 16 + captured]
+        offset += 16 + captured
+        ip = frame[link_header:]
+        if len(ip) < 28 or ip[0] >> 4 != 4 or ip[9] != 17:
+            continue
+        udp = ip[(ip[0] & 0xF) * 4:]
+        if struct.unpack_from("!H", udp, 2)[0] == port:
+            payloads.append(udp[8:])
+    return payloads
+
+
+def test_garbage_truncated_and_replayed_datagrams_do_not_disturb_a_client(
+    lab: Lab, server: AuraServer, tmp_path: Path
+) -> None:
+    ns = server.add_client_namespace()
+    attacker = server.add_client_namespace()
+    pcap = tmp_path / "alice.pcap"
+    capture = lab.spawn(server.ns, ["tcpdump", "-i", "any", "-w", str(pcap), "-U",
+                                     "udp", "dst", "port", "8443"])
+    time.sleep(0.5)
+    stock_wireguard_up(lab, ns, server.provision("alice", "wireguard"))
+    assert lab.ping(ns, SERVER_TUNNEL_V4, count=5)
+    lab.stop(capture, sig=2)
+    recorded = captured_datagrams(pcap, 8443)
+    assert any(d[0] == 1 for d in recorded) and any(d[0] == 4 for d in recorded)
+
+    rng = random.Random(7)
+    junk = [os.urandom(rng.randrange(0, 1500)) for _ in range(300)]
+    junk += [bytes([kind, 0, 0, 0]) + os.urandom(rng.randrange(0, 200)) for kind in (1, 2, 3, 4)
+             for _ in range(50)]
+    junk += [d[: rng.randrange(1, len(d))] for d in recorded]  # truncated real messages
+    junk += recorded * 5  # replays: old initiations and data counters
+    script = (
+        "import socket, sys, json\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "for d in json.load(sys.stdin):\n"
+        "    s.sendto(bytes.fromhex(d), ('198.51.100.1', 8443))\n"
+    )
+    pinger = lab.spawn(ns, ["ping", "-c", "40", "-i", "0.05", "-W", "1", SERVER_TUNNEL_V4],
+                       log=tmp_path / "ping.log")
+    flood = subprocess.run(
+        ["ip", "netns", "exec", attacker, sys.executable, "-c", script],
+        input=json.dumps([d.hex() for d in junk]), text=True, timeout=60, check=True,
+    )
+    assert flood.returncode == 0
+    assert pinger.wait(30) == 0, (tmp_path / "ping.log").read_text()
+    assert lab.ping(ns, SERVER_TUNNEL_V4)
+    assert server.process is not None and server.process.poll() is None
+    assert server.status()["peers"][0]["connected"]
+
+
+def test_busy_port_moves_the_transport_and_is_recorded(lab: Lab, tmp_path: Path) -> None:
+    aura = build(lab, tmp_path)
+    aura.init()
+    blocker = lab.spawn(aura.ns, [sys.executable, "-c",
+                                  "import socket,time; s=socket.socket(socket.AF_INET6, "
+                                  "socket.SOCK_DGRAM); s.bind(('::', 8443)); time.sleep(120)"])
+    time.sleep(0.5)
+    aura.start()
+    runtime = json.loads((tmp_path / "state" / "runtime.json").read_text())
+    assert runtime["transports"]["udp"]["bound"][0].endswith(":8444")
+    conf = aura.provision("alice", "wireguard")
+    assert "Endpoint = 198.51.100.1:8444" in conf.read_text()
+    ns = aura.add_client_namespace()
+    stock_wireguard_up(lab, ns, conf)
+    assert lab.ping(ns, SERVER_TUNNEL_V4)
+    lab.stop(blocker)
+
