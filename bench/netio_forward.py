@@ -17,6 +17,7 @@ import json
 import select
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -97,7 +98,7 @@ class Tunnel:
     left: str
     right: str
     work: Path
-    processes: dict[str, object]
+    processes: dict[str, subprocess.Popen[bytes]]
 
     @staticmethod
     def inner(index: int, v6: bool = False) -> str:
@@ -107,7 +108,7 @@ class Tunnel:
         """Stop both forwarders; their counters by namespace."""
         stats = {}
         for ns in (self.left, self.right):
-            self.lab.stop(self.processes[ns])  # type: ignore[arg-type]
+            self.lab.stop(self.processes[ns])
             stats[ns] = json.loads((self.work / f"{ns}.json").read_text())
         return stats
 
@@ -115,7 +116,7 @@ class Tunnel:
 def start_tunnel(lab: Lab, work: Path) -> Tunnel:
     left, right = lab.namespace("left"), lab.namespace("right")
     lab.link(left, "10.200.0.1/24", right, "10.200.0.2/24")
-    processes: dict[str, object] = {}
+    processes: dict[str, subprocess.Popen[bytes]] = {}
     for ns, me, other in ((left, 1, 2), (right, 2, 1)):
         processes[ns] = lab.spawn(
             ns,
