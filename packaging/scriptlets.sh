@@ -1,0 +1,40 @@
+# Shared by the .deb and .rpm scriptlets (inlined at build time).
+AURA_UNITS="aura.target aura-router.service aura-signer.service aura-udp.service aura-tcp.service aura-quic.service"
+AURA_SOCKETS="aura-router.socket aura-signer.socket aura-udp.socket aura-tcp.socket aura-quic.socket"
+
+systemd_running() { [ -d /run/systemd/system ]; }
+
+aura_configure() {
+    systemd-sysusers aura.conf
+    systemd-tmpfiles --create aura.conf
+    if systemd_running; then
+        systemctl daemon-reload
+    fi
+    # Enabled, not started: every unit has ConditionPathExists=/etc/aura/server.yaml, so
+    # nothing runs until `aura server init`, and from then on the suite starts at boot.
+    systemctl enable --quiet aura.target aura-router.service $AURA_SOCKETS
+}
+
+aura_restart_after_upgrade() {
+    # Only what was running; the router restarts without dropping clients.
+    if systemd_running; then
+        systemctl try-restart $AURA_UNITS || true
+    fi
+}
+
+aura_stop() {
+    if systemd_running; then
+        systemctl stop $AURA_UNITS $AURA_SOCKETS 'aura-client@*.service' || true
+    fi
+    systemctl disable --quiet aura.target aura-router.service $AURA_SOCKETS || true
+}
+
+aura_daemon_reload() {
+    if systemd_running; then
+        systemctl daemon-reload || true
+    fi
+}
+
+aura_purge() {
+    rm -rf /var/lib/aura /etc/aura /run/aura
+}
