@@ -12,7 +12,11 @@ if TYPE_CHECKING:
     from .device import Peer
     from .noise import TransportKeys
 
-_WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
+# The window is a ring of 64-bit blocks (as in the kernel and wireguard-go): updating it touches
+# one small int per packet, where one big bitmap int would be copied whole on every change.
+_BLOCK_SHIFT = 6
+_BLOCK_MASK = (1 << _BLOCK_SHIFT) - 1
+_RING_BLOCKS = (REPLAY_WINDOW >> _BLOCK_SHIFT) + 1
 
 
 class Keypair:
@@ -26,7 +30,7 @@ class Keypair:
         "remote_index",
         "send_counter",
         "sender",
-        "window",
+        "window_ring",
     )
 
     def __init__(self, peer: Peer, keys: TransportKeys, *, local_index: int, remote_index: int,
@@ -39,29 +43,30 @@ class Keypair:
         self.is_initiator = is_initiator
         self.created = created
         self.send_counter = 0
-        # Bit i of `window` records counter (highest_counter - i).
-        self.highest_counter = -1
-        self.window = 0
+        self.highest_counter = 0
+        self.window_ring = [0] * _RING_BLOCKS
 
     def accept_counter(self, counter: int) -> bool:
-        """Records an authenticated counter; False if it was seen or fell behind the window."""
-        ahead = counter - self.highest_counter
-        if ahead > 0:
+        """Records an authenticated counter; False if it was seen or is more than
+        REPLAY_WINDOW behind the highest one."""
+        ring = self.window_ring
+        block = counter >> _BLOCK_SHIFT
+        highest = self.highest_counter
+        if counter > highest:
             if counter >= REJECT_AFTER_MESSAGES:
                 return False
-            if ahead < REPLAY_WINDOW:
-                self.window = ((self.window << ahead) | 1) & _WINDOW_MASK
-            else:
-                self.window = 1
+            current = highest >> _BLOCK_SHIFT
+            if block != current:  # entering new blocks: forget what they held a lap ago
+                for skipped in range(current + 1, current + 1 + min(block - current, _RING_BLOCKS)):
+                    ring[skipped % _RING_BLOCKS] = 0
             self.highest_counter = counter
-            return True
-        behind = -ahead
-        if behind >= REPLAY_WINDOW:
+        elif highest - counter > REPLAY_WINDOW:
             return False
-        bit = 1 << behind
-        if self.window & bit:
+        slot = block % _RING_BLOCKS
+        bit = 1 << (counter & _BLOCK_MASK)
+        if ring[slot] & bit:
             return False
-        self.window |= bit
+        ring[slot] |= bit
         return True
 
     def erase(self) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from aura_common.errors import AuraError
 from aura_common.wireguard import (
@@ -28,8 +30,11 @@ from aura_common.wireguard.constants import (
     REKEY_ATTEMPT_TIME,
     REKEY_ON_RECEIVE_AGE,
     REKEY_TIMEOUT,
+    REPLAY_WINDOW,
     ZERO_KEYS_AFTER,
 )
+from aura_common.wireguard.keypair import Keypair
+from aura_common.wireguard.noise import TransportKeys
 
 CLIENT_ADDR = ("192.0.2.10", 40000)
 SERVER_ADDR = ("198.51.100.1", 51820)
@@ -170,6 +175,7 @@ def test_replay_window_edges_and_out_of_order() -> None:
     pair = Pair()
     pair.connect()  # the confirming keepalive used client counter 0
     datagrams = transmits(pair.client.send(pair.to_server, [ipv4_packet()] * 8200, 1.0))
+    assert REPLAY_WINDOW == 8128
     counter_of = {struct.unpack_from("<Q", d, 8)[0]: d for d in datagrams}
     highest = 8200
 
@@ -177,8 +183,9 @@ def test_replay_window_edges_and_out_of_order() -> None:
         return pair.server.receive([counter_of[counter]], CLIENT_ADDR, 1.0)
 
     assert of_type(deliver(highest), Received)
-    assert drop_reasons(deliver(highest - 8128)) == ["replayed data"]  # just beyond the window
-    assert of_type(deliver(highest - 8127), Received)  # exactly at the window's edge
+    # The window is REPLAY_WINDOW counters behind the highest, as in wireguard-go.
+    assert drop_reasons(deliver(highest - 8129)) == ["replayed data"]  # just beyond the window
+    assert of_type(deliver(highest - 8128), Received)  # exactly at the window's edge
     assert of_type(deliver(highest - 5), Received)  # out of order inside the window
     assert of_type(deliver(highest - 7), Received)
     assert drop_reasons(deliver(highest - 5)) == ["replayed data"]
@@ -388,3 +395,28 @@ def test_add_peer_rejects_bad_keys() -> None:
     device.add_peer(key)
     with pytest.raises(AuraError):
         device.add_peer(key)
+
+
+class _ReplayModel:
+    """The window's definition, spelled out with a set."""
+
+    def __init__(self) -> None:
+        self.highest, self.seen = 0, set[int]()
+
+    def accept(self, counter: int) -> bool:
+        if counter >= REJECT_AFTER_MESSAGES or counter in self.seen:
+            return False
+        if self.highest - counter > REPLAY_WINDOW:
+            return False
+        self.seen.add(counter)
+        self.highest = max(self.highest, counter)
+        return True
+
+
+@given(st.lists(st.one_of(st.integers(0, 20_000), st.integers(0, 2**64 - 1)), max_size=200))
+def test_replay_window_matches_its_definition(counters: list[int]) -> None:
+    keypair = Keypair(None, TransportKeys(bytes(32), bytes(32)), local_index=1,  # type: ignore[arg-type]
+                      remote_index=2, is_initiator=True, created=0.0)
+    model = _ReplayModel()
+    for counter in counters:
+        assert keypair.accept_counter(counter) == model.accept(counter), counter

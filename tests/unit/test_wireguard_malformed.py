@@ -69,7 +69,7 @@ FUZZ_PAIR = Pair()
 FUZZ_PAIR.connect(0.0)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.one_of(
     st.binary(max_size=200),
     st.sampled_from(list(MESSAGES.values())).flatmap(
