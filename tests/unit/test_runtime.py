@@ -1,0 +1,110 @@
+"""runtime.json: bound addresses per transport, written under a lock, validated on read."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aura_common import runtime
+from aura_common.errors import ConfigError
+
+
+def test_missing_file_reads_as_nothing_bound(tmp_path: Path) -> None:
+    assert runtime.read_runtime(tmp_path / "runtime.json") == {"version": 1, "transports": {}}
+
+
+def test_record_and_forget(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "runtime.json"
+    runtime.record_bound(path, "udp", ["0.0.0.0:8443", "[::]:8443"], activated=False)
+    runtime.record_bound(path, "quic", ["[::]:8445"], activated=True)
+    doc = runtime.read_runtime(path)
+    udp = doc["transports"]["udp"]
+    assert udp["bound"] == ["0.0.0.0:8443", "[::]:8443"]
+    assert udp["pid"] == os.getpid()
+    assert udp["activated"] is False
+    bound_at = datetime.datetime.fromisoformat(udp["bound_at"])
+    assert bound_at.tzinfo is not None
+    assert abs((datetime.datetime.now(datetime.UTC) - bound_at).total_seconds()) < 60
+    assert doc["transports"]["quic"]["activated"] is True
+    runtime.forget(path, "udp")
+    runtime.forget(path, "tcp")  # never recorded: nothing happens
+    assert set(runtime.read_runtime(path)["transports"]) == {"quic"}
+
+
+def _record(path: str, transport: str) -> None:
+    for port in range(100):
+        runtime.record_bound(path, transport, [f"[::]:{port + 1}"], activated=False)
+
+
+def test_concurrent_writers_keep_each_others_entries(tmp_path: Path) -> None:
+    path = str(tmp_path / "runtime.json")
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_record, args=(path, t)) for t in ("udp", "tcp", "quic")]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    doc = runtime.read_runtime(path)
+    assert {t: e["bound"] for t, e in doc["transports"].items()} == {
+        "udp": ["[::]:100"], "tcp": ["[::]:100"], "quic": ["[::]:100"],
+    }  # fmt: skip
+
+
+def test_damaged_file_is_named_on_read_and_replaced_on_write(tmp_path: Path) -> None:
+    path = tmp_path / "runtime.json"
+    path.write_text('{"version": 1, "transports": {"udp": {"bound": ["nowhere"]}}}')
+    with pytest.raises(ConfigError) as info:
+        runtime.read_runtime(path)
+    assert info.value.key == "transports.udp.bound"
+    assert str(path) in str(info.value)
+    runtime.record_bound(path, "tcp", ["[::]:8443"], activated=False)
+    assert set(runtime.read_runtime(path)["transports"]) == {"tcp"}
+
+
+@pytest.mark.parametrize(
+    ("entry", "key"),
+    [
+        ({"bound": "x"}, "transports.udp.bound"),
+        ({"bound": [], "bound_at": "yesterday"}, "transports.udp.bound_at"),
+        ({"bound": [], "bound_at": "2024-01-01T00:00:00Z", "pid": -1}, "transports.udp.pid"),
+        ({"bound": [], "bound_at": "2024-01-01T00:00:00Z", "pid": 5, "activated": 1},
+         "transports.udp.activated"),
+    ],
+)  # fmt: skip
+def test_bad_entries_name_the_key(entry: dict[str, object], key: str) -> None:
+    data = json.dumps({"version": 1, "transports": {"udp": entry}}).encode()
+    with pytest.raises(ConfigError) as info:
+        runtime.parse_runtime(data, "runtime.json")
+    assert info.value.key == key
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=30),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    json_values
+    | st.fixed_dictionaries({"version": st.just(1), "transports": json_values})
+    | st.fixed_dictionaries(
+        {"version": st.just(1),
+         "transports": st.dictionaries(st.sampled_from(["udp", "tcp", "quic"]), json_values)}
+    )
+)  # fmt: skip
+def test_garbage_raises_only_config_error(doc: object) -> None:
+    with contextlib.suppress(ConfigError):
+        runtime.parse_runtime(json.dumps(doc).encode(), "runtime.json")
