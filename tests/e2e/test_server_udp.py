@@ -35,8 +35,8 @@ def server(lab: Lab, tmp_path: Path) -> AuraServer:
     return aura
 
 
-def wg_rx_bytes(lab: Lab, ns: str) -> int:
-    line = lab.run(ns, "wg show wg0 transfer").stdout.split()
+def wg_rx_bytes(lab: Lab, ns: str, ifname: str) -> int:
+    line = lab.run(ns, f"wg show {ifname} transfer").stdout.split()
     return int(line[1])
 
 
@@ -66,14 +66,14 @@ def test_two_clients_get_only_their_own_traffic_and_revocation_is_immediate(
 ) -> None:
     alice_ns, bob_ns = server.add_client_namespace(), server.add_client_namespace()
     stock_wireguard_up(lab, alice_ns, server.provision("alice", "wireguard"))
-    stock_wireguard_up(lab, bob_ns, server.provision("bob", "wireguard"))
+    bob_if = stock_wireguard_up(lab, bob_ns, server.provision("bob", "wireguard"))
     assert lab.ping(alice_ns, SERVER_TUNNEL_V4) and lab.ping(bob_ns, SERVER_TUNNEL_V4)
     assert lab.ping(alice_ns, "10.77.0.3"), "clients reach each other through the router"
 
     # 200 KB addressed to alice must not show up at bob.
-    bob_before = wg_rx_bytes(lab, bob_ns)
+    bob_before = wg_rx_bytes(lab, bob_ns, bob_if)
     lab.run(server.ns, ["ping", "-c", "200", "-i", "0.005", "-s", "1000", "-q", "10.77.0.2"])
-    assert wg_rx_bytes(lab, bob_ns) - bob_before < 20_000
+    assert wg_rx_bytes(lab, bob_ns, bob_if) - bob_before < 20_000
 
     server.aura("revoke-client", "bob")
     revoked_at = time.monotonic()
@@ -85,10 +85,10 @@ def test_two_clients_get_only_their_own_traffic_and_revocation_is_immediate(
 
 
 def captured_datagrams(pcap: Path, port: int) -> list[bytes]:
-    """UDP payloads sent to `port` from a pcap file (Linux cooked or Ethernet framing)."""
+    """UDP payloads sent to `port` from a pcap file (Ethernet or Linux cooked framing)."""
     data = pcap.read_bytes()
     link_type = struct.unpack_from("<I", data, 20)[0]
-    link_header = {1: 14, 113: 16}[link_type]
+    link_header = {1: 14, 113: 16, 276: 20}[link_type]  # Ethernet, Linux SLL, SLL2
     offset, payloads = 24, []
     while offset + 16 <= len(data):
         _, _, captured, _ = struct.unpack_from("<IIII", data, offset)
@@ -109,9 +109,10 @@ def test_garbage_truncated_and_replayed_datagrams_do_not_disturb_a_client(
     ns = server.add_client_namespace()
     attacker = server.add_client_namespace()
     pcap = tmp_path / "alice.pcap"
+    capture_log = tmp_path / "tcpdump.log"
     capture = lab.spawn(server.ns, ["tcpdump", "-i", "any", "-w", str(pcap), "-U",
-                                     "udp", "dst", "port", "8443"])
-    time.sleep(0.5)
+                                     "udp", "dst", "port", "8443"], log=capture_log)
+    lab.wait_for(lambda: "listening on" in capture_log.read_text(), what="tcpdump ready")
     stock_wireguard_up(lab, ns, server.provision("alice", "wireguard"))
     assert lab.ping(ns, SERVER_TUNNEL_V4, count=5)
     lab.stop(capture, sig=2)

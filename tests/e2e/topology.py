@@ -112,8 +112,13 @@ def build(lab: Lab, folder: Path) -> AuraServer:
     return AuraServer(lab, server_ns, folder, internet_ns, uplink)
 
 
-def stock_wireguard_up(lab: Lab, ns: str, conf: Path, ifname: str = "wg0") -> None:
-    """Bring up Debian's wireguard-go from a wg-quick file, as `wg-quick up` would."""
+def stock_wireguard_up(lab: Lab, ns: str, conf: Path) -> str:
+    """Bring up Debian's wireguard-go from a wg-quick file, as `wg-quick up` would.
+
+    Returns the interface name: unique per lab and client, because wireguard-go's control
+    socket lives in /var/run/wireguard, which network namespaces do not separate.
+    """
+    ifname = f"wg{lab.prefix[2:8]}{conf.stem[:7]}"
     text = conf.read_text()
     interface: dict[str, str] = {}
     for line in text.splitlines():
@@ -143,6 +148,7 @@ def stock_wireguard_up(lab: Lab, ns: str, conf: Path, ifname: str = "wg0") -> No
                 lab.run(ns, ["ip", "route", "add", half, "dev", ifname])
         else:
             lab.run(ns, ["ip", "route", "add", cidr, "dev", ifname])
+    return ifname
 
 
 def iperf3(lab: Lab, client_ns: str, server_ns: str, server_ip: str, *, reverse: bool = False,
