@@ -1,0 +1,372 @@
+"""IPC channels over real SEQPACKET sockets: hello, credentials, limits, drops, closing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import socket
+import stat
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aura_common import ipc
+from aura_common.errors import AuraError
+
+REPO = str(Path(__file__).resolve().parents[2])
+Handler = Callable[[ipc.Channel], Awaitable[None]]
+
+
+async def echo(channel: ipc.Channel) -> None:
+    while True:
+        frame = await channel.recv()
+        await channel.send_reliable({"t": "echo", "frame": frame, "role": channel.role})
+
+
+@asynccontextmanager
+async def listening(
+    path: Path, handler: Handler = echo, uids: set[int] | None = None, gids: set[int] | None = None
+) -> AsyncIterator[ipc.Listener]:
+    listener = await ipc.Listener.start(path, handler, uids or set(), gids or set())
+    try:
+        yield listener
+    finally:
+        await listener.close()
+
+
+def raw_client(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.settimeout(5)
+    sock.connect(str(path))
+    return sock
+
+
+def test_hello_and_round_trip_keep_bytes_and_strings(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        path = tmp_path / "router.sock"
+        async with listening(path):
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+            channel = await ipc.connect(path, "udp")
+            assert channel.role == "router"
+            assert channel.peer_credentials.pid == os.getpid()
+            frame = {"t": "pkts", "peer": "alice", "data": [b"\x45\x00", b""], "psk": None}
+            assert channel.send(frame)
+            reply = await asyncio.wait_for(channel.recv(), 5)
+            assert reply == {"t": "echo", "frame": frame, "role": "udp"}
+            assert isinstance(reply["frame"]["data"][0], bytes)
+            channel.close()
+            assert not channel.send(frame)
+            with pytest.raises(ipc.ChannelClosed):
+                await channel.recv()
+
+    asyncio.run(scenario())
+
+
+def test_listener_refuses_wrong_protocol_version(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        path = tmp_path / "router.sock"
+        async with listening(path):
+            loop = asyncio.get_running_loop()
+            sock = raw_client(path)
+            sock.send(msgpack.packb({"t": "hello", "v": 99, "role": "udp"}))
+            reply = msgpack.unpackb(await loop.run_in_executor(None, sock.recv, 65536))
+            assert reply["t"] == "error"
+            assert "protocol version 1" in reply["message"]
+            assert await loop.run_in_executor(None, sock.recv, 65536) == b""  # then closed
+            sock.close()
+
+    asyncio.run(scenario())
+
+
+def test_connect_raises_on_listener_with_other_version(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        path = str(tmp_path / "future.sock")
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        server.bind(path)
+        server.listen(1)
+        loop = asyncio.get_running_loop()
+
+        def answer_with_v2() -> None:
+            conn, _ = server.accept()
+            conn.recv(65536)
+            conn.send(msgpack.packb({"t": "hello", "v": 2, "role": "router"}))
+            conn.recv(65536)  # our error frame, then EOF
+            conn.close()
+
+        answering = loop.run_in_executor(None, answer_with_v2)
+        with pytest.raises(ipc.HelloRejected, match="version mismatch: ours 1, theirs 2"):
+            await ipc.connect(path, "udp")
+        await answering
+        server.close()
+
+    asyncio.run(scenario())
+    assert issubclass(ipc.HelloRejected, AuraError)
+
+
+def _connect_as(uid: int, gid: int, path: str) -> str:
+    """In a forked child that drops to `uid`/`gid`: say hello and report the answer."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: plain blocking sockets, never the parent's event loop
+        result = "crashed"
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            sock = raw_client(Path(path))
+            sock.send(msgpack.packb({"t": "hello", "v": ipc.PROTOCOL_VERSION, "role": "admin"}))
+            reply = msgpack.unpackb(sock.recv(65536))
+            if reply["t"] == "hello":
+                sock.send(msgpack.packb({"t": "status"}))
+                reply = msgpack.unpackb(sock.recv(65536))
+            result = f"{reply['t']}: {reply.get('message', '')}"
+        except BaseException as exc:
+            result = f"crashed: {exc!r}"
+        finally:
+            os.write(write_end, result.encode())
+            os._exit(0)
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as pipe:
+            return pipe.read().decode()
+    finally:
+        os.waitpid(pid, 0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a child as nobody")
+def test_peer_credentials_are_checked() -> None:
+    nobody = pwd.getpwnam("nobody")
+
+    async def scenario() -> None:
+        # A directory and socket nobody may reach, so only SO_PEERCRED stands in the way.
+        directory = tempfile.mkdtemp(prefix="aura-ipc-")
+        os.chmod(directory, 0o755)
+        path = os.path.join(directory, "admin.sock")
+        loop = asyncio.get_running_loop()
+        try:
+            for gids, expected in ((set(), "error: permission denied"),
+                                   ({nobody.pw_gid}, "echo: ")):  # fmt: skip
+                async with listening(Path(path), gids=gids):
+                    os.chmod(path, 0o666)
+                    answer = await asyncio.wait_for(
+                        loop.run_in_executor(None, _connect_as, nobody.pw_uid, nobody.pw_gid, path),
+                        30,
+                    )
+                    assert answer == expected
+        finally:
+            os.rmdir(directory)
+
+    asyncio.run(scenario())
+
+
+def test_permission_rule() -> None:
+    creds = ipc.Credentials(pid=1, uid=1000, gid=1000)
+    assert ipc.permitted(creds, {1000}, set())
+    assert ipc.permitted(creds, set(), {1000})
+    assert not ipc.permitted(creds, {1001}, {5})
+    assert ipc.permitted(ipc.Credentials(1, 0, 0), set(), set())
+
+
+@pytest.mark.parametrize(
+    "bad_frame",
+    [
+        b"\x00" * (ipc.MAX_FRAME + 100),  # oversized
+        b"\xc1",  # a msgpack byte that is never valid
+        msgpack.packb([1, 2, 3]),  # valid msgpack, but not a frame
+        msgpack.packb({"no_t": 1}),
+        msgpack.packb({"t": 1}),
+        msgpack.packb({1: 2, "t": "x"}),  # non-string map key
+    ],
+    ids=["oversized", "invalid", "list", "no-t", "int-t", "int-key"],
+)
+def test_bad_frame_closes_only_that_channel(tmp_path: Path, bad_frame: bytes) -> None:
+    async def scenario() -> None:
+        path = tmp_path / "router.sock"
+        async with listening(path):
+            good = await ipc.connect(path, "udp")
+            bad = await ipc.connect(path, "tcp")
+            bad.sock.send(bad_frame)
+            with pytest.raises(ipc.ChannelClosed):
+                while True:  # an error frame may come first; then the channel ends
+                    frame = await asyncio.wait_for(bad.recv(), 5)
+                    assert frame["t"] == "error"
+            await good.send_reliable({"t": "ping"})
+            assert (await asyncio.wait_for(good.recv(), 5))["frame"] == {"t": "ping"}
+            good.close()
+
+    asyncio.run(scenario())
+
+
+def test_sending_too_large_a_frame_is_refused_locally(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        path = tmp_path / "router.sock"
+        async with listening(path):
+            channel = await ipc.connect(path, "udp")
+            with pytest.raises(ipc.FrameTooLarge):
+                channel.send({"t": "pkts", "peer": "a", "data": [b"x" * ipc.MAX_FRAME]})
+            channel.close()
+
+    asyncio.run(scenario())
+
+
+def test_full_socket_drops_and_counts_batches_but_loses_no_accepted_frame() -> None:
+    async def scenario() -> None:
+        left_sock, right_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sender, receiver = ipc.Channel(left_sock, "router"), ipc.Channel(right_sock, "udp")
+        # The receiver's task does not run while we send, so nothing is taken off the socket.
+        packet = b"p" * 60_000
+        accepted = rejected = 0
+        for index in range(5000):
+            if sender.send({"t": "pkts", "peer": "a", "data": [packet], "n": index}):
+                accepted += 1
+            else:
+                rejected += 1
+        assert rejected > 0 and accepted > 0
+        assert sender.dropped == rejected
+        # A control frame waits for room instead of being dropped.
+        reliable = asyncio.ensure_future(sender.send_reliable({"t": "session_down", "peer": "a"}))
+        numbers = []
+        while True:
+            for frame in await asyncio.wait_for(receiver.recv_many(), 5):
+                if frame["t"] == "session_down":
+                    break
+                numbers.append(frame["n"])
+            else:
+                continue
+            break
+        await asyncio.wait_for(reliable, 5)
+        assert len(numbers) == accepted
+        assert numbers == sorted(numbers)
+        sender.close()
+        receiver.close()
+
+    asyncio.run(scenario())
+
+
+def test_send_packets_splits_batches_to_the_frame_limit() -> None:
+    async def scenario() -> None:
+        left_sock, right_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sender, receiver = ipc.Channel(left_sock), ipc.Channel(right_sock)
+        sender.max_frame = 10_000
+        packets = [bytes([i]) * 3000 for i in range(10)]
+        assert sender.send_packets("alice", packets)
+        received: list[bytes] = []
+        frames = 0
+        while len(received) < len(packets):
+            frame = await asyncio.wait_for(receiver.recv(), 5)
+            assert frame["t"] == "pkts" and frame["peer"] == "alice"
+            frames += 1
+            received.extend(frame["data"])
+        assert received == packets
+        assert frames == 4  # three packets per 10 000-byte frame
+        sender.close()
+        receiver.close()
+
+    asyncio.run(scenario())
+
+
+def test_peer_close_ends_recv_after_queued_frames() -> None:
+    async def scenario() -> None:
+        left_sock, right_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        left, right = ipc.Channel(left_sock), ipc.Channel(right_sock)
+        assert left.send({"t": "a"}) and left.send({"t": "b"})
+        left.close()
+        assert (await right.recv())["t"] == "a"
+        assert (await right.recv())["t"] == "b"
+        with pytest.raises(ipc.ChannelClosed, match="closed by the other side"):
+            await asyncio.wait_for(right.recv(), 5)
+        assert not right.send({"t": "c"})
+        with pytest.raises(ipc.ChannelClosed):
+            await right.send_reliable({"t": "c"})
+
+    asyncio.run(scenario())
+
+
+def test_stale_socket_is_replaced_but_live_one_is_not(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        path = tmp_path / "router.sock"
+        dead = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        dead.bind(str(path))
+        dead.close()  # leaves the socket file behind, as a crashed process would
+        async with listening(path):
+            with pytest.raises(AuraError, match="already listening"):
+                await ipc.Listener.start(path, echo, set(), set())
+            channel = await ipc.connect(path, "udp")  # the first listener still works
+            channel.close()
+        assert not path.exists()  # removed on close
+        path.write_text("not a socket")
+        with pytest.raises(AuraError, match="not a socket"):
+            await ipc.Listener.start(path, echo, set(), set())
+
+    asyncio.run(scenario())
+
+
+def test_listener_on_an_activated_socket_and_failing_handlers(tmp_path: Path) -> None:
+    calls = 0
+
+    async def flaky(channel: ipc.Channel) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("handler bug")
+        await echo(channel)
+
+    async def scenario() -> None:
+        path = tmp_path / "activated.sock"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock.bind(str(path))
+        sock.listen(8)
+        listener = await ipc.Listener.start(sock, flaky, set(), set(), role="signer")
+        first = await ipc.connect(path, "admin")
+        with pytest.raises(ipc.ChannelClosed):
+            await asyncio.wait_for(first.recv(), 5)  # the handler failed: channel closed
+        second = await ipc.connect(path, "admin")
+        assert second.role == "signer"
+        await second.send_reliable({"t": "sign"})
+        assert (await asyncio.wait_for(second.recv(), 5))["frame"] == {"t": "sign"}
+        second.close()
+        await listener.close()
+        assert path.exists()  # systemd owns an activated socket's file
+
+    asyncio.run(scenario())
+
+
+def test_connect_to_nothing_raises_oserror(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        with pytest.raises(OSError):
+            await ipc.connect(tmp_path / "missing.sock", "udp")
+
+    asyncio.run(scenario())
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200))
+def test_decode_garbage_raises_only_value_error(data: bytes) -> None:
+    try:
+        frame = ipc.decode(data)
+    except ValueError:
+        return
+    assert isinstance(frame, dict) and isinstance(frame["t"], str)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(max_size=5),
+        st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.binary(max_size=50)
+        | st.text(max_size=20) | st.lists(st.binary(max_size=20), max_size=5),
+        max_size=5,
+    ),
+    st.text(min_size=1, max_size=10),
+)  # fmt: skip
+def test_encode_decode_round_trip(fields: dict[str, object], kind: str) -> None:
+    frame = {**fields, "t": kind}
+    assert ipc.decode(ipc.encode(frame)) == frame
