@@ -142,7 +142,15 @@ def _segment_tcp(packet: bytes, mss: int, ipv6: bool) -> list[bytes]:
     (first_seq,) = struct.unpack_from("!I", tcp_header, 4)
     first_flags = tcp_header[13]
     (first_id,) = struct.unpack_from("!H", ip_header, 4)
-    pseudo = _pseudo_header_sum(packet, ipv6)
+    # Header sums with the per-segment fields zeroed, so each segment only adds its own values.
+    struct.pack_into("!I", tcp_header, 4, 0)
+    tcp_header[13] = 0
+    struct.pack_into("!H", tcp_header, _TCP_CHECKSUM_OFFSET, 0)
+    tcp_base = _pseudo_header_sum(packet, ipv6) + ones_sum(tcp_header)
+    if not ipv6:
+        struct.pack_into("!HH", ip_header, 2, 0, 0)
+        struct.pack_into("!H", ip_header, 10, 0)
+        ip_base = ones_sum(ip_header)
     count = max(1, -(-len(payload) // mss))
     segments = []
     for index in range(count):
@@ -152,19 +160,18 @@ def _segment_tcp(packet: bytes, mss: int, ipv6: bool) -> list[bytes]:
             flags &= ~_TCP_CWR
         if index != count - 1:
             flags &= ~(_TCP_FIN | _TCP_PSH)
-        tcp_header[13] = flags
-        struct.pack_into("!I", tcp_header, 4, (first_seq + index * mss) & 0xFFFFFFFF)
-        struct.pack_into("!H", tcp_header, _TCP_CHECKSUM_OFFSET, 0)
+        seq = (first_seq + index * mss) & 0xFFFFFFFF
         segment_len = tcp_len + len(chunk)
-        total = pseudo + segment_len + int.from_bytes(tcp_header, "big") + ones_sum(chunk)
+        total = tcp_base + segment_len + (seq >> 16) + (seq & 0xFFFF) + flags + ones_sum(chunk)
+        struct.pack_into("!I", tcp_header, 4, seq)
+        tcp_header[13] = flags
         struct.pack_into("!H", tcp_header, _TCP_CHECKSUM_OFFSET, _checksum(total))
         if ipv6:
             struct.pack_into("!H", ip_header, 4, segment_len)
         else:
-            struct.pack_into("!H", ip_header, 2, ip_len + segment_len)
-            struct.pack_into("!H", ip_header, 4, (first_id + index) & 0xFFFF)
-            struct.pack_into("!H", ip_header, 10, 0)
-            struct.pack_into("!H", ip_header, 10, _checksum(ones_sum(ip_header)))
+            length, ident = ip_len + segment_len, (first_id + index) & 0xFFFF
+            struct.pack_into("!HH", ip_header, 2, length, ident)
+            struct.pack_into("!H", ip_header, 10, _checksum(ip_base + length + ident))
         segments.append(b"".join((ip_header, tcp_header, chunk)))
     return segments
 
@@ -206,14 +213,9 @@ def coalesce(packets: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
     return [item.build() if isinstance(item, _Run) else (_PLAIN_HEADER, item) for item in order]
 
 
-@dataclass(frozen=True, slots=True)
-class _SegmentInfo:
-    ipv6: bool
-    ip_len: int
-    hdr_len: int
-    same: bytes  # header bytes every member of a run must share
-    seq: int
-    push: bool
+# What coalesce() needs of a segment that may merge: (ipv6, ip_len, hdr_len, same, seq, push),
+# where `same` holds the header bytes every member of a run must share.
+_SegmentInfo = tuple[bool, int, int, bytes, int, bool]
 
 
 def _parse_for_coalesce(packet: bytes) -> tuple[bytes, _SegmentInfo | None] | None:
@@ -227,16 +229,18 @@ def _parse_for_coalesce(packet: bytes) -> tuple[bytes, _SegmentInfo | None] | No
         fragment = (packet[6] & 0x3F) | packet[7]
         if packet[9] != _IPPROTO_TCP or ip_len < 20 or size < ip_len + 20 or fragment:
             return None
-        flow = packet[12:20] + packet[ip_len:ip_len + 4]
+        flow = packet[12:ip_len + 4] if ip_len == 20 else packet[12:20] + packet[ip_len:ip_len + 4]
         ip_ok = ip_len == 20 and int.from_bytes(packet[2:4], "big") == size
         same = packet[0:2] + packet[6:10]
+        addresses = 12
     elif version == 6:
         if size < 60 or packet[6] != _IPPROTO_TCP:
             return None
         ip_len = 40
-        flow = packet[8:40] + packet[40:44]
+        flow = packet[8:44]
         ip_ok = int.from_bytes(packet[4:6], "big") + 40 == size
         same = packet[0:4] + packet[7:8]
+        addresses = 8
     else:
         return None
     tcp = ip_len
@@ -245,13 +249,13 @@ def _parse_for_coalesce(packet: bytes) -> tuple[bytes, _SegmentInfo | None] | No
     flags = packet[tcp + 13]
     if not ip_ok or tcp_len < 20 or hdr_len >= size or flags & ~_TCP_PSH != _TCP_ACK:
         return flow, None
-    ipv6 = version == 6
-    total = _pseudo_header_sum(packet, ipv6) + size - ip_len + ones_sum(memoryview(packet)[tcp:])
-    if total % 0xFFFF:
+    # The addresses sit right before the TCP header (no options, no extension headers), so one
+    # sum from the addresses on covers the pseudo-header's addresses and the whole segment.
+    if (ones_sum(memoryview(packet)[addresses:]) + _IPPROTO_TCP + size - ip_len) % 0xFFFF:
         return flow, None
     same += packet[tcp + 8:tcp + 13] + packet[tcp + 14:tcp + 16] + packet[tcp + 18:hdr_len]
     seq = int.from_bytes(packet[tcp + 4:tcp + 8], "big")
-    return flow, _SegmentInfo(ipv6, ip_len, hdr_len, same, seq, bool(flags & _TCP_PSH))
+    return flow, (version == 6, ip_len, hdr_len, same, seq, bool(flags & _TCP_PSH))
 
 
 class _Run:
@@ -260,35 +264,37 @@ class _Run:
     __slots__ = ("closed", "gso_size", "info", "length", "next_seq", "packets", "push")
 
     def __init__(self, packet: bytes, info: _SegmentInfo) -> None:
+        _, _, hdr_len, _, seq, push = info
         self.info = info
         self.packets = [packet]
-        self.gso_size = len(packet) - info.hdr_len
+        self.gso_size = len(packet) - hdr_len
         self.length = len(packet)
-        self.next_seq = (info.seq + self.gso_size) & 0xFFFFFFFF
-        self.push = info.push
-        self.closed = info.push
+        self.next_seq = (seq + self.gso_size) & 0xFFFFFFFF
+        self.push = push
+        self.closed = push
 
     def extend(self, packet: bytes, info: _SegmentInfo) -> bool:
-        payload_len = len(packet) - info.hdr_len
+        _, _, hdr_len, same, seq, push = info
+        payload_len = len(packet) - hdr_len
         if (
-            info.seq != self.next_seq
+            seq != self.next_seq
             or payload_len > self.gso_size
             or self.length + payload_len > _MAX_IP_PACKET
-            or info.same != self.info.same
+            or same != self.info[3]
         ):
             return False
         self.packets.append(packet)
         self.length += payload_len
-        self.next_seq = (info.seq + payload_len) & 0xFFFFFFFF
-        self.push = info.push
-        self.closed = info.push or payload_len < self.gso_size
+        self.next_seq = (seq + payload_len) & 0xFFFFFFFF
+        self.push = push
+        self.closed = push or payload_len < self.gso_size
         return True
 
     def build(self) -> tuple[bytes, bytes]:
         first = self.packets[0]
         if len(self.packets) == 1:
             return _PLAIN_HEADER, first
-        ipv6, ip_len, hdr_len = self.info.ipv6, self.info.ip_len, self.info.hdr_len
+        ipv6, ip_len, hdr_len = self.info[:3]
         header = bytearray(first[:hdr_len])
         tcp_length = self.length - ip_len
         if ipv6:
