@@ -81,6 +81,8 @@ class ClientDaemon:
         self.last_handshake: float | None = None  # wall clock, for status
         self.counters = {"rx_packets": 0, "rx_bytes": 0, "tx_packets": 0, "tx_bytes": 0}
         self._handshake_done = asyncio.Event()
+        self._plan_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
         self._path_broken: asyncio.Future[str] | None = None
         self._fatal: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._last_heard = 0.0  # monotonic time of the last authenticated datagram
@@ -137,7 +139,8 @@ class ClientDaemon:
         tasks: list[asyncio.Task[Any]] = []
         try:
             self.tun = ClientTun(tun_name(self.config.name), self.config.interface.mtu)
-            self._apply_plan()
+            await asyncio.to_thread(self.tun.up)
+            await self._apply_plan()
             loop.add_reader(self.tun.tun.fileno(), self._tun_readable)
             log.info("tunnel device %s ready (mtu %d); transports: %s", self.tun.name,
                      self.config.interface.mtu, ", ".join(str(t) for t in self.schedule.order))
@@ -192,7 +195,7 @@ class ClientDaemon:
         except socket.gaierror as error:
             return f"cannot resolve {target.host}: {error.strerror}", False
         address = str(infos[0][4][0])
-        self._keep_out_of_tunnel(address)
+        await self._keep_out_of_tunnel(address)
         carrier = CARRIERS[target.transport](self.config)
         try:
             await asyncio.wait_for(carrier.open(address, target.port, self._deliver),
@@ -346,25 +349,28 @@ class ClientDaemon:
             log.debug("ignored a payload that is neither IP nor control")
             return
         self.control = message
-        self._apply_plan()
+        task = asyncio.get_running_loop().create_task(self._apply_plan())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         if message.manifest is not None:
             self._accept_manifest(message.manifest)
 
-    def _keep_out_of_tunnel(self, address: str) -> None:
+    async def _keep_out_of_tunnel(self, address: str) -> None:
         self.bypass = (ipaddress.ip_address(address),)
-        self._apply_plan()
+        await self._apply_plan()
 
-    def _apply_plan(self) -> None:
+    async def _apply_plan(self) -> None:
         assert self.tun is not None
-        plan = plan_tunnel(self.config, self.control, self.bypass)
-        if plan == self.tun.plan:
-            return
-        added, removed, _, _ = self.tun.plan.changes(plan)
-        try:
-            self.tun.apply(plan)
-        except AuraError as error:
-            log.error("could not update %s: %s", self.tun.name, error)
-            return
+        async with self._plan_lock:
+            plan = plan_tunnel(self.config, self.control, self.bypass)
+            if plan == self.tun.plan:
+                return
+            added, removed, _, _ = self.tun.plan.changes(plan)
+            try:
+                await asyncio.to_thread(self.tun.apply, plan)
+            except AuraError as error:
+                log.error("could not update %s: %s", self.tun.name, error)
+                return
         if added or removed:
             log.info("addresses on %s: %s", self.tun.name,
                      ", ".join(map(str, plan.addresses)) or "none yet (waiting for the server)")

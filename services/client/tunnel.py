@@ -21,14 +21,19 @@ def tun_name(client_name: str) -> str:
 
 class ClientTun:
     """The open TUN and the plan it currently carries. Closing it removes the device, and the
-    kernel drops its addresses and routes with it."""
+    kernel drops its addresses and routes with it.
+
+    `up` and `apply` talk netlink through pyroute2, which cannot run inside a running event
+    loop: call them with `asyncio.to_thread`."""
 
     def __init__(self, name: str, mtu: int) -> None:
         self.tun = Tun.open(name, mtu=mtu)
         self.name = self.tun.name
         self.mtu = mtu
         self.plan = TunnelPlan((), ())
-        link.configure(self.name, [], mtu)
+
+    def up(self) -> None:
+        link.configure(self.name, [], self.mtu)
 
     def apply(self, plan: TunnelPlan) -> None:
         add_addresses, remove_addresses, add_routes, remove_routes = self.plan.changes(plan)

@@ -1,0 +1,136 @@
+"""The `aura client` over UDP end to end: up, traffic, status, down."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.topology import (
+    AURA,
+    INTERNET_HOST,
+    SERVER_TUNNEL_V4,
+    SERVER_TUNNEL_V6,
+    AuraServer,
+    build,
+    iperf3,
+)
+from tests.netns import Lab
+
+pytestmark = pytest.mark.e2e
+
+TUN = "aura-alice"
+
+
+@pytest.fixture
+def server(lab: Lab, tmp_path: Path) -> AuraServer:
+    aura = build(lab, tmp_path)
+    aura.init()
+    aura.start()
+    return aura
+
+
+def client_config(server: AuraServer, tmp_path: Path, name: str = "alice", **edits: Any) -> Path:
+    path = server.provision(name, "aura")
+    document = yaml.safe_load(path.read_text())
+    document["runtime_dir"] = str(tmp_path / f"{name}-run")
+    document.update(edits)
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def client_status(lab: Lab, ns: str, config: Path) -> dict[str, Any]:
+    result = lab.run(ns, [*AURA, "client", "status", str(config), "--json"])
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def is_up(lab: Lab, ns: str, config: Path) -> bool:
+    result = lab.run(ns, [*AURA, "client", "status", str(config), "--json"], check=False)
+    return result.returncode == 0 and json.loads(result.stdout)["state"] == "up"
+
+
+def routes(lab: Lab, ns: str, family: str = "-4") -> str:
+    return lab.run(ns, f"ip {family} route show").stdout
+
+
+def test_client_over_udp_carries_traffic_and_goes_down_cleanly(
+    lab: Lab, server: AuraServer, tmp_path: Path
+) -> None:
+    config = client_config(server, tmp_path)
+    ns = server.add_client_namespace()
+    client = lab.spawn(ns, [*AURA, "client", "up", "--foreground", str(config)],
+                       log=tmp_path / "client.log")
+    lab.wait_for(lambda: is_up(lab, ns, config), timeout=20, what="client up")
+
+    # Split routing: everything through the tunnel except the server's own address, which
+    # keeps the original default route.
+    assert f"0.0.0.0/1 dev {TUN}" in routes(lab, ns)
+    assert f"::/1 dev {TUN}" in routes(lab, ns, "-6")
+    assert lab.run(ns, "ip route get 198.51.100.1").stdout.split()[2] != TUN
+    assert f"dev {TUN}" in lab.run(ns, f"ip route get {INTERNET_HOST}").stdout
+
+    assert lab.ping(ns, SERVER_TUNNEL_V4)
+    assert lab.ping(ns, INTERNET_HOST), "NAT to the host behind the server"
+    assert lab.ping(ns, SERVER_TUNNEL_V6), "IPv6 inside the tunnel"
+
+    upload = iperf3(lab, ns, server.internet_ns, INTERNET_HOST)
+    download = iperf3(lab, ns, server.internet_ns, INTERNET_HOST, reverse=True)
+    assert upload > 1e6 and download > 1e6, (upload, download)
+
+    status = client_status(lab, ns, config)
+    assert status["state"] == "up" and status["transport"] == "udp"
+    assert status["endpoint"] == "198.51.100.1:8443"
+    assert status["rx_bytes"] > 1_000_000 and status["tx_bytes"] > 1_000_000
+    assert status["rx_packets"] > 100 and status["tx_packets"] > 100
+    assert time.time() - status["last_handshake"] < 60
+    assert "10.77.0.2" in " ".join(status["addresses"])
+
+    alice = next(p for p in server.status()["peers"] if p["name"] == "alice")
+    assert alice["connected"] and alice["transport"] == "udp"
+
+    human = lab.run(ns, [*AURA, "client", "status", str(config)]).stdout
+    assert "up over udp to 198.51.100.1:8443" in human
+
+    down = lab.run(ns, [*AURA, "client", "down", str(config)])
+    assert "stopped" in down.stdout
+    assert client.wait(10) == 0
+    assert lab.run(ns, f"ip link show {TUN}", check=False).returncode != 0
+    assert TUN not in routes(lab, ns) and TUN not in routes(lab, ns, "-6")
+    assert not (tmp_path / "alice-run" / "control.sock").exists()
+    assert not lab.ping(ns, INTERNET_HOST, count=1)
+
+
+def test_detached_up_reports_transport_and_address(
+    lab: Lab, server: AuraServer, tmp_path: Path
+) -> None:
+    config = client_config(server, tmp_path)
+    ns = server.add_client_namespace()
+    up = lab.run(ns, [*AURA, "client", "up", str(config)], timeout=30)
+    assert "connected over udp to 198.51.100.1:8443" in up.stdout
+    assert "10.77.0.2" in up.stdout
+    try:
+        assert lab.ping(ns, INTERNET_HOST)
+        again = lab.run(ns, [*AURA, "client", "up", str(config)], check=False)
+        assert again.returncode == 1 and "already running" in again.stderr
+    finally:
+        lab.run(ns, [*AURA, "client", "down", str(config)])
+    assert lab.run(ns, f"ip link show {TUN}", check=False).returncode != 0
+    assert "tunnel up over udp" in (tmp_path / "alice-run" / "client.log").read_text()
+
+
+def test_direct_networks_bypass_the_tunnel(lab: Lab, server: AuraServer, tmp_path: Path) -> None:
+    config = client_config(server, tmp_path)
+    document = yaml.safe_load(config.read_text())
+    document["tunnel"]["split"]["direct"] = [{"cidr": "203.0.113.0/24"}]
+    config.write_text(yaml.safe_dump(document))
+    ns = server.add_client_namespace()
+    lab.spawn(ns, [*AURA, "client", "up", "--foreground", str(config)],
+              log=tmp_path / "client.log")
+    lab.wait_for(lambda: is_up(lab, ns, config), timeout=20, what="client up")
+    assert lab.ping(ns, SERVER_TUNNEL_V4)
+    assert TUN not in lab.run(ns, f"ip route get {INTERNET_HOST}").stdout
+    assert f"dev {TUN}" in lab.run(ns, "ip route get 203.0.114.9").stdout
