@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 MAX_FRAME = 0xFFFF
+# The ALPN name Aura announces inside TLS and QUIC: WireGuard messages, framed as here on TLS.
+ALPN = "aura/1"
 
 
 def encode(datagrams: Iterable[bytes]) -> bytes:

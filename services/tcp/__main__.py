@@ -1,0 +1,3 @@
+from services.tcp.main import main
+
+raise SystemExit(main())

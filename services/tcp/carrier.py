@@ -1,0 +1,235 @@
+"""The TLS-over-TCP carrier: accepts connections, sorts Aura from everything else, and moves
+framed WireGuard messages between TLS streams and the session hub.
+
+A connection first reads the ClientHello in the clear. Not TLS, or TLS without ALPN `aura/1`:
+the flow goes to the fallback chain with the bytes read so far. Otherwise TLS runs over memory
+BIOs (so the bytes already read feed the handshake), then every read is decrypted, cut into
+frames, and all complete frames go to the hub in one call.
+
+Unauthenticated connections are "pending": bounded in number (the oldest is closed to admit a
+new one) and in time (`handshake_timeout` from accept). A connection leaves that state when the
+hub first answers it, which needs a WireGuard initiation with a valid mac1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import ssl
+from collections.abc import Sequence
+
+from aura_common.config import TcpConfig
+from aura_common.errors import ConfigError
+from aura_common.fallback import FallbackChain, Flow
+from aura_common.framing import ALPN, FrameDecoder, encode
+from aura_common.log import RateLimitedLog, fields
+from aura_common.transport import Address, SessionHub, format_endpoint
+from services.tcp.clienthello import ClientHello, parse_client_hello
+
+log = logging.getLogger("aura-tcp")
+
+READ_SIZE = 65536
+# A peer that stops reading gets its packets dropped past this, as a full NIC queue would.
+WRITE_BUFFER_LIMIT = 4 << 20
+WIREGUARD_TYPES = frozenset((1, 2, 3, 4))
+
+
+def server_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.set_alpn_protocols([ALPN])
+    context.num_tickets = 0  # no resumption: each connection is one long-lived tunnel
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except FileNotFoundError as error:
+        raise ConfigError(error.filename, "", "the TLS certificate and key "
+                          "(`aura server init` creates them)") from None
+    except (ssl.SSLError, OSError) as error:
+        raise ConfigError(cert_file, "", f"a PEM certificate matching {key_file}",
+                          str(error)) from None
+    return context
+
+
+def is_wireguard_message(frame: bytes) -> bool:
+    return len(frame) >= 4 and frame[0] in WIREGUARD_TYPES and frame[1:4] == b"\0\0\0"
+
+
+def remote_address(writer: asyncio.StreamWriter) -> Address:
+    """The peer's (host, port), IPv4-mapped IPv6 shown as plain IPv4."""
+    host, port = writer.get_extra_info("peername")[:2]
+    address = ipaddress.ip_address(host.split("%")[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        host = str(address.ipv4_mapped)
+    return host, port
+
+
+class _Closed(Exception):
+    """The connection ended; the message says why."""
+
+
+class _Connection:
+    __slots__ = ("decoder", "endpoint", "incoming", "outgoing", "reader", "source", "tls",
+                 "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.source = remote_address(writer)
+        self.endpoint = format_endpoint(self.source)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls: ssl.SSLObject | None = None
+        self.decoder = FrameDecoder()
+
+    def flush(self) -> None:
+        if self.outgoing.pending:
+            self.writer.write(self.outgoing.read())
+
+    async def read(self) -> bytes:
+        data = await self.reader.read(READ_SIZE)
+        if not data:
+            raise _Closed("closed by the client")
+        return data
+
+
+class TcpCarrier:
+    def __init__(self, hub: SessionHub, settings: TcpConfig, tls_context: ssl.SSLContext,
+                 fallback: FallbackChain) -> None:
+        self.hub, self.settings = hub, settings
+        self.tls_context, self.fallback = tls_context, fallback
+        hub.carrier = self
+        self._pending: dict[_Connection, None] = {}  # ordered: the oldest first
+        self._live: dict[Address, _Connection] = {}
+        self.dropped = 0
+        self._log = RateLimitedLog(log)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    @property
+    def connections(self) -> int:
+        return len(self._live)
+
+    # -- accepting ----------------------------------------------------------------------
+    async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The `asyncio.start_server` callback: one connection, start to end."""
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = _Connection(reader, writer)
+        self._admit(conn)
+        deadline = asyncio.get_running_loop().call_later(
+            self.settings.handshake_timeout, self._expire, conn)
+        try:
+            if await self._sort(conn):
+                await self._tls_handshake(conn)
+                self._live[conn.source] = conn
+                await self._carry(conn)
+        except _Closed as reason:
+            self._note(conn, logging.DEBUG, "%s: %s", conn.endpoint, reason)
+        except (ssl.SSLError, ConnectionError) as error:
+            self._note(conn, logging.INFO, "%s: connection failed: %s", conn.endpoint, error)
+        except TimeoutError:
+            self._note(conn, logging.DEBUG, "%s: idle for %.0f s; closed", conn.endpoint,
+                       self.settings.idle_timeout)
+        finally:
+            deadline.cancel()
+            self._pending.pop(conn, None)
+            if self._live.get(conn.source) is conn:
+                del self._live[conn.source]
+                self.hub.endpoint_closed(conn.source)
+            writer.transport.abort()
+
+    def _note(self, conn: _Connection, level: int, message: str, *args: object) -> None:
+        self._log.log(conn.source[0], level, message, *args,
+                      extra=fields(transport="tcp", endpoint=conn.endpoint))
+
+    def _admit(self, conn: _Connection) -> None:
+        while len(self._pending) >= self.settings.max_pending:
+            oldest = next(iter(self._pending))
+            del self._pending[oldest]
+            self._note(oldest, logging.INFO, "%s: %d connections pending; closing the oldest",
+                       oldest.endpoint, self.settings.max_pending)
+            oldest.writer.transport.abort()
+        self._pending[conn] = None
+
+    def _expire(self, conn: _Connection) -> None:
+        if conn in self._pending:
+            del self._pending[conn]
+            self._note(conn, logging.INFO, "%s: no handshake within %.0f s; closed",
+                       conn.endpoint, self.settings.handshake_timeout)
+            conn.writer.transport.abort()
+
+    async def _sort(self, conn: _Connection) -> bool:
+        """Read the ClientHello: True for Aura; otherwise hand the flow to the fallback chain."""
+        data = b""
+        while True:
+            data += await conn.read()
+            verdict = parse_client_hello(data)
+            if verdict is not None:
+                break
+        if isinstance(verdict, ClientHello) and ALPN.encode() in verdict.alpn:
+            conn.incoming.write(data)
+            return True
+        if isinstance(verdict, ClientHello):
+            offers = b", ".join(verdict.alpn).decode("ascii", "replace") or "none"
+            reason = f"TLS with ALPN {offers}"
+        else:
+            reason = verdict.reason
+        self._pending.pop(conn, None)
+        await self.fallback.handle(Flow(conn.reader, conn.writer, data, conn.endpoint, reason))
+        raise _Closed(f"fallback done ({reason})")
+
+    async def _tls_handshake(self, conn: _Connection) -> None:
+        tls = self.tls_context.wrap_bio(conn.incoming, conn.outgoing, server_side=True)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                conn.flush()
+                conn.incoming.write(await conn.read())
+            except ssl.SSLError:
+                conn.flush()  # let the client see the alert
+                raise
+        conn.flush()
+        conn.tls = tls
+
+    # -- carrying -------------------------------------------------------------------------
+    async def _carry(self, conn: _Connection) -> None:
+        tls = conn.tls
+        assert tls is not None
+        idle = self.settings.idle_timeout
+        while True:  # the handshake's last read may already hold application data
+            plain = []
+            while True:
+                try:
+                    plain.append(tls.read(READ_SIZE))
+                except ssl.SSLWantReadError:
+                    break
+                except ssl.SSLZeroReturnError:
+                    raise _Closed("TLS closed by the client") from None
+            conn.flush()
+            frames = conn.decoder.feed(b"".join(plain)) if plain else None
+            if frames:
+                for frame in frames:
+                    if not is_wireguard_message(frame):
+                        log.info("%s: not a WireGuard message after the TLS handshake; closed",
+                                 conn.endpoint,
+                                 extra=fields(transport="tcp", endpoint=conn.endpoint))
+                        raise _Closed("garbage")
+                self.hub.received(frames, conn.source)
+            async with asyncio.timeout(idle):
+                conn.incoming.write(await conn.read())
+
+    def transmit(self, destination: Address, datagrams: Sequence[bytes]) -> None:
+        conn = self._live.get(destination)
+        if conn is None or conn.tls is None or conn.writer.is_closing():
+            return
+        self._pending.pop(conn, None)  # the hub answered: past the WireGuard admission checks
+        if conn.writer.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+            self.dropped += len(datagrams)
+            return
+        conn.tls.write(encode(datagrams))
+        conn.flush()

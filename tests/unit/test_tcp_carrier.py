@@ -1,0 +1,246 @@
+"""aura-tcp's carrier on loopback: real TLS, a real SessionHub and a real WireGuard initiator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from ipaddress import ip_interface
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from aura_common import pki
+from aura_common.config import (
+    ClientConfig,
+    ClientInterface,
+    ClientServer,
+    FallbackHandler,
+    TcpConfig,
+)
+from aura_common.fallback import FallbackChain
+from aura_common.framing import encode
+from aura_common.transport import SessionHub
+from aura_common.wireguard import Device, HandshakeCompleted, Transmit, generate_private_key
+from aura_common.wireguard import public_key as wg_public_key
+from services.client.carriers.tcp import Carrier as TcpClient
+from services.tcp.carrier import TcpCarrier, server_tls_context
+
+DECOY_ANSWER = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\ndecoy"
+
+
+@dataclass
+class Keys:
+    directory: Path
+    ca_public: bytes
+    server_private: bytes
+    client_private: bytes
+
+    def client_config(self, *, ca_public: bytes | None = None) -> ClientConfig:
+        return ClientConfig(
+            name="alice",
+            interface=ClientInterface(self.client_private, (ip_interface("10.77.0.2/32"),)),
+            server=ClientServer(wg_public_key(self.server_private), "127.0.0.1",
+                                ca_public or self.ca_public),
+        )
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    directory = tmp_path_factory.mktemp("keys")
+    public = pki.create_ca(directory)
+    pki.issue_tls_certificate(pki.load_ca_private_key(directory), ["127.0.0.1"], directory)
+    return Keys(directory, raw_key(public), generate_private_key(), generate_private_key())
+
+
+def raw_key(public: ed25519.Ed25519PublicKey) -> bytes:
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def new_hub(keys: Keys) -> SessionHub:
+    hub = SessionHub("tcp", keys.server_private, "/nonexistent/router.sock", mtu=1420)
+    hub.device.add_peer(wg_public_key(keys.client_private))
+    return hub
+
+
+@contextlib.asynccontextmanager
+async def tcp_server(keys: Keys, settings: TcpConfig) -> AsyncIterator[tuple[TcpCarrier, int]]:
+    tls = server_tls_context(str(keys.directory / "tls.crt"), str(keys.directory / "tls.key"))
+    carrier = TcpCarrier(new_hub(keys), settings, tls, FallbackChain.from_config(settings))
+    server = await asyncio.start_server(carrier.accept, "127.0.0.1", 0)
+    try:
+        yield carrier, server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+class Initiator:
+    """The client side of WireGuard, driving any client carrier."""
+
+    def __init__(self, keys: Keys) -> None:
+        self.device = Device(keys.client_private, mtu=1420)
+        self.peer = self.device.add_peer(wg_public_key(keys.server_private),
+                                         endpoint=("127.0.0.1", 1))
+        self.completed = asyncio.Event()
+        self.carrier: TcpClient | None = None
+
+    def deliver(self, datagrams: list[bytes]) -> None:
+        self.handle(self.device.receive(datagrams, ("127.0.0.1", 1), time.monotonic()))
+
+    def handle(self, events: list) -> None:  # type: ignore[type-arg]
+        for event in events:
+            if isinstance(event, Transmit) and self.carrier is not None:
+                self.carrier.transmit(event.datagrams)
+            elif isinstance(event, HandshakeCompleted):
+                self.completed.set()
+
+    async def handshake(self, carrier) -> None:  # type: ignore[no-untyped-def]
+        self.carrier = carrier
+        self.handle(self.device.initiate(self.peer, time.monotonic()))
+        async with asyncio.timeout(5):
+            await self.completed.wait()
+        # the first data message confirms the session on the responder
+        self.handle(self.device.send(self.peer, [], time.monotonic()))
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(scenario())  # type: ignore[arg-type]
+
+
+async def closed_by_server(reader: asyncio.StreamReader, within: float = 3) -> None:
+    async with asyncio.timeout(within):
+        with contextlib.suppress(ConnectionResetError):
+            while await reader.read(65536):
+                pass
+
+
+def tls_client(alpn: list[str]) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(alpn)
+    return context
+
+
+def test_wireguard_handshake_and_data_over_tls(keys: Keys) -> None:
+    async def scenario() -> None:
+        async with tcp_server(keys, TcpConfig()) as (carrier, port):
+            client = TcpClient(keys.client_config())
+            initiator = Initiator(keys)
+            await client.open("127.0.0.1", port, initiator.deliver)
+            await initiator.handshake(client)
+            await asyncio.sleep(0.1)
+            assert carrier.connections == 1
+            assert carrier.pending == 0  # answered by the hub: no longer unauthenticated
+            peer = next(iter(carrier.hub.device.peers))
+            assert peer.endpoint is not None and peer.endpoint[0] == "127.0.0.1"
+            client.close()
+            assert await client.wait_closed() == "closed by the client"
+            await asyncio.sleep(0.1)
+            assert carrier.connections == 0
+            assert peer.endpoint is None  # the hub was told the connection went
+
+    run(scenario)
+
+
+def test_server_closing_is_reported_to_the_client(keys: Keys) -> None:
+    async def scenario() -> None:
+        async with tcp_server(keys, TcpConfig(idle_timeout=0.5)) as (_, port):
+            client = TcpClient(keys.client_config())
+            await client.open("127.0.0.1", port, lambda datagrams: None)
+            async with asyncio.timeout(3):
+                reason = await client.wait_closed()
+            assert "closed" in reason
+
+    run(scenario)
+
+
+def test_client_refuses_a_certificate_from_another_ca(keys: Keys, tmp_path: Path) -> None:
+    other_raw = raw_key(pki.create_ca(tmp_path))
+
+    async def scenario() -> None:
+        async with tcp_server(keys, TcpConfig()) as (_, port):
+            client = TcpClient(keys.client_config(ca_public=other_raw))
+            with pytest.raises(ConnectionError, match="not signed by this config's Aura CA"):
+                await client.open("127.0.0.1", port, lambda datagrams: None)
+
+    run(scenario)
+
+
+def test_other_alpn_and_plain_http_reach_the_decoy(keys: Keys) -> None:
+    async def decoy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(DECOY_ANSWER)
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> None:
+        upstream = await asyncio.start_server(decoy, "127.0.0.1", 0)
+        address = upstream.sockets[0].getsockname()[:2]
+        settings = TcpConfig(fallback=(FallbackHandler("proxy", address),))
+        async with tcp_server(keys, settings) as (_, port):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.0\r\n\r\n")
+            async with asyncio.timeout(3):
+                assert await reader.read() == DECOY_ANSWER
+            writer.close()
+            # TLS offering only http/1.1: the raw ClientHello reaches the decoy, which
+            # answers in plain HTTP, so the TLS client sees a protocol error, not our cert.
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                async with asyncio.timeout(3):
+                    await asyncio.open_connection("127.0.0.1", port,
+                                                  ssl=tls_client(["http/1.1"]))
+        upstream.close()
+
+    run(scenario)
+
+
+def test_reject_closes_other_alpn(keys: Keys) -> None:
+    async def scenario() -> None:
+        async with tcp_server(keys, TcpConfig()) as (_, port):
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                async with asyncio.timeout(3):
+                    await asyncio.open_connection("127.0.0.1", port, ssl=tls_client(["h2"]))
+
+    run(scenario)
+
+
+def test_garbage_after_the_tls_handshake_closes(keys: Keys) -> None:
+    async def scenario() -> None:
+        async with tcp_server(keys, TcpConfig()) as (carrier, port):
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=tls_client(["aura/1"]))
+            writer.write(encode([b"\x09 not wireguard"]))
+            await closed_by_server(reader)
+            writer.close()
+            assert carrier.connections == 0
+
+    run(scenario)
+
+
+def test_pending_connections_are_bounded_and_time_out(keys: Keys) -> None:
+    async def scenario() -> None:
+        settings = replace(TcpConfig(), max_pending=3, handshake_timeout=0.8)
+        async with tcp_server(keys, settings) as (carrier, port):
+            idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+            await asyncio.sleep(0.2)
+            assert carrier.pending == 3
+            await closed_by_server(idle[0][0], within=0.5)  # the oldest made room
+            await closed_by_server(idle[1][0], within=0.5)
+            # a stalled TLS handshake: half a ClientHello, then nothing
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+            started = asyncio.get_running_loop().time()
+            await closed_by_server(reader, within=2)
+            assert asyncio.get_running_loop().time() - started < 1.5
+            for _, w in idle:
+                w.close()
+            await asyncio.sleep(0.1)
+            assert carrier.pending == 0
+
+    run(scenario)
