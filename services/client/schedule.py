@@ -20,7 +20,6 @@ BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 JITTER = 0.2  # +-20 %
 STABLE_AFTER = 30.0  # a session this old that breaks starts over without backoff
-PREFERRED_RETRY = 60.0
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,6 @@ class Schedule:
         self.rng = rng
         self.backoff = BACKOFF_FIRST
         self.up_since: float | None = None
-        self.preferred_due: float | None = None
 
     @property
     def current(self) -> Target:
@@ -87,29 +85,16 @@ class Schedule:
 
     def connected(self, now: float) -> None:
         self.up_since = now
-        self.preferred_due = now + PREFERRED_RETRY if self.index > 0 else None
 
     def lost(self, now: float) -> float:
         """The path broke after it was up; returns the wait before trying `current` (index 0)."""
         stable = self.up_since is not None and now - self.up_since >= STABLE_AFTER
         self.up_since = None
-        self.preferred_due = None
         self.index = 0
         if stable:
             self.backoff = BACKOFF_FIRST
             return 0.0
         return self._next_backoff()
-
-    def preferred_retry_due(self, now: float) -> bool:
-        """Whether to try the first transport again now (we are up on a fallback)."""
-        if self.preferred_due is None or now < self.preferred_due:
-            return False
-        self.preferred_due = now + PREFERRED_RETRY
-        return True
-
-    def switched_to_preferred(self, now: float) -> None:
-        self.index = 0
-        self.connected(now)
 
     def _next_backoff(self) -> float:
         delay = self.backoff * (1 + JITTER * (2 * self.rng() - 1))

@@ -1,0 +1,118 @@
+"""The client's transport order and backoff, driven with an injected clock and jitter."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from aura_common.config import ClientConfig
+from aura_common.manifest import Endpoint, Manifest
+from services.client.schedule import (
+    BACKOFF_MAX,
+    STABLE_AFTER,
+    Schedule,
+    Target,
+    targets,
+)
+
+KEY = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+ALL = ("udp", "quic", "tcp")
+
+
+def config(**transports: object) -> ClientConfig:
+    return ClientConfig.from_mapping({
+        "version": 1,
+        "name": "alice",
+        "interface": {"private_key": KEY, "addresses": ["10.77.0.2/32"]},
+        "server": {"public_key": KEY, "host": "vpn.example.net", "ca_public_key": KEY},
+        "transports": transports,
+    })
+
+
+def manifest(*endpoints: Endpoint) -> Manifest:
+    return Manifest.create(serial=2, issued=datetime.datetime.now(datetime.UTC), expires_days=30,
+                           server_public_key=bytes(32), endpoints=endpoints)
+
+
+def test_default_order_and_config_ports() -> None:
+    assert targets(config(), None, ALL) == [
+        Target("udp", "vpn.example.net", 8443),
+        Target("quic", "vpn.example.net", 8444),
+        Target("tcp", "vpn.example.net", 8443),
+    ]
+
+
+def test_configured_order_and_missing_carriers() -> None:
+    order = targets(config(order=["tcp", "udp"], tcp=443), None, ("udp", "tcp"))
+    assert [str(t) for t in order] == ["tcp vpn.example.net:443", "udp vpn.example.net:8443"]
+    assert targets(config(order=["quic"]), None, ("udp",)) == []
+
+
+def test_manifest_ports_for_the_server_host_win() -> None:
+    signed = manifest(Endpoint("other.example.net", udp=1), Endpoint("VPN.example.net", udp=9000,
+                                                                    tcp=9443))
+    assert targets(config(), signed, ALL) == [
+        Target("udp", "vpn.example.net", 9000),
+        Target("tcp", "vpn.example.net", 9443),
+    ]
+    # No endpoint for our host: the config's ports stand.
+    assert len(targets(config(), manifest(Endpoint("other.example.net", udp=1)), ALL)) == 3
+
+
+ORDER = [Target("udp", "h", 1), Target("quic", "h", 2), Target("tcp", "h", 3)]
+
+
+def test_a_round_of_failures_backs_off_doubling_to_the_cap() -> None:
+    schedule = Schedule(ORDER, rng=lambda: 0.5)  # no jitter
+    delays = []
+    for _ in range(8):
+        assert [schedule.current.transport, schedule.failed()] == ["udp", 0.0]
+        assert [schedule.current.transport, schedule.failed()] == ["quic", 0.0]
+        assert schedule.current.transport == "tcp"
+        delays.append(schedule.failed())
+    assert delays == [1, 2, 4, 8, 16, BACKOFF_MAX, BACKOFF_MAX, BACKOFF_MAX]
+    assert schedule.current.transport == "udp"
+
+
+def test_jitter_stays_within_bounds() -> None:
+    low = Schedule(ORDER[:1], rng=lambda: 0.0).failed()
+    high = Schedule(ORDER[:1], rng=lambda: 0.999999).failed()
+    assert 0.75 < low < 1.0 < high < 1.25
+
+
+def test_a_stable_session_that_breaks_starts_over_at_once_with_the_preferred_transport() -> None:
+    schedule = Schedule(ORDER, rng=lambda: 0.5)
+    schedule.failed()
+    schedule.failed()
+    schedule.failed()  # a round failed: backoff grew
+    schedule.failed()  # udp
+    assert schedule.current.transport == "quic"
+    schedule.connected(now=100.0)
+    assert schedule.lost(now=100.0 + STABLE_AFTER) == 0.0
+    assert schedule.current.transport == "udp"
+    assert schedule.backoff == 1.0
+
+
+def test_a_path_that_breaks_right_after_coming_up_counts_as_a_failure() -> None:
+    schedule = Schedule(ORDER, rng=lambda: 0.5)
+    delays = []
+    for now in (0.0, 10.0, 20.0):
+        schedule.connected(now)
+        delays.append(schedule.lost(now + 1))
+        assert schedule.current.transport == "udp"
+    assert delays == [1.0, 2.0, 4.0]
+
+
+def test_a_new_manifest_order_applies_from_the_first_target() -> None:
+    schedule = Schedule(ORDER)
+    schedule.failed()
+    schedule.replace_order([Target("tcp", "h", 443)])
+    assert schedule.current == Target("tcp", "h", 443)
+    schedule.replace_order([])
+    assert schedule.current == Target("tcp", "h", 443)
+
+
+def test_an_empty_order_is_refused() -> None:
+    with pytest.raises(ValueError):
+        Schedule([])
