@@ -35,6 +35,7 @@ _IPPROTO_TCP = 6
 _MAX_IP_PACKET = 0xFFFF
 
 _VNET = struct.Struct("<BBHHHH")
+_SEQ = struct.Struct("!I")
 _PLAIN_HEADER = bytes(VNET_HDR_LEN)
 
 
@@ -230,7 +231,7 @@ def _parse_for_coalesce(packet: bytes) -> tuple[bytes, _SegmentInfo | None] | No
         if packet[9] != _IPPROTO_TCP or ip_len < 20 or size < ip_len + 20 or fragment:
             return None
         flow = packet[12:ip_len + 4] if ip_len == 20 else packet[12:20] + packet[ip_len:ip_len + 4]
-        ip_ok = ip_len == 20 and int.from_bytes(packet[2:4], "big") == size
+        ip_ok = ip_len == 20 and packet[2] << 8 | packet[3] == size
         same = packet[0:2] + packet[6:10]
         addresses = 12
     elif version == 6:
@@ -238,7 +239,7 @@ def _parse_for_coalesce(packet: bytes) -> tuple[bytes, _SegmentInfo | None] | No
             return None
         ip_len = 40
         flow = packet[8:44]
-        ip_ok = int.from_bytes(packet[4:6], "big") + 40 == size
+        ip_ok = (packet[4] << 8 | packet[5]) + 40 == size
         same = packet[0:4] + packet[7:8]
         addresses = 8
     else:
@@ -254,7 +255,7 @@ def _parse_for_coalesce(packet: bytes) -> tuple[bytes, _SegmentInfo | None] | No
     if (ones_sum(memoryview(packet)[addresses:]) + _IPPROTO_TCP + size - ip_len) % 0xFFFF:
         return flow, None
     same += packet[tcp + 8:tcp + 13] + packet[tcp + 14:tcp + 16] + packet[tcp + 18:hdr_len]
-    seq = int.from_bytes(packet[tcp + 4:tcp + 8], "big")
+    (seq,) = _SEQ.unpack_from(packet, tcp + 4)
     return flow, (version == 6, ip_len, hdr_len, same, seq, bool(flags & _TCP_PSH))
 
 
