@@ -134,3 +134,29 @@ def test_direct_networks_bypass_the_tunnel(lab: Lab, server: AuraServer, tmp_pat
     assert lab.ping(ns, SERVER_TUNNEL_V4)
     assert TUN not in lab.run(ns, f"ip route get {INTERNET_HOST}").stdout
     assert f"dev {TUN}" in lab.run(ns, "ip route get 203.0.114.9").stdout
+
+
+def test_client_survives_idle_periods_and_a_server_restart(
+    lab: Lab, server: AuraServer, tmp_path: Path
+) -> None:
+    config = client_config(server, tmp_path, keepalive=3)
+    ns = server.add_client_namespace()
+    log = tmp_path / "client.log"
+    client = lab.spawn(ns, [*AURA, "client", "up", "--foreground", str(config)], log=log)
+    lab.wait_for(lambda: is_up(lab, ns, config), timeout=20, what="client up")
+    assert lab.ping(ns, SERVER_TUNNEL_V4)
+
+    # Idle for longer than keepalive + grace: the liveness probe keeps the path.
+    time.sleep(10)
+    assert is_up(lab, ns, config) and "path broke" not in log.read_text()
+
+    server.stop()
+    lab.wait_for(lambda: "path broke" in log.read_text(), timeout=15, what="broken path logged")
+    broke = next(line for line in log.read_text().splitlines() if "path broke" in line)
+    assert "WARNING" in broke and "udp" in broke
+    assert not is_up(lab, ns, config)
+
+    server.start()
+    lab.wait_for(lambda: is_up(lab, ns, config), timeout=45, what="client back up")
+    assert lab.ping(ns, INTERNET_HOST)
+    assert client.poll() is None
