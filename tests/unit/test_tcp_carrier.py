@@ -105,7 +105,14 @@ class Initiator:
         async with asyncio.timeout(5):
             await self.completed.wait()
         # the first data message confirms the session on the responder
-        self.handle(self.device.send(self.peer, [], time.monotonic()))
+        self.handle(self.device.send(self.peer, [ipv4_packet()], time.monotonic()))
+
+
+def ipv4_packet(payload: bytes = b"ping") -> bytes:
+    """A minimal IPv4 packet (protocol 253, reserved for experiments)."""
+    total = 20 + len(payload)
+    header = bytes([0x45, 0]) + total.to_bytes(2, "big") + bytes(4) + bytes([64, 253, 0, 0])
+    return header + bytes([10, 77, 0, 2, 10, 77, 0, 1]) + payload
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:

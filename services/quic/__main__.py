@@ -1,0 +1,3 @@
+from services.quic.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,165 @@
+"""aura-quic's carrier on loopback: a real WireGuard handshake in DATAGRAM frames, address
+migration behind a rebinding NAT, the connection bound, and broken-path reports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from aura_common.config import QuicConfig
+from services.client.carriers.quic import Carrier as QuicClient
+from services.quic.carrier import BoundedQuicServer, QuicCarrier, server_configuration
+from tests.unit.test_tcp_carrier import Initiator, Keys, ipv4_packet, keys, new_hub, run
+
+__all__ = ["keys"]  # the module-scoped key fixture, shared with the TCP tests
+
+
+@contextlib.asynccontextmanager
+async def quic_server(keys: Keys, settings: QuicConfig
+                      ) -> AsyncIterator[tuple[QuicCarrier, int]]:
+    configuration = server_configuration(settings, str(keys.directory / "tls.crt"),
+                                         str(keys.directory / "tls.key"))
+    carrier = QuicCarrier(new_hub(keys))
+    server = BoundedQuicServer(carrier=carrier, max_connections=settings.max_connections,
+                               configuration=configuration)
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: server, local_addr=("127.0.0.1", 0))
+    try:
+        yield carrier, transport.get_extra_info("sockname")[1]
+    finally:
+        server.close()
+
+
+class RebindingRelay(asyncio.DatagramProtocol):
+    """A NAT on loopback: forwards client datagrams to the server from an outside port that
+    `rebind()` changes, as a NAT does when its mapping expires."""
+
+    def __init__(self, server: tuple[str, int]) -> None:
+        self.server = server
+        self.client: Any = None
+        self.outside: asyncio.DatagramTransport | None = None
+        self.inside: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inside = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.client = addr
+        assert self.outside is not None
+        self.outside.sendto(data, self.server)
+
+    async def rebind(self) -> None:
+        previous, relay = self.outside, self
+
+        class Outside(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                assert relay.inside is not None
+                relay.inside.sendto(data, relay.client)
+
+        self.outside, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            Outside, local_addr=("127.0.0.1", 0))
+        if previous is not None:
+            previous.close()
+
+
+class Counting(Initiator):
+    def __init__(self, keys: Keys) -> None:
+        super().__init__(keys)
+        self.received = 0
+
+    def deliver(self, datagrams: list[bytes]) -> None:
+        self.received += len(datagrams)
+        super().deliver(datagrams)
+
+
+def server_sends_packet(carrier: QuicCarrier) -> None:
+    hub = carrier.hub
+    peer = next(iter(hub.device.peers))
+    hub._handle(hub.device.send(peer, [ipv4_packet()], time.monotonic()))
+
+
+def test_handshake_survives_address_migration(keys: Keys) -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        async with quic_server(keys, QuicConfig()) as (carrier, port):
+            relay = RebindingRelay(("127.0.0.1", port))
+            await relay.rebind()
+            inside, _ = await loop.create_datagram_endpoint(
+                lambda: relay, local_addr=("127.0.0.1", 0))
+            client = QuicClient(keys.client_config())
+            initiator = Counting(keys)
+            await client.open("127.0.0.1", inside.get_extra_info("sockname")[1],
+                              initiator.deliver)
+            await initiator.handshake(client)
+            assert carrier.connections == 1
+            stable = next(iter(carrier.hub.device.peers)).endpoint
+            first_outside = relay.outside.get_extra_info("sockname")  # type: ignore[union-attr]
+
+            await relay.rebind()
+            assert relay.outside.get_extra_info("sockname") != first_outside  # type: ignore[union-attr]
+            before = initiator.received
+            for _ in range(30):  # the client's pings carry the new address to the server
+                server_sends_packet(carrier)
+                await asyncio.sleep(0.1)
+                if initiator.received > before + 2:
+                    break
+            assert initiator.received > before + 2
+            assert next(iter(carrier.hub.device.peers)).endpoint == stable
+            assert carrier.connections == 1
+            client.close()
+            assert await client.wait_closed() == "closed by the client"
+            await asyncio.sleep(0.3)
+            assert carrier.connections == 0
+            inside.close()
+
+    run(scenario)
+
+
+def test_connections_are_bounded(keys: Keys) -> None:
+    async def scenario() -> None:
+        async with quic_server(keys, QuicConfig(max_connections=1)) as (carrier, port):
+            first = QuicClient(keys.client_config())
+            await first.open("127.0.0.1", port, lambda datagrams: None)
+            second = QuicClient(keys.client_config())
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(1.5):
+                    await second.open("127.0.0.1", port, lambda datagrams: None)
+            second.close()
+            assert carrier.connections == 1
+            first.close()
+
+    run(scenario)
+
+
+def test_server_gone_is_reported_within_seconds(keys: Keys) -> None:
+    async def scenario() -> None:
+        client = QuicClient(keys.client_config())
+        async with quic_server(keys, QuicConfig()) as (_, port):
+            await client.open("127.0.0.1", port, lambda datagrams: None)
+        # the server closed its connections and its socket: the port is unreachable now
+        client.transmit([b"\x04\0\0\0" + bytes(28)])
+        async with asyncio.timeout(6):
+            reason = await client.wait_closed()
+        assert "QUIC" in reason or "no answer" in reason
+
+    run(scenario)
+
+
+def test_client_refuses_another_ca(keys: Keys, tmp_path: Any) -> None:
+    from aura_common import pki
+    from tests.unit.test_tcp_carrier import raw_key
+
+    other = raw_key(pki.create_ca(tmp_path))
+
+    async def scenario() -> None:
+        async with quic_server(keys, QuicConfig()) as (_, port):
+            client = QuicClient(keys.client_config(ca_public=other))
+            with pytest.raises(ConnectionError, match="Aura CA"):
+                await client.open("127.0.0.1", port, lambda datagrams: None)
+
+    run(scenario)
