@@ -1,0 +1,314 @@
+"""aura-signer as a real process: signing through `aura sign-bridges`, the persisted serial,
+refusal of unauthorised local users (a throw-away system user), bad requests, sd_notify and
+socket activation."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from aura_common import ipc, pki
+from aura_common.manifest import SignedManifest, verify
+
+pytestmark = pytest.mark.e2e
+
+PYTHON = sys.executable
+
+
+class Server:
+    """A server config made by `aura server init` in a private temp dir, and its signer."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.config = root / "server.yaml"
+        self.state = root / "state"
+        self.run_dir = root / "run"
+        self.socket = self.run_dir / "signer.sock"
+        self.signer: subprocess.Popen[bytes] | None = None
+        self.log = root / "signer.log"
+        self.log_start = 0
+        self.aura("server", "init", "--public-host", "vpn.test", "--state-dir", str(self.state),
+                  "--runtime-dir", str(self.run_dir))  # fmt: skip
+
+    def aura(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [PYTHON, "-m", "services.cli.main", "--config", str(self.config), *argv],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if check and result.returncode != 0:
+            raise AssertionError(f"aura {' '.join(argv)}: {result.stdout}{result.stderr}")
+        return result
+
+    def start_signer(self, **popen: Any) -> subprocess.Popen[bytes]:
+        self.log_start = len(self.log.read_text()) if self.log.exists() else 0
+        with open(self.log, "ab") as log:
+            self.signer = subprocess.Popen(
+                popen.pop("argv", [PYTHON, "-m", "services.signer", "--config", str(self.config)]),
+                stdout=log, stderr=subprocess.STDOUT, **popen,
+            )  # fmt: skip
+        return self.signer
+
+    def wait_for_socket(self) -> None:
+        """Until the signer listens (the file appears at bind, before listen)."""
+        self.wait_for_log("signing bridge manifests on")
+
+    def wait_for_log(self, text: str) -> None:
+        """Until this run of the signer has logged `text`."""
+        deadline = time.monotonic() + 20
+        while text not in self.log.read_text()[self.log_start :]:
+            assert self.signer is not None and self.signer.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, f"the signer never logged {text!r}"
+            time.sleep(0.05)
+
+    def stop_signer(self) -> None:
+        if self.signer is not None and self.signer.poll() is None:
+            self.signer.send_signal(signal.SIGTERM)
+            try:
+                self.signer.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.signer.kill()
+                self.signer.wait()
+        self.signer = None
+
+    def manifest(self) -> SignedManifest:
+        return SignedManifest.from_json((self.state / "manifest.json").read_text())
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (socket ownership, a throw-away user)")
+    # Not under pytest's tmp_path, which is private to root: a test user must be able to reach
+    # the socket once the test opens the directories.
+    root = Path(tempfile.mkdtemp(prefix="aura-signer-"))
+    server = Server(root)
+    try:
+        yield server
+    finally:
+        server.stop_signer()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def running(server: Server) -> Server:
+    server.start_signer()
+    server.wait_for_socket()
+    return server
+
+
+async def _ask(path: Path, frame: dict[str, Any]) -> dict[str, Any]:
+    channel = await ipc.connect(path, "admin")
+    try:
+        await channel.send_reliable(frame)
+        return await asyncio.wait_for(channel.recv(), 10)
+    finally:
+        channel.close()
+
+
+def ask(server: Server, frame: dict[str, Any]) -> dict[str, Any]:
+    return asyncio.run(_ask(server.socket, frame))
+
+
+def serial_of(server: Server, reply: dict[str, Any]) -> int:
+    signed = SignedManifest.from_mapping(reply["manifest"])
+    return verify(signed, pki.load_ca_public_key(server.root), now=None).serial
+
+
+def sign_request(**changes: Any) -> dict[str, Any]:
+    return {
+        "t": "sign", "endpoints": [{"host": "vpn.test", "tcp": 443}], "expires_days": 7,
+        "server_public_key": bytes(32), **changes,
+    }  # fmt: skip
+
+
+# -- signing --------------------------------------------------------------------------------------
+def test_root_signs_through_the_cli(running: Server) -> None:
+    out = running.root / "out.json"
+    result = running.aura(
+        "sign-bridges", "--endpoints", "vpn.test:tcp=443:udp=8443", "[2001:db8::1]:quic=8444",
+        "--expires", "30", "-o", str(out),
+    )  # fmt: skip
+    assert "serial 1," in result.stdout
+    assert "endpoint vpn.test:udp=8443:tcp=443" in result.stdout
+    assert "router is not running" in result.stdout
+    signed = SignedManifest.from_json(out.read_text())
+    assert signed == running.manifest()
+    ca_public = pki.load_ca_public_key(running.root)
+    manifest = verify(signed, ca_public, now=None)
+    assert manifest.bridges == ("vpn.test:8443", "vpn.test:443", "[2001:db8::1]:8444")
+    assert (manifest.expires - manifest.issued).days == 30
+    server_pub = (running.root / "server.pub").read_text().strip()
+    assert manifest.server_public_key == base64.b64decode(server_pub)
+    assert (running.state / "manifest.serial").read_text() == "1\n"
+
+
+def test_serial_persists_across_restarts_and_increases(server: Server) -> None:
+    serials = []
+    for _ in range(2):
+        server.start_signer()
+        server.wait_for_socket()
+        for _ in range(2):
+            reply = ask(server, sign_request())
+            assert reply["t"] == "signed", reply
+            serials.append(serial_of(server, reply))
+        server.stop_signer()
+    assert serials == [1, 2, 3, 4]
+    assert (server.state / "manifest.serial").read_text() == "4\n"
+    # A lost serial file does not send serials back: the stored manifest still counts.
+    (server.state / "manifest.serial").unlink()
+    server.start_signer()
+    server.wait_for_socket()
+    assert serial_of(server, ask(server, sign_request())) == 5
+
+
+@pytest.mark.parametrize(
+    ("frame", "complaint"),
+    [
+        ({"t": "status"}, "unknown request 'status'"),
+        (sign_request(extra=1), "unknown field 'extra'"),
+        (sign_request(endpoints=[]), "endpoints: expected a list of 1..16"),
+        (sign_request(endpoints=[{"host": "vpn.test", "tcp": 0}]), "endpoints[0].tcp"),
+        (sign_request(endpoints=[{"host": "a b", "tcp": 1}]), "endpoints[0]"),
+        (sign_request(expires_days=0), "expires_days"),
+        (sign_request(expires_days="7"), "expires_days"),
+        (sign_request(server_public_key="x" * 32), "server_public_key"),
+        (sign_request(endpoints=[{"host": "h" * 60000, "tcp": 1}]), "over 8192 bytes"),
+    ],
+)
+def test_bad_requests_get_a_clear_error(
+    running: Server, frame: dict[str, Any], complaint: str
+) -> None:
+    reply = ask(running, frame)
+    assert reply["t"] == "error"
+    assert complaint in reply["message"]
+    assert not (running.state / "manifest.json").exists()
+    # The signer is still serving.
+    assert ask(running, sign_request())["t"] == "signed"
+
+
+def test_garbage_frame_does_not_hurt_the_signer(running: Server) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.settimeout(10)
+        sock.connect(str(running.socket))
+        sock.send(b"\xc1\xc1garbage")
+        assert msgpack.unpackb(sock.recv(4096))["t"] == "error"
+    assert ask(running, sign_request())["t"] == "signed"
+
+
+def test_cli_says_how_to_start_a_missing_signer(server: Server) -> None:
+    result = server.aura("sign-bridges", "--endpoints", "vpn.test:tcp=443", check=False)
+    assert result.returncode == 1
+    assert "signer is not running" in result.stderr
+    assert "systemctl start aura-signer" in result.stderr
+
+
+# -- who may connect -------------------------------------------------------------------------------
+@pytest.fixture
+def stranger() -> Iterator[pwd.struct_passwd]:
+    if shutil.which("useradd") is None:
+        pytest.skip("needs useradd")
+    name = f"aura-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                    name], check=True, capture_output=True)  # fmt: skip
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
+def connect_as(user: pwd.struct_passwd, path: Path) -> dict[str, Any]:
+    """Connect from a forked child running as `user`; what happened, as a mapping."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to the user, say hello, report, exit without cleanup
+        outcome: dict[str, Any]
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+                sock.settimeout(10)
+                sock.connect(str(path))
+                sock.send(msgpack.packb({"t": "hello", "v": 1, "role": "admin"}))
+                reply = sock.recv(4096)
+                outcome = {"reply": msgpack.unpackb(reply) if reply else None}
+        except OSError as error:
+            outcome = {"errno": error.errno}
+        except BaseException as error:  # reported to the parent
+            outcome = {"unexpected": repr(error)}
+        os.write(write_end, json.dumps(outcome).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+def test_unauthorised_local_user_is_refused(running: Server, stranger: pwd.struct_passwd) -> None:
+    # Lines of defence: the directories (0750), the socket file (0660, root's group), and the
+    # signer's SO_PEERCRED check. Open each in turn.
+    assert connect_as(stranger, running.socket) == {"errno": 13}
+    os.chmod(running.root, 0o755)
+    os.chmod(running.run_dir, 0o755)
+    assert connect_as(stranger, running.socket) == {"errno": 13}
+    os.chmod(running.socket, 0o666)
+    outcome = connect_as(stranger, running.socket)
+    assert outcome == {"reply": {"t": "error", "message": "permission denied"}}
+    assert f"uid {stranger.pw_uid}" in running.log.read_text()
+    assert "not permitted" in running.log.read_text()
+    assert not (running.state / "manifest.json").exists()
+    assert ask(running, sign_request())["t"] == "signed"
+
+
+# -- systemd integration ---------------------------------------------------------------------
+def test_ready_notification_after_binding(server: Server) -> None:
+    notify_path = server.root / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        notify.settimeout(20)
+        server.start_signer(env={**os.environ, "NOTIFY_SOCKET": str(notify_path)})
+        message = notify.recv(4096).decode()
+    assert "READY=1" in message.split("\n")
+    assert server.socket.exists()
+    assert ask(server, sign_request())["t"] == "signed"
+
+
+def test_socket_activation(server: Server) -> None:
+    server.run_dir.mkdir(exist_ok=True)
+    path = server.run_dir / "activated.sock"
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listening.bind(str(path))
+    listening.listen(8)
+    fd = listening.fileno()
+    try:
+        server.start_signer(
+            argv=["sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh", PYTHON, "-m", "services.signer",
+                  "--config", str(server.config)],
+            env={**os.environ, "LISTEN_FDS": "1", "LISTEN_FDNAMES": "signer"},
+            pass_fds=(3,), preexec_fn=lambda: os.dup2(fd, 3),
+        )  # fmt: skip
+        server.wait_for_log("signing bridge manifests on socket activation")
+        reply = asyncio.run(_ask(path, sign_request()))
+    finally:
+        listening.close()
+    assert reply["t"] == "signed"
+    assert not server.socket.exists()  # it used the passed socket, not its own path
