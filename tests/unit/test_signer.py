@@ -1,0 +1,82 @@
+"""The signer's request validation and serial bookkeeping, without the socket."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aura_common import pki
+from aura_common.config import ServerConfig
+from aura_common.manifest import Endpoint, SignedManifest, verify
+from services.signer.main import RequestError, Signer, parse_sign_request
+
+
+def make_signer(tmp_path: Path) -> Signer:
+    config = ServerConfig.default(
+        "vpn.test", state_dir=str(tmp_path / "state"), runtime_dir=str(tmp_path / "run"),
+        key_dir=str(tmp_path / "keys"),
+    )  # fmt: skip
+    (tmp_path / "state").mkdir()
+    pki.create_ca(tmp_path / "keys")
+    return Signer(config)
+
+
+def request(**changes: Any) -> dict[str, Any]:
+    return {
+        "t": "sign", "endpoints": [{"host": "vpn.test", "udp": 8443}], "expires_days": 3,
+        "server_public_key": bytes(32), **changes,
+    }  # fmt: skip
+
+
+def test_sign_stores_manifest_and_serial(tmp_path: Path) -> None:
+    signer = make_signer(tmp_path)
+    signed, manifest = signer.sign([Endpoint("vpn.test", tcp=443)], 3, bytes(32))
+    assert manifest.serial == 1
+    assert (tmp_path / "state" / "manifest.serial").read_text() == "1\n"
+    stored = SignedManifest.from_json((tmp_path / "state" / "manifest.json").read_text())
+    assert stored == signed
+    now = datetime.datetime.now(datetime.UTC)
+    assert verify(stored, pki.load_ca_public_key(tmp_path / "keys"), now=now) == manifest
+    assert signer.sign([Endpoint("vpn.test", tcp=443)], 3, bytes(32))[1].serial == 2
+
+
+def test_damaged_serial_file_stops_signing(tmp_path: Path) -> None:
+    signer = make_signer(tmp_path)
+    (tmp_path / "state" / "manifest.serial").write_text("garbage\n")
+    with pytest.raises(RequestError, match="damaged"):
+        signer.sign([Endpoint("vpn.test", tcp=443)], 3, bytes(32))
+    assert not (tmp_path / "state" / "manifest.json").exists()
+
+
+def test_oversized_manifest_is_refused_without_using_a_serial(tmp_path: Path) -> None:
+    signer = make_signer(tmp_path)
+    host = ".".join(["a" * 60] * 4)
+    with pytest.raises(RequestError, match="more than 4096"):
+        signer.sign([Endpoint(host, 1, 2, 3)] * 16, 3, bytes(32))
+    assert not (tmp_path / "state" / "manifest.serial").exists()
+
+
+def test_valid_request_parses() -> None:
+    endpoints, days, key = parse_sign_request(request())
+    assert endpoints == [Endpoint("vpn.test", udp=8443)] and days == 3 and key == bytes(32)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["endpoints", "expires_days", "server_public_key", "other"]),
+        st.none() | st.integers() | st.binary(max_size=40) | st.text(max_size=10)
+        | st.lists(st.dictionaries(st.sampled_from(["host", "udp", "tcp", "quic", "x"]),
+                                   st.integers(-1, 70000) | st.text(max_size=12)), max_size=3),
+    )
+)  # fmt: skip
+def test_fuzz_requests_are_parsed_or_refused(changes: dict[str, Any]) -> None:
+    try:
+        parse_sign_request(request(**changes))
+    except RequestError as error:
+        assert str(error).startswith("sign: ")
