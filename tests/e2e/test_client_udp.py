@@ -160,3 +160,28 @@ def test_client_survives_idle_periods_and_a_server_restart(
     lab.wait_for(lambda: is_up(lab, ns, config), timeout=45, what="client back up")
     assert lab.ping(ns, INTERNET_HOST)
     assert client.poll() is None
+
+
+def test_pushed_manifest_moves_the_client_to_new_ports(
+    lab: Lab, server: AuraServer, tmp_path: Path
+) -> None:
+    config = client_config(server, tmp_path)
+    ns = server.add_client_namespace()
+    log = tmp_path / "client.log"
+    lab.spawn(ns, [*AURA, "client", "up", "--foreground", str(config)], log=log)
+    lab.wait_for(lambda: is_up(lab, ns, config), timeout=20, what="client up")
+
+    # The operator announces the port the server is about to move to; the router pushes it.
+    server.aura("sign-bridges", "--endpoints", "198.51.100.1:udp=8445")
+    lab.wait_for(lambda: client_status(lab, ns, config)["manifest_serial"] >= 1, timeout=10,
+                 what="manifest accepted by the client")
+    assert (tmp_path / "alice.state.json").exists()
+
+    server.stop()
+    document = yaml.safe_load(server.config.read_text())
+    document["transports"]["udp"]["port"] = 8445
+    server.config.write_text(yaml.safe_dump(document))
+    server.start()
+    lab.wait_for(lambda: is_up(lab, ns, config), timeout=45, what="client up on the new port")
+    assert client_status(lab, ns, config)["endpoint"] == "198.51.100.1:8445"
+    assert lab.ping(ns, INTERNET_HOST)
