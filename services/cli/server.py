@@ -162,14 +162,17 @@ def _services(config: ServerConfig) -> list[str]:
 class Supervisor:
     """Runs every service as a child process, restarts crashed ones, stops all on Ctrl-C."""
 
-    def __init__(self, config_path: str, names: list[str]) -> None:
+    def __init__(self, config_path: str, names: list[str], verbose: bool) -> None:
         self.config_path = config_path
+        self.verbose = verbose
         self.names = names
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.stopping = False
 
     def start(self, name: str) -> None:
         argv = [sys.executable, "-m", f"services.{name}", "--config", self.config_path]
+        if self.verbose:
+            argv.append("--verbose")
         self.children[name] = subprocess.Popen(argv)
         log.info("started aura-%s (pid %d)", name, self.children[name].pid)
 
@@ -230,4 +233,5 @@ def run_server(args: argparse.Namespace) -> int:
         raise AuraError("`aura server run` needs root (it creates the TUN device and NAT rules)")
     names = _services(config)
     print(f"running {', '.join('aura-' + n for n in names)}; Ctrl-C stops them all")
-    return Supervisor(str(Path(args.config).absolute()), names).run(config.router_socket)
+    supervisor = Supervisor(str(Path(args.config).absolute()), names, args.verbose)
+    return supervisor.run(config.router_socket)

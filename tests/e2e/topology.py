@@ -65,7 +65,8 @@ class AuraServer:
 
     def start(self) -> None:
         self.process = self.lab.spawn(
-            self.ns, [*AURA, "--config", str(self.config), "server", "run"], log=self.log
+            self.ns, [*AURA, "--verbose", "--config", str(self.config), "server", "run"],
+            log=self.log,
         )
         self.lab.wait_for(self._transports_ready, timeout=20, what="server transports up")
 
@@ -164,6 +165,8 @@ def iperf3(lab: Lab, client_ns: str, server_ns: str, server_ip: str, *, reverse:
             args.append("-R")
         result = lab.run(client_ns, args, timeout=seconds + 30)
         report = json.loads(result.stdout)
+        if "error" in report:
+            raise AssertionError(f"iperf3 to {server_ip}: {report['error']}")
         return float(report["end"]["sum_received"]["bits_per_second"])
     finally:
         lab.stop(server)
