@@ -10,6 +10,7 @@ sessions to the router, and moves decrypted packets to and from it in batches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -74,9 +75,11 @@ class SessionHub:
         for event in events:
             if type(event) is Received:
                 name = self._names.get(event.peer.public_key)
-                if name is not None and self._router is not None:
-                    if not self._router.send_packets(name, event.packets):
-                        self.dropped_to_router += len(event.packets)
+                router = self._router
+                if name is not None and router is not None and not router.send_packets(
+                    name, event.packets
+                ):
+                    self.dropped_to_router += len(event.packets)
             elif type(event) is Transmit:
                 if carrier is not None and event.destination is not None:
                     carrier.transmit(event.destination, event.datagrams)
@@ -116,10 +119,9 @@ class SessionHub:
 
     @staticmethod
     async def _send_reliable(channel: ipc.Channel, frame: dict) -> None:  # type: ignore[type-arg]
-        try:
+        # A broken link is noticed (and re-established) by the router link loop.
+        with contextlib.suppress(OSError, ipc.ChannelClosed):
             await channel.send_reliable(frame)
-        except (OSError, ipc.ChannelClosed):
-            pass  # the router link loop notices and reconnects
 
     # -- router side --------------------------------------------------------------------
     def _apply_peers(self, peers: list[dict]) -> None:  # type: ignore[type-arg]

@@ -6,13 +6,14 @@ removes them all (and every process it started, by PID) on `close()`, even after
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -42,7 +43,8 @@ class Lab:
             ["ip", "link", "add", a, "netns", ns_a, "type", "veth", "peer", b, "netns", ns_b],
             check=True,
         )
-        for ns, dev, addr, addr6 in ((ns_a, a, addr_a, v6 and v6[0]), (ns_b, b, addr_b, v6 and v6[1])):
+        sides = ((ns_a, a, addr_a, v6 and v6[0]), (ns_b, b, addr_b, v6 and v6[1]))
+        for ns, dev, addr, addr6 in sides:
             self.run(ns, f"ip addr add {addr} dev {dev}")
             if addr6:
                 self.run(ns, f"ip -6 addr add {addr6} dev {dev} nodad")
@@ -79,7 +81,9 @@ class Lab:
         self.processes.append(proc)
         return proc
 
-    def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, wait: float = 10) -> None:
+    def stop(
+        self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, wait: float = 10
+    ) -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, sig)
             try:
@@ -88,7 +92,10 @@ class Lab:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
 
-    def wait_for(self, predicate, timeout: float = 15, interval: float = 0.1, what: str = "") -> None:  # type: ignore[no-untyped-def]
+    def wait_for(
+        self, predicate: Callable[[], object], timeout: float = 15, interval: float = 0.1,
+        what: str = "",
+    ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if predicate():
@@ -105,10 +112,8 @@ class Lab:
     # -- tearing down ---------------------------------------------------------------------
     def close(self) -> None:
         for proc in reversed(self.processes):
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 self.stop(proc)
-            except (ProcessLookupError, PermissionError):
-                pass
         for ns in reversed(self.namespaces):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         self.namespaces.clear()

@@ -116,14 +116,14 @@ def _register_peer(config: ServerConfig, name: str, address: str | None) -> tupl
         if registry.get(name) is not None:
             raise AuraError(f"a client named {name!r} exists; revoke it first or pick another name")
         taken = registry.taken_addresses()
+        v4: object | None = None
+        v6: object | None = None  # dynamic pool: leased on connect
         if address is not None:
             v4, v6 = pool.validate_static(address)
             if str(v4) in taken:
                 raise AuraError(f"--address {address}: already used by another client")
         elif config.network.strategy == "static":
             v4, v6 = pool.next_free(taken)
-        else:
-            v4 = v6 = None  # leased on connect
         peer = Peer(
             name=name, public_key=public, preshared_key=preshared,
             address_v4=str(v4) if v4 else None, address_v6=str(v6) if v6 else None,

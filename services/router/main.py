@@ -1,4 +1,4 @@
-"""aura-router: the TUN device, the peer authority, and packet dispatch between TUN and transports."""
+"""aura-router: the TUN device, the peer authority, and dispatch between TUN and transports."""
 
 from __future__ import annotations
 
@@ -220,7 +220,9 @@ class Router:
                     self.push_manifest()
                     await channel.send_reliable({"t": "manifest_updated_reply"})
                 else:
-                    await channel.send_reliable({"t": "error", "message": f"unknown request {kind}"})
+                    await channel.send_reliable(
+                        {"t": "error", "message": f"unknown request {kind}"}
+                    )
 
     def status(self) -> dict[str, Any]:
         try:
