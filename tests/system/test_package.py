@@ -1,0 +1,268 @@
+"""The .deb in a booted Debian bookworm: install, init, start, survive restarts, pass traffic.
+
+One container serves the whole module (booting and installing is the expensive part); the
+tests run in file order, each leaving the suite running for the next, and the last removes
+and purges the package.
+
+    client namespace  10.99.0.2 --veth-- 10.99.0.1  server namespace = the container
+    wireguard-go / aura client                      aura-router, aura-udp, ... under systemd
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.netns import Lab
+from tests.system import container as containers
+from tests.system import packages
+
+pytestmark = pytest.mark.slow
+
+SERVER_IP = "10.99.0.1"
+CLIENT_IP = "10.99.0.2"
+TUNNEL_SERVER = "10.77.0.1"
+SERVICES = ("aura-router", "aura-signer", "aura-udp", "aura-tcp", "aura-quic")
+TRANSPORTS = ("aura-udp", "aura-tcp", "aura-quic")
+# `systemd-analyze security` exposure each unit must stay at or below (10 = unconfined).
+EXPOSURE_LIMITS = {"aura-router": 2.0, "aura-signer": 0.5, "aura-udp": 1.5, "aura-tcp": 1.5,
+                   "aura-quic": 1.5}
+
+
+@dataclass
+class Setup:
+    lab: Lab
+    server_ns: str
+    client_ns: str
+    box: containers.Container
+    work: Path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    reason = containers.unavailable() or packages.unavailable("deb")
+    if reason:
+        pytest.skip(reason)
+    deb = packages.build("deb")
+    lab = Lab()
+    box: containers.Container | None = None
+    try:
+        server_ns, client_ns = lab.namespace("srv"), lab.namespace("cli")
+        lab.link(server_ns, f"{SERVER_IP}/24", client_ns, f"{CLIENT_IP}/24")
+        box = containers.Container(server_ns)
+        box.start()
+        box.copy_in(deb, f"/root/{deb.name}")
+        box.run(f"cd /root && apt-get install -y ./{deb.name}", timeout=180)
+        yield Setup(lab, server_ns, client_ns, box, tmp_path_factory.mktemp("package"))
+    finally:
+        if box is not None:
+            box.stop()
+        lab.close()
+
+
+def _active(box: containers.Container, unit: str) -> str:
+    return box.run(["systemctl", "is-active", unit], check=False).stdout.strip()
+
+
+def _main_pid(box: containers.Container, unit: str) -> int:
+    out = box.run(["systemctl", "show", "-P", "MainPID", unit]).stdout
+    return int(out.strip())
+
+
+def _wait_active(setup: Setup, units: tuple[str, ...], timeout: float = 30) -> None:
+    setup.lab.wait_for(lambda: all(_active(setup.box, u) == "active" for u in units),
+                       timeout=timeout, interval=0.5,
+                       what=f"{units} active: {[_active(setup.box, u) for u in units]}")
+
+
+# -- installed, not started --------------------------------------------------------------------
+def test_install_creates_user_and_directories_but_starts_nothing(setup: Setup) -> None:
+    box = setup.box
+    assert box.run(["id", "-u", "aura"]).stdout.strip().isdigit()
+    listing = box.run(["stat", "-c", "%n %U:%G %a", "/run/aura", "/var/lib/aura", "/etc/aura"])
+    assert listing.stdout.split("\n")[:3] == [
+        "/run/aura aura:aura 750", "/var/lib/aura aura:aura 750", "/etc/aura root:aura 750"]
+    for unit in ("aura.target", "aura-router.service", "aura-udp.socket", "aura-router.socket"):
+        assert box.run(["systemctl", "is-enabled", unit]).stdout.strip() == "enabled", unit
+    for unit in (*SERVICES, "aura-udp.socket"):
+        assert _active(box, unit) == "inactive", unit
+    # Without a configuration, starting is a no-op, not a failure.
+    box.run(["systemctl", "start", "aura-router"])
+    assert _active(box, "aura-router") == "inactive"
+    assert "ConditionPathExists=/etc/aura/server.yaml" in box.run(
+        ["systemctl", "status", "aura-router"], check=False).stdout
+
+
+def test_units_pass_systemd_analyze_verify(setup: Setup) -> None:
+    units = [f"/lib/systemd/system/{u}.{kind}" for u in SERVICES for kind in ("service", "socket")]
+    units += ["/lib/systemd/system/aura.target", "/lib/systemd/system/aura-client@.service"]
+    result = setup.box.run(["systemd-analyze", "verify", "--man=no", *units], check=False)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+def test_help_and_man_page(setup: Setup) -> None:
+    help_text = setup.box.run(["aura", "--help"]).stdout
+    for command in ("server", "provision-client", "status", "client"):
+        assert command in help_text
+    for role in ("router", "udp", "tcp", "quic", "signer"):
+        assert "--config" in setup.box.run([f"/opt/aura/venv/bin/aura-{role}", "--help"]).stdout
+    assert setup.box.run(["test", "-s", "/usr/share/man/man1/aura.1.gz"]).returncode == 0
+
+
+# -- running ------------------------------------------------------------------------------------
+def test_init_and_start_bring_up_every_unit(setup: Setup) -> None:
+    box = setup.box
+    box.run(["aura", "server", "init", "--public-host", SERVER_IP])
+    box.run(["systemctl", "start", "aura-router"], timeout=60)
+    _wait_active(setup, SERVICES)
+    for name in ("router", "signer", "udp", "tcp", "quic"):
+        assert _active(box, f"aura-{name}.socket") == "active"
+    # The CA key never became readable to the aura user.
+    assert box.run(["su", "-s", "/bin/sh", "aura", "-c", "cat /etc/aura/ca.key"],
+                   check=False).returncode != 0
+
+
+def test_status_answers(setup: Setup) -> None:
+    out = setup.box.run(["aura", "status", "--json"]).stdout
+    status = json.loads(out)
+    assert status["uptime"] >= 0
+    assert {t["name"] if isinstance(t, dict) else t for t in status["transports"]} >= {"udp"}
+
+
+def test_journal_has_start_up_lines_and_priorities(setup: Setup) -> None:
+    box = setup.box
+    router_log = box.run(["journalctl", "-u", "aura-router", "-o", "cat", "--no-pager"]).stdout
+    assert "aura0" in router_log, router_log
+    udp_log = box.run(["journalctl", "-u", "aura-udp", "-o", "cat", "--no-pager"]).stdout
+    assert "listening on udp" in udp_log, udp_log
+    # A priority filter narrows the output: informational start-up lines are not warnings.
+    warnings = box.run(["journalctl", "-u", "aura-udp", "-p", "warning", "-o", "cat",
+                        "--no-pager"]).stdout
+    assert "listening on udp" not in warnings
+    fields = box.run(["journalctl", "-u", "aura-udp", "-o", "json", "-n", "20",
+                      "--no-pager"]).stdout
+    assert any(json.loads(line).get("SYSLOG_IDENTIFIER", "").startswith("aura")
+               for line in fields.splitlines())
+
+
+def test_hardening_exposure(setup: Setup) -> None:
+    for unit, limit in EXPOSURE_LIMITS.items():
+        out = setup.box.run(["systemd-analyze", "security", "--no-pager", f"{unit}.service"],
+                            check=False).stdout
+        match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out)
+        assert match, out[-500:]
+        exposure = float(match.group(1))
+        print(f"{unit}: exposure {exposure}")
+        assert exposure <= limit, f"{unit}: exposure {exposure} > {limit}\n{out}"
+
+
+# -- a stock WireGuard client through the container -----------------------------------------------
+def _start_wireguard_client(setup: Setup) -> str:
+    if shutil.which("wireguard-go") is None or shutil.which("wg") is None:
+        pytest.skip("needs wireguard-go and wg")
+    box, lab = setup.box, setup.lab
+    box.run(["aura", "provision-client", "alice", "--format", "wireguard",
+             "--output", "/root/alice.conf"])
+    config = box.read("/root/alice.conf")
+    address = re.search(r"^Address\s*=\s*([0-9.]+)", config, re.MULTILINE)
+    assert address, config
+    assert f"Endpoint = {SERVER_IP}:8443" in config.replace("  ", " "), config
+    # `wg` takes only the [Interface]/[Peer] keys it knows; wg-quick's extras go.
+    wg_only = "\n".join(line for line in config.splitlines()
+                        if not re.match(r"\s*(Address|DNS|MTU|Table|PreUp|PostUp|PreDown|PostDown)\s*=", line))
+    (setup.work / "alice.conf").write_text(wg_only)
+    interface = f"{lab.prefix}wg"
+    lab.spawn(setup.client_ns, ["wireguard-go", interface], log=setup.work / "wireguard-go.log",
+              env={"WG_PROCESS_FOREGROUND": "1"})
+    lab.wait_for(lambda: lab.run(setup.client_ns, ["ip", "link", "show", interface],
+                                 check=False).returncode == 0, what="wireguard-go interface")
+    lab.run(setup.client_ns, ["wg", "setconf", interface, str(setup.work / "alice.conf")])
+    lab.run(setup.client_ns, ["ip", "addr", "add", f"{address.group(1)}/32", "dev", interface])
+    lab.run(setup.client_ns, ["ip", "link", "set", interface, "up"])
+    lab.run(setup.client_ns, ["ip", "route", "add", "10.77.0.0/24", "dev", interface])
+    return interface
+
+
+def test_wireguard_client_passes_traffic(setup: Setup) -> None:
+    _start_wireguard_client(setup)
+    assert setup.lab.ping(setup.client_ns, TUNNEL_SERVER, count=3, timeout=20)
+    status = json.loads(setup.box.run(["aura", "status", "--json"]).stdout)
+    alice = next(p for p in status["peers"] if p["name"] == "alice")
+    assert alice["transport"] == "udp" and alice["rx_packets"] > 0, alice
+    # Structured journal fields name the peer.
+    by_peer = setup.box.run(["journalctl", "AURA_PEER=alice", "-o", "cat", "--no-pager"]).stdout
+    assert by_peer.strip(), "no journal entry with AURA_PEER=alice"
+
+
+def _ping_until(setup: Setup, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if setup.lab.ping(setup.client_ns, TUNNEL_SERVER, count=1, timeout=2):
+            return True
+    return False
+
+
+def test_router_restart_keeps_transports_and_clients(setup: Setup) -> None:
+    box = setup.box
+    transport_pids = {unit: _main_pid(box, unit) for unit in TRANSPORTS}
+    router_pid = _main_pid(box, "aura-router")
+    box.run(["systemctl", "restart", "aura-router"], timeout=60)
+    _wait_active(setup, SERVICES)
+    assert _main_pid(box, "aura-router") != router_pid
+    assert {unit: _main_pid(box, unit) for unit in TRANSPORTS} == transport_pids
+    # The UDP transport re-registers alice's live session: traffic resumes, no new handshake.
+    assert _ping_until(setup, timeout=30), "no traffic after the router restart"
+
+
+def test_reload_keeps_processes(setup: Setup) -> None:
+    box = setup.box
+    pids = {unit: _main_pid(box, unit) for unit in SERVICES}
+    box.run(["systemctl", "reload", "aura-router"], timeout=30)
+    assert {unit: _main_pid(box, unit) for unit in SERVICES} == pids
+    assert _ping_until(setup, timeout=15)
+
+
+def test_killed_transport_is_restarted_and_others_keep_running(setup: Setup) -> None:
+    box = setup.box
+    others = {unit: _main_pid(box, unit) for unit in SERVICES if unit != "aura-udp"}
+    udp_pid = _main_pid(box, "aura-udp")
+    box.run(["systemctl", "kill", "-s", "KILL", "aura-udp"])
+    setup.lab.wait_for(lambda: _main_pid(box, "aura-udp") not in (0, udp_pid), timeout=30,
+                       interval=0.5, what="aura-udp restarted")
+    _wait_active(setup, ("aura-udp",))
+    assert {unit: _main_pid(box, unit) for unit in others} == others
+    # wireguard-go re-handshakes by itself once its session is gone.
+    assert _ping_until(setup, timeout=60), "no traffic after aura-udp was killed"
+
+
+def test_socket_activation_starts_a_stopped_transport(setup: Setup) -> None:
+    box = setup.box
+    box.run(["systemctl", "stop", "aura-udp.service"], timeout=30)
+    assert _active(box, "aura-udp") == "inactive"
+    assert _active(box, "aura-udp.socket") == "active"
+    # Any datagram on the port starts the service; the transport drops the garbage.
+    setup.lab.run(setup.client_ns, ["python3", "-c", (
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        f"s.sendto(b'wake up', ('{SERVER_IP}', 8443))")])
+    _wait_active(setup, ("aura-udp",))
+    assert _ping_until(setup, timeout=60), "no traffic after socket activation"
+
+
+# -- removal ---------------------------------------------------------------------------------------
+def test_remove_stops_and_purge_removes_state(setup: Setup) -> None:
+    box = setup.box
+    box.run(["apt-get", "remove", "-y", "aura"], timeout=120)
+    for unit in (*SERVICES, "aura-udp.socket"):
+        assert _active(box, unit) in ("inactive", "unknown"), unit
+    assert box.run(["test", "-e", "/var/lib/aura"], check=False).returncode == 0
+    box.run(["apt-get", "purge", "-y", "aura"], timeout=120)
+    for path in ("/var/lib/aura", "/etc/aura", "/opt/aura"):
+        assert box.run(["test", "-e", path], check=False).returncode != 0, path
