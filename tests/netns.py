@@ -103,11 +103,14 @@ class Lab:
             time.sleep(interval)
         raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
 
-    def ping(self, ns: str, address: str, count: int = 3, timeout: float = 10) -> bool:
-        return self.run(
-            ns, ["ping", "-c", str(count), "-i", "0.2", "-W", "2", address], check=False,
-            timeout=timeout + count,
-        ).returncode == 0
+    def ping(self, ns: str, address: str, count: int = 3, timeout: float = 2) -> bool:
+        """True if `count` pings, each waiting up to `timeout` seconds, were all answered."""
+        argv = ["ping", "-c", str(count), "-i", "0.2", "-W", str(timeout), address]
+        try:
+            result = self.run(ns, argv, check=False, timeout=count * (timeout + 0.2) + 5)
+        except subprocess.TimeoutExpired:
+            return False
+        return result.returncode == 0
 
     # -- tearing down ---------------------------------------------------------------------
     def close(self) -> None:

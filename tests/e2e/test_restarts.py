@@ -1,0 +1,59 @@
+"""Restarts under `aura server run`: the router and a transport come back without the other."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.topology import SERVER_TUNNEL_V4, AuraServer, build, stock_wireguard_up
+from tests.netns import Lab
+
+pytestmark = pytest.mark.e2e
+
+
+def service_pid(server: AuraServer, name: str) -> int:
+    """The PID of one service the supervisor we started runs (found through its children)."""
+    assert server.process is not None
+    pid = server.process.pid
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        if f"services.{name}" in Path(f"/proc/{child}/cmdline").read_bytes().decode():
+            return int(child)
+    raise AssertionError(f"aura-{name} is not running")
+
+
+def recovers(lab: Lab, ns: str, within: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        if lab.ping(ns, SERVER_TUNNEL_V4, count=1, timeout=1):
+            return time.monotonic() - started
+    raise AssertionError(f"no traffic within {within}s")
+
+
+def test_router_restart_keeps_sessions_and_transport_restart_rehandshakes(
+    lab: Lab, tmp_path: Path
+) -> None:
+    server = build(lab, tmp_path)
+    server.init()
+    server.start()
+    ns = server.add_client_namespace()
+    stock_wireguard_up(lab, ns, server.provision("alice", "wireguard"))
+    assert lab.ping(ns, SERVER_TUNNEL_V4)
+    handshake = server.status()["peers"][0]["last_handshake"]
+
+    os.kill(service_pid(server, "router"), signal.SIGKILL)
+    pause = recovers(lab, ns, within=20)
+    alice = server.status()["peers"][0]
+    assert alice["connected"], "the transport re-registered alice with the new router"
+    # Same session: the transport re-registered it; the client did not need a new handshake.
+    assert abs(alice["last_handshake"] - handshake) < 2, (alice, handshake)
+
+    udp_pid = service_pid(server, "udp")
+    os.kill(udp_pid, signal.SIGKILL)
+    rehandshake = recovers(lab, ns, within=40)
+    assert service_pid(server, "udp") != udp_pid
+    assert server.status()["peers"][0]["last_handshake"] > handshake
+    print(f"router restart pause {pause:.1f}s, transport restart pause {rehandshake:.1f}s")
