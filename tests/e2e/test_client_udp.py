@@ -178,6 +178,8 @@ def test_pushed_manifest_moves_the_client_to_new_ports(
     assert (tmp_path / "alice.state.json").exists()
 
     server.stop()
+    lab.ping(ns, SERVER_TUNNEL_V4, count=1)  # traffic meets the closed port at once
+    lab.wait_for(lambda: not is_up(lab, ns, config), timeout=15, what="broken path noticed")
     document = yaml.safe_load(server.config.read_text())
     document["transports"]["udp"]["port"] = 8445
     server.config.write_text(yaml.safe_dump(document))
