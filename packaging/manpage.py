@@ -114,7 +114,8 @@ def render(version: str, today: datetime.date) -> str:
 def main() -> None:
     # SOURCE_DATE_EPOCH keeps the page identical across rebuilds of one commit.
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
-    sys.stdout.write(render(sys.argv[1], datetime.datetime.fromtimestamp(epoch, datetime.UTC).date()))
+    today = datetime.datetime.fromtimestamp(epoch, datetime.UTC).date()
+    sys.stdout.write(render(sys.argv[1], today))
 
 
 if __name__ == "__main__":

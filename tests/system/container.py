@@ -20,7 +20,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 SUITE = "bookworm"
@@ -198,10 +198,8 @@ class Container:
         if self.process is not None and self.process.poll() is None:
             if self.leader is not None:
                 # SIGRTMIN+4 asks systemd for a clean poweroff.
-                try:
+                with suppress(ProcessLookupError):
                     os.kill(self.leader, signal.SIGRTMIN + 4)
-                except ProcessLookupError:
-                    pass
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:

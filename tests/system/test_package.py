@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.netns import Lab
 from tests.system import container as containers
@@ -176,8 +177,8 @@ def _start_wireguard_client(setup: Setup) -> str:
     assert address, config
     assert f"Endpoint = {SERVER_IP}:8443" in config.replace("  ", " "), config
     # `wg` takes only the [Interface]/[Peer] keys it knows; wg-quick's extras go.
-    wg_only = "\n".join(line for line in config.splitlines()
-                        if not re.match(r"\s*(Address|DNS|MTU|Table|PreUp|PostUp|PreDown|PostDown)\s*=", line))
+    wg_quick_only = re.compile(r"\s*(Address|DNS|MTU|Table|PreUp|PostUp|PreDown|PostDown)\s*=")
+    wg_only = "\n".join(line for line in config.splitlines() if not wg_quick_only.match(line))
     (setup.work / "alice.conf").write_text(wg_only)
     interface = f"{lab.prefix}wg"
     lab.spawn(setup.client_ns, ["wireguard-go", interface], log=setup.work / "wireguard-go.log",
@@ -202,10 +203,10 @@ def test_wireguard_client_passes_traffic(setup: Setup) -> None:
     assert by_peer.strip(), "no journal entry with AURA_PEER=alice"
 
 
-def _ping_until(setup: Setup, timeout: float) -> bool:
+def _ping_until(setup: Setup, timeout: float, ns: str | None = None) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if setup.lab.ping(setup.client_ns, TUNNEL_SERVER, count=1, timeout=2):
+        if setup.lab.ping(ns or setup.client_ns, TUNNEL_SERVER, count=1, timeout=2):
             return True
     return False
 
@@ -254,6 +255,31 @@ def test_socket_activation_starts_a_stopped_transport(setup: Setup) -> None:
         f"s.sendto(b'wake up', ('{SERVER_IP}', 8443))")])
     _wait_active(setup, ("aura-udp",))
     assert _ping_until(setup, timeout=60), "no traffic after socket activation"
+
+
+# -- the Aura Linux client through the container ------------------------------------------------
+def test_aura_client_passes_traffic(setup: Setup) -> None:
+    box, lab = setup.box, setup.lab
+    # Its own namespace, so the stock client's routes above do not carry this traffic.
+    aura_ns = lab.namespace("cl2")
+    lab.link(setup.server_ns, "10.99.1.1/24", aura_ns, "10.99.1.2/24")
+    lab.run(aura_ns, ["ip", "route", "add", "default", "via", "10.99.1.1"])
+    box.run(["aura", "provision-client", "dave", "--format", "aura", "--output", "/root/dave.yaml"])
+    document = yaml.safe_load(box.read("/root/dave.yaml"))
+    document["runtime_dir"] = str(setup.work / "dave-run")
+    config = setup.work / "dave.yaml"
+    config.write_text(yaml.safe_dump(document))
+    lab.spawn(aura_ns, [sys.executable, "-m", "services.cli.main", "client", "up", "--foreground",
+                        str(config)], log=setup.work / "aura-client.log")
+
+    def is_up() -> bool:
+        result = lab.run(aura_ns, [sys.executable, "-m", "services.cli.main", "client", "status",
+                                   str(config), "--json"], check=False)
+        return result.returncode == 0 and json.loads(result.stdout)["state"] == "up"
+
+    lab.wait_for(is_up, timeout=30, interval=0.5, what="aura client up")
+    assert _ping_until(setup, timeout=20, ns=aura_ns), (
+        (setup.work / "aura-client.log").read_text()[-2000:])
 
 
 # -- removal ---------------------------------------------------------------------------------------

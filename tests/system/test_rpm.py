@@ -1,4 +1,4 @@
-"""The .rpm: built by packaging/build from the same payload as the .deb; file list and scriptlets."""
+"""The .rpm, built from the same payload as the .deb: its file list and scriptlets."""
 
 from __future__ import annotations
 
