@@ -650,7 +650,8 @@ class ClientConfig:
 
     @property
     def control_socket(self) -> str:
-        return os.path.join(self.runtime_dir, "control.sock")
+        # Named after the client, so several clients (or namespaces) share one runtime_dir.
+        return os.path.join(self.runtime_dir, f"{self.name}.sock")
 
     @property
     def server_name(self) -> str:

@@ -35,7 +35,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "up", help="connect (starts the client in the background)",
         description="Start the client: it opens the tunnel device, tries the transports in "
         "order, and reconnects with backoff forever. Without --foreground it detaches (logging "
-        "to the journal when available, else to RUNTIME_DIR/client.log), waits until the tunnel "
+        "to the journal when available, else to RUNTIME_DIR/NAME.log), waits until the tunnel "
         f"is up (at most {UP_TIMEOUT:.0f} s) and prints the transport and address.",
     )
     up.add_argument("config", metavar="CONFIG", help="client config file")
@@ -108,7 +108,7 @@ def client_up(args: argparse.Namespace) -> int:
             f"{running['state']}); `aura client down {config.path}` stops it"
         )
     os.makedirs(config.runtime_dir, mode=0o700, exist_ok=True)
-    log_file = os.path.join(config.runtime_dir, "client.log")
+    log_file = os.path.join(config.runtime_dir, f"{config.name}.log")
     journal = os.path.exists(JOURNAL_SOCKET)
     command = [sys.executable, "-m", "services.client.daemon", os.path.abspath(args.config)]
     if journal:
