@@ -91,6 +91,10 @@ class AuraServer:
     def provision(self, name: str, fmt: str, *args: str) -> Path:
         out = self.folder / (f"{name}.conf" if fmt == "wireguard" else f"{name}.yaml")
         self.aura("provision-client", name, "--format", fmt, "-o", str(out), *args)
+        if fmt == "aura":  # a private control socket: other tests may run a client of that name
+            document = yaml.safe_load(out.read_text())
+            document["runtime_dir"] = str(self.folder / "client-run")
+            out.write_text(yaml.safe_dump(document, sort_keys=False))
         return out
 
     def add_client_namespace(self) -> str:

@@ -247,7 +247,7 @@ def test_client_example_loads(tmp_path: Path) -> None:
         ipaddress.ip_network("0.0.0.0/0"),
         ipaddress.ip_network("::/0"),
     )
-    assert config.control_socket == "/run/aura-client/control.sock"
+    assert config.control_socket == "/run/aura-client/alice.sock"
     assert config.manifest_state_file == str(tmp_path / "alice.state.json")
     assert config.server_name == "vpn.example.org"
 
