@@ -52,7 +52,9 @@ def locked(path: str | os.PathLike[str]) -> Iterator[None]:
     """
     lock_path = os.fspath(path) + ".lock"
     os.makedirs(os.path.dirname(os.path.abspath(lock_path)), mode=0o750, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    # flock needs only a readable fd, so a lock file another user created still works for
+    # anyone who may read it; the state directory's own mode keeps strangers out.
+    fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -486,6 +486,9 @@ class Listener:
 
 
 def _bind_path(path: str, group: int | None) -> socket.socket:
+    # /run is emptied at boot; without systemd's RuntimeDirectory= nobody else recreates it.
+    # Others need to traverse the directory; the socket's own mode decides who connects.
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755, exist_ok=True)
     _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:

@@ -339,6 +339,20 @@ def test_listener_on_an_activated_socket_and_failing_handlers(tmp_path: Path) ->
     asyncio.run(scenario())
 
 
+def test_listener_creates_its_directory_and_hands_the_socket_to_a_group(tmp_path: Path) -> None:
+    group = pwd.getpwnam("nobody").pw_gid
+
+    async def scenario() -> None:
+        path = tmp_path / "run" / "aura" / "router.sock"
+        listener = await ipc.Listener.start(path, echo, set(), set(), group=group)
+        info = os.stat(path)
+        assert stat.S_ISSOCK(info.st_mode) and info.st_gid == group
+        assert stat.S_IMODE(info.st_mode) == 0o660
+        await listener.close()
+
+    asyncio.run(scenario())
+
+
 def test_connect_to_nothing_raises_oserror(tmp_path: Path) -> None:
     async def scenario() -> None:
         with pytest.raises(OSError):

@@ -7,6 +7,10 @@ import datetime
 import json
 import multiprocessing
 import os
+import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aura_common import runtime
+from aura_common.atomic import locked, write_atomic
 from aura_common.errors import ConfigError
+
+REPO = str(Path(__file__).resolve().parents[2])
 
 
 def test_missing_file_reads_as_nothing_bound(tmp_path: Path) -> None:
@@ -108,3 +115,35 @@ json_values = st.recursive(
 def test_garbage_raises_only_config_error(doc: object) -> None:
     with contextlib.suppress(ConfigError):
         runtime.parse_runtime(json.dumps(doc).encode(), "runtime.json")
+
+
+def test_write_atomic_sets_mode_and_owner_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    path = tmp_path / "secret.json"
+    path.write_text("old")
+    write_atomic(path, b"new", mode=0o640, owner=(os.getuid(), os.getgid()))
+    assert path.read_bytes() == b"new"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+    with pytest.raises(TypeError):
+        write_atomic(path, "not bytes")  # type: ignore[arg-type]
+    assert path.read_bytes() == b"new"  # a failed write leaves the old content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret.json"]
+
+
+def test_locked_creates_the_directory_and_excludes_other_processes(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "file.json"
+    script = (
+        "import sys\n"
+        "from aura_common.atomic import locked\n"
+        "with locked(sys.argv[1]):\n"
+        "    print('child got the lock', flush=True)\n"
+    )
+    with locked(path):
+        # A separate process (not a fork, which would share our lock's file description).
+        child = subprocess.Popen(
+            [sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": REPO},
+        )  # fmt: skip
+        time.sleep(0.5)
+        assert child.poll() is None  # still waiting while we hold the lock
+    out, _ = child.communicate(timeout=30)
+    assert out == b"child got the lock\n"
