@@ -33,6 +33,8 @@ from aura_common.log import RateLimitedLog, fields
 from aura_common.transport import Address, SessionHub, format_endpoint
 
 log = logging.getLogger("aura-quic")
+# aioquic logs every connection's version and ALPN at INFO, without the fields ours carry.
+logging.getLogger("quic").setLevel(logging.WARNING)
 
 # UDP payload of one QUIC packet. A full 1420-byte tunnel packet is a 1452-byte WireGuard
 # message; with QUIC's short header, AEAD tag and DATAGRAM frame header that is ~1482 bytes.

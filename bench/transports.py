@@ -1,0 +1,130 @@
+"""Aura's three transports side by side, with OpenVPN over TCP as the reference for TLS/TCP.
+
+    python3 -m bench.transports [--seconds 5]
+
+One Aura server in a namespace with UDP, QUIC and TCP enabled; one Aura client namespace per
+transport, each pinned to it (`transports.order: [<name>]`); one OpenVPN pair over TCP (TLS
+with a throw-away PKI, AES-256-GCM, userspace data path) between another client namespace and
+the server namespace. iperf3 TCP upload and download and ping RTT for each, then the ratios:
+Aura clients reach the host behind the server (through its NAT, one hop more than OpenVPN,
+which ends at the server's tunnel address). The machine is shared and noisy: compare ratios
+within one run, not absolute figures across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from bench.compare import AURA_CLIENT, Result, measure
+from tests.e2e.topology import INTERNET_HOST, AuraServer, build
+from tests.netns import Lab
+
+OPENVPN_SERVER, OPENVPN_CLIENT = "10.98.0.1", "10.98.0.2"
+TRANSPORTS = ("udp", "quic", "tcp")
+
+
+def aura_client_on(lab: Lab, server: AuraServer, ns: str, transport: str, folder: Path
+                   ) -> subprocess.Popen[bytes]:
+    config = server.provision(f"bench-{transport}", "aura")
+    document = yaml.safe_load(config.read_text())
+    document["transports"]["order"] = [transport]
+    document["runtime_dir"] = str(folder / f"client-{transport}")
+    config.write_text(yaml.safe_dump(document))
+    client = lab.spawn(ns, [*AURA_CLIENT, "up", "--foreground", str(config)],
+                       log=folder / f"client-{transport}.log")
+    lab.wait_for(lambda: lab.ping(ns, INTERNET_HOST, count=1, timeout=2), timeout=40,
+                 what=f"the aura client tunnel over {transport}")
+    return client
+
+
+def quick_pki(lab: Lab, ns: str, folder: Path) -> None:
+    def run(*argv: str) -> None:
+        lab.run(ns, list(argv))
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    run("openssl", "req", "-x509", *ec, "-subj", "/CN=bench-ca", "-days", "2",
+        "-keyout", str(folder / "ca.key"), "-out", str(folder / "ca.crt"))
+    for name in ("server", "client"):
+        run("openssl", "req", *ec, "-subj", f"/CN={name}", "-keyout",
+            str(folder / f"{name}.key"), "-out", str(folder / f"{name}.csr"))
+        run("openssl", "x509", "-req", "-in", str(folder / f"{name}.csr"), "-days", "2",
+            "-CA", str(folder / "ca.crt"), "-CAkey", str(folder / "ca.key"),
+            "-CAcreateserial", "-out", str(folder / f"{name}.crt"))
+
+
+def openvpn_tcp_pair(lab: Lab, server: AuraServer, folder: Path) -> str:
+    ns = server.add_client_namespace()
+    quick_pki(lab, server.ns, folder)
+    common = ["openvpn", "--dev", "tun", "--disable-dco", "--verb", "1", "--tun-mtu", "1420",
+              "--ca", str(folder / "ca.crt"), "--dh", "none"]
+    lab.spawn(server.ns, [*common, "--proto", "tcp-server", "--lport", "1194",
+                          "--ifconfig", OPENVPN_SERVER, OPENVPN_CLIENT, "--tls-server",
+                          "--cert", str(folder / "server.crt"),
+                          "--key", str(folder / "server.key")],
+              log=folder / "openvpn-server.log")
+    time.sleep(1)
+    lab.spawn(ns, [*common, "--proto", "tcp-client", "--remote", "198.51.100.1", "1194",
+                   "--ifconfig", OPENVPN_CLIENT, OPENVPN_SERVER, "--tls-client",
+                   "--cert", str(folder / "client.crt"), "--key", str(folder / "client.key")],
+              log=folder / "openvpn-client.log")
+    lab.wait_for(lambda: lab.ping(ns, OPENVPN_SERVER, count=1, timeout=2), timeout=30,
+                 what="the OpenVPN tunnel")
+    return ns
+
+
+def run(seconds: int) -> list[Result]:
+    lab = Lab()
+    results: list[Result] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="aura-bench-") as tmp:
+            folder = Path(tmp)
+            server = build(lab, folder)
+            server.init(transports=TRANSPORTS)
+            server.start()
+            # One client namespace on the link whose address is the server's public one, one
+            # transport at a time.
+            aura_ns = server.add_client_namespace()
+            for transport in TRANSPORTS:
+                client = aura_client_on(lab, server, aura_ns, transport, folder)
+                results.append(measure(lab, f"aura {transport}", aura_ns, server.internet_ns,
+                                       INTERNET_HOST, seconds))
+                print(f"measured {results[-1]}", flush=True)
+                lab.stop(client)
+                time.sleep(1)
+            ns = openvpn_tcp_pair(lab, server, folder)
+            results.append(measure(lab, "openvpn tcp", ns, server.ns, OPENVPN_SERVER, seconds))
+            print(f"measured {results[-1]}", flush=True)
+    finally:
+        lab.close()
+    return results
+
+
+def report(results: list[Result]) -> str:
+    by_path = {r.path: r for r in results}
+    udp, openvpn = by_path["aura udp"], by_path["openvpn tcp"]
+    lines = [f"{'path':<12} {'upload':>11} {'download':>11} {'rtt':>9}   "
+             f"{'vs aura udp':<24} vs openvpn tcp"]
+    for r in results:
+        lines.append(
+            f"{r.path:<12} {r.upload / 1e9:>7.3f} Gb/s {r.download / 1e9:>7.3f} Gb/s "
+            f"{r.rtt_ms:>6.3f} ms   up x{r.upload / udp.upload:<5.2f} "
+            f"down x{r.download / udp.download:<5.2f}   "
+            f"up x{r.upload / openvpn.upload:.2f} down x{r.download / openvpn.download:.2f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=5, help="per iperf3 run (default 5)")
+    args = parser.parse_args()
+    print(report(run(args.seconds)))
+
+
+if __name__ == "__main__":
+    main()
