@@ -260,11 +260,11 @@ class Router:
         }
 
 
-def admin_gids(config: ServerConfig) -> set[int]:
+def admin_gid(config: ServerConfig) -> int | None:
     try:
-        return {grp.getgrnam(config.admin_group).gr_gid}
+        return grp.getgrnam(config.admin_group).gr_gid
     except KeyError:
-        return set()
+        return None
 
 
 async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
@@ -274,9 +274,12 @@ async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, router.reload)
     activated = systemd.listen_fds().get("router")
+    gid = admin_gid(config)
+    # The socket file belongs to the admin group: transports (running as its service user)
+    # and operators in that group may connect; SO_PEERCRED is checked again on accept.
     listener = await ipc.Listener.start(
         activated[0] if activated else config.router_socket, router.on_channel,
-        allowed_uids={os.getuid()}, allowed_gids=admin_gids(config),
+        allowed_uids={os.getuid()}, allowed_gids=set() if gid is None else {gid}, group=gid,
     )
     systemd.ready(f"tunnel {config.tun.name} up; {sum(1 for p in router.registry)} peers")
     try:

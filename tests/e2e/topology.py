@@ -23,6 +23,7 @@ from tests.netns import Lab
 INTERNET_HOST = "203.0.113.2"
 SERVER_TUNNEL_V4 = "10.77.0.1"
 SERVER_TUNNEL_V6 = "fd77:7777::1"
+PUBLIC_HOST = "198.51.100.1"
 AURA = [sys.executable, "-m", "services.cli.main"]
 
 
@@ -49,7 +50,7 @@ class AuraServer:
 
     def init(self, *, transports: tuple[str, ...] = ("udp",), extra: tuple[str, ...] = (),
              edit: dict[str, Any] | None = None) -> None:
-        self.aura("server", "init", "--public-host", "198.51.100.1",
+        self.aura("server", "init", "--public-host", PUBLIC_HOST,
                   "--state-dir", str(self.folder / "state"),
                   "--runtime-dir", str(self.folder / "run"), "--uplink", self.uplink, *extra)
         document = yaml.safe_load(self.config.read_text())
@@ -98,12 +99,17 @@ class AuraServer:
         return out
 
     def add_client_namespace(self) -> str:
-        """A new client host with its own link to the server (198.51.10N.0/24)."""
+        """A new client host with its own link to the server (198.51.10N.0/24).
+
+        It has a route to the server's public address only: the tunnel addresses and the
+        internet host are reachable through the tunnel or not at all.
+        """
         self.clients += 1
         n = self.clients - 1
         ns = self.lab.namespace(f"c{n}")
         self.lab.link(ns, f"198.51.{100 + n}.2/24", self.ns, f"198.51.{100 + n}.1/24")
-        self.lab.run(ns, f"ip route add default via 198.51.{100 + n}.1")
+        if n:
+            self.lab.run(ns, f"ip route add {PUBLIC_HOST}/32 via 198.51.{100 + n}.1")
         return ns
 
     def server_address_for(self, client_ns_index: int) -> str:
