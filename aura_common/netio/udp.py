@@ -5,6 +5,11 @@ may be shorter); with UDP_GRO enabled, one `recvmsg` may return many datagrams o
 back to back, with their size in a control message. Python pays per call, so this is what lets
 a transport move hundreds of megabits. Works for IPv4 and IPv6 sockets, blocking or not (every
 call here is non-blocking).
+
+A server bound to a wildcard address must answer from the address each client wrote to, not
+from whichever address the kernel's route lookup picks: a client's connected socket, a NAT or a
+firewall drops replies from any other address. `enable_pktinfo` makes the receive side report
+that local address, and `send_batch(..., source=...)` sends from it.
 """
 
 from __future__ import annotations
@@ -18,16 +23,24 @@ from collections.abc import Sequence
 SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
+IP_PKTINFO = 8  # Linux <linux/in.h>; Python does not name it
 
 MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS per send
 # One send's UDP payload stays within an IP packet of 65535 bytes with room for the headers
 # (IPv6: 40, IPv4: 20 plus up to 40 of options) and the 8-byte UDP header.
 MAX_SEND_BYTES = 0xFFFF - 40 - 8 - 20
 _RECV_SIZE = 0x10000
-_GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+# Room for UDP_GRO's int and the larger of in_pktinfo (12 bytes) and in6_pktinfo (20 bytes).
+_CMSG_SPACE = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(20)
+_IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, local (spec_dst), header destination
+_IN6_PKTINFO = struct.Struct("=16si")  # address, ifindex
 
 # Errors with which a kernel or route refuses segmentation offload for a socket.
 _GSO_REFUSED = frozenset({errno.EIO, errno.EINVAL, errno.ENOPROTOOPT})
+# Errors for a source address the host no longer has (IPv4 reports it as unreachable).
+_SOURCE_REFUSED = frozenset({errno.EINVAL, errno.EADDRNOTAVAIL, errno.ENETUNREACH})
+
+Address = tuple[str, int]
 
 _sockets_without_gso: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 
@@ -41,20 +54,45 @@ def enable_gro(sock: socket.socket) -> bool:
     return True
 
 
-def recv_batch(
-    sock: socket.socket, limit: int = 64
-) -> list[tuple[list[bytes], tuple[str, int]]]:
+def enable_pktinfo(sock: socket.socket) -> None:
+    """Report each datagram's local destination address (see `recv_batch_with_local`).
+
+    On a dual-stack IPv6 socket this covers IPv4 datagrams too, as IPv4-mapped addresses.
+    """
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+
+
+def recv_batch(sock: socket.socket, limit: int = 64) -> list[tuple[list[bytes], Address]]:
     """Datagrams waiting on `sock`, grouped by source, from at most `limit` receive calls.
 
     Consecutive datagrams from the same source share one entry. Never blocks.
     """
+    batches: list[tuple[list[bytes], Address]] = []
+    for datagrams, source, _local in recv_batch_with_local(sock, limit):
+        if batches and batches[-1][1] == source:
+            batches[-1][0].extend(datagrams)
+        else:
+            batches.append((datagrams, source))
+    return batches
+
+
+def recv_batch_with_local(
+    sock: socket.socket, limit: int = 64
+) -> list[tuple[list[bytes], Address, str | None]]:
+    """Like `recv_batch`, grouped by source and the local address each datagram was sent to.
+
+    The local address is None unless `enable_pktinfo` was called on `sock`.
+    """
     buffer = bytearray(_RECV_SIZE)
     view = memoryview(buffer)
-    batches: list[tuple[list[bytes], tuple[str, int]]] = []
+    batches: list[tuple[list[bytes], Address, str | None]] = []
     for _ in range(limit):
         try:
             size, ancillary, flags, address = sock.recvmsg_into(
-                [buffer], _GRO_CMSG_SPACE, socket.MSG_DONTWAIT
+                [buffer], _CMSG_SPACE, socket.MSG_DONTWAIT
             )
         except BlockingIOError:
             break
@@ -63,9 +101,14 @@ def recv_batch(
         if flags & socket.MSG_TRUNC:
             continue
         segment_size = size
+        local = None
         for level, kind, data in ancillary:
             if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
                 segment_size = struct.unpack("i", data[:4])[0] or size
+            elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
+                local = socket.inet_ntop(socket.AF_INET6, _IN6_PKTINFO.unpack(data)[0])
+            elif level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+                local = socket.inet_ntop(socket.AF_INET, _IN_PKTINFO.unpack(data)[1])
         received = view[:size]
         if segment_size >= size:
             datagrams = [bytes(received)]
@@ -75,46 +118,63 @@ def recv_batch(
                 for start in range(0, size, segment_size)
             ]
         source = (address[0], address[1])
-        if batches and batches[-1][1] == source:
+        if batches and batches[-1][1] == source and batches[-1][2] == local:
             batches[-1][0].extend(datagrams)
         else:
-            batches.append((datagrams, source))
+            batches.append((datagrams, source, local))
     return batches
 
 
 def send_batch(
-    sock: socket.socket, datagrams: Sequence[bytes], destination: tuple[str, int]
+    sock: socket.socket, datagrams: Sequence[bytes], destination: Address,
+    source: str | None = None,
 ) -> int:
     """Send `datagrams` to `destination`; returns how many the kernel accepted.
 
     Runs of equal-sized datagrams go out in one UDP_SEGMENT send. If the kernel refuses GSO
-    for this socket, it sends one datagram per call from then on. A full buffer (EAGAIN,
-    ENOBUFS) or an unreachable destination drops the datagrams concerned, as a full NIC queue
-    would; the caller counts `len(datagrams) - returned` as dropped.
+    for this socket, it sends one datagram per call from then on. `source` (a local address as
+    `recv_batch_with_local` reports it) fixes the sending address; if the host no longer has
+    it, the kernel picks one. A full buffer (EAGAIN, ENOBUFS) or an unreachable destination
+    drops the datagrams concerned, as a full NIC queue would; the caller counts
+    `len(datagrams) - returned` as dropped.
     """
     sent = 0
     use_gso = sock not in _sockets_without_gso
+    wanted_origin = origin = _source_cmsg(sock, source)
     index, count = 0, len(datagrams)
     while index < count:
         group_end = _group_end(datagrams, index) if use_gso else index + 1
-        if group_end - index == 1:
-            sent += _send_one(sock, datagrams[index], destination)
-        else:
-            group = datagrams[index:group_end]
-            size = len(group[0])
-            try:
-                sock.sendmsg(
-                    group, [(SOL_UDP, UDP_SEGMENT, struct.pack("H", size))],
-                    socket.MSG_DONTWAIT, destination,
-                )
-                sent += len(group)
-            except OSError as error:
-                if error.errno in _GSO_REFUSED:
-                    _sockets_without_gso.add(sock)
-                    use_gso = False
-                    sent += sum(_send_one(sock, datagram, destination) for datagram in group)
+        group = datagrams[index:group_end]
+        gso = [] if len(group) == 1 else [(SOL_UDP, UDP_SEGMENT, struct.pack("H", len(group[0])))]
+        try:
+            sock.sendmsg(group, gso + origin, socket.MSG_DONTWAIT, destination)
+        except OSError as error:
+            if origin and error.errno in _SOURCE_REFUSED:
+                origin = []  # perhaps the address is gone: again, from any address
+            elif gso and error.errno in _GSO_REFUSED:
+                _sockets_without_gso.add(sock)
+                use_gso, origin = False, wanted_origin  # again, one datagram per call
+            else:
+                index = group_end  # dropped
+            continue
+        sent += len(group)
         index = group_end
     return sent
+
+
+def _source_cmsg(sock: socket.socket, source: str | None) -> list[tuple[int, int, bytes]]:
+    if source is None:
+        return []
+    try:
+        if sock.family == socket.AF_INET6:
+            if "." in source and ":" not in source:
+                source = "::ffff:" + source
+            packed = socket.inet_pton(socket.AF_INET6, source)
+            return [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, _IN6_PKTINFO.pack(packed, 0))]
+        packed = socket.inet_pton(socket.AF_INET, source)
+    except OSError:
+        return []
+    return [(socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, packed, bytes(4)))]
 
 
 def _group_end(datagrams: Sequence[bytes], start: int) -> int:
@@ -132,11 +192,3 @@ def _group_end(datagrams: Sequence[bytes], start: int) -> int:
         if length < size:
             break
     return end
-
-
-def _send_one(sock: socket.socket, datagram: bytes, destination: tuple[str, int]) -> int:
-    try:
-        sock.sendto(datagram, socket.MSG_DONTWAIT, destination)
-    except OSError:
-        return 0
-    return 1

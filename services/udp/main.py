@@ -19,26 +19,43 @@ from aura_common.transport import Address, SessionHub, format_endpoint
 log = logging.getLogger("aura-udp")
 
 RECV_BATCH_LIMIT = 64
+# Remote endpoints whose local address is remembered; the least recently heard go first, so
+# a flood of spoofed sources costs bounded memory.
+REPLY_ADDRESSES_LIMIT = 4096
 
 
 class UdpCarrier:
-    """Moves WireGuard datagrams between one UDP socket and the session hub, in batches."""
+    """Moves WireGuard datagrams between one UDP socket and the session hub, in batches.
+
+    Replies leave from the address the remote last wrote to: on a host with several
+    addresses, the kernel's own choice may be another one, which the client drops.
+    """
 
     def __init__(self, sock: socket.socket, hub: SessionHub) -> None:
         self.sock = sock
         self.hub = hub
         hub.carrier = self
+        self._reply_from: dict[Address, str] = {}
         udp_batch.enable_gro(sock)
+        udp_batch.enable_pktinfo(sock)
 
     def start(self) -> None:
         asyncio.get_running_loop().add_reader(self.sock.fileno(), self._readable)
 
     def _readable(self) -> None:
-        for datagrams, source in udp_batch.recv_batch(self.sock, RECV_BATCH_LIMIT):
-            self.hub.received(datagrams, (source[0], source[1]))
+        reply_from = self._reply_from
+        for datagrams, source, local in udp_batch.recv_batch_with_local(self.sock,
+                                                                        RECV_BATCH_LIMIT):
+            if local is not None:
+                reply_from.pop(source, None)  # re-inserted last: dicts keep insertion order
+                reply_from[source] = local
+                if len(reply_from) > REPLY_ADDRESSES_LIMIT:
+                    del reply_from[next(iter(reply_from))]
+            self.hub.received(datagrams, source)
 
     def transmit(self, destination: Address, datagrams: Sequence[bytes]) -> None:
-        udp_batch.send_batch(self.sock, datagrams, destination)
+        udp_batch.send_batch(self.sock, datagrams, destination,
+                             self._reply_from.get(destination))
 
 
 def open_socket(config: ServerConfig) -> tuple[socket.socket, bool]:

@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.e2e.topology import (
+    AURA,
     INTERNET_HOST,
     SERVER_TUNNEL_V4,
     SERVER_TUNNEL_V6,
@@ -161,3 +163,30 @@ def test_busy_port_moves_the_transport_and_is_recorded(lab: Lab, tmp_path: Path)
     assert lab.ping(ns, SERVER_TUNNEL_V4)
     lab.stop(blocker)
 
+
+
+def test_replies_leave_from_the_address_a_client_wrote_to(
+    lab: Lab, server: AuraServer, tmp_path: Path
+) -> None:
+    # This client's link is 198.51.101.0/24, but it writes to the server's public address
+    # 198.51.100.1 on another link. Answers from 198.51.101.1 (the kernel's pick for a
+    # wildcard socket) never reach the Aura client's connected UDP socket.
+    server.add_client_namespace()
+    ns = server.add_client_namespace()
+    config = server.provision("alice", "aura")
+    document = yaml.safe_load(config.read_text())
+    document["runtime_dir"] = str(tmp_path / "alice-run")
+    config.write_text(yaml.safe_dump(document))
+    lab.spawn(ns, [*AURA, "client", "up", "--foreground", str(config)],
+              log=tmp_path / "client.log")
+
+    def up_over_udp() -> bool:
+        result = lab.run(ns, [*AURA, "client", "status", str(config), "--json"], check=False)
+        status = json.loads(result.stdout) if result.returncode == 0 else {}
+        return status.get("state") == "up" and status.get("transport") == "udp"
+
+    lab.wait_for(up_over_udp, timeout=20, what="the aura client up over udp")
+    assert lab.ping(ns, INTERNET_HOST), "NAT to the host behind the server"
+    upload = iperf3(lab, ns, server.internet_ns, INTERNET_HOST, seconds=2)
+    download = iperf3(lab, ns, server.internet_ns, INTERNET_HOST, seconds=2, reverse=True)
+    assert upload > 1e6 and download > 1e6, (upload, download)

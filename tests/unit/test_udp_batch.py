@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aura_common.netio.udp import enable_gro, recv_batch, send_batch
+from aura_common.netio.udp import (
+    enable_gro,
+    enable_pktinfo,
+    recv_batch,
+    recv_batch_with_local,
+    send_batch,
+)
 
 SO_NO_CHECK = 11  # disables UDP checksums on send, which the kernel's UDP GSO refuses
 SO_RCVBUFFORCE = 33  # as root, a receive buffer beyond rmem_max so bursts are not dropped
@@ -121,6 +127,36 @@ def test_unsendable_datagrams_are_dropped_not_raised() -> None:
         too_big = [b"x" * 70000, b"y" * 70000]
         assert send_batch(sender, too_big, receiver.getsockname()) == 0
         assert send_batch(sender, [b"ok"], receiver.getsockname()) == 1
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["v4", "dual-stack"])
+def test_a_wildcard_socket_answers_from_the_address_the_client_wrote_to(family: int) -> None:
+    # Loopback has every 127/8 address; a reply to 127.0.0.5 would leave from 127.0.0.1, which
+    # a client connected to 127.0.0.2 (like the Aura client, a NAT or a firewall) drops.
+    server = socket.socket(family, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with server, client:
+        server.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        enable_gro(server)
+        enable_pktinfo(server)
+        client.bind(("127.0.0.5", 0))
+        client.connect(("127.0.0.2", server.getsockname()[1]))
+        client.send(b"hello")
+        time.sleep(0.05)
+        [(datagrams, source, local)] = recv_batch_with_local(server)
+        assert datagrams == [b"hello"]
+        assert local == ("::ffff:127.0.0.2" if family == socket.AF_INET6 else "127.0.0.2")
+        replies = payloads([300] * 5)
+        assert send_batch(server, replies, source, local) == 5
+        assert receive(client, 5) == replies
+
+
+def test_a_source_address_the_host_lacks_falls_back_to_any() -> None:
+    sender, receiver = make_pair(socket.AF_INET, gro=True)
+    with sender, receiver:
+        datagrams = payloads([500] * 4 + [20])
+        assert send_batch(sender, datagrams, receiver.getsockname(), "192.0.2.1") == 5
+        assert receive(receiver, 5) == datagrams
 
 
 @settings(max_examples=25, deadline=None)
