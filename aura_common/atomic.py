@@ -19,9 +19,14 @@ def write_atomic(
 
     The temporary file lives in the same directory (a rename across file systems is not
     atomic); both the file and the directory are fsynced so the new content survives a crash.
+    Without an explicit `owner`, root writing into a service account's directory leaves the
+    file to that account, so `aura provision-client` run as root keeps the router able to
+    read the registry.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
+    if owner is None:
+        owner = directory_owner(directory)
     fd, temp_path = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -43,6 +48,14 @@ def write_atomic(
         os.close(dir_fd)
 
 
+def directory_owner(directory: str) -> tuple[int, int] | None:
+    """(uid, gid) of `directory` when root writes into a directory another account owns."""
+    if os.geteuid() != 0:
+        return None
+    status = os.stat(directory)
+    return None if status.st_uid == 0 else (status.st_uid, status.st_gid)
+
+
 @contextlib.contextmanager
 def locked(path: str | os.PathLike[str]) -> Iterator[None]:
     """Hold an exclusive lock on `path + ".lock"` for a read-modify-write of `path`.
@@ -55,6 +68,9 @@ def locked(path: str | os.PathLike[str]) -> Iterator[None]:
     # flock needs only a readable fd, so a lock file another user created still works for
     # anyone who may read it; the state directory's own mode keeps strangers out.
     fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    owner = directory_owner(os.path.dirname(os.path.abspath(lock_path)))
+    if owner is not None:
+        os.fchown(fd, *owner)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -25,6 +25,7 @@ import contextlib
 import errno
 import logging
 import os
+import pwd
 import socket
 import stat
 import struct
@@ -369,10 +370,20 @@ async def connect(path: str | os.PathLike[str], role: str) -> Channel:
 
 
 def permitted(credentials: Credentials, allowed_uids: set[int], allowed_gids: set[int]) -> bool:
-    """uid 0, a uid in `allowed_uids`, or a primary gid in `allowed_gids`."""
-    return (
-        credentials.uid == 0 or credentials.uid in allowed_uids or credentials.gid in allowed_gids
-    )
+    """uid 0, a uid in `allowed_uids`, or a member (primary or supplementary) of `allowed_gids`.
+
+    SO_PEERCRED carries only the primary gid, so supplementary groups come from the group
+    database: an operator added to the admin group with `usermod -aG` is let in.
+    """
+    if credentials.uid == 0 or credentials.uid in allowed_uids or credentials.gid in allowed_gids:
+        return True
+    if not allowed_gids:
+        return False
+    try:
+        user = pwd.getpwuid(credentials.uid).pw_name
+    except KeyError:
+        return False
+    return not allowed_gids.isdisjoint(os.getgrouplist(user, credentials.gid))
 
 
 class Listener:

@@ -8,7 +8,6 @@ import grp
 import ipaddress
 import logging
 import os
-import pwd
 import signal
 import subprocess
 import sys
@@ -88,17 +87,11 @@ def _pool_networks(values: list[str]) -> tuple[str, str | None]:
     return found[4], found.get(6)
 
 
-def _owned_by(path: Path, user: str | None, group: str | None, mode: int) -> None:
-    """Hand a file to the service account when the package created one; root otherwise."""
-    uid = gid = -1
-    if user:
+def _owned_by(path: Path, group: str, mode: int) -> None:
+    """Let the service account's group read a file when the package created that group."""
+    if os.geteuid() == 0:
         with contextlib.suppress(KeyError):
-            uid = pwd.getpwnam(user).pw_uid
-    if group:
-        with contextlib.suppress(KeyError):
-            gid = grp.getgrnam(group).gr_gid
-    if os.geteuid() == 0 and (uid != -1 or gid != -1):
-        os.chown(path, uid, gid)
+            os.chown(path, -1, grp.getgrnam(group).gr_gid)
     os.chmod(path, mode)
 
 
@@ -111,7 +104,7 @@ def init_server(args: argparse.Namespace) -> int:
         config = _new_config(args, config_path)
     key_dir = Path(config.key_dir)
     key_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-    _owned_by(key_dir, None, config.admin_group, 0o750)
+    _owned_by(key_dir, config.admin_group, 0o750)
     for directory in (config.state_dir, config.runtime_dir):
         Path(directory).mkdir(parents=True, exist_ok=True, mode=0o750)
 
@@ -123,21 +116,21 @@ def init_server(args: argparse.Namespace) -> int:
         write_atomic(server_key, (encode_key(private) + "\n").encode(), mode=0o640)
         write_atomic(key_dir / "server.pub", (encode_key(public) + "\n").encode(), mode=0o644)
         print(f"created the server key {server_key}")
-    _owned_by(server_key, None, config.admin_group, 0o640)
+    _owned_by(server_key, config.admin_group, 0o640)
 
     had_ca = Path(config.ca_key_file).exists()
     pki.create_ca(key_dir)
     print(("kept" if had_ca else "created") + f" the CA key {config.ca_key_file}")
-    _owned_by(Path(config.ca_key_file), "aura-signer", None, 0o600)
+    os.chmod(config.ca_key_file, 0o600)  # root only: systemd hands it to the signer
     if not Path(config.tls_cert_file).exists():
         pki.issue_tls_certificate(pki.load_ca_private_key(key_dir), [config.public_host], key_dir)
         print(f"issued the TLS certificate {config.tls_cert_file} for {config.public_host}")
-    _owned_by(Path(config.tls_key_file), None, config.admin_group, 0o640)
+    _owned_by(Path(config.tls_key_file), config.admin_group, 0o640)
 
     if not config_path.exists():
         config_path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(config_path, config.dump().encode(), mode=0o640)
-        _owned_by(config_path, None, config.admin_group, 0o640)
+        _owned_by(config_path, config.admin_group, 0o640)
         print(f"wrote {config_path}")
     registry = Registry.load(config.peers_file)
     if not Path(config.peers_file).exists():

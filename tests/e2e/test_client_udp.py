@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,10 @@ from tests.e2e.topology import (
     SERVER_TUNNEL_V6,
     AuraServer,
     build,
+    client_status,
     iperf3,
 )
+from tests.e2e.topology import client_is_up as is_up
 from tests.netns import Lab
 
 pytestmark = pytest.mark.e2e
@@ -41,16 +42,6 @@ def client_config(server: AuraServer, tmp_path: Path, name: str = "alice", **edi
     document.update(edits)
     path.write_text(yaml.safe_dump(document))
     return path
-
-
-def client_status(lab: Lab, ns: str, config: Path) -> dict[str, Any]:
-    result = lab.run(ns, [*AURA, "client", "status", str(config), "--json"])
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
-
-
-def is_up(lab: Lab, ns: str, config: Path) -> bool:
-    result = lab.run(ns, [*AURA, "client", "status", str(config), "--json"], check=False)
-    return result.returncode == 0 and json.loads(result.stdout)["state"] == "up"
 
 
 def routes(lab: Lab, ns: str, family: str = "-4") -> str:
@@ -119,7 +110,7 @@ def test_detached_up_reports_transport_and_address(
     finally:
         lab.run(ns, [*AURA, "client", "down", str(config)])
     assert lab.run(ns, f"ip link show {TUN}", check=False).returncode != 0
-    assert "tunnel up over udp" in (tmp_path / "alice-run" / "client.log").read_text()
+    assert "tunnel up over udp" in (tmp_path / "alice-run" / "alice.log").read_text()
 
 
 def test_direct_networks_bypass_the_tunnel(lab: Lab, server: AuraServer, tmp_path: Path) -> None:
@@ -128,6 +119,7 @@ def test_direct_networks_bypass_the_tunnel(lab: Lab, server: AuraServer, tmp_pat
     document["tunnel"]["split"]["direct"] = [{"cidr": "203.0.113.0/24"}]
     config.write_text(yaml.safe_dump(document))
     ns = server.add_client_namespace()
+    lab.run(ns, "ip route add default via 198.51.100.1")  # the LAN's own way out
     lab.spawn(ns, [*AURA, "client", "up", "--foreground", str(config)],
               log=tmp_path / "client.log")
     lab.wait_for(lambda: is_up(lab, ns, config), timeout=20, what="client up")

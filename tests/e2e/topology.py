@@ -162,6 +162,17 @@ def stock_wireguard_up(lab: Lab, ns: str, conf: Path) -> str:
     return ifname
 
 
+def client_status(lab: Lab, ns: str, config: Path) -> dict[str, Any]:
+    """`aura client status --json` of the Aura client running from `config`."""
+    result = lab.run(ns, [*AURA, "client", "status", str(config), "--json"])
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def client_is_up(lab: Lab, ns: str, config: Path) -> bool:
+    result = lab.run(ns, [*AURA, "client", "status", str(config), "--json"], check=False)
+    return result.returncode == 0 and json.loads(result.stdout)["state"] == "up"
+
+
 def iperf3(lab: Lab, client_ns: str, server_ns: str, server_ip: str, *, reverse: bool = False,
            seconds: int = 3) -> float:
     """Run a bounded iperf3 TCP test and return the received throughput in bits/s."""

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import grp
 import os
 import pwd
 import socket
 import stat
+import subprocess
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -384,3 +387,24 @@ def test_decode_garbage_raises_only_value_error(data: bytes) -> None:
 def test_encode_decode_round_trip(fields: dict[str, object], kind: str) -> None:
     frame = {**fields, "t": kind}
     assert ipc.decode(ipc.encode(frame)) == frame
+
+
+def test_supplementary_group_members_are_permitted() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a throw-away user and group")
+    suffix = uuid.uuid4().hex[:8]
+    group, user = f"aura-tg-{suffix}", f"aura-tu-{suffix}"
+    subprocess.run(["groupadd", "--system", group], check=True)
+    try:
+        subprocess.run(["useradd", "--system", "--no-create-home", "-G", group, user], check=True)
+        try:
+            entry = pwd.getpwnam(user)
+            gid = grp.getgrnam(group).gr_gid
+            creds = ipc.Credentials(1, entry.pw_uid, entry.pw_gid)
+            assert entry.pw_gid != gid  # membership only through the supplementary list
+            assert ipc.permitted(creds, set(), {gid})
+            assert not ipc.permitted(creds, set(), {gid + 100000})
+        finally:
+            subprocess.run(["userdel", user], check=True)
+    finally:
+        subprocess.run(["groupdel", group], check=True)
