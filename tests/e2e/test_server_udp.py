@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -190,3 +191,60 @@ def test_replies_leave_from_the_address_a_client_wrote_to(
     upload = iperf3(lab, ns, server.internet_ns, INTERNET_HOST, seconds=2)
     download = iperf3(lab, ns, server.internet_ns, INTERNET_HOST, seconds=2, reverse=True)
     assert upload > 1e6 and download > 1e6, (upload, download)
+
+
+FLOOD_SCRIPT = """
+import hashlib, os, socket, sys, time
+server_public = bytes.fromhex(sys.argv[1])
+mac1_key = hashlib.blake2s(b"mac1----" + server_public).digest()
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setblocking(False)
+replies = {}
+deadline = time.monotonic() + 10
+for i in range(3000):
+    body = bytes([1, 0, 0, 0]) + os.urandom(112)
+    mac1 = hashlib.blake2s(body, digest_size=16, key=mac1_key).digest()
+    try:
+        s.sendto(body + mac1 + bytes(16), ("198.51.100.1", 8443))
+    except BlockingIOError:
+        time.sleep(0.001)
+    if i % 100 == 0:
+        time.sleep(0.01)
+    while True:
+        try:
+            reply = s.recv(2048)
+        except BlockingIOError:
+            break
+        replies[reply[0]] = replies.get(reply[0], 0) + 1
+    if time.monotonic() > deadline:
+        break
+time.sleep(0.5)
+while True:
+    try:
+        reply = s.recv(2048)
+    except BlockingIOError:
+        break
+    replies[reply[0]] = replies.get(reply[0], 0) + 1
+print(replies.get(2, 0), replies.get(3, 0))
+"""
+
+
+def test_handshake_flood_gets_cookie_replies_and_spares_a_connected_client(
+    lab: Lab, server: AuraServer, tmp_path: Path
+) -> None:
+    ns = server.add_client_namespace()
+    attacker = server.add_client_namespace()
+    stock_wireguard_up(lab, ns, server.provision("alice", "wireguard"))
+    assert lab.ping(ns, SERVER_TUNNEL_V4)
+    server_public = base64.b64decode((tmp_path / "server.pub").read_text())
+    pinger = lab.spawn(ns, ["ping", "-c", "30", "-i", "0.1", "-W", "2", SERVER_TUNNEL_V4],
+                       log=tmp_path / "ping.log")
+    # Initiations with a valid mac1 (the server's public key is public) from an unknown key:
+    # each costs the server a DH unless the cookie mechanism steps in.
+    flood = lab.run(attacker, [sys.executable, "-c", FLOOD_SCRIPT, server_public.hex()],
+                    timeout=60)
+    responses, cookies = map(int, flood.stdout.split())
+    assert responses == 0, "an unknown key must never get a handshake response"
+    assert cookies > 0, "under load the server answers with cookie replies"
+    assert pinger.wait(30) == 0, (tmp_path / "ping.log").read_text()
+    assert server.status()["peers"][0]["connected"]
