@@ -24,6 +24,14 @@ SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
 IP_PKTINFO = 8  # Linux <linux/in.h>; Python does not name it
+# Linux socket options Python does not name (asm-generic/socket.h): root may exceed the
+# net.core.[rw]mem_max caps.
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+# Socket buffers for a tunnel carrier. The default (about 200 KiB) holds a few milliseconds
+# at tunnel speeds: a receiver that is briefly busy with a batch loses whole GRO trains,
+# and TCP inside the tunnel backs off and retransmits work already done.
+TUNNEL_SOCKET_BUFFER = 7 << 20
 
 MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS per send
 # One send's UDP payload stays within an IP packet of 65535 bytes with room for the headers
@@ -43,6 +51,16 @@ _SOURCE_REFUSED = frozenset({errno.EINVAL, errno.EADDRNOTAVAIL, errno.ENETUNREAC
 Address = tuple[str, int]
 
 _sockets_without_gso: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+
+def enlarge_buffers(sock: socket.socket, size: int = TUNNEL_SOCKET_BUFFER) -> None:
+    """Give `sock` send and receive buffers of `size` bytes (capped by the kernel's limits
+    when not privileged)."""
+    for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF), (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
 def enable_gro(sock: socket.socket) -> bool:

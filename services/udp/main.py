@@ -36,6 +36,7 @@ class UdpCarrier:
         self.hub = hub
         hub.carrier = self
         self._reply_from: dict[Address, str] = {}
+        udp_batch.enlarge_buffers(sock)
         udp_batch.enable_gro(sock)
         udp_batch.enable_pktinfo(sock)
 

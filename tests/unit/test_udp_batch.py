@@ -11,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aura_common.netio.udp import (
+    TUNNEL_SOCKET_BUFFER,
     enable_gro,
     enable_pktinfo,
+    enlarge_buffers,
     recv_batch,
     recv_batch_with_local,
     send_batch,
@@ -149,6 +151,14 @@ def test_a_wildcard_socket_answers_from_the_address_the_client_wrote_to(family: 
         replies = payloads([300] * 5)
         assert send_batch(server, replies, source, local) == 5
         assert receive(client, 5) == replies
+
+
+def test_tunnel_sockets_get_buffers_for_bursts() -> None:
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        enlarge_buffers(sock)
+        # The kernel reports double the size asked for (it counts its bookkeeping too).
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= TUNNEL_SOCKET_BUFFER
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= TUNNEL_SOCKET_BUFFER
 
 
 def test_a_source_address_the_host_lacks_falls_back_to_any() -> None:

@@ -39,6 +39,7 @@ class Carrier:
         except OSError:
             sock.close()
             raise
+        udp_batch.enlarge_buffers(sock)
         udp_batch.enable_gro(sock)
         self.sock, self.destination, self._deliver = sock, (host, port), deliver
         loop = asyncio.get_running_loop()
