@@ -115,7 +115,10 @@ class Tun:
         return packets
 
     def write_batch(self, packets: Sequence[bytes]) -> None:
-        """Write IP packets, merging TCP segments; failures are counted, never raised."""
+        """Write IP packets, merging TCP segments; failures are counted, never raised.
+
+        The packets must come out of the tunnel's AEAD: merged segments' checksums are not
+        re-verified (see `offload.coalesce`)."""
         counters = self.counters
         counters.packets_written += len(packets)
         for header, packet in coalesce(packets):
