@@ -1,7 +1,8 @@
 """The Linux client process behind `aura client up`: TUN ⇄ WireGuard ⇄ carrier, forever.
 
 It tries the transports in order (see `schedule`), runs the WireGuard handshake over each, and
-once a path is up moves packets in batches. A path that breaks (the carrier reports it, or the
+once a path is up moves packets in batches. While on a fallback it probes the better transports
+beside the live path and moves back as soon as one completes a handshake. A path that breaks (the carrier reports it, or the
 server stays silent past the liveness limit) is logged at WARNING with its reason, and the
 client moves on; it only stops on `down`, SIGTERM/SIGINT, a config error at start, or a fatal
 TUN error, each with a log line. A control socket answers `status` and `down`.
@@ -30,17 +31,8 @@ from aura_common.errors import AuraError, ConfigError
 from aura_common.log import fields
 from aura_common.manifest import Manifest, ManifestError, SignedManifest, parse_body
 from aura_common.manifest_store import ManifestStore
-from aura_common.wireguard import (
-    Device,
-    Dropped,
-    Event,
-    HandshakeCompleted,
-    Peer,
-    Received,
-    SessionExpired,
-    Transmit,
-)
-from services.client.carriers import CARRIERS, ClientCarrier
+from services.client.carriers import CARRIERS
+from services.client.path import Path, describe
 from services.client.routes import Address, plan_tunnel
 from services.client.schedule import Schedule, Target, targets
 from services.client.tunnel import ClientTun, tun_name
@@ -49,45 +41,29 @@ log = logging.getLogger("aura-client")
 
 EXIT_CONFIG = 78
 TICK_INTERVAL = 0.25
-OPEN_TIMEOUT = 5.0
-# A handshake gets one retry: REKEY_TIMEOUT (5 s) in all, then the next transport.
-HANDSHAKE_RETRY_AFTER = 2.5
-HANDSHAKE_TIMEOUT = 5.0
-# Silence from the server for the keepalive interval sends a probe (a handshake, which the
-# server must answer); this much longer without an answer means the path is broken.
-LIVENESS_GRACE = 5.0
-DEFAULT_LIVENESS = 25.0
 TUN_READ_LIMIT = 256
 
 
 class ClientDaemon:
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
-        self.device = Device(config.interface.private_key, mtu=config.interface.mtu)
-        self.liveness = float(config.keepalive or DEFAULT_LIVENESS)
         self.store = ManifestStore(config.manifest_state_file, config.server.ca_public_key)
         self.manifest_serial = 0
         self.schedule = Schedule(self._targets(self._initial_manifest()))
         self.stop = asyncio.Event()
         self.tun: ClientTun | None = None
-        self.peer: Peer | None = None
-        self.carrier: ClientCarrier | None = None
-        self.target: Target | None = None
-        self.endpoint: tuple[str, int] | None = None
+        self.path: Path | None = None  # the path that carries traffic (or is being tried)
+        self.probe: Path | None = None  # a better transport being tried beside it
         self.bypass: tuple[Address, ...] = ()
         self.control: ControlMessage | None = None
         self.state = "connecting"
         self.last_error: str | None = None
         self.last_handshake: float | None = None  # wall clock, for status
         self.counters = {"rx_packets": 0, "rx_bytes": 0, "tx_packets": 0, "tx_bytes": 0}
-        self._handshake_done = asyncio.Event()
+        self._order_changed = asyncio.Event()
         self._plan_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
-        self._path_broken: asyncio.Future[str] | None = None
         self._fatal: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._last_heard = 0.0  # monotonic time of the last authenticated datagram
-        self._rx_bytes_seen = 0
-        self._probe_due = 0.0
 
     # -- manifest and transport order ---------------------------------------------------------
 
@@ -124,7 +100,8 @@ class ClientDaemon:
             return
         if manifest.serial > self.manifest_serial:
             self.manifest_serial = manifest.serial
-            self.schedule.replace_order(self._targets(manifest))
+            self.schedule.replace_order(self._targets(manifest), time.monotonic())
+            self._order_changed.set()
             log.info("transport order from manifest serial %d: %s", manifest.serial,
                      ", ".join(str(t) for t in self.schedule.order))
 
@@ -159,7 +136,9 @@ class ClientDaemon:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self._close_path()
+            for path in (self.probe, self.path):
+                if path is not None:
+                    path.close()
             if self.tun is not None:
                 with contextlib.suppress(ValueError, OSError):
                     loop.remove_reader(self.tun.tun.fileno())
@@ -172,6 +151,10 @@ class ClientDaemon:
             target = self.schedule.current
             self.state = "connecting"
             reason, was_up = await self._attempt(target)
+            if was_up:
+                assert self.path is not None
+                target = self.path.target  # a probe may have moved the client meanwhile
+            self.path = None
             self.last_error = f"{target}: {reason}"
             info = fields(transport=target.transport,
                           endpoint=format_host_port(target.host, target.port))
@@ -187,113 +170,113 @@ class ClientDaemon:
                 await asyncio.sleep(delay)
 
     async def _attempt(self, target: Target) -> tuple[str, bool]:
-        """Connect over one target and stay there while it works. Returns why it ended and
-        whether the tunnel was up."""
-        loop = asyncio.get_running_loop()
+        """Connect over one target and stay up while it (or a better path it moved to) works.
+        Returns why it ended and whether the tunnel was up."""
+        path = await self._new_path(target)
+        if isinstance(path, str):
+            return path, False
+        self.path = path
         try:
-            infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_DGRAM)
-        except socket.gaierror as error:
-            return f"cannot resolve {target.host}: {error.strerror}", False
-        address = str(infos[0][4][0])
-        await self._keep_out_of_tunnel(address)
-        carrier = CARRIERS[target.transport](self.config)
-        try:
-            await asyncio.wait_for(carrier.open(address, target.port, self._deliver),
-                                   OPEN_TIMEOUT)
-        except TimeoutError:
-            carrier.close()
-            return f"no connection within {OPEN_TIMEOUT:.0f} s", False
-        except Exception as error:  # any carrier failure means: try the next transport
-            carrier.close()
-            return _describe(error), False
-        self.carrier, self.target, self.endpoint = carrier, target, (address, target.port)
-        self._start_session()
-        closed = asyncio.ensure_future(carrier.wait_closed())
-        try:
-            failure = await self._handshake(closed)
+            await self._route_around_paths()
+            failure = await path.connect()
             if failure is not None:
                 return failure, False
             self.state = "up"
             self.schedule.connected(time.monotonic())
             log.info("tunnel up over %s", target, extra=fields(
-                transport=target.transport, endpoint=format_host_port(address, target.port)))
-            self._path_broken = loop.create_future()
-            done, _ = await asyncio.wait([closed, self._path_broken],
-                                         return_when=asyncio.FIRST_COMPLETED)
-            return str(done.pop().result()), True
+                transport=target.transport, endpoint=format_host_port(*path.endpoint)))
+            return await self._stay_up(), True
         finally:
-            closed.cancel()
-            self._close_path()
+            self.path.close()
 
-    async def _handshake(self, closed: asyncio.Future[Any]) -> str | None:
-        """None once the handshake completes; else why not."""
-        assert self.peer is not None
-        waiter: asyncio.Future[Any] = asyncio.ensure_future(self._handshake_done.wait())
+    async def _new_path(self, target: Target) -> Path | str:
+        """A path to `target` (not yet connected), or why there can be none."""
+        loop = asyncio.get_running_loop()
         try:
-            for attempt, wait in enumerate(
-                (HANDSHAKE_RETRY_AFTER, HANDSHAKE_TIMEOUT - HANDSHAKE_RETRY_AFTER)
-            ):
-                if attempt:
-                    self._handle(self.device.initiate(self.peer, time.monotonic()))
-                await asyncio.wait([waiter, closed], timeout=wait,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                if waiter.done():
-                    return None
-                if closed.done():
-                    return closed.result()
-            return f"no handshake response within {HANDSHAKE_TIMEOUT:.0f} s"
+            infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_DGRAM)
+        except socket.gaierror as error:
+            return f"cannot resolve {target.host}: {error.strerror}"
+        return Path(self.config, target, str(infos[0][4][0]), self._received,
+                    self._handshaken)
+
+    async def _stay_up(self) -> str:
+        """While the live path works, look for a better one and move to it; returns why the
+        live path broke."""
+        while True:
+            assert self.path is not None
+            broken = asyncio.ensure_future(self.path.wait_broken())
+            better = asyncio.ensure_future(self._find_better_path())
+            try:
+                await asyncio.wait([broken, better], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                broken.cancel()
+                better.cancel()
+                await asyncio.gather(better, return_exceptions=True)
+            if broken.done() and not broken.cancelled():
+                if better.done() and not better.cancelled():
+                    better.result().close()
+                return broken.result()
+            self._move_to(better.result())
+            await self._route_around_paths()
+
+    async def _find_better_path(self) -> Path:
+        """Probe the better transports when the schedule says so, one at a time; returns the
+        first path that came up. Cancelled when the live path breaks."""
+        while True:
+            wait = self.schedule.seconds_to_probe(time.monotonic())
+            if wait is None:
+                self._order_changed.clear()
+                await self._order_changed.wait()
+                continue
+            await asyncio.sleep(wait)
+            for target in self.schedule.probes_due(time.monotonic()):
+                path = await self._probe(target)
+                if path is not None:
+                    return path
+            self.schedule.probes_failed(time.monotonic())
+
+    async def _probe(self, target: Target) -> Path | None:
+        """Try `target` beside the live path; the path once it is up, else None (closed)."""
+        path = await self._new_path(target)
+        if isinstance(path, str):
+            log.debug("probe of %s failed: %s", target, path)
+            return None
+        self.probe = path
+        try:
+            await self._route_around_paths()
+            failure = await path.connect()
+        except BaseException:
+            path.close()
+            raise
         finally:
-            waiter.cancel()
+            self.probe = None
+        if failure is not None:
+            path.close()
+            log.debug("probe of %s failed: %s", target, failure)
+            return None
+        return path
 
-    def _start_session(self) -> None:
-        """A fresh peer: each transport process holds its own sessions, so keys from another
-        path are useless here."""
-        server = self.config.server
-        self.device.remove_peer(server.public_key)
-        self.peer = self.device.add_peer(
-            server.public_key, preshared_key=server.preshared_key, endpoint=self.endpoint,
-            keepalive=self.config.keepalive or None,
-        )
-        self._handshake_done.clear()
-        now = time.monotonic()
-        self._last_heard, self._rx_bytes_seen, self._probe_due = now, 0, now
-        self._handle(self.device.initiate(self.peer, now))
-
-    def _close_path(self) -> None:
-        if self.carrier is not None:
-            self.carrier.close()
-        if self.peer is not None:
-            self.device.remove_peer(self.peer.public_key)
-        self.carrier = self.peer = None
-        self._path_broken = None
-
-    def _break_path(self, reason: str) -> None:
-        if self._path_broken is not None and not self._path_broken.done():
-            self._path_broken.set_result(reason)
+    def _move_to(self, path: Path) -> None:
+        """Make `path` (a probe that came up) the live one and let the old path go. The server
+        follows by itself: its router routes the client's address to the transport that
+        reported the newest session."""
+        assert self.path is not None
+        old, self.path = self.path, path
+        old.close()
+        self.schedule.moved(path.target, time.monotonic())
+        log.info("moved from %s to %s (%s)", old.target.transport, path.target.transport,
+                 path.target, extra=fields(transport=path.target.transport,
+                                           endpoint=format_host_port(*path.endpoint)))
 
     async def _tick_forever(self) -> None:
         while True:
             now = time.monotonic()
-            self._handle(self.device.tick(now))
-            if self.state == "up" and self.peer is not None:
-                self._check_liveness(self.peer, now)
+            for path in (self.path, self.probe):
+                if path is not None:
+                    path.tick(now)
             await asyncio.sleep(TICK_INTERVAL)
 
-    def _check_liveness(self, peer: Peer, now: float) -> None:
-        if peer.rx_bytes != self._rx_bytes_seen:
-            self._rx_bytes_seen, self._last_heard = peer.rx_bytes, now
-        silent = now - self._last_heard
-        if silent >= self.liveness + LIVENESS_GRACE:
-            self._break_path(f"nothing from the server for {silent:.0f} s")
-        elif silent >= self.liveness and now >= self._probe_due:
-            self._probe_due = now + HANDSHAKE_RETRY_AFTER
-            self._handle(self.device.initiate(peer, now))
-
     # -- data path ----------------------------------------------------------------------------
-
-    def _deliver(self, datagrams: list[bytes]) -> None:
-        if self.endpoint is not None:
-            self._handle(self.device.receive(datagrams, self.endpoint, time.monotonic()))
 
     def _tun_readable(self) -> None:
         assert self.tun is not None
@@ -304,27 +287,13 @@ class ClientDaemon:
             if not self._fatal.done():
                 self._fatal.set_result(f"reading {self.tun.name} failed: {error.strerror}")
             return
-        if packets and self.peer is not None:
+        if packets and self.path is not None:
             self.counters["tx_packets"] += len(packets)
             self.counters["tx_bytes"] += sum(map(len, packets))
-            self._handle(self.device.send(self.peer, packets, time.monotonic()))
+            self.path.send(packets)
 
-    def _handle(self, events: Sequence[Event]) -> None:
-        for event in events:
-            if isinstance(event, Transmit):
-                if self.carrier is not None:
-                    self.carrier.transmit(event.datagrams)
-            elif isinstance(event, Received):
-                self._received(event.packets)
-            elif isinstance(event, HandshakeCompleted):
-                self.last_handshake = time.time()
-                self._last_heard = time.monotonic()
-                self._handshake_done.set()
-                log.debug("handshake completed")
-            elif isinstance(event, SessionExpired):
-                log.debug("session expired")
-            elif isinstance(event, Dropped):
-                log.debug("dropped a datagram: %s", event.reason)
+    def _handshaken(self) -> None:
+        self.last_handshake = time.time()
 
     def _received(self, packets: list[bytes]) -> None:
         ip_packets = [p for p in packets if p[0] >> 4 in (4, 6)]
@@ -355,8 +324,11 @@ class ClientDaemon:
         if message.manifest is not None:
             self._accept_manifest(message.manifest)
 
-    async def _keep_out_of_tunnel(self, address: str) -> None:
-        self.bypass = (ipaddress.ip_address(address),)
+    async def _route_around_paths(self) -> None:
+        """Keep the server addresses the paths use out of the tunnel routes, so the carriers'
+        own packets never loop into the tunnel."""
+        hosts = {path.endpoint[0] for path in (self.path, self.probe) if path is not None}
+        self.bypass = tuple(sorted(map(ipaddress.ip_address, hosts), key=str))
         await self._apply_plan()
 
     async def _apply_plan(self) -> None:
@@ -380,11 +352,11 @@ class ClientDaemon:
 
     def status(self) -> dict[str, Any]:
         plan = self.tun.plan if self.tun is not None else None
+        live = self.path if self.state == "up" else None
         return {
             "state": self.state,
-            "transport": self.target.transport if self.state == "up" and self.target else None,
-            "endpoint": (format_host_port(*self.endpoint)
-                         if self.state == "up" and self.endpoint else None),
+            "transport": live.target.transport if live else None,
+            "endpoint": format_host_port(*live.endpoint) if live else None,
             "last_handshake": self.last_handshake,
             **self.counters,
             "addresses": [str(a) for a in plan.addresses] if plan else [],
@@ -410,14 +382,22 @@ class ClientDaemon:
                 await channel.send_reliable({"t": "error", "message": f"unknown request {kind!r}"})
 
 
-def _describe(error: BaseException) -> str:
-    text = getattr(error, "strerror", None) or str(error) or type(error).__name__
-    return f"{text} ({type(error).__name__})"
+def log_stray_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's handler for errors no task awaited (a carrier library's callback
+    failing after its connection was dropped): one WARNING line, the traceback at DEBUG."""
+    message = context.get("message") or "unhandled error in the event loop"
+    error = context.get("exception")
+    if error is None:
+        log.warning("ignored: %s", message)
+        return
+    log.warning("ignored: %s: %s", message, describe(error))
+    log.debug("traceback of the ignored error", exc_info=error)
 
 
 async def _run(config: ClientConfig) -> None:
-    daemon = ClientDaemon(config)
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(log_stray_exception)
+    daemon = ClientDaemon(config)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stop.set)
     await daemon.run()

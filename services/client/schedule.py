@@ -3,8 +3,11 @@
 Transports are tried in order; a full round of failures backs off (1 s doubling to 30 s, with
 jitter) and starts over, forever. A path that breaks after coming up starts over at the first
 (preferred) transport at once, unless it broke soon after coming up, which counts as a failure
-so a flapping path cannot spin. While on a fallback, the preferred transport is retried every
-`PREFERRED_RETRY` seconds.
+so a flapping path cannot spin.
+
+While the live path is not the preferred one, every `PROBE_INTERVAL` seconds (with jitter) the
+better transports are probed, best first, each beside the live path; the first that completes a
+handshake takes over (`moved`). A round in which none does just waits for the next one.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 JITTER = 0.2  # +-20 %
 STABLE_AFTER = 30.0  # a session this old that breaks starts over without backoff
+PROBE_INTERVAL = 30.0  # between rounds of probes for a better transport
 
 
 @dataclass(frozen=True)
@@ -64,16 +68,23 @@ class Schedule:
         self.rng = rng
         self.backoff = BACKOFF_FIRST
         self.up_since: float | None = None
+        self.live: Target | None = None  # the target of the path that is up
+        self.probe_at: float | None = None  # when the next round of probes is due
 
     @property
     def current(self) -> Target:
+        """The target to attempt next (the live one while a path is up)."""
         return self.order[self.index]
 
-    def replace_order(self, order: Sequence[Target]) -> None:
-        """New targets (a newer manifest); the next attempt starts at the first one."""
-        if order:
-            self.order = list(order)
-            self.index = 0
+    def replace_order(self, order: Sequence[Target], now: float) -> None:
+        """New targets (a newer manifest); the next attempt starts at the first one. A live path
+        that is no longer the first is probed for a better one."""
+        if not order:
+            return
+        self.order = list(order)
+        self.index = 0
+        if self.live is not None and self.probe_at is None:
+            self._arm_probe(now)
 
     def failed(self) -> float:
         """The current attempt failed; returns the seconds to wait before `current`."""
@@ -84,19 +95,58 @@ class Schedule:
         return self._next_backoff()
 
     def connected(self, now: float) -> None:
-        self.up_since = now
+        """`current` is up."""
+        self.live, self.up_since = self.current, now
+        self._arm_probe(now)
 
     def lost(self, now: float) -> float:
         """The path broke after it was up; returns the wait before trying `current` (index 0)."""
         stable = self.up_since is not None and now - self.up_since >= STABLE_AFTER
-        self.up_since = None
+        self.up_since = self.live = self.probe_at = None
         self.index = 0
         if stable:
             self.backoff = BACKOFF_FIRST
             return 0.0
         return self._next_backoff()
 
+    # -- returning to a better transport ------------------------------------------------------
+
+    def better(self) -> list[Target]:
+        """Targets preferred to the live one, best first (all of them if the live one is no
+        longer listed, as after a manifest that moved the server)."""
+        if self.live is None:
+            return []
+        if self.live in self.order:
+            return self.order[:self.order.index(self.live)]
+        return list(self.order)
+
+    def probes_due(self, now: float) -> list[Target]:
+        """The targets to probe now, best first; empty while none is due."""
+        if self.probe_at is None or now < self.probe_at:
+            return []
+        return self.better()
+
+    def probes_failed(self, now: float) -> None:
+        """A round of probes found nothing better; the next one is due an interval later."""
+        self._arm_probe(now)
+
+    def moved(self, target: Target, now: float) -> None:
+        """A probe of `target` succeeded and the client switched to it."""
+        self.index = self.order.index(target) if target in self.order else 0
+        self.live, self.up_since = target, now
+        self._arm_probe(now)
+
+    def seconds_to_probe(self, now: float) -> float | None:
+        """How long until the next round of probes; None when there will be none."""
+        return None if self.probe_at is None else max(0.0, self.probe_at - now)
+
+    def _arm_probe(self, now: float) -> None:
+        self.probe_at = now + self._jittered(PROBE_INTERVAL) if self.better() else None
+
     def _next_backoff(self) -> float:
-        delay = self.backoff * (1 + JITTER * (2 * self.rng() - 1))
+        delay = self._jittered(self.backoff)
         self.backoff = min(self.backoff * 2, BACKOFF_MAX)
         return delay
+
+    def _jittered(self, seconds: float) -> float:
+        return seconds * (1 + JITTER * (2 * self.rng() - 1))

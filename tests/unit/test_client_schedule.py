@@ -10,6 +10,7 @@ from aura_common.config import ClientConfig
 from aura_common.manifest import Endpoint, Manifest
 from services.client.schedule import (
     BACKOFF_MAX,
+    PROBE_INTERVAL,
     STABLE_AFTER,
     Schedule,
     Target,
@@ -107,12 +108,96 @@ def test_a_path_that_breaks_right_after_coming_up_counts_as_a_failure() -> None:
 def test_a_new_manifest_order_applies_from_the_first_target() -> None:
     schedule = Schedule(ORDER)
     schedule.failed()
-    schedule.replace_order([Target("tcp", "h", 443)])
+    schedule.replace_order([Target("tcp", "h", 443)], now=0.0)
     assert schedule.current == Target("tcp", "h", 443)
-    schedule.replace_order([])
+    schedule.replace_order([], now=0.0)
     assert schedule.current == Target("tcp", "h", 443)
 
 
 def test_an_empty_order_is_refused() -> None:
     with pytest.raises(ValueError):
         Schedule([])
+
+
+def on_tcp(now: float = 0.0, rng: float = 0.5) -> Schedule:
+    """A schedule whose udp and quic attempts failed and whose tcp attempt came up at `now`."""
+    schedule = Schedule(ORDER, rng=lambda: rng)
+    schedule.failed()
+    schedule.failed()
+    schedule.connected(now)
+    return schedule
+
+
+def test_on_the_preferred_transport_nothing_is_probed() -> None:
+    schedule = Schedule(ORDER, rng=lambda: 0.5)
+    schedule.connected(now=0.0)
+    assert schedule.better() == []
+    assert schedule.seconds_to_probe(0.0) is None
+    assert schedule.probes_due(1e6) == []
+
+
+def test_on_a_fallback_the_better_transports_are_probed_every_interval_best_first() -> None:
+    schedule = on_tcp(now=100.0)
+    assert schedule.seconds_to_probe(100.0) == PROBE_INTERVAL
+    assert schedule.probes_due(100.0 + PROBE_INTERVAL - 0.1) == []
+    due = 100.0 + PROBE_INTERVAL
+    assert [t.transport for t in schedule.probes_due(due)] == ["udp", "quic"]
+    # A round that found nothing costs nothing but waiting for the next one.
+    schedule.probes_failed(due + 7.0)
+    assert schedule.seconds_to_probe(due + 7.0) == PROBE_INTERVAL
+    assert schedule.probes_due(due + 8.0) == []
+    assert schedule.live == ORDER[2] and schedule.backoff == 1.0
+
+
+def test_probe_intervals_are_jittered_within_bounds() -> None:
+    low = on_tcp(rng=0.0).seconds_to_probe(0.0)
+    high = on_tcp(rng=0.999999).seconds_to_probe(0.0)
+    assert low is not None and high is not None
+    assert 0.75 * PROBE_INTERVAL <= low < PROBE_INTERVAL < high < 1.25 * PROBE_INTERVAL
+
+
+def test_moving_to_the_preferred_transport_stops_probing() -> None:
+    schedule = on_tcp(now=0.0)
+    schedule.moved(ORDER[0], now=31.0)
+    assert schedule.live == ORDER[0] and schedule.current == ORDER[0]
+    assert schedule.seconds_to_probe(31.0) is None
+    # It counts as a fresh session: breaking at once is a failure, later a clean restart.
+    assert schedule.lost(now=31.0 + STABLE_AFTER) == 0.0
+
+
+def test_moving_to_a_middle_transport_keeps_probing_the_better_ones() -> None:
+    schedule = on_tcp(now=0.0)
+    schedule.moved(ORDER[1], now=30.0)
+    assert schedule.current == ORDER[1]
+    assert schedule.probes_due(30.0 + PROBE_INTERVAL) == [ORDER[0]]
+
+
+def test_a_lost_path_stops_probing() -> None:
+    schedule = on_tcp(now=0.0)
+    schedule.lost(now=40.0)
+    assert schedule.live is None and schedule.seconds_to_probe(40.0) is None
+    assert schedule.probes_due(1e6) == []
+
+
+def test_a_manifest_that_moves_the_ports_makes_the_live_path_probe_the_new_order() -> None:
+    schedule = Schedule(ORDER[:1], rng=lambda: 0.5)
+    schedule.connected(now=0.0)  # on udp h:1, the best; nothing to probe
+    assert schedule.seconds_to_probe(0.0) is None
+    moved = [Target("udp", "h", 11), Target("quic", "h", 12), Target("tcp", "h", 3)]
+    schedule.replace_order(moved, now=5.0)
+    # The live target is no longer listed: everything in the new order is better.
+    assert schedule.probes_due(5.0 + PROBE_INTERVAL) == moved
+    # Live on tcp h:3, which the new order keeps: only what is ahead of it is better.
+    schedule = on_tcp(now=0.0)
+    schedule.replace_order(moved, now=5.0)
+    assert schedule.probes_due(PROBE_INTERVAL) == moved[:2]
+    schedule.moved(moved[0], now=40.0)
+    assert schedule.current == moved[0] and schedule.seconds_to_probe(40.0) is None
+
+
+def test_a_probe_succeeding_for_a_target_the_order_dropped_meanwhile_is_still_live() -> None:
+    schedule = on_tcp(now=0.0)
+    schedule.replace_order([Target("tcp", "h", 3)], now=1.0)
+    schedule.moved(ORDER[0], now=31.0)
+    assert schedule.live == ORDER[0] and schedule.current == Target("tcp", "h", 3)
+    assert schedule.probes_due(31.0 + PROBE_INTERVAL) == [Target("tcp", "h", 3)]
