@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import grp
 import ipaddress
 import os
 import re
@@ -322,6 +323,14 @@ class ServerConfig:
     @property
     def server_address_v6(self) -> IPv6Address | None:
         return None if self.network.ipv6 is None else self.network.ipv6.network_address + 1
+
+    @property
+    def admin_gid(self) -> int | None:
+        """The admin group's id; None where the group does not exist (a development box)."""
+        try:
+            return grp.getgrnam(self.admin_group).gr_gid
+        except KeyError:
+            return None
 
     @property
     def router_socket(self) -> str:
@@ -773,9 +782,8 @@ def _parse_client(raw: object, path: str) -> ClientConfig:
 
 def _parse_client_interface(s: _Section) -> ClientInterface:
     addresses: list[Interface] = []
+    # Empty with a dynamic pool: the server tells the client its address in-tunnel.
     items = s.listing("addresses")
-    if not items:
-        raise s.error("addresses", "at least one address such as 10.77.0.2/32", items)
     for index, item in enumerate(items):
         try:
             addresses.append(ipaddress.ip_interface(_text(item)))

@@ -22,6 +22,7 @@ from aura_common.pool import AddressPool
 from aura_common.registry import Peer, Registry
 from aura_common.wireguard import generate_private_key
 from services.cli.admin import tell_router
+from services.client.routes import subtract
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 ALL_TRAFFIC = ("0.0.0.0/0", "::/0")
@@ -64,22 +65,6 @@ def parse_networks(values: list[str] | tuple[str, ...], option: str) -> list[Net
         except ValueError:
             raise AuraError(f"{option} {value}: expected a network such as 10.0.0.0/8") from None
     return networks
-
-
-def allowed_ips(vpn: list[Network], direct: list[Network]) -> list[Network]:
-    """The vpn networks with the direct ones cut out: what a stock client's AllowedIPs can say."""
-    remaining = list(vpn)
-    for hole in direct:
-        next_round: list[Network] = []
-        for network in remaining:
-            if network.version != hole.version or not network.overlaps(hole):
-                next_round.append(network)
-            elif hole.supernet_of(network):  # type: ignore[arg-type]
-                continue
-            else:
-                next_round.extend(network.address_exclude(hole))  # type: ignore[arg-type]
-        remaining = next_round
-    return sorted(remaining, key=lambda n: (n.version, n.network_address, n.prefixlen))
 
 
 # -- provisioning ---------------------------------------------------------------------------
@@ -207,7 +192,7 @@ def provision_client(args: argparse.Namespace) -> int:
         _write_private(args.output or f"{peer.name}.yaml",
                        aura_config(config, peer, private, vpn, direct))
     else:
-        text = wireguard_config(config, peer, private, allowed_ips(vpn, direct))
+        text = wireguard_config(config, peer, private, subtract(vpn, direct))
         if args.format == "wireguard":
             _write_private(args.output or f"{peer.name}.conf", text)
         else:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import grp
 import ipaddress
 import json
 import logging
@@ -260,13 +259,6 @@ class Router:
         }
 
 
-def admin_gid(config: ServerConfig) -> int | None:
-    try:
-        return grp.getgrnam(config.admin_group).gr_gid
-    except KeyError:
-        return None
-
-
 async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
     router = Router(config)
     router.load_manifest()
@@ -274,7 +266,7 @@ async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, router.reload)
     activated = systemd.listen_fds().get("router")
-    gid = admin_gid(config)
+    gid = config.admin_gid
     # The socket file belongs to the admin group: transports (running as its service user)
     # and operators in that group may connect; SO_PEERCRED is checked again on accept.
     listener = await ipc.Listener.start(

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime
-import grp
 import logging
 import os
 from collections.abc import Sequence
@@ -151,18 +150,11 @@ def parse_sign_request(frame: dict[str, Any]) -> tuple[list[Any], int, bytes]:
     return parsed, days, key
 
 
-def admin_gid(config: ServerConfig) -> int | None:
-    try:
-        return grp.getgrnam(config.admin_group).gr_gid
-    except KeyError:
-        return None
-
-
 async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
     if not os.path.exists(config.ca_key_file):
         raise ConfigError(config.ca_key_file, "", "the CA private key (run `aura server init`)")
     signer = Signer(config)
-    gid = admin_gid(config)
+    gid = config.admin_gid
     activated = systemd.listen_fds().get("signer")
     # Hand the socket file to the admin group when we may; systemd does it for activated ones.
     may_chown = gid is not None and (os.geteuid() == 0 or gid in os.getgroups())
