@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Any
 
+import services
 from aura_common import ipc
 from aura_common.config import ClientConfig
 from aura_common.errors import AuraError
@@ -111,6 +112,11 @@ def client_up(args: argparse.Namespace) -> int:
     log_file = os.path.join(config.runtime_dir, f"{config.name}.log")
     journal = os.path.exists(JOURNAL_SOCKET)
     command = [sys.executable, "-m", "services.client.daemon", os.path.abspath(args.config)]
+    # The daemon runs the code of this very command, not whatever else the interpreter might
+    # find first from another working directory (a source tree beside an installed copy).
+    source_root = os.path.dirname(os.path.dirname(os.path.abspath(services.__file__)))
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, (source_root, os.environ.get("PYTHONPATH"))))}
     if journal:
         command.append("--journal")
     if args.verbose:
@@ -119,7 +125,7 @@ def client_up(args: argparse.Namespace) -> int:
         # Output before logging is set up (a crash at import) still lands in the file.
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd="/",
+            start_new_session=True, cwd="/", env=environment,
         )
     where = "the journal (journalctl -t aura-client)" if journal else log_file
     deadline = time.monotonic() + UP_TIMEOUT
