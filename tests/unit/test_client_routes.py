@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from ipaddress import ip_address, ip_interface, ip_network
 
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,7 +20,8 @@ def config(vpn: list[str], direct: list[str], addresses: list[str] | None = None
     return ClientConfig.from_mapping({
         "version": 1,
         "name": "alice",
-        "interface": {"private_key": KEY, "addresses": addresses or ["10.77.0.2/32"]},
+        "interface": {"private_key": KEY,
+                      "addresses": ["10.77.0.2/32"] if addresses is None else addresses},
         "server": {"public_key": KEY, "host": "198.51.100.1", "ca_public_key": KEY},
         "tunnel": {"split": {"vpn": [{"cidr": c} for c in vpn],
                              "direct": [{"cidr": c} for c in direct]}},
@@ -120,3 +122,13 @@ def test_control_message_without_addresses_keeps_the_configured_ones() -> None:
 def test_changes_between_equal_plans_are_empty() -> None:
     plan = TunnelPlan((ip_interface("10.77.0.2/32"),), (ip_network("10.0.0.0/8"),))
     assert plan.changes(plan) == ([], [], [], [])
+
+
+def test_a_dynamic_pool_client_has_no_address_until_the_server_leases_one() -> None:
+    dynamic = config(["0.0.0.0/0"], [], addresses=[])
+    assert dynamic.interface.addresses == ()
+    assert plan_tunnel(dynamic, None, []).addresses == ()
+    leased = ControlMessage(address=(ip_interface("10.77.0.5/32"),))
+    assert plan_tunnel(dynamic, leased, []).addresses == (ip_interface("10.77.0.5/32"),)
+    # What `aura provision-client --format aura` writes for a dynamic pool loads back as is.
+    assert ClientConfig.from_mapping(yaml.safe_load(dynamic.dump())) == dynamic

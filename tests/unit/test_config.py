@@ -285,7 +285,6 @@ BAD_CLIENT_VALUES = [
     (("name",), "Alice!", "name", "[a-z0-9]"),
     (("interface", "private_key"), "c2hvcnQ=", "interface.private_key", "32 bytes"),
     (("interface", "private_key"), "not base64 at all", "interface.private_key", "base64"),
-    (("interface", "addresses"), [], "interface.addresses", "at least one"),
     (("interface", "addresses"), ["10.77.0.300/32"], "interface.addresses[0]", "address"),
     (("server", "preshared_key"), 12, "server.preshared_key", "base64"),
     (("server", "host"), "", "server.host", "non-empty"),
