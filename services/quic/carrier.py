@@ -3,19 +3,28 @@
 Each QUIC connection stands for one client. The hub knows it by a stable address, the remote
 address the connection started from, so a client whose address changes (NAT rebinding, a new
 network) keeps its WireGuard session: aioquic follows the migration and the hub never notices.
+
+Python pays per call, so the data path moves bursts: everything one socket read returns is fed
+to aioquic first, then each connection's WireGuard messages go to the hub in one call, and each
+connection packs and sends what is due (acknowledgements, replies) in one `transmit`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import itertools
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any
+import socket
+from collections.abc import Iterable, Sequence
+from operator import itemgetter
+from typing import Any, cast
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
 from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.congestion.base import QuicCongestionControl, register_congestion_control
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import (
     ConnectionTerminated,
@@ -25,12 +34,15 @@ from aioquic.quic.events import (
     StreamDataReceived,
 )
 from aioquic.quic.packet import QuicErrorCode, QuicPacketType, pull_quic_header
+from aioquic.quic.packet_builder import QuicSentPacket
+from aioquic.quic.recovery import QuicPacketPacer
 
 from aura_common.config import QuicConfig
 from aura_common.errors import ConfigError
 from aura_common.framing import ALPN
 from aura_common.log import RateLimitedLog, fields
 from aura_common.transport import Address, SessionHub, format_endpoint
+from services.quic.datagram import Burst, DatagramSocket
 
 log = logging.getLogger("aura-quic")
 # aioquic logs every connection's version and ALPN at INFO, without the fields ours carry.
@@ -42,9 +54,60 @@ QUIC_PACKET_SIZE = 1500
 # The largest WireGuard message one DATAGRAM frame fits (long connection ids, 4-byte packet
 # numbers); a larger one could never be sent and would stall aioquic's datagram queue.
 MAX_MESSAGE = QUIC_PACKET_SIZE - 1 - 20 - 4 - 16 - 3
-# DATAGRAM frames waiting for congestion window; beyond this they are dropped, as a full
-# NIC queue would, instead of adding latency.
+# DATAGRAM frames waiting for the window; beyond this they are dropped, as a full NIC queue
+# would, instead of adding latency.
 MAX_QUEUED = 512
+# Bytes in flight the tunnel controller allows: far above any bandwidth-delay product a
+# Python carrier reaches, it only bounds what aioquic tracks while acknowledgements stall.
+TUNNEL_WINDOW = 8 << 20
+TUNNEL_CONGESTION_CONTROL = "aura-tunnel"
+
+
+class TunnelCongestionControl(QuicCongestionControl):
+    """A fixed window that ignores loss.
+
+    The flows inside the tunnel run congestion control end to end and back off on the loss
+    they see. A second controller in series (aioquic's Reno or CUBIC) halves its window on the
+    very same loss and throttles the whole tunnel to a fraction of the path; WireGuard over UDP
+    has no such layer either. DATAGRAM frames are never retransmitted, so nothing else depends
+    on the window.
+    """
+
+    def __init__(self, *, max_datagram_size: int) -> None:
+        super().__init__(max_datagram_size=max_datagram_size)
+        self.congestion_window = TUNNEL_WINDOW
+
+    def on_packet_acked(self, *, now: float, packet: QuicSentPacket) -> None:
+        self.bytes_in_flight -= packet.sent_bytes
+
+    def on_packet_sent(self, *, packet: QuicSentPacket) -> None:
+        self.bytes_in_flight += packet.sent_bytes
+
+    def on_packets_expired(self, *, packets: Iterable[QuicSentPacket]) -> None:
+        for packet in packets:
+            self.bytes_in_flight -= packet.sent_bytes
+
+    def on_packets_lost(self, *, now: float, packets: Iterable[QuicSentPacket]) -> None:
+        for packet in packets:
+            self.bytes_in_flight -= packet.sent_bytes
+
+    def on_persistent_congestion(self) -> None:
+        pass
+
+    def on_rtt_measurement(self, *, now: float, rtt: float) -> None:
+        pass
+
+
+register_congestion_control(TUNNEL_CONGESTION_CONTROL, TunnelCongestionControl)
+
+
+class _Unpaced(QuicPacketPacer):
+    """No pacing, for the same reason: the flows inside pace themselves. aioquic's pacer
+    would release 16 packets per `transmit` and leave the rest of a burst to a timer, which
+    costs a loop turn and a packing pass per 16 packets."""
+
+    def next_send_time(self, now: float) -> None:  # type: ignore[override]
+        return None
 
 
 def datagram_configuration(*, is_client: bool, idle_timeout: float,
@@ -52,6 +115,7 @@ def datagram_configuration(*, is_client: bool, idle_timeout: float,
     return QuicConfiguration(
         is_client=is_client,
         alpn_protocols=[ALPN],
+        congestion_control_algorithm=TUNNEL_CONGESTION_CONTROL,
         idle_timeout=idle_timeout,
         max_datagram_frame_size=65535,
         max_datagram_size=QUIC_PACKET_SIZE,
@@ -95,26 +159,74 @@ def plain_address(addr: Any) -> Address:
     return host, port
 
 
-class AuraQuicProtocol(QuicConnectionProtocol):
+class _Outbox(asyncio.DatagramTransport):
+    """What aioquic's protocol takes for its transport: it collects one transmit's packets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.packets: list[tuple[bytes, Any]] = []
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        self.packets.append((data, addr))
+
+
+class BatchedProtocol(QuicConnectionProtocol):
+    """aioquic's connection driver on a `DatagramSocket`.
+
+    Received packets are only fed to the connection; the owner calls `transmit` once the whole
+    burst is in. The packets one `transmit` produces leave in GSO batches from
+    `local_address` (the address the peer writes to).
+    """
+
+    def __init__(self, quic: QuicConnection, sock: DatagramSocket) -> None:
+        super().__init__(quic)
+        quic._loss._pacer = _Unpaced(max_datagram_size=QUIC_PACKET_SIZE)
+        self.socket = sock
+        self.local_address: str | None = None
+        self._outbox = _Outbox()
+        self._transport = self._outbox
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        pass  # packets leave through self.socket, see transmit()
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        assert isinstance(data, bytes)
+        self._quic.receive_datagram(data, addr, now=self._loop.time())
+        self._process_events()
+
+    def transmit(self) -> None:
+        super().transmit()
+        packets, self._outbox.packets = self._outbox.packets, []
+        for destination, group in itertools.groupby(packets, key=itemgetter(1)):
+            self.socket.send([data for data, _ in group], destination, self.local_address)
+
+    def stop_timers(self) -> None:
+        """Leave the connection for good: aioquic's timer would keep it sending."""
+        for handle in (self._timer, self._transmit_task):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._transmit_task = None
+
+
+class AuraQuicProtocol(BatchedProtocol):
     """One client connection: DATAGRAM frames in and out, nothing else."""
 
-    def __init__(self, quic: QuicConnection, *, carrier: QuicCarrier, **kwargs: Any) -> None:
-        super().__init__(quic, **kwargs)
+    def __init__(self, quic: QuicConnection, carrier: QuicCarrier) -> None:
+        super().__init__(quic, carrier.socket)
         self.carrier = carrier
         self.address: Address | None = None
-        self._batch: list[bytes] = []
+        self.batch: list[bytes] = []
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         if self.address is None:
             self.address = self.carrier.register(self, plain_address(addr))
+        self.local_address = self.carrier.local_address
         super().datagram_received(data, addr)
-        if self._batch:
-            batch, self._batch = self._batch, []
-            self.carrier.hub.received(batch, self.address)
+        self.carrier.touched[self] = None
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, DatagramFrameReceived):
-            self._batch.append(event.data)
+            self.batch.append(event.data)
         elif isinstance(event, HandshakeCompleted):
             log.debug("QUIC connection from %s", self.endpoint,
                       extra=fields(transport="quic", endpoint=self.endpoint))
@@ -127,22 +239,99 @@ class AuraQuicProtocol(QuicConnectionProtocol):
     def endpoint(self) -> str:
         return format_endpoint(self.address) if self.address else "?"
 
-    def send(self, datagrams: Sequence[bytes]) -> None:
-        self.carrier.dropped += queue_datagrams(self._quic, datagrams)
-        self.transmit()
+
+class _Replies(asyncio.DatagramTransport):
+    """aioquic's server logic sends Retry and Version Negotiation packets here: they leave
+    from the local address of the datagram being handled."""
+
+    def __init__(self, carrier: QuicCarrier) -> None:
+        super().__init__()
+        self.carrier = carrier
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        self.carrier.socket.send([data], addr, self.carrier.local_address)
+
+    def close(self) -> None:
+        self.carrier.socket.close()
 
 
-class QuicCarrier:
-    def __init__(self, hub: SessionHub) -> None:
+class QuicCarrier(QuicServer):
+    """aioquic's server on one UDP socket, bound to the session hub.
+
+    Refuses new connections beyond `max_connections`; Retry makes a client prove its address
+    before it may hold a connection slot.
+    """
+
+    def __init__(self, hub: SessionHub, sock: socket.socket, *,
+                 configuration: QuicConfiguration, max_connections: int) -> None:
+        super().__init__(configuration=configuration, create_protocol=self._new_protocol,
+                         retry=True)
         self.hub = hub
         hub.carrier = self
+        self.max_connections = max_connections
+        self.socket = DatagramSocket(sock, self._burst)
+        self.connection_made(_Replies(self))
+        self.dropped = 0  # DATAGRAM frames not queued: queue full or message too large
+        # The local address the datagram being handled was sent to.
+        self.local_address: str | None = None
+        # Connections with received packets or queued messages in this burst (ordered set).
+        self.touched: dict[AuraQuicProtocol, None] = {}
         self._by_address: dict[Address, AuraQuicProtocol] = {}
-        self.dropped = 0
+        self._receiving = False
+        self._log = RateLimitedLog(log)
 
     @property
     def connections(self) -> int:
         return len(self._by_address)
 
+    def _new_protocol(self, quic: QuicConnection, **kwargs: Any) -> AuraQuicProtocol:
+        return AuraQuicProtocol(quic, self)
+
+    # -- socket side --------------------------------------------------------------------
+    def _burst(self, burst: Burst) -> None:
+        self._receiving = True
+        try:
+            for datagrams, source, local in burst:
+                self.local_address = local
+                for data in datagrams:
+                    self.datagram_received(data, source)
+            for protocol in list(self.touched):
+                if protocol.batch and protocol.address is not None:
+                    batch, protocol.batch = protocol.batch, []
+                    self.hub.received(batch, protocol.address)
+        finally:
+            self._receiving = False
+        touched, self.touched = self.touched, {}
+        for protocol in touched:
+            protocol.transmit()
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if self.connections >= self.max_connections and self._opens_connection(data):
+            host = plain_address(addr)[0]
+            self._log.log(host, logging.INFO, "%d QUIC connections open; refusing %s",
+                          self.max_connections, format_endpoint(plain_address(addr)),
+                          extra=fields(transport="quic", endpoint=host))
+            return
+        super().datagram_received(data, addr)
+
+    def _opens_connection(self, data: bytes | str) -> bool:
+        assert isinstance(data, bytes)
+        try:
+            header = pull_quic_header(
+                Buffer(data=data), host_cid_length=self._configuration.connection_id_length)
+        except ValueError:
+            return False
+        return (header.packet_type == QuicPacketType.INITIAL
+                and header.destination_cid not in self._protocols)
+
+    def close(self) -> None:
+        """Close every connection (telling its client at once), then the socket."""
+        protocols = cast(set[AuraQuicProtocol], set(self._protocols.values()))
+        super().close()
+        for protocol in protocols:
+            protocol.stop_timers()
+
+    # -- hub side -----------------------------------------------------------------------
     def register(self, protocol: AuraQuicProtocol, address: Address) -> Address:
         # A live connection that migrated away may still hold this address; the newcomer
         # takes it, and the older one's replies are dropped until its client re-handshakes.
@@ -161,42 +350,10 @@ class QuicCarrier:
 
     def transmit(self, destination: Address, datagrams: Sequence[bytes]) -> None:
         protocol = self._by_address.get(destination)
-        if protocol is not None:
-            protocol.send(datagrams)
-
-    def create_protocol(self) -> Callable[..., AuraQuicProtocol]:
-        def create(quic: QuicConnection, **kwargs: Any) -> AuraQuicProtocol:
-            return AuraQuicProtocol(quic, carrier=self, **kwargs)
-
-        return create
-
-
-class BoundedQuicServer(QuicServer):
-    """aioquic's server, refusing new connections beyond `max_connections`."""
-
-    def __init__(self, *, carrier: QuicCarrier, max_connections: int,
-                 configuration: QuicConfiguration) -> None:
-        # Retry makes a client prove its address before it may hold a connection slot.
-        super().__init__(configuration=configuration, create_protocol=carrier.create_protocol(),
-                         retry=True)
-        self.carrier, self.max_connections = carrier, max_connections
-        self._log = RateLimitedLog(log)
-
-    def datagram_received(self, data: bytes | str, addr: Any) -> None:
-        if self.carrier.connections >= self.max_connections and self._opens_connection(data):
-            host = plain_address(addr)[0]
-            self._log.log(host, logging.INFO, "%d QUIC connections open; refusing %s",
-                          self.max_connections, format_endpoint(plain_address(addr)),
-                          extra=fields(transport="quic", endpoint=host))
+        if protocol is None:
             return
-        super().datagram_received(data, addr)
-
-    def _opens_connection(self, data: bytes | str) -> bool:
-        assert isinstance(data, bytes)
-        try:
-            header = pull_quic_header(
-                Buffer(data=data), host_cid_length=self._configuration.connection_id_length)
-        except ValueError:
-            return False
-        return (header.packet_type == QuicPacketType.INITIAL
-                and header.destination_cid not in self._protocols)
+        self.dropped += queue_datagrams(protocol._quic, datagrams)
+        if self._receiving:
+            self.touched[protocol] = None  # sent with the burst's acknowledgements
+        else:
+            protocol.transmit()

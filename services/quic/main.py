@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import socket
 from collections.abc import Sequence
@@ -14,7 +13,7 @@ from aura_common.keys import load_server_private_key
 from aura_common.ports import bind_with_scan
 from aura_common.service import run_service
 from aura_common.transport import SessionHub, format_endpoint
-from services.quic.carrier import BoundedQuicServer, QuicCarrier, server_configuration
+from services.quic.carrier import QuicCarrier, server_configuration
 
 log = logging.getLogger("aura-quic")
 
@@ -49,21 +48,18 @@ async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
         return
     configuration = server_configuration(settings, config.tls_cert_file, config.tls_key_file)
     sock, activated = open_socket(config)
-    sock.setblocking(False)
     address = format_endpoint(sock.getsockname()[:2])
     hub = SessionHub("quic", load_server_private_key(config), config.router_socket,
                      mtu=config.tun.mtu)
-    carrier = QuicCarrier(hub)
-    server = BoundedQuicServer(carrier=carrier, max_connections=settings.max_connections,
-                               configuration=configuration)
-    await asyncio.get_running_loop().create_datagram_endpoint(lambda: server, sock=sock)
+    carrier = QuicCarrier(hub, sock, configuration=configuration,
+                          max_connections=settings.max_connections)
     runtime.record_bound(config.runtime_file, "quic", [address], activated)
     log.info("listening on quic %s%s", address, " (socket activation)" if activated else "")
     systemd.ready(f"listening on quic {address}")
     try:
         await hub.run()
     finally:
-        server.close()
+        carrier.close()
         runtime.forget(config.runtime_file, "quic")
 
 

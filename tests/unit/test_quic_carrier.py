@@ -1,10 +1,12 @@
 """aura-quic's carrier on loopback: a real WireGuard handshake in DATAGRAM frames, address
-migration behind a rebinding NAT, the connection bound, and broken-path reports."""
+migration behind a rebinding NAT, the connection bound, broken-path reports, replies from the
+address the client wrote to, bulk traffic in both directions, and clean closes."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,26 +15,27 @@ import pytest
 
 from aura_common.config import QuicConfig
 from services.client.carriers.quic import Carrier as QuicClient
-from services.quic.carrier import BoundedQuicServer, QuicCarrier, server_configuration
+from services.quic.carrier import QuicCarrier, server_configuration
 from tests.unit.test_tcp_carrier import Initiator, Keys, ipv4_packet, keys, new_hub, run
 
 __all__ = ["keys"]  # the module-scoped key fixture, shared with the TCP tests
 
 
 @contextlib.asynccontextmanager
-async def quic_server(keys: Keys, settings: QuicConfig
+async def quic_server(keys: Keys, settings: QuicConfig, listen: str = "127.0.0.1"
                       ) -> AsyncIterator[tuple[QuicCarrier, int]]:
     configuration = server_configuration(settings, str(keys.directory / "tls.crt"),
                                          str(keys.directory / "tls.key"))
-    carrier = QuicCarrier(new_hub(keys))
-    server = BoundedQuicServer(carrier=carrier, max_connections=settings.max_connections,
-                               configuration=configuration)
-    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-        lambda: server, local_addr=("127.0.0.1", 0))
+    sock = socket.socket(socket.AF_INET6 if ":" in listen else socket.AF_INET, socket.SOCK_DGRAM)
+    if ":" in listen:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind((listen, 0))
+    carrier = QuicCarrier(new_hub(keys), sock, configuration=configuration,
+                          max_connections=settings.max_connections)
     try:
-        yield carrier, transport.get_extra_info("sockname")[1]
+        yield carrier, sock.getsockname()[1]
     finally:
-        server.close()
+        carrier.close()
 
 
 class RebindingRelay(asyncio.DatagramProtocol):
@@ -163,3 +166,91 @@ def test_client_refuses_another_ca(keys: Keys, tmp_path: Any) -> None:
                 await client.open("127.0.0.1", port, lambda datagrams: None)
 
     run(scenario)
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0", "::"])
+def test_replies_leave_from_the_address_the_client_wrote_to(keys: Keys, listen: str) -> None:
+    """127.0.0.2 is a second address of the host: the kernel's own choice of source for a
+    reply to 127.0.0.1 would be 127.0.0.1, which the client's connected socket drops."""
+
+    async def scenario() -> None:
+        async with quic_server(keys, QuicConfig(), listen) as (carrier, port):
+            client = QuicClient(keys.client_config())
+            initiator = Counting(keys)
+            async with asyncio.timeout(5):
+                await client.open("127.0.0.2", port, initiator.deliver)
+            await initiator.handshake(client)
+            assert carrier.connections == 1
+            assert carrier.socket.dropped == 0
+            client.close()
+
+    run(scenario)
+
+
+def test_bulk_messages_both_ways(keys: Keys) -> None:
+    """Full-sized tunnel packets, as many as the queues take, arrive in order of sending and
+    in bursts (one hub call carries many), and nothing is refused by the kernel."""
+    bursts: list[int] = []
+
+    async def scenario() -> None:
+        async with quic_server(keys, QuicConfig()) as (carrier, port):
+            hub = carrier.hub
+            hub_received = hub.received
+
+            def counting(datagrams: Any, source: Any) -> None:
+                bursts.append(len(datagrams))
+                hub_received(datagrams, source)
+
+            hub.received = counting  # type: ignore[method-assign]
+            client = QuicClient(keys.client_config())
+            initiator = Counting(keys)
+            await client.open("127.0.0.1", port, initiator.deliver)
+            await initiator.handshake(client)
+            await asyncio.sleep(0.1)
+            bursts.clear()
+            full = ipv4_packet(bytes(1400))
+            for _ in range(20):  # bounded: 20 rounds of 32 packets each way
+                initiator.handle(initiator.device.send(initiator.peer, [full] * 32,
+                                                       time.monotonic()))
+                peer = next(iter(hub.device.peers))
+                before = initiator.received
+                hub._handle(hub.device.send(peer, [full] * 32, time.monotonic()))
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3)
+            assert sum(bursts) == 20 * 32 - client.dropped
+            assert max(bursts) > 1
+            assert initiator.received >= before
+            assert carrier.socket.dropped == 0
+            client.close()
+
+    run(scenario)
+
+
+def test_closing_stops_every_timer(keys: Keys) -> None:
+    """A failed or closed attempt leaves nothing behind that still fires (aioquic's timer
+    used to send through a closed transport and log an exception)."""
+    errors: list[dict[str, Any]] = []
+
+    async def scenario() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(
+            context))
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # never answers
+        silent.bind(("127.0.0.1", 0))
+        failed = QuicClient(keys.client_config())
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await failed.open("127.0.0.1", silent.getsockname()[1], lambda d: None)
+        failed.close()
+        async with quic_server(keys, QuicConfig()) as (_, port):
+            client = QuicClient(keys.client_config())
+            await client.open("127.0.0.1", port, lambda datagrams: None)
+            client.close()
+            assert await client.wait_closed() == "closed by the client"
+        await asyncio.sleep(1.5)  # past aioquic's retransmission and closing timers
+        silent.close()
+        pending = [task for task in asyncio.all_tasks()
+                   if task is not asyncio.current_task()]
+        assert pending == []
+
+    run(scenario)
+    assert errors == []

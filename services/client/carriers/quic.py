@@ -4,53 +4,46 @@ The server certificate is checked against the Aura CA key from the config once t
 handshake completes. A PING every second, each expected to be acknowledged within a few
 seconds, tells a broken path from a quiet one; an ICMP error (nothing listens on the port any
 more) or the server closing the connection is reported at once.
+
+Like the server, the carrier works in bursts: every QUIC packet one socket read returns is
+fed to aioquic, the WireGuard messages they carried go to the client in one `deliver` call,
+and then one `transmit` sends the acknowledgements and whatever the client queued meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import ssl
 from collections.abc import Sequence
-from typing import Any
 
-from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, DatagramFrameReceived, QuicEvent
 
 from aura_common.config import ClientConfig
 from services.client.carriers import Deliver
 from services.client.carriers.tcp import verify_server_certificate
-from services.quic.carrier import datagram_configuration, queue_datagrams
+from services.quic.carrier import BatchedProtocol, datagram_configuration, queue_datagrams
+from services.quic.datagram import Burst, DatagramSocket
 
 PING_INTERVAL = 1.0
 PING_DEADLINE = 4.0
 IDLE_TIMEOUT = 15.0
 
 
-class _Protocol(QuicConnectionProtocol):
-    def __init__(self, quic: QuicConnection, carrier: Carrier) -> None:
-        super().__init__(quic)
+class _Protocol(BatchedProtocol):
+    def __init__(self, quic: QuicConnection, sock: DatagramSocket, carrier: Carrier) -> None:
+        super().__init__(quic, sock)
         self.carrier = carrier
-        self._batch: list[bytes] = []
-
-    def datagram_received(self, data: bytes | str, addr: Any) -> None:
-        super().datagram_received(data, addr)
-        if self._batch:
-            batch, self._batch = self._batch, []
-            self.carrier.deliver(batch)
+        self.batch: list[bytes] = []
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, DatagramFrameReceived):
-            self._batch.append(event.data)
+            self.batch.append(event.data)
         elif isinstance(event, ConnectionTerminated):
             reason = event.reason_phrase or f"error code {event.error_code:#x}"
             self.carrier.broken(f"QUIC connection closed: {reason}")
-
-    def error_received(self, exc: Exception) -> None:
-        hint = (" (ICMP port unreachable: nothing listens on the server's QUIC port)"
-                if isinstance(exc, ConnectionRefusedError) else "")
-        self.carrier.broken(f"QUIC path failed: {exc}{hint}")
 
 
 class Carrier:
@@ -61,8 +54,9 @@ class Carrier:
         self.ca_public_key = config.server.ca_public_key
         self.deliver: Deliver = lambda datagrams: None
         self.dropped = 0
+        self._socket: DatagramSocket | None = None
         self._protocol: _Protocol | None = None
-        self._transport: asyncio.DatagramTransport | None = None
+        self._receiving = False
         self._keepalive: asyncio.Task[None] | None = None
         self._closed: asyncio.Future[str] | None = None
 
@@ -77,25 +71,48 @@ class Carrier:
         except OSError:
             sock.close()
             raise
+        server = sock.getpeername()[:2]  # as the socket reports sources: canonical, 2-tuple
+        self._socket = DatagramSocket(sock, self._burst, self._socket_error)
         configuration = datagram_configuration(
             is_client=True, idle_timeout=IDLE_TIMEOUT, server_name=self.server_name)
         configuration.verify_mode = ssl.CERT_NONE  # checked below against the pinned CA key
         quic = QuicConnection(configuration=configuration)
-        self._transport, self._protocol = await loop.create_datagram_endpoint(
-            lambda: _Protocol(quic, self), sock=sock)
+        self._protocol = protocol = _Protocol(quic, self._socket, self)
         try:
-            self._protocol.connect(sock.getpeername())
-            await self._protocol.wait_connected()
+            protocol.connect(server)
+            await protocol.wait_connected()
             # aioquic keeps the peer's certificate on its TLS context, without a public name.
             certificate = quic.tls._peer_certificate
             if certificate is None:
                 raise ConnectionError("the QUIC server sent no certificate")
             verify_server_certificate(certificate, self.ca_public_key)
         except BaseException:
-            self._release()
+            self.close()
             raise
         self.deliver = deliver
-        self._keepalive = loop.create_task(self._ping_forever(self._protocol))
+        self._keepalive = loop.create_task(self._ping_forever(protocol))
+
+    def _burst(self, burst: Burst) -> None:
+        protocol = self._protocol
+        if protocol is None:
+            return
+        self._receiving = True
+        try:
+            for datagrams, source, _local in burst:
+                for data in datagrams:
+                    protocol.datagram_received(data, source)
+            if protocol.batch:
+                batch, protocol.batch = protocol.batch, []
+                self.deliver(batch)
+        finally:
+            self._receiving = False
+        if self._protocol is protocol:  # not broken meanwhile
+            protocol.transmit()
+
+    def _socket_error(self, error: OSError) -> None:
+        hint = (" (ICMP port unreachable: nothing listens on the server's QUIC port)"
+                if error.errno == errno.ECONNREFUSED else "")
+        self.broken(f"QUIC path failed: {error}{hint}")
 
     async def _ping_forever(self, protocol: _Protocol) -> None:
         while True:
@@ -110,9 +127,11 @@ class Carrier:
                 return  # terminated: reported by the protocol
 
     def transmit(self, datagrams: Sequence[bytes]) -> None:
-        if self._protocol is not None:
-            self.dropped += queue_datagrams(self._protocol._quic, datagrams)
-            self._protocol.transmit()
+        protocol = self._protocol
+        if protocol is not None:
+            self.dropped += queue_datagrams(protocol._quic, datagrams)
+            if not self._receiving:  # else sent at the end of the burst
+                protocol.transmit()
 
     async def wait_closed(self) -> str:
         assert self._closed is not None, "open() first"
@@ -129,10 +148,13 @@ class Carrier:
         self.broken("closed by the client")
 
     def _release(self) -> None:
+        """Stop everything that could still send: the pings, aioquic's timer, the socket."""
         if self._keepalive is not None and self._keepalive is not asyncio.current_task():
             self._keepalive.cancel()
         self._keepalive = None
-        self._protocol = None
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        if self._protocol is not None:
+            self._protocol.stop_timers()
+            self._protocol = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None

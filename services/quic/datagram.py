@@ -1,0 +1,98 @@
+"""The UDP socket under aura-quic and the client's QUIC carrier, driven without asyncio's
+datagram transport.
+
+asyncio's transport reads one datagram per event-loop turn and cannot see control messages.
+This one reads a whole burst per turn (GRO-coalesced where the kernel can), tells for each
+datagram the local address it was sent to (IP_PKTINFO / IPV6_PKTINFO), and sends batches with
+GSO from a chosen local address, so a server with several addresses answers from the one each
+client wrote to: a client's connected socket, a NAT or a firewall drops replies from another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+from collections.abc import Callable, Sequence
+
+from aura_common.netio import udp as udp_batch
+
+Address = tuple[str, int]
+# (datagrams, remote address, local address) for runs of datagrams sharing both addresses.
+Burst = list[tuple[list[bytes], Address, "str | None"]]
+
+# recvmsg calls per event-loop turn: with GRO each may return dozens of datagrams.
+RECV_CALLS_PER_BURST = 64
+# A few milliseconds of tunnel traffic: a receiver busy with one burst must not lose the next.
+SOCKET_BUFFER = 4 << 20
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # Linux; root may exceed net.core.[rw]mem_max
+# The largest datagram sent in GSO batches: one that fits a 1500-byte link under IPv6 and UDP
+# headers. The kernel refuses a batch whose segments exceed the path MTU, while it fragments
+# a single oversized datagram; a full-sized tunnel packet in QUIC is such a datagram unless
+# the tunnel MTU leaves room for QUIC's ~30 bytes.
+MAX_BATCHED_SIZE = 1500 - 40 - 8
+
+
+def _oversized(datagram: bytes) -> bool:
+    return len(datagram) > MAX_BATCHED_SIZE
+
+
+class DatagramSocket:
+    """A non-blocking UDP socket that hands whole bursts to `on_burst`.
+
+    `on_error` receives errors the kernel queued for the socket (ICMP port unreachable on a
+    connected socket); without it they are discarded.
+    """
+
+    def __init__(self, sock: socket.socket, on_burst: Callable[[Burst], None],
+                 on_error: Callable[[OSError], None] | None = None) -> None:
+        sock.setblocking(False)
+        for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF),
+                             (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+        udp_batch.enable_gro(sock)
+        udp_batch.enable_pktinfo(sock)
+        self.sock = sock
+        self.on_burst = on_burst
+        self.on_error = on_error
+        self.dropped = 0  # datagrams the kernel did not take (full buffer, no route)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._readable)
+
+    @property
+    def closed(self) -> bool:
+        return self.sock.fileno() < 0
+
+    def _readable(self) -> None:
+        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code and self.on_error is not None:
+            self.on_error(OSError(code, os.strerror(code)))  # e.g. ConnectionRefusedError
+            if self.closed:
+                return
+        burst = udp_batch.recv_batch_with_local(self.sock, RECV_CALLS_PER_BURST)
+        if burst:
+            self.on_burst(burst)
+
+    def send(self, datagrams: Sequence[bytes], destination: Address,
+             source: str | None = None) -> None:
+        """Send now, from `source` if given; what the kernel refuses is dropped and counted."""
+        if self.closed:
+            self.dropped += len(datagrams)
+            return
+        sent = 0
+        for oversized, group in itertools.groupby(datagrams, key=_oversized):
+            if oversized:
+                for datagram in group:
+                    sent += udp_batch.send_batch(self.sock, [datagram], destination, source)
+            else:
+                sent += udp_batch.send_batch(self.sock, list(group), destination, source)
+        self.dropped += len(datagrams) - sent
+
+    def close(self) -> None:
+        if not self.closed:
+            self._loop.remove_reader(self.sock.fileno())
+            self.sock.close()
