@@ -24,9 +24,6 @@ Burst = list[tuple[list[bytes], Address, "str | None"]]
 
 # recvmsg calls per event-loop turn: with GRO each may return dozens of datagrams.
 RECV_CALLS_PER_BURST = 64
-# A few milliseconds of tunnel traffic: a receiver busy with one burst must not lose the next.
-SOCKET_BUFFER = 4 << 20
-SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # Linux; root may exceed net.core.[rw]mem_max
 # The largest datagram sent in GSO batches: one that fits a 1500-byte link under IPv6 and UDP
 # headers. The kernel refuses a batch whose segments exceed the path MTU, while it fragments
 # a single oversized datagram; a full-sized tunnel packet in QUIC is such a datagram unless
@@ -48,12 +45,7 @@ class DatagramSocket:
     def __init__(self, sock: socket.socket, on_burst: Callable[[Burst], None],
                  on_error: Callable[[OSError], None] | None = None) -> None:
         sock.setblocking(False)
-        for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF),
-                             (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
-            except PermissionError:
-                sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+        udp_batch.enlarge_buffers(sock)
         udp_batch.enable_gro(sock)
         udp_batch.enable_pktinfo(sock)
         self.sock = sock
@@ -68,11 +60,12 @@ class DatagramSocket:
         return self.sock.fileno() < 0
 
     def _readable(self) -> None:
-        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code and self.on_error is not None:
-            self.on_error(OSError(code, os.strerror(code)))  # e.g. ConnectionRefusedError
-            if self.closed:
-                return
+        if self.on_error is not None:
+            code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                self.on_error(OSError(code, os.strerror(code)))  # e.g. ConnectionRefusedError
+                if self.closed:
+                    return
         burst = udp_batch.recv_batch_with_local(self.sock, RECV_CALLS_PER_BURST)
         if burst:
             self.on_burst(burst)
