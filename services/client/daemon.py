@@ -2,10 +2,11 @@
 
 It tries the transports in order (see `schedule`), runs the WireGuard handshake over each, and
 once a path is up moves packets in batches. While on a fallback it probes the better transports
-beside the live path and moves back as soon as one completes a handshake. A path that breaks (the carrier reports it, or the
-server stays silent past the liveness limit) is logged at WARNING with its reason, and the
-client moves on; it only stops on `down`, SIGTERM/SIGINT, a config error at start, or a fatal
-TUN error, each with a log line. A control socket answers `status` and `down`.
+beside the live path and moves back as soon as one completes a handshake. A path that breaks
+(the carrier reports it, or the server stays silent past the liveness limit) is logged at
+WARNING with its reason, and the client moves on; it only stops on `down`, SIGTERM/SIGINT, a
+config error at start, or a fatal TUN error, each with a log line. A control socket answers
+`status` and `down`.
 """
 
 from __future__ import annotations
