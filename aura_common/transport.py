@@ -12,12 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from aura_common import ipc
+from aura_common import ipc, runtime, systemd
+from aura_common.config import ServerConfig
+from aura_common.keys import load_server_private_key
 from aura_common.log import fields
+from aura_common.ports import bind_with_scan
 from aura_common.wireguard import (
     Device,
     Dropped,
@@ -225,3 +229,53 @@ class SessionHub:
                 "t": "session_up", "peer": name, "endpoint": format_endpoint(peer.endpoint),
                 "handshake_at": time.time() - (time.monotonic() - (peer.last_handshake or 0)),
             })
+
+
+# -- what every transport process does around its carrier ---------------------------------
+def disabled(config: ServerConfig, role: str) -> bool:
+    """True (after saying so) when `role` is switched off, e.g. socket-activated anyway."""
+    if getattr(config.transports, role).enabled:
+        return False
+    log.info("the %s transport is disabled in %s", role, config.path)
+    runtime.forget(config.runtime_file, role)
+    systemd.ready("disabled")
+    return True
+
+
+def listening_socket(
+    config: ServerConfig, role: str, sock_type: int, *, skip: frozenset[int] = frozenset()
+) -> tuple[socket.socket, bool]:
+    """The socket systemd passed for `role`, or one we bind, scanning for a free port.
+
+    Returns the non-blocking socket and whether it came from socket activation.
+    """
+    activated = systemd.listen_fds().get(role)
+    if activated:
+        sock, from_systemd = activated[0], True
+    else:
+        settings = getattr(config.transports, role)
+        sock = bind_with_scan(settings.listen, settings.port, sock_type, skip=skip)
+        from_systemd = False
+    sock.setblocking(False)
+    return sock, from_systemd
+
+
+def new_hub(config: ServerConfig, role: str) -> SessionHub:
+    return SessionHub(role, load_server_private_key(config), config.router_socket,
+                      mtu=config.tun.mtu)
+
+
+async def serve_sessions(
+    config: ServerConfig, hub: SessionHub, sock: socket.socket, activated: bool, detail: str = ""
+) -> None:
+    """Record where the transport listens, report ready, and keep its sessions until stopped."""
+    address = format_endpoint(sock.getsockname()[:2])
+    runtime.record_bound(config.runtime_file, hub.role, [address], activated)
+    how = " (socket activation)" if activated else ""
+    log.info("listening on %s %s%s%s", hub.role, address, how, f"; {detail}" if detail else "",
+             extra=fields(transport=hub.role))
+    systemd.ready(f"listening on {hub.role} {address}")
+    try:
+        await hub.run()
+    finally:
+        runtime.forget(config.runtime_file, hub.role)

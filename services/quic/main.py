@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import socket
 from collections.abc import Sequence
 
-from aura_common import runtime, systemd
+from aura_common import runtime
 from aura_common.config import ServerConfig, parse_host_port
-from aura_common.keys import load_server_private_key
-from aura_common.ports import bind_with_scan
 from aura_common.service import run_service
-from aura_common.transport import SessionHub, format_endpoint
+from aura_common.transport import disabled, listening_socket, new_hub, serve_sessions
 from services.quic.carrier import QuicCarrier, server_configuration
-
-log = logging.getLogger("aura-quic")
 
 
 def ports_of_udp_transport(config: ServerConfig) -> set[int]:
@@ -29,38 +24,20 @@ def ports_of_udp_transport(config: ServerConfig) -> set[int]:
     return ports
 
 
-def open_socket(config: ServerConfig) -> tuple[socket.socket, bool]:
-    """The socket systemd passed us, or one we bind ourselves, scanning for a free port."""
-    activated = systemd.listen_fds().get("quic")
-    if activated:
-        return activated[0], True
-    settings = config.transports.quic
-    return bind_with_scan(settings.listen, settings.port, socket.SOCK_DGRAM,
-                          skip=ports_of_udp_transport(config)), False
-
-
 async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
-    settings = config.transports.quic
-    if not settings.enabled:
-        log.info("the quic transport is disabled in %s", config.path)
-        runtime.forget(config.runtime_file, "quic")
-        systemd.ready("disabled")
+    if disabled(config, "quic"):
         return
+    settings = config.transports.quic
     configuration = server_configuration(settings, config.tls_cert_file, config.tls_key_file)
-    sock, activated = open_socket(config)
-    address = format_endpoint(sock.getsockname()[:2])
-    hub = SessionHub("quic", load_server_private_key(config), config.router_socket,
-                     mtu=config.tun.mtu)
+    sock, activated = listening_socket(config, "quic", socket.SOCK_DGRAM,
+                                       skip=frozenset(ports_of_udp_transport(config)))
+    hub = new_hub(config, "quic")
     carrier = QuicCarrier(hub, sock, configuration=configuration,
                           max_connections=settings.max_connections)
-    runtime.record_bound(config.runtime_file, "quic", [address], activated)
-    log.info("listening on quic %s%s", address, " (socket activation)" if activated else "")
-    systemd.ready(f"listening on quic {address}")
     try:
-        await hub.run()
+        await serve_sessions(config, hub, sock, activated)
     finally:
         carrier.close()
-        runtime.forget(config.runtime_file, "quic")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

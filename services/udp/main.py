@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import socket
 from collections.abc import Sequence
 
-from aura_common import runtime, systemd
 from aura_common.config import ServerConfig
-from aura_common.keys import load_server_private_key
 from aura_common.netio import udp as udp_batch
-from aura_common.ports import bind_with_scan
 from aura_common.service import run_service
-from aura_common.transport import Address, SessionHub, format_endpoint
-
-log = logging.getLogger("aura-udp")
+from aura_common.transport import (
+    Address,
+    SessionHub,
+    disabled,
+    listening_socket,
+    new_hub,
+    serve_sessions,
+)
 
 RECV_BATCH_LIMIT = 64
 # Remote endpoints whose local address is remembered; the least recently heard go first, so
@@ -59,36 +60,13 @@ class UdpCarrier:
                              self._reply_from.get(destination))
 
 
-def open_socket(config: ServerConfig) -> tuple[socket.socket, bool]:
-    """The socket systemd passed us, or one we bind ourselves, scanning for a free port."""
-    activated = systemd.listen_fds().get("udp")
-    if activated:
-        return activated[0], True
-    settings = config.transports.udp
-    return bind_with_scan(settings.listen, settings.port, socket.SOCK_DGRAM), False
-
-
-def bound_addresses(sock: socket.socket) -> list[str]:
-    host, port = sock.getsockname()[:2]
-    return [format_endpoint((host, port))]
-
-
 async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
-    sock, activated = open_socket(config)
-    sock.setblocking(False)
-    addresses = bound_addresses(sock)
-    runtime.record_bound(config.runtime_file, "udp", addresses, activated)
-    hub = SessionHub("udp", load_server_private_key(config), str(config.router_socket),
-                     mtu=config.tun.mtu)
-    carrier = UdpCarrier(sock, hub)
-    carrier.start()
-    log.info("listening on udp %s%s", ", ".join(addresses),
-             " (socket activation)" if activated else "")
-    systemd.ready(f"listening on udp {', '.join(addresses)}")
-    try:
-        await hub.run()
-    finally:
-        runtime.forget(config.runtime_file, "udp")
+    if disabled(config, "udp"):
+        return
+    sock, activated = listening_socket(config, "udp", socket.SOCK_DGRAM)
+    hub = new_hub(config, "udp")
+    UdpCarrier(sock, hub).start()
+    await serve_sessions(config, hub, sock, activated)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
