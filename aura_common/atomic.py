@@ -1,12 +1,16 @@
-"""Atomic file writes and lock files for the state files several processes share."""
+"""The state files several processes share: atomic writes, lock files, versioned JSON."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import tempfile
 from collections.abc import Iterator
+from typing import Any
+
+from aura_common.errors import ConfigError
 
 
 def write_atomic(
@@ -76,3 +80,17 @@ def locked(path: str | os.PathLike[str]) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def parse_versioned_json(data: bytes, path: str, version: int) -> dict[str, Any]:
+    """The JSON object of a state file whose `version` must be `version`; errors name the file."""
+    try:
+        document = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError(path, "", "a JSON document") from None
+    if not isinstance(document, dict):
+        raise ConfigError(path, "", "a JSON object", type(document).__name__)
+    found = document.get("version")
+    if found != version or isinstance(found, bool):
+        raise ConfigError(path, "version", str(version), found)
+    return document

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
-from aura_common.atomic import locked, write_atomic
+from aura_common.atomic import locked, parse_versioned_json, write_atomic
 from aura_common.errors import AuraError, ConfigError
 
 Addresses = tuple[str, str | None]
@@ -137,12 +137,7 @@ class Leases:
 
 def parse_leases(data: bytes, path: str, pool: AddressPool) -> dict[str, dict[str, Any]]:
     """Validate a leases file; leases outside the (possibly changed) pool are an error."""
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise ConfigError(path, "", "a JSON document") from None
-    if not isinstance(doc, dict) or doc.get("version") != LEASES_VERSION:
-        raise ConfigError(path, "version", str(LEASES_VERSION))
+    doc = parse_versioned_json(data, path, LEASES_VERSION)
     leases = doc.get("leases")
     if not isinstance(leases, dict):
         raise ConfigError(path, "leases", "an object", leases)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from aura_common.atomic import locked, write_atomic
+from aura_common.atomic import locked, parse_versioned_json, write_atomic
 from aura_common.config import is_peer_name
 from aura_common.errors import AuraError, ConfigError
 
@@ -162,14 +162,7 @@ class Registry:
 
 def parse_peers(data: bytes, path: str) -> list[Peer]:
     """Validate a registry file; every problem names the file and `peers[i].key`."""
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise ConfigError(path, "", "a JSON document") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(path, "", "a JSON object", type(doc).__name__)
-    if doc.get("version") != REGISTRY_VERSION or isinstance(doc.get("version"), bool):
-        raise ConfigError(path, "version", str(REGISTRY_VERSION), doc.get("version"))
+    doc = parse_versioned_json(data, path, REGISTRY_VERSION)
     items = doc.get("peers")
     if not isinstance(items, list):
         raise ConfigError(path, "peers", "a list", items)

@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from aura_common.atomic import locked, write_atomic
+from aura_common.atomic import locked, parse_versioned_json, write_atomic
 from aura_common.config import TRANSPORT_NAMES, parse_host_port
 from aura_common.errors import ConfigError
 
@@ -35,14 +35,7 @@ def _utc_now() -> str:
 
 def parse_runtime(data: bytes, path: str) -> dict[str, Any]:
     """Validate the file's content; every problem names the file and the key."""
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise ConfigError(path, "", "a JSON document") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(path, "", "a JSON object", type(doc).__name__)
-    if doc.get("version") != RUNTIME_VERSION or isinstance(doc.get("version"), bool):
-        raise ConfigError(path, "version", str(RUNTIME_VERSION), doc.get("version"))
+    doc = parse_versioned_json(data, path, RUNTIME_VERSION)
     transports = doc.get("transports")
     if not isinstance(transports, dict):
         raise ConfigError(path, "transports", "an object", transports)
