@@ -178,6 +178,7 @@ class ClientDaemon:
             return path, False
         self.path = path
         try:
+            await self._follow_path_mtu()
             await self._route_around_paths()
             failure = await path.connect()
             if failure is not None:
@@ -218,6 +219,7 @@ class ClientDaemon:
                     better.result().close()
                 return broken.result()
             self._move_to(better.result())
+            await self._follow_path_mtu()
             await self._route_around_paths()
 
     async def _find_better_path(self) -> Path:
@@ -325,6 +327,21 @@ class ClientDaemon:
         if message.manifest is not None:
             self._accept_manifest(message.manifest)
 
+    async def _follow_path_mtu(self) -> None:
+        """Give the TUN the MTU the live path's carrier moves unfragmented, so the kernel
+        sizes packets (and TCP its MSS) for it: lower on QUIC, the config's on UDP and TCP."""
+        assert self.tun is not None and self.path is not None
+        mtu = self.path.mtu
+        async with self._plan_lock:  # apply() configures the link with self.tun.mtu too
+            if mtu == self.tun.mtu:
+                return
+            try:
+                await asyncio.to_thread(self.tun.set_mtu, mtu)
+            except AuraError as error:
+                log.error("could not set the mtu of %s: %s", self.tun.name, error)
+                return
+        log.info("mtu of %s is %d for %s", self.tun.name, mtu, self.path.target.transport)
+
     async def _route_around_paths(self) -> None:
         """Keep the server addresses the paths use out of the tunnel routes, so the carriers'
         own packets never loop into the tunnel."""
@@ -365,6 +382,7 @@ class ClientDaemon:
             "dns": [str(a) for a in plan.dns] if plan else [],
             "manifest_serial": self.manifest_serial,
             "tun": self.tun.name if self.tun else None,
+            "mtu": self.tun.mtu if self.tun else None,
             "last_error": self.last_error,
             "pid": os.getpid(),
         }

@@ -39,8 +39,9 @@ DEFAULT_LIVENESS = 25.0
 
 
 class Path:
-    """`received` gets the decrypted payloads (IP packets and control messages) and `handshaken`
-    is called on every completed handshake; both from the event loop."""
+    """`mtu` is the TUN MTU this path wants while it is live. `received` gets the decrypted
+    payloads (IP packets and control messages) and `handshaken` is called on every completed
+    handshake; both from the event loop."""
 
     def __init__(self, config: ClientConfig, target: Target, address: str,
                  received: Callable[[list[bytes]], None], handshaken: Callable[[], None]) -> None:
@@ -48,12 +49,13 @@ class Path:
         self.target = target
         self.endpoint = (address, target.port)
         self.liveness = float(config.keepalive or DEFAULT_LIVENESS)
-        self.device = Device(config.interface.private_key, mtu=config.interface.mtu)
+        self.carrier = CARRIERS[target.transport](config)
+        self.mtu = tunnel_mtu(config.interface.mtu, self.carrier.tunnel_mtu)
+        self.device = Device(config.interface.private_key, mtu=self.mtu)
         self.peer = self.device.add_peer(
             server.public_key, preshared_key=server.preshared_key, endpoint=self.endpoint,
             keepalive=config.keepalive or None,
         )
-        self.carrier = CARRIERS[target.transport](config)
         self._received, self._handshaken = received, handshaken
         self._handshake_done = asyncio.Event()
         self._broken: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -153,6 +155,12 @@ class Path:
     def _break(self, reason: str) -> None:
         if not self._broken.done():
             self._broken.set_result(reason)
+
+
+def tunnel_mtu(configured: int, carrier_ceiling: int | None) -> int:
+    """The TUN MTU while a path is live: the config's, lowered to what its carrier moves
+    without fragmentation."""
+    return configured if carrier_ceiling is None else min(configured, carrier_ceiling)
 
 
 def describe(error: BaseException) -> str:

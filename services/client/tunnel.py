@@ -23,8 +23,8 @@ class ClientTun:
     """The open TUN and the plan it currently carries. Closing it removes the device, and the
     kernel drops its addresses and routes with it.
 
-    `up` and `apply` talk netlink through pyroute2, which cannot run inside a running event
-    loop: call them with `asyncio.to_thread`."""
+    `up`, `set_mtu` and `apply` talk netlink through pyroute2, which cannot run inside a
+    running event loop: call them with `asyncio.to_thread`."""
 
     def __init__(self, name: str, mtu: int) -> None:
         self.tun = Tun.open(name, mtu=mtu)
@@ -34,6 +34,10 @@ class ClientTun:
 
     def up(self) -> None:
         link.configure(self.name, [], self.mtu)
+
+    def set_mtu(self, mtu: int) -> None:
+        link.configure(self.name, [], mtu)
+        self.mtu = mtu
 
     def apply(self, plan: TunnelPlan) -> None:
         add_addresses, remove_addresses, add_routes, remove_routes = self.plan.changes(plan)

@@ -34,7 +34,7 @@ from aioquic.quic.events import (
     StreamDataReceived,
 )
 from aioquic.quic.packet import QuicErrorCode, QuicPacketType, pull_quic_header
-from aioquic.quic.packet_builder import QuicSentPacket
+from aioquic.quic.packet_builder import PACKET_NUMBER_SEND_SIZE, QuicSentPacket
 from aioquic.quic.recovery import QuicPacketPacer
 
 from aura_common.config import QuicConfig
@@ -48,12 +48,22 @@ log = logging.getLogger("aura-quic")
 # aioquic logs every connection's version and ALPN at INFO, without the fields ours carry.
 logging.getLogger("quic").setLevel(logging.WARNING)
 
-# UDP payload of one QUIC packet. A full 1420-byte tunnel packet is a 1452-byte WireGuard
-# message; with QUIC's short header, AEAD tag and DATAGRAM frame header that is ~1482 bytes.
-QUIC_PACKET_SIZE = 1500
-# The largest WireGuard message one DATAGRAM frame fits (long connection ids, 4-byte packet
-# numbers); a larger one could never be sent and would stall aioquic's datagram queue.
-MAX_MESSAGE = QUIC_PACKET_SIZE - 1 - 20 - 4 - 16 - 3
+# The largest UDP payload of a QUIC packet, either way: one that crosses a 1500-byte path under
+# an IPv6 and a UDP header unfragmented (RFC 9000 section 14). aioquic starts a new packet
+# rather than exceed it (an ACK and a message that do not fit together go in two), and it
+# announces no smaller max_udp_payload_size, so either side accepts larger packets from an
+# older peer.
+QUIC_PACKET_SIZE = 1500 - 40 - 8
+CONNECTION_ID_LENGTH = 8
+AEAD_TAG_SIZE = 16
+# What a message costs in a 1-RTT packet as aioquic builds it: the short header (flags byte,
+# the peer's connection id, packet number), the AEAD tag, and the DATAGRAM frame's type and
+# 2-byte length.
+DATAGRAM_OVERHEAD = 1 + CONNECTION_ID_LENGTH + PACKET_NUMBER_SEND_SIZE + AEAD_TAG_SIZE + 1 + 2
+# The largest WireGuard message queued; larger ones are dropped. It allows for the longest
+# connection ids and packet numbers a peer may choose: a message no packet fits would stall
+# aioquic's datagram queue. The client's tunnel MTU keeps its messages within it.
+MAX_MESSAGE = QUIC_PACKET_SIZE - 1 - 20 - 4 - AEAD_TAG_SIZE - 3
 # DATAGRAM frames waiting for the window; beyond this they are dropped, as a full NIC queue
 # would, instead of adding latency.
 MAX_QUEUED = 512
@@ -116,6 +126,7 @@ def datagram_configuration(*, is_client: bool, idle_timeout: float,
         is_client=is_client,
         alpn_protocols=[ALPN],
         congestion_control_algorithm=TUNNEL_CONGESTION_CONTROL,
+        connection_id_length=CONNECTION_ID_LENGTH,
         idle_timeout=idle_timeout,
         max_datagram_frame_size=65535,
         max_datagram_size=QUIC_PACKET_SIZE,

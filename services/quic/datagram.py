@@ -11,7 +11,6 @@ client wrote to: a client's connected socket, a NAT or a firewall drops replies 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -24,15 +23,6 @@ Burst = list[tuple[list[bytes], Address, "str | None"]]
 
 # recvmsg calls per event-loop turn: with GRO each may return dozens of datagrams.
 RECV_CALLS_PER_BURST = 64
-# The largest datagram sent in GSO batches: one that fits a 1500-byte link under IPv6 and UDP
-# headers. The kernel refuses a batch whose segments exceed the path MTU, while it fragments
-# a single oversized datagram; a full-sized tunnel packet in QUIC is such a datagram unless
-# the tunnel MTU leaves room for QUIC's ~30 bytes.
-MAX_BATCHED_SIZE = 1500 - 40 - 8
-
-
-def _oversized(datagram: bytes) -> bool:
-    return len(datagram) > MAX_BATCHED_SIZE
 
 
 class DatagramSocket:
@@ -76,13 +66,7 @@ class DatagramSocket:
         if self.closed:
             self.dropped += len(datagrams)
             return
-        sent = 0
-        for oversized, group in itertools.groupby(datagrams, key=_oversized):
-            if oversized:
-                for datagram in group:
-                    sent += udp_batch.send_batch(self.sock, [datagram], destination, source)
-            else:
-                sent += udp_batch.send_batch(self.sock, list(group), destination, source)
+        sent = udp_batch.send_batch(self.sock, datagrams, destination, source)
         self.dropped += len(datagrams) - sent
 
     def close(self) -> None:

@@ -8,14 +8,15 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
 
 from aura_common.config import QuicConfig
+from services.client.carriers.quic import TUNNEL_MTU
 from services.client.carriers.quic import Carrier as QuicClient
-from services.quic.carrier import QuicCarrier, server_configuration
+from services.quic.carrier import QUIC_PACKET_SIZE, QuicCarrier, server_configuration
 from tests.unit.test_tcp_carrier import Initiator, Keys, ipv4_packet, keys, new_hub, run
 
 __all__ = ["keys"]  # the module-scoped key fixture, shared with the TCP tests
@@ -188,9 +189,11 @@ def test_replies_leave_from_the_address_the_client_wrote_to(keys: Keys, listen: 
 
 
 def test_bulk_messages_both_ways(keys: Keys) -> None:
-    """Full-sized tunnel packets, as many as the queues take, arrive in order of sending and
-    in bursts (one hub call carries many), and nothing is refused by the kernel."""
+    """Full-sized tunnel packets (the client's QUIC tunnel MTU), as many as the queues take,
+    arrive in order of sending and in bursts (one hub call carries many), nothing is refused by
+    the kernel, and no QUIC packet exceeds what crosses a 1500-byte path unfragmented."""
     bursts: list[int] = []
+    sent_sizes: list[int] = []
 
     async def scenario() -> None:
         async with quic_server(keys, QuicConfig()) as (carrier, port):
@@ -209,7 +212,10 @@ def test_bulk_messages_both_ways(keys: Keys) -> None:
             await asyncio.sleep(0.1)
             bursts.clear()
             downloaded_before = initiator.received
-            full = ipv4_packet(bytes(1400))
+            assert client._socket is not None
+            for sock in (carrier.socket, client._socket):
+                sock.send = recording_sizes(sock.send, sent_sizes)  # type: ignore[method-assign]
+            full = ipv4_packet(bytes(TUNNEL_MTU - 20))
             peer = next(iter(hub.device.peers))
             for _ in range(20):  # bounded: 20 rounds of 32 packets each way
                 initiator.handle(initiator.device.send(initiator.peer, [full] * 32,
@@ -221,9 +227,17 @@ def test_bulk_messages_both_ways(keys: Keys) -> None:
             assert max(bursts) > 1
             assert initiator.received - downloaded_before == 20 * 32 - carrier.dropped > 20 * 16
             assert carrier.socket.dropped == 0
+            assert max(sent_sizes) <= QUIC_PACKET_SIZE
             client.close()
 
     run(scenario)
+
+
+def recording_sizes(send: Callable[..., None], sizes: list[int]) -> Callable[..., None]:
+    def recorded(datagrams: Sequence[bytes], *args: Any) -> None:
+        sizes.extend(map(len, datagrams))
+        send(datagrams, *args)
+    return recorded
 
 
 def test_closing_stops_every_timer(keys: Keys) -> None:

@@ -16,6 +16,18 @@ if TYPE_CHECKING:
 
 Deliver = Callable[[list[bytes]], None]
 
+# What WireGuard adds to a tunnel packet: the 16-byte transport header and the 16-byte tag.
+WIREGUARD_OVERHEAD = 32
+# WireGuard pads packets to a multiple of this, but never beyond the tunnel MTU.
+WIREGUARD_PADDING = 16
+
+
+def tunnel_mtu_within(message_size: int) -> int:
+    """The largest tunnel MTU whose every packet, padded and sealed by WireGuard, is a message
+    of at most `message_size` bytes. A multiple of the padding unit, so that padding a packet
+    of any size never reaches past it."""
+    return (message_size - WIREGUARD_OVERHEAD) // WIREGUARD_PADDING * WIREGUARD_PADDING
+
 
 class ClientCarrier(Protocol):
     """One attempt at one path. The client builds a fresh carrier per attempt with
@@ -23,6 +35,9 @@ class ClientCarrier(Protocol):
     server name and CA key from it) and calls `open` once."""
 
     name: str  # "udp" | "quic" | "tcp"
+    # The largest tunnel MTU this carrier moves without IP fragmentation on a 1500-byte path,
+    # or None where the config's interface.mtu is the only bound.
+    tunnel_mtu: int | None
 
     def __init__(self, config: ClientConfig) -> None: ...
 

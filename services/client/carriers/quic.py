@@ -22,14 +22,23 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, DatagramFrameReceived, QuicEvent
 
 from aura_common.config import ClientConfig
-from services.client.carriers import Deliver
+from services.client.carriers import Deliver, tunnel_mtu_within
 from services.client.carriers.tcp import verify_server_certificate
-from services.quic.carrier import BatchedProtocol, datagram_configuration, queue_datagrams
+from services.quic.carrier import (
+    DATAGRAM_OVERHEAD,
+    QUIC_PACKET_SIZE,
+    BatchedProtocol,
+    datagram_configuration,
+    queue_datagrams,
+)
 from services.quic.datagram import Burst, DatagramSocket
 
 PING_INTERVAL = 1.0
 PING_DEADLINE = 4.0
 IDLE_TIMEOUT = 15.0
+# 1376: a full-sized tunnel packet, sealed by WireGuard and framed by QUIC, crosses a
+# 1500-byte path in one IP packet even under IPv6.
+TUNNEL_MTU = tunnel_mtu_within(QUIC_PACKET_SIZE - DATAGRAM_OVERHEAD)
 
 
 class _Protocol(BatchedProtocol):
@@ -48,6 +57,7 @@ class _Protocol(BatchedProtocol):
 
 class Carrier:
     name = "quic"
+    tunnel_mtu: int | None = TUNNEL_MTU
 
     def __init__(self, config: ClientConfig) -> None:
         self.server_name = config.server_name

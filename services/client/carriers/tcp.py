@@ -65,6 +65,7 @@ def _tune(sock: socket.socket) -> None:
 
 class Carrier:
     name = "tcp"
+    tunnel_mtu: int | None = None
 
     def __init__(self, config: ClientConfig) -> None:
         self.server_name = config.server_name

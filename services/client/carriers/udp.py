@@ -22,6 +22,7 @@ RECV_BATCH_LIMIT = 64
 
 class Carrier:
     name = "udp"
+    tunnel_mtu: int | None = None
 
     def __init__(self, config: ClientConfig) -> None:
         self.sock: socket.socket | None = None
