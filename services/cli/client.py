@@ -176,7 +176,8 @@ def render(name: str, status: dict[str, Any], now: float) -> str:
     headline = status["state"]
     if headline == "up":
         headline = f"up over {status['transport']} to {status['endpoint']}"
-    lines = [f"aura client {name}: {headline} (tunnel {status['tun']}, pid {status['pid']})"]
+    lines = [f"aura client {name}: {headline} "
+             f"(tunnel {status['tun']}, mtu {status['mtu']}, pid {status['pid']})"]
     lines.append(f"  addresses:      {', '.join(status['addresses']) or 'none yet'}")
     if status["last_handshake"] is not None:
         ago = human_duration(max(0.0, now - status["last_handshake"]))

@@ -20,3 +20,18 @@ def test_human_units() -> None:
     assert human_duration(59) == "59s"
     assert human_duration(3600 + 120) == "1h 2m"
     assert human_duration(2 * 86400 + 3600) == "2d 1h"
+
+
+def test_client_status_is_readable() -> None:
+    from services.cli.client import render
+
+    status = {
+        "state": "up", "transport": "quic", "endpoint": "198.51.100.1:8444", "tun": "aura-a",
+        "mtu": 1376, "pid": 42, "addresses": ["10.77.0.2/32"], "last_handshake": 95.0,
+        "rx_packets": 3, "rx_bytes": 2048, "tx_packets": 4, "tx_bytes": 100,
+        "routes": ["0.0.0.0/1", "128.0.0.0/1"], "dns": [], "manifest_serial": 2,
+        "last_error": None,
+    }
+    text = render("alice", status, now=100.0)
+    assert "up over quic to 198.51.100.1:8444 (tunnel aura-a, mtu 1376, pid 42)" in text
+    assert "last handshake: 5s ago" in text and "2.0 KiB" in text and "serial 2" in text
