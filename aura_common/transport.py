@@ -69,10 +69,16 @@ class SessionHub:
         self._handle(self.device.receive(datagrams, source, time.monotonic()))
 
     def endpoint_closed(self, source: Address) -> None:
-        """A stream carrier lost a connection: sessions bound to it can no longer reply."""
+        """A connection (TLS stream, QUIC connection) is gone, and the sessions it carried.
+
+        Nothing can reach those peers any more: they reconnect with a new handshake, on this
+        or another transport. Ending the sessions now, rather than at key expiry minutes
+        later, shows them disconnected at once and frees a dynamic address.
+        """
         for peer in self.device.peers:
             if peer.endpoint == source:
                 peer.endpoint = None
+                self._session_down(peer)
 
     def _handle(self, events: list) -> None:  # type: ignore[type-arg]
         carrier = self.carrier

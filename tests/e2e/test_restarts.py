@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.topology import SERVER_TUNNEL_V4, AuraServer, build, stock_wireguard_up
+from tests.e2e.topology import (
+    AURA,
+    SERVER_TUNNEL_V4,
+    AuraServer,
+    build,
+    client_is_up,
+    stock_wireguard_up,
+)
 from tests.netns import Lab
 
 pytestmark = pytest.mark.e2e
@@ -57,3 +64,20 @@ def test_router_restart_keeps_sessions_and_transport_restart_rehandshakes(
     assert service_pid(server, "udp") != udp_pid
     assert server.status()["peers"][0]["last_handshake"] > handshake
     print(f"router restart pause {pause:.1f}s, transport restart pause {rehandshake:.1f}s")
+
+
+def test_a_closed_tls_connection_ends_its_session_at_once(lab: Lab, tmp_path: Path) -> None:
+    server = build(lab, tmp_path)
+    server.init(transports=("tcp",))
+    server.start()
+    ns = server.add_client_namespace()
+    config = server.provision("alice", "aura")
+    lab.spawn(ns, [*AURA, "client", "up", "--foreground", str(config)],
+              log=tmp_path / "client.log")
+    lab.wait_for(lambda: client_is_up(lab, ns, config), timeout=60, what="client up over TLS")
+    alice = server.status()["peers"][0]
+    assert alice["connected"] and alice["transport"] == "tcp"
+
+    lab.run(ns, [*AURA, "client", "down", str(config)])
+    lab.wait_for(lambda: not server.status()["peers"][0]["connected"], timeout=5,
+                 what="the router to see alice gone with her connection")
