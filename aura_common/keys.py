@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aura_common.config import ServerConfig, decode_key, encode_key
+from aura_common.config import ServerConfig, decode_key
 from aura_common.errors import ConfigError
 from aura_common.wireguard import generate_private_key, public_key
 
@@ -32,6 +32,3 @@ def new_key_pair() -> tuple[bytes, bytes]:
     private = generate_private_key()
     return private, public_key(private)
 
-
-__all__ = ["encode_key", "load_server_private_key", "new_key_pair", "read_key_file",
-           "server_public_key"]

@@ -61,8 +61,6 @@ class SessionHub:
         self._names: dict[bytes, str] = {}  # public key -> peer name
         self._by_name: dict[str, Peer] = {}
         self._live: set[str] = set()  # peers with a session the router knows of
-        self.router_connected = asyncio.Event()
-        self.dropped_to_router = 0
 
     # -- carrier side -------------------------------------------------------------------
     def received(self, datagrams: Sequence[bytes], source: Address) -> None:
@@ -86,10 +84,8 @@ class SessionHub:
             if type(event) is Received:
                 name = self._names.get(event.peer.public_key)
                 router = self._router
-                if name is not None and router is not None and not router.send_packets(
-                    name, event.packets
-                ):
-                    self.dropped_to_router += len(event.packets)
+                if name is not None and router is not None:
+                    router.send_packets(name, event.packets)  # a full socket drops and counts
             elif type(event) is Transmit:
                 if carrier is not None and event.destination is not None:
                     carrier.transmit(event.destination, event.datagrams)
@@ -199,14 +195,12 @@ class SessionHub:
             delay, announced_down = 0.1, False
             log.info("connected to the router")
             self._router = channel
-            self.router_connected.set()
             try:
                 await self._serve_router(channel)
             except ipc.ChannelClosed:
                 log.warning("router connection lost; live sessions are kept and re-registered")
             finally:
                 self._router = None
-                self.router_connected.clear()
                 channel.close()
 
     async def _serve_router(self, channel: ipc.Channel) -> None:
