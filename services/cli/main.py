@@ -19,14 +19,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aura", description="Aura VPN: server administration and Linux client."
     )
-    parser.add_argument(
-        "--config", default=DEFAULT_CONFIG, help=f"server config file (default {DEFAULT_CONFIG})"
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    add_global_options(parser, defaults=True, config=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (server, clients, bridges, status, client):
         module.register(commands)
+    for sub in subparsers(parser):
+        # A sub-command that takes its own config file (the client's) keeps it.
+        add_global_options(sub, defaults=False, config=not takes_config(sub))
     return parser
+
+
+def add_global_options(parser: argparse.ArgumentParser, *, defaults: bool, config: bool) -> None:
+    """--config and --verbose, accepted before or after any sub-command (`aura status --config
+    F` as well as `aura --config F status`). Only the top level sets defaults: below it they are
+    suppressed, so an option given before the sub-command is not reset by the sub-parser."""
+    group = parser.add_argument_group("global options")
+    unset = {} if defaults else {"default": argparse.SUPPRESS}
+    if config:
+        group.add_argument("--config", metavar="PATH", help=f"server config file (default "
+                           f"{DEFAULT_CONFIG})", **({"default": DEFAULT_CONFIG} | unset))
+    group.add_argument("-v", "--verbose", action="store_true", help="log debug details",
+                       **({"default": False} | unset))
+
+
+def subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below this one, depth first."""
+    found = []
+    for action in parser._actions:  # argparse exposes sub-parsers only through this
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += [child, *subparsers(child)]
+    return found
+
+
+def takes_config(parser: argparse.ArgumentParser) -> bool:
+    """Whether the parser or a sub-command below it has its own `config` argument."""
+    return any(action.dest == "config" for action in parser._actions) or any(
+        takes_config(child) for child in subparsers(parser))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
