@@ -79,21 +79,36 @@ def read_runtime(path: str | os.PathLike[str]) -> dict[str, Any]:
     return parse_runtime(data, path)
 
 
+def read_runtime_for_service(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The runtime file as a service sees it: a damaged one reads as empty, with a warning.
+
+    Only the transports write this file and each rewrites its own entry at start, so damage
+    (a crash mid-edit by hand, a full disk in an old version) must not stop a service: the
+    next `record_bound` replaces the file.
+    """
+    try:
+        return read_runtime(path)
+    except ConfigError as exc:
+        log.warning("ignoring a damaged runtime file (it is rewritten next): %s", exc)
+        return _empty()
+
+
 def _update(path: str, change: str, transport: str, entry: dict[str, Any] | None) -> None:
-    with locked(path):
-        try:
-            doc = read_runtime(path)
-        except ConfigError as exc:
-            # Only the transports write this file and each rewrites its own entry at start,
-            # so a damaged file is replaced rather than allowed to stop a service.
-            log.warning("replacing damaged runtime file while %s: %s", change, exc)
-            doc = _empty()
-        if entry is None:
-            if doc["transports"].pop(transport, None) is None:
-                return
-        else:
-            doc["transports"][transport] = entry
-        write_atomic(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(), 0o644)
+    try:
+        with locked(path):
+            doc = read_runtime_for_service(path)
+            if entry is None:
+                if doc["transports"].pop(transport, None) is None:
+                    return
+            else:
+                doc["transports"][transport] = entry
+            data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+            write_atomic(path, data, 0o644)
+    except OSError as exc:
+        # A full or read-only state directory: the service keeps serving; only `aura status`
+        # and `sign-bridges --from-runtime` see the old addresses until a write succeeds.
+        log.error("cannot write %s while %s: %s; it keeps its previous content",
+                  path, change, exc.strerror)
 
 
 def record_bound(

@@ -18,7 +18,7 @@ def ports_of_udp_transport(config: ServerConfig) -> set[int]:
     ports = set()
     if config.transports.udp.enabled:
         ports.add(config.transports.udp.port)
-    entry = runtime.read_runtime(config.runtime_file)["transports"].get("udp")
+    entry = runtime.read_runtime_for_service(config.runtime_file)["transports"].get("udp")
     for address in entry["bound"] if entry else ():
         ports.add(parse_host_port(address)[1])
     return ports

@@ -224,10 +224,7 @@ class Router:
                     )
 
     def status(self) -> dict[str, Any]:
-        try:
-            bound = runtime.read_runtime(self.config.runtime_file).get("transports", {})
-        except AuraError:
-            bound = {}
+        bound = runtime.read_runtime_for_service(self.config.runtime_file)["transports"]
         connected = set(self.transports.values())
         transports = [
             {"name": name, "connected": name in connected,

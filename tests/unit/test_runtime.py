@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
+import logging
 import multiprocessing
 import os
 import stat
@@ -19,7 +21,9 @@ from hypothesis import strategies as st
 
 from aura_common import runtime
 from aura_common.atomic import locked, write_atomic
+from aura_common.config import ServerConfig
 from aura_common.errors import ConfigError
+from services.quic.main import ports_of_udp_transport
 
 REPO = str(Path(__file__).resolve().parents[2])
 
@@ -147,3 +151,50 @@ def test_locked_creates_the_directory_and_excludes_other_processes(tmp_path: Pat
         assert child.poll() is None  # still waiting while we hold the lock
     out, _ = child.communicate(timeout=30)
     assert out == b"child got the lock\n"
+
+
+def _quic_config(tmp_path: Path) -> ServerConfig:
+    return ServerConfig(public_host="192.0.2.1", state_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("damage", [b"", b"{\"version\": 1, \"transp", b"\xff\xfe", b"[1, 2]",
+                                    b'{"version": 1, "transports": {"udp": {"bound": 7}}}'])
+def test_a_damaged_runtime_file_does_not_stop_aura_quic(
+    tmp_path: Path, damage: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = _quic_config(tmp_path)
+    Path(config.runtime_file).write_bytes(damage)
+    with caplog.at_level(logging.WARNING, logger="aura_common.runtime"):
+        assert ports_of_udp_transport(config) == {config.transports.udp.port}
+    [record] = [r for r in caplog.records if r.name == "aura_common.runtime"]
+    assert record.levelno == logging.WARNING
+    assert config.runtime_file in record.getMessage()
+    runtime.record_bound(config.runtime_file, "quic", ["[::]:8444"], activated=False)
+    assert set(runtime.read_runtime(config.runtime_file)["transports"]) == {"quic"}
+
+
+def test_ports_of_udp_transport_reads_a_sound_runtime_file(tmp_path: Path) -> None:
+    config = _quic_config(tmp_path)
+    runtime.record_bound(config.runtime_file, "udp", ["[::]:8450"], activated=False)
+    assert ports_of_udp_transport(config) == {config.transports.udp.port, 8450}
+
+
+@pytest.mark.parametrize("errno_", [errno.ENOSPC, errno.EROFS])
+def test_a_failed_runtime_write_is_logged_not_raised(
+    tmp_path: Path, errno_: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "runtime.json"
+    runtime.record_bound(path, "udp", ["[::]:8443"], activated=False)
+    before = path.read_bytes()
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(errno_, os.strerror(errno_))
+
+    monkeypatch.setattr(runtime, "write_atomic", refuse)
+    with caplog.at_level(logging.ERROR, logger="aura_common.runtime"):
+        runtime.record_bound(path, "tcp", ["[::]:8443"], activated=False)
+        runtime.forget(path, "udp")
+    assert [r.levelno for r in caplog.records] == [logging.ERROR, logging.ERROR]
+    assert all(str(path) in r.getMessage() and os.strerror(errno_) in r.getMessage()
+               for r in caplog.records)
+    assert path.read_bytes() == before
