@@ -349,6 +349,11 @@ class ServerConfig:
         return os.path.join(self.state_dir, "leases.json")
 
     @property
+    def usage_file(self) -> str:
+        """Bytes each peer moved through the tunnel (client limits); the router's alone."""
+        return os.path.join(self.state_dir, "usage.json")
+
+    @property
     def runtime_file(self) -> str:
         return os.path.join(self.state_dir, "runtime.json")
 

@@ -27,10 +27,14 @@ from typing import Any
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 FIELDS_ATTRIBUTE = "aura_fields"
 _FIELD_NAME = re.compile(r"[A-Z0-9][A-Z0-9_]{0,58}")
+# syslog's "normal but significant": between warning and info (journal priority 5).
+NOTICE = 25
+logging.addLevelName(NOTICE, "NOTICE")
 _PRIORITIES = {
     logging.CRITICAL: 2,
     logging.ERROR: 3,
     logging.WARNING: 4,
+    NOTICE: 5,
     logging.INFO: 6,
     logging.DEBUG: 7,
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import datetime
 import ipaddress
 import json
@@ -21,6 +22,7 @@ from typing import Any
 from aura_common.atomic import locked, parse_versioned_json, write_atomic
 from aura_common.config import is_peer_name
 from aura_common.errors import AuraError, ConfigError
+from aura_common.limits import parse_time
 
 REGISTRY_VERSION = 1
 KEY_SIZE = 32
@@ -39,6 +41,12 @@ class Peer:
     address_v6: str | None = None
     enabled: bool = True
     created: str = field(default_factory=_now)
+    expires: str | None = None  # ISO 8601 UTC (limits.format_time); None: never
+    quota_bytes: int | None = None  # rx + tx through the tunnel; None: unlimited
+
+    @property
+    def limited(self) -> bool:
+        return self.expires is not None or self.quota_bytes is not None
 
     @property
     def addresses(self) -> list[str]:
@@ -58,6 +66,8 @@ def _peer_to_json(peer: Peer) -> dict[str, Any]:
         "address_v6": peer.address_v6,
         "enabled": peer.enabled,
         "created": peer.created,
+        "expires": peer.expires,
+        "quota_bytes": peer.quota_bytes,
     }
 
 
@@ -138,6 +148,17 @@ class Registry:
             del self._by_address[ipaddress.ip_address(address)]
         return peer
 
+    def replace(self, name: str, **changes: Any) -> Peer:
+        """Change fields of a peer other than its name, keys and addresses (limits, enabled)."""
+        current = self._by_name.get(name)
+        if current is None:
+            raise AuraError(f"no peer named {name!r} (see `aura list-clients`)")
+        peer = dataclasses.replace(current, **changes)
+        self._by_name[name] = self._by_key[peer.public_key] = peer
+        for address in peer.addresses:
+            self._by_address[ipaddress.ip_address(address)] = peer
+        return peer
+
     def get(self, name: str) -> Peer | None:
         return self._by_name.get(name)
 
@@ -182,7 +203,7 @@ def parse_peers(data: bytes, path: str) -> list[Peer]:
 
 def _parse_peer(item: dict[str, Any], path: str, key: str) -> Peer:
     known = ("name", "public_key", "preshared_key", "address_v4", "address_v6", "enabled",
-             "created")  # fmt: skip
+             "created", "expires", "quota_bytes")  # fmt: skip
     unknown = sorted(str(k) for k in item if k not in known)
     if unknown:
         raise ConfigError(path, f"{key}.{unknown[0]}", f"one of the known keys: {', '.join(known)}")
@@ -222,6 +243,17 @@ def _parse_peer(item: dict[str, Any], path: str, key: str) -> Peer:
     created = item.get("created", "")
     if not isinstance(created, str):
         raise ConfigError(path, f"{key}.created", "an ISO-8601 time string", created)
+    expires = item.get("expires")
+    if expires is not None:
+        try:
+            parse_time(expires if isinstance(expires, str) else "")
+        except ValueError:
+            raise ConfigError(
+                path, f"{key}.expires", "an ISO-8601 time with offset, or null", expires
+            ) from None
+    quota = item.get("quota_bytes")
+    if quota is not None and (not isinstance(quota, int) or isinstance(quota, bool) or quota < 1):
+        raise ConfigError(path, f"{key}.quota_bytes", "a byte count (integer >= 1), or null", quota)
     public_key = key_field("public_key", optional=False)
     assert public_key is not None
     return Peer(
@@ -232,4 +264,6 @@ def _parse_peer(item: dict[str, Any], path: str, key: str) -> Peer:
         address_v6=address_field("address_v6", 6),
         enabled=enabled,
         created=created,
+        expires=expires,
+        quota_bytes=quota,
     )

@@ -139,7 +139,8 @@ class SessionHub:
                 self.device.remove_peer(key)
                 if name in self._live:
                     self._live.discard(name)
-                    log.info("peer %s revoked: session closed", name,
+                    # Revoked, disabled, or past its expiry or quota: the router decides.
+                    log.info("peer %s withdrawn: session closed", name,
                              extra=fields(peer=name, transport=self.role))
                     self._tell_router({"t": "session_down", "peer": name})
                 del peer

@@ -15,8 +15,9 @@ import services
 from aura_common import ipc
 from aura_common.config import ClientConfig
 from aura_common.errors import AuraError
+from aura_common.limits import format_size
 from aura_common.log import JOURNAL_SOCKET
-from services.cli.status import human_bytes, human_duration
+from services.cli.status import human_duration
 
 DEFAULT_CLIENT_CONFIG = "/etc/aura/client.yaml"
 UP_TIMEOUT = 15.0
@@ -183,9 +184,9 @@ def render(name: str, status: dict[str, Any], now: float) -> str:
         ago = human_duration(max(0.0, now - status["last_handshake"]))
         lines.append(f"  last handshake: {ago} ago")
     lines.append(f"  received:       {status['rx_packets']} packets, "
-                 f"{human_bytes(status['rx_bytes'])}")
+                 f"{format_size(status['rx_bytes'])}")
     lines.append(f"  sent:           {status['tx_packets']} packets, "
-                 f"{human_bytes(status['tx_bytes'])}")
+                 f"{format_size(status['tx_bytes'])}")
     lines.append(f"  routes:         {len(status['routes'])} through the tunnel")
     if status["dns"]:
         lines.append(f"  dns:            {', '.join(status['dns'])}")

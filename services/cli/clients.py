@@ -1,4 +1,4 @@
-"""`aura provision-client`, `aura revoke-client`, `aura list-clients`."""
+"""`aura provision-client`, `aura edit-client`, `aura revoke-client`, `aura list-clients`."""
 
 from __future__ import annotations
 
@@ -18,10 +18,19 @@ from aura_common.atomic import write_atomic
 from aura_common.config import ServerConfig, encode_key, format_host_port
 from aura_common.errors import AuraError
 from aura_common.keys import new_key_pair, read_key_file, server_public_key
+from aura_common.limits import (
+    EXPIRY_EXAMPLE,
+    SIZE_EXAMPLE,
+    Usage,
+    format_size,
+    format_time,
+    parse_expiry,
+    parse_size,
+)
 from aura_common.pool import AddressPool
 from aura_common.registry import Peer, Registry
 from aura_common.wireguard import generate_private_key
-from services.cli.admin import tell_router
+from services.cli.admin import RouterNotRunning, request, tell_router
 from services.client.routes import subtract
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -45,7 +54,17 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     provision.add_argument("-o", "--output", metavar="FILE",
                            help="where to write the config (default NAME.yaml or NAME.conf in "
                                 "the current folder; with --format qr, a .png path saves a PNG)")
+    _limit_options(provision)
     provision.set_defaults(func=provision_client)
+
+    edit = commands.add_parser(
+        "edit-client", help="change a client's expiry or traffic quota",
+        description="Change a client's limits; the router applies them at once. A client past "
+                    "its expiry or quota is refused on every transport until they are lifted.",
+    )
+    edit.add_argument("name")
+    _limit_options(edit)
+    edit.set_defaults(func=edit_client)
 
     revoke = commands.add_parser("revoke-client", help="revoke a client at once, everywhere")
     revoke.add_argument("name")
@@ -54,6 +73,31 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     listing = commands.add_parser("list-clients", help="list provisioned clients")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=list_clients)
+
+
+def _limit_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--expires", metavar="WHEN",
+                        help=f"refuse the client from then on: {EXPIRY_EXAMPLE}")
+    parser.add_argument("--quota", metavar="SIZE",
+                        help=f"refuse the client once its traffic (received + sent through the "
+                             f"tunnel) reaches {SIZE_EXAMPLE}; none removes it")
+
+
+def _limit_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The registry fields `--expires` and `--quota` set (only those given)."""
+    changes: dict[str, Any] = {}
+    if args.expires is not None:
+        moment = parse_expiry(args.expires, datetime.datetime.now(datetime.UTC))
+        changes["expires"] = None if moment is None else format_time(moment)
+    if args.quota is not None:
+        changes["quota_bytes"] = parse_size(args.quota)
+    return changes
+
+
+def describe_limits(peer: Peer) -> str:
+    quota = "no quota" if peer.quota_bytes is None else f"quota {format_size(peer.quota_bytes)}"
+    expires = "never expires" if peer.expires is None else f"expires {peer.expires}"
+    return f"{quota}, {expires}"
 
 
 # -- routes ---------------------------------------------------------------------------------
@@ -93,7 +137,9 @@ def _current_manifest(config: ServerConfig) -> dict[str, Any] | None:
         return None
 
 
-def _register_peer(config: ServerConfig, name: str, address: str | None) -> tuple[Peer, bytes]:
+def _register_peer(
+    config: ServerConfig, name: str, address: str | None, limits: dict[str, Any]
+) -> tuple[Peer, bytes]:
     private, public = new_key_pair()
     preshared = generate_private_key()
     pool = AddressPool(config.network.ipv4, config.network.ipv6)
@@ -114,6 +160,7 @@ def _register_peer(config: ServerConfig, name: str, address: str | None) -> tupl
             address_v4=str(v4) if v4 else None, address_v6=str(v6) if v6 else None,
             enabled=True,
             created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            **limits,
         )
         registry.add(peer)
     return peer, private
@@ -186,7 +233,7 @@ def provision_client(args: argparse.Namespace) -> int:
     direct = parse_networks(args.direct_cidrs, "--direct-cidrs")
     if args.format != "aura" and not args.address and config.network.strategy == "dynamic":
         raise AuraError("stock WireGuard clients need a fixed address: pass --address")
-    peer, private = _register_peer(config, args.name, args.address)
+    peer, private = _register_peer(config, args.name, args.address, _limit_changes(args))
     live = tell_router(config, "reload")
     if args.format == "aura":
         _write_private(args.output or f"{peer.name}.yaml",
@@ -198,8 +245,9 @@ def provision_client(args: argparse.Namespace) -> int:
         else:
             show_qr(text, args.output)
     addresses = ", ".join(a for a in (peer.address_v4, peer.address_v6) if a) or "leased on connect"
-    print(f"provisioned {peer.name} ({addresses})" + ("" if live else "; router not running"),
-          file=sys.stderr)
+    limits = f"; {describe_limits(peer)}" if peer.limited else ""
+    print(f"provisioned {peer.name} ({addresses}){limits}"
+          + ("" if live else "; router not running"), file=sys.stderr)
     return 0
 
 
@@ -217,7 +265,20 @@ def show_qr(text: str, output: str | None) -> None:
         code.print_ascii(out=sys.stdout, invert=True)
 
 
-# -- revoking and listing -------------------------------------------------------------------
+# -- editing, revoking and listing ---------------------------------------------------------
+def edit_client(args: argparse.Namespace) -> int:
+    changes = _limit_changes(args)
+    if not changes:
+        raise AuraError("edit-client: nothing to change; pass --expires and/or --quota")
+    config = ServerConfig.load(args.config)
+    with Registry.edit(config.peers_file) as registry:
+        peer = registry.replace(args.name, **changes)
+    live = tell_router(config, "reload")
+    print(f"{peer.name}: {describe_limits(peer)}"
+          + ("" if live else "; router not running, applies when it starts"))
+    return 0
+
+
 def revoke_client(args: argparse.Namespace) -> int:
     config = ServerConfig.load(args.config)
     with Registry.edit(config.peers_file) as registry:
@@ -227,22 +288,42 @@ def revoke_client(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage_and_refusals(config: ServerConfig) -> tuple[dict[str, int], dict[str, str]]:
+    """Live usage and refusals from the router; else usage as last saved (no refusals known)."""
+    try:
+        status = request(config, {"t": "status"})
+    except RouterNotRunning:
+        usage = Usage.load(config.usage_file)
+        return {p.name: usage.get(p.name) for p in Registry.load(config.peers_file)}, {}
+    peers = status.get("peers", [])
+    return ({p["name"]: p.get("usage_bytes", 0) for p in peers},
+            {p["name"]: p["refused"] for p in peers if p.get("refused")})
+
+
 def list_clients(args: argparse.Namespace) -> int:
     config = ServerConfig.load(args.config)
     peers = list(Registry.load(config.peers_file))
+    usage, refused = _usage_and_refusals(config)
     if args.json:
         print(json.dumps([
             {"name": p.name, "public_key": encode_key(p.public_key),
              "address": [a for a in (p.address_v4, p.address_v6) if a],
-             "enabled": p.enabled, "created": p.created}
+             "enabled": p.enabled, "created": p.created, "expires": p.expires,
+             "quota_bytes": p.quota_bytes, "usage_bytes": usage.get(p.name, 0),
+             "refused": refused.get(p.name)}
             for p in peers
         ], indent=2))
         return 0
     if not peers:
         print("no clients; add one with `aura provision-client NAME`")
         return 0
-    print(f"{'NAME':<20} {'ADDRESS':<34} {'PUBLIC KEY':<45} CREATED")
+    print(f"{'NAME':<20} {'ADDRESS':<34} {'USAGE':>10} {'QUOTA':>10} {'EXPIRES':<21} "
+          f"{'PUBLIC KEY':<45} CREATED")
     for p in peers:
         address = ", ".join(a for a in (p.address_v4, p.address_v6) if a) or "dynamic"
-        print(f"{p.name:<20} {address:<34} {encode_key(p.public_key):<45} {p.created}")
+        quota = "-" if p.quota_bytes is None else format_size(p.quota_bytes)
+        why = refused.get(p.name)
+        print(f"{p.name:<20} {address:<34} {format_size(usage.get(p.name, 0)):>10} {quota:>10} "
+              f"{p.expires or 'never':<21} {encode_key(p.public_key):<45} {p.created}"
+              + (f"  REFUSED: {why}" if why else ""))
     return 0

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from aura_common.config import ServerConfig
+from aura_common.limits import format_size
 from services.cli.admin import request
 
 
@@ -15,14 +16,6 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     status = commands.add_parser("status", help="show transports, peers and counters")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=show_status)
-
-
-def human_bytes(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    raise AssertionError("unreachable")
 
 
 def human_duration(seconds: float) -> str:
@@ -47,21 +40,34 @@ def render(status: dict[str, Any], now: float) -> str:
         lines.append("  none running")
     lines += ["", "peers:"]
     header = (f"  {'NAME':<16} {'ADDRESS':<30} {'TRANSPORT':<9} {'ENDPOINT':<24} "
-              f"{'HANDSHAKE':<10} {'RX':>20} {'TX':>20}")
+              f"{'HANDSHAKE':<10} {'RX':>20} {'TX':>20}  USAGE / LIMITS")
     lines.append(header)
     for peer in status["peers"]:
         address = ", ".join(peer["address"]) or "dynamic"
-        if not peer["connected"]:
-            lines.append(f"  {peer['name']:<16} {address:<30} {'-':<9} {'-':<24} {'-':<10}")
-            continue
-        handshake = human_duration(now - peer["last_handshake"]) + " ago"
-        rx = f"{peer['rx_packets']} pkt {human_bytes(peer['rx_bytes'])}"
-        tx = f"{peer['tx_packets']} pkt {human_bytes(peer['tx_bytes'])}"
-        lines.append(f"  {peer['name']:<16} {address:<30} {peer['transport']:<9} "
-                     f"{peer['endpoint']:<24} {handshake:<10} {rx:>20} {tx:>20}")
+        if peer["connected"]:
+            handshake = human_duration(now - peer["last_handshake"]) + " ago"
+            rx = f"{peer['rx_packets']} pkt {format_size(peer['rx_bytes'])}"
+            tx = f"{peer['tx_packets']} pkt {format_size(peer['tx_bytes'])}"
+            line = (f"  {peer['name']:<16} {address:<30} {peer['transport']:<9} "
+                    f"{peer['endpoint']:<24} {handshake:<10} {rx:>20} {tx:>20}")
+        else:
+            line = f"  {peer['name']:<16} {address:<30} {'-':<9} {'-':<24} {'-':<10} {'':>41}"
+        lines.append(f"{line}  {usage_and_limits(peer)}")
     if not status["peers"]:
         lines.append("  no clients; add one with `aura provision-client NAME`")
     return "\n".join(lines)
+
+
+def usage_and_limits(peer: dict[str, Any]) -> str:
+    """Usage, then quota and expiry where set, then why the peer is refused if it is."""
+    text = format_size(peer.get("usage_bytes", 0))
+    if peer.get("quota_bytes") is not None:
+        text += f" of {format_size(peer['quota_bytes'])}"
+    if peer.get("expires"):
+        text += f", expires {peer['expires']}"
+    if peer.get("refused"):
+        text += f"; REFUSED: {peer['refused']}"
+    return text
 
 
 def show_status(args: argparse.Namespace) -> int:

@@ -17,7 +17,8 @@ from typing import Any
 from aura_common import control, ipc, runtime, systemd
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError
-from aura_common.log import fields
+from aura_common.limits import Gate, Usage
+from aura_common.log import NOTICE, fields
 from aura_common.manifest import ManifestError, SignedManifest
 from aura_common.netio import link
 from aura_common.netio.tun import Tun
@@ -31,6 +32,7 @@ log = logging.getLogger("aura-router")
 
 TRANSPORT_ROLES = ("udp", "tcp", "quic")
 TUN_READ_LIMIT = 64
+LIMITS_INTERVAL = 0.25  # a peer past its quota or expiry is cut off within this (plus IPC)
 
 
 def send_later(channel: ipc.Channel, frame: dict[str, Any]) -> None:
@@ -54,6 +56,9 @@ class Router:
         self.transports: dict[ipc.Channel, str] = {}
         self.tun: Tun | None = None
         self.manifest: SignedManifest | None = None
+        self.usage = Usage.load(config.usage_file)
+        self.gate = Gate()
+        self.check_limits()
 
     # -- start and stop -----------------------------------------------------------------
     async def open_tun(self) -> None:
@@ -73,6 +78,8 @@ class Router:
                  config.tun.mtu)
 
     def close(self) -> None:
+        self._account_usage()
+        self.usage.save(time.monotonic())
         if self.tun is not None:
             asyncio.get_running_loop().remove_reader(self.tun.fileno())
             self.tun.close()
@@ -82,19 +89,59 @@ class Router:
     # -- registry -----------------------------------------------------------------------
     def reload(self) -> None:
         self.registry = Registry.load(self.config.peers_file)
-        known = {peer.name for peer in self.registry if peer.enabled}
+        self.usage.retain(peer.name for peer in self.registry)
+        self.check_limits(push=False)
+        allowed = {peer.name for peer in self.registry if self._may_connect(peer)}
         for session in list(self.sessions):
-            if session.peer not in known:
+            if session.peer not in allowed:
                 self._end_session(session.peer, None, "revoked")
-        for channel in self.transports:
-            send_later(channel, self._peers_frame())
-        log.info("peer registry loaded: %d peers", len(known))
+        self._push_peers()
+        log.info("peer registry loaded: %d peers", len(self.registry))
+
+    def _may_connect(self, peer: Peer) -> bool:
+        return peer.enabled and peer.name not in self.gate.refused
 
     def _peers_frame(self) -> dict[str, Any]:
+        """The peers transports accept handshakes from: not those revoked, disabled or limited.
+
+        A peer left out loses its sessions on every transport at once.
+        """
         return {"t": "peers", "peers": [
             {"name": p.name, "public_key": p.public_key, "preshared_key": p.preshared_key}
-            for p in self.registry if p.enabled
+            for p in self.registry if self._may_connect(p)
         ]}
+
+    def _push_peers(self) -> None:
+        for channel in self.transports:
+            send_later(channel, self._peers_frame())
+
+    # -- client limits ------------------------------------------------------------------
+    def _account_usage(self) -> None:
+        for session in self.sessions:
+            self.usage.add(session.peer, session.unaccounted())
+
+    def check_limits(self, push: bool = True) -> None:
+        """Count usage, refuse peers past their expiry or quota, let edited ones back in."""
+        self._account_usage()
+        newly, lifted = self.gate.review(
+            (p for p in self.registry if p.limited), self.usage, time.time()
+        )
+        for name, why in newly.items():
+            log.log(NOTICE, "%s refused: %s", name, why, extra=fields(peer=name))
+            self._end_session(name, None, why)
+        for name in lifted:
+            if name in self.registry:
+                log.info("%s may connect again", name, extra=fields(peer=name))
+        # A crossing is saved at once so a crash cannot let the peer back in.
+        if newly or self.usage.save_due(time.monotonic()):
+            self.usage.save(time.monotonic())
+        if push and (newly or lifted):
+            self._push_peers()
+
+    async def check_limits_forever(self) -> None:
+        while True:
+            await asyncio.sleep(LIMITS_INTERVAL)
+            self.check_limits()
 
     def _addresses_for(self, peer: Peer) -> list[str]:
         """A provisioned address is sticky; without one (dynamic pool) lease one for now."""
@@ -160,13 +207,14 @@ class Router:
         finally:
             del self.transports[channel]
             for session in self.sessions.drop_link(channel):
+                self.usage.add(session.peer, session.unaccounted())
                 self._release(session.peer)
 
     def _session_up(self, channel: ipc.Channel, frame: dict[str, Any]) -> None:
         name, endpoint = frame["peer"], frame.get("endpoint", "")
         peer = self.registry.get(name)
-        if peer is None or not peer.enabled:
-            return
+        if peer is None or not self._may_connect(peer):
+            return  # the transport learns from the next peers frame
         try:
             addresses = self._addresses_for(peer)
         except AuraError as error:
@@ -185,6 +233,7 @@ class Router:
     def _end_session(self, name: str, channel: ipc.Channel | None, why: str) -> None:
         session = self.sessions.down(name, channel)
         if session is not None:
+            self.usage.add(name, session.unaccounted())
             self._release(name)
             log.info("%s disconnected (%s)", name, why,
                      extra=fields(peer=name, transport=session.transport))
@@ -232,12 +281,15 @@ class Router:
             for name in TRANSPORT_ROLES
             if name in connected or name in bound
         ]
+        self._account_usage()
         peers = []
         for peer in self.registry:
             session = self.sessions.get(peer.name)
             entry: dict[str, Any] = {
                 "name": peer.name, "enabled": peer.enabled, "address": peer.addresses,
-                "connected": session is not None,
+                "connected": session is not None, "usage_bytes": self.usage.get(peer.name),
+                "quota_bytes": peer.quota_bytes, "expires": peer.expires,
+                "refused": self.gate.refused.get(peer.name),
             }
             if session is not None:
                 entry.update(
@@ -270,10 +322,12 @@ async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
         activated[0] if activated else config.router_socket, router.on_channel,
         allowed_uids={os.getuid()}, allowed_gids=set() if gid is None else {gid}, group=gid,
     )
+    limits = loop.create_task(router.check_limits_forever())
     systemd.ready(f"tunnel {config.tun.name} up; {sum(1 for p in router.registry)} peers")
     try:
         await asyncio.Event().wait()
     finally:
+        limits.cancel()
         await listener.close()
         router.close()
 

@@ -29,6 +29,13 @@ class Session(Generic[Link]):
     rx_bytes: int = 0
     tx_packets: int = 0
     tx_bytes: int = 0
+    accounted_bytes: int = 0  # rx + tx already added to the peer's usage
+
+    def unaccounted(self) -> int:
+        """Bytes moved since the last call, for the peer's usage (client limits)."""
+        total = self.rx_bytes + self.tx_bytes
+        fresh, self.accounted_bytes = total - self.accounted_bytes, total
+        return fresh
 
 
 def packed(address: str) -> bytes:
@@ -91,6 +98,7 @@ class SessionTable(Generic[Link]):
             self._unroute(current)
             session.rx_packets, session.rx_bytes = current.rx_packets, current.rx_bytes
             session.tx_packets, session.tx_bytes = current.tx_packets, current.tx_bytes
+            session.accounted_bytes = current.accounted_bytes
             session.connected_at = current.connected_at
         self._by_peer[peer] = session
         self._route(session)

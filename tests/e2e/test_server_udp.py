@@ -86,7 +86,7 @@ def test_two_clients_get_only_their_own_traffic_and_revocation_is_immediate(
     assert time.monotonic() - revoked_at < 10
     assert [p["name"] for p in server.status()["peers"]] == ["alice"]
     # Not only the router: the transport dropped bob's keys, so he cannot even handshake.
-    assert "peer bob revoked: session closed" in server.log.read_text()
+    assert "peer bob withdrawn: session closed" in server.log.read_text()
 
 
 def captured_datagrams(pcap: Path, port: int) -> list[bytes]:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from aura_common import log as aura_log
 from aura_common.log import (
+    NOTICE,
     JournalHandler,
     RateLimitedLog,
     StderrHandler,
@@ -83,8 +84,8 @@ def test_journal_entry_has_priority_identifier_code_and_fields(journal) -> None:
     assert entry["AURA_TRANSPORT"] == "udp"
     assert entry["AURA_ENDPOINT"] == "192.0.2.7:5000"
     assert "AURA_ABSENT" not in entry
-    for level, priority in ((logging.DEBUG, "7"), (logging.INFO, "6"), (logging.ERROR, "3"),
-                            (logging.CRITICAL, "2")):  # fmt: skip
+    for level, priority in ((logging.DEBUG, "7"), (logging.INFO, "6"), (NOTICE, "5"),
+                            (logging.ERROR, "3"), (logging.CRITICAL, "2")):  # fmt: skip
         logger.log(level, "x")
         assert parse_journal_entry(receiver.recv(65536))["PRIORITY"] == priority
 
