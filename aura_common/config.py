@@ -24,6 +24,7 @@ from aura_common.errors import ConfigError
 CONFIG_VERSION = 1
 DEFAULT_SERVER_CONFIG = "/etc/aura/server.yaml"
 TRANSPORT_NAMES = ("udp", "quic", "tcp")
+METRICS_SERVICES = ("router", "udp", "tcp", "quic")  # the signer has no network: no metrics
 STRATEGIES = ("static", "dynamic")
 FALLBACK_TYPES = ("reject", "proxy")
 MTU_MIN, MTU_MAX = 1280, 9000
@@ -301,6 +302,20 @@ class TransportsConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Where each service serves Prometheus metrics (HTTP GET /metrics); None: nowhere."""
+
+    enabled: bool = True
+    router: tuple[str, int] | None = ("127.0.0.1", 9740)
+    udp: tuple[str, int] | None = ("127.0.0.1", 9741)
+    tcp: tuple[str, int] | None = ("127.0.0.1", 9742)
+    quic: tuple[str, int] | None = ("127.0.0.1", 9743)
+
+    def address(self, service: str) -> tuple[str, int] | None:
+        return getattr(self, service) if self.enabled else None  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     public_host: str
     state_dir: str = "/var/lib/aura"
@@ -310,6 +325,7 @@ class ServerConfig:
     tun: TunConfig = TunConfig()
     network: NetworkConfig = NetworkConfig()
     transports: TransportsConfig = TransportsConfig()
+    metrics: MetricsConfig = MetricsConfig()
     version: int = CONFIG_VERSION
     # Where the config was read from (for messages); not part of the configuration itself.
     path: str | None = field(default=None, compare=False)
@@ -471,6 +487,12 @@ class ServerConfig:
                 f"    port: {t.quic.port}",
                 f"    idle_timeout: {v(t.quic.idle_timeout)}",
                 f"    max_connections: {t.quic.max_connections}",
+                "metrics:  # Prometheus, HTTP GET /metrics; a service set to null serves none",
+                f"  enabled: {v(self.metrics.enabled)}",
+                *(
+                    f"  {name}: {v(None if a is None else format_host_port(*a))}"
+                    for name, a in ((n, getattr(self.metrics, n)) for n in METRICS_SERVICES)
+                ),
                 "",
             ]
         )
@@ -483,7 +505,7 @@ def _parse_server(raw: object, path: str) -> ServerConfig:
         raw,
         (
             "version", "public_host", "state_dir", "runtime_dir", "key_dir", "admin_group",
-            "tun", "network", "transports",
+            "tun", "network", "transports", "metrics",
         ),
     )  # fmt: skip
     version = _check_version(top)
@@ -502,6 +524,7 @@ def _parse_server(raw: object, path: str) -> ServerConfig:
             top.section("network", ("ipv4", "ipv6", "strategy", "dns", "uplink"))
         ),
         transports=_parse_transports(top.section("transports", TRANSPORT_NAMES)),
+        metrics=_parse_metrics(top.section("metrics", ("enabled", *METRICS_SERVICES))),
         path=path,
     )
 
@@ -586,6 +609,28 @@ def _parse_transports(s: _Section) -> TransportsConfig:
             max_connections=quic.integer("max_connections", 1, 1_000_000, 1024),
         ),
     )
+
+
+def _parse_metrics(s: _Section) -> MetricsConfig:
+    defaults = MetricsConfig()
+    addresses: dict[str, tuple[str, int] | None] = {}
+    for name in METRICS_SERVICES:
+        default = getattr(defaults, name)
+        text = s.get(name, format_host_port(*default))
+        if text is None:
+            addresses[name] = None
+            continue
+        try:
+            host, port = parse_host_port(text) if isinstance(text, str) else parse_host_port("")
+            host = str(ipaddress.ip_address(host))
+        except ValueError:
+            raise s.error(name, "IP:PORT such as 127.0.0.1:9741 or [::1]:9741, or null",
+                          text) from None
+        taken = [other for other, address in addresses.items() if address == (host, port)]
+        if taken:
+            raise s.error(name, f"an address other than that of {s.key(taken[0])}", text)
+        addresses[name] = (host, port)
+    return MetricsConfig(enabled=s.boolean("enabled", True), **addresses)
 
 
 def _parse_fallback(tcp: _Section) -> tuple[FallbackHandler, ...]:

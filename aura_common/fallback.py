@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -129,6 +130,8 @@ class FallbackChain:
         self.handlers = list(handlers)
         self.max_flows = max_flows
         self.active = 0
+        # Flows by outcome (a metric): the claiming handler's type, unclaimed, overflow, failed.
+        self.outcomes: Counter[str] = Counter()
         self._log = RateLimitedLog(log)
 
     @classmethod
@@ -144,20 +147,24 @@ class FallbackChain:
         if self.active >= self.max_flows:
             self._log.log(host, logging.INFO, "fallback: %d flows in flight; dropping %s (%s)",
                           self.active, flow.endpoint, flow.reason, extra=extra)
+            self.outcomes["overflow"] += 1
             flow.writer.transport.abort()
             return
         self.active += 1
         try:
             for handler in self.handlers:
                 if await handler.claim(flow):
+                    self.outcomes[handler.name.split()[0]] += 1
                     self._log.log(host, logging.INFO, "fallback: %s (%s) handled by %s",
                                   flow.endpoint, flow.reason, handler.name, extra=extra)
                     return
                 log.debug("fallback: %s passed %s on", handler.name, flow.endpoint, extra=extra)
             self._log.log(host, logging.INFO, "fallback: %s (%s) unclaimed; closed",
                           flow.endpoint, flow.reason, extra=extra)
+            self.outcomes["unclaimed"] += 1
             flow.writer.close()
         except OSError as error:
+            self.outcomes["failed"] += 1
             log.debug("fallback: %s failed: %s", flow.endpoint, error, extra=extra)
             flow.writer.transport.abort()
         finally:

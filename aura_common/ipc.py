@@ -149,6 +149,11 @@ class Channel:
     def closed(self) -> bool:
         return self._closed_reason is not None
 
+    @property
+    def queued(self) -> int:
+        """Frames received and not yet taken by `recv` (a metric)."""
+        return len(self._queue)
+
     # -- receiving ---------------------------------------------------------------------
 
     def _start_reading(self) -> None:

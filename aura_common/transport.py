@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from aura_common import ipc, runtime, systemd
+from aura_common import ipc, metrics, runtime, systemd
 from aura_common.config import ServerConfig
 from aura_common.keys import load_server_private_key
 from aura_common.log import fields
@@ -31,6 +31,7 @@ from aura_common.wireguard import (
     SessionExpired,
     Transmit,
 )
+from aura_common.wireguard.constants import MESSAGE_TRANSPORT
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,15 @@ class SessionHub:
         self._names: dict[bytes, str] = {}  # public key -> peer name
         self._by_name: dict[str, Peer] = {}
         self._live: set[str] = set()  # peers with a session the router knows of
+        self.counters = metrics.TransportCounters()
+
+    @property
+    def session_count(self) -> int:
+        return len(self._live)
+
+    @property
+    def router_link(self) -> ipc.Channel | None:
+        return self._router
 
     # -- carrier side -------------------------------------------------------------------
     def received(self, datagrams: Sequence[bytes], source: Address) -> None:
@@ -79,7 +89,7 @@ class SessionHub:
                 self._session_down(peer)
 
     def _handle(self, events: list) -> None:  # type: ignore[type-arg]
-        carrier = self.carrier
+        carrier, counters = self.carrier, self.counters
         for event in events:
             if type(event) is Received:
                 name = self._names.get(event.peer.public_key)
@@ -89,11 +99,16 @@ class SessionHub:
             elif type(event) is Transmit:
                 if carrier is not None and event.destination is not None:
                     carrier.transmit(event.destination, event.datagrams)
+                kind = event.datagrams[0][0]
+                if kind != MESSAGE_TRANSPORT:
+                    counters.sent[kind] += 1
             elif type(event) is HandshakeCompleted:
+                counters.handshakes += 1
                 self._session_up(event.peer)
             elif type(event) is SessionExpired:
                 self._session_down(event.peer)
             elif type(event) is Dropped:
+                counters.drop(event.reason)
                 log.debug("dropped from %s: %s", event.source, event.reason)
 
     def _session_up(self, peer: Peer) -> None:
@@ -275,8 +290,11 @@ async def serve_sessions(
     how = " (socket activation)" if activated else ""
     log.info("listening on %s %s%s%s", hub.role, address, how, f"; {detail}" if detail else "",
              extra=fields(transport=hub.role))
+    exporter = await metrics.serve(config, hub.role, metrics.TransportCollector(hub))
     systemd.ready(f"listening on {hub.role} {address}")
     try:
         await hub.run()
     finally:
         runtime.forget(config.runtime_file, hub.role)
+        if exporter is not None:
+            exporter.close()

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from aura_common import control, ipc, runtime, systemd
+from aura_common import control, ipc, metrics, runtime, systemd
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError
 from aura_common.limits import Gate, Usage
@@ -323,11 +323,14 @@ async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
         allowed_uids={os.getuid()}, allowed_gids=set() if gid is None else {gid}, group=gid,
     )
     limits = loop.create_task(router.check_limits_forever())
+    exporter = await metrics.serve(config, "router", metrics.RouterCollector(router))
     systemd.ready(f"tunnel {config.tun.name} up; {sum(1 for p in router.registry)} peers")
     try:
         await asyncio.Event().wait()
     finally:
         limits.cancel()
+        if exporter is not None:
+            exporter.close()
         await listener.close()
         router.close()
 
