@@ -1,8 +1,13 @@
 """Reading a TLS ClientHello before any TLS happens, so non-Aura flows keep their raw bytes.
 
-I/O-free: `parse_client_hello(data)` looks at the bytes a connection sent so far and says
-whether more are needed, whether they are a ClientHello (with its ALPN offers and server
+I/O-free: a `ClientHelloReader` is fed what a connection sends, one read at a time, and says
+whether more is needed, whether the bytes are a ClientHello (with its ALPN offers and server
 name), or why they are not. The handshake message may span several TLS records.
+
+A client controls how its bytes are cut into records and reads, so the cost of reading must not
+depend on it: each byte is looked at once, records are reassembled as they arrive, and the
+ClientHello body is parsed once, when complete. The bytes a client may send before a verdict
+are bounded (MAX_PRE_TLS), whatever the record sizes.
 """
 
 from __future__ import annotations
@@ -10,11 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 RECORD_HANDSHAKE = 0x16
+RECORD_HEADER = 5
+HANDSHAKE_HEADER = 4
 HANDSHAKE_CLIENT_HELLO = 0x01
 EXTENSION_SERVER_NAME = 0
 EXTENSION_ALPN = 16
 MAX_RECORD = 16384 + 2048  # TLSPlaintext limit plus the slack some stacks use
-MAX_CLIENT_HELLO = 65536  # far above any real one; larger is not worth buffering
+# Real ClientHellos, post-quantum key shares and padding included, stay below 4 KiB.
+MAX_CLIENT_HELLO = 16384
+# Record headers included: a ClientHello cut into records of 5 bytes or more fits.
+MAX_PRE_TLS = 2 * MAX_CLIENT_HELLO
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +36,9 @@ class ClientHello:
 @dataclass(frozen=True, slots=True)
 class NotClientHello:
     reason: str
+
+
+Verdict = ClientHello | NotClientHello
 
 
 class _Malformed(Exception):
@@ -57,50 +70,92 @@ class _Reader:
         return len(self.data) - self.position
 
 
-def _handshake_bytes(data: bytes) -> bytes | NotClientHello | None:
-    """The handshake layer reassembled from records, once the first message is complete."""
-    fragments: list[bytes] = []
-    collected, position = 0, 0
-    while True:
-        if len(data) - position < 5:
+class ClientHelloReader:
+    """Sorts a connection's first bytes, fed a read at a time, in time linear in their number.
+
+    `feed` returns None while the bytes so far are a valid but incomplete ClientHello, and the
+    verdict once there is one; feed nothing after that. `received` holds every byte fed, for
+    whoever takes the connection over (the TLS stack or the fallback chain).
+    """
+
+    __slots__ = ("_chunks", "_handshake", "_header", "_needed", "_record_left", "received_size")
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self.received_size = 0
+        self._header = bytearray()  # the record header being read
+        self._record_left = 0  # payload bytes of the current record still to come
+        self._handshake = bytearray()  # the handshake layer, reassembled from record payloads
+        self._needed: int | None = None  # the ClientHello's size with its header, once known
+
+    @property
+    def received(self) -> bytes:
+        return b"".join(self._chunks)
+
+    def feed(self, data: bytes) -> Verdict | None:
+        if not data:
             return None
-        if data[position] != RECORD_HANDSHAKE:
+        if not self._chunks and data[0] != RECORD_HANDSHAKE:
+            self._keep(data)
+            return NotClientHello("not TLS")
+        allowed = MAX_PRE_TLS - self.received_size
+        self._keep(data)
+        position, size = 0, min(len(data), allowed)
+        while position < size:
+            if self._record_left:
+                end = min(size, position + self._record_left)
+                self._record_left -= end - position
+                verdict = self._handshake_bytes(data[position:end])
+                position = end
+            else:
+                end = min(size, position + RECORD_HEADER - len(self._header))
+                self._header += data[position:end]
+                position = end
+                verdict = self._record_header() if len(self._header) == RECORD_HEADER else None
+            if verdict is not None:
+                return verdict
+        if len(data) > allowed:
+            return NotClientHello(f"no complete ClientHello in {MAX_PRE_TLS} bytes")
+        return None
+
+    def _keep(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self.received_size += len(data)
+
+    def _record_header(self) -> NotClientHello | None:
+        header, self._header = self._header, bytearray()
+        if header[0] != RECORD_HANDSHAKE:
             return NotClientHello("not a TLS handshake record")
-        if data[position + 1] != 3:
+        if header[1] != 3:
             return NotClientHello("not a TLS record version")
-        length = (data[position + 3] << 8) | data[position + 4]
+        length = (header[3] << 8) | header[4]
         if length == 0 or length > MAX_RECORD:
             return NotClientHello("bad TLS record length")
-        end = position + 5 + length
-        if end > len(data):
-            return None
-        fragments.append(data[position + 5 : end])
-        collected += length
-        position = end
-        if collected >= 4:
-            head = fragments[0] if len(fragments[0]) >= 4 else b"".join(fragments)
-            if head[0] != HANDSHAKE_CLIENT_HELLO:
-                return NotClientHello("first handshake message is not a ClientHello")
-            needed = 4 + int.from_bytes(head[1:4], "big")
-            if needed > MAX_CLIENT_HELLO:
-                return NotClientHello("ClientHello too large")
-            if collected >= needed:
-                return b"".join(fragments)[:needed]
-
-
-def parse_client_hello(data: bytes) -> ClientHello | NotClientHello | None:
-    """None while `data` is a valid but incomplete ClientHello; otherwise the verdict."""
-    if not data:
+        self._record_left = length
         return None
-    if data[0] != RECORD_HANDSHAKE:
-        return NotClientHello("not TLS")
-    handshake = _handshake_bytes(data)
-    if not isinstance(handshake, bytes):
-        return handshake
-    try:
-        return _parse_body(_Reader(handshake[4:]))
-    except _Malformed as error:
-        return NotClientHello(f"malformed ClientHello: {error}")
+
+    def _handshake_bytes(self, fragment: bytes) -> Verdict | None:
+        handshake = self._handshake
+        handshake += fragment
+        if self._needed is None:
+            if len(handshake) < HANDSHAKE_HEADER:
+                return None
+            if handshake[0] != HANDSHAKE_CLIENT_HELLO:
+                return NotClientHello("first handshake message is not a ClientHello")
+            self._needed = HANDSHAKE_HEADER + int.from_bytes(handshake[1:4], "big")
+            if self._needed > MAX_CLIENT_HELLO:
+                return NotClientHello("ClientHello too large")
+        if len(handshake) < self._needed:
+            return None
+        try:
+            return _parse_body(_Reader(bytes(handshake[HANDSHAKE_HEADER : self._needed])))
+        except _Malformed as error:
+            return NotClientHello(f"malformed ClientHello: {error}")
+
+
+def parse_client_hello(data: bytes) -> Verdict | None:
+    """The verdict on `data` as one read: None while it is a valid but incomplete ClientHello."""
+    return ClientHelloReader().feed(data)
 
 
 def _parse_body(body: _Reader) -> ClientHello:

@@ -1,14 +1,25 @@
-"""The ClientHello reader: real hellos from OpenSSL, every prefix, splits across records, fuzz."""
+"""The ClientHello reader: real hellos from OpenSSL, every prefix, splits across records and
+reads, work linear in the bytes however they are cut, the byte bound, fuzz."""
 
 from __future__ import annotations
 
 import contextlib
 import ssl
+import sys
+from collections.abc import Sequence
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.tcp.clienthello import ClientHello, NotClientHello, parse_client_hello
+from services.tcp import clienthello
+from services.tcp.clienthello import (
+    MAX_PRE_TLS,
+    ClientHello,
+    ClientHelloReader,
+    NotClientHello,
+    Verdict,
+    parse_client_hello,
+)
 
 
 def real_client_hello(alpn: list[str] | None, server_name: str | None = "vpn.example") -> bytes:
@@ -74,6 +85,77 @@ def test_hello_split_over_many_records() -> None:
 
 def records_payload(single_record: bytes) -> bytes:
     return single_record[5:]
+
+
+def test_hello_fed_in_pieces_of_any_size() -> None:
+    split = records(records_payload(build_hello(alpn_extension([b"aura/1"]))), 7)
+    for size in (1, 2, 5, 6, 13, 100):
+        reader = ClientHelloReader()
+        verdicts = [reader.feed(split[i : i + size]) for i in range(0, len(split), size)]
+        assert verdicts[-1] == ClientHello((b"aura/1",), None)
+        assert verdicts[:-1] == [None] * (len(verdicts) - 1)
+        assert reader.received == split
+
+
+def one_byte_records(hello: bytes) -> list[bytes]:
+    """Each byte of the handshake in its own TLS record, each record its own read."""
+    handshake = records_payload(hello)
+    return [records(handshake[i : i + 1], 1) for i in range(len(handshake))]
+
+
+def parse_steps(pieces: Sequence[bytes]) -> tuple[int, Verdict | None]:
+    """Python lines run inside the reader while it is fed `pieces` one read at a time."""
+    steps = 0
+
+    def trace(frame, event, arg):  # type: ignore[no-untyped-def]
+        nonlocal steps
+        if frame.f_code.co_filename != clienthello.__file__:
+            return None
+        steps += 1
+        return trace
+
+    reader, verdict = ClientHelloReader(), None
+    sys.settrace(trace)
+    try:
+        for piece in pieces:
+            verdict = reader.feed(piece)
+            if verdict is not None:
+                break
+    finally:
+        sys.settrace(None)
+    return steps, verdict
+
+
+def padded_hello(padding: int) -> bytes:
+    return build_hello(alpn_extension([b"aura/1"]) + b"\x00\x15" + padding.to_bytes(2, "big")
+                       + bytes(padding))
+
+
+def test_work_is_linear_in_the_bytes_however_they_are_cut() -> None:
+    # A ClientHello of 1,600-odd bytes as that many 1-byte records, one per read: re-parsing
+    # everything read so far on every read cost 23 million steps here, enough to stall the
+    # event loop for seconds; each record is now looked at once.
+    pieces = one_byte_records(padded_hello(1600))
+    steps, verdict = parse_steps(pieces)
+    assert verdict == ClientHello((b"aura/1",), None)
+    assert steps < 50 * len(pieces)
+    whole_steps, _ = parse_steps([b"".join(pieces)])
+    assert whole_steps < 50 * len(pieces)
+
+
+def test_bytes_before_a_verdict_are_bounded() -> None:
+    pieces = one_byte_records(padded_hello(12000))  # a valid size, cut into 6-byte records
+    assert sum(map(len, pieces)) > MAX_PRE_TLS
+    reader, verdict = ClientHelloReader(), None
+    for piece in pieces:
+        verdict = reader.feed(piece)
+        if verdict is not None:
+            break
+    assert verdict == NotClientHello(f"no complete ClientHello in {MAX_PRE_TLS} bytes")
+    assert MAX_PRE_TLS < reader.received_size <= MAX_PRE_TLS + 6
+    steps, verdict = parse_steps([b"".join(pieces)])  # in one read: looked at up to the bound
+    assert verdict == NotClientHello(f"no complete ClientHello in {MAX_PRE_TLS} bytes")
+    assert steps < 50 * MAX_PRE_TLS // 6
 
 
 def test_verdicts_on_what_is_not_a_hello() -> None:
