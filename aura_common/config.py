@@ -283,6 +283,7 @@ class TcpConfig:
     handshake_timeout: float = 10.0
     idle_timeout: float = 60.0
     max_pending: int = 256
+    max_pending_per_source: int = 16
 
 
 @dataclass(frozen=True)
@@ -480,7 +481,8 @@ class ServerConfig:
                 f"    fallback: {v(fallback)}  # non-Aura flows: reject | proxy (upstream)",
                 f"    handshake_timeout: {v(t.tcp.handshake_timeout)}",
                 f"    idle_timeout: {v(t.tcp.idle_timeout)}",
-                f"    max_pending: {t.tcp.max_pending}",
+                f"    max_pending: {t.tcp.max_pending}  # connections without a WireGuard session",
+                f"    max_pending_per_source: {t.tcp.max_pending_per_source}  # per IP address",
                 "  quic:",
                 f"    enabled: {v(t.quic.enabled)}",
                 f"    listen: {v(t.quic.listen)}",
@@ -583,7 +585,7 @@ def _parse_transports(s: _Section) -> TransportsConfig:
     tcp = s.section(
         "tcp",
         ("enabled", "listen", "port", "fallback", "handshake_timeout", "idle_timeout",
-         "max_pending"),
+         "max_pending", "max_pending_per_source"),
     )  # fmt: skip
     quic = s.section("quic", ("enabled", "listen", "port", "idle_timeout", "max_connections"))
     return TransportsConfig(
@@ -600,6 +602,7 @@ def _parse_transports(s: _Section) -> TransportsConfig:
             handshake_timeout=tcp.seconds("handshake_timeout", 10.0),
             idle_timeout=tcp.seconds("idle_timeout", 60.0),
             max_pending=tcp.integer("max_pending", 1, 1_000_000, 256),
+            max_pending_per_source=tcp.integer("max_pending_per_source", 1, 1_000_000, 16),
         ),
         quic=QuicConfig(
             enabled=quic.boolean("enabled", True),

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from aura_common import ipc, metrics, runtime, systemd
@@ -58,6 +58,9 @@ class SessionHub:
         self.device = Device(private_key, mtu=mtu)
         self.router_socket = router_socket
         self.carrier: Carrier | None = None
+        # Told the outer address of each completed handshake with a known peer: carriers that
+        # hold per-connection state keep it unauthenticated (and bounded) until then.
+        self.on_authenticated: Callable[[Address], None] | None = None
         self._router: ipc.Channel | None = None
         self._names: dict[bytes, str] = {}  # public key -> peer name
         self._by_name: dict[str, Peer] = {}
@@ -112,6 +115,8 @@ class SessionHub:
                 log.debug("dropped from %s: %s", event.source, event.reason)
 
     def _session_up(self, peer: Peer) -> None:
+        if peer.endpoint is not None and self.on_authenticated is not None:
+            self.on_authenticated(peer.endpoint)
         name = self._names.get(peer.public_key)
         if name is None:
             return

@@ -7,8 +7,11 @@ BIOs (so the bytes already read feed the handshake), then every read is decrypte
 frames, and all complete frames go to the hub in one call.
 
 Unauthenticated connections are "pending": bounded in number (the oldest is closed to admit a
-new one) and in time (`handshake_timeout` from accept). A connection leaves that state when the
-hub first answers it, which needs a WireGuard initiation with a valid mac1.
+new one), in number per source address (the oldest of that address is closed), in time
+(`handshake_timeout` from accept) and in bytes (MAX_UNAUTHENTICATED_BYTES read, the ClientHello
+within MAX_PRE_TLS of them). A connection leaves that state only when a WireGuard handshake
+with a known peer completes over it; an answer from the hub (a cookie reply, a handshake
+response) proves nothing about the client.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from aura_common.fallback import FallbackChain, Flow
 from aura_common.framing import ALPN, FrameDecoder, encode
 from aura_common.log import RateLimitedLog, fields
 from aura_common.transport import Address, SessionHub, format_endpoint
-from services.tcp.clienthello import ClientHello, parse_client_hello
+from services.tcp.clienthello import ClientHello, ClientHelloReader
 
 log = logging.getLogger("aura-tcp")
 
@@ -34,6 +37,9 @@ READ_SIZE = 65536
 # A peer that stops reading gets its packets dropped past this, as a full NIC queue would.
 WRITE_BUFFER_LIMIT = 4 << 20
 WIREGUARD_TYPES = frozenset((1, 2, 3, 4))
+# What a client may send before its WireGuard handshake completes: a ClientHello, the rest of
+# TLS and a few initiations take 3 to 8 KiB; the slack covers retries and certificates.
+MAX_UNAUTHENTICATED_BYTES = 64 << 10
 
 
 def server_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
@@ -70,8 +76,8 @@ class _Closed(Exception):
 
 
 class _Connection:
-    __slots__ = ("decoder", "endpoint", "incoming", "outgoing", "reader", "source", "tls",
-                 "writer")
+    __slots__ = ("authenticated", "decoder", "endpoint", "incoming", "outgoing", "reader",
+                 "received", "source", "tls", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
@@ -80,6 +86,8 @@ class _Connection:
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls: ssl.SSLObject | None = None
         self.decoder = FrameDecoder()
+        self.authenticated = False
+        self.received = 0  # bytes read while unauthenticated
 
     def flush(self) -> None:
         if self.outgoing.pending:
@@ -89,6 +97,10 @@ class _Connection:
         data = await self.reader.read(READ_SIZE)
         if not data:
             raise _Closed("closed by the client")
+        if not self.authenticated:
+            self.received += len(data)
+            if self.received > MAX_UNAUTHENTICATED_BYTES:
+                raise _Closed(f"{self.received} bytes without a WireGuard handshake")
         return data
 
 
@@ -98,7 +110,9 @@ class TcpCarrier:
         self.hub, self.settings = hub, settings
         self.tls_context, self.fallback = tls_context, fallback
         hub.carrier = self
+        hub.on_authenticated = self._authenticated
         self._pending: dict[_Connection, None] = {}  # ordered: the oldest first
+        self._pending_by_host: dict[str, dict[_Connection, None]] = {}  # the same, per address
         self._live: dict[Address, _Connection] = {}
         self.dropped = 0
         self._log = RateLimitedLog(log)
@@ -135,7 +149,7 @@ class TcpCarrier:
                        self.settings.idle_timeout)
         finally:
             deadline.cancel()
-            self._pending.pop(conn, None)
+            self._leave_pending(conn)
             if self._live.get(conn.source) is conn:
                 del self._live[conn.source]
                 self.hub.endpoint_closed(conn.source)
@@ -146,29 +160,51 @@ class TcpCarrier:
                       extra=fields(transport="tcp", endpoint=conn.endpoint))
 
     def _admit(self, conn: _Connection) -> None:
+        """Make room for one more pending connection: the oldest of its address, or of all."""
+        same_host = self._pending_by_host.setdefault(conn.source[0], {})
+        limit = self.settings.max_pending_per_source
+        while len(same_host) >= limit:
+            self._evict(next(iter(same_host)), f"{limit} connections pending from this address")
         while len(self._pending) >= self.settings.max_pending:
-            oldest = next(iter(self._pending))
-            del self._pending[oldest]
-            self._note(oldest, logging.INFO, "%s: %d connections pending; closing the oldest",
-                       oldest.endpoint, self.settings.max_pending)
-            oldest.writer.transport.abort()
+            self._evict(next(iter(self._pending)),
+                        f"{self.settings.max_pending} connections pending")
         self._pending[conn] = None
+        same_host[conn] = None
+
+    def _evict(self, conn: _Connection, why: str) -> None:
+        self._leave_pending(conn)
+        self._note(conn, logging.INFO, "%s: %s; closing the oldest", conn.endpoint, why)
+        conn.writer.transport.abort()
+
+    def _leave_pending(self, conn: _Connection) -> None:
+        if conn in self._pending:
+            del self._pending[conn]
+            same_host = self._pending_by_host[conn.source[0]]
+            del same_host[conn]
+            if not same_host:
+                del self._pending_by_host[conn.source[0]]
 
     def _expire(self, conn: _Connection) -> None:
         if conn in self._pending:
-            del self._pending[conn]
+            self._leave_pending(conn)
             self._note(conn, logging.INFO, "%s: no handshake within %.0f s; closed",
                        conn.endpoint, self.settings.handshake_timeout)
             conn.writer.transport.abort()
 
+    def _authenticated(self, source: Address) -> None:
+        """The hub completed a WireGuard handshake with a known peer over `source`."""
+        conn = self._live.get(source)
+        if conn is not None:
+            conn.authenticated = True
+            self._leave_pending(conn)
+
     async def _sort(self, conn: _Connection) -> bool:
         """Read the ClientHello: True for Aura; otherwise hand the flow to the fallback chain."""
-        data = b""
-        while True:
-            data += await conn.read()
-            verdict = parse_client_hello(data)
-            if verdict is not None:
-                break
+        hello = ClientHelloReader()
+        verdict = None
+        while verdict is None:
+            verdict = hello.feed(await conn.read())
+        data = hello.received
         if isinstance(verdict, ClientHello) and ALPN.encode() in verdict.alpn:
             conn.incoming.write(data)
             return True
@@ -177,7 +213,7 @@ class TcpCarrier:
             reason = f"TLS with ALPN {offers}"
         else:
             reason = verdict.reason
-        self._pending.pop(conn, None)
+        self._leave_pending(conn)
         await self.fallback.handle(Flow(conn.reader, conn.writer, data, conn.endpoint, reason))
         raise _Closed(f"fallback done ({reason})")
 
@@ -227,7 +263,6 @@ class TcpCarrier:
         conn = self._live.get(destination)
         if conn is None or conn.tls is None or conn.writer.is_closing():
             return
-        self._pending.pop(conn, None)  # the hub answered: past the WireGuard admission checks
         if conn.writer.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
             self.dropped += len(datagrams)
             return

@@ -29,7 +29,8 @@ from aura_common.transport import SessionHub
 from aura_common.wireguard import Device, HandshakeCompleted, Transmit, generate_private_key
 from aura_common.wireguard import public_key as wg_public_key
 from services.client.carriers.tcp import Carrier as TcpClient
-from services.tcp.carrier import TcpCarrier, server_tls_context
+from services.tcp.carrier import MAX_UNAUTHENTICATED_BYTES, TcpCarrier, server_tls_context
+from services.tcp.clienthello import MAX_PRE_TLS
 
 DECOY_ANSWER = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\ndecoy"
 
@@ -143,7 +144,7 @@ def test_wireguard_handshake_and_data_over_tls(keys: Keys) -> None:
             await initiator.handshake(client)
             await asyncio.sleep(0.1)
             assert carrier.connections == 1
-            assert carrier.pending == 0  # answered by the hub: no longer unauthenticated
+            assert carrier.pending == 0  # a completed handshake: no longer unauthenticated
             peer = next(iter(carrier.hub.device.peers))
             assert peer.endpoint is not None and peer.endpoint[0] == "127.0.0.1"
             client.close()
@@ -247,6 +248,90 @@ def test_pending_connections_are_bounded_and_time_out(keys: Keys) -> None:
             assert asyncio.get_running_loop().time() - started < 1.5
             for _, w in idle:
                 w.close()
+            await asyncio.sleep(0.1)
+            assert carrier.pending == 0
+
+    run(scenario)
+
+
+def stranger_initiations(keys: Keys, count: int) -> list[bytes]:
+    """Initiations with a valid mac1 (the server's public key is no secret) from an unknown
+    key: enough of them put the server under load, and it answers with cookie replies."""
+    stranger = Device(generate_private_key(), mtu=1420)
+    peer = stranger.add_peer(wg_public_key(keys.server_private), endpoint=("127.0.0.1", 1))
+    messages = []
+    for attempt in range(count):
+        for event in stranger.initiate(peer, 1000.0 + attempt):
+            if isinstance(event, Transmit):
+                messages.extend(event.datagrams)
+    return messages
+
+
+async def read_frames(reader: asyncio.StreamReader, within: float) -> list[bytes]:
+    frames: list[bytes] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
+            while True:
+                size = int.from_bytes(await reader.readexactly(2), "big")
+                frames.append(await reader.readexactly(size))
+    return frames
+
+
+def test_a_cookie_reply_leaves_the_connection_unauthenticated(keys: Keys) -> None:
+    async def scenario() -> None:
+        settings = replace(TcpConfig(), handshake_timeout=1.5)
+        async with tcp_server(keys, settings) as (carrier, port):
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=tls_client(["aura/1"]))
+            started = asyncio.get_running_loop().time()
+            writer.write(encode(stranger_initiations(keys, 200)))
+            answers = await read_frames(reader, within=0.5)
+            assert answers and {frame[0] for frame in answers} == {3}  # cookie replies
+            assert carrier.pending == 1
+            await closed_by_server(reader, within=2)
+            assert asyncio.get_running_loop().time() - started < 2.5
+            writer.close()
+            assert carrier.pending == 0
+
+    run(scenario)
+
+
+def test_pending_connections_are_bounded_per_source_address(keys: Keys) -> None:
+    async def scenario() -> None:
+        settings = replace(TcpConfig(), max_pending=100, max_pending_per_source=3)
+        async with tcp_server(keys, settings) as (carrier, port):
+            other = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))
+            flood = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+            await asyncio.sleep(0.2)
+            assert carrier.pending == 4  # three from the flooding address, one from the other
+            await closed_by_server(flood[0][0], within=0.5)  # the oldest of that address
+            await closed_by_server(flood[1][0], within=0.5)
+            assert not other[0].at_eof()  # another address keeps its place
+            for _, writer in [*flood, other]:
+                writer.close()
+
+    run(scenario)
+
+
+def test_unauthenticated_bytes_are_bounded(keys: Keys) -> None:
+    async def scenario() -> None:
+        settings = replace(TcpConfig(), handshake_timeout=30)
+        async with tcp_server(keys, settings) as (carrier, port):
+            # a ClientHello dribbled as 1-byte records: sorted out after MAX_PRE_TLS bytes
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            record = b"\x16\x03\x01\x00\x01\x01"
+            for _ in range(MAX_PRE_TLS // len(record) + 1):
+                writer.write(record)
+            await closed_by_server(reader, within=3)
+            writer.close()
+            # after TLS, framed messages that never complete a handshake (bad mac1)
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=tls_client(["aura/1"]))
+            junk = encode([b"\x01\0\0\0" + bytes(144)] * 64)
+            for _ in range(MAX_UNAUTHENTICATED_BYTES // len(junk) + 1):
+                writer.write(junk)
+            await closed_by_server(reader, within=3)
+            writer.close()
             await asyncio.sleep(0.1)
             assert carrier.pending == 0
 
