@@ -32,6 +32,7 @@ from aura_common.wireguard import (
     Transmit,
 )
 from aura_common.wireguard.constants import MESSAGE_TRANSPORT
+from aura_common.wireguard.cookie import source_address
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,7 @@ class Carrier(Protocol):
 
 
 def format_endpoint(address: Address) -> str:
-    host, port = address[0], address[1]
-    if host.startswith("::ffff:") and "." in host:  # IPv4 seen through a dual-stack socket
-        host = host[7:]
+    host, port = str(source_address(address[0])), address[1]  # IPv4 as IPv4 on dual stack
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -78,6 +77,10 @@ class SessionHub:
     # -- carrier side -------------------------------------------------------------------
     def received(self, datagrams: Sequence[bytes], source: Address) -> None:
         self._handle(self.device.receive(datagrams, source, time.monotonic()))
+
+    def received_batches(self, batches: Sequence[tuple[Sequence[bytes], Address]]) -> None:
+        """All a carrier read at once, as (datagrams, source) runs: one handshake queue."""
+        self._handle(self.device.receive_batches(batches, time.monotonic()))
 
     def endpoint_closed(self, source: Address) -> None:
         """A connection (TLS stream, QUIC connection) is gone, and the sessions it carried.

@@ -98,16 +98,20 @@ def recv_batch(sock: socket.socket, limit: int = 64) -> list[tuple[list[bytes], 
 
 
 def recv_batch_with_local(
-    sock: socket.socket, limit: int = 64
+    sock: socket.socket, limit: int = 64, max_bytes: int | None = None
 ) -> list[tuple[list[bytes], Address, str | None]]:
     """Like `recv_batch`, grouped by source and the local address each datagram was sent to.
 
-    The local address is None unless `enable_pktinfo` was called on `sock`.
+    The local address is None unless `enable_pktinfo` was called on `sock`. With `max_bytes`,
+    stops once that many bytes were read (one GRO read may go past it by up to 64 KiB).
     """
     buffer = bytearray(_RECV_SIZE)
     view = memoryview(buffer)
     batches: list[tuple[list[bytes], Address, str | None]] = []
+    total = 0
     for _ in range(limit):
+        if max_bytes is not None and total >= max_bytes:
+            break
         try:
             size, ancillary, flags, address = sock.recvmsg_into(
                 [buffer], _CMSG_SPACE, socket.MSG_DONTWAIT
@@ -127,6 +131,7 @@ def recv_batch_with_local(
                 local = socket.inet_ntop(socket.AF_INET6, _IN6_PKTINFO.unpack(data)[0])
             elif level == socket.IPPROTO_IP and kind == IP_PKTINFO:
                 local = socket.inet_ntop(socket.AF_INET, _IN_PKTINFO.unpack(data)[1])
+        total += size
         received = view[:size]
         if segment_size >= size:
             datagrams = [bytes(received)]

@@ -1,9 +1,17 @@
-"""Denial-of-service defences: mac1/mac2, cookie replies, load detection, rate limiting."""
+"""Denial-of-service defences: mac1/mac2, cookie replies, load detection, rate limiting.
+
+WireGuard's design (whitepaper section 5.3; wireguard-go, Linux): every handshake message
+needs a valid mac1 (anyone holding our public key can make one). While the device is under
+load, it also needs a valid mac2, which proves that its source address receives our cookie
+replies; only then is the source rate limited, per IPv4 address and per IPv6 /64. Spoofed
+sources therefore earn a cheap cookie reply and leave no state behind.
+"""
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections import OrderedDict
 from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
@@ -11,22 +19,38 @@ from cryptography.exceptions import InvalidTag
 from .constants import (
     COOKIE_REFRESH_TIME,
     COOKIE_SECRET_MAX_AGE,
-    HANDSHAKE_BURST,
-    HANDSHAKES_PER_SECOND,
     LABEL_COOKIE,
     LABEL_MAC1,
+)
+from .crypto import blake2s_hash, keyed_mac, xaead_open, xaead_seal
+from .limits import (
+    HANDSHAKE_BURST,
+    HANDSHAKES_PER_SECOND,
+    RATE_LIMIT_IDLE,
     RATE_LIMIT_TABLE_SIZE,
     UNDER_LOAD_STICKY,
 )
-from .crypto import blake2s_hash, keyed_mac, xaead_open, xaead_seal
 from .messages import MAC_SIZE, CookieReply
 
 Source = tuple[str, int]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def source_address(host: str) -> IPAddress:
+    """The address a datagram came from, IPv4 seen through a dual-stack socket as IPv4.
+
+    A dual-stack socket reports IPv4 sources as IPv4-mapped IPv6 (`::ffff:a.b.c.d`); every
+    decision about a source (cookie, rate limit, display) goes through here.
+    """
+    address = ipaddress.ip_address(host)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def source_bytes(source: Source) -> bytes:
     """The source address as the cookie binds it: IP bytes, then the port big-endian."""
-    return ipaddress.ip_address(source[0]).packed + source[1].to_bytes(2, "big")
+    return source_address(source[0]).packed + source[1].to_bytes(2, "big")
 
 
 def mac1_key(public: bytes) -> bytes:
@@ -111,62 +135,64 @@ class CookieJar:
         self._last_mac1 = None
 
 
-class LoadMeter:
-    """Counts handshake messages per second; "under load" is sticky for a second."""
+class Load:
+    """Whether the device is under load: a backlog of handshake messages, sticky for a second."""
 
-    def __init__(self, threshold: int) -> None:
-        self._threshold = threshold
-        self._second_started = float("-inf")
-        self._count = 0
-        self._under_load_until = float("-inf")
+    def __init__(self, backlog_threshold: int) -> None:
+        self._threshold = backlog_threshold
+        self._until = float("-inf")
 
-    def record(self, now: float) -> bool:
-        """Counts one handshake message; returns whether the device is under load."""
-        if now - self._second_started >= 1.0:
-            self._second_started, self._count = now, 0
-        self._count += 1
-        if self._count > self._threshold:
-            self._under_load_until = now + UNDER_LOAD_STICKY
-        return now < self._under_load_until
+    def under_load(self, backlog: int, now: float) -> bool:
+        """`backlog`: handshake messages received and not yet handled, this one included."""
+        if backlog >= self._threshold:
+            self._until = now + UNDER_LOAD_STICKY
+            return True
+        return now < self._until
 
 
 class RateLimiter:
-    """Token bucket per source address (IPv6 by /64), bounded in size."""
+    """A token bucket per source (IPv4 address, IPv6 /64), for sources a mac2 has proven.
+
+    Bounded: at most `capacity` sources, in least-recently-seen order. A source idle for
+    RATE_LIMIT_IDLE has a full bucket again and is forgotten; when the table is full the
+    least recently seen one makes room (it comes back with a full bucket, as it would have
+    after a short pause). Only sources that receive our cookie replies get here, so an
+    attacker needs a real address per entry, and each entry earns him at most one burst.
+    """
 
     def __init__(self, rate: float = HANDSHAKES_PER_SECOND, burst: int = HANDSHAKE_BURST,
                  capacity: int = RATE_LIMIT_TABLE_SIZE) -> None:
-        self._rate, self._burst, self._capacity = rate, burst, capacity
-        self._buckets: dict[bytes, tuple[float, float]] = {}  # key -> (tokens, updated)
+        self._rate, self._burst, self._capacity = rate, float(burst), capacity
+        self._buckets: OrderedDict[bytes, tuple[float, float]] = OrderedDict()  # (tokens, seen)
 
     @staticmethod
-    def _key(host: str) -> bytes:
-        packed = ipaddress.ip_address(host).packed
+    def key(host: str) -> bytes:
+        packed = source_address(host).packed
         return packed if len(packed) == 4 else packed[:8]
 
     def allow(self, host: str, now: float) -> bool:
-        key = self._key(host)
-        bucket = self._buckets.get(key)
+        key = self.key(host)
+        buckets = self._buckets
+        bucket = buckets.pop(key, None)
         if bucket is None:
-            if len(self._buckets) >= self._capacity:
-                self.prune(now)
-                if len(self._buckets) >= self._capacity:
-                    return False
-            tokens = float(self._burst)
+            self.prune(now)
+            if len(buckets) >= self._capacity:
+                buckets.popitem(last=False)
+            tokens = self._burst
         else:
-            tokens = min(float(self._burst), bucket[0] + (now - bucket[1]) * self._rate)
-        if tokens < 1.0:
-            self._buckets[key] = (tokens, now)
-            return False
-        self._buckets[key] = (tokens - 1.0, now)
-        return True
+            tokens = min(self._burst, bucket[0] + (now - bucket[1]) * self._rate)
+        allowed = tokens >= 1.0
+        buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+        return allowed
 
     def prune(self, now: float) -> None:
-        """Forget sources whose bucket has refilled: they behave as new ones anyway."""
-        refill_time = self._burst / self._rate
-        self._buckets = {
-            key: bucket for key, bucket in self._buckets.items()
-            if now - bucket[1] < refill_time
-        }
+        """Forget sources idle for RATE_LIMIT_IDLE: their bucket is full again anyway."""
+        buckets = self._buckets
+        while buckets:
+            key, (_, seen) = next(iter(buckets.items()))
+            if now - seen < RATE_LIMIT_IDLE:
+                break
+            del buckets[key]
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -17,12 +17,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from ..errors import AuraError
 from .constants import (
+    COOKIE_REPLY_SIZE,
     DEFAULT_MTU,
     INITIATION_MIN_INTERVAL,
+    INITIATION_SIZE,
     KEEPALIVE_SIZE,
     KEEPALIVE_TIMEOUT,
     KEY_SIZE,
-    MAX_QUEUED_PACKETS,
     MESSAGE_COOKIE_REPLY,
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
@@ -35,9 +36,10 @@ from .constants import (
     REKEY_ON_RECEIVE_AGE,
     REKEY_TIMEOUT,
     REKEY_TIMEOUT_JITTER,
+    RESPONSE_SIZE,
     ZERO_KEYS_AFTER,
 )
-from .cookie import CookieChecker, CookieJar, LoadMeter, RateLimiter
+from .cookie import CookieChecker, CookieJar, Load, RateLimiter
 from .crypto import dh, public_key, tai64n
 from .events import (
     Dropped,
@@ -49,6 +51,7 @@ from .events import (
     Transmit,
 )
 from .keypair import Keypair
+from .limits import HANDSHAKE_QUEUE_SIZE, MAX_QUEUED_PACKETS, UNDER_LOAD_BACKLOG
 from .messages import (
     INITIATION_MAC1_OFFSET,
     RESPONSE_MAC1_OFFSET,
@@ -72,6 +75,8 @@ from .noise import (
 _NONCE_PREFIX = bytes(4)
 _ZEROS = bytes(16)
 _NEVER = float("-inf")
+_HANDSHAKE_SIZES = {MESSAGE_INITIATION: INITIATION_SIZE, MESSAGE_RESPONSE: RESPONSE_SIZE,
+                    MESSAGE_COOKIE_REPLY: COOKIE_REPLY_SIZE}
 
 
 class Peer:
@@ -157,7 +162,7 @@ class Device:
     """One local static key and the peers allowed to talk to it."""
 
     def __init__(self, private_key: bytes, *, rng: Callable[[int], bytes] = os.urandom,
-                 under_load_after: int = 128, mtu: int = DEFAULT_MTU) -> None:
+                 under_load_after: int = UNDER_LOAD_BACKLOG, mtu: int = DEFAULT_MTU) -> None:
         if len(private_key) != KEY_SIZE:
             raise AuraError(
                 f"WireGuard private key must be {KEY_SIZE} bytes, got {len(private_key)}"
@@ -168,7 +173,7 @@ class Device:
         self._rng = rng
         self._initial_hash = initial_hash_for(self.public_key)
         self._cookie_checker = CookieChecker(self.public_key, rng)
-        self._load = LoadMeter(under_load_after)
+        self._load = Load(under_load_after)
         self._rate_limiter = RateLimiter()
         self._peers: dict[bytes, Peer] = {}
         self._keypairs: dict[int, Keypair] = {}
@@ -206,7 +211,30 @@ class Device:
 
     # -- data path: receive ---------------------------------------------------------------
     def receive(self, datagrams: Sequence[bytes], source: Endpoint, now: float) -> list[Event]:
+        """Datagrams from one source; see `receive_batches`."""
+        return self.receive_batches(((datagrams, source),), now)
+
+    def receive_batches(self, batches: Iterable[tuple[Sequence[bytes], Endpoint]],
+                        now: float) -> list[Event]:
+        """Everything a transport has read at once, as (datagrams, source) runs.
+
+        Data is handled as it comes. Handshake messages wait in a queue (at most
+        HANDSHAKE_QUEUE_SIZE; more are dropped unread) and are handled after the data: the
+        queue's length is the load that decides whether a handshake must carry a cookie.
+        """
         events: list[Event] = []
+        handshakes: list[tuple[bytes, Endpoint]] = []
+        for datagrams, source in batches:
+            self._receive_run(datagrams, source, now, events, handshakes)
+        queued = len(handshakes)
+        for position, (datagram, source) in enumerate(handshakes[:HANDSHAKE_QUEUE_SIZE]):
+            self._receive_other(datagram, source, queued - position, now, events)
+        for _, source in handshakes[HANDSHAKE_QUEUE_SIZE:]:
+            events.append(Dropped("handshake queue full", source))
+        return events
+
+    def _receive_run(self, datagrams: Sequence[bytes], source: Endpoint, now: float,
+                     events: list[Event], handshakes: list[tuple[bytes, Endpoint]]) -> None:
         keypairs = self._keypairs
         unpack_header = TRANSPORT_HEADER.unpack_from
         run_peer: Peer | None = None
@@ -267,10 +295,12 @@ class Device:
                 self._finish_run(run_peer, run_packets, run_bytes, run_has_data, source, now,
                                  events)
                 run_peer = None
-            self._receive_other(datagram, source, now, events)
+            if size and _HANDSHAKE_SIZES.get(datagram[0]) == size:
+                handshakes.append((datagram, source))
+            else:
+                self._receive_other(datagram, source, 0, now, events)
         if run_peer is not None:
             self._finish_run(run_peer, run_packets, run_bytes, run_has_data, source, now, events)
-        return events
 
     def _finish_run(self, peer: Peer, packets: list[bytes], size: int, has_data: bool,
                     source: Endpoint, now: float, events: list[Event]) -> None:
@@ -412,14 +442,15 @@ class Device:
         peer._keepalive_due = None
         events.append(Transmit(peer.endpoint, [peer._cookies.add_macs(message.pack(), now)]))
 
-    def _receive_other(self, datagram: bytes, source: Endpoint, now: float,
+    def _receive_other(self, datagram: bytes, source: Endpoint, backlog: int, now: float,
                        events: list[Event]) -> None:
+        """A handshake message (`backlog` of them waiting, this one included), or garbage."""
         message_type = TYPE_WORD.unpack_from(datagram)[0] if len(datagram) >= 4 else -1
         try:
             if message_type == MESSAGE_INITIATION:
-                self._receive_initiation(datagram, source, now, events)
+                self._receive_initiation(datagram, source, backlog, now, events)
             elif message_type == MESSAGE_RESPONSE:
-                self._receive_response(datagram, source, now, events)
+                self._receive_response(datagram, source, backlog, now, events)
             elif message_type == MESSAGE_COOKIE_REPLY:
                 self._receive_cookie_reply(datagram, source, now, events)
             elif message_type == MESSAGE_TRANSPORT:
@@ -432,13 +463,16 @@ class Device:
             events.append(Dropped(f"handshake rejected: {error}", source))
 
     def _admit_handshake(self, datagram: bytes, mac1_offset: int, sender: int,
-                         source: Endpoint, now: float, events: list[Event]) -> bool:
-        """mac1, then (under load) mac2 or a cookie reply, then the per-source rate limit."""
+                         source: Endpoint, backlog: int, now: float,
+                         events: list[Event]) -> bool:
+        """mac1; under load also mac2 (else a cookie reply), then the per-source rate limit."""
         checker = self._cookie_checker
         if not checker.mac1_valid(datagram, mac1_offset):
             events.append(Dropped("bad mac1", source))
             return False
-        if self._load.record(now) and not checker.mac2_valid(datagram, mac1_offset, source, now):
+        if not self._load.under_load(backlog, now):
+            return True
+        if not checker.mac2_valid(datagram, mac1_offset, source, now):
             reply = checker.reply(datagram, mac1_offset, sender, source, now)
             events.append(Transmit(source, [reply]))
             return False
@@ -447,11 +481,11 @@ class Device:
             return False
         return True
 
-    def _receive_initiation(self, datagram: bytes, source: Endpoint, now: float,
+    def _receive_initiation(self, datagram: bytes, source: Endpoint, backlog: int, now: float,
                             events: list[Event]) -> None:
         message = Initiation.unpack(datagram)
         if not self._admit_handshake(datagram, INITIATION_MAC1_OFFSET, message.sender, source,
-                                     now, events):
+                                     backlog, now, events):
             return
         consumed = consume_initiation(
             message,
@@ -488,11 +522,11 @@ class Device:
         peer = self._peers.get(initiator_public)
         return None if peer is None else peer._static_static
 
-    def _receive_response(self, datagram: bytes, source: Endpoint, now: float,
+    def _receive_response(self, datagram: bytes, source: Endpoint, backlog: int, now: float,
                           events: list[Event]) -> None:
         message = Response.unpack(datagram)
         if not self._admit_handshake(datagram, RESPONSE_MAC1_OFFSET, message.sender, source,
-                                     now, events):
+                                     backlog, now, events):
             return
         peer = self._handshakes.get(message.receiver)
         state = peer._handshake if peer is not None else None

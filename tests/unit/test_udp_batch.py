@@ -178,3 +178,15 @@ def test_any_size_sequence_round_trips(sizes: list[int], gro: bool) -> None:
         datagrams = payloads(sizes)
         assert send_batch(sender, datagrams, receiver.getsockname()) == len(datagrams)
         assert receive(receiver, len(datagrams), timeout=2.0) == datagrams
+
+
+def test_a_read_stops_at_its_byte_budget_and_leaves_the_rest_queued() -> None:
+    sender, receiver = make_pair(socket.AF_INET, gro=False)
+    with sender, receiver:
+        for datagram in payloads([1000] * 10):
+            sender.sendto(datagram, receiver.getsockname())
+        time.sleep(0.05)
+        first = recv_batch_with_local(receiver, limit=64, max_bytes=3000)
+        assert sum(len(batch[0]) for batch in first) == 3
+        rest = recv_batch_with_local(receiver, limit=64)
+        assert sum(len(batch[0]) for batch in rest) == 7

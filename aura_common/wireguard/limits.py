@@ -1,0 +1,26 @@
+"""Resource limits of this implementation, kept apart from the protocol's own constants.
+
+Where wireguard-go and the Linux module agree on a value (the handshake queue and its
+"under load" mark, 20 handshakes per second with a burst of 5, the one-second memory of the
+rate limiter and of being under load), we use theirs.
+"""
+
+from __future__ import annotations
+
+# Handshake messages (initiation, response, cookie reply) taken from one batch of received
+# datagrams; the rest are dropped before any work is spent on them.
+HANDSHAKE_QUEUE_SIZE = 1024
+# "Under load" while this many handshake messages wait, and for UNDER_LOAD_STICKY seconds after.
+UNDER_LOAD_BACKLOG = HANDSHAKE_QUEUE_SIZE // 8
+UNDER_LOAD_STICKY = 1.0
+
+# Per-source rate limit for handshakes under load, applied only after a valid mac2.
+HANDSHAKES_PER_SECOND = 20.0
+HANDSHAKE_BURST = 5
+# Sources the rate limiter remembers. An entry idle this long has a full bucket again and is
+# forgotten; when the table is full the least recently seen source goes.
+RATE_LIMIT_TABLE_SIZE = 4096
+RATE_LIMIT_IDLE = 1.0
+
+# Packets waiting for a handshake, per peer.
+MAX_QUEUED_PACKETS = 1024

@@ -1,0 +1,218 @@
+"""The WireGuard DoS design in the core: load, cookies, and the per-source rate limit."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import tracemalloc
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aura_common.wireguard import Device, Transmit, generate_private_key, public_key
+from aura_common.wireguard.cookie import Load, RateLimiter, source_address, source_bytes
+from aura_common.wireguard.limits import (
+    HANDSHAKE_BURST,
+    HANDSHAKE_QUEUE_SIZE,
+    HANDSHAKES_PER_SECOND,
+    RATE_LIMIT_IDLE,
+    RATE_LIMIT_TABLE_SIZE,
+    UNDER_LOAD_BACKLOG,
+    UNDER_LOAD_STICKY,
+)
+from tests.unit.test_wireguard_device import (
+    CLIENT_ADDR,
+    SERVER_ADDR,
+    Pair,
+    drop_reasons,
+    transmits,
+)
+
+
+def junk_initiation(server_public: bytes) -> bytes:
+    """An initiation from nobody with a valid mac1: all an outsider needs is the public key."""
+    mac1_key = hashlib.blake2s(b"mac1----" + server_public).digest()
+    body = bytes([1, 0, 0, 0]) + os.urandom(112)
+    return body + hashlib.blake2s(body, digest_size=16, key=mac1_key).digest() + bytes(16)
+
+
+def sizes(events: list) -> list[int]:  # type: ignore[type-arg]
+    return [len(d) for d in transmits(events)]
+
+
+# -- the device ---------------------------------------------------------------------------
+def test_a_flood_from_one_ipv4_address_spares_other_ipv4_clients() -> None:
+    # A dual-stack socket reports IPv4 sources as IPv4-mapped IPv6 addresses.
+    pair = Pair()
+    server_public = public_key(pair.server_key)
+    attacker, client = ("::ffff:192.0.2.66", 5555), ("::ffff:198.51.100.2", 40000)
+    answers = []
+    for step in range(200):  # two seconds of 100 junk initiations per second
+        now = step / 100
+        pair.server.receive([junk_initiation(server_public)], attacker, now)
+        if step >= 100 and step % 10 == 0:  # meanwhile another client connects, ten times
+            response = pair.at_server(pair.client.initiate(pair.to_server, now), now,
+                                      source=client)
+            answers.append(sizes(response))
+    assert answers == [[92]] * 10
+
+
+def test_below_the_load_mark_no_source_is_rate_limited() -> None:
+    pair = Pair()
+    answers = [sizes(pair.at_server(pair.client.initiate(pair.to_server, step * 0.03),
+                                    step * 0.03)) for step in range(60)]
+    assert answers == [[92]] * 60  # 33 per second, far beyond the under-load rate limit
+
+
+def test_a_backlog_at_the_mark_means_cookies_for_a_second() -> None:
+    pair = Pair()
+    server_public = public_key(pair.server_key)
+    below = [junk_initiation(server_public) for _ in range(UNDER_LOAD_BACKLOG - 1)]
+    assert sizes(pair.server.receive(below, CLIENT_ADDR, 0.0)) == []  # handled, no reply
+    at_mark = [junk_initiation(server_public) for _ in range(UNDER_LOAD_BACKLOG)]
+    assert sizes(pair.server.receive(at_mark, CLIENT_ADDR, 1.0)) == [64] * UNDER_LOAD_BACKLOG
+    sticky = 1.0 + UNDER_LOAD_STICKY - 0.01
+    assert sizes(pair.at_server(pair.client.initiate(pair.to_server, sticky), sticky)) == [64]
+    later = 1.0 + UNDER_LOAD_STICKY + 0.01
+    assert sizes(pair.at_server(pair.client.initiate(pair.to_server, later), later)) == [92]
+
+
+def test_the_handshake_queue_is_bounded_and_data_is_not_queued() -> None:
+    pair = Pair()
+    pair.connect()
+    server_public = public_key(pair.server_key)
+    flood = [junk_initiation(server_public) for _ in range(HANDSHAKE_QUEUE_SIZE + 10)]
+    data = transmits(pair.client.send(pair.to_server, [b"\x45" + bytes(19)], 0.5))
+    before = pair.to_client.rx_bytes
+    events = pair.server.receive([*flood, *data], CLIENT_ADDR, 0.5)
+    assert sizes(events).count(64) == HANDSHAKE_QUEUE_SIZE  # under load: a cookie each
+    assert drop_reasons(events).count("handshake queue full") == 10
+    assert pair.to_client.rx_bytes - before == len(data[0])  # data in the batch got through
+
+
+def test_spoofed_sources_get_cookies_and_leave_no_state() -> None:
+    pair = Pair(under_load_after=0)  # always under load
+    server_public = public_key(pair.server_key)
+    batches = [([junk_initiation(server_public)], (f"2001:db8:{n:x}::1", 1000 + n))
+               for n in range(300)]
+    events = pair.server.receive_batches(batches, 0.0)
+    assert [(e.destination, len(e.datagrams[0])) for e in events if isinstance(e, Transmit)] == [
+        (source, 64) for _, source in batches]
+    assert len(pair.server._rate_limiter) == 0  # no mac2, no rate-limiter entry
+
+
+def test_under_load_a_proven_source_is_limited_per_address_and_others_pass() -> None:
+    pair = Pair(under_load_after=0)
+    attacker = ("::ffff:192.0.2.66", 5555)
+    # The client earns a cookie from the attacker's address, then floods with valid mac2.
+    pair.at_client(pair.at_server(pair.client.initiate(pair.to_server, 0.0), 0.0,
+                                  source=attacker), 0.0)
+    reasons = []
+    for step in range(1, 51):  # one second at 50 initiations per second
+        now = step * 0.02
+        reasons += drop_reasons(pair.at_server(pair.client.initiate(pair.to_server, now), now,
+                                               source=attacker))
+    limited = reasons.count("handshake rate limit")
+    assert 50 - limited <= HANDSHAKE_BURST + HANDSHAKES_PER_SECOND
+    assert limited >= 50 - HANDSHAKE_BURST - HANDSHAKES_PER_SECOND - 1
+    # Another client from another IPv4 address is not touched by that bucket.
+    key = generate_private_key()
+    other = Device(key)
+    to_server = other.add_peer(public_key(pair.server_key), endpoint=SERVER_ADDR)
+    pair.server.add_peer(public_key(key))
+    elsewhere = ("::ffff:192.0.2.67", 5555)
+
+    def at_server(events: list, now: float) -> list:  # type: ignore[type-arg]
+        return pair.server.receive(transmits(events), elsewhere, now)
+
+    other.receive(transmits(at_server(other.initiate(to_server, 1.0), 1.0)), SERVER_ADDR, 1.0)
+    assert sizes(at_server(other.initiate(to_server, 1.05), 1.05)) == [92]
+
+
+# -- the load mark --------------------------------------------------------------------------
+def test_load_is_sticky_for_a_second_after_the_backlog_last_reached_the_mark() -> None:
+    load = Load(4)
+    assert not load.under_load(3, 0.0)
+    assert load.under_load(4, 1.0)
+    assert load.under_load(1, 1.0 + UNDER_LOAD_STICKY - 0.001)
+    assert load.under_load(5, 1.5)  # renewed
+    assert load.under_load(0, 1.5 + UNDER_LOAD_STICKY - 0.001)
+    assert not load.under_load(0, 1.5 + UNDER_LOAD_STICKY)
+
+
+# -- the rate limiter -----------------------------------------------------------------------
+def test_rate_limiter_burst_then_the_rate() -> None:
+    limiter = RateLimiter(rate=20, burst=5, capacity=8)
+    assert [limiter.allow("10.0.0.1", 0.0) for _ in range(6)] == [True] * 5 + [False]
+    assert not limiter.allow("10.0.0.1", 0.04)
+    assert limiter.allow("10.0.0.1", 0.05)  # one token back after 50 ms
+    assert limiter.allow("10.0.0.2", 0.05)  # another address has its own bucket
+
+
+def test_rate_limiter_keys_ipv4_by_address_and_ipv6_by_64() -> None:
+    key = RateLimiter.key
+    assert key("::ffff:192.0.2.1") == key("192.0.2.1") == bytes([192, 0, 2, 1])
+    assert key("::ffff:192.0.2.1") != key("::ffff:192.0.2.2")
+    assert key("2001:db8:1:2::1") == key("2001:db8:1:2:ffff::9") != key("2001:db8:1:3::1")
+    assert key("fe80::1%eth0") == key("fe80::2")
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_every_ipv4_mapped_address_is_its_ipv4_address(value: int) -> None:
+    v4 = ipaddress.IPv4Address(value)
+    mapped = f"::ffff:{v4}"
+    assert source_address(mapped) == v4
+    assert RateLimiter.key(mapped) == v4.packed
+    assert source_bytes((mapped, 7)) == source_bytes((str(v4), 7)) == v4.packed + b"\0\7"
+
+
+@given(st.integers(0, 2**128 - 1), st.integers(0, 2**64 - 1))
+def test_ipv6_sources_in_one_64_share_a_key(value: int, host: int) -> None:
+    address = ipaddress.IPv6Address(value)
+    if address.ipv4_mapped is not None:
+        return
+    neighbour = ipaddress.IPv6Address((value >> 64 << 64) | host)
+    assert RateLimiter.key(str(address)) == RateLimiter.key(str(neighbour)) == address.packed[:8]
+
+
+@given(st.lists(st.floats(0, 0.5), min_size=1, max_size=200))
+def test_rate_limiter_never_allows_more_than_burst_plus_rate(gaps: list[float]) -> None:
+    limiter = RateLimiter(rate=20, burst=5, capacity=8)
+    now, allowed = 0.0, 0
+    for gap in gaps:
+        now += gap
+        allowed += limiter.allow("192.0.2.1", now)
+    assert allowed <= 5 + 20 * now + 1e-9
+
+
+def test_rate_limiter_forgets_idle_sources_and_evicts_the_least_recent_when_full() -> None:
+    limiter = RateLimiter(rate=20, burst=5, capacity=3)
+    for _ in range(5):
+        limiter.allow("10.0.0.1", 0.0)
+    assert not limiter.allow("10.0.0.1", 0.0)
+    limiter.allow("10.0.0.2", 0.1)
+    limiter.allow("10.0.0.3", 0.2)
+    limiter.allow("10.0.0.4", 0.3)  # full: 10.0.0.1, the least recently seen, goes
+    assert len(limiter) == 3
+    assert [limiter.allow("10.0.0.1", 0.3) for _ in range(6)] == [True] * 5 + [False]
+    limiter.prune(0.2 + RATE_LIMIT_IDLE - 0.01)
+    assert len(limiter) == 3
+    limiter.prune(0.2 + RATE_LIMIT_IDLE)  # 10.0.0.3, last seen at 0.2
+    assert len(limiter) == 2
+    limiter.prune(0.3 + RATE_LIMIT_IDLE)
+    assert len(limiter) == 0
+
+
+def test_rate_limiter_table_is_bounded_in_entries_and_bytes() -> None:
+    limiter = RateLimiter()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(3 * RATE_LIMIT_TABLE_SIZE):  # distinct /64s, all within one second
+            limiter.allow(str(ipaddress.IPv6Address((0x20010DB8 << 96) | (n << 64))), n / 1e4)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(limiter) == RATE_LIMIT_TABLE_SIZE
+    assert held < RATE_LIMIT_TABLE_SIZE * 320, held  # about 1.2 MiB at most
