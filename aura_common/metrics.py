@@ -49,6 +49,7 @@ MAX_CLIENTS = 4  # concurrent scrapes; more are closed at once
 # "malformed", so the label set stays fixed whatever arrives.
 DROP_REASONS: tuple[tuple[str, str], ...] = (
     ("rate limit", "rate_limited"),
+    ("queue full", "handshake_queue_full"),
     ("mac1", "bad_mac1"),
     ("cookie reply", "bad_cookie_reply"),
     ("replayed initiation", "replayed_handshake"),
