@@ -1,4 +1,11 @@
-"""The state files several processes share: atomic writes, lock files, versioned JSON."""
+"""The state files several processes share: atomic writes, lock files, versioned JSON.
+
+Root writes into directories a service account owns (the registry for the router, a client's
+state beside a config its user owns). Whoever owns such a directory may plant a symlink, a
+FIFO or a hard link under any name in it, so every file here is opened relative to a
+descriptor of its directory with O_NOFOLLOW, a new file is created with O_EXCL, and only a
+file this process has just created is ever handed to another owner (by descriptor).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,30 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Iterator
 from typing import Any
 
-from aura_common.errors import ConfigError
+from aura_common.errors import AuraError, ConfigError
+
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO someone planted under the lock's name must not hang us.
+_LOCK_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+LOCK_MODE = 0o640
+
+
+class LockBusy(AuraError):
+    """Another process holds the lock and the caller asked not to wait."""
+
+
+def open_directory(directory: str | os.PathLike[str]) -> int:
+    """A descriptor of `directory`, refusing a symlink in its place (AuraError)."""
+    try:
+        return os.open(directory, _DIRECTORY_FLAGS)
+    except OSError as error:
+        raise AuraError(f"{os.fspath(directory)}: cannot open the directory "
+                        f"({error.strerror}; a symlink is refused)") from None
 
 
 def write_atomic(
@@ -25,61 +51,93 @@ def write_atomic(
     atomic); both the file and the directory are fsynced so the new content survives a crash.
     Without an explicit `owner`, root writing into a service account's directory leaves the
     file to that account, so `aura provision-client` run as root keeps the router able to
-    read the registry.
+    read the registry. A symlink at `path` is replaced, never followed.
     """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if owner is None:
-        owner = directory_owner(directory)
-    fd, temp_path = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=directory)
+    name = os.path.basename(path)
+    dir_fd = open_directory(os.path.dirname(os.path.abspath(path)))
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            if owner is not None:
-                os.fchown(f.fileno(), owner[0], owner[1])
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_path)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
+        if owner is None:
+            owner = _directory_owner(dir_fd)
+        temp = f".{name}.{secrets.token_hex(6)}.tmp"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=dir_fd)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), mode)
+                if owner is not None:
+                    os.fchown(f.fileno(), owner[0], owner[1])
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp, dir_fd=dir_fd)
+            raise
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
 
-def directory_owner(directory: str) -> tuple[int, int] | None:
-    """(uid, gid) of `directory` when root writes into a directory another account owns."""
+def _directory_owner(dir_fd: int) -> tuple[int, int] | None:
+    """(uid, gid) of the directory when root writes into a directory another account owns."""
     if os.geteuid() != 0:
         return None
-    status = os.stat(directory)
+    status = os.fstat(dir_fd)
     return None if status.st_uid == 0 else (status.st_uid, status.st_gid)
 
 
 @contextlib.contextmanager
-def locked(path: str | os.PathLike[str]) -> Iterator[None]:
+def locked(path: str | os.PathLike[str], *, wait: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on `path + ".lock"` for a read-modify-write of `path`.
 
     A separate lock file is used because `write_atomic` replaces the data file's inode, which
     would silently drop a lock held on the old one. The directory is created if missing.
+    With `wait=False` a lock held elsewhere raises LockBusy at once instead of blocking (the
+    router's event loop must never wait on a lock another account can hold).
     """
     lock_path = os.fspath(path) + ".lock"
-    os.makedirs(os.path.dirname(os.path.abspath(lock_path)), mode=0o750, exist_ok=True)
-    # flock needs only a readable fd, so a lock file another user created still works for
-    # anyone who may read it; the state directory's own mode keeps strangers out.
-    fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    owner = directory_owner(os.path.dirname(os.path.abspath(lock_path)))
-    if owner is not None:
-        os.fchown(fd, *owner)
+    directory = os.path.dirname(os.path.abspath(lock_path))
+    os.makedirs(directory, mode=0o750, exist_ok=True)
+    dir_fd = open_directory(directory)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = _open_lock_file(dir_fd, os.path.basename(lock_path), lock_path)
+    finally:
+        os.close(dir_fd)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise LockBusy(f"{lock_path} is held by another process") from None
         yield
     finally:
         os.close(fd)
+
+
+def _open_lock_file(dir_fd: int, name: str, shown: str) -> int:
+    """Open the lock file, creating it (and only then giving it to the directory's owner)."""
+    while True:
+        try:
+            fd = os.open(name, _LOCK_FLAGS, dir_fd=dir_fd)
+        except FileNotFoundError:
+            try:
+                fd = os.open(name, _LOCK_FLAGS | os.O_CREAT | os.O_EXCL, LOCK_MODE,
+                             dir_fd=dir_fd)
+            except FileExistsError:
+                continue  # created by someone else in between: open theirs
+            owner = _directory_owner(dir_fd)
+            if owner is not None:
+                os.fchown(fd, *owner)
+            return fd
+        except OSError as error:
+            # ELOOP: a symlink sits where the lock file belongs.
+            raise AuraError(f"{shown}: cannot open the lock file ({error.strerror}; "
+                            "a symlink is refused)") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise AuraError(f"{shown}: not a regular file; remove it")
+        return fd
 
 
 def parse_versioned_json(data: bytes, path: str, version: int) -> dict[str, Any]:

@@ -508,11 +508,16 @@ def _bind_path(path: str, group: int | None) -> socket.socket:
     _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
-        sock.bind(path)
-        # Nobody can connect before listen(), so setting the mode after bind() is not racy.
-        os.chmod(path, 0o660)
+        # The mode comes from the umask at bind(), and the group is set on the path without
+        # following a link: the runtime directory may belong to a service account, which could
+        # swap the socket for a symlink between our calls.
+        umask = os.umask(0o117)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(umask)
         if group is not None:
-            os.chown(path, -1, group)
+            os.chown(path, -1, group, follow_symlinks=False)
         sock.listen(128)
     except OSError as exc:
         sock.close()

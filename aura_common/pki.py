@@ -229,8 +229,9 @@ def _now() -> datetime.datetime:
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Create `path` with `mode` from the start, failing if it exists (keys are never clobbered)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    """Create `path` with `mode` from the start, failing if it exists (keys are never clobbered)
+    and never writing through a symlink."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     with os.fdopen(fd, "wb") as file:
+        os.fchmod(file.fileno(), mode)  # the umask may have narrowed it
         file.write(data)
-    os.chmod(path, mode)  # the umask may have narrowed it

@@ -10,13 +10,16 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import logging
 import os
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
-from aura_common.atomic import locked, parse_versioned_json, write_atomic
+from aura_common.atomic import LockBusy, locked, parse_versioned_json, write_atomic
 from aura_common.errors import AuraError, ConfigError
+
+log = logging.getLogger(__name__)
 
 Addresses = tuple[str, str | None]
 LEASES_VERSION = 1
@@ -95,12 +98,16 @@ class Leases:
     """Addresses assigned on connect (strategy `dynamic`), kept in a file across restarts.
 
     A lease is sticky: the same name gets the same addresses until it is released.
+    The router holds them in memory and never waits for the file's lock (anyone who may read
+    the state directory can hold it): while the lock is busy the file stays behind (`unsaved`)
+    and `flush` or the next change writes it.
     """
 
     def __init__(self, path: str | os.PathLike[str], pool: AddressPool) -> None:
         self.path = os.fspath(path)
         self.pool = pool
         self._leases: dict[str, dict[str, Any]] = self._read()
+        self.unsaved = False
 
     def _read(self) -> dict[str, dict[str, Any]]:
         try:
@@ -122,14 +129,28 @@ class Leases:
         taken = [a for lease in self._leases.values() for a in (lease["v4"], lease["v6"]) if a]
         v4, v6 = self.pool.next_free([*taken, *reserved])
         self._leases[peer_name] = {"v4": v4, "v6": v6, "since": _now()}
-        with locked(self.path):
-            self._save()
+        self._persist()
         return v4, v6
 
     def release(self, peer_name: str) -> None:
         if self._leases.pop(peer_name, None) is not None:
-            with locked(self.path):
+            self._persist()
+
+    def flush(self) -> None:
+        """Write leases a busy lock kept in memory only."""
+        if self.unsaved:
+            self._persist()
+
+    def _persist(self) -> None:
+        try:
+            with locked(self.path, wait=False):
                 self._save()
+        except LockBusy as busy:
+            if not self.unsaved:
+                log.warning("%s; keeping leases in memory until it is free", busy)
+            self.unsaved = True
+            return
+        self.unsaved = False
 
     def active(self) -> dict[str, Addresses]:
         return {name: (lease["v4"], lease["v6"]) for name, lease in self._leases.items()}

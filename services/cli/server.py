@@ -87,12 +87,20 @@ def _pool_networks(values: list[str]) -> tuple[str, str | None]:
     return found[4], found.get(6)
 
 
-def _owned_by(path: Path, group: str, mode: int) -> None:
-    """Let the service account's group read a file when the package created that group."""
-    if os.geteuid() == 0:
-        with contextlib.suppress(KeyError):
-            os.chown(path, -1, grp.getgrnam(group).gr_gid)
-    os.chmod(path, mode)
+def _owned_by(path: Path, group: str | None, mode: int) -> None:
+    """Set the mode (and, as root, the group when it exists) of a file or folder we made.
+
+    Through a descriptor opened without following a symlink, so a link planted in its place
+    cannot hand another file to the group.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        if group is not None and os.geteuid() == 0:
+            with contextlib.suppress(KeyError):
+                os.fchown(fd, -1, grp.getgrnam(group).gr_gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 def init_server(args: argparse.Namespace) -> int:
@@ -121,7 +129,7 @@ def init_server(args: argparse.Namespace) -> int:
     had_ca = Path(config.ca_key_file).exists()
     pki.create_ca(key_dir)
     print(("kept" if had_ca else "created") + f" the CA key {config.ca_key_file}")
-    os.chmod(config.ca_key_file, 0o600)  # root only: systemd hands it to the signer
+    _owned_by(Path(config.ca_key_file), None, 0o600)  # root only: systemd hands it to the signer
     if not Path(config.tls_cert_file).exists():
         pki.issue_tls_certificate(pki.load_ca_private_key(key_dir), [config.public_host], key_dir)
         print(f"issued the TLS certificate {config.tls_cert_file} for {config.public_host}")

@@ -33,6 +33,8 @@ log = logging.getLogger("aura-router")
 TRANSPORT_ROLES = ("udp", "tcp", "quic")
 TUN_READ_LIMIT = 64
 LIMITS_INTERVAL = 0.25  # a peer past its quota or expiry is cut off within this (plus IPC)
+# How often leases a busy lock kept in memory are written again.
+LEASE_FLUSH_INTERVAL = 2.0
 
 
 def send_later(channel: ipc.Channel, frame: dict[str, Any]) -> None:
@@ -326,7 +328,9 @@ async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
     exporter = await metrics.serve(config, "router", metrics.RouterCollector(router))
     systemd.ready(f"tunnel {config.tun.name} up; {sum(1 for p in router.registry)} peers")
     try:
-        await asyncio.Event().wait()
+        while True:
+            await asyncio.sleep(LEASE_FLUSH_INTERVAL)
+            router.leases.flush()
     finally:
         limits.cancel()
         if exporter is not None:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from aura_common.atomic import locked, write_atomic
+from aura_common.atomic import LockBusy, locked, write_atomic
+from aura_common.errors import AuraError
+
+REPO = str(Path(__file__).resolve().parents[2])
 
 
 def test_root_writing_into_a_service_accounts_folder_hands_it_the_file(tmp_path: Path) -> None:
@@ -24,3 +30,99 @@ def test_root_writing_into_a_service_accounts_folder_hands_it_the_file(tmp_path:
     assert Path(str(target) + ".lock").stat().st_uid == 65534
     write_atomic(tmp_path / "root.json", b"{}")
     assert (tmp_path / "root.json").stat().st_uid == 0
+
+
+def _service_folder(tmp_path: Path) -> Path:
+    """A folder another account (nobody) owns and so may fill with traps."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act for another account")
+    tmp_path.chmod(0o755)
+    folder = tmp_path / "state"
+    folder.mkdir()
+    os.chown(folder, 65534, 65534)
+    return folder
+
+
+def test_a_symlinked_lock_file_is_refused_and_its_target_keeps_its_owner(tmp_path: Path) -> None:
+    folder = _service_folder(tmp_path)
+    shadow = tmp_path / "shadow"
+    shadow.write_bytes(b"root:secret\n")
+    shadow.chmod(0o600)
+    (folder / "peers.json.lock").symlink_to(shadow)
+    with pytest.raises(AuraError, match="symlink"), locked(folder / "peers.json"):
+        pass
+    status = shadow.stat()
+    assert (status.st_uid, status.st_gid, status.st_mode & 0o777) == (0, 0, 0o600)
+
+
+def test_a_fifo_in_place_of_the_lock_file_is_refused_without_hanging(tmp_path: Path) -> None:
+    folder = _service_folder(tmp_path)
+    os.mkfifo(folder / "leases.json.lock")
+    script = (
+        "import sys\n"
+        "from aura_common.atomic import locked\n"
+        "with locked(sys.argv[1]):\n"
+        "    pass\n"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", script, str(folder / "leases.json")], capture_output=True,
+        env={**os.environ, "PYTHONPATH": REPO}, timeout=30,
+    )  # fmt: skip
+    assert child.returncode != 0
+    assert b"not a regular file" in child.stderr
+
+
+def test_an_existing_lock_file_is_not_chowned(tmp_path: Path) -> None:
+    folder = _service_folder(tmp_path)
+    lock = folder / "peers.json.lock"
+    lock.write_bytes(b"")
+    os.chown(lock, 0, 0)  # a hard link to a root file would look like this
+    with locked(folder / "peers.json"):
+        pass
+    assert lock.stat().st_uid == 0
+
+
+def test_a_symlinked_directory_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(AuraError, match="symlink"):
+        write_atomic(tmp_path / "link" / "peers.json", b"{}")
+    with pytest.raises(AuraError, match="symlink"), locked(tmp_path / "link" / "peers.json"):
+        pass
+    assert list(real.iterdir()) == []
+
+
+def test_a_symlink_at_the_target_is_replaced_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (tmp_path / "peers.json").symlink_to(victim)
+    write_atomic(tmp_path / "peers.json", b"{}")
+    assert victim.read_bytes() == b"keep"
+    assert not (tmp_path / "peers.json").is_symlink()
+
+
+def test_without_waiting_a_held_lock_raises_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "leases.json"
+    script = (
+        "import sys, time\n"
+        "from aura_common.atomic import locked\n"
+        "with locked(sys.argv[1]):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(30)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        started = time.monotonic()
+        with pytest.raises(LockBusy), locked(path, wait=False):
+            pass
+        assert time.monotonic() - started < 1
+    finally:
+        holder.kill()
+        holder.wait()
+    with locked(path, wait=False):
+        pass

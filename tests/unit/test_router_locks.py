@@ -1,0 +1,80 @@
+"""The router never waits on a lock another account can hold."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from aura_common.config import ServerConfig
+from aura_common.registry import Peer, Registry
+from services.router.main import Router
+
+REPO = str(Path(__file__).resolve().parents[2])
+HOLD = (
+    "import sys, time\n"
+    "from aura_common.atomic import locked\n"
+    "with locked(sys.argv[1]):\n"
+    "    print('held', flush=True)\n"
+    "    time.sleep(60)\n"
+)
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send_reliable(self, frame: dict[str, Any]) -> None:
+        self.sent.append(frame)
+
+
+def dynamic_config(tmp_path: Path) -> ServerConfig:
+    config = ServerConfig.default("vpn.example", state_dir=str(tmp_path),
+                                  runtime_dir=str(tmp_path), key_dir=str(tmp_path))
+    return replace(config, network=replace(config.network, strategy="dynamic"))
+
+
+def test_a_held_leases_lock_does_not_stall_a_session(tmp_path: Path) -> None:
+    config = dynamic_config(tmp_path)
+    with Registry.edit(config.peers_file) as registry:
+        registry.add(Peer("alice", b"a" * 32))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, config.leases_file], stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+
+        async def scenario() -> float:
+            router = Router(config)
+            transport = FakeTransport()
+            router.transports[transport] = "udp"  # type: ignore[index]
+            started = time.monotonic()
+            router._session_up(transport, {"peer": "alice", "endpoint": "192.0.2.1:5"})  # type: ignore[arg-type]
+            elapsed = time.monotonic() - started
+            assert router.sessions.get("alice") is not None
+            assert router.leases.unsaved
+            holder.kill()
+            holder.wait()
+            router.leases.flush()
+            assert not router.leases.unsaved
+            return elapsed
+
+        # In a thread, so that a blocking lock fails the test instead of hanging it.
+        result: list[float] = []
+        worker = threading.Thread(target=lambda: result.append(asyncio.run(scenario())))
+        worker.start()
+        worker.join(10)
+        assert result and result[0] < 1
+        leases = json.loads(Path(config.leases_file).read_text())["leases"]
+        assert leases["alice"]["v4"] == "10.77.0.2"
+    finally:
+        holder.kill()
+        holder.wait()
