@@ -66,14 +66,18 @@ def main() -> int:
             stock_wireguard_up(lab, bob_ns, bob)
 
             step("traffic: both clients reach the server and the internet host through NAT")
+            failed = 0
             for name, ns in (("alice", alice_ns), ("bob", bob_ns)):
                 for target in (SERVER_TUNNEL_V4, INTERNET_HOST):
                     ok = lab.ping(ns, target)
+                    failed += not ok
                     print(f"  {name} -> {target}: {'ok' if ok else 'FAILED'}")
             step("aura status")
             print(server.aura("status").stdout)
             if args.once:
-                return 0
+                # The exit status tells scripts (and the Debian system test) whether it worked.
+                print(f"\n{'all checks passed' if not failed else f'{failed} checks FAILED'}")
+                return 1 if failed else 0
             step("running; try these in another shell (Ctrl-C here tears it all down):")
             config = shlex.quote(str(server.config))
             print(f"  ip netns exec {server.ns} {' '.join(AURA)} --config {config} status")

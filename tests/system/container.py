@@ -119,8 +119,10 @@ def _prepare(root: Path) -> None:
 class Container:
     """One booted container; use `boot()` as a context manager so it is always torn down."""
 
-    def __init__(self, netns: str, *, name: str | None = None) -> None:
+    def __init__(self, netns: str, *, name: str | None = None,
+                 read_only_binds: Sequence[str] = ()) -> None:
         self.netns = netns
+        self.read_only_binds = tuple(read_only_binds)
         self.name = name or f"aura-{uuid.uuid4().hex[:8]}"
         self.run_dir = RUNS_DIR / self.name
         self.root = self.run_dir / "root"
@@ -149,18 +151,25 @@ class Container:
                 f"--directory={self.root}", "--register=no", "--keep-unit",
                 "--link-journal=no", "--console=pipe", "--resolv-conf=off", "--timezone=off",
                 f"--network-namespace-path=/run/netns/{self.netns}",
-                "--bind=/dev/net/tun", "--capability=CAP_NET_ADMIN",
+                "--capability=CAP_NET_ADMIN",
+                *(f"--bind-ro={path}" for path in self.read_only_binds),
             ],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
+            # /proc/sys/net writable: the namespace is the test's own, and the router (or the
+            # demo run inside) enables forwarding there.
             env={"PATH": os.environ.get("PATH", CONTAINER_PATH),
-                 "SYSTEMD_NSPAWN_TMPFS_TMP": "1"},
+                 "SYSTEMD_NSPAWN_TMPFS_TMP": "1", "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"},
         )
         log.close()
         self.leader = self._wait_for_leader(timeout=30)
         state = self._wait_until_running(boot_timeout)
         if state not in ("running", "degraded"):
             raise ContainerError(f"container did not boot (state {state!r}):\n{self.console()}")
+        # The container's own TUN node, mode 0666 as udev makes it on Debian, whatever the
+        # host's node allows (binding the host's would also share a chmod with the host).
+        self.run("mountpoint -q /dev/net/tun && umount /dev/net/tun; mkdir -p /dev/net && "
+                 "rm -f /dev/net/tun && mknod -m 0666 /dev/net/tun c 10 200")
 
     def _wait_for_leader(self, timeout: float) -> int:
         assert self.process is not None
@@ -220,9 +229,10 @@ class Container:
     # -- using it -------------------------------------------------------------------------
     def run(
         self, command: Sequence[str] | str, *, check: bool = True, timeout: float = 60,
-        input: str | None = None,
+        input: str | None = None, env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run a command inside the container (all its namespaces, a clean environment)."""
+        """Run a command inside the container (all its namespaces, a clean environment plus
+        `env`)."""
         if self.leader is None:
             raise ContainerError("container is not running")
         argv = ["sh", "-c", command] if isinstance(command, str) else list(command)
@@ -230,7 +240,8 @@ class Container:
             [
                 "nsenter", f"--target={self.leader}", "--all", "--root", "--wd",
                 "env", "-i", f"PATH={CONTAINER_PATH}", "LANG=C.UTF-8", "HOME=/root",
-                "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0", *argv,
+                "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0",
+                *(f"{key}={value}" for key, value in (env or {}).items()), *argv,
             ],
             capture_output=True, text=True, timeout=timeout, input=input,
             stdin=None if input is not None else subprocess.DEVNULL,
