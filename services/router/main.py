@@ -60,6 +60,7 @@ class Router:
         self.manifest: SignedManifest | None = None
         self.usage = Usage.load(config.usage_file)
         self.gate = Gate()
+        self.refused_since: dict[str, float] = {}  # when the gate refused each peer (Unix time)
         self.check_limits()
 
     # -- start and stop -----------------------------------------------------------------
@@ -125,13 +126,14 @@ class Router:
     def check_limits(self, push: bool = True) -> None:
         """Count usage, refuse peers past their expiry or quota, let edited ones back in."""
         self._account_usage()
-        newly, lifted = self.gate.review(
-            (p for p in self.registry if p.limited), self.usage, time.time()
-        )
+        now = time.time()
+        newly, lifted = self.gate.review((p for p in self.registry if p.limited), self.usage, now)
         for name, why in newly.items():
+            self.refused_since[name] = now
             log.log(NOTICE, "%s refused: %s", name, why, extra=fields(peer=name))
             self._end_session(name, None, why)
         for name in lifted:
+            del self.refused_since[name]
             if name in self.registry:
                 log.info("%s may connect again", name, extra=fields(peer=name))
         # A crossing is saved at once so a crash cannot let the peer back in.
@@ -292,6 +294,7 @@ class Router:
                 "connected": session is not None, "usage_bytes": self.usage.get(peer.name),
                 "quota_bytes": peer.quota_bytes, "expires": peer.expires,
                 "refused": self.gate.refused.get(peer.name),
+                "refused_since": self.refused_since.get(peer.name),
             }
             if session is not None:
                 entry.update(
