@@ -1,5 +1,12 @@
 """Errors a user can act on: shown as one clear line, never as a traceback."""
 
+import reprlib
+
+# A bad value is quoted in the message, but a hostile file's value can be huge or nested
+# thousands deep: quote a bounded, shallow excerpt.
+_QUOTE = reprlib.Repr()
+_QUOTE.maxlevel, _QUOTE.maxstring, _QUOTE.maxother = 3, 120, 120
+
 
 class AuraError(Exception):
     """An expected failure whose message tells the user what to fix."""
@@ -15,6 +22,6 @@ class ConfigError(AuraError):
         where = f"{path}: {key}" if key else f"{path}"
         detail = f"expected {expected}"
         if found is not None:
-            detail += f", found {found!r}"
+            detail += f", found {_QUOTE.repr(found)}"
         super().__init__(f"{where}: {detail}")
         self.path, self.key, self.expected, self.found = path, key, expected, found

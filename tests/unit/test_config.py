@@ -145,6 +145,19 @@ def test_bad_yaml_names_the_line(tmp_path: Path) -> None:
         ServerConfig.load(path)
 
 
+
+@pytest.mark.parametrize(
+    "text", ["[" * 5000, "- " * 5000 + "x", "{a: " * 3000 + "1"], ids=["flow", "block", "map"]
+)
+def test_deeply_nested_yaml_is_a_config_error_not_a_crash(tmp_path: Path, text: str) -> None:
+    # One short line naming the file, never a RecursionError (from the parser or the message).
+    with pytest.raises(ConfigError, match=r"server\.yaml: .*expected") as info:
+        ServerConfig.load(write(tmp_path, text))
+    assert len(str(info.value)) < 400
+    with pytest.raises(ConfigError, match=r"client\.yaml: .*expected"):
+        ClientConfig.load(write(tmp_path, text, "client.yaml"))
+
+
 BAD_SERVER_VALUES = [
     (("version",), 2, "version", "1"),
     (("public_host",), "bad host!", "public_host", "host name or IP"),
