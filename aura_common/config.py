@@ -216,7 +216,7 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 def _read_yaml(path: str) -> object:
     try:
         with open(path, "rb") as f:
-            return yaml.load(f, Loader=_YAML_LOADER)  # noqa: S506 (a safe loader)
+            return yaml.load(f, Loader=_YAML_LOADER)
     except FileNotFoundError:
         raise ConfigError(path, "", "an existing config file (not found)") from None
     except PermissionError:
