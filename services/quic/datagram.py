@@ -42,8 +42,8 @@ class DatagramSocket:
         self.on_burst = on_burst
         self.on_error = on_error
         self.dropped = 0  # datagrams the kernel did not take (full buffer, no route)
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(sock.fileno(), self._readable)
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(sock.fileno(), self._readable)
 
     @property
     def closed(self) -> bool:
@@ -71,5 +71,5 @@ class DatagramSocket:
 
     def close(self) -> None:
         if not self.closed:
-            self._loop.remove_reader(self.sock.fileno())
+            self.loop.remove_reader(self.sock.fileno())
             self.sock.close()

@@ -16,7 +16,8 @@ import pytest
 from aura_common.config import QuicConfig
 from services.client.carriers.quic import TUNNEL_MTU
 from services.client.carriers.quic import Carrier as QuicClient
-from services.quic.carrier import QUIC_PACKET_SIZE, QuicCarrier, server_configuration
+from services.quic.carrier import QuicCarrier, server_configuration
+from services.quic.link import MAX_QUEUED_BYTES, QUIC_PACKET_SIZE
 from tests.unit.test_tcp_carrier import Initiator, Keys, ipv4_packet, keys, new_hub, run
 
 __all__ = ["keys"]  # the module-scoped key fixture, shared with the TCP tests
@@ -268,3 +269,28 @@ def test_closing_stops_every_timer(keys: Keys) -> None:
 
     run(scenario)
     assert errors == []
+
+
+def test_a_batch_larger_than_the_queue_leaves_whole(keys: Keys) -> None:
+    """One TUN read can hand the carrier more than its queue holds: the queue spills into
+    aioquic as it fills instead of dropping the rest of the batch."""
+    received: list[int] = []
+
+    async def scenario() -> None:
+        async with quic_server(keys, QuicConfig()) as (carrier, port):
+            carrier.hub.received = (  # type: ignore[method-assign]
+                lambda datagrams, source: received.append(len(datagrams)))
+            client = QuicClient(keys.client_config())
+            await client.open("127.0.0.1", port, lambda datagrams: None)
+            message = bytes(TUNNEL_MTU + 32)
+            batch = MAX_QUEUED_BYTES // len(message) * 2
+            client.transmit([message] * batch)
+            for _ in range(50):
+                await asyncio.sleep(0.05)
+                if sum(received) == batch:
+                    break
+            assert client.dropped == 0
+            assert sum(received) == batch
+            client.close()
+
+    run(scenario)

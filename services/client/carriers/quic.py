@@ -14,24 +14,29 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import socket
 import ssl
 from collections.abc import Sequence
 
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ConnectionTerminated, DatagramFrameReceived, QuicEvent
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    DatagramFrameReceived,
+    HandshakeCompleted,
+    PingAcknowledged,
+)
 
 from aura_common.config import ClientConfig
 from services.client.carriers import Deliver, tunnel_mtu_within
 from services.client.carriers.tcp import verify_server_certificate
-from services.quic.carrier import (
+from services.quic.datagram import Burst, DatagramSocket
+from services.quic.link import (
     DATAGRAM_OVERHEAD,
     QUIC_PACKET_SIZE,
-    BatchedProtocol,
+    QuicLink,
     datagram_configuration,
-    queue_datagrams,
 )
-from services.quic.datagram import Burst, DatagramSocket
 
 PING_INTERVAL = 1.0
 PING_DEADLINE = 4.0
@@ -41,18 +46,10 @@ IDLE_TIMEOUT = 15.0
 TUNNEL_MTU = tunnel_mtu_within(QUIC_PACKET_SIZE - DATAGRAM_OVERHEAD)
 
 
-class _Protocol(BatchedProtocol):
-    def __init__(self, quic: QuicConnection, sock: DatagramSocket, carrier: Carrier) -> None:
-        super().__init__(quic, sock)
-        self.carrier = carrier
-        self.batch: list[bytes] = []
-
-    def quic_event_received(self, event: QuicEvent) -> None:
-        if isinstance(event, DatagramFrameReceived):
-            self.batch.append(event.data)
-        elif isinstance(event, ConnectionTerminated):
-            reason = event.reason_phrase or f"error code {event.error_code:#x}"
-            self.carrier.broken(f"QUIC connection closed: {reason}")
+def peer_certificate(quic: QuicConnection) -> object:
+    """The server's certificate. aioquic keeps it on its TLS context without a public name;
+    this is the one place that reaches for it."""
+    return quic.tls._peer_certificate
 
 
 class Carrier:
@@ -65,14 +62,18 @@ class Carrier:
         self.deliver: Deliver = lambda datagrams: None
         self.dropped = 0
         self._socket: DatagramSocket | None = None
-        self._protocol: _Protocol | None = None
+        self._link: QuicLink | None = None
         self._receiving = False
         self._keepalive: asyncio.Task[None] | None = None
         self._closed: asyncio.Future[str] | None = None
+        self._connected: asyncio.Future[None] | None = None
+        self._pings: dict[int, asyncio.Future[None]] = {}
+        self._ping_ids = itertools.count()
 
     async def open(self, host: str, port: int, deliver: Deliver) -> None:
         loop = asyncio.get_running_loop()
         self._closed = loop.create_future()
+        self._connected = loop.create_future()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         try:
@@ -87,12 +88,12 @@ class Carrier:
             is_client=True, idle_timeout=IDLE_TIMEOUT, server_name=self.server_name)
         configuration.verify_mode = ssl.CERT_NONE  # checked below against the pinned CA key
         quic = QuicConnection(configuration=configuration)
-        self._protocol = protocol = _Protocol(quic, self._socket, self)
+        self._link = link = QuicLink(quic, self._socket, self._timer_events)
         try:
-            protocol.connect(server)
-            await protocol.wait_connected()
-            # aioquic keeps the peer's certificate on its TLS context, without a public name.
-            certificate = quic.tls._peer_certificate
+            quic.connect(server, now=loop.time())
+            link.transmit()
+            await self._connected  # a cancelled open() cancels it too
+            certificate = peer_certificate(quic)
             if certificate is None:
                 raise ConnectionError("the QUIC server sent no certificate")
             verify_server_certificate(certificate, self.ca_public_key)
@@ -100,48 +101,75 @@ class Carrier:
             self.close()
             raise
         self.deliver = deliver
-        self._keepalive = loop.create_task(self._ping_forever(protocol))
+        self._keepalive = loop.create_task(self._ping_forever())
 
     def _burst(self, burst: Burst) -> None:
-        protocol = self._protocol
-        if protocol is None:
+        link = self._link
+        if link is None:
             return
         self._receiving = True
         try:
             for datagrams, source, _local in burst:
-                for data in datagrams:
-                    protocol.datagram_received(data, source)
-            if protocol.batch:
-                batch, protocol.batch = protocol.batch, []
-                self.deliver(batch)
+                link.receive(datagrams, source)
+            self._take_events(link)
         finally:
             self._receiving = False
-        if self._protocol is protocol:  # not broken meanwhile
-            protocol.transmit()
+        if self._link is link:  # not broken meanwhile
+            link.transmit()
+
+    def _timer_events(self, link: QuicLink) -> None:
+        if self._link is link:
+            self._take_events(link)
+
+    def _take_events(self, link: QuicLink) -> None:
+        batch: list[bytes] = []
+        for event in link.events():
+            if type(event) is DatagramFrameReceived:
+                batch.append(event.data)
+            elif isinstance(event, PingAcknowledged):
+                waiter = self._pings.pop(event.uid, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+            elif isinstance(event, HandshakeCompleted):
+                if self._connected is not None and not self._connected.done():
+                    self._connected.set_result(None)
+            elif isinstance(event, ConnectionTerminated):
+                reason = event.reason_phrase or f"error code {event.error_code:#x}"
+                self.broken(f"QUIC connection closed: {reason}")
+                return
+        if batch:
+            self.deliver(batch)
 
     def _socket_error(self, error: OSError) -> None:
         hint = (" (ICMP port unreachable: nothing listens on the server's QUIC port)"
                 if error.errno == errno.ECONNREFUSED else "")
         self.broken(f"QUIC path failed: {error}{hint}")
 
-    async def _ping_forever(self, protocol: _Protocol) -> None:
-        while True:
+    async def _ping_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._link is not None:
             await asyncio.sleep(PING_INTERVAL)
+            link = self._link
+            if link is None:
+                return
+            uid = next(self._ping_ids)
+            self._pings[uid] = answered = loop.create_future()
+            link.quic.send_ping(uid)
+            link.transmit()
             try:
                 async with asyncio.timeout(PING_DEADLINE):
-                    await protocol.ping()
+                    await answered
             except TimeoutError:
                 self.broken(f"no answer from the server for {PING_DEADLINE:.0f} s")
                 return
-            except ConnectionError:
-                return  # terminated: reported by the protocol
+            finally:
+                self._pings.pop(uid, None)
 
     def transmit(self, datagrams: Sequence[bytes]) -> None:
-        protocol = self._protocol
-        if protocol is not None:
-            self.dropped += queue_datagrams(protocol._quic, datagrams)
-            if not self._receiving:  # else sent at the end of the burst
-                protocol.transmit()
+        link = self._link
+        if link is not None:
+            # while a burst is handled, they leave with its acknowledgements
+            self.dropped += link.send(datagrams, now=not self._receiving)
 
     async def wait_closed(self) -> str:
         assert self._closed is not None, "open() first"
@@ -150,11 +178,15 @@ class Carrier:
     def broken(self, reason: str) -> None:
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(reason)
+        if self._connected is not None and not self._connected.done():
+            self._connected.set_exception(ConnectionError(reason))
         self._release()
 
     def close(self) -> None:
-        if self._protocol is not None:
-            self._protocol.close()  # tell the server at once instead of letting it idle out
+        if self._link is not None:
+            # tell the server at once instead of letting it idle out
+            self._link.quic.close()
+            self._link.transmit()
         self.broken("closed by the client")
 
     def _release(self) -> None:
@@ -162,9 +194,12 @@ class Carrier:
         if self._keepalive is not None and self._keepalive is not asyncio.current_task():
             self._keepalive.cancel()
         self._keepalive = None
-        if self._protocol is not None:
-            self._protocol.stop_timers()
-            self._protocol = None
+        for waiter in self._pings.values():
+            waiter.cancel()
+        self._pings.clear()
+        if self._link is not None:
+            self._link.stop()
+            self._link = None
         if self._socket is not None:
             self._socket.close()
             self._socket = None
