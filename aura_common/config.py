@@ -263,6 +263,7 @@ class NetworkConfig:
     strategy: str = "static"
     dns: tuple[str, ...] = ()
     uplink: str | None = None
+    lease_idle_timeout: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -475,6 +476,8 @@ class ServerConfig:
                 f"  strategy: {v(n.strategy)}  # static | dynamic",
                 f"  dns: {v(list(n.dns))}  # pushed to Aura clients",
                 f"  uplink: {v(n.uplink)}  # NAT out of this interface; null = any but the TUN",
+                f"  lease_idle_timeout: {v(n.lease_idle_timeout)}  # dynamic: seconds without "
+                "an authenticated packet from a peer before its address is released",
                 "transports:",
                 "  udp:",
                 f"    enabled: {v(t.udp.enabled)}",
@@ -529,7 +532,9 @@ def _parse_server(raw: object, path: str) -> ServerConfig:
         admin_group=admin_group,
         tun=_parse_tun(top.section("tun", ("name", "mtu"))),
         network=_parse_network(
-            top.section("network", ("ipv4", "ipv6", "strategy", "dns", "uplink"))
+            top.section(
+                "network", ("ipv4", "ipv6", "strategy", "dns", "uplink", "lease_idle_timeout")
+            )
         ),
         transports=_parse_transports(top.section("transports", TRANSPORT_NAMES)),
         metrics=_parse_metrics(top.section("metrics", ("enabled", *METRICS_SERVICES))),
@@ -575,6 +580,7 @@ def _parse_network(s: _Section) -> NetworkConfig:
         strategy=s.choice("strategy", STRATEGIES, "static"),
         dns=s.ip_addresses("dns"),
         uplink=uplink,
+        lease_idle_timeout=s.seconds("lease_idle_timeout", 300.0),
     )
 
 

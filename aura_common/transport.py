@@ -52,9 +52,10 @@ def format_endpoint(address: Address) -> str:
 
 
 class SessionHub:
-    def __init__(self, role: str, private_key: bytes, router_socket: str, *, mtu: int) -> None:
+    def __init__(self, role: str, private_key: bytes, router_socket: str, *, mtu: int,
+                 idle_timeout: float | None = None) -> None:
         self.role = role
-        self.device = Device(private_key, mtu=mtu)
+        self.device = Device(private_key, mtu=mtu, idle_timeout=idle_timeout)
         self.router_socket = router_socket
         self.carrier: Carrier | None = None
         # Told the outer address of each completed handshake with a known peer: carriers that
@@ -285,8 +286,12 @@ def listening_socket(
 
 
 def new_hub(config: ServerConfig, role: str) -> SessionHub:
+    # A dynamic address is held only while the peer talks: an idle session ends, and with
+    # it the lease (the router releases it on session_down).
+    network = config.network
+    idle = network.lease_idle_timeout if network.strategy == "dynamic" else None
     return SessionHub(role, load_server_private_key(config), config.router_socket,
-                      mtu=config.tun.mtu)
+                      mtu=config.tun.mtu, idle_timeout=idle)
 
 
 async def serve_sessions(

@@ -162,7 +162,8 @@ class Device:
     """One local static key and the peers allowed to talk to it."""
 
     def __init__(self, private_key: bytes, *, rng: Callable[[int], bytes] = os.urandom,
-                 under_load_after: int = UNDER_LOAD_BACKLOG, mtu: int = DEFAULT_MTU) -> None:
+                 under_load_after: int = UNDER_LOAD_BACKLOG, mtu: int = DEFAULT_MTU,
+                 idle_timeout: float | None = None) -> None:
         if len(private_key) != KEY_SIZE:
             raise AuraError(
                 f"WireGuard private key must be {KEY_SIZE} bytes, got {len(private_key)}"
@@ -170,6 +171,9 @@ class Device:
         self._static = X25519PrivateKey.from_private_bytes(private_key)
         self.public_key = public_key(private_key)
         self.mtu = mtu
+        # End a session after this long without an authenticated message from the peer
+        # (data, keepalive or handshake); None: only key expiry ends it.
+        self.idle_timeout = idle_timeout
         self._rng = rng
         self._initial_hash = initial_hash_for(self.public_key)
         self._cookie_checker = CookieChecker(self.public_key, rng)
@@ -589,6 +593,9 @@ class Device:
             if (peer.keepalive and peer.endpoint is not None
                     and now - max(peer._last_sent, peer._last_received) >= peer.keepalive):
                 self._send_on(peer, [b""], now, events)
+            if (self.idle_timeout is not None and peer._session_alive
+                    and now - peer._last_received >= self.idle_timeout):
+                self._erase_keys(peer)  # its next packet needs a new handshake
             if peer._session_alive and not peer.has_session(now):
                 peer._session_alive = False
                 events.append(SessionExpired(peer))
