@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -34,6 +35,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from aura_common.config import ServerConfig, format_host_port
+from aura_common.limits import parse_time
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -251,12 +253,28 @@ class RouterCollector(Collector):
         handshake = out.gauge("aura_peer_last_handshake_timestamp_seconds",
                               "When the peer's latest handshake completed (Unix time).",
                               ["peer"])
+        usage = out.counter("aura_peer_usage_bytes",
+                            "Bytes the peer moved through the tunnel, both ways, kept across "
+                            "restarts (what its quota counts).", ["peer"])
+        quota = out.gauge("aura_peer_quota_bytes", "The peer's traffic quota.", ["peer"])
+        expiry = out.gauge("aura_peer_expiry_timestamp_seconds",
+                           "When the peer's access ends (Unix time).", ["peer"])
+        refused = out.gauge("aura_peer_refused",
+                            "1 while the peer is refused for its expiry or quota.", ["peer"])
         enabled = 0
         for peer in router.registry:
             if not peer.enabled:
                 continue
             enabled += 1
             name = peer.name
+            usage.add_metric([name], router.usage.get(name))
+            if peer.limited:
+                refused.add_metric([name], 1 if name in router.gate.refused else 0)
+            if peer.quota_bytes is not None:
+                quota.add_metric([name], peer.quota_bytes)
+            if peer.expires is not None:
+                with contextlib.suppress(ValueError):
+                    expiry.add_metric([name], parse_time(peer.expires).timestamp())
             session = sessions.get(name)
             connected.add_metric([name], 0 if session is None else 1)
             if session is None:

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from aura_common import metrics
 from aura_common.config import MetricsConfig, ServerConfig
 from aura_common.errors import ConfigError
+from aura_common.limits import Gate, Usage
 from aura_common.registry import Peer as RegistryPeer
 from aura_common.transport import SessionHub
 from aura_common.wireguard import Device, Transmit, generate_private_key, public_key
@@ -156,9 +157,12 @@ def test_carrier_and_fallback_state_is_read_at_scrape_time() -> None:
 def router_state() -> SimpleNamespace:
     sessions: SessionTable[str] = SessionTable()
     registry = [RegistryPeer("alice", b"a" * 32, address_v4="10.77.0.2"),
-                RegistryPeer("bob", b"b" * 32, address_v4="10.77.0.3"),
+                RegistryPeer("bob", b"b" * 32, address_v4="10.77.0.3", quota_bytes=1000,
+                             expires="2030-01-01T00:00:00Z"),
                 RegistryPeer("carol", b"c" * 32, address_v4="10.77.0.4", enabled=False)]
-    return SimpleNamespace(registry=registry, sessions=sessions, transports={})
+    return SimpleNamespace(registry=registry, sessions=sessions, transports={},
+                           usage=Usage("/nonexistent/usage.json", {"alice": 5, "bob": 2000}),
+                           gate=Gate())
 
 
 def test_router_metrics_follow_the_session_table() -> None:
@@ -184,6 +188,21 @@ def test_router_metrics_follow_the_session_table() -> None:
     assert registry.get_sample_value("aura_router_dropped_packets_total",
                                      {"reason": "unroutable"}) == 1
     assert registry.get_sample_value("aura_registry_peers") == 2
+
+
+def test_router_metrics_show_usage_and_limits() -> None:
+    router = router_state()
+    registry = registry_of(metrics.RouterCollector(router))
+    bob = {"peer": "bob"}
+    assert registry.get_sample_value("aura_peer_usage_bytes_total", {"peer": "alice"}) == 5
+    assert registry.get_sample_value("aura_peer_quota_bytes", bob) == 1000
+    assert registry.get_sample_value("aura_peer_quota_bytes", {"peer": "alice"}) is None
+    assert registry.get_sample_value("aura_peer_expiry_timestamp_seconds", bob) == 1893456000
+    assert registry.get_sample_value("aura_peer_refused", bob) == 0
+    router.gate.review([p for p in router.registry if p.limited], router.usage, 1.7e9)
+    assert registry.get_sample_value("aura_peer_refused", bob) == 1
+    router.usage.add("bob", 10)
+    assert registry.get_sample_value("aura_peer_usage_bytes_total", bob) == 2010
 
 
 # -- config ----------------------------------------------------------------------------------
