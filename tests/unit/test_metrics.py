@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
-from aura_common import metrics
+from aura_common import ipc, metrics
 from aura_common.config import MetricsConfig, ServerConfig
 from aura_common.errors import ConfigError
 from aura_common.limits import Gate, Usage
@@ -308,5 +308,63 @@ def test_a_taken_port_costs_the_metrics_not_the_service(caplog: pytest.LogCaptur
                                                metrics.TransportCollector(hub_with_client()[0]))
         assert exporter is None
         assert f"metrics.tcp: cannot listen on 127.0.0.1:{port}" in caplog.text
+
+    asyncio.run(main())
+
+
+# -- the Grafana dashboard -------------------------------------------------------------------
+def test_the_dashboard_asks_only_for_metrics_the_services_export() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).parents[2] / "docs/grafana-dashboard.json").read_text())
+    queries = [target["expr"] for panel in dashboard["panels"]
+               for target in panel.get("targets", [])]
+    queries += [variable["definition"] for variable in dashboard["templating"]["list"]]
+    asked = {name for query in queries for name in re.findall(r"\b(?:aura|process)_\w+", query)}
+
+    async def exported() -> set[str]:
+        tcp_hub, _, _ = hub_with_client()
+        tcp_hub.carrier = SimpleNamespace(
+            dropped=0, connections=0, pending=0,
+            fallback=SimpleNamespace(active=0, outcomes=Counter(x=1)))
+        router = router_state()
+        router.sessions.up("bob", "link", "udp", "192.0.2.1:5000", ["10.77.0.3"], 1.0)
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with a, b:
+            router.transports = {ipc.Channel(a, "udp"): "udp"}
+            registry = CollectorRegistry(auto_describe=False)
+            for collector in (metrics.RouterCollector(router),
+                              metrics.TransportCollector(tcp_hub), metrics.ProcessCollector()):
+                registry.register(collector)
+            return {sample.name for family in registry.collect() for sample in family.samples}
+
+    names = asyncio.run(exported())
+    assert asked and asked <= names, asked - names
+
+
+def test_ipc_link_metrics_show_queues_and_drops() -> None:
+    async def main() -> None:
+        router = router_state()
+        registry = registry_of(metrics.RouterCollector(router))
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with a, b:
+            channel = ipc.Channel(a, "udp")
+            router.transports = {channel: "udp"}
+            b.setblocking(False)
+            for _ in range(3):
+                b.send(ipc.encode({"t": "pkts", "peer": "alice", "data": [b"x"]}))
+            await asyncio.sleep(0.05)  # the channel reads them into its queue
+            udp = {"link": "udp"}
+            assert registry.get_sample_value("aura_ipc_queued_frames", udp) == 3
+            assert registry.get_sample_value("aura_ipc_send_queue_bytes", udp) == 0
+            while channel.send_packets("alice", [b"y" * 1000] * 50):
+                pass  # until the other side's buffer is full and a batch is dropped
+            assert (registry.get_sample_value("aura_ipc_send_queue_bytes", udp) or 0) > 50_000
+            assert (registry.get_sample_value("aura_ipc_dropped_batches_total", udp) or 0) >= 1
+            assert registry.get_sample_value("aura_router_transport_connected",
+                                             {"transport": "udp"}) == 1
+            channel.close()
 
     asyncio.run(main())
