@@ -14,6 +14,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 Address = tuple[str, int]
 TICK_INTERVAL = 0.25
 ROUTER_RETRY_MAX = 2.0
+DROP_LOG_INTERVAL = 1.0  # seconds between debug lines about one kind of dropped message
 
 
 class Carrier(Protocol):
@@ -66,6 +68,8 @@ class SessionHub:
         self._by_name: dict[str, Peer] = {}
         self._live: set[str] = set()  # peers with a session the router knows of
         self.counters = metrics.TransportCounters()
+        self._drop_logged_at: dict[str, float] = {}  # by metrics.drop_reason() kind
+        self._drops_unlogged: Counter[str] = Counter()
 
     @property
     def session_count(self) -> int:
@@ -97,6 +101,7 @@ class SessionHub:
 
     def _handle(self, events: list) -> None:  # type: ignore[type-arg]
         carrier, counters = self.carrier, self.counters
+        debug = log.isEnabledFor(logging.DEBUG)
         for event in events:
             if type(event) is Received:
                 name = self._names.get(event.peer.public_key)
@@ -116,7 +121,20 @@ class SessionHub:
                 self._session_down(event.peer)
             elif type(event) is Dropped:
                 counters.drop(event.reason)
-                log.debug("dropped from %s: %s", event.source, event.reason)
+                if debug:
+                    self._log_drop(event)
+
+    def _log_drop(self, event: Dropped) -> None:
+        """One debug line per kind of drop and second: the sender decides how many there are."""
+        kind = metrics.drop_reason(event.reason)
+        now = time.monotonic()
+        if now - self._drop_logged_at.get(kind, -DROP_LOG_INTERVAL) < DROP_LOG_INTERVAL:
+            self._drops_unlogged[kind] += 1
+            return
+        self._drop_logged_at[kind] = now
+        unlogged = self._drops_unlogged.pop(kind, 0)
+        log.debug("dropped from %s: %s%s", event.source, event.reason,
+                  f" (and {unlogged} more like it since the last line)" if unlogged else "")
 
     def _session_up(self, peer: Peer) -> None:
         if peer.endpoint is not None and self.on_authenticated is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import socket
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -34,23 +35,30 @@ from .messages import MAC_SIZE, CookieReply
 
 Source = tuple[str, int]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
+
+
+def source_ip(host: str) -> bytes:
+    """The packed address a datagram came from (4 or 16 bytes), IPv4 always as IPv4.
+
+    A dual-stack socket reports IPv4 sources as IPv4-mapped IPv6 (`::ffff:a.b.c.d`); every
+    decision about a source (cookie, rate limit, display) goes through here. It runs for
+    every handshake message under load, so it avoids the slower `ipaddress` parser.
+    """
+    if ":" not in host:
+        return socket.inet_pton(socket.AF_INET, host)
+    packed = socket.inet_pton(socket.AF_INET6, host.partition("%")[0])  # no zone index
+    return packed[12:] if packed[:12] == _V4_MAPPED_PREFIX else packed
 
 
 def source_address(host: str) -> IPAddress:
-    """The address a datagram came from, IPv4 seen through a dual-stack socket as IPv4.
-
-    A dual-stack socket reports IPv4 sources as IPv4-mapped IPv6 (`::ffff:a.b.c.d`); every
-    decision about a source (cookie, rate limit, display) goes through here.
-    """
-    address = ipaddress.ip_address(host)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+    """`source_ip` as an address object, for display."""
+    return ipaddress.ip_address(source_ip(host))
 
 
 def source_bytes(source: Source) -> bytes:
     """The source address as the cookie binds it: IP bytes, then the port big-endian."""
-    return source_address(source[0]).packed + source[1].to_bytes(2, "big")
+    return source_ip(source[0]) + source[1].to_bytes(2, "big")
 
 
 def mac1_key(public: bytes) -> bytes:
@@ -75,25 +83,26 @@ class CookieChecker:
         expected = keyed_mac(self._mac1_key, message[:mac1_offset])
         return hmac.compare_digest(expected, message[mac1_offset : mac1_offset + MAC_SIZE])
 
-    def _cookie(self, source: Source) -> bytes:
-        return keyed_mac(self._secret, source_bytes(source))
+    def reply_unless_mac2(self, message: bytes, mac1_offset: int, receiver: int,
+                          source: Source, now: float) -> bytes | None:
+        """None if `message` carries a valid mac2 for `source`; else a cookie reply to it.
 
-    def mac2_valid(self, message: bytes, mac1_offset: int, source: Source, now: float) -> bool:
-        if self._secret_born is None or now - self._secret_born > COOKIE_SECRET_MAX_AGE:
-            return False
-        mac2_offset = mac1_offset + MAC_SIZE
-        expected = keyed_mac(self._cookie(source), message[:mac2_offset])
-        return hmac.compare_digest(expected, message[mac2_offset : mac2_offset + MAC_SIZE])
-
-    def reply(self, message: bytes, mac1_offset: int, receiver: int, source: Source,
-              now: float) -> bytes:
-        """A cookie reply to `message`, encrypted with its mac1 as associated data."""
-        if self._secret_born is None or now - self._secret_born > COOKIE_SECRET_MAX_AGE:
+        The reply carries the cookie for `source`, encrypted with the message's mac1 as
+        associated data, so only the holder of our public key who sent it can read it.
+        """
+        stale = self._secret_born is None or now - self._secret_born > COOKIE_SECRET_MAX_AGE
+        if stale:  # every cookie issued so far is void, so no mac2 can be valid
             self._secret = self._rng(32)
             self._secret_born = now
+        cookie = keyed_mac(self._secret, source_bytes(source))
+        mac2_offset = mac1_offset + MAC_SIZE
+        if not stale and hmac.compare_digest(
+            keyed_mac(cookie, message[:mac2_offset]), message[mac2_offset : mac2_offset + MAC_SIZE]
+        ):
+            return None
         nonce = self._rng(24)
         mac1 = message[mac1_offset : mac1_offset + MAC_SIZE]
-        encrypted = xaead_seal(self._cookie_key, nonce, self._cookie(source), mac1)
+        encrypted = xaead_seal(self._cookie_key, nonce, cookie, mac1)
         return CookieReply(receiver, nonce, encrypted).pack()
 
 
@@ -167,7 +176,7 @@ class RateLimiter:
 
     @staticmethod
     def key(host: str) -> bytes:
-        packed = source_address(host).packed
+        packed = source_ip(host)
         return packed if len(packed) == 4 else packed[:8]
 
     def allow(self, host: str, now: float) -> bool:

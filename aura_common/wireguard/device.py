@@ -476,8 +476,8 @@ class Device:
             return False
         if not self._load.under_load(backlog, now):
             return True
-        if not checker.mac2_valid(datagram, mac1_offset, source, now):
-            reply = checker.reply(datagram, mac1_offset, sender, source, now)
+        reply = checker.reply_unless_mac2(datagram, mac1_offset, sender, source, now)
+        if reply is not None:
             events.append(Transmit(source, [reply]))
             return False
         if not self._rate_limiter.allow(source[0], now):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aura_common.wireguard import HandshakeCompleted, Transmit, public_key
 from aura_common.wireguard.constants import COOKIE_SECRET_MAX_AGE
+from tests.e2e.flood import junk_initiation
 from tests.unit.test_wireguard_device import CLIENT_ADDR, Pair, drop_reasons, of_type, transmits
-from tests.unit.test_wireguard_dos import junk_initiation
 
 
 def test_under_load_a_cookie_reply_and_a_retry_with_mac2_succeeds() -> None:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
-import os
+import logging
 import tracemalloc
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from aura_common.transport import SessionHub
 from aura_common.wireguard import Device, Transmit, generate_private_key, public_key
 from aura_common.wireguard.cookie import Load, RateLimiter, source_address, source_bytes
 from aura_common.wireguard.limits import (
@@ -21,6 +22,7 @@ from aura_common.wireguard.limits import (
     UNDER_LOAD_BACKLOG,
     UNDER_LOAD_STICKY,
 )
+from tests.e2e.flood import junk_initiation
 from tests.unit.test_wireguard_device import (
     CLIENT_ADDR,
     SERVER_ADDR,
@@ -28,13 +30,6 @@ from tests.unit.test_wireguard_device import (
     drop_reasons,
     transmits,
 )
-
-
-def junk_initiation(server_public: bytes) -> bytes:
-    """An initiation from nobody with a valid mac1: all an outsider needs is the public key."""
-    mac1_key = hashlib.blake2s(b"mac1----" + server_public).digest()
-    body = bytes([1, 0, 0, 0]) + os.urandom(112)
-    return body + hashlib.blake2s(body, digest_size=16, key=mac1_key).digest() + bytes(16)
 
 
 def sizes(events: list) -> list[int]:  # type: ignore[type-arg]
@@ -216,3 +211,15 @@ def test_rate_limiter_table_is_bounded_in_entries_and_bytes() -> None:
         tracemalloc.stop()
     assert len(limiter) == RATE_LIMIT_TABLE_SIZE
     assert held < RATE_LIMIT_TABLE_SIZE * 320, held  # about 1.2 MiB at most
+
+
+def test_the_hub_logs_one_line_per_kind_of_drop_a_second(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub = SessionHub("udp", generate_private_key(), "/nonexistent/router.sock", mtu=1420)
+    with caplog.at_level(logging.DEBUG, logger="aura_common.transport"):
+        for _ in range(1000):
+            hub.received([b"\x09" * 40], ("192.0.2.1", 1))
+    lines = [r for r in caplog.records if "dropped from" in r.getMessage()]
+    assert len(lines) == 1
+    assert hub.counters.dropped["malformed"] == 1000

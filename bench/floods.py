@@ -1,0 +1,278 @@
+"""Handshake capacity of aura-udp on one core, and what floods cost a connected client.
+
+    python3 -m bench.floods [--seconds 5] [--only NAME ...]
+
+1. The core alone (this process, one core): handshake responses per second for valid
+   initiations from known peers, cookie replies per second under load, and junk initiations
+   (valid mac1, unknown key) rejected per second below the load mark.
+2. One aura-udp pinned to one CPU (`taskset`), in a namespace: real initiations from
+   LOAD_PEERS registered peers, each from its own source address and answering cookie replies
+   as a real client does, offered at increasing rates; responses and cookie replies per second
+   come back. Above capacity the backlog puts the server under load: handshakes need a cookie,
+   and each proven source meets the rate limit (20/s).
+3. Floods: each function below starts one flood (tests/e2e/flood.py) against the same server
+   while a stock WireGuard client runs iperf3 through the tunnel; the result is its throughput
+   as a ratio of its throughput without a flood, measured in the same run (before and after
+   the floods). To add a flood (TCP, QUIC), write one more function and list it in FLOODS.
+
+The machine is shared and noisy: compare ratios within one run, not figures across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aura_common.registry import Peer as RegisteredPeer
+from aura_common.registry import Registry
+from aura_common.wireguard import Device, generate_private_key, public_key
+from tests.e2e.flood import SERVER_V4, SERVER_V6, attacker_namespace, junk_initiation
+from tests.e2e.topology import INTERNET_HOST, AuraServer, build, iperf3, stock_wireguard_up
+from tests.netns import Lab
+
+LOAD_PEERS = 150  # each may initiate 50 times a second (INITIATION_MIN_INTERVAL)
+OFFERED_RATES = (500, 1000, 2000, 4000)
+STEP_SECONDS = 3.0
+FLOOD_RATE = 10_000
+SERVER_CPU = 0
+
+
+# -- 1. the core alone -----------------------------------------------------------------------
+def core_capacity(count: int = 1500) -> dict[str, float]:
+    server_key = generate_private_key()
+    server_public = public_key(server_key)
+    server = Device(server_key)
+    clients = []
+    for _ in range(LOAD_PEERS):
+        key = generate_private_key()
+        device = Device(key)
+        clients.append((device, device.add_peer(server_public, endpoint=(SERVER_V4, 8443))))
+        server.add_peer(public_key(key))
+    initiations = [
+        d.initiate(p, 0.0)[0].datagrams[0]  # type: ignore[union-attr]
+        for _ in range(count // LOAD_PEERS) for d, p in clients
+    ]
+
+    def rate(messages: list[bytes], device: Device) -> float:
+        started = time.perf_counter()
+        for n, message in enumerate(messages):
+            device.receive([message], ("192.0.2.1", 1000 + n % 50), n / len(messages))
+        return len(messages) / (time.perf_counter() - started)
+
+    responses = rate(initiations, server)
+    junk = [junk_initiation(server_public) for _ in range(count)]
+    rejections = rate(junk, Device(server_key))
+    cookies = rate(junk, Device(server_key, under_load_after=0))
+    return {"responses": responses, "junk_rejections": rejections, "cookie_replies": cookies}
+
+
+# -- the namespace setup ---------------------------------------------------------------------
+@dataclass
+class Setup:
+    lab: Lab
+    server: AuraServer
+    folder: Path
+    attacker: str
+    client_ns: str
+    server_public: bytes
+    load_peers: list[tuple[Device, object]]
+
+
+def register_load_peers(server: AuraServer) -> list[tuple[Device, object]]:
+    """LOAD_PEERS peers written straight into the registry (the CLI takes a second each)."""
+    server_public = base64.b64decode((server.folder / "server.pub").read_text())
+    peers: list[tuple[Device, object]] = []
+    with Registry.edit(server.folder / "state" / "peers.json") as registry:
+        for n in range(LOAD_PEERS):
+            key = generate_private_key()
+            registry.add(RegisteredPeer(f"load{n}", public_key(key),
+                                        address_v4=f"10.77.0.{100 + n}"))
+            device = Device(key)
+            peers.append((device, device.add_peer(server_public, endpoint=(SERVER_V4, 8443))))
+    return peers
+
+
+def udp_pid(server: AuraServer) -> int:
+    match = re.search(r"started aura-udp \(pid (\d+)\)", server.log.read_text())
+    assert match, "aura-udp's pid is not in the server log"
+    return int(match.group(1))
+
+
+def start(lab: Lab, folder: Path) -> Setup:
+    server = build(lab, folder)
+    server.init()
+    load_peers = register_load_peers(server)
+    server.start()
+    subprocess.run(["taskset", "-a", "-cp", str(SERVER_CPU), str(udp_pid(server))],
+                   check=True, capture_output=True)
+    client_ns = server.add_client_namespace()
+    attacker = attacker_namespace(lab, server)
+    stock_wireguard_up(lab, client_ns, server.provision("alice", "wireguard"))
+    lab.wait_for(lambda: lab.ping(client_ns, INTERNET_HOST, count=1), timeout=20,
+                 what="alice's tunnel")
+    server_public = base64.b64decode((folder / "server.pub").read_text())
+    return Setup(lab, server, folder, attacker, client_ns, server_public, load_peers)
+
+
+def flooder(setup: Setup, name: str, *args: str, family: int = 4, rate: float = FLOOD_RATE,
+            seconds: float = 10.0) -> tuple[subprocess.Popen[bytes], Path]:
+    target = f"{SERVER_V4}:8443" if family == 4 else f"[{SERVER_V6}]:8443"
+    log = setup.folder / f"flood-{name}.json"
+    process = setup.lab.spawn(setup.attacker, [
+        sys.executable, "-m", "tests.e2e.flood", "--target", target, "--server-public",
+        setup.server_public.hex(), "--rate", str(rate), "--seconds", str(seconds), *args,
+    ], log=log)
+    return process, log
+
+
+def flood_report(process: subprocess.Popen[bytes], log: Path, timeout: float) -> dict:  # type: ignore[type-arg]
+    process.wait(timeout)
+    return json.loads(log.read_text().strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+# -- 2. one aura-udp on one core --------------------------------------------------------------
+def process_capacity(setup: Setup) -> list[dict[str, float]]:
+    results = []
+    for offered in OFFERED_RATES:
+        rounds = int(offered * STEP_SECONDS) // LOAD_PEERS + 1
+        messages = b"".join(
+            device.initiate(peer, 0.0)[0].datagrams[0]  # type: ignore[arg-type,union-attr]
+            for _ in range(rounds) for device, peer in setup.load_peers
+        )
+        path = setup.folder / f"initiations-{offered}.bin"
+        path.write_bytes(messages)
+        process, log = flooder(setup, f"capacity-{offered}", "--messages", str(path),
+                               "--sources", str(LOAD_PEERS), "--cookies", rate=offered,
+                               seconds=STEP_SECONDS)
+        report = flood_report(process, log, STEP_SECONDS + 60)
+        seconds = report["seconds"] or STEP_SECONDS
+        results.append({
+            "offered": offered, "sent_per_s": report["sent"] / seconds,
+            "responses_per_s": report["replies"].get("2", 0) / seconds,
+            "cookie_replies_per_s": report["replies"].get("3", 0) / seconds,
+        })
+        time.sleep(1.5)  # out of the sticky "under load" second before the next step
+    return results
+
+
+# -- 3. floods against a connected client ----------------------------------------------------
+# Each starts one flood lasting `seconds` and returns it with the file its report goes to.
+Flood = Callable[[Setup, float], tuple[subprocess.Popen[bytes], Path]]
+
+
+def junk_from_one_address(setup: Setup, seconds: float) -> tuple[subprocess.Popen[bytes], Path]:
+    return flooder(setup, "junk-one", seconds=seconds)
+
+
+def proven_from_one_address(setup: Setup, seconds: float
+                            ) -> tuple[subprocess.Popen[bytes], Path]:
+    return flooder(setup, "proven-one", "--cookies", seconds=seconds)
+
+
+def junk_from_4096_ipv4_sources(setup: Setup, seconds: float
+                                ) -> tuple[subprocess.Popen[bytes], Path]:
+    return flooder(setup, "junk-v4", "--sources", "4096", seconds=seconds)
+
+
+def junk_from_4096_ipv6_prefixes(setup: Setup, seconds: float
+                                 ) -> tuple[subprocess.Popen[bytes], Path]:
+    return flooder(setup, "junk-v6", "--sources", "4096", family=6, seconds=seconds)
+
+
+def proven_from_4096_ipv6_prefixes(setup: Setup, seconds: float
+                                   ) -> tuple[subprocess.Popen[bytes], Path]:
+    return flooder(setup, "proven-v6", "--sources", "4096", "--cookies", family=6,
+                   seconds=seconds)
+
+
+FLOODS: list[Flood] = [
+    junk_from_one_address,
+    proven_from_one_address,
+    junk_from_4096_ipv4_sources,
+    junk_from_4096_ipv6_prefixes,
+    proven_from_4096_ipv6_prefixes,
+]
+
+
+def client_throughput(setup: Setup, seconds: int) -> float:
+    return iperf3(setup.lab, setup.client_ns, setup.server.internet_ns, INTERNET_HOST,
+                  seconds=seconds)
+
+
+def flood_ratios(setup: Setup, floods: list[Flood], seconds: int, repeat: int
+                 ) -> list[dict]:  # type: ignore[type-arg]
+    """Per flood: the client's throughput under it over its throughput just before, `repeat`
+    times in turn (the machine's other load drifts; adjacent pairs share most of it)."""
+    measured: dict[str, dict] = {f.__name__: {"ratios": [], "sent": 0, "seconds": 0.0,  # type: ignore[type-arg]
+                                              "replies": {}} for f in floods}
+    for _ in range(repeat):
+        for flood in floods:
+            baseline = client_throughput(setup, seconds)
+            process, log = flood(setup, seconds + 3.0)
+            time.sleep(1.5)  # the flood is under way and the server under load
+            throughput = client_throughput(setup, seconds)
+            report = flood_report(process, log, seconds + 60)
+            entry = measured[flood.__name__]
+            entry["ratios"].append(throughput / baseline)
+            entry["baseline"] = baseline
+            entry["sent"] += report["sent"]
+            entry["seconds"] += report["seconds"]
+            for kind, count in report["replies"].items():
+                entry["replies"][kind] = entry["replies"].get(kind, 0) + count
+            time.sleep(1.5)  # out of the sticky "under load" second
+    return [{"flood": name, "ratio": statistics.median(entry["ratios"]), **entry}
+            for name, entry in measured.items()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=5, help="iperf3 seconds per run")
+    parser.add_argument("--only", nargs="*", help="flood function names to run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each flood")
+    parser.add_argument("--skip-capacity", action="store_true")
+    args = parser.parse_args()
+    floods = [f for f in FLOODS if not args.only or f.__name__ in args.only]
+
+    print(f"load average {Path('/proc/loadavg').read_text().split()[0]} on "
+          f"{len(Path('/proc/cpuinfo').read_text().split('processor')) - 1} CPUs")
+    if not args.skip_capacity:
+        core = core_capacity()
+        print(f"core, one core: {core['responses']:.0f} responses/s, "
+              f"{core['cookie_replies']:.0f} cookie replies/s (under load), "
+              f"{core['junk_rejections']:.0f} junk initiations rejected/s (below the mark)")
+    lab = Lab()
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            setup = start(lab, Path(folder))
+            if not args.skip_capacity:
+                print(f"aura-udp on CPU {SERVER_CPU}, {LOAD_PEERS} peers from as many "
+                      "addresses, answering cookies:")
+                for step in process_capacity(setup):
+                    print(f"  offered {step['offered']:>5}/s (sent {step['sent_per_s']:.0f}/s):"
+                          f" {step['responses_per_s']:.0f} responses/s,"
+                          f" {step['cookie_replies_per_s']:.0f} cookie replies/s")
+            print(f"floods at {FLOOD_RATE}/s; client iperf3 upload under the flood / just "
+                  f"before it, median of {args.repeat}:")
+            for entry in flood_ratios(setup, floods, args.seconds, args.repeat):
+                replies = entry["replies"]
+                ratios = ", ".join(f"{r:.2f}" for r in entry["ratios"])
+                print(f"  {entry['flood']:<32} {entry['sent'] / entry['seconds']:>6.0f}/s sent: "
+                      f"ratio {entry['ratio']:.2f} ({ratios}; last baseline "
+                      f"{entry['baseline'] / 1e6:.0f} Mbit/s), responses {replies.get('2', 0)}, "
+                      f"cookie replies {replies.get('3', 0)}")
+    finally:
+        lab.close()
+
+
+if __name__ == "__main__":
+    main()
