@@ -299,7 +299,9 @@ class QuicConfig:
     listen: str = "::"
     port: int = 8444
     idle_timeout: float = 30.0
+    handshake_timeout: float = 10.0
     max_connections: int = 1024
+    max_pending_per_source: int = 16
 
 
 @dataclass(frozen=True)
@@ -497,7 +499,9 @@ class ServerConfig:
                 f"    listen: {v(t.quic.listen)}",
                 f"    port: {t.quic.port}",
                 f"    idle_timeout: {v(t.quic.idle_timeout)}",
+                f"    handshake_timeout: {v(t.quic.handshake_timeout)}",
                 f"    max_connections: {t.quic.max_connections}",
+                f"    max_pending_per_source: {t.quic.max_pending_per_source}  # per IP address",
                 "metrics:  # Prometheus, HTTP GET /metrics; a service set to null serves none",
                 f"  enabled: {v(self.metrics.enabled)}",
                 *(
@@ -599,7 +603,8 @@ def _parse_transports(s: _Section) -> TransportsConfig:
         ("enabled", "listen", "port", "fallback", "handshake_timeout", "idle_timeout",
          "max_pending", "max_pending_per_source"),
     )  # fmt: skip
-    quic = s.section("quic", ("enabled", "listen", "port", "idle_timeout", "max_connections"))
+    quic = s.section("quic", ("enabled", "listen", "port", "idle_timeout", "handshake_timeout",
+                              "max_connections", "max_pending_per_source"))
     return TransportsConfig(
         udp=UdpConfig(
             enabled=udp.boolean("enabled", True),
@@ -621,7 +626,9 @@ def _parse_transports(s: _Section) -> TransportsConfig:
             listen=_listen_address(quic),
             port=quic.integer("port", 1, 65535, 8444),
             idle_timeout=quic.seconds("idle_timeout", 30.0),
+            handshake_timeout=quic.seconds("handshake_timeout", 10.0),
             max_connections=quic.integer("max_connections", 1, 1_000_000, 1024),
+            max_pending_per_source=quic.integer("max_pending_per_source", 1, 1_000_000, 16),
         ),
     )
 

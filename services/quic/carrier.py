@@ -15,6 +15,7 @@ connection packs and sends what is due (acknowledgements, replies) in one `trans
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
@@ -54,10 +55,17 @@ log = logging.getLogger("aura-quic")
 # aioquic logs every connection's version and ALPN at INFO, without the fields ours carry.
 logging.getLogger("quic").setLevel(logging.WARNING)
 
+# What a client may send before a WireGuard handshake completes over its connection: the QUIC
+# handshake and a few initiations take 5 to 10 KiB. It also bounds what aioquic buffers for
+# such a connection (out-of-order CRYPTO data, up to 512 KiB per epoch otherwise).
+MAX_UNAUTHENTICATED_BYTES = 64 << 10
+
 
 def server_configuration(settings: QuicConfig, cert_file: str, key_file: str
                          ) -> QuicConfiguration:
     configuration = datagram_configuration(is_client=False, idle_timeout=settings.idle_timeout)
+    # aura/1 has no streams: a client gets no flow-control credit to make us buffer stream data.
+    configuration.max_data = configuration.max_stream_data = 0
     try:
         configuration.load_cert_chain(cert_file, key_file)
     except FileNotFoundError as error:
@@ -108,19 +116,36 @@ class ServerConnection:
         return format_endpoint(self.address)
 
 
+class _Unauthenticated:
+    """A connection over which no WireGuard handshake has completed yet."""
+
+    __slots__ = ("deadline", "host", "received")
+
+    def __init__(self, host: str, deadline: asyncio.TimerHandle) -> None:
+        self.host, self.deadline = host, deadline
+        self.received = 0
+
+
 class QuicCarrier:
     """aioquic connections on one UDP socket, bound to the session hub.
 
-    Refuses new connections beyond `max_connections`; Retry makes a client prove its address
-    before it may hold a connection slot.
+    Retry makes a client prove its address before it may hold a connection. Connections are
+    counted one by one (a client may open many from one UDP port): beyond `max_connections`,
+    or beyond `max_pending_per_source` unauthenticated ones from one IP address, a packet that
+    would open another is dropped before aioquic spends anything on it. A connection is
+    unauthenticated until a WireGuard handshake with a known peer completes over it; it is
+    closed if that takes longer than `handshake_timeout` or MAX_UNAUTHENTICATED_BYTES.
     """
 
     def __init__(self, hub: SessionHub, sock: socket.socket, *,
-                 configuration: QuicConfiguration, max_connections: int) -> None:
+                 configuration: QuicConfiguration, settings: QuicConfig) -> None:
         self.hub = hub
         hub.carrier = self
+        hub.on_authenticated = self._authenticated
         self.configuration = configuration
-        self.max_connections = max_connections
+        self.settings = settings
+        self.unauthenticated: dict[ServerConnection, _Unauthenticated] = {}
+        self._unauthenticated_by_host: dict[str, int] = {}
         self.socket = DatagramSocket(sock, self._burst)
         self.dropped = 0  # DATAGRAM frames not queued: queue full or message too large
         # The local address the datagram being handled was sent to.
@@ -136,7 +161,11 @@ class QuicCarrier:
 
     @property
     def connections(self) -> int:
-        return len(self._by_address)
+        return len(self._by_link)
+
+    @property
+    def pending(self) -> int:
+        return len(self.unauthenticated)
 
     # -- data path ------------------------------------------------------------------------
     def _burst(self, burst: Burst) -> None:
@@ -151,6 +180,9 @@ class QuicCarrier:
                         connection = self._admit(data, source)
                         if connection is None:
                             continue
+                    if connection in self.unauthenticated and not self._charge(connection,
+                                                                               len(data)):
+                        continue
                     connection.link.local_address = local
                     connection.link.receive((data,), source)
                     touched[connection] = None
@@ -220,11 +252,11 @@ class QuicCarrier:
             return None
         if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
             return None
-        if self.connections >= self.max_connections:
-            host = plain_address(addr)[0]
-            self._log.log(host, logging.INFO, "%d QUIC connections open; refusing %s",
-                          self.max_connections, format_endpoint(plain_address(addr)),
-                          extra=fields(transport="quic", endpoint=host))
+        refusal = self._refusal(plain_address(addr)[0])
+        if refusal:
+            endpoint = format_endpoint(plain_address(addr))
+            self._log.log(addr[0], logging.INFO, "%s; refusing %s", refusal, endpoint,
+                          extra=fields(transport="quic", endpoint=endpoint))
             return None
         if not header.token:
             self._send_retry(header, addr)
@@ -260,7 +292,72 @@ class QuicCarrier:
         # A live connection that migrated away may still hold this address; the newcomer
         # takes it, and the older one's replies are dropped until its client re-handshakes.
         self._by_address[address] = connection
+        self._hold_unauthenticated(connection)
         return connection
+
+    # -- what an unauthenticated client may cost ------------------------------------------
+    def _refusal(self, host: str) -> str | None:
+        """Why a new connection from `host` may not open now, if it may not."""
+        settings = self.settings
+        if self.connections >= settings.max_connections:
+            return f"{settings.max_connections} QUIC connections open"
+        if self._unauthenticated_by_host.get(host, 0) >= settings.max_pending_per_source:
+            return (f"{settings.max_pending_per_source} QUIC connections from this address "
+                    "without a WireGuard handshake")
+        return None
+
+    def _hold_unauthenticated(self, connection: ServerConnection) -> None:
+        host = connection.address[0]
+        deadline = self.socket.loop.call_later(self.settings.handshake_timeout, self._expire,
+                                               connection)
+        self.unauthenticated[connection] = _Unauthenticated(host, deadline)
+        self._unauthenticated_by_host[host] = self._unauthenticated_by_host.get(host, 0) + 1
+
+    def _release(self, connection: ServerConnection) -> None:
+        """`connection` is no longer unauthenticated: a handshake completed over it, or it
+        is gone."""
+        state = self.unauthenticated.pop(connection, None)
+        if state is None:
+            return
+        state.deadline.cancel()
+        left = self._unauthenticated_by_host[state.host] - 1
+        if left:
+            self._unauthenticated_by_host[state.host] = left
+        else:
+            del self._unauthenticated_by_host[state.host]
+
+    def _authenticated(self, address: Address) -> None:
+        """The hub completed a WireGuard handshake with a known peer over `address`."""
+        connection = self._by_address.get(address)
+        if connection is not None:
+            self._release(connection)
+
+    def _charge(self, connection: ServerConnection, size: int) -> bool:
+        """Count bytes an unauthenticated connection sent; False once it has sent too many."""
+        state = self.unauthenticated[connection]
+        state.received += size
+        if state.received <= MAX_UNAUTHENTICATED_BYTES:
+            return True
+        if state.received - size <= MAX_UNAUTHENTICATED_BYTES:
+            self._refuse(connection, f"{MAX_UNAUTHENTICATED_BYTES} bytes without a WireGuard "
+                                     "handshake")
+        return False
+
+    def _expire(self, connection: ServerConnection) -> None:
+        if connection in self.unauthenticated:
+            self._refuse(connection, "no WireGuard handshake within "
+                                     f"{self.settings.handshake_timeout:.0f} s")
+
+    def _refuse(self, connection: ServerConnection, reason: str) -> None:
+        """Close an unauthenticated connection. It keeps its place in the counts until
+        aioquic has drained it, so its client gets the slot back no sooner."""
+        self.unauthenticated[connection].deadline.cancel()
+        self._log.log(connection.address[0], logging.INFO, "%s: %s; closed",
+                      connection.endpoint, reason,
+                      extra=fields(transport="quic", endpoint=connection.endpoint))
+        connection.link.quic.close(error_code=QuicErrorCode.CONNECTION_REFUSED,
+                                   reason_phrase=reason)
+        connection.link.transmit()
 
     def _reply(self, data: bytes, addr: Any) -> None:
         """Retry and Version Negotiation leave from the address the client wrote to."""
@@ -270,6 +367,7 @@ class QuicCarrier:
         return self.socket.loop.time()
 
     def _forget(self, connection: ServerConnection, event: ConnectionTerminated) -> None:
+        self._release(connection)
         connection.link.stop()
         for cid in connection.cids:
             if self._by_cid.get(cid) is connection:
@@ -290,6 +388,8 @@ class QuicCarrier:
             connection.link.quic.close()
             connection.link.transmit()
             connection.link.stop()
+        for connection in list(self.unauthenticated):
+            self._release(connection)
         self._by_cid.clear()
         self._by_link.clear()
         self._by_address.clear()

@@ -33,7 +33,7 @@ async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
                                        skip=frozenset(ports_of_udp_transport(config)))
     hub = new_hub(config, "quic")
     carrier = QuicCarrier(hub, sock, configuration=configuration,
-                          max_connections=settings.max_connections)
+                          settings=settings)
     try:
         await serve_sessions(config, hub, sock, activated)
     finally:

@@ -33,7 +33,7 @@ async def quic_server(keys: Keys, settings: QuicConfig, listen: str = "127.0.0.1
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     sock.bind((listen, 0))
     carrier = QuicCarrier(new_hub(keys), sock, configuration=configuration,
-                          max_connections=settings.max_connections)
+                          settings=settings)
     try:
         yield carrier, sock.getsockname()[1]
     finally:
@@ -278,10 +278,16 @@ def test_a_batch_larger_than_the_queue_leaves_whole(keys: Keys) -> None:
 
     async def scenario() -> None:
         async with quic_server(keys, QuicConfig()) as (carrier, port):
+            client = QuicClient(keys.client_config())
+            initiator = Initiator(keys)
+            await client.open("127.0.0.1", port, initiator.deliver)
+            await initiator.handshake(client)  # past the unauthenticated byte bound
+            for _ in range(40):  # until the confirming data message has arrived
+                if not carrier.pending:
+                    break
+                await asyncio.sleep(0.05)
             carrier.hub.received = (  # type: ignore[method-assign]
                 lambda datagrams, source: received.append(len(datagrams)))
-            client = QuicClient(keys.client_config())
-            await client.open("127.0.0.1", port, lambda datagrams: None)
             message = bytes(TUNNEL_MTU + 32)
             batch = MAX_QUEUED_BYTES // len(message) * 2
             client.transmit([message] * batch)

@@ -1,0 +1,164 @@
+"""What aura-quic lets an unauthenticated client cost: connections in total and per source
+address (however many share one UDP port), time without a WireGuard handshake, bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import replace
+from typing import Any
+
+from aioquic.buffer import Buffer
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted
+from aioquic.quic.packet import pull_quic_header
+
+from aura_common.config import QuicConfig
+from services.client.carriers.quic import Carrier as QuicClient
+from services.quic.carrier import MAX_UNAUTHENTICATED_BYTES
+from services.quic.link import CONNECTION_ID_LENGTH, datagram_configuration
+from tests.unit.test_quic_carrier import quic_server
+from tests.unit.test_tcp_carrier import Initiator, Keys, keys, run
+
+__all__ = ["keys"]
+
+
+class OnePortClients(asyncio.DatagramProtocol):
+    """Several QUIC connections from one UDP port, as a flood from one source opens them."""
+
+    def __init__(self, server: tuple[str, int], count: int) -> None:
+        self.server = server
+        self.connections: dict[bytes, QuicConnection] = {}
+        for _ in range(count):
+            configuration = datagram_configuration(is_client=True, idle_timeout=10)
+            configuration.verify_mode = ssl.CERT_NONE
+            quic = QuicConnection(configuration=configuration)
+            self.connections[quic.host_cid] = quic
+        self.established: set[QuicConnection] = set()
+        self.terminated: set[QuicConnection] = set()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        now = asyncio.get_running_loop().time()
+        for quic in self.connections.values():
+            quic.connect(self.server, now=now)
+        self.flush()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        header = pull_quic_header(Buffer(data=data), host_cid_length=CONNECTION_ID_LENGTH)
+        quic = self.connections.get(header.destination_cid)
+        if quic is not None:
+            quic.receive_datagram(data, addr, now=asyncio.get_running_loop().time())
+            self.flush()
+
+    def flush(self) -> None:
+        now = asyncio.get_running_loop().time()
+        assert self.transport is not None
+        for quic in self.connections.values():
+            for data, addr in quic.datagrams_to_send(now=now):
+                self.transport.sendto(data, addr)
+            while (event := quic.next_event()) is not None:
+                if isinstance(event, HandshakeCompleted):
+                    self.established.add(quic)
+                elif isinstance(event, ConnectionTerminated):
+                    self.terminated.add(quic)
+
+    async def tick(self, seconds: float) -> None:
+        """Drive aioquic's timers (retransmissions, idle) for `seconds`."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while loop.time() < end:
+            for quic in self.connections.values():
+                timer = quic.get_timer()
+                if timer is not None and timer <= loop.time():
+                    quic.handle_timer(now=loop.time())
+            self.flush()
+            await asyncio.sleep(0.05)
+
+
+async def open_from_one_port(port: int, count: int, local: str = "127.0.0.1",
+                             seconds: float = 1.5) -> OnePortClients:
+    clients = OnePortClients(("127.0.0.1", port), count)
+    await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: clients, local_addr=(local, 0))
+    await clients.tick(seconds)
+    return clients
+
+
+def test_connections_from_one_port_count_one_by_one(keys: Keys) -> None:
+    async def scenario() -> None:
+        settings = QuicConfig(max_connections=3)
+        async with quic_server(keys, settings) as (carrier, port):
+            clients = await open_from_one_port(port, 6)
+            assert len(clients.established) == 3
+            assert carrier.connections == 3
+            assert clients.transport is not None
+            clients.transport.close()
+
+    run(scenario)
+
+
+def test_unauthenticated_connections_are_bounded_per_source_address(keys: Keys) -> None:
+    async def scenario() -> None:
+        settings = replace(QuicConfig(), max_pending_per_source=2)
+        async with quic_server(keys, settings) as (carrier, port):
+            flood = await open_from_one_port(port, 4, local="127.0.0.2")
+            assert len(flood.established) == 2
+            other = await open_from_one_port(port, 1, seconds=1)
+            assert len(other.established) == 1  # another address has its own allowance
+            assert carrier.pending == 3
+            # one that completes a WireGuard handshake no longer counts against its address
+            client = QuicClient(keys.client_config())
+            initiator = Initiator(keys)
+            async with asyncio.timeout(5):
+                await client.open("127.0.0.1", port, initiator.deliver)
+                await initiator.handshake(client)
+            for _ in range(40):  # until the confirming data message has arrived
+                if carrier.pending == 3:
+                    break
+                await asyncio.sleep(0.05)
+            assert carrier.pending == 3
+            late = await open_from_one_port(port, 1, seconds=1)
+            assert len(late.established) == 1
+            assert carrier.pending == 4
+            client.close()
+            for clients in (flood, other, late):
+                assert clients.transport is not None
+                clients.transport.close()
+
+    run(scenario)
+
+
+def test_no_wireguard_handshake_in_time_closes(keys: Keys) -> None:
+    async def scenario() -> None:
+        settings = replace(QuicConfig(), handshake_timeout=1.0)
+        async with quic_server(keys, settings) as (carrier, port):
+            idle = await open_from_one_port(port, 2, seconds=0.5)
+            assert len(idle.established) == 2
+            await idle.tick(2.5)
+            assert len(idle.terminated) == 2
+            assert carrier.pending == 0 and carrier.connections == 0
+            assert idle.transport is not None
+            idle.transport.close()
+
+    run(scenario)
+
+
+def test_unauthenticated_bytes_are_bounded(keys: Keys) -> None:
+    async def scenario() -> None:
+        async with quic_server(keys, QuicConfig()) as (carrier, port):
+            talker = await open_from_one_port(port, 1, seconds=0.5)
+            quic = next(iter(talker.established))
+            junk = b"\x01\0\0\0" + bytes(1000)  # an initiation's type, never a valid one
+            for _ in range(MAX_UNAUTHENTICATED_BYTES // len(junk) + 8):
+                quic.send_datagram_frame(junk)
+                talker.flush()
+                await asyncio.sleep(0.001)
+            await talker.tick(1.5)
+            assert talker.terminated == {quic}
+            assert carrier.pending == 0
+            assert talker.transport is not None
+            talker.transport.close()
+
+    run(scenario)
