@@ -747,6 +747,11 @@ class ClientConfig:
             raise ConfigError("<client config>", "state_file", "a path (config was not loaded)")
         return os.path.splitext(self.path)[0] + ".state.json"
 
+    @property
+    def dns_state_file(self) -> str:
+        """The record of the system DNS change the client made, replayed on down or restart."""
+        return os.path.splitext(self.manifest_state_file)[0] + ".dns.json"
+
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ClientConfig:
         path = os.fspath(path)

@@ -189,7 +189,9 @@ def render(name: str, status: dict[str, Any], now: float) -> str:
                  f"{format_size(status['tx_bytes'])}")
     lines.append(f"  routes:         {len(status['routes'])} through the tunnel")
     if status["dns"]:
-        lines.append(f"  dns:            {', '.join(status['dns'])}")
+        applied = status.get("dns_applied_with")
+        how = f" (system resolver, through {applied})" if applied else " (not applied)"
+        lines.append(f"  dns:            {', '.join(status['dns'])}{how}")
     lines.append(f"  manifest:       serial {status['manifest_serial'] or 'none'}")
     if status["last_error"]:
         lines.append(f"  last problem:   {status['last_error']}")

@@ -33,6 +33,7 @@ from aura_common.log import fields
 from aura_common.manifest import Manifest, ManifestError, SignedManifest, parse_body
 from aura_common.manifest_store import ManifestStore
 from services.client.carriers import CARRIERS
+from services.client.dns import SystemDns, detect
 from services.client.path import Path, describe
 from services.client.routes import Address, plan_tunnel
 from services.client.schedule import Schedule, Target, targets
@@ -46,8 +47,9 @@ TUN_READ_LIMIT = 256
 
 
 class ClientDaemon:
-    def __init__(self, config: ClientConfig) -> None:
+    def __init__(self, config: ClientConfig, dns: SystemDns | None = None) -> None:
         self.config = config
+        self.dns = dns or SystemDns(config.dns_state_file, detect())
         self.store = ManifestStore(config.manifest_state_file, config.server.ca_public_key)
         self.manifest_serial = 0
         self.schedule = Schedule(self._targets(self._initial_manifest()))
@@ -116,6 +118,7 @@ class ClientDaemon:
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[Any]] = []
         try:
+            await asyncio.to_thread(self.dns.recover)
             self.tun = ClientTun(tun_name(self.config.name), self.config.interface.mtu)
             await asyncio.to_thread(self.tun.up)
             await self._apply_plan()
@@ -140,6 +143,8 @@ class ClientDaemon:
             for path in (self.probe, self.path):
                 if path is not None:
                     path.close()
+            async with self._plan_lock:  # not while _apply_plan is changing it
+                await asyncio.to_thread(self._restore_dns)
             if self.tun is not None:
                 with contextlib.suppress(ValueError, OSError):
                     loop.remove_reader(self.tun.tun.fileno())
@@ -361,10 +366,21 @@ class ClientDaemon:
             except AuraError as error:
                 log.error("could not update %s: %s", self.tun.name, error)
                 return
+            try:
+                await asyncio.to_thread(self.dns.apply, self.tun.name, plan.dns)
+            except (AuraError, OSError) as error:
+                log.error("could not apply the DNS servers %s: %s",
+                          ", ".join(map(str, plan.dns)), error)
         if added or removed:
             log.info("addresses on %s: %s", self.tun.name,
                      ", ".join(map(str, plan.addresses)) or "none yet (waiting for the server)")
         log.debug("%d routes through %s", len(plan.routes), self.tun.name)
+
+    def _restore_dns(self) -> None:
+        try:
+            self.dns.restore()
+        except (AuraError, OSError) as error:
+            log.error("could not restore the DNS settings: %s", error)
 
     # -- control socket -----------------------------------------------------------------------
 
@@ -380,6 +396,7 @@ class ClientDaemon:
             "addresses": [str(a) for a in plan.addresses] if plan else [],
             "routes": [str(r) for r in plan.routes] if plan else [],
             "dns": [str(a) for a in plan.dns] if plan else [],
+            "dns_applied_with": self.dns.strategy.name if self.dns.applied else None,
             "manifest_serial": self.manifest_serial,
             "tun": self.tun.name if self.tun else None,
             "mtu": self.tun.mtu if self.tun else None,

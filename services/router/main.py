@@ -232,7 +232,9 @@ class Router:
             log.info("%s connected over %s from %s as %s", name, role, endpoint,
                      ", ".join(addresses),
                      extra=fields(peer=name, transport=role, endpoint=endpoint))
-            self._welcome(session, addresses)
+        # After every handshake, not only for a new session: a client that restarted while
+        # its old session lived on here (UDP has no goodbye) needs address, DNS and manifest.
+        self._welcome(session, addresses)
 
     def _end_session(self, name: str, channel: ipc.Channel | None, why: str) -> None:
         session = self.sessions.down(name, channel)
