@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -44,7 +45,9 @@ def run_service(
         config = ServerConfig.load(args.config)
         asyncio.run(_supervise(main(config, args)))
     except ConfigError as error:
-        logger.critical("configuration error: %s", error)
+        # Before `aura server init` (the unit starts all the same, to fail visibly).
+        hint = "" if os.path.exists(args.config) else "; `aura server init` creates it"
+        logger.critical("configuration error: %s%s", error, hint)
         return EXIT_CONFIG
     except AuraError as error:
         logger.critical("%s", error)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import os
 import sys
 from typing import Any
@@ -56,6 +57,13 @@ def register(commands: Any) -> None:
         help=f"validity in days (default {DEFAULT_EXPIRES_DAYS})",
     )
     parser.add_argument("-o", "--output", metavar="FILE", help="also write the manifest here")
+    parser.add_argument(
+        "--renew-within",
+        type=int,
+        metavar="DAYS",
+        help="sign only if the stored manifest expires within DAYS days, is missing or does "
+        "not verify (what aura-manifest-renew.timer runs daily)",
+    )
     parser.set_defaults(func=handler)
 
 
@@ -63,6 +71,15 @@ def handler(args: argparse.Namespace) -> int:
     config = ServerConfig.load(args.config)
     if not 1 <= args.expires <= MAX_EXPIRES_DAYS:
         raise AuraError(f"--expires {args.expires}: expected 1..{MAX_EXPIRES_DAYS} days")
+    if args.renew_within is not None:
+        if not 0 <= args.renew_within < args.expires:
+            raise AuraError(f"--renew-within {args.renew_within}: expected 0..{args.expires - 1} "
+                            "days (less than --expires)")
+        reason = renewal_reason(config, datetime.datetime.now(datetime.UTC),
+                                datetime.timedelta(days=args.renew_within))
+        if reason is None:
+            return 0
+        print(f"renewing: {reason}")
     if args.from_runtime:
         endpoints = [endpoint_from_runtime(config)]
     else:
@@ -95,6 +112,35 @@ def handler(args: argparse.Namespace) -> int:
             else "the router is not running; it sends the manifest to clients once it starts"
         )
     return 0
+
+
+def renewal_reason(
+    config: ServerConfig, now: datetime.datetime, window: datetime.timedelta
+) -> str | None:
+    """Why the stored manifest needs signing again, or None (after saying why not)."""
+    path = config.manifest_file
+    try:
+        with open(path, "rb") as file:
+            signed = SignedManifest.from_json(file.read())
+        manifest = verify(signed, pki.load_ca_public_key(config.key_dir), now=None)
+    except FileNotFoundError:
+        return f"{path}: no manifest yet"
+    except OSError as error:
+        return f"{path}: unreadable ({error.strerror})"
+    except ManifestError as error:
+        return f"{path}: {error}"
+    if renewal_due(manifest.expires, now, window):
+        return f"serial {manifest.serial} expires {manifest.expires:%Y-%m-%d %H:%M} UTC"
+    print(f"{path}: serial {manifest.serial} expires {manifest.expires:%Y-%m-%d %H:%M} UTC, "
+          f"more than {window.days} days away; not renewed")
+    return None
+
+
+def renewal_due(
+    expires: datetime.datetime, now: datetime.datetime, window: datetime.timedelta
+) -> bool:
+    """A manifest is renewed once it is within `window` of expiry (or past it)."""
+    return expires - now <= window
 
 
 def endpoint_from_runtime(config: ServerConfig) -> Endpoint:

@@ -26,6 +26,8 @@ from aura_common.registry import Registry
 log = logging.getLogger("aura")
 
 RESTART_DELAY = 2.0
+# The file the units and aura-generator read.
+SYSTEM_CONFIG = "/etc/aura/server.yaml"
 EXIT_CONFIG = 78
 
 
@@ -48,6 +50,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                       help="address assignment (default static; stock WireGuard needs static)")
     init.add_argument("--tun", help="TUN device name (default aura0)")
     init.add_argument("--uplink", help="interface to NAT client traffic out of (default: any)")
+    for name, default in (("udp", 8443), ("tcp", 8443), ("quic", 8444)):
+        init.add_argument(f"--{name}-port", type=port_number, metavar="PORT",
+                          help=f"{name.upper()} port (default {default})")
     init.set_defaults(func=init_server)
 
     run = actions.add_parser("run", help="run every service in the foreground (no systemd)")
@@ -69,7 +74,27 @@ def _new_config(args: argparse.Namespace, config_path: Path) -> ServerConfig:
     config = ServerConfig.default(args.public_host, uplink=args.uplink, **options)
     if args.strategy:
         config = replace(config, network=replace(config.network, strategy=args.strategy))
-    return config
+    ports = {name: getattr(args, f"{name}_port") for name in ("udp", "tcp", "quic")}
+    transports = {name: replace(getattr(config.transports, name), port=port)
+                  for name, port in ports.items() if port is not None}
+    return replace(config, transports=replace(config.transports, **transports))
+
+
+def port_number(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 1..65535, found {text!r}")
+    return int(text)
+
+
+def reload_systemd(config_path: Path) -> None:
+    """Let the socket units pick up the new file's ports (aura-generator runs on reload)."""
+    if str(config_path) != SYSTEM_CONFIG or not os.path.isdir("/run/systemd/system"):
+        return
+    result = subprocess.run(["systemctl", "daemon-reload"], capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"aura: warning: `systemctl daemon-reload` failed ({result.stderr.strip()}); run "
+              "it before starting, so the socket units take the ports from the config",
+              file=sys.stderr)
 
 
 def _pool_networks(values: list[str]) -> tuple[str, str | None]:
@@ -140,6 +165,7 @@ def init_server(args: argparse.Namespace) -> int:
         write_atomic(config_path, config.dump().encode(), mode=0o640)
         _owned_by(config_path, config.admin_group, 0o640)
         print(f"wrote {config_path}")
+        reload_systemd(config_path)
     registry = Registry.load(config.peers_file)
     if not Path(config.peers_file).exists():
         registry.save()

@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from aura_common.config import ServerConfig
+from aura_common.config import ServerConfig, parse_host_port
 from aura_common.limits import format_size
 from services.cli.admin import request
 
@@ -38,6 +38,10 @@ def render(status: dict[str, Any], now: float) -> str:
         lines.append(f"  {transport['name']:<5} {', '.join(transport['bound']) or '-':<28} {state}")
     if not status["transports"]:
         lines.append("  none running")
+    for difference in status.get("config_differences", []):
+        lines.append(f"  ! {difference}")
+    if status.get("config_differences"):
+        lines.append(f"  ! {PORT_HINT}")
     lines += ["", "peers:"]
     header = (f"  {'NAME':<16} {'ADDRESS':<30} {'TRANSPORT':<9} {'ENDPOINT':<24} "
               f"{'HANDSHAKE':<10} {'RX':>20} {'TX':>20}  USAGE / LIMITS")
@@ -70,10 +74,29 @@ def usage_and_limits(peer: dict[str, Any]) -> str:
     return text
 
 
+PORT_HINT = ("under systemd, `systemctl daemon-reload && systemctl restart aura.target` makes "
+             "the sockets follow the config; without systemd, the configured port was busy")
+
+
+def port_differences(config: ServerConfig, transports: list[dict[str, Any]]) -> list[str]:
+    """One line per transport whose bound port is not the one the config asks for."""
+    differences = []
+    for transport in transports:
+        section = getattr(config.transports, transport["name"], None)
+        bound = sorted({parse_host_port(address)[1] for address in transport["bound"]})
+        if section is not None and bound and bound != [section.port]:
+            ports = ", ".join(map(str, bound))
+            differences.append(
+                f"{transport['name']} listens on port {ports}, but {config.path} says "
+                f"transports.{transport['name']}.port: {section.port}")
+    return differences
+
+
 def show_status(args: argparse.Namespace) -> int:
     config = ServerConfig.load(args.config)
     reply = request(config, {"t": "status"})
     reply.pop("t", None)
+    reply["config_differences"] = port_differences(config, reply["transports"])
     if args.json:
         print(json.dumps(reply, indent=2))
     else:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from aura_common.config import ServerConfig
 from services.cli.main import DEFAULT_CONFIG, build_parser, main
 
 
@@ -68,3 +69,19 @@ def test_status_with_config_after_the_command_reads_that_file(
     missing = tmp_path / "nowhere.yaml"
     assert main(["status", "--config", str(missing)]) == 1
     assert str(missing) in capsys.readouterr().err
+
+
+def test_init_sets_transport_ports(tmp_path: Path) -> None:
+    config = tmp_path / "server.yaml"
+    assert main(["server", "init", "--config", str(config), "--public-host", "h",
+                 "--state-dir", str(tmp_path / "state"), "--runtime-dir", str(tmp_path / "run"),
+                 "--udp-port", "51820", "--quic-port", "4433"]) == 0
+    loaded = ServerConfig.load(config)
+    assert (loaded.transports.udp.port, loaded.transports.tcp.port,
+            loaded.transports.quic.port) == (51820, 8443, 4433)
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "x"])
+def test_init_refuses_a_bad_port(port: str, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["server", "init", "--public-host", "h", "--udp-port", port])

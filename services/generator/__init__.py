@@ -1,0 +1,1 @@
+"""`aura-generator`: socket unit ports from server.yaml (a systemd generator)."""

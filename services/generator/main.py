@@ -1,0 +1,77 @@
+"""A systemd generator: the transports' socket units listen where server.yaml says.
+
+Installed as /usr/lib/systemd/system-generators/aura-generator. systemd runs it at boot and on
+every `daemon-reload`, before any unit starts; it writes one drop-in per transport socket into
+the generator directory:
+
+    aura-udp.socket.d/50-aura-listen.conf   [Socket] ListenDatagram= (reset), ListenDatagram=PORT
+
+so `transports.<name>.listen` and `.port` in /etc/aura/server.yaml are the one source of truth
+for ports, also under socket activation. Generators run early and must never hold up boot: a
+missing file (before `aura server init`) writes nothing; a broken one writes nothing and leaves
+one line on stderr (the journal); the units' own defaults then apply.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from aura_common.config import ServerConfig, format_host_port
+from aura_common.errors import AuraError
+
+CONFIG = "/etc/aura/server.yaml"
+DROP_IN = "50-aura-listen.conf"
+# The socket units' listen directive per transport.
+DIRECTIVES = {"udp": "ListenDatagram", "tcp": "ListenStream", "quic": "ListenDatagram"}
+ANY_ADDRESS = ("::", "")
+
+
+def listen_address(listen: str, port: int) -> str:
+    """What the socket unit listens on: a bare port for "::" (both families, the units set
+    BindIPv6Only=both), else ADDRESS:PORT."""
+    return str(port) if listen in ANY_ADDRESS else format_host_port(listen, port)
+
+
+def drop_ins(config: ServerConfig) -> dict[str, str]:
+    """Relative path of each drop-in -> its text."""
+    files = {}
+    for name, directive in DIRECTIVES.items():
+        transport = getattr(config.transports, name)
+        files[f"aura-{name}.socket.d/{DROP_IN}"] = (
+            f"# Written by aura-generator from {config.path} (transports.{name}); "
+            "edit that file, then `systemctl daemon-reload`.\n"
+            "[Socket]\n"
+            f"{directive}=\n"
+            f"{directive}={listen_address(transport.listen, transport.port)}\n"
+        )
+    return files
+
+
+def generate(config_path: str, directory: str) -> None:
+    try:
+        config = ServerConfig.load(config_path)
+    except AuraError as error:
+        if os.path.exists(config_path):
+            print(f"aura-generator: {error}; the socket units keep their default ports",
+                  file=sys.stderr)
+        return
+    for relative, text in drop_ins(config).items():
+        path = os.path.join(directory, relative)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        print("usage: aura-generator NORMAL_DIR [EARLY_DIR LATE_DIR]", file=sys.stderr)
+        return 2
+    try:
+        generate(CONFIG, args[0])
+    except Exception as error:  # a generator must never fail the boot
+        print(f"aura-generator: {error!r}; the socket units keep their default ports",
+              file=sys.stderr)
+    return 0
