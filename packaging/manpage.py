@@ -41,16 +41,37 @@ starts them all;
 stops them all.
 .B systemctl reload aura-router
 re-reads the peer registry without dropping clients.
-Nothing starts until
+Before
 .B aura server init
 has written
-.IR /etc/aura/server.yaml .
+.IR /etc/aura/server.yaml ,
+starting
+.B aura-router
+(by hand or at boot) fails, its status saying to run
+.BR "aura server init" ;
+the other units are skipped.
 Logs go to the journal:
 .B journalctl -u aura-udp -p warning
 or
 .BR "journalctl AURA_PEER=" NAME .
-Ports are changed with a drop-in for the socket unit
-.RB ( "systemctl edit aura-udp.socket" ).
+.PP
+The socket units listen where
+.I /etc/aura/server.yaml
+says
+(\\fBtransports.\\fINAME\\fB.listen\\fR and \\fB.port\\fR):
+the generator
+.B aura-generator
+writes their drop-ins at boot and on every
+.BR "systemctl daemon-reload" .
+After changing a port:
+.BR "systemctl daemon-reload && systemctl restart aura.target" ;
+.B aura status
+says when a transport listens elsewhere than the file says.
+.PP
+.B aura-manifest-renew.timer
+runs
+.B aura sign-bridges \\-\\-from-runtime \\-\\-renew-within 30
+daily, so the bridge manifest is signed again 30 days before it expires.
 """
 
 FILES = """\
@@ -70,6 +91,10 @@ Client configuration used by
 .TP
 .I /opt/aura/venv
 The private Python environment the package carries.
+.TP
+.I /run/systemd/generator/aura-*.socket.d/50-aura-listen.conf
+Socket ports from the configuration, written by
+.IR /lib/systemd/system-generators/aura-generator .
 """
 
 

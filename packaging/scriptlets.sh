@@ -1,6 +1,7 @@
 # Shared by the .deb and .rpm scriptlets (inlined at build time).
 AURA_UNITS="aura.target aura-router.service aura-signer.service aura-udp.service aura-tcp.service aura-quic.service"
 AURA_SOCKETS="aura-router.socket aura-signer.socket aura-udp.socket aura-tcp.socket aura-quic.socket"
+AURA_TIMERS="aura-manifest-renew.timer"
 
 systemd_running() { [ -d /run/systemd/system ]; }
 
@@ -10,9 +11,10 @@ aura_configure() {
     if systemd_running; then
         systemctl daemon-reload
     fi
-    # Enabled, not started: every unit has ConditionPathExists=/etc/aura/server.yaml, so
-    # nothing runs until `aura server init`, and from then on the suite starts at boot.
-    systemctl enable --quiet aura.target aura-router.service $AURA_SOCKETS
+    # Enabled, not started: the sockets, the transports and the signer have
+    # ConditionPathExists=/etc/aura/server.yaml and the router fails saying to run
+    # `aura server init`; from then on the suite starts at boot.
+    systemctl enable --quiet aura.target aura-router.service $AURA_SOCKETS $AURA_TIMERS
 }
 
 aura_restart_after_upgrade() {
@@ -24,9 +26,9 @@ aura_restart_after_upgrade() {
 
 aura_stop() {
     if systemd_running; then
-        systemctl stop $AURA_UNITS $AURA_SOCKETS 'aura-client@*.service' || true
+        systemctl stop $AURA_TIMERS $AURA_UNITS $AURA_SOCKETS 'aura-client@*.service' || true
     fi
-    systemctl disable --quiet aura.target aura-router.service $AURA_SOCKETS || true
+    systemctl disable --quiet aura.target aura-router.service $AURA_SOCKETS $AURA_TIMERS || true
 }
 
 aura_daemon_reload() {

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -29,7 +30,9 @@ pytestmark = pytest.mark.slow
 TOP = Path(__file__).resolve().parents[2]
 TREE = "/root/aura"
 PROXY_PORT = 3128
-PACKAGE_HOSTS = ("deb.debian.org", "pypi.org", "files.pythonhosted.org")
+# The Debian mirror the image was built from, and PyPI.
+PACKAGE_HOSTS = (urlsplit(containers.MIRROR).hostname or "deb.debian.org", "pypi.org",
+                 "files.pythonhosted.org")
 
 
 @dataclass

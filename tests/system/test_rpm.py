@@ -29,7 +29,8 @@ def _rpm_query(*args: str) -> str:
 def test_rpm_carries_units_environment_and_system_entries(rpm: Path) -> None:
     files = set(_rpm_query("-qlp", str(rpm)).split())
     units = {f"/usr/lib/systemd/system/{name}" for name in (
-        "aura.target", "aura-client@.service",
+        "aura.target", "aura-client@.service", "aura-manifest-renew.service",
+        "aura-manifest-renew.timer",
         *(f"aura-{role}.{kind}" for role in ("router", "signer", "udp", "tcp", "quic")
           for kind in ("service", "socket")),
     )}
@@ -39,6 +40,7 @@ def test_rpm_carries_units_environment_and_system_entries(rpm: Path) -> None:
         *(f"/opt/aura/venv/bin/aura-{role}" for role in ("router", "signer", "udp", "tcp", "quic")),
         "/usr/lib/sysusers.d/aura.conf", "/usr/lib/tmpfiles.d/aura.conf",
         "/usr/lib/sysctl.d/60-aura.conf", "/usr/share/man/man1/aura.1.gz",
+        "/usr/lib/systemd/system-generators/aura-generator", "/opt/aura/venv/bin/aura-generator",
     ):
         assert path in files, path
     site = "/opt/aura/venv/lib/python3.11/site-packages"
