@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aura_common.transport import SessionHub
+from aura_common.transport import SessionHub, format_endpoint
 from aura_common.wireguard import Device, Transmit, generate_private_key, public_key
 from aura_common.wireguard.cookie import Load, RateLimiter, source_address, source_bytes
 from aura_common.wireguard.limits import (
@@ -223,3 +223,9 @@ def test_the_hub_logs_one_line_per_kind_of_drop_a_second(
     lines = [r for r in caplog.records if "dropped from" in r.getMessage()]
     assert len(lines) == 1
     assert hub.counters.dropped["malformed"] == 1000
+
+
+def test_endpoints_show_ipv4_seen_through_dual_stack_as_ipv4() -> None:
+    assert format_endpoint(("::ffff:192.0.2.1", 5)) == "192.0.2.1:5"
+    assert format_endpoint(("192.0.2.1", 5)) == "192.0.2.1:5"
+    assert format_endpoint(("2001:db8::1", 5)) == "[2001:db8::1]:5"
