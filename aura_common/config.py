@@ -326,12 +326,27 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ServiceUsers:
+    """The system user each service runs as, and by whose uid its connections are known."""
+
+    router: str = "aura-router"
+    udp: str = "aura-udp"
+    tcp: str = "aura-tcp"
+    quic: str = "aura-quic"
+    signer: str = "aura-signer"
+
+
+SERVICE_ROLES = ("router", "udp", "tcp", "quic", "signer")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     public_host: str
     state_dir: str = "/var/lib/aura"
     runtime_dir: str = "/run/aura"
     key_dir: str = "/etc/aura"
-    admin_group: str = "aura"
+    admin_group: str = "aura-admin"
+    users: ServiceUsers = ServiceUsers()
     tun: TunConfig = TunConfig()
     network: NetworkConfig = NetworkConfig()
     transports: TransportsConfig = TransportsConfig()
@@ -380,26 +395,45 @@ class ServerConfig:
         return os.path.join(self.state_dir, "usage.json")
 
     @property
+    def transports_dir(self) -> str:
+        """Where the transports (and only services) write: each has its own account."""
+        return os.path.join(self.state_dir, "transports")
+
+    @property
     def runtime_file(self) -> str:
-        return os.path.join(self.state_dir, "runtime.json")
+        return os.path.join(self.transports_dir, "runtime.json")
+
+    @property
+    def signer_dir(self) -> str:
+        """The signer's own folder: nobody else may write its serial."""
+        return os.path.join(self.state_dir, "signer")
 
     @property
     def manifest_file(self) -> str:
         """The newest signed bridge manifest (the router pushes it to clients)."""
-        return os.path.join(self.state_dir, "manifest.json")
+        return os.path.join(self.signer_dir, "manifest.json")
 
     @property
     def manifest_serial_file(self) -> str:
         """The last serial the signer used; serials only ever increase."""
-        return os.path.join(self.state_dir, "manifest.serial")
+        return os.path.join(self.signer_dir, "manifest.serial")
+
+    def _secret(self, name: str) -> str:
+        """A private key: the copy handed to this service alone if there is one (systemd's
+        LoadCredential=, or `aura server run` for a service it runs as its own user), else the
+        root-only file in key_dir."""
+        handed = os.environ.get("CREDENTIALS_DIRECTORY")
+        if handed and os.path.isfile(os.path.join(handed, name)):
+            return os.path.join(handed, name)
+        return os.path.join(self.key_dir, name)
 
     @property
     def server_key_file(self) -> str:
-        return os.path.join(self.key_dir, "server.key")
+        return self._secret("server.key")
 
     @property
     def ca_key_file(self) -> str:
-        return os.path.join(self.key_dir, "ca.key")
+        return self._secret("ca.key")
 
     @property
     def ca_public_key_file(self) -> str:
@@ -411,7 +445,7 @@ class ServerConfig:
 
     @property
     def tls_key_file(self) -> str:
-        return os.path.join(self.key_dir, "tls.key")
+        return self._secret("tls.key")
 
     # -- reading and writing -------------------------------------------------------------------
 
@@ -465,10 +499,12 @@ class ServerConfig:
                 "# Aura server configuration.",
                 f"version: {self.version}",
                 f"public_host: {v(self.public_host)}  # host name or IP clients use",
-                f"state_dir: {v(self.state_dir)}  # peers.json, leases.json, runtime.json",
+                f"state_dir: {v(self.state_dir)}  # peers.json, leases.json, transports/, signer/",
                 f"runtime_dir: {v(self.runtime_dir)}  # router.sock, signer.sock",
                 f"key_dir: {v(self.key_dir)}  # server.key, ca.key, ca.pub, tls.crt, tls.key",
                 f"admin_group: {v(self.admin_group)}  # may use the admin and signer sockets",
+                "users:  # the account of each service; its uid decides its role on the sockets",
+                *(f"  {role}: {v(getattr(self.users, role))}" for role in SERVICE_ROLES),
                 "tun:",
                 f"  name: {v(self.tun.name)}",
                 f"  mtu: {self.tun.mtu}",
@@ -520,13 +556,14 @@ def _parse_server(raw: object, path: str) -> ServerConfig:
         raw,
         (
             "version", "public_host", "state_dir", "runtime_dir", "key_dir", "admin_group",
-            "tun", "network", "transports", "metrics",
+            "users", "tun", "network", "transports", "metrics",
         ),
     )  # fmt: skip
     version = _check_version(top)
-    admin_group = top.string("admin_group", "aura")
+    admin_group = top.string("admin_group", "aura-admin")
     if not _GROUP_NAME.fullmatch(admin_group):
         raise top.error("admin_group", "a group name", admin_group)
+    users = _parse_users(top.section("users", SERVICE_ROLES))
     return ServerConfig(
         version=version,
         public_host=top.host("public_host"),
@@ -534,6 +571,7 @@ def _parse_server(raw: object, path: str) -> ServerConfig:
         runtime_dir=top.absolute_path("runtime_dir", "/run/aura"),
         key_dir=top.absolute_path("key_dir", "/etc/aura"),
         admin_group=admin_group,
+        users=users,
         tun=_parse_tun(top.section("tun", ("name", "mtu"))),
         network=_parse_network(
             top.section(
@@ -544,6 +582,16 @@ def _parse_server(raw: object, path: str) -> ServerConfig:
         metrics=_parse_metrics(top.section("metrics", ("enabled", *METRICS_SERVICES))),
         path=path,
     )
+
+
+def _parse_users(s: _Section) -> ServiceUsers:
+    names = {}
+    for role in SERVICE_ROLES:
+        name = s.string(role, getattr(ServiceUsers, role))
+        if not _GROUP_NAME.fullmatch(name):  # user and group names follow the same rule
+            raise s.error(role, "a user name", name)
+        names[role] = name
+    return ServiceUsers(**names)
 
 
 def _parse_tun(s: _Section) -> TunConfig:

@@ -6,10 +6,9 @@ side speaks first with `{"t": "hello", "v": PROTOCOL_VERSION, "role": ...}`; the
 checks the caller's SO_PEERCRED and answers with its own hello (or an `error` frame, then
 closes).
 
-Who may connect (checked on the listening side, from SO_PEERCRED): uid 0, any uid in
-`allowed_uids`, or any process whose *primary* gid is in `allowed_gids`. Supplementary
-groups are not consulted (SO_PEERCRED does not carry them); give services that group as their
-primary group.
+Who may connect, and in which role, is decided on the listening side from SO_PEERCRED by the
+listener's `authorize` callback (see aura_common.accounts); the role in the hello only has to
+agree with it.
 
 The data path runs through here, so a channel reads every frame the socket holds in one
 reader callback into a bounded queue (`recv_many` takes them all at once), and packet batches
@@ -25,7 +24,6 @@ import contextlib
 import errno
 import logging
 import os
-import pwd
 import socket
 import stat
 import struct
@@ -42,6 +40,9 @@ PROTOCOL_VERSION = 1
 MAX_FRAME = 1 << 20
 SOCKET_BUFFER = 4 << 20
 HELLO_TIMEOUT = 5.0
+# Connections that have not passed their hello yet; more are closed at once, so strangers
+# cannot use up the listener's descriptors.
+MAX_UNAUTHENTICATED = 64
 # Frames read but not yet taken by `recv`; above this the channel stops reading, so the
 # sender's socket fills and its packet batches are dropped there (and counted).
 MAX_QUEUED_FRAMES = 512
@@ -60,6 +61,15 @@ class ChannelClosed(AuraError):
 
 class HelloRejected(ChannelClosed):
     """The other side refused the hello: wrong protocol version, or not permitted."""
+
+
+class NotPermitted(AuraError):
+    """The caller's credentials do not allow the role it asked for (the message says why)."""
+
+
+# Decides the role of a caller from its credentials and the role its hello claims; raises
+# NotPermitted to refuse it.
+Authorize = Callable[["Credentials", str], str]
 
 
 class FrameTooLarge(ValueError):
@@ -374,23 +384,6 @@ async def connect(path: str | os.PathLike[str], role: str) -> Channel:
     return channel
 
 
-def permitted(credentials: Credentials, allowed_uids: set[int], allowed_gids: set[int]) -> bool:
-    """uid 0, a uid in `allowed_uids`, or a member (primary or supplementary) of `allowed_gids`.
-
-    SO_PEERCRED carries only the primary gid, so supplementary groups come from the group
-    database: an operator added to the admin group with `usermod -aG` is let in.
-    """
-    if credentials.uid == 0 or credentials.uid in allowed_uids or credentials.gid in allowed_gids:
-        return True
-    if not allowed_gids:
-        return False
-    try:
-        user = pwd.getpwuid(credentials.uid).pw_name
-    except KeyError:
-        return False
-    return not allowed_gids.isdisjoint(os.getgrouplist(user, credentials.gid))
-
-
 class Listener:
     """Accepts channels on a Unix socket path (or a socket systemd passed us)."""
 
@@ -399,16 +392,16 @@ class Listener:
         sock: socket.socket,
         path: str | None,
         on_channel: Callable[[Channel], Awaitable[None]],
-        allowed_uids: set[int],
-        allowed_gids: set[int],
+        authorize: Authorize,
         role: str,
     ) -> None:
         self.sock = sock
         self.path = path
         self.role = role
         self._on_channel = on_channel
-        self._allowed_uids = set(allowed_uids)
-        self._allowed_gids = set(allowed_gids)
+        self._authorize = authorize
+        self._unauthenticated = 0
+        self.refused = 0
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop.add_reader(sock.fileno(), self._accept_ready)
@@ -418,13 +411,13 @@ class Listener:
         cls,
         where: str | os.PathLike[str] | socket.socket,
         on_channel: Callable[[Channel], Awaitable[None]],
-        allowed_uids: set[int],
-        allowed_gids: set[int],
+        authorize: Authorize,
         *,
         role: str = "router",
         group: int | None = None,
+        mode: int = 0o660,
     ) -> Listener:
-        """Listen at a path (mode 0660, owned by `group` if given) or on a bound socket.
+        """Listen at a path (`mode`, owned by `group` if given) or on a bound socket.
 
         A socket file left by a process that died is replaced; one a live process still
         listens on is not (AuraError).
@@ -433,9 +426,9 @@ class Listener:
             sock, path = where, None
         else:
             path = os.fspath(where)
-            sock = _bind_path(path, group)
+            sock = bind_path(path, group, mode)
         sock.setblocking(False)
-        return cls(sock, path, on_channel, allowed_uids, allowed_gids, role)
+        return cls(sock, path, on_channel, authorize, role)
 
     def _accept_ready(self) -> None:
         while True:
@@ -452,31 +445,18 @@ class Listener:
             task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, conn: socket.socket) -> None:
-        try:
-            channel = Channel(conn)
-        except OSError as exc:
-            log.warning("dropping a connection that broke at once: %s", exc)
+        if self._unauthenticated >= MAX_UNAUTHENTICATED:
+            self.refused += 1
             conn.close()
             return
+        self._unauthenticated += 1
         try:
-            if not permitted(channel.peer_credentials, self._allowed_uids, self._allowed_gids):
-                c = channel.peer_credentials
-                log.warning(
-                    "refused a connection from pid %d (uid %d, gid %d): not permitted",
-                    c.pid, c.uid, c.gid,
-                )  # fmt: skip
-                # Read the hello first, so the caller's hello send cannot fail with EPIPE
-                # and it gets to read the reason.
-                with contextlib.suppress(ChannelClosed, TimeoutError):
-                    await asyncio.wait_for(channel.recv(), HELLO_TIMEOUT)
-                channel._abort("permission denied")
-                return
-            try:
-                await _expect_hello(channel)
-            except ChannelClosed as exc:
-                log.warning("%r: bad hello: %s", channel, exc)
-                return
-            await channel.send_reliable({"t": "hello", "v": PROTOCOL_VERSION, "role": self.role})
+            channel = await self._authenticate(conn)
+        finally:
+            self._unauthenticated -= 1
+        if channel is None:
+            return
+        try:
             await self._on_channel(channel)
         except ChannelClosed:
             pass
@@ -486,6 +466,37 @@ class Listener:
             log.exception("%r: handler failed", channel)
         finally:
             channel.close()
+
+    async def _authenticate(self, conn: socket.socket) -> Channel | None:
+        """Read the hello, decide the caller's role from its credentials, and answer."""
+        try:
+            channel = Channel(conn)
+        except OSError as exc:
+            log.warning("dropping a connection that broke at once: %s", exc)
+            conn.close()
+            return None
+        try:
+            hello = await _expect_hello(channel)
+            c = channel.peer_credentials
+            try:
+                channel.role = self._authorize(c, hello["role"])
+            except NotPermitted as refused:
+                self.refused += 1
+                log.warning(
+                    "refused pid %d (uid %d, gid %d) as %s on %s: %s",
+                    c.pid, c.uid, c.gid, hello["role"], self.path or self.role, refused,
+                )  # fmt: skip
+                channel._abort(f"permission denied: {refused}")
+                return None
+            await channel.send_reliable({"t": "hello", "v": PROTOCOL_VERSION, "role": self.role})
+        except ChannelClosed as exc:
+            log.warning("%r: bad hello: %s", channel, exc)
+            channel.close()
+            return None
+        except BaseException:
+            channel.close()
+            raise
+        return channel
 
     async def close(self) -> None:
         """Stop accepting, close every channel's handler, and remove our socket file."""
@@ -501,7 +512,8 @@ class Listener:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _bind_path(path: str, group: int | None) -> socket.socket:
+def bind_path(path: str, group: int | None, mode: int) -> socket.socket:
+    """A listening SEQPACKET socket at `path` with `mode`, its group `group` if given."""
     # /run is emptied at boot; without systemd's RuntimeDirectory= nobody else recreates it.
     # Others need to traverse the directory; the socket's own mode decides who connects.
     os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755, exist_ok=True)
@@ -511,7 +523,7 @@ def _bind_path(path: str, group: int | None) -> socket.socket:
         # The mode comes from the umask at bind(), and the group is set on the path without
         # following a link: the runtime directory may belong to a service account, which could
         # swap the socket for a symlink between our calls.
-        umask = os.umask(0o117)
+        umask = os.umask(0o777 & ~mode)
         try:
             sock.bind(path)
         finally:

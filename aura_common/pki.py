@@ -66,7 +66,11 @@ def create_ca(key_dir: str | os.PathLike[str]) -> ed25519.Ed25519PublicKey:
 
 
 def load_ca_private_key(key_dir: str | os.PathLike[str]) -> ed25519.Ed25519PrivateKey:
-    path = Path(key_dir) / CA_KEY
+    return load_ca_private_key_file(Path(key_dir) / CA_KEY)
+
+
+def load_ca_private_key_file(path: str | os.PathLike[str]) -> ed25519.Ed25519PrivateKey:
+    path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as error:

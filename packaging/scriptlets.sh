@@ -8,6 +8,7 @@ systemd_running() { [ -d /run/systemd/system ]; }
 aura_configure() {
     systemd-sysusers aura.conf
     systemd-tmpfiles --create aura.conf
+    aura_migrate_shared_account
     if systemd_running; then
         systemctl daemon-reload
     fi
@@ -15,6 +16,25 @@ aura_configure() {
     # ConditionPathExists=/etc/aura/server.yaml and the router fails saying to run
     # `aura server init`; from then on the suite starts at boot.
     systemctl enable --quiet aura.target aura-router.service $AURA_SOCKETS $AURA_TIMERS
+}
+
+# Versions before one user per service ran everything as `aura`: hand its state to the new
+# owners. Only regular files (never a link: chown -h, find -type f), moved by rename.
+aura_migrate_shared_account() {
+    id -u aura >/dev/null 2>&1 || return 0
+    state=/var/lib/aura
+    for name in manifest.json manifest.serial; do
+        if [ -f "$state/$name" ] && [ ! -L "$state/$name" ] && [ ! -e "$state/signer/$name" ]; then
+            mv "$state/$name" "$state/signer/$name"
+        fi
+    done
+    rm -f "$state/runtime.json" "$state/runtime.json.lock"
+    find "$state" -maxdepth 1 -type f -user aura -exec chown -h aura-router:aura {} +
+    find "$state/signer" -maxdepth 1 -type f -user aura -exec chown -h aura-signer:aura {} +
+    for key in server.key tls.key; do
+        if [ -f "/etc/aura/$key" ]; then chown -h root:root "/etc/aura/$key"; chmod 600 "/etc/aura/$key"; fi
+    done
+    if [ -f /etc/aura/server.yaml ]; then chmod 644 /etc/aura/server.yaml; fi
 }
 
 aura_restart_after_upgrade() {

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import grp
 import ipaddress
 import logging
 import os
+import pwd
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from aura_common import pki
+from aura_common import ipc, pki, systemd
 from aura_common.atomic import write_atomic
-from aura_common.config import ServerConfig, encode_key
+from aura_common.config import SERVICE_ROLES, ServerConfig, encode_key
 from aura_common.errors import AuraError
 from aura_common.keys import new_key_pair
 from aura_common.registry import Registry
@@ -112,20 +115,51 @@ def _pool_networks(values: list[str]) -> tuple[str, str | None]:
     return found[4], found.get(6)
 
 
-def _owned_by(path: Path, group: str | None, mode: int) -> None:
-    """Set the mode (and, as root, the group when it exists) of a file or folder we made.
+def _owned_by(path: str | Path, mode: int, uid: int = -1, gid: int = -1) -> None:
+    """Set the mode (and as root the owner) of a file or folder `aura server init` made.
 
     Through a descriptor opened without following a symlink, so a link planted in its place
-    cannot hand another file to the group.
+    cannot hand another file to an account.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
-        if group is not None and os.geteuid() == 0:
-            with contextlib.suppress(KeyError):
-                os.fchown(fd, -1, grp.getgrnam(group).gr_gid)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as error:
+        raise AuraError(f"{path}: cannot set its owner and mode ({error.strerror}; "
+                        "a symlink is refused)") from None
+    try:
+        if os.geteuid() == 0 and (uid, gid) != (-1, -1):
+            os.fchown(fd, uid, gid)
         os.fchmod(fd, mode)
     finally:
         os.close(fd)
+
+
+def _prepare_directories(config: ServerConfig) -> None:
+    """The state folders, each writable by the one account that writes it (when it exists).
+
+    The registry's folder is the router's; `transports/` (runtime.json) is shared by the
+    transports through their common group; `signer/` (the manifest serial) is the signer's.
+    """
+    users = {role: _account(getattr(config.users, role)) for role in SERVICE_ROLES}
+    router, udp, signer = users["router"], users["udp"], users["signer"]
+    for directory in (config.state_dir, config.runtime_dir, config.transports_dir,
+                      config.signer_dir):
+        Path(directory).mkdir(parents=True, exist_ok=True, mode=0o755)
+    # Sockets live here: root's, so no service can replace another's socket.
+    _owned_by(config.runtime_dir, 0o755, 0, 0)
+    _owned_by(config.state_dir, 0o755, *(router or (-1, -1)))
+    if udp is not None:
+        _owned_by(config.transports_dir, 0o775, 0, udp[1])
+    _owned_by(config.signer_dir, 0o755, *(signer or (-1, -1)))
+
+
+def _account(name: str) -> tuple[int, int] | None:
+    """(uid, primary gid) of a system user, None where it does not exist (a development box)."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
 
 
 def init_server(args: argparse.Namespace) -> int:
@@ -135,35 +169,35 @@ def init_server(args: argparse.Namespace) -> int:
         print(f"{config_path} exists: keeping it")
     else:
         config = _new_config(args, config_path)
+    # Private keys are root's alone (0600): systemd, or `aura server run`, hands each service a
+    # copy of the ones it uses. The rest (config, public keys, certificates) is public.
     key_dir = Path(config.key_dir)
-    key_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-    _owned_by(key_dir, config.admin_group, 0o750)
-    for directory in (config.state_dir, config.runtime_dir):
-        Path(directory).mkdir(parents=True, exist_ok=True, mode=0o750)
+    key_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+    _owned_by(key_dir, 0o755)
+    _prepare_directories(config)
 
     server_key = Path(config.server_key_file)
     if server_key.exists():
         print(f"{server_key} exists: keeping it")
     else:
         private, public = new_key_pair()
-        write_atomic(server_key, (encode_key(private) + "\n").encode(), mode=0o640)
+        write_atomic(server_key, (encode_key(private) + "\n").encode(), mode=0o600)
         write_atomic(key_dir / "server.pub", (encode_key(public) + "\n").encode(), mode=0o644)
         print(f"created the server key {server_key}")
-    _owned_by(server_key, config.admin_group, 0o640)
+    _owned_by(server_key, 0o600)
 
     had_ca = Path(config.ca_key_file).exists()
     pki.create_ca(key_dir)
     print(("kept" if had_ca else "created") + f" the CA key {config.ca_key_file}")
-    _owned_by(Path(config.ca_key_file), None, 0o600)  # root only: systemd hands it to the signer
+    _owned_by(config.ca_key_file, 0o600)
     if not Path(config.tls_cert_file).exists():
         pki.issue_tls_certificate(pki.load_ca_private_key(key_dir), [config.public_host], key_dir)
         print(f"issued the TLS certificate {config.tls_cert_file} for {config.public_host}")
-    _owned_by(Path(config.tls_key_file), config.admin_group, 0o640)
+    _owned_by(config.tls_key_file, 0o600)
 
     if not config_path.exists():
         config_path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(config_path, config.dump().encode(), mode=0o640)
-        _owned_by(config_path, config.admin_group, 0o640)
+        write_atomic(config_path, config.dump().encode(), mode=0o644)
         print(f"wrote {config_path}")
         reload_systemd(config_path)
     registry = Registry.load(config.peers_file)
@@ -186,30 +220,120 @@ def _services(config: ServerConfig) -> list[str]:
     return names
 
 
-class Supervisor:
-    """Runs every service as a child process, restarts crashed ones, stops all on Ctrl-C."""
+# When `aura server run` (root) starts a service as its own user: the capability it keeps,
+# the private keys it is handed (as systemd's LoadCredential= would) and the Unix socket the
+# supervisor binds for it in the root-owned runtime directory (as the .socket units do).
+CAPABILITIES = {"router": "net_admin", "udp": "net_bind_service", "tcp": "net_bind_service",
+                "quic": "net_bind_service", "signer": None}
+SECRETS = {"router": (), "udp": ("server.key",), "tcp": ("server.key", "tls.key"),
+           "quic": ("server.key", "tls.key"), "signer": ("ca.key",)}
 
-    def __init__(self, config_path: str, names: list[str], verbose: bool) -> None:
+
+@dataclass(frozen=True)
+class Account:
+    uid: int
+    gid: int
+
+
+def run_accounts(config: ServerConfig, names: list[str]) -> dict[str, Account]:
+    """The services to start as their own user: those whose user exists, when we are root
+    and `setpriv` is at hand. The others run as root, as before."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return {}
+    accounts = {}
+    for name in names:
+        found = _account(getattr(config.users, name))
+        if found is not None and found[0] != 0:
+            accounts[name] = Account(*found)
+    return accounts
+
+
+def launch_command(argv: list[str], name: str, account: Account, listens: bool) -> list[str]:
+    """`argv` run as `account` with only its capability, keeping its pid (for LISTEN_PID)."""
+    cap = CAPABILITIES[name]
+    caps = "-all" if cap is None else f"-all,+{cap}"
+    drop = ["setpriv", f"--reuid={account.uid}", f"--regid={account.gid}", "--clear-groups",
+            f"--inh-caps={caps}", f"--bounding-set={caps}"]
+    if cap is not None:
+        drop.append(f"--ambient-caps=+{cap}")
+    if not listens:
+        return [*drop, *argv]
+    # sh's pid is the service's: setpriv and python replace it by exec.
+    return ["sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh", *drop, *argv]
+
+
+class Supervisor:
+    """Runs every service as a child process, restarts crashed ones, stops all on Ctrl-C.
+
+    A service whose system user exists runs as that user: its Unix socket is bound here and
+    passed as systemd would (LISTEN_FDS), and its private keys are copied into a folder of
+    its own (CREDENTIALS_DIRECTORY), so no service can read another's keys.
+    """
+
+    def __init__(self, config: ServerConfig, config_path: str, names: list[str],
+                 verbose: bool) -> None:
+        self.config = config
         self.config_path = config_path
         self.verbose = verbose
         self.names = names
+        self.accounts = run_accounts(config, names)
         self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.sockets: dict[str, socket.socket] = {}
         self.stopping = False
+
+    def prepare(self) -> None:
+        """Bind the sockets and hand out the keys of the services that drop root."""
+        runtime = Path(self.config.runtime_dir)
+        runtime.mkdir(parents=True, exist_ok=True, mode=0o755)
+        _owned_by(runtime, 0o755, 0, 0)
+        if "router" in self.accounts:
+            # Every caller's role is decided by its uid, so everyone may connect.
+            self.sockets["router"] = ipc.bind_path(self.config.router_socket, None, 0o666)
+        if "signer" in self.accounts:
+            self.sockets["signer"] = ipc.bind_path(self.config.signer_socket,
+                                                   self.config.admin_gid, 0o660)
+        for name, account in self.accounts.items():
+            folder = self._credentials(name)
+            folder.mkdir(parents=True, exist_ok=True, mode=0o755)
+            _owned_by(folder.parent, 0o755, 0, 0)
+            _owned_by(folder, 0o755, 0, 0)
+            for secret in SECRETS[name]:
+                with contextlib.suppress(FileNotFoundError):
+                    data = Path(self.config.key_dir, secret).read_bytes()
+                    write_atomic(folder / secret, data, 0o400, owner=(account.uid, account.gid))
+
+    def _credentials(self, name: str) -> Path:
+        return Path(self.config.runtime_dir, "credentials", name)
 
     def start(self, name: str) -> None:
         argv = [sys.executable, "-m", f"services.{name}", "--config", self.config_path]
         if self.verbose:
             argv.append("--verbose")
-        self.children[name] = subprocess.Popen(argv)
-        log.info("started aura-%s (pid %d)", name, self.children[name].pid)
+        account = self.accounts.get(name)
+        if account is None:
+            self.children[name] = subprocess.Popen(argv)
+            log.info("started aura-%s (pid %d)", name, self.children[name].pid)
+            return
+        env = {**os.environ, "CREDENTIALS_DIRECTORY": str(self._credentials(name))}
+        sock = self.sockets.get(name)
+        if sock is not None:
+            env.update(LISTEN_FDS="1", LISTEN_FDNAMES=name)
+        self.children[name] = subprocess.Popen(
+            launch_command(argv, name, account, sock is not None), env=env,
+            pass_fds=(systemd.LISTEN_FDS_START,) if sock is not None else (),
+            preexec_fn=None if sock is None else _socket_at_fd3(sock.fileno()),
+        )  # fmt: skip
+        log.info("started aura-%s (pid %d) as uid %d", name, self.children[name].pid,
+                 account.uid)
 
     def run(self, router_socket: str) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self._stop_requested())
-        for name in self.names:
-            self.start(name)
-            if name == "router":
-                self._wait_for_socket(router_socket)
         try:
+            self.prepare()
+            for name in self.names:
+                self.start(name)
+                if name == "router":
+                    self._wait_for_socket(router_socket)
             while not self.stopping:
                 time.sleep(0.2)
                 for name, child in list(self.children.items()):
@@ -227,6 +351,7 @@ class Supervisor:
             pass
         finally:
             self.stop_all()
+            self.clean_up()
         return 0
 
     def _stop_requested(self) -> None:
@@ -253,6 +378,32 @@ class Supervisor:
                 child.kill()
                 child.wait()
 
+    def clean_up(self) -> None:
+        """Remove the sockets we bound and the keys we handed out."""
+        for name, sock in self.sockets.items():
+            sock.close()
+            path = self.config.router_socket if name == "router" else self.config.signer_socket
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        for name in self.accounts:
+            folder = self._credentials(name)
+            for secret in SECRETS[name]:
+                with contextlib.suppress(FileNotFoundError):
+                    (folder / secret).unlink()
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        with contextlib.suppress(OSError):
+            Path(self.config.runtime_dir, "credentials").rmdir()
+
+
+def _socket_at_fd3(fd: int) -> Callable[[], None]:
+    """Put the passed socket where socket activation puts the first one (in the child)."""
+
+    def move() -> None:
+        os.dup2(fd, systemd.LISTEN_FDS_START)
+
+    return move
+
 
 def run_server(args: argparse.Namespace) -> int:
     config = ServerConfig.load(args.config)
@@ -260,5 +411,5 @@ def run_server(args: argparse.Namespace) -> int:
         raise AuraError("`aura server run` needs root (it creates the TUN device and NAT rules)")
     names = _services(config)
     print(f"running {', '.join('aura-' + n for n in names)}; Ctrl-C stops them all")
-    supervisor = Supervisor(str(Path(args.config).absolute()), names, args.verbose)
+    supervisor = Supervisor(config, str(Path(args.config).absolute()), names, args.verbose)
     return supervisor.run(config.router_socket)

@@ -26,6 +26,7 @@ from typing import Any
 
 from aura_common import ipc
 from aura_common import log as aura_log
+from aura_common.accounts import own_account_only
 from aura_common.config import ClientConfig, format_host_port
 from aura_common.control import ControlError, ControlMessage, decode_control
 from aura_common.errors import AuraError, ConfigError
@@ -113,7 +114,7 @@ class ClientDaemon:
     async def run(self) -> None:
         os.makedirs(self.config.runtime_dir, mode=0o700, exist_ok=True)
         listener = await ipc.Listener.start(
-            self.config.control_socket, self._serve_control, set(), set(), role="client"
+            self.config.control_socket, self._serve_control, own_account_only, role="client"
         )
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[Any]] = []

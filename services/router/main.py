@@ -8,13 +8,13 @@ import contextlib
 import ipaddress
 import json
 import logging
-import os
 import signal
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from aura_common import control, ipc, metrics, runtime, systemd
+from aura_common.accounts import ADMIN, Accounts
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError
 from aura_common.limits import Gate, Usage
@@ -31,6 +31,10 @@ from services.router.sessions import Session, SessionTable
 log = logging.getLogger("aura-router")
 
 TRANSPORT_ROLES = ("udp", "tcp", "quic")
+SERVED_ROLES = (*TRANSPORT_ROLES, ADMIN)
+# A transport that sends frames for sessions it does not hold is warned about at most this
+# often (a peer moving between transports causes a few legitimately).
+MISDIRECTED_WARN_INTERVAL = 10.0
 TUN_READ_LIMIT = 64
 LIMITS_INTERVAL = 0.25  # a peer past its quota or expiry is cut off within this (plus IPC)
 # How often leases a busy lock kept in memory are written again.
@@ -56,6 +60,7 @@ class Router:
                              AddressPool(config.network.ipv4, config.network.ipv6))
         self.sessions: SessionTable[ipc.Channel] = SessionTable()
         self.transports: dict[ipc.Channel, str] = {}
+        self._warned_at: dict[ipc.Channel, float] = {}
         self.tun: Tun | None = None
         self.manifest: SignedManifest | None = None
         self.usage = Usage.load(config.usage_file)
@@ -186,10 +191,8 @@ class Router:
     async def on_channel(self, channel: ipc.Channel) -> None:
         if channel.role in TRANSPORT_ROLES:
             await self._serve_transport(channel)
-        elif channel.role == "admin":
+        elif channel.role == ADMIN:
             await self._serve_admin(channel)
-        else:
-            await channel.send_reliable({"t": "error", "message": f"unknown role {channel.role}"})
 
     async def _serve_transport(self, channel: ipc.Channel) -> None:
         role = channel.role
@@ -210,6 +213,7 @@ class Router:
             log.warning("transport %s disconnected", role, extra=fields(transport=role))
         finally:
             del self.transports[channel]
+            self._warned_at.pop(channel, None)
             for session in self.sessions.drop_link(channel):
                 self.usage.add(session.peer, session.unaccounted())
                 self._release(session.peer)
@@ -250,8 +254,26 @@ class Router:
 
     def _from_transport(self, channel: ipc.Channel, peer: str, packets: list[bytes]) -> None:
         accepted = self.sessions.accept(peer, channel, packets)
+        if len(accepted) < len(packets):
+            session = self.sessions.get(peer)
+            if session is None or session.link is not channel:
+                self._misdirected(channel, f"packets for {peer!r}, which has no session there")
+            else:
+                self._misdirected(channel, f"packets from {peer} with a source address "
+                                           "that is not the peer's")
         if accepted and self.tun is not None:
             self.tun.write_batch(accepted)
+
+    def _misdirected(self, channel: ipc.Channel, what: str) -> None:
+        """Warn (rate-limited per transport) about frames the router refused to act on."""
+        now = time.monotonic()
+        last = self._warned_at.get(channel)
+        if last is not None and now - last < MISDIRECTED_WARN_INTERVAL:
+            return
+        self._warned_at[channel] = now
+        role = self.transports.get(channel, "?")
+        log.warning("transport %s (pid %d) sent %s; dropped", role, channel.peer_credentials.pid,
+                    what, extra=fields(transport=role))
 
     def _tun_readable(self) -> None:
         assert self.tun is not None
@@ -322,12 +344,12 @@ async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, router.reload)
     activated = systemd.listen_fds().get("router")
-    gid = config.admin_gid
-    # The socket file belongs to the admin group: transports (running as its service user)
-    # and operators in that group may connect; SO_PEERCRED is checked again on accept.
+    accounts = Accounts.from_config(config)
+    # Transports (each its own account) and the admin group connect here, so the file is open
+    # to everyone: the role is decided by the caller's uid (SO_PEERCRED) at the hello.
     listener = await ipc.Listener.start(
         activated[0] if activated else config.router_socket, router.on_channel,
-        allowed_uids={os.getuid()}, allowed_gids=set() if gid is None else {gid}, group=gid,
+        lambda peer, claimed: accounts.role_of(peer, claimed, SERVED_ROLES), mode=0o666,
     )
     limits = loop.create_task(router.check_limits_forever())
     exporter = await metrics.serve(config, "router", metrics.RouterCollector(router))

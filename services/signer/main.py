@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aura_common import ipc, pki, systemd
+from aura_common.accounts import ADMIN, Accounts
 from aura_common.atomic import locked, write_atomic
 from aura_common.config import ServerConfig
 from aura_common.errors import ConfigError
@@ -54,7 +55,7 @@ class RequestError(ValueError):
 class Signer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.ca_key = pki.load_ca_private_key(config.key_dir)
+        self.ca_key = pki.load_ca_private_key_file(config.ca_key_file)
 
     async def on_channel(self, channel: ipc.Channel) -> None:
         caller = channel.peer_credentials
@@ -155,14 +156,15 @@ async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
         raise ConfigError(config.ca_key_file, "", "the CA private key (run `aura server init`)")
     signer = Signer(config)
     gid = config.admin_gid
+    accounts = Accounts.from_config(config)
     activated = systemd.listen_fds().get("signer")
     # Hand the socket file to the admin group when we may; systemd does it for activated ones.
     may_chown = gid is not None and (os.geteuid() == 0 or gid in os.getgroups())
     listener = await ipc.Listener.start(
         activated[0] if activated else config.signer_socket,
         signer.on_channel,
-        allowed_uids={os.getuid()},
-        allowed_gids=set() if gid is None else {gid},
+        # Root and the admin group only: no service account may ask for a manifest.
+        lambda peer, claimed: accounts.role_of(peer, claimed, (ADMIN,)),
         role="signer",
         group=gid if may_chown and not activated else None,
     )

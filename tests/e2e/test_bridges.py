@@ -51,7 +51,8 @@ def test_moved_ports_reach_connected_clients_through_a_signed_manifest(
     server.stop()
     blocker = lab.spawn(server.ns, [sys.executable, "-c", HOLD_UDP_PORT])
     server.start()
-    bound = json.loads((tmp_path / "state" / "runtime.json").read_text())["transports"]
+    runtime_file = tmp_path / "state" / "transports" / "runtime.json"
+    bound = json.loads(runtime_file.read_text())["transports"]
     assert bound["udp"]["bound"][0].endswith(":8444")
     assert bound["quic"]["bound"][0].endswith(":8445")
 

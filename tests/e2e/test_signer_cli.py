@@ -42,9 +42,9 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
 
 
 def write_runtime(server: Server, transports: dict[str, dict[str, Any]]) -> None:
-    server.state.mkdir(exist_ok=True)
+    (server.state / "transports").mkdir(parents=True, exist_ok=True)
     doc = {"version": 1, "transports": transports}
-    (server.state / "runtime.json").write_text(json.dumps(doc))
+    (server.state / "transports" / "runtime.json").write_text(json.dumps(doc))
 
 
 def entry(pid: int, *bound: str) -> dict[str, Any]:
@@ -63,13 +63,14 @@ def test_from_runtime_uses_public_host_and_bound_ports(
     assert "endpoint vpn.test:udp=8450:tcp=8443" in result.stdout
     assert "quic is enabled but not in" in result.stderr
     manifest = parse_body(
-        SignedManifest.from_json((running.state / "manifest.json").read_text()).body
+        SignedManifest.from_json((running.state / "signer" / "manifest.json").read_text()).body
     )
     assert manifest.bridges == ("vpn.test:8450", "vpn.test:8443")
 
 
 def test_from_runtime_with_runtime_record_of_this_process(running: Server) -> None:
-    runtime.record_bound(running.state / "runtime.json", "quic", ["[::]:9444"], activated=True)
+    runtime_file = running.state / "transports" / "runtime.json"
+    runtime.record_bound(runtime_file, "quic", ["[::]:9444"], activated=True)
     result = running.aura("sign-bridges", "--from-runtime")
     assert "endpoint vpn.test:quic=9444" in result.stdout
 
@@ -77,7 +78,7 @@ def test_from_runtime_with_runtime_record_of_this_process(running: Server) -> No
 def test_from_runtime_errors(server: Server) -> None:
     result = server.aura("sign-bridges", "--from-runtime", check=False)
     assert result.returncode == 1
-    assert f"{server.state / 'runtime.json'}: no runtime file" in result.stderr
+    assert f"{server.state / 'transports' / 'runtime.json'}: no runtime file" in result.stderr
 
     dead = subprocess.Popen(["true"])
     dead.wait()

@@ -88,7 +88,7 @@ class Server:
         self.signer = None
 
     def manifest(self) -> SignedManifest:
-        return SignedManifest.from_json((self.state / "manifest.json").read_text())
+        return SignedManifest.from_json((self.state / "signer" / "manifest.json").read_text())
 
 
 @pytest.fixture
@@ -156,7 +156,7 @@ def test_root_signs_through_the_cli(running: Server) -> None:
     assert (manifest.expires - manifest.issued).days == 30
     server_pub = (running.root / "server.pub").read_text().strip()
     assert manifest.server_public_key == base64.b64decode(server_pub)
-    assert (running.state / "manifest.serial").read_text() == "1\n"
+    assert (running.state / "signer" / "manifest.serial").read_text() == "1\n"
 
 
 def test_serial_persists_across_restarts_and_increases(server: Server) -> None:
@@ -170,9 +170,9 @@ def test_serial_persists_across_restarts_and_increases(server: Server) -> None:
             serials.append(serial_of(server, reply))
         server.stop_signer()
     assert serials == [1, 2, 3, 4]
-    assert (server.state / "manifest.serial").read_text() == "4\n"
+    assert (server.state / "signer" / "manifest.serial").read_text() == "4\n"
     # A lost serial file does not send serials back: the stored manifest still counts.
-    (server.state / "manifest.serial").unlink()
+    (server.state / "signer" / "manifest.serial").unlink()
     server.start_signer()
     server.wait_for_socket()
     assert serial_of(server, ask(server, sign_request())) == 5
@@ -198,7 +198,7 @@ def test_bad_requests_get_a_clear_error(
     reply = ask(running, frame)
     assert reply["t"] == "error"
     assert complaint in reply["message"]
-    assert not (running.state / "manifest.json").exists()
+    assert not (running.state / "signer" / "manifest.json").exists()
     # The signer is still serving.
     assert ask(running, sign_request())["t"] == "signed"
 
@@ -264,18 +264,18 @@ def connect_as(user: pwd.struct_passwd, path: Path) -> dict[str, Any]:
 
 
 def test_unauthorised_local_user_is_refused(running: Server, stranger: pwd.struct_passwd) -> None:
-    # Lines of defence: the directories (0750), the socket file (0660, root's group), and the
-    # signer's SO_PEERCRED check. Open each in turn.
+    # Lines of defence: the directories (0750), the socket file (0660, the admin group), and
+    # the signer's SO_PEERCRED check. Open each in turn.
     assert connect_as(stranger, running.socket) == {"errno": 13}
     os.chmod(running.root, 0o755)
     os.chmod(running.run_dir, 0o755)
     assert connect_as(stranger, running.socket) == {"errno": 13}
     os.chmod(running.socket, 0o666)
     outcome = connect_as(stranger, running.socket)
-    assert outcome == {"reply": {"t": "error", "message": "permission denied"}}
-    assert f"uid {stranger.pw_uid}" in running.log.read_text()
-    assert "not permitted" in running.log.read_text()
-    assert not (running.state / "manifest.json").exists()
+    message = f"permission denied: uid {stranger.pw_uid} may not act as admin"
+    assert outcome == {"reply": {"t": "error", "message": message}}
+    assert f"(uid {stranger.pw_uid}, gid {stranger.pw_gid}) as admin" in running.log.read_text()
+    assert not (running.state / "signer" / "manifest.json").exists()
     assert ask(running, sign_request())["t"] == "signed"
 
 

@@ -70,7 +70,7 @@ def assert_traffic(lab: Lab, ns: str, server: AuraServer) -> tuple[float, float]
 
 
 def transport_pid(server: AuraServer, name: str) -> int:
-    document = json.loads((server.folder / "state" / "runtime.json").read_text())
+    document = json.loads((server.folder / "state" / "transports" / "runtime.json").read_text())
     return int(document["transports"][name]["pid"])
 
 
@@ -169,7 +169,7 @@ def test_busy_port_is_skipped_and_reject_closes_probes(lab: Lab, tmp_path: Path)
     lab.wait_for(lambda: lab.run(server.ns, ["ss", "-Htln", "sport = :8443"]).stdout.strip()
                  != "", what="port 8443/tcp taken")
     server.start()
-    document = json.loads((tmp_path / "state" / "runtime.json").read_text())
+    document = json.loads((tmp_path / "state" / "transports" / "runtime.json").read_text())
     assert document["transports"]["tcp"]["bound"][0].endswith(":8444")
     assert "8444" in server.log.read_text()
 

@@ -38,6 +38,7 @@ TRANSPORTS = ("aura-udp", "aura-tcp", "aura-quic")
 RENEW_TIMER = "aura-manifest-renew.timer"
 GENERATOR = "/lib/systemd/system-generators/aura-generator"
 GENERATED = "/run/systemd/generator"
+ACCOUNTS = SERVICES  # each service runs as the system user of its own name
 # `systemd-analyze security` exposure each unit must stay at or below (10 = unconfined).
 EXPOSURE_LIMITS = {"aura-router": 2.0, "aura-signer": 0.5, "aura-udp": 1.5, "aura-tcp": 1.5,
                    "aura-quic": 1.5}
@@ -99,10 +100,15 @@ def _wait_active(setup: Setup, units: tuple[str, ...], timeout: float = 60) -> N
 # -- installed, not started --------------------------------------------------------------------
 def test_install_creates_user_and_directories_but_starts_nothing(setup: Setup) -> None:
     box = setup.box
-    assert box.run(["id", "-u", "aura"]).stdout.strip().isdigit()
-    listing = box.run(["stat", "-c", "%n %U:%G %a", "/run/aura", "/var/lib/aura", "/etc/aura"])
-    assert listing.stdout.split("\n")[:3] == [
-        "/run/aura aura:aura 750", "/var/lib/aura aura:aura 750", "/etc/aura root:aura 750"]
+    for user in ACCOUNTS:
+        assert box.run(["id", "-gn", user]).stdout.strip() == "aura", user
+    assert box.run(["getent", "group", "aura-admin"]).returncode == 0
+    listing = box.run(["stat", "-c", "%n %U:%G %a", "/run/aura", "/var/lib/aura",
+                       "/var/lib/aura/transports", "/var/lib/aura/signer", "/etc/aura"])
+    assert listing.stdout.split("\n")[:5] == [
+        "/run/aura root:root 755", "/var/lib/aura aura-router:aura 755",
+        "/var/lib/aura/transports root:aura 775", "/var/lib/aura/signer aura-signer:aura 755",
+        "/etc/aura root:root 755"]
     for unit in ("aura.target", "aura-router.service", "aura-udp.socket", "aura-router.socket",
                  RENEW_TIMER):
         assert box.run(["systemctl", "is-enabled", unit]).stdout.strip() == "enabled", unit
@@ -157,9 +163,14 @@ def test_init_and_start_bring_up_every_unit(setup: Setup) -> None:
     _wait_active(setup, SERVICES)
     for name in ("router", "signer", "udp", "tcp", "quic"):
         assert _active(box, f"aura-{name}.socket") == "active"
-    # The CA key never became readable to the aura user.
-    assert box.run(["su", "-s", "/bin/sh", "aura", "-c", "cat /etc/aura/ca.key"],
-                   check=False).returncode != 0
+    # Every private key stays root's: each service gets a copy of its own from systemd.
+    for key in ("ca.key", "server.key", "tls.key"):
+        for user in ACCOUNTS:
+            assert box.run(["setpriv", f"--reuid={user}", "--regid=aura", "--init-groups",
+                            "cat", f"/etc/aura/{key}"], check=False).returncode != 0, (user, key)
+    for name in ("router", "signer", "udp", "tcp", "quic"):
+        user = box.run(["ps", "-o", "user=", "-p", str(_main_pid(box, f"aura-{name}"))])
+        assert user.stdout.strip() == f"aura-{name}"
 
 
 def test_status_answers(setup: Setup) -> None:

@@ -34,7 +34,7 @@ public_host: vpn.example.org
 state_dir: /var/lib/aura
 runtime_dir: /run/aura
 key_dir: /etc/aura
-admin_group: aura
+admin_group: aura-admin
 tun: {name: aura0, mtu: 1420}
 network:
   ipv4: 10.77.0.0/24
@@ -89,7 +89,8 @@ def test_server_example_loads_with_derived_paths(tmp_path: Path) -> None:
     assert config.signer_socket == "/run/aura/signer.sock"
     assert config.peers_file == "/var/lib/aura/peers.json"
     assert config.leases_file == "/var/lib/aura/leases.json"
-    assert config.runtime_file == "/var/lib/aura/runtime.json"
+    assert config.runtime_file == "/var/lib/aura/transports/runtime.json"
+    assert config.manifest_serial_file == "/var/lib/aura/signer/manifest.serial"
     assert config.server_key_file == "/etc/aura/server.key"
     assert config.ca_key_file == "/etc/aura/ca.key"
     assert config.tls_cert_file == "/etc/aura/tls.crt"

@@ -32,7 +32,7 @@ def make_config(tmp_path: Path) -> ServerConfig:
     config = ServerConfig.default(
         "vpn.test", state_dir=str(tmp_path / "state"), runtime_dir=str(tmp_path / "run"),
         key_dir=str(tmp_path / "keys"))
-    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "signer").mkdir(parents=True)
     pki.create_ca(tmp_path / "keys")
     return config
 

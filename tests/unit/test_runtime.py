@@ -163,6 +163,7 @@ def test_a_damaged_runtime_file_does_not_stop_aura_quic(
     tmp_path: Path, damage: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = _quic_config(tmp_path)
+    Path(config.transports_dir).mkdir()
     Path(config.runtime_file).write_bytes(damage)
     with caplog.at_level(logging.WARNING, logger="aura_common.runtime"):
         assert ports_of_udp_transport(config) == {config.transports.udp.port}

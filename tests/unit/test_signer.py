@@ -21,7 +21,7 @@ def make_signer(tmp_path: Path) -> Signer:
         "vpn.test", state_dir=str(tmp_path / "state"), runtime_dir=str(tmp_path / "run"),
         key_dir=str(tmp_path / "keys"),
     )  # fmt: skip
-    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "signer").mkdir(parents=True)
     pki.create_ca(tmp_path / "keys")
     return Signer(config)
 
@@ -37,8 +37,8 @@ def test_sign_stores_manifest_and_serial(tmp_path: Path) -> None:
     signer = make_signer(tmp_path)
     signed, manifest = signer.sign([Endpoint("vpn.test", tcp=443)], 3, bytes(32))
     assert manifest.serial == 1
-    assert (tmp_path / "state" / "manifest.serial").read_text() == "1\n"
-    stored = SignedManifest.from_json((tmp_path / "state" / "manifest.json").read_text())
+    assert (tmp_path / "state" / "signer" / "manifest.serial").read_text() == "1\n"
+    stored = SignedManifest.from_json((tmp_path / "state" / "signer" / "manifest.json").read_text())
     assert stored == signed
     now = datetime.datetime.now(datetime.UTC)
     assert verify(stored, pki.load_ca_public_key(tmp_path / "keys"), now=now) == manifest
@@ -47,10 +47,10 @@ def test_sign_stores_manifest_and_serial(tmp_path: Path) -> None:
 
 def test_damaged_serial_file_stops_signing(tmp_path: Path) -> None:
     signer = make_signer(tmp_path)
-    (tmp_path / "state" / "manifest.serial").write_text("garbage\n")
+    (tmp_path / "state" / "signer" / "manifest.serial").write_text("garbage\n")
     with pytest.raises(RequestError, match="damaged"):
         signer.sign([Endpoint("vpn.test", tcp=443)], 3, bytes(32))
-    assert not (tmp_path / "state" / "manifest.json").exists()
+    assert not (tmp_path / "state" / "signer" / "manifest.json").exists()
 
 
 def test_oversized_manifest_is_refused_without_using_a_serial(tmp_path: Path) -> None:
@@ -58,7 +58,7 @@ def test_oversized_manifest_is_refused_without_using_a_serial(tmp_path: Path) ->
     host = ".".join(["a" * 60] * 4)
     with pytest.raises(RequestError, match="more than 4096"):
         signer.sign([Endpoint(host, 1, 2, 3)] * 16, 3, bytes(32))
-    assert not (tmp_path / "state" / "manifest.serial").exists()
+    assert not (tmp_path / "state" / "signer" / "manifest.serial").exists()
 
 
 def test_valid_request_parses() -> None:

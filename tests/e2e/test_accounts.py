@@ -1,0 +1,231 @@
+"""A compromised transport: a process running as the UDP transport's account tries every
+other role on the router, the signer, and other peers' traffic, and is refused each time.
+
+The router and signer run as root here (this host's Python lives where other accounts cannot
+execute it); their roles come from `users:` in the config, which names throw-away system
+users, and the adversary is a forked child that drops to those users' uids. The booted
+package (tests/system/test_package.py) repeats this with the real service accounts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import yaml
+
+from tests.netns import Lab
+
+pytestmark = pytest.mark.e2e
+
+AURA = [sys.executable, "-m", "services.cli.main"]
+ALICE_V4 = "10.77.0.2"
+
+
+@dataclass
+class Accounts:
+    service_gid: int
+    admin_group: str
+    udp: pwd.struct_passwd
+    tcp: pwd.struct_passwd
+    operator: pwd.struct_passwd
+
+
+@pytest.fixture
+def accounts() -> Iterator[Accounts]:
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        pytest.skip("needs root and useradd")
+    tag = uuid.uuid4().hex[:6]
+    service, admin = f"aura-ts-{tag}", f"aura-ta-{tag}"
+    users = {role: f"aura-t{role[0]}-{tag}" for role in ("udp", "tcp", "operator")}
+    made: list[list[str]] = []
+    try:
+        for group in (service, admin):
+            subprocess.run(["groupadd", "--system", group], check=True)
+            made.append(["groupdel", group])
+        for role, name in users.items():
+            extra = ["-G", admin] if role == "operator" else []
+            subprocess.run(["useradd", "--system", "--no-create-home", "-g", service, *extra,
+                            name], check=True)  # fmt: skip
+            made.insert(0, ["userdel", name])
+        yield Accounts(pwd.getpwnam(users["udp"]).pw_gid, admin,
+                       *(pwd.getpwnam(users[r]) for r in ("udp", "tcp", "operator")))
+    finally:
+        for command in made:
+            subprocess.run(command, check=False, capture_output=True)
+
+
+@dataclass
+class Running:
+    folder: Path
+    router_log: Path
+    signer_log: Path
+
+    @property
+    def router_socket(self) -> str:
+        return str(self.folder / "run" / "router.sock")
+
+    @property
+    def signer_socket(self) -> str:
+        return str(self.folder / "run" / "signer.sock")
+
+
+@pytest.fixture
+def running(lab: Lab, accounts: Accounts) -> Iterator[Running]:
+    # Not pytest's tmp_path: the other accounts must be able to reach the sockets.
+    folder = Path(tempfile.mkdtemp(prefix="aura-accounts-"))
+    folder.chmod(0o755)
+    try:
+        config = folder / "server.yaml"
+        aura = [*AURA, "--config", str(config)]
+        subprocess.run([*aura, "server", "init", "--public-host", "198.51.100.1",
+                        "--state-dir", str(folder / "state"), "--runtime-dir",
+                        str(folder / "run")], check=True, capture_output=True)  # fmt: skip
+        document = yaml.safe_load(config.read_text())
+        document["admin_group"] = accounts.admin_group
+        document["users"].update(udp=accounts.udp.pw_name, tcp=accounts.tcp.pw_name)
+        config.write_text(yaml.safe_dump(document))
+        subprocess.run([*aura, "provision-client", "alice", "--address", ALICE_V4,
+                        "-o", str(folder / "alice.yaml")], check=True, capture_output=True)
+        ns = lab.namespace("srv")
+        result = Running(folder, folder / "router.log", folder / "signer.log")
+        for name, log in (("router", result.router_log), ("signer", result.signer_log)):
+            lab.spawn(ns, [sys.executable, "-m", f"services.{name}", "--config", str(config)],
+                      log=log)
+        lab.wait_for(lambda: os.path.exists(result.router_socket)
+                     and os.path.exists(result.signer_socket), timeout=30,
+                     what="the router and signer sockets")  # fmt: skip
+        yield result
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def as_user(user: pwd.struct_passwd, action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run `action` in a forked child that has become `user` (with its groups)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop, act, report, exit without cleanup
+        try:
+            os.close(read_end)
+            os.initgroups(user.pw_name, user.pw_gid)
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+            outcome = action()
+        except BaseException as error:  # reported to the parent
+            outcome = {"unexpected": repr(error)}
+        os.write(write_end, json.dumps(outcome).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)  # type: ignore[no-any-return]
+
+
+def hello(path: str, role: str, *then: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    """Say hello as `role`; if accepted, send `then` and collect what comes back."""
+
+    def action() -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+            sock.settimeout(10)
+            try:
+                sock.connect(path)
+            except OSError as error:
+                return {"errno": error.errno}
+            sock.send(msgpack.packb({"t": "hello", "v": 1, "role": role}))
+            reply = msgpack.unpackb(sock.recv(1 << 20))
+            outcome: dict[str, Any] = {"t": reply["t"], "message": reply.get("message")}
+            if reply["t"] != "hello":
+                return outcome
+            for frame in then:
+                sock.send(msgpack.packb(frame))
+            sock.settimeout(1)
+            frames = []
+            try:
+                while True:
+                    frames.append(msgpack.unpackb(sock.recv(1 << 20)))
+            except TimeoutError:
+                pass
+            outcome["frames"] = [f["t"] for f in frames]
+            outcome["peers"] = [p["name"] for f in frames if f["t"] == "peers" for p in f["peers"]]
+            return outcome
+
+    return action
+
+
+def ipv4_packet(source: str) -> bytes:
+    header = bytearray(20)
+    header[0], header[8], header[9] = 0x45, 64, 17
+    header[12:16] = bytes(int(p) for p in source.split("."))
+    header[16:20] = bytes([198, 51, 100, 9])
+    return bytes(header)
+
+
+def wait_for_text(path: Path, text: str) -> str:
+    deadline = time.monotonic() + 10
+    while text not in (content := path.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert text in content, f"{text!r} not in {path}:\n{content}"
+    return content
+
+
+def test_a_transport_account_is_refused_every_other_role_and_peer(
+    running: Running, accounts: Accounts
+) -> None:
+    udp = accounts.udp
+    for role in ("tcp", "quic", "admin"):
+        outcome = as_user(udp, hello(running.router_socket, role))
+        assert outcome == {"t": "error", "message":
+                           f"permission denied: uid {udp.pw_uid} is the udp account, not {role}"}
+        wait_for_text(running.router_log, f"(uid {udp.pw_uid}, gid {udp.pw_gid}) as {role}")
+    # The TCP account may not pass for the UDP transport either.
+    outcome = as_user(accounts.tcp, hello(running.router_socket, "udp"))
+    assert outcome["t"] == "error"
+
+    # The signer: its socket belongs to the admin group, and behind that it checks the uid.
+    assert as_user(udp, hello(running.signer_socket, "admin")) == {"errno": 13}
+    os.chmod(running.signer_socket, 0o666)
+    outcome = as_user(udp, hello(running.signer_socket, "admin"))
+    assert outcome["t"] == "error" and "is the udp account" in outcome["message"]
+    wait_for_text(running.signer_log, f"(uid {udp.pw_uid}, gid {udp.pw_gid}) as admin")
+    assert not (running.folder / "state" / "signer" / "manifest.json").exists()
+
+    # As itself it is a transport: it learns the peers, but cannot speak for alice, who has
+    # no session on it, nor end sessions it does not hold.
+    outcome = as_user(udp, hello(
+        running.router_socket, "udp",
+        {"t": "session_down", "peer": "alice"},
+        {"t": "pkts", "peer": "alice", "data": [ipv4_packet(ALICE_V4)]},
+    ))  # fmt: skip
+    assert outcome["t"] == "hello" and outcome["peers"] == ["alice"]
+    wait_for_text(running.router_log, "transport udp (pid ")
+    wait_for_text(running.router_log, "sent packets for 'alice', which has no session there")
+
+
+def test_an_admin_group_member_may_ask_for_status_and_a_manifest(
+    running: Running, accounts: Accounts
+) -> None:
+    operator = accounts.operator
+    outcome = as_user(operator, hello(running.router_socket, "admin", {"t": "status"}))
+    assert outcome["frames"] == ["status_reply"]
+    outcome = as_user(operator, hello(running.router_socket, "udp"))
+    assert outcome["t"] == "error" and f"uid {operator.pw_uid} may not act as udp" in (
+        outcome["message"])
+    request = {"t": "sign", "endpoints": [{"host": "vpn.test", "tcp": 443}], "expires_days": 7,
+               "server_public_key": bytes(32)}
+    outcome = as_user(operator, hello(running.signer_socket, "admin", request))
+    assert outcome["frames"] == ["signed"]

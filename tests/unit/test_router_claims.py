@@ -1,0 +1,74 @@
+"""A transport may act only for the sessions it holds, and only with its peers' addresses."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aura_common.config import ServerConfig
+from aura_common.ipc import Credentials
+from aura_common.registry import Peer, Registry
+from services.router.main import Router
+
+
+class FakeTransport:
+    def __init__(self, pid: int) -> None:
+        self.peer_credentials = Credentials(pid, 900 + pid, 900)
+        self.sent: list[dict[str, Any]] = []
+
+    async def send_reliable(self, frame: dict[str, Any]) -> None:
+        self.sent.append(frame)
+
+
+def ipv4_from(source: str) -> bytes:
+    header = bytearray(20)
+    header[0] = 0x45
+    header[12:16] = bytes(int(p) for p in source.split("."))
+    header[16:20] = bytes([10, 77, 0, 1])
+    return bytes(header)
+
+
+class FakeTun:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write_batch(self, packets: list[bytes]) -> None:
+        self.written.extend(packets)
+
+
+def test_packets_for_another_transports_session_or_with_foreign_sources_are_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = ServerConfig.default("vpn.example", state_dir=str(tmp_path),
+                                  runtime_dir=str(tmp_path), key_dir=str(tmp_path))
+    with Registry.edit(config.peers_file) as registry:
+        registry.add(Peer("alice", b"a" * 32, address_v4="10.77.0.2"))
+        registry.add(Peer("bob", b"b" * 32, address_v4="10.77.0.3"))
+
+    async def scenario() -> None:
+        router = Router(config)
+        tun = FakeTun()
+        router.tun = tun  # type: ignore[assignment]
+        udp, tcp = FakeTransport(1), FakeTransport(2)
+        router.transports.update({udp: "udp", tcp: "tcp"})  # type: ignore[dict-item]
+        router._session_up(tcp, {"peer": "alice", "endpoint": "192.0.2.1:5"})  # type: ignore[arg-type]
+        router._session_up(udp, {"peer": "bob", "endpoint": "192.0.2.2:5"})  # type: ignore[arg-type]
+        with caplog.at_level(logging.WARNING, logger="aura-router"):
+            router._from_transport(udp, "alice", [ipv4_from("10.77.0.2")])  # type: ignore[arg-type]
+            assert tun.written == []
+            assert "transport udp (pid 1) sent packets for 'alice', which has no session" in (
+                caplog.text)
+            router._end_session("alice", udp, "ended")  # type: ignore[arg-type]
+            assert router.sessions.get("alice") is not None
+            router._from_transport(tcp, "alice", [ipv4_from("10.77.0.3")])  # type: ignore[arg-type]
+            assert tun.written == []
+            assert "transport tcp (pid 2) sent packets from alice with a source address" in (
+                caplog.text)
+        router._from_transport(tcp, "alice", [ipv4_from("10.77.0.2")])  # type: ignore[arg-type]
+        assert tun.written == [ipv4_from("10.77.0.2")]
+
+    asyncio.run(scenario())
