@@ -17,8 +17,11 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+import time
 import weakref
 from collections.abc import Sequence
+
+from aura_common.netio.codel import CoDel
 
 SOL_UDP = 17
 UDP_SEGMENT = 103
@@ -38,8 +41,12 @@ MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS per send
 # (IPv6: 40, IPv4: 20 plus up to 40 of options) and the 8-byte UDP header.
 MAX_SEND_BYTES = 0xFFFF - 40 - 8 - 20
 _RECV_SIZE = 0x10000
-# Room for UDP_GRO's int and the larger of in_pktinfo (12 bytes) and in6_pktinfo (20 bytes).
-_CMSG_SPACE = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(20)
+# Linux <asm-generic/socket.h>: the kernel's receive time of each datagram, a timespec.
+SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("=qq")
+# Room for UDP_GRO's int, the larger of in_pktinfo (12 bytes) and in6_pktinfo (20 bytes), and
+# the receive timestamp.
+_CMSG_SPACE = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(20) + socket.CMSG_SPACE(_TIMESPEC.size)
 _IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, local (spec_dst), header destination
 _IN6_PKTINFO = struct.Struct("=16si")  # address, ifindex
 
@@ -83,13 +90,21 @@ def enable_pktinfo(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
 
 
-def recv_batch(sock: socket.socket, limit: int = 64) -> list[tuple[list[bytes], Address]]:
+def enable_timestamps(sock: socket.socket) -> None:
+    """Report each datagram's receive time, so that `recv_batch*(..., aqm=...)` sees how long
+    it waited in the socket's queue."""
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+
+
+def recv_batch(sock: socket.socket, limit: int = 64, aqm: CoDel | None = None
+               ) -> list[tuple[list[bytes], Address]]:
     """Datagrams waiting on `sock`, grouped by source, from at most `limit` receive calls.
 
-    Consecutive datagrams from the same source share one entry. Never blocks.
+    Consecutive datagrams from the same source share one entry. Never blocks. With `aqm`
+    (and `enable_timestamps`), it decides by the time each datagram waited which to drop.
     """
     batches: list[tuple[list[bytes], Address]] = []
-    for datagrams, source, _local in recv_batch_with_local(sock, limit):
+    for datagrams, source, _local in recv_batch_with_local(sock, limit, aqm=aqm):
         if batches and batches[-1][1] == source:
             batches[-1][0].extend(datagrams)
         else:
@@ -98,7 +113,8 @@ def recv_batch(sock: socket.socket, limit: int = 64) -> list[tuple[list[bytes], 
 
 
 def recv_batch_with_local(
-    sock: socket.socket, limit: int = 64, max_bytes: int | None = None
+    sock: socket.socket, limit: int = 64, max_bytes: int | None = None,
+    aqm: CoDel | None = None,
 ) -> list[tuple[list[bytes], Address, str | None]]:
     """Like `recv_batch`, grouped by source and the local address each datagram was sent to.
 
@@ -124,6 +140,7 @@ def recv_batch_with_local(
             continue
         segment_size = size
         local = None
+        received_at = None
         for level, kind, data in ancillary:
             if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
                 segment_size = struct.unpack("i", data[:4])[0] or size
@@ -131,8 +148,18 @@ def recv_batch_with_local(
                 local = socket.inet_ntop(socket.AF_INET6, _IN6_PKTINFO.unpack(data)[0])
             elif level == socket.IPPROTO_IP and kind == IP_PKTINFO:
                 local = socket.inet_ntop(socket.AF_INET, _IN_PKTINFO.unpack(data)[1])
+            elif level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                seconds, nanoseconds = _TIMESPEC.unpack(data[:_TIMESPEC.size])
+                received_at = seconds + nanoseconds * 1e-9
         total += size
         received = view[:size]
+        # One timestamp for a GRO train: CoDel drops its head, as a qdisc dequeuing it.
+        if (aqm is not None and received_at is not None
+                and aqm.should_drop(time.time() - received_at, time.monotonic())):
+            if segment_size >= size:
+                continue
+            received = view[segment_size:size]
+            size -= segment_size
         if segment_size >= size:
             datagrams = [bytes(received)]
         else:

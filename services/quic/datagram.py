@@ -16,6 +16,7 @@ import socket
 from collections.abc import Callable, Sequence
 
 from aura_common.netio import udp as udp_batch
+from aura_common.netio.codel import CoDel
 
 Address = tuple[str, int]
 # (datagrams, remote address, local address) for runs of datagrams sharing both addresses.
@@ -38,6 +39,8 @@ class DatagramSocket:
         udp_batch.enlarge_buffers(sock)
         udp_batch.enable_gro(sock)
         udp_batch.enable_pktinfo(sock)
+        udp_batch.enable_timestamps(sock)
+        self.aqm = CoDel()  # bounds the time datagrams wait in the socket's large buffer
         self.sock = sock
         self.on_burst = on_burst
         self.on_error = on_error
@@ -56,7 +59,8 @@ class DatagramSocket:
                 self.on_error(OSError(code, os.strerror(code)))  # e.g. ConnectionRefusedError
                 if self.closed:
                     return
-        burst = udp_batch.recv_batch_with_local(self.sock, RECV_CALLS_PER_BURST)
+        burst = udp_batch.recv_batch_with_local(self.sock, RECV_CALLS_PER_BURST,
+                                                 aqm=self.aqm)
         if burst:
             self.on_burst(burst)
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from aura_common.config import ServerConfig
 from aura_common.netio import udp as udp_batch
+from aura_common.netio.codel import CoDel
 from aura_common.service import run_service
 from aura_common.transport import (
     Address,
@@ -41,9 +42,11 @@ class UdpCarrier:
         self.hub = hub
         hub.carrier = self
         self._reply_from: dict[Address, str] = {}
+        self.aqm = CoDel()  # bounds the time datagrams wait in the socket's large buffer
         udp_batch.enlarge_buffers(sock)
         udp_batch.enable_gro(sock)
         udp_batch.enable_pktinfo(sock)
+        udp_batch.enable_timestamps(sock)
 
     def start(self) -> None:
         asyncio.get_running_loop().add_reader(self.sock.fileno(), self._readable)
@@ -52,7 +55,7 @@ class UdpCarrier:
         reply_from = self._reply_from
         batches = []
         for datagrams, source, local in udp_batch.recv_batch_with_local(
-                self.sock, RECV_BATCH_LIMIT, RECV_BATCH_BYTES):
+                self.sock, RECV_BATCH_LIMIT, RECV_BATCH_BYTES, aqm=self.aqm):
             if local is not None:
                 reply_from.pop(source, None)  # re-inserted last: dicts keep insertion order
                 reply_from[source] = local

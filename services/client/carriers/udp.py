@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from aura_common.config import ClientConfig
 from aura_common.netio import udp as udp_batch
+from aura_common.netio.codel import CoDel
 from services.client.carriers import Deliver
 
 RECV_BATCH_LIMIT = 64
@@ -28,6 +29,7 @@ class Carrier:
         self.sock: socket.socket | None = None
         self.destination: tuple[str, int] = ("", 0)
         self._deliver: Deliver = lambda datagrams: None
+        self.aqm = CoDel()  # bounds the time datagrams wait in the socket's large buffer
         self._closed: asyncio.Future[str] | None = None
 
     async def open(self, host: str, port: int, deliver: Deliver) -> None:
@@ -42,6 +44,7 @@ class Carrier:
             raise
         udp_batch.enlarge_buffers(sock)
         udp_batch.enable_gro(sock)
+        udp_batch.enable_timestamps(sock)
         self.sock, self.destination, self._deliver = sock, (host, port), deliver
         loop = asyncio.get_running_loop()
         self._closed = loop.create_future()
@@ -63,7 +66,7 @@ class Carrier:
     def _readable(self) -> None:
         if self.sock is None or self._pending_error():
             return
-        for datagrams, _source in udp_batch.recv_batch(self.sock, RECV_BATCH_LIMIT):
+        for datagrams, _source in udp_batch.recv_batch(self.sock, RECV_BATCH_LIMIT, self.aqm):
             self._deliver(datagrams)
 
     def transmit(self, datagrams: Sequence[bytes]) -> None:

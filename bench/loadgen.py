@@ -1,0 +1,251 @@
+"""Many WireGuard peers in one process: the load generator behind `bench.scale`.
+
+    python3 -m bench.loadgen PEERS.json RESULT.json [--rate 10] [--seconds 20]
+
+PEERS.json: `{"server": [host, port], "server_public_key": hex, "target": ip, "peers":
+[{"private_key": hex, "preshared_key": hex, "address": ip}, ...]}`. Each peer is the project's
+own WireGuard core (`aura_common.wireguard.Device`) on its own UDP socket, all in one asyncio
+loop. Phases, each bounded in time and rate:
+
+1. connect: every peer handshakes, at most CONNECT_RATE initiations per second;
+2. steady: every peer sends `--rate` ICMP echo requests per second to `target` for
+   `--seconds`; replies are counted per peer;
+3. ramp: re-handshakes at rising rates, one second each, until cookie replies appear (the
+   server is under load) or the rates run out.
+
+Once connected it writes RESULT.connected and idles `--hold` seconds before the steady phase.
+RESULT.json gets the figures (times, counts); `bench.scale` turns them into ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aura_common.wireguard import Device, HandshakeCompleted, Peer, Received, Transmit
+
+CONNECT_RATE = 200  # initiations/s while connecting: below the knee, so all peers get in
+RAMP_RATES = (50, 100, 200, 400, 800, 1600)
+COOKIE_REPLY = 3
+TICK = 0.25
+SEND_SLOT = 0.01  # echo requests go out in slots of this many seconds
+RECV_LIMIT = 64
+ICMP_ECHO, ICMP_ECHO_REPLY = 8, 0
+
+
+def checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def echo_request(source: str, destination: str, ident: int, sequence: int,
+                 payload: bytes = bytes(56)) -> bytes:
+    """An IPv4 ICMP echo request (64 bytes of ICMP, as ping sends by default)."""
+    icmp = struct.pack("!BBHHH", ICMP_ECHO, 0, 0, ident, sequence) + payload
+    icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0x4000, 64, 1, 0,
+                         socket.inet_aton(source), socket.inet_aton(destination))
+    header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
+    return header + icmp
+
+
+def echo_reply_ident(packet: bytes) -> int | None:
+    """The identifier of an IPv4 ICMP echo reply, or None for anything else."""
+    if len(packet) < 28 or packet[0] >> 4 != 4 or packet[9] != 1:
+        return None
+    start = (packet[0] & 0x0F) * 4
+    if len(packet) < start + 8 or packet[start] != ICMP_ECHO_REPLY:
+        return None
+    return int(struct.unpack_from("!H", packet, start + 4)[0])
+
+
+@dataclass
+class Initiator:
+    index: int
+    address: str
+    device: Device
+    peer: Peer
+    sock: socket.socket
+    handshakes: int = 0
+    replies: int = 0
+
+
+@dataclass
+class Generator:
+    target: str
+    initiators: list[Initiator] = field(default_factory=list)
+    cookie_replies: int = 0
+    handshake_times: list[float] = field(default_factory=list)
+
+    def readable(self, initiator: Initiator) -> None:
+        datagrams = []
+        for _ in range(RECV_LIMIT):
+            try:
+                datagrams.append(initiator.sock.recv(65535))
+            except (BlockingIOError, ConnectionError):
+                break
+        if not datagrams:
+            return
+        self.cookie_replies += sum(1 for d in datagrams if d[:1] == bytes([COOKIE_REPLY]))
+        server = initiator.peer.endpoint
+        assert server is not None
+        self.handle(initiator, initiator.device.receive(datagrams, server, time.monotonic()))
+
+    def handle(self, initiator: Initiator, events: list) -> None:  # type: ignore[type-arg]
+        for event in events:
+            if type(event) is Transmit:
+                for datagram in event.datagrams:
+                    with contextlib.suppress(OSError):  # a full buffer drops, as a network
+                        initiator.sock.send(datagram)
+            elif type(event) is Received:
+                initiator.replies += sum(1 for p in event.packets
+                                         if echo_reply_ident(p) == initiator.index)
+            elif type(event) is HandshakeCompleted:
+                initiator.handshakes += 1
+                self.handshake_times.append(time.monotonic())
+
+    async def tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            now = time.monotonic()
+            for initiator in self.initiators:
+                self.handle(initiator, initiator.device.tick(now))
+
+    async def handshake_at(self, rate: float, initiators: list[Initiator]) -> float:
+        """Initiate one handshake per initiator at `rate`/s; returns when the last was sent."""
+        start = time.monotonic()
+        for i, initiator in enumerate(initiators):
+            due = start + i / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.handle(initiator, initiator.device.initiate(initiator.peer, time.monotonic()))
+        return time.monotonic() - start
+
+    async def connect(self) -> dict[str, float]:
+        start = time.monotonic()
+        await self.handshake_at(CONNECT_RATE, self.initiators)
+        deadline = start + len(self.initiators) / CONNECT_RATE + 30
+        while time.monotonic() < deadline and not all(i.handshakes for i in self.initiators):
+            await asyncio.sleep(0.1)
+        connected = sum(1 for i in self.initiators if i.handshakes)
+        return {"peers": len(self.initiators), "connected": connected,
+                "seconds": time.monotonic() - start, "cookie_replies": self.cookie_replies}
+
+    async def ramp(self) -> list[dict[str, float]]:
+        steps = []
+        for rate in RAMP_RATES:
+            count = min(len(self.initiators), rate)  # one second's worth
+            batch = self.initiators[:count]
+            before = {id(i): i.handshakes for i in batch}
+            cookies_before, done_before = self.cookie_replies, len(self.handshake_times)
+            start = time.monotonic()
+            sent_in = await self.handshake_at(rate, batch)
+            await asyncio.sleep(1.0)  # answers still on the way
+            completed = [t for t in self.handshake_times[done_before:] if t >= start]
+            steps.append({
+                "offered_per_s": count / max(sent_in, 1e-3),
+                "completed": sum(1 for i in batch if i.handshakes > before[id(i)]),
+                "completed_per_s": len(completed) / max(max(completed, default=start) - start,
+                                                        sent_in, 1e-3),
+                "initiations": count,
+                "cookie_replies": self.cookie_replies - cookies_before,
+            })
+            if self.cookie_replies > cookies_before:
+                break
+            await asyncio.sleep(1.0)
+        return steps
+
+    async def steady(self, rate: float, seconds: float) -> dict[str, float]:
+        for initiator in self.initiators:
+            initiator.replies = 0
+        slots_per_second = round(1 / SEND_SLOT)
+        per_slot_cycle = len(self.initiators) * rate / slots_per_second
+        sent, carry, sequence = 0, 0.0, 0
+        start = time.monotonic()
+        cursor = 0
+        slot = 0
+        while time.monotonic() - start < seconds:
+            slot += 1
+            carry += per_slot_cycle
+            now = time.monotonic()
+            while carry >= 1:
+                carry -= 1
+                initiator = self.initiators[cursor]
+                cursor = (cursor + 1) % len(self.initiators)
+                if cursor == 0:
+                    sequence = (sequence + 1) & 0xFFFF
+                packet = echo_request(initiator.address, self.target, initiator.index, sequence)
+                self.handle(initiator, initiator.device.send(initiator.peer, [packet], now))
+                sent += 1
+            delay = start + slot * SEND_SLOT - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        elapsed = time.monotonic() - start
+        await asyncio.sleep(2.0)  # the last replies
+        received = sum(i.replies for i in self.initiators)
+        return {"sent": sent, "received": received, "seconds": elapsed,
+                "offered_per_s": sent / elapsed,
+                "peers_without_reply": sum(1 for i in self.initiators if not i.replies)}
+
+
+async def main_async(peers_file: Path, result_file: Path, rate: float, seconds: float,
+                     hold: float) -> dict[str, object]:
+    spec = json.loads(peers_file.read_text())
+    server = (spec["server"][0], int(spec["server"][1]))
+    server_public = bytes.fromhex(spec["server_public_key"])
+    generator = Generator(spec["target"])
+    loop = asyncio.get_running_loop()
+    for index, entry in enumerate(spec["peers"]):
+        device = Device(bytes.fromhex(entry["private_key"]))
+        psk = entry.get("preshared_key")
+        peer = device.add_peer(server_public, endpoint=server,
+                               preshared_key=bytes.fromhex(psk) if psk else None)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        sock.connect(server)
+        initiator = Initiator(index + 1, entry["address"], device, peer, sock)
+        generator.initiators.append(initiator)
+        loop.add_reader(sock.fileno(), generator.readable, initiator)
+    ticker = loop.create_task(generator.tick_forever())
+    try:
+        connect = await generator.connect()
+        # Tell the orchestrator every session is up; it measures the idle server meanwhile.
+        result_file.with_suffix(".connected").write_text(json.dumps(connect))
+        await asyncio.sleep(hold)
+        steady = await generator.steady(rate, seconds)
+        ramp = await generator.ramp()
+    finally:
+        ticker.cancel()
+        for initiator in generator.initiators:
+            loop.remove_reader(initiator.sock.fileno())
+            initiator.sock.close()
+    return {"connect": connect, "steady": steady, "ramp": ramp}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("peers", type=Path)
+    parser.add_argument("result", type=Path)
+    parser.add_argument("--rate", type=float, default=10, help="echo requests/s per peer")
+    parser.add_argument("--seconds", type=float, default=20, help="steady phase length")
+    parser.add_argument("--hold", type=float, default=5,
+                        help="idle seconds between connecting and the steady phase")
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args.peers, args.result, args.rate, args.seconds,
+                                    args.hold))
+    args.result.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

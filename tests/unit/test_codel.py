@@ -1,0 +1,54 @@
+"""CoDel on a receive queue: no drop while the queue drains within TARGET, none for a burst
+shorter than INTERVAL, then drops at INTERVAL / sqrt(count) while the queue stands, and back
+to none as soon as it falls below TARGET."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aura_common.netio.codel import INTERVAL, TARGET, CoDel
+
+
+def drops(codel: CoDel, sojourn: float, start: float, seconds: float, step: float = 0.001
+          ) -> list[float]:
+    """Dequeue one packet every `step` seconds, each having waited `sojourn`."""
+    times = []
+    for i in range(round(seconds / step)):
+        now = start + i * step
+        if codel.should_drop(sojourn, now):
+            times.append(now)
+    return times
+
+
+@given(st.floats(min_value=0, max_value=TARGET * 0.999), st.floats(min_value=0.1, max_value=5))
+def test_a_queue_below_target_is_never_dropped(sojourn: float, seconds: float) -> None:
+    assert drops(CoDel(), sojourn, 0.0, seconds) == []
+
+
+def test_a_burst_shorter_than_the_interval_is_kept() -> None:
+    codel = CoDel()
+    assert drops(codel, 0.050, 0.0, INTERVAL * 0.9) == []
+    assert drops(codel, 0.001, INTERVAL, 1.0) == []
+    assert codel.dropped == 0
+
+
+def test_a_standing_queue_is_dropped_ever_more_often() -> None:
+    codel = CoDel()
+    times = drops(codel, 0.020, 0.0, 2.0)
+    assert times[0] >= INTERVAL, "not before the sojourn stayed above target a whole interval"
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert len(times) > 5
+    assert all(later <= earlier + 0.002 for earlier, later in zip(gaps, gaps[1:], strict=False))
+    assert gaps[0] >= INTERVAL / 1.5 - 0.002 and gaps[-1] < gaps[0]
+    assert codel.dropped == len(times)
+
+
+def test_dropping_stops_once_the_queue_drains() -> None:
+    codel = CoDel()
+    assert drops(codel, 0.020, 0.0, 1.0)
+    assert drops(codel, TARGET / 2, 1.0, 1.0) == []
+    # back above target soon after: dropping resumes without a fresh full interval of grace
+    # only after the sojourn has been above target for an interval again
+    resumed = drops(codel, 0.020, 2.0, 0.5)
+    assert resumed and resumed[0] >= 2.0 + INTERVAL
