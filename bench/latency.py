@@ -1,6 +1,6 @@
 """Round-trip time through each tunnel, idle and while iperf3 saturates it, against wireguard-go.
 
-    python3 -m bench.latency [--seconds 8] [--repeat 1]
+    python3 -m bench.latency [--seconds 8] [--repeat 1] [--write-readme]
 
 One lab: the bare veth, a wireguard-go pair, and one Aura server with UDP, TCP and QUIC
 enabled, reached by one Aura client pinned to each transport in turn. For every path: ping
@@ -9,7 +9,7 @@ starts once iperf3 is past its ramp-up), with the throughput of those iperf3 run
 figure is the median of its pings. Printed as ratios against the wireguard-go pair measured
 in the same run: idle *added* latency (over the bare veth) and loaded RTT. The machine is
 shared and noisy: compare ratios within one run; `--repeat` runs it again and reports
-medians of the ratios.
+medians of the ratios. `--write-readme` puts the table into README.md.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import readme
 from bench.compare import WG_PAIR_SERVER, wireguard_go_pair
 from bench.transports import aura_client_on
 from tests.e2e.topology import PUBLIC_HOST, SERVER_TUNNEL_V4, build
@@ -185,9 +186,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=8, help="per iperf3 run (default 8)")
     parser.add_argument("--repeat", type=int, default=1, help="runs (default 1)")
+    parser.add_argument("--write-readme", action="store_true",
+                        help="replace the table between the bench:latency markers")
     args = parser.parse_args()
     runs = [run(args.seconds) for _ in range(args.repeat)]
-    print(table(runs[-1], median_ratios([ratios(r) for r in runs]), args.repeat))
+    text = table(runs[-1], median_ratios([ratios(r) for r in runs]), args.repeat)
+    print(text)
+    if args.write_readme:
+        readme.write("latency", text)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ class Initiator:
     device: Device
     peer: Peer
     sock: socket.socket
+    echo: bytes = b""  # the echo request this peer sends, built once
     handshakes: int = 0
     replies: int = 0
 
@@ -172,7 +173,9 @@ class Generator:
             initiator.replies = 0
         slots_per_second = round(1 / SEND_SLOT)
         per_slot_cycle = len(self.initiators) * rate / slots_per_second
-        sent, carry, sequence = 0, 0.0, 0
+        sent, carry = 0, 0.0
+        for initiator in self.initiators:
+            initiator.echo = echo_request(initiator.address, self.target, initiator.index, 1)
         start = time.monotonic()
         cursor = 0
         slot = 0
@@ -184,14 +187,11 @@ class Generator:
                 carry -= 1
                 initiator = self.initiators[cursor]
                 cursor = (cursor + 1) % len(self.initiators)
-                if cursor == 0:
-                    sequence = (sequence + 1) & 0xFFFF
-                packet = echo_request(initiator.address, self.target, initiator.index, sequence)
-                self.handle(initiator, initiator.device.send(initiator.peer, [packet], now))
+                self.handle(initiator, initiator.device.send(initiator.peer, [initiator.echo],
+                                                             now))
                 sent += 1
-            delay = start + slot * SEND_SLOT - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            # Always yield: the replies must be read even when sending runs late.
+            await asyncio.sleep(max(start + slot * SEND_SLOT - time.monotonic(), 0))
         elapsed = time.monotonic() - start
         await asyncio.sleep(2.0)  # the last replies
         received = sum(i.replies for i in self.initiators)

@@ -1,6 +1,6 @@
 """Aura's three transports side by side, with OpenVPN over TCP as the reference for TLS/TCP.
 
-    python3 -m bench.transports [--seconds 5]
+    python3 -m bench.transports [--seconds 5] [--repeat 3] [--write-readme]
 
 One Aura server in a namespace with UDP, QUIC and TCP enabled; one Aura client namespace per
 transport, each pinned to it (`transports.order: [<name>]`); one OpenVPN pair over TCP (TLS
@@ -8,12 +8,14 @@ with a throw-away PKI, AES-256-GCM, userspace data path) between another client 
 the server namespace. iperf3 TCP upload and download and ping RTT for each, then the ratios:
 Aura clients reach the host behind the server (through its NAT, one hop more than OpenVPN,
 which ends at the server's tunnel address). The machine is shared and noisy: compare ratios
-within one run, not absolute figures across runs.
+within one run, not absolute figures across runs; `--repeat` runs it again and reports the
+median of each ratio. `--write-readme` puts the table into README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import tempfile
 import time
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from bench import readme
 from bench.compare import AURA_CLIENT, Result, measure
 from tests.e2e.topology import INTERNET_HOST, AuraServer, build
 from tests.netns import Lab
@@ -119,11 +122,45 @@ def report(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def ratios(results: list[Result]) -> dict[str, tuple[float, float, float, float]]:
+    """Per path: upload and download against Aura UDP, then against OpenVPN over TCP."""
+    by_path = {r.path: r for r in results}
+    udp, openvpn = by_path["aura udp"], by_path["openvpn tcp"]
+    return {r.path: (r.upload / udp.upload, r.download / udp.download,
+                     r.upload / openvpn.upload, r.download / openvpn.download)
+            for r in results}
+
+
+def markdown(runs: list[list[Result]]) -> str:
+    """The last run's figures with the median ratios of all runs."""
+    per_run = [ratios(results) for results in runs]
+    lines = ["| path | upload | download | ping RTT | vs Aura UDP (up / down) "
+             "| vs OpenVPN TCP (up / down) |", "|---|---|---|---|---|---|"]
+    for r in runs[-1]:
+        medians = [statistics.median(run[r.path][i] for run in per_run) for i in range(4)]
+        lines.append(f"| {r.path} | {r.upload / 1e9:.3f} Gb/s | {r.download / 1e9:.3f} Gb/s | "
+                     f"{r.rtt_ms:.2f} ms | x{medians[0]:.2f} / x{medians[1]:.2f} | "
+                     f"x{medians[2]:.2f} / x{medians[3]:.2f} |")
+    if len(runs) > 1:
+        lines.append(f"\nRatios are medians of {len(runs)} runs; figures are the last run's.")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="per iperf3 run (default 5)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs (default 1)")
+    parser.add_argument("--write-readme", action="store_true",
+                        help="replace the table between the bench:transports markers")
     args = parser.parse_args()
-    print(report(run(args.seconds)))
+    runs = []
+    for _ in range(args.repeat):
+        runs.append(run(args.seconds))
+        print(report(runs[-1]), flush=True)
+    table = markdown(runs)
+    print(table)
+    if args.write_readme:
+        readme.write("transports", table)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ to none as soon as it falls below TARGET."""
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -37,9 +39,9 @@ def test_a_standing_queue_is_dropped_ever_more_often() -> None:
     codel = CoDel()
     times = drops(codel, 0.020, 0.0, 2.0)
     assert times[0] >= INTERVAL, "not before the sojourn stayed above target a whole interval"
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(times) > 5
-    assert all(later <= earlier + 0.002 for earlier, later in zip(gaps, gaps[1:], strict=False))
+    assert all(later <= earlier + 0.002 for earlier, later in itertools.pairwise(gaps))
     assert gaps[0] >= INTERVAL / 1.5 - 0.002 and gaps[-1] < gaps[0]
     assert codel.dropped == len(times)
 

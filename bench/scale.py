@@ -1,0 +1,251 @@
+"""One Aura server (UDP) with many live peers: loss, a bulk client's share, handshakes, memory,
+and `aura status`, each against a reference measured in the same run.
+
+    python3 -m bench.scale [--peers 1000] [--rate 10] [--seconds 20] [--write-readme]
+
+The server's pool is a /20, its registry gets `--peers` generated peers (written before it
+starts), and `bench.loadgen` runs them all in one process in a client namespace: it connects
+every peer, holds, sends `--rate` ICMP echo requests per peer per second to the server's tunnel
+address for `--seconds`, then ramps re-handshakes until cookies appear. An Aura client in
+another namespace is the bulk client: iperf3 upload alone first (the reference), then during
+the steady phase. Figures:
+
+* loss: echo requests without a reply during the steady phase (the target: < 0.1%);
+* bulk share: the bulk client's throughput under the load / alone (the target: >= 0.8);
+* handshakes/s: completed per second at each ramp step, up to the first cookie reply;
+* memory per peer: (RSS of aura-udp + aura-router with every peer connected - RSS before
+  any connected) / peers, and the ratio of those RSS totals;
+* `aura status`: the admin request's time with every peer live / with only the bulk client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from pathlib import Path
+
+from aura_common.config import ServerConfig
+from aura_common.keys import load_server_private_key
+from aura_common.registry import Peer, Registry
+from aura_common.wireguard import generate_private_key, public_key
+from bench import readme
+from bench.transports import aura_client_on
+from services.cli.admin import request
+from tests.e2e.topology import INTERNET_HOST, PUBLIC_HOST, SERVER_TUNNEL_V4, AuraServer, build
+from tests.netns import Lab
+
+NETWORK = "10.77.0.0/20"
+HOLD = 6.0  # seconds the load generator idles after connecting: memory and status then
+STATUS_SAMPLES = 5
+
+
+@dataclass
+class Scale:
+    peers: int
+    connected: int
+    connect_seconds: float
+    sent: int
+    received: int
+    offered_per_s: float
+    bulk_solo_bps: float
+    bulk_loaded_bps: float
+    rss_idle_kib: int
+    rss_connected_kib: int
+    status_idle_s: float
+    status_connected_s: float
+    status_idle_peers: int
+    status_peers: int
+    ramp: list[dict[str, float]]
+    router_received: int  # echo requests (and the ramp's keepalives) the router got
+    router_sent: int  # echo replies the router sent towards the peers
+
+    @property
+    def loss(self) -> float:
+        return 1 - self.received / max(self.sent, 1)
+
+
+def add_peers(config: ServerConfig, count: int) -> list[dict[str, str]]:
+    """Register `count` peers with static addresses; returns what the load generator needs."""
+    hosts = IPv4Network(NETWORK).hosts()
+    next(hosts)  # the server's own address
+    entries = []
+    with Registry.edit(config.peers_file) as registry:
+        taken = registry.taken_addresses()
+        for index in range(count):
+            address = next(h for h in hosts if str(h) not in taken)
+            private, psk = generate_private_key(), generate_private_key()
+            registry.add(Peer(name=f"load{index}", public_key=public_key(private),
+                              preshared_key=psk, address_v4=str(address)))
+            entries.append({"private_key": private.hex(), "preshared_key": psk.hex(),
+                            "address": str(address)})
+    return entries
+
+
+def process_rss_kib(lab: Lab, ns: str, words: tuple[str, ...]) -> int:
+    total = 0
+    for pid in lab.run(ns, ["ip", "netns", "pids", ns]).stdout.split():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        if any(f"services.{word}" in cmdline for word in words):
+            total += int(next(line.split()[1] for line in status.splitlines()
+                              if line.startswith("VmRSS:")))
+    return total
+
+
+def status_time(config: ServerConfig) -> tuple[float, int]:
+    """Median seconds of the admin `status` request, and how many live peers it listed."""
+    times, live = [], 0
+    for _ in range(STATUS_SAMPLES):
+        start = time.perf_counter()
+        reply = request(config, {"t": "status"})
+        times.append(time.perf_counter() - start)
+        live = sum(1 for p in reply.get("peers", []) if p.get("connected"))
+    return statistics.median(times), live
+
+
+def router_packets(config: ServerConfig) -> tuple[int, int]:
+    """Packets the router received from and sent to the load peers (its counters)."""
+    peers = request(config, {"t": "status"}).get("peers", [])
+    load = [p for p in peers if p["name"].startswith("load")]
+    return (sum(p.get("rx_packets") or 0 for p in load),
+            sum(p.get("tx_packets") or 0 for p in load))
+
+
+def iperf_upload(lab: Lab, ns: str, server_ns: str, seconds: float, folder: Path) -> float:
+    """iperf3 TCP upload through the bulk client's tunnel, bits/s; 0 if it never finishes."""
+    port = 5201 + int(time.monotonic_ns() % 1000)
+    server = lab.spawn(server_ns, ["iperf3", "-s", "-1", "-p", str(port)])
+    report = folder / f"iperf3-{port}-{time.monotonic_ns()}.json"
+    client = None
+    try:
+        time.sleep(0.3)
+        client = lab.spawn(ns, ["iperf3", "-c", INTERNET_HOST, "-p", str(port), "-t",
+                                str(int(seconds)), "--json", "--connect-timeout", "5000"],
+                           log=report)
+        client.wait(seconds + 30)
+        result = json.loads(report.read_text())
+        return float(result["end"]["sum_received"]["bits_per_second"]) if "end" in result else 0
+    except (subprocess.TimeoutExpired, json.JSONDecodeError, KeyError):
+        return 0.0
+    finally:
+        if client is not None:
+            lab.stop(client)
+        lab.stop(server)
+
+
+def run(peers: int, rate: float, seconds: float) -> Scale:
+    lab = Lab()
+    try:
+        with tempfile.TemporaryDirectory(prefix="aura-bench-") as tmp:
+            folder = Path(tmp)
+            server: AuraServer = build(lab, folder)
+            server.init(extra=("--network", NETWORK))
+            config = ServerConfig.load(server.config)
+            spec = {
+                "server": [PUBLIC_HOST, config.transports.udp.port],
+                "server_public_key": public_key(load_server_private_key(config)).hex(),
+                "target": SERVER_TUNNEL_V4,
+                "peers": add_peers(config, peers),
+            }
+            server.start()
+            bulk_ns = server.add_client_namespace()
+            load_ns = server.add_client_namespace()
+            bulk_client = aura_client_on(lab, server, bulk_ns, "udp", folder)
+            bulk_seconds = max(seconds - 4, 3)
+            solo = iperf_upload(lab, bulk_ns, server.internet_ns, bulk_seconds, folder)
+            rss_idle = process_rss_kib(lab, server.ns, ("udp", "router"))
+            status_idle, status_idle_peers = status_time(config)
+
+            peers_file, result_file = folder / "load-peers.json", folder / "load-result.json"
+            peers_file.write_text(json.dumps(spec))
+            generator = lab.spawn(load_ns, [sys.executable, "-m", "bench.loadgen", str(peers_file),
+                                            str(result_file), "--rate", str(rate), "--seconds",
+                                            str(seconds), "--hold", str(HOLD)],
+                                  log=folder / "loadgen.log")
+            connected_file = result_file.with_suffix(".connected")
+            lab.wait_for(lambda: connected_file.exists() or generator.poll() is not None,
+                         timeout=peers / 50 + 120, what="the load generator's peers connected")
+            if generator.poll() is not None:
+                raise AssertionError((folder / "loadgen.log").read_text())
+            connected_at = time.monotonic()
+            time.sleep(1)
+            rss_connected = process_rss_kib(lab, server.ns, ("udp", "router"))
+            status_connected, status_peers = status_time(config)
+            router_before = router_packets(config)
+            time.sleep(max(connected_at + HOLD + 1 - time.monotonic(), 0))
+            loaded = iperf_upload(lab, bulk_ns, server.internet_ns, bulk_seconds, folder)
+            generator.wait(timeout=seconds + 120)
+            router_after = router_packets(config)
+            lab.stop(bulk_client)
+            result = json.loads(result_file.read_text())
+    finally:
+        lab.close()
+    connect, steady = result["connect"], result["steady"]
+    return Scale(peers, connect["connected"], connect["seconds"], steady["sent"],
+                 steady["received"], steady["offered_per_s"], solo, loaded, rss_idle,
+                 rss_connected, status_idle, status_connected, status_idle_peers, status_peers,
+                 result["ramp"], router_after[0] - router_before[0],
+                 router_after[1] - router_before[1])
+
+
+def table(s: Scale) -> str:
+    ramp = [step for step in s.ramp if not step["cookie_replies"]]
+    knee = max(ramp, key=lambda step: step["completed_per_s"], default=None)
+    cookie_step = next((step for step in s.ramp if step["cookie_replies"]), None)
+    per_peer = (s.rss_connected_kib - s.rss_idle_kib) / max(s.connected, 1)
+    rows = [
+        ("peers connected", f"{s.connected} of {s.peers} in {s.connect_seconds:.1f} s",
+         f"x{s.connected / s.peers:.3f} of the peers"),
+        ("echo requests, steady phase", f"{s.sent} at {s.offered_per_s:.0f}/s, "
+         f"{s.sent - s.received} unanswered: {s.sent - s.router_received} before the router, "
+         f"{s.router_sent - s.received} after it", f"loss {100 * s.loss:.3f}%"),
+        ("bulk client upload (Aura UDP)", f"{s.bulk_loaded_bps / 1e9:.3f} Gb/s under load, "
+         f"{s.bulk_solo_bps / 1e9:.3f} Gb/s alone",
+         f"x{s.bulk_loaded_bps / max(s.bulk_solo_bps, 1):.2f} of alone"),
+        ("handshakes/s before cookies",
+         f"{knee['completed_per_s']:.0f}/s completed at {knee['offered_per_s']:.0f}/s offered"
+         if knee else "cookies from the first step",
+         f"cookies from {cookie_step['offered_per_s']:.0f}/s offered" if cookie_step
+         else "no cookie reply up to the last step"),
+        ("memory, aura-udp + aura-router", f"{s.rss_connected_kib / 1024:.1f} MiB with every "
+         f"peer live, {s.rss_idle_kib / 1024:.1f} MiB with none",
+         f"{per_peer:.1f} KiB per peer, x{s.rss_connected_kib / s.rss_idle_kib:.2f}"),
+        ("`aura status` request", f"{1e3 * s.status_connected_s:.1f} ms with {s.status_peers} "
+         f"live, {1e3 * s.status_idle_s:.1f} ms with {s.status_idle_peers}",
+         f"x{s.status_connected_s / s.status_idle_s:.1f}"),
+    ]
+    lines = ["| figure | measured | ratio |", "|---|---|---|"]
+    lines += [f"| {name} | {measured} | {ratio} |" for name, measured, ratio in rows]
+    lines.append(f"\n{s.peers} peers sending {s.offered_per_s / s.peers:.0f} echo requests/s "
+                 "each from one load generator process; references measured in the same run.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--peers", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=10, help="echo requests/s per peer")
+    parser.add_argument("--seconds", type=float, default=20, help="steady phase length")
+    parser.add_argument("--write-readme", action="store_true",
+                        help="replace the table between the bench:scale markers")
+    args = parser.parse_args()
+    result = run(args.peers, args.rate, args.seconds)
+    print(json.dumps(result.__dict__, indent=1), file=sys.stderr)
+    text = table(result)
+    print(text)
+    if args.write_readme:
+        readme.write("scale", text)
+
+
+if __name__ == "__main__":
+    main()
