@@ -11,9 +11,15 @@ listener's `authorize` callback (see aura_common.accounts); the role in the hell
 agree with it.
 
 The data path runs through here, so a channel reads every frame the socket holds in one
-reader callback into a bounded queue (`recv_many` takes them all at once), and packet batches
-are sent without blocking: a full socket drops the batch and counts it, as a full NIC queue
-would. Control frames use `send_reliable`, which waits for room instead.
+reader callback into a queue bounded in bytes (`recv_many` takes them all at once), and packet
+batches are sent without blocking: a full socket drops the batch and counts it, as a full NIC
+queue would. Control frames use `send_reliable`, which waits for room instead.
+
+Every frame read is bounded before it is used (docs/bounds.md, "IPC and files"): at most
+MAX_FRAME bytes; decoded with msgpack's length limits and an object budget, so it takes at
+most DECODE_EXPANSION times its size in memory; and, where the receiver set `shapes`, checked
+field by field. A frame whose list outgrows one frame (the peer list, the status of thousands
+of peers) is sent in parts of at most CHUNK_BYTES (`send_chunked`) and joined again by `recv`.
 """
 
 from __future__ import annotations
@@ -43,9 +49,23 @@ HELLO_TIMEOUT = 5.0
 # Connections that have not passed their hello yet; more are closed at once, so strangers
 # cannot use up the listener's descriptors.
 MAX_UNAUTHENTICATED = 64
-# Frames read but not yet taken by `recv`; above this the channel stops reading, so the
-# sender's socket fills and its packet batches are dropped there (and counted).
-MAX_QUEUED_FRAMES = 512
+# Bytes of frames read but not yet taken by `recv`; above this the channel stops reading, so
+# the sender's socket fills and its packet batches are dropped there (and counted).
+MAX_QUEUED_BYTES = 4 << 20
+# Decoding limits. A list holds at most MAX_ITEMS entries and a map MAX_MAP_ITEMS; the whole
+# frame at most one object per BYTES_PER_OBJECT bytes (plus OBJECT_SLACK), so an empty map or
+# a small integer, one byte each, cannot become 64 bytes of Python object apiece. A decoded
+# frame then takes at most DECODE_EXPANSION times its encoded size (measured in tests/unit).
+MAX_ITEMS = 4096
+MAX_MAP_ITEMS = 64
+MAX_TEXT = 64 << 10
+BYTES_PER_OBJECT = 4
+OBJECT_SLACK = 64
+DECODE_EXPANSION = 24
+# A chunked frame's parts (`send_chunked`): each at most this large, and at most
+# MAX_JOINED_ITEMS entries joined in all.
+CHUNK_BYTES = 64 << 10
+MAX_JOINED_ITEMS = 1 << 20
 # Linux socket options Python does not name (asm-generic/socket.h): root may exceed wmem_max.
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
@@ -86,24 +106,112 @@ def encode(frame: Frame) -> bytes:
     return msgpack.packb(frame, use_bin_type=True)
 
 
+class _OverBudget(Exception):
+    pass
+
+
 def decode(data: bytes | memoryview) -> Frame:
-    """One frame, with limits so hostile input costs little; ValueError when it is not one."""
+    """One frame, with limits so hostile input costs little; ValueError when it is not one.
+
+    msgpack itself bounds each string, byte string, list and map, and nesting (1024 deep);
+    the hooks count every object as its container completes and stop the decoder once the
+    frame holds more than its size allows, so no frame expands beyond DECODE_EXPANSION.
+    """
+    budget = len(data) // BYTES_PER_OBJECT + OBJECT_SLACK
+    used = 0
+
+    def list_hook(items: list[Any]) -> list[Any]:
+        nonlocal used
+        used += 1 + len(items)
+        if used > budget:
+            raise _OverBudget
+        return items
+
+    def object_hook(mapping: dict[str, Any]) -> dict[str, Any]:
+        nonlocal used
+        used += 1 + 2 * len(mapping)
+        if used > budget:
+            raise _OverBudget
+        return mapping
+
     try:
         frame = msgpack.unpackb(
             data,
             raw=False,
             strict_map_key=True,
-            max_str_len=MAX_FRAME,
+            max_str_len=MAX_TEXT,
             max_bin_len=MAX_FRAME,
-            max_array_len=MAX_FRAME // 16,
-            max_map_len=4096,
+            max_array_len=MAX_ITEMS,
+            max_map_len=MAX_MAP_ITEMS,
             max_ext_len=0,
+            list_hook=list_hook,
+            object_hook=object_hook,
         )
+    except _OverBudget:
+        raise ValueError(
+            f"frame of {len(data)} bytes holds more than {budget} objects"
+        ) from None
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise ValueError(f"undecodable frame ({type(exc).__name__}: {exc})") from None
     if not isinstance(frame, dict) or not isinstance(frame.get("t"), str):
         raise ValueError("frame is not a map with a string 't'")
     return frame
+
+
+# -- frame shapes --------------------------------------------------------------------------
+# What a receiver relies on, per frame type: a map from field to a Shape. A Shape is a type
+# or tuple of types (isinstance), a one-element list (a list of that shape), a dict (a map
+# with at least those fields) or a predicate. Unknown frame types and extra fields pass: the
+# receiver ignores or refuses them itself.
+Shape = Any
+
+
+def _key(value: object) -> bool:
+    return isinstance(value, bytes) and len(value) == 32
+
+
+def _optional_key(value: object) -> bool:
+    return value is None or _key(value)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+_PEER = {"name": str, "public_key": _key, "preshared_key": _optional_key}
+ROUTER_FRAMES: dict[str, dict[str, Shape]] = {
+    "error": {"message": str},
+    "peers": {"peers": [_PEER]},
+    "session_up": {"peer": str, "endpoint": str, "handshake_at": _number},
+    "session_down": {"peer": str},
+    "pkts": {"peer": str, "data": [bytes]},
+    "status_reply": {"uptime": _number, "transports": [dict], "peers": [{"name": str}]},
+}
+
+
+def shape_problem(frame: Frame, shapes: dict[str, dict[str, Shape]]) -> str | None:
+    """What is wrong with `frame` for a receiver expecting `shapes`, or None."""
+    fields = shapes.get(frame["t"])
+    if fields is None:
+        return None
+    for name, shape in fields.items():
+        if name not in frame:
+            return f"{frame['t']} frame without {name!r}"
+        if not _matches(frame[name], shape):
+            return f"{frame['t']} frame with a malformed {name!r}"
+    return None
+
+
+def _matches(value: object, shape: Shape) -> bool:
+    if isinstance(shape, list):
+        return isinstance(value, list) and all(_matches(item, shape[0]) for item in value)
+    if isinstance(shape, dict):
+        return isinstance(value, dict) and all(
+            key in value and _matches(value[key], inner) for key, inner in shape.items()
+        )
+    if isinstance(shape, type | tuple):
+        return isinstance(value, shape)
+    return bool(shape(value))
 
 
 def peer_credentials(sock: socket.socket) -> Credentials:
@@ -143,7 +251,11 @@ class Channel:
         self._fd = sock.fileno()
         self._buffer = bytearray(MAX_FRAME + 1)
         self._view = memoryview(self._buffer)
-        self._queue: collections.deque[Frame] = collections.deque()
+        self._queue: collections.deque[tuple[Frame, int]] = collections.deque()
+        self._queued_bytes = 0
+        # Set by the receiver before its first `recv`: frames of these types are checked.
+        self.shapes: dict[str, dict[str, Shape]] | None = None
+        self._parts: Frame | None = None  # a chunked frame being joined
         self._waiter: asyncio.Future[None] | None = None
         self._writer_waiter: asyncio.Future[None] | None = None
         self._reading = False
@@ -164,6 +276,11 @@ class Channel:
         """Frames received and not yet taken by `recv` (a metric)."""
         return len(self._queue)
 
+    @property
+    def queued_bytes(self) -> int:
+        """Encoded bytes of those frames (at most MAX_QUEUED_BYTES + MAX_FRAME)."""
+        return self._queued_bytes
+
     # -- receiving ---------------------------------------------------------------------
 
     def _start_reading(self) -> None:
@@ -177,7 +294,7 @@ class Channel:
             self._reading = False
 
     def _readable(self) -> None:
-        while len(self._queue) < MAX_QUEUED_FRAMES:
+        while self._queued_bytes < MAX_QUEUED_BYTES:
             try:
                 size = self.sock.recv_into(self._buffer)
             except (BlockingIOError, InterruptedError):
@@ -189,16 +306,18 @@ class Channel:
                 self._fail("closed by the other side")
                 break
             if size > MAX_FRAME:
-                log.error("%r sent a frame over %d bytes; closing the channel", self, MAX_FRAME)
+                log.warning("%r sent a frame over %d bytes; closing the channel",
+                            self, MAX_FRAME)
                 self._abort(f"frame over {MAX_FRAME} bytes")
                 break
             try:
                 frame = decode(self._view[:size])
             except ValueError as exc:
-                log.error("%r sent a bad frame (%s); closing the channel", self, exc)
+                log.warning("%r sent a bad frame (%s); closing the channel", self, exc)
                 self._abort("undecodable frame")
                 break
-            self._queue.append(frame)
+            self._queue.append((frame, size))
+            self._queued_bytes += size
         else:
             self._stop_reading()  # resumes once `recv` has taken frames off the queue
         self._wake()
@@ -217,21 +336,70 @@ class Channel:
             finally:
                 self._waiter = None
 
-    async def recv(self) -> Frame:
-        """The next frame; raises ChannelClosed once the channel is closed and drained."""
-        await self._wait_for_frames()
-        frame = self._queue.popleft()
-        if len(self._queue) < MAX_QUEUED_FRAMES // 2:
+    def _take(self) -> Frame:
+        frame, size = self._queue.popleft()
+        self._queued_bytes -= size
+        if self._queued_bytes < MAX_QUEUED_BYTES // 2:
             self._start_reading()
         return frame
 
+    async def recv(self) -> Frame:
+        """The next frame (a chunked one joined); raises ChannelClosed once the channel is
+        closed and drained, or after a frame of the wrong shape (logged, channel closed)."""
+        while True:
+            await self._wait_for_frames()
+            frame = self._accept(self._take())
+            if frame is not None:
+                return frame
+
     async def recv_many(self) -> list[Frame]:
         """Every frame read so far (at least one), for batch processing."""
-        await self._wait_for_frames()
-        frames = list(self._queue)
-        self._queue.clear()
-        self._start_reading()
-        return frames
+        while True:
+            await self._wait_for_frames()
+            frames = []
+            while self._queue:
+                frame = self._accept(self._take())
+                if frame is not None:
+                    frames.append(frame)
+            if frames:
+                return frames
+
+    def _accept(self, frame: Frame) -> Frame | None:
+        """`frame` checked, or joined with earlier parts; None while parts are missing."""
+        if "chunk" in frame:
+            frame = self._join(frame)  # type: ignore[assignment]
+            if frame is None:
+                return None
+        problem = None if self.shapes is None else shape_problem(frame, self.shapes)
+        if problem is not None:
+            log.warning("%r sent a %s; closing the channel", self, problem)
+            self._abort(problem)
+            raise ChannelClosed(problem)
+        return frame
+
+    def _join(self, part: Frame) -> Frame | None:
+        key, end = part.get("chunk"), part.get("end")
+        items = part.get(key) if isinstance(key, str) else None
+        joined = self._parts
+        if not isinstance(items, list) or not isinstance(end, bool) or (
+            joined is not None and (joined["t"] != part["t"] or joined["chunk"] != key)
+        ):
+            problem = f"malformed part of a chunked {part['t']} frame"
+        elif joined is not None and len(joined[key]) + len(items) > MAX_JOINED_ITEMS:
+            problem = f"chunked {part['t']} frame of more than {MAX_JOINED_ITEMS} entries"
+        else:
+            if joined is None:
+                self._parts = joined = part
+            else:
+                joined[key].extend(items)
+            if not end:
+                return None
+            self._parts = None
+            del joined["chunk"], joined["end"]
+            return joined
+        log.warning("%r sent a %s; closing the channel", self, problem)
+        self._abort(problem)
+        raise ChannelClosed(problem)
 
     # -- sending -----------------------------------------------------------------------
 
@@ -273,7 +441,7 @@ class Channel:
         batch: list[bytes] = []
         for packet in packets:
             cost = len(packet) + 5  # msgpack bin32 header
-            if batch and size + cost > budget:
+            if batch and (size + cost > budget or len(batch) >= MAX_ITEMS):
                 ok = self.send({"t": "pkts", "peer": peer, "data": batch}) and ok
                 batch, size = [], 0
             batch.append(packet)
@@ -286,16 +454,47 @@ class Channel:
         """Send, waiting for room in the socket. Raises ChannelClosed if the channel breaks."""
         data = self._encode_checked(frame)
         async with self._send_lock:
-            while True:
-                if self._closed_reason is not None:
-                    raise ChannelClosed(self._closed_reason)
-                try:
-                    self.sock.send(data)
-                    return
-                except (BlockingIOError, InterruptedError):
-                    await self._writable()
-                except OSError as exc:
-                    self._fail(f"send failed: {exc.strerror}")
+            await self._send_waiting(data)
+
+    async def send_chunked(self, frame: Frame, key: str) -> None:
+        """Send `frame` whose list `frame[key]` may outgrow one frame, in parts that `recv`
+        on the other side joins back into one frame.
+
+        Each part repeats the other fields, carries a slice of the list, `chunk` (= key) and
+        `end` (True on the last part), and encodes to at most CHUNK_BYTES. The parts go out
+        under the send lock, so no other frame sent with `send_reliable` or `send` comes
+        between them.
+        """
+        head = {name: value for name, value in frame.items() if name != key}
+        budget = min(CHUNK_BYTES, self.max_frame) - len(encode({**head, key: [], "chunk": key,
+                                                                "end": False}))
+        parts: list[list[Any]] = [[]]
+        size = 0
+        for item in frame[key]:
+            cost = len(encode(item))
+            if parts[-1] and (size + cost > budget or len(parts[-1]) >= MAX_ITEMS):
+                parts.append([])
+                size = 0
+            parts[-1].append(item)
+            size += cost
+        async with self._send_lock:
+            for index, items in enumerate(parts):
+                end = index == len(parts) - 1
+                await self._send_waiting(
+                    self._encode_checked({**head, key: items, "chunk": key, "end": end})
+                )
+
+    async def _send_waiting(self, data: bytes) -> None:
+        while True:
+            if self._closed_reason is not None:
+                raise ChannelClosed(self._closed_reason)
+            try:
+                self.sock.send(data)
+                return
+            except (BlockingIOError, InterruptedError):
+                await self._writable()
+            except OSError as exc:
+                self._fail(f"send failed: {exc.strerror}")
 
     async def _writable(self) -> None:
         ready: asyncio.Future[None] = self._loop.create_future()

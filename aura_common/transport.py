@@ -236,6 +236,7 @@ class SessionHub:
                 delay = min(delay * 2, ROUTER_RETRY_MAX)
                 continue
             delay, announced_down = 0.1, False
+            channel.shapes = ipc.ROUTER_FRAMES
             log.info("connected to the router")
             self._router = channel
             try:

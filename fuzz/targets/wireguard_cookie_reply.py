@@ -78,4 +78,5 @@ def test_one_input(data: bytes) -> None:
 
 def genuine_of(data: bytes, reply: bytearray) -> bytearray | None:
     """`reply` when the input left a genuine reply untouched, else None."""
-    return reply if not data[0] & 1 and not any(data[1:]) else None
+    untouched = not data[0] & 1 and not any(data[1:]) and len(data) - 1 <= COOKIE_REPLY_SIZE
+    return reply if untouched else None

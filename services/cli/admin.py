@@ -27,6 +27,7 @@ def request(config: ServerConfig, frame: dict[str, Any]) -> dict[str, Any]:
                 f"the router is not running (no answer on {config.router_socket}): "
                 "start it with `systemctl start aura-router` or `aura server run`"
             ) from error
+        channel.shapes = ipc.ROUTER_FRAMES
         try:
             await channel.send_reliable(frame)
             reply = await channel.recv()

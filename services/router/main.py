@@ -41,12 +41,16 @@ LIMITS_INTERVAL = 0.25  # a peer past its quota or expiry is cut off within this
 LEASE_FLUSH_INTERVAL = 2.0
 
 
-def send_later(channel: ipc.Channel, frame: dict[str, Any]) -> None:
-    """Queue a control frame that must not be dropped like a packet batch may be."""
+def send_later(channel: ipc.Channel, frame: dict[str, Any], chunked: str | None = None) -> None:
+    """Queue a control frame that must not be dropped like a packet batch may be; one whose
+    list `frame[chunked]` may outgrow a frame goes in parts (`Channel.send_chunked`)."""
 
     async def send() -> None:
         with contextlib.suppress(ipc.ChannelClosed, OSError):
-            await channel.send_reliable(frame)
+            if chunked is None:
+                await channel.send_reliable(frame)
+            else:
+                await channel.send_chunked(frame, chunked)
 
     asyncio.get_running_loop().create_task(send())
 
@@ -121,7 +125,7 @@ class Router:
 
     def _push_peers(self) -> None:
         for channel in self.transports:
-            send_later(channel, self._peers_frame())
+            send_later(channel, self._peers_frame(), chunked="peers")
 
     # -- client limits ------------------------------------------------------------------
     def _account_usage(self) -> None:
@@ -189,6 +193,7 @@ class Router:
 
     # -- transports ---------------------------------------------------------------------
     async def on_channel(self, channel: ipc.Channel) -> None:
+        channel.shapes = ipc.ROUTER_FRAMES
         if channel.role in TRANSPORT_ROLES:
             await self._serve_transport(channel)
         elif channel.role == ADMIN:
@@ -198,7 +203,7 @@ class Router:
         role = channel.role
         self.transports[channel] = role
         log.info("transport %s connected", role, extra=fields(transport=role))
-        await channel.send_reliable(self._peers_frame())
+        await channel.send_chunked(self._peers_frame(), "peers")
         try:
             while True:
                 frame = await channel.recv()
@@ -288,7 +293,7 @@ class Router:
                 frame = await channel.recv()
                 kind = frame.get("t")
                 if kind == "status":
-                    await channel.send_reliable({"t": "status_reply", **self.status()})
+                    await channel.send_chunked({"t": "status_reply", **self.status()}, "peers")
                 elif kind == "reload":
                     self.reload()
                     await channel.send_reliable({"t": "reload_reply"})

@@ -214,6 +214,9 @@ class FakeTransport:
     async def send_reliable(self, frame: dict[str, object]) -> None:
         self.frames.append(frame)
 
+    async def send_chunked(self, frame: dict[str, object], key: str) -> None:
+        self.frames.append(frame)  # the parts, joined again as the transport sees them
+
     def send_packets(self, peer: str, packets: list[bytes]) -> None:
         self.frames.append({"t": "pkts", "peer": peer, "data": packets})
 
