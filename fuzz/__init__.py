@@ -18,6 +18,7 @@ TARGETS = (
     "wireguard_cookie_reply",
     "clienthello",
     "framing",
+    "ipc_frames",
     "control",
     "manifest",
     "server_config",
