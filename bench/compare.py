@@ -1,12 +1,13 @@
 """Throughput and latency through Aura against a wireguard-go pair and the bare link, in one run.
 
-    python3 -m bench.compare [--seconds 5]
+    python3 -m bench.compare [--seconds 5] [--write-readme]
 
 Everything runs in throw-away network namespaces on this machine: a client namespace and a
 server namespace joined by a veth. For each path, iperf3 TCP upload and download (client to
 the server's address on that path) and the mean ping RTT are measured back to back, and the
 ratios against the wireguard-go pair are printed. The machine is shared and noisy: compare
-ratios within one run, not absolute figures across runs.
+ratios within one run, not absolute figures across runs. `--write-readme` puts the table into
+README.md.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import readme
 from tests.e2e.topology import SERVER_TUNNEL_V4, AuraServer, build, iperf3, stock_wireguard_up
 from tests.netns import Lab
 
@@ -135,11 +137,27 @@ def report(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def markdown(results: list[Result]) -> str:
+    reference = next(r for r in results if r.path == "wireguard-go pair")
+    lines = ["| path | upload | download | ping RTT |", "|---|---|---|---|"]
+    for r in results:
+        name = f"{r.path} (reference)" if r is reference else r.path
+        lines.append(f"| {name} | {r.upload / 1e9:.3f} Gb/s (x{r.upload / reference.upload:.2f}) "
+                     f"| {r.download / 1e9:.3f} Gb/s (x{r.download / reference.download:.2f}) "
+                     f"| {r.rtt_ms:.2f} ms (x{r.rtt_ms / reference.rtt_ms:.2f}) |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="per iperf3 run (default 5)")
+    parser.add_argument("--write-readme", action="store_true",
+                        help="replace the table between the bench:compare markers")
     args = parser.parse_args()
-    print(report(run(args.seconds)))
+    results = run(args.seconds)
+    print(report(results))
+    if args.write_readme:
+        readme.write("compare", markdown(results))
 
 
 if __name__ == "__main__":

@@ -50,17 +50,18 @@ MAX_QUEUED_BYTES = 256 << 10
 # Messages handed to aioquic per `datagrams_to_send`: its pacer releases at most 16 packets
 # at once, so this is all one call can send, and all aioquic holds when the window is full.
 PACER_BURST = 16
-# `datagrams_to_send` calls per transmit: a queue of MAX_QUEUED_BYTES leaves in one go.
-MAX_ROUNDS = MAX_QUEUED_BYTES // (PACER_BURST * 1024) + 1
+# `datagrams_to_send` calls per transmit, at most: the queue drains in one transmit even if the
+# pacer lets only one packet go per call.
+MAX_ROUNDS = MAX_QUEUED_BYTES // 1024
 
 TUNNEL_CONGESTION_CONTROL = "aura-tunnel"
-# The pacing rate the tunnel window aims at (bytes/s, about 2 Gb/s): above what a Python
+# The pacing rate the tunnel window aims at (bytes/s, about 1 Gb/s): above what a Python
 # carrier moves, so pacing never slows the tunnel, yet low enough that aioquic's pacer (one
 # packet per `max_datagram_size / rate`, at least 1 us) still releases its full burst per
 # call. aioquic paces at window / its smoothed RTT, which lies between 1 ms and ours (it
-# subtracts the peer's ACK delay): at least this rate, and at most 5 times it while our RTT
-# stays under 5 ms.
-TUNNEL_PACING_RATE = 1 << 28
+# subtracts the peer's ACK delay): at least this rate, and up to 10 times it before the
+# pacer's 1 us floor shrinks its bursts.
+TUNNEL_PACING_RATE = 1 << 27
 # aioquic's floor under every RTT sample but the first.
 MIN_RTT_SAMPLE = 0.001
 # aioquic's pacer bursts a quarter of the window, at most 16 packets: keep room for 16.
