@@ -26,7 +26,7 @@ import socket
 import termios
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry
@@ -228,76 +228,42 @@ class TransportCollector(Collector):
 
 
 class RouterCollector(Collector):
-    """Per peer traffic and sessions, transports and drops, from the router's own tables."""
+    """Per peer traffic and sessions, transports and drops, from the router's own tables.
+
+    `snapshot` copies the numbers (on the loop: a few attribute reads per peer); building the
+    families from the copy, the larger part of the work, may happen in another thread.
+    """
 
     def __init__(self, router: Any) -> None:
         self.router = router  # services.router.main.Router (importing it here would cycle)
 
     def collect(self) -> Iterator[Metric]:
-        router, out = self.router, _Families()
-        sessions = router.sessions
-        connected = out.gauge("aura_peer_connected",
-                              "1 while the peer has a session on some transport.", ["peer"])
-        info = InfoMetricFamily("aura_peer_transport", "The transport of a peer's session.",
-                                labels=["peer"])
-        rx_bytes = out.counter("aura_peer_receive_bytes",
-                               "Bytes of IP packets from the peer, since its session began.",
-                               ["peer"])
-        rx_packets = out.counter("aura_peer_receive_packets",
-                                 "IP packets from the peer, since its session began.", ["peer"])
-        tx_bytes = out.counter("aura_peer_transmit_bytes",
-                               "Bytes of IP packets to the peer, since its session began.",
-                               ["peer"])
-        tx_packets = out.counter("aura_peer_transmit_packets",
-                                 "IP packets to the peer, since its session began.", ["peer"])
-        handshake = out.gauge("aura_peer_last_handshake_timestamp_seconds",
-                              "When the peer's latest handshake completed (Unix time).",
-                              ["peer"])
-        usage = out.counter("aura_peer_usage_bytes",
-                            "Bytes the peer moved through the tunnel, both ways, kept across "
-                            "restarts (what its quota counts).", ["peer"])
-        quota = out.gauge("aura_peer_quota_bytes", "The peer's traffic quota.", ["peer"])
-        expiry = out.gauge("aura_peer_expiry_timestamp_seconds",
-                           "When the peer's access ends (Unix time).", ["peer"])
-        refused = out.gauge("aura_peer_refused",
-                            "1 while the peer is refused for its expiry or quota.", ["peer"])
-        enabled = 0
+        return self.snapshot().collect()
+
+    def snapshot(self) -> _Snapshot:
+        router = self.router
+        sessions, usage, refused = router.sessions, router.usage, router.gate.refused
+        peers = []
         for peer in router.registry:
             if not peer.enabled:
                 continue
-            enabled += 1
             name = peer.name
-            usage.add_metric([name], router.usage.get(name))
-            if peer.limited:
-                refused.add_metric([name], 1 if name in router.gate.refused else 0)
-            if peer.quota_bytes is not None:
-                quota.add_metric([name], peer.quota_bytes)
-            if peer.expires is not None:
-                with contextlib.suppress(ValueError):
-                    expiry.add_metric([name], parse_time(peer.expires).timestamp())
             session = sessions.get(name)
-            connected.add_metric([name], 0 if session is None else 1)
-            if session is None:
-                continue
-            info.add_metric([name], {"transport": session.transport})
-            since = session.connected_at
-            rx_bytes.add_metric([name], session.rx_bytes, created=since)
-            rx_packets.add_metric([name], session.rx_packets, created=since)
-            tx_bytes.add_metric([name], session.tx_bytes, created=since)
-            tx_packets.add_metric([name], session.tx_packets, created=since)
-            if session.handshake_at:
-                handshake.add_metric([name], session.handshake_at)
-        out.gauge("aura_registry_peers", "Enabled peers in the registry.",
-                  []).add_metric([], enabled)
+            live = None if session is None else (
+                session.transport, session.rx_bytes, session.rx_packets, session.tx_bytes,
+                session.tx_packets, session.handshake_at)
+            peers.append((name, usage.get(name), peer.limited, name in refused,
+                          peer.quota_bytes, peer.expires, live))
         per_transport = Counter(session.transport for session in sessions)
         links = {role: channel for channel, role in router.transports.items()}
+        out = _Families()
         up = out.gauge("aura_router_transport_connected",
                        "1 while the transport is connected to the router.", ["transport"])
-        live = out.gauge("aura_router_sessions", "Sessions the router routes, by transport.",
-                         ["transport"])
+        live_sessions = out.gauge("aura_router_sessions",
+                                  "Sessions the router routes, by transport.", ["transport"])
         for role in ("udp", "tcp", "quic"):
             up.add_metric([role], 1 if role in links else 0)
-            live.add_metric([role], per_transport[role])
+            live_sessions.add_metric([role], per_transport[role])
             _add_link(out, role, links.get(role))
         dropped = out.counter("aura_router_dropped_packets",
                               "IP packets the router dropped: no session owns the destination "
@@ -305,8 +271,78 @@ class RouterCollector(Collector):
                               ["reason"])
         dropped.add_metric(["unroutable"], sessions.unroutable)
         dropped.add_metric(["spoofed"], sessions.spoofed)
-        yield from out
-        yield info
+        return _Snapshot(lambda: _peer_families(peers, out))
+
+
+def _peer_families(peers: list[tuple[Any, ...]], out: _Families) -> Iterator[Metric]:
+    connected = out.gauge("aura_peer_connected",
+                          "1 while the peer has a session on some transport.", ["peer"])
+    info = InfoMetricFamily("aura_peer_transport", "The transport of a peer's session.",
+                            labels=["peer"])
+    rx_bytes = out.counter("aura_peer_receive_bytes",
+                           "Bytes of IP packets from the peer, since its session began.",
+                           ["peer"])
+    rx_packets = out.counter("aura_peer_receive_packets",
+                             "IP packets from the peer, since its session began.", ["peer"])
+    tx_bytes = out.counter("aura_peer_transmit_bytes",
+                           "Bytes of IP packets to the peer, since its session began.",
+                           ["peer"])
+    tx_packets = out.counter("aura_peer_transmit_packets",
+                             "IP packets to the peer, since its session began.", ["peer"])
+    handshake = out.gauge("aura_peer_last_handshake_timestamp_seconds",
+                          "When the peer's latest handshake completed (Unix time).", ["peer"])
+    usage = out.counter("aura_peer_usage_bytes",
+                        "Bytes the peer moved through the tunnel, both ways, kept across "
+                        "restarts (what its quota counts).", ["peer"])
+    quota = out.gauge("aura_peer_quota_bytes", "The peer's traffic quota.", ["peer"])
+    expiry = out.gauge("aura_peer_expiry_timestamp_seconds",
+                       "When the peer's access ends (Unix time).", ["peer"])
+    refused = out.gauge("aura_peer_refused",
+                        "1 while the peer is refused for its expiry or quota.", ["peer"])
+    for name, used, limited, is_refused, quota_bytes, expires, live in peers:
+        label = [name]
+        usage.add_metric(label, used)
+        if limited:
+            refused.add_metric(label, 1 if is_refused else 0)
+        if quota_bytes is not None:
+            quota.add_metric(label, quota_bytes)
+        if expires is not None:
+            with contextlib.suppress(ValueError):
+                expiry.add_metric(label, parse_time(expires).timestamp())
+        connected.add_metric(label, 0 if live is None else 1)
+        if live is None:
+            continue
+        transport, rx_b, rx_p, tx_b, tx_p, handshake_at = live
+        info.add_metric(label, {"transport": transport})
+        rx_bytes.add_metric(label, rx_b)
+        rx_packets.add_metric(label, rx_p)
+        tx_bytes.add_metric(label, tx_b)
+        tx_packets.add_metric(label, tx_p)
+        if handshake_at:
+            handshake.add_metric(label, handshake_at)
+    out.gauge("aura_registry_peers", "Enabled peers in the registry.",
+              []).add_metric([], len(peers))
+    yield from out
+    yield info
+
+
+class _Snapshot(Collector):
+    """State already read from a service: `collect` only builds metric families from it."""
+
+    def __init__(self, build: Callable[[], Iterable[Metric]]) -> None:
+        self.build = build
+
+    def collect(self) -> Iterable[Metric]:
+        return self.build()
+
+
+def snapshot(collector: Collector) -> Collector:
+    """What `collector` reports now, to be written out later, maybe in another thread."""
+    take = getattr(collector, "snapshot", None)
+    if take is not None:
+        return take()  # type: ignore[no-any-return]
+    families = list(collector.collect())
+    return _Snapshot(lambda: families)
 
 
 class ProcessCollector(Collector):
@@ -337,10 +373,10 @@ class ProcessCollector(Collector):
 
 # -- HTTP ---------------------------------------------------------------------------------
 class Exporter:
-    """Serves `GET /metrics` of one registry on the running event loop."""
+    """Serves `GET /metrics` of some collectors on the running event loop."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
+    def __init__(self, collectors: Iterable[Collector]) -> None:
+        self.collectors = list(collectors)
         self.server: asyncio.Server | None = None
         self._clients = 0
 
@@ -365,7 +401,7 @@ class Exporter:
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
                 head = await reader.readuntil(b"\r\n\r\n")
-                writer.write(self._answer(head.split(b"\r\n", 1)[0]))
+                writer.write(await self._answer(head.split(b"\r\n", 1)[0]))
                 await writer.drain()
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
                 ConnectionError):
@@ -374,7 +410,7 @@ class Exporter:
             self._clients -= 1
             writer.transport.abort()
 
-    def _answer(self, request_line: bytes) -> bytes:
+    async def _answer(self, request_line: bytes) -> bytes:
         parts = request_line.split(b" ")
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
             return _response(b"400 Bad Request", b"text/plain", b"bad request\n")
@@ -383,7 +419,13 @@ class Exporter:
             return _response(b"405 Method Not Allowed", b"text/plain", b"GET only\n")
         if target != b"/metrics":
             return _response(b"404 Not Found", b"text/plain", b"see /metrics\n")
-        body = generate_latest(self.registry)
+        # The services' state is read here, on the loop; the families and the text (most of a
+        # scrape's time) are made in a thread, so the loop keeps moving packets between turns
+        # of the GIL.
+        registry = CollectorRegistry(auto_describe=False)
+        for collector in self.collectors:
+            registry.register(snapshot(collector))
+        body = await asyncio.to_thread(generate_latest, registry)
         return _response(b"200 OK", CONTENT_TYPE_LATEST.encode(),
                          b"" if method == b"HEAD" else body, len(body))
 
@@ -406,10 +448,7 @@ async def serve(config: ServerConfig, service: str, collector: Collector) -> Exp
     address = config.metrics.address(service)
     if address is None:
         return None
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProcessCollector())
-    registry.register(collector)
-    exporter = Exporter(registry)
+    exporter = Exporter([ProcessCollector(), collector])
     where = format_host_port(*address)
     try:
         await exporter.start(*address)

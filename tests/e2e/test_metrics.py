@@ -22,22 +22,34 @@ from tests.netns import Lab
 
 pytestmark = pytest.mark.e2e
 
-SERVICES = {"router": 9740, "udp": 9741, "tcp": 9742}
+SERVICES = {"router": 9740, "udp": 9741, "tcp": 9742, "quic": 9743}
 PROMETHEUS = "127.0.0.1:9090"
-FLOOD = 40  # handshake initiations, once: the per-source limit lets 5 through, then 20/s
+FLOOD = 300  # handshake initiations in one burst: past the core's "under load" backlog (128)
+MAC2_FLOOD = 20  # then initiations with a valid cookie: 5 pass the per-source limit
 
-# Sends FLOOD initiations with a valid mac1 from a key the server does not know.
+# One burst of FLOOD initiations (valid mac1, a key the server does not know) that aura-udp
+# reads at once: it is stopped while they arrive. Under load, each gets a cookie reply; the
+# one answering the last initiation is taken, and MAC2_FLOOD initiations carrying it follow.
 FLOOD_SCRIPT = """
-import socket, sys, base64
-from aura_common.wireguard import Device, generate_private_key
-server_key, host, port, count = base64.b64decode(sys.argv[1]), sys.argv[2], int(sys.argv[3]), \
-    int(sys.argv[4])
+import base64, os, signal, socket, sys, time
+from aura_common.wireguard import Device, Transmit, generate_private_key
+key, host, port = base64.b64decode(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+burst, mac2_burst, pid = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 device = Device(generate_private_key())
-peer = device.add_peer(server_key, endpoint=(host, port))
+peer = device.add_peer(key, endpoint=(host, port))
 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-    for n in range(count):
-        (transmit,) = device.initiate(peer, float(n))
-        sock.sendto(transmit.datagrams[0], (host, port))
+    sock.connect((host, port))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(burst):
+            sock.send(device.initiate(peer, time.monotonic())[0].datagrams[0])
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    sock.settimeout(3)
+    for _ in range(burst):
+        device.receive([sock.recv(2048)], (host, port), time.monotonic())
+    for _ in range(mac2_burst):
+        sock.send(device.initiate(peer, time.monotonic())[0].datagrams[0])
 """
 
 
@@ -123,7 +135,7 @@ def test_prometheus_sees_traffic_sessions_handshake_drops_and_fallback(
     lab: Lab, tmp_path: Path, prometheus_available: None
 ) -> None:
     server = build(lab, tmp_path)
-    server.init(transports=("udp", "tcp"))
+    server.init(transports=("udp", "tcp", "quic"))
     server.start()
     conf = server.provision("alice", "wireguard")
     client = server.add_client_namespace()
@@ -138,6 +150,9 @@ def test_prometheus_sees_traffic_sessions_handshake_drops_and_fallback(
     assert prometheus.value('aura_peer_transport_info{peer="alice",transport="udp"}') == 1
     assert prometheus.value('aura_router_transport_connected{transport="tcp"}') == 1
     assert prometheus.value('process_start_time_seconds{job="udp"}') is not None
+    for transport in ("tcp", "quic"):  # read from the carriers themselves
+        assert prometheus.value(f'aura_transport_connections{{transport="{transport}"}}') == 0
+    assert prometheus.value('aura_ipc_dropped_batches_total{job="router",link="udp"}') == 0
 
     # Traffic: 300 pings of 1000 bytes each way grow alice's counters by at least that.
     sent = 'aura_peer_receive_bytes_total{peer="alice"}'
@@ -152,15 +167,19 @@ def test_prometheus_sees_traffic_sessions_handshake_drops_and_fallback(
     assert prometheus.value('aura_transport_handshake_messages_sent_total'
                             '{transport="udp",type="response"}') >= 1  # type: ignore[operator]
 
-    # A small flood of initiations from one address: past the burst, the rate limit drops them.
+    # A bounded flood from one address: under load every initiation is answered with a cookie
+    # reply; with the cookie, the per-source rate limit drops all but its burst of 5.
     port = int(conf.read_text().split(f"Endpoint = {PUBLIC_HOST}:")[1].split()[0])
-    lab.run(client, [sys.executable, "-c", FLOOD_SCRIPT, server_public_key(conf),
-                     PUBLIC_HOST, str(port), str(FLOOD)],
+    lab.run(client, [sys.executable, "-c", FLOOD_SCRIPT, server_public_key(conf), PUBLIC_HOST,
+                     str(port), str(FLOOD), str(MAC2_FLOOD), str(service_pid(server, "udp"))],
             env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    prometheus.wait_until('aura_transport_handshake_messages_sent_total'
+                          '{transport="udp",type="cookie_reply"}', lambda v: v == FLOOD,
+                          "cookie replies counted")
     limited = prometheus.wait_until(
         'aura_transport_dropped_messages_total{transport="udp",reason="rate_limited"}',
-        lambda v: v >= FLOOD // 2, "rate-limited initiations counted")
-    assert limited <= FLOOD
+        lambda v: v >= MAC2_FLOOD - 5, "rate-limited initiations counted")
+    assert limited <= MAC2_FLOOD
     assert prometheus.value('aura_transport_dropped_messages_total'
                             '{transport="udp",reason="bad_handshake"}') >= 1  # type: ignore[operator]
 
@@ -172,6 +191,14 @@ def test_prometheus_sees_traffic_sessions_handshake_drops_and_fallback(
     prometheus.stop()
 
 
+def service_pid(server: AuraServer, name: str) -> int:
+    """The process id `aura server run` logged when it started aura-NAME."""
+    marker = f"started aura-{name} (pid "
+    lines = [line for line in server.log.read_text().splitlines() if marker in line]
+    assert lines, f"no {marker!r} in {server.log}"
+    return int(lines[-1].split(marker)[1].split(")")[0])
+
+
 def server_tcp_port(server: AuraServer) -> int:
     return int(yaml.safe_load(server.config.read_text())["transports"]["tcp"]["port"])
 
@@ -180,11 +207,11 @@ def test_metrics_can_be_switched_off_per_service_and_entirely(
     lab: Lab, tmp_path: Path, prometheus_available: None
 ) -> None:
     server = build(lab, tmp_path)
-    server.init(transports=("udp", "tcp"), edit={"metrics.udp": None})
+    server.init(transports=("udp", "tcp", "quic"), edit={"metrics.udp": None})
     server.start()
     prometheus = Prometheus(lab, server.ns, tmp_path / "prometheus")
     prometheus.wait_until('up{job="router"}', lambda v: v == 1, "router scraped")
-    prometheus.wait_until('up{job="tcp"}', lambda v: v == 1, "tcp scraped")
+    prometheus.wait_until('up{job="quic"}', lambda v: v == 1, "quic scraped")
     prometheus.wait_until('up{job="udp"}', lambda v: v == 0, "udp scrape failed")
     assert SERVICES["udp"] not in listening_ports(lab, server.ns)
 

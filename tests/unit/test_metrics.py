@@ -279,7 +279,7 @@ def test_exporter_bounds_concurrent_and_slow_clients(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(metrics, "REQUEST_TIMEOUT", 0.3)
 
     async def main() -> None:
-        exporter = metrics.Exporter(CollectorRegistry())
+        exporter = metrics.Exporter([])
         await exporter.start("127.0.0.1", 0)
         try:
             idle = [await asyncio.open_connection(*exporter.address)
