@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -169,8 +170,8 @@ def test_init_and_start_bring_up_every_unit(setup: Setup) -> None:
             assert box.run(["setpriv", f"--reuid={user}", "--regid=aura", "--init-groups",
                             "cat", f"/etc/aura/{key}"], check=False).returncode != 0, (user, key)
     for name in ("router", "signer", "udp", "tcp", "quic"):
-        user = box.run(["ps", "-o", "user=", "-p", str(_main_pid(box, f"aura-{name}"))])
-        assert user.stdout.strip() == f"aura-{name}"
+        uid = box.run(["ps", "-o", "uid=", "-p", str(_main_pid(box, f"aura-{name}"))])
+        assert uid.stdout.strip() == box.run(["id", "-u", f"aura-{name}"]).stdout.strip(), name
 
 
 def test_status_answers(setup: Setup) -> None:
@@ -180,8 +181,72 @@ def test_status_answers(setup: Setup) -> None:
     assert {t["name"] if isinstance(t, dict) else t for t in status["transports"]} >= {"udp"}
 
 
+# A process with the UDP transport's account: hello as ROLE on SOCKET; if accepted, send a
+# packet for PEER (who has no session on it) and report what came back, as JSON.
+ADVERSARY = """
+import json, socket, sys, time
+import msgpack
+path, role, peer = sys.argv[1:4]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.settimeout(10)
+try:
+    s.connect(path)
+except OSError as error:
+    print(json.dumps({"errno": error.errno}))
+    sys.exit()
+s.send(msgpack.packb({"t": "hello", "v": 1, "role": role}))
+reply = msgpack.unpackb(s.recv(1 << 20))
+out = {"t": reply["t"], "message": reply.get("message")}
+if reply["t"] == "hello":
+    peers = msgpack.unpackb(s.recv(1 << 20))
+    out["peers"] = [p["name"] for p in peers["peers"]]
+    packet = bytes([0x45]) + bytes(11) + bytes([10, 77, 0, 2]) + bytes([10, 77, 0, 1])
+    s.send(msgpack.packb({"t": "pkts", "peer": peer, "data": [packet]}))
+    time.sleep(0.5)
+print(json.dumps(out))
+"""
+
+
+def _as_udp_transport(box: containers.Container, path: str, role: str) -> dict[str, Any]:
+    result = box.run(["setpriv", "--reuid=aura-udp", "--regid=aura", "--init-groups",
+                      "/opt/aura/venv/bin/python", "-c", ADVERSARY, path, role, "mallory"])
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def test_a_compromised_transport_is_refused_every_other_role(setup: Setup) -> None:
+    box = setup.box
+    box.run(["aura", "provision-client", "mallory", "--format", "wireguard",
+             "--output", "/root/mallory.conf"])  # fmt: skip
+    uid = box.run(["id", "-u", "aura-udp"]).stdout.strip()
+    for role in ("tcp", "quic", "admin"):
+        outcome = _as_udp_transport(box, "/run/aura/router.sock", role)
+        assert outcome == {"t": "error", "message":
+                           f"permission denied: uid {uid} is the udp account, not {role}"}
+    assert _as_udp_transport(box, "/run/aura/signer.sock", "admin") == {"errno": 13}
+    outcome = _as_udp_transport(box, "/run/aura/router.sock", "udp")
+    assert outcome["t"] == "hello" and "mallory" in outcome["peers"]
+    deadline = time.monotonic() + 10
+    while True:
+        journal = box.run(["journalctl", "-u", "aura-router", "-p", "warning", "--no-pager"]).stdout
+        if "sent packets for 'mallory'" in journal or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for role in ("tcp", "quic", "admin"):
+        assert f"(uid {uid}, gid " in journal and f") as {role} on" in journal, journal
+    assert "sent packets for 'mallory', which has no session there" in journal
+    # An operator in the admin group needs no root for status.
+    box.run(["useradd", "--no-create-home", "-G", "aura-admin", "operator"])
+    status = box.run(["setpriv", "--reuid=operator", "--regid=operator", "--init-groups",
+                      "aura", "status", "--json"])
+    assert json.loads(status.stdout)["uptime"] >= 0
+    refused = box.run(["setpriv", "--reuid=aura-udp", "--regid=aura", "--init-groups",
+                       "aura", "status"], check=False)
+    assert refused.returncode != 0 and "is the udp account, not admin" in refused.stderr
+    box.run(["aura", "revoke-client", "mallory"])
+
+
 def _stored_manifest(box: containers.Container) -> Manifest:
-    return parse_body(SignedManifest.from_json(box.read("/var/lib/aura/manifest.json")).body)
+    return parse_body(SignedManifest.from_json(box.read("/var/lib/aura/signer/manifest.json")).body)
 
 
 def test_renewal_timer_re_signs_a_manifest_close_to_expiry(setup: Setup) -> None:
