@@ -234,7 +234,8 @@ def _tune_buffers(sock: socket.socket) -> None:
 class Channel:
     """One connected SEQPACKET socket carrying frames.
 
-    `role` is the role the *other* side announced in its hello.
+    `role` is the *other* side's role: on a listener, the one its `authorize` decided from
+    SO_PEERCRED; on a connecting side, the one the listener announced.
     """
 
     def __init__(self, sock: socket.socket, role: str = "") -> None:

@@ -77,10 +77,15 @@ daily, so the bridge manifest is signed again 30 days before it expires.
 FILES = """\
 .TP
 .I /etc/aura/server.yaml
-Server configuration; keys live beside it.
+Server configuration; keys live beside it, the private ones readable by root alone (systemd
+hands each service the keys it uses).
 .TP
 .I /var/lib/aura
-Peer registry, leases, runtime.json, the latest manifest.
+Peer registry and leases (the router's);
+.I transports/runtime.json
+(the transports');
+.I signer/
+the manifest serial and the latest manifest (the signer's).
 .TP
 .I /run/aura
 Unix sockets of the router and the signer.

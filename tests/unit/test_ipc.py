@@ -386,3 +386,26 @@ def test_decode_garbage_raises_only_value_error(data: bytes) -> None:
 def test_encode_decode_round_trip(fields: dict[str, object], kind: str) -> None:
     frame = {**fields, "t": kind}
     assert ipc.decode(ipc.encode(frame)) == frame
+
+
+def test_callers_waiting_for_their_hello_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ipc, "MAX_UNAUTHENTICATED", 2)
+
+    async def scenario() -> None:
+        path = tmp_path / "router.sock"
+        loop = asyncio.get_running_loop()
+        async with listening(path) as listener:
+            silent = [raw_client(path) for _ in range(2)]  # connected, never say hello
+            await asyncio.sleep(0.2)
+            extra = raw_client(path)
+            assert await loop.run_in_executor(None, extra.recv, 100) == b""  # closed at once
+            assert listener.refused == 1
+            for sock in (*silent, extra):
+                sock.close()
+            await asyncio.sleep(0.2)
+            channel = await ipc.connect(path, "udp")  # room again once they are gone
+            channel.close()
+
+    asyncio.run(scenario())
