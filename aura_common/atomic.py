@@ -10,6 +10,7 @@ file this process has just created is ever handed to another owner (by descripto
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -35,8 +36,8 @@ def open_directory(directory: str | os.PathLike[str]) -> int:
     try:
         return os.open(directory, _DIRECTORY_FLAGS)
     except OSError as error:
-        raise AuraError(f"{os.fspath(directory)}: cannot open the directory "
-                        f"({error.strerror}; a symlink is refused)") from None
+        why = "a symlink is refused" if error.errno == errno.ELOOP else error.strerror
+        raise AuraError(f"{os.fspath(directory)}: cannot open the directory ({why})") from None
 
 
 def write_atomic(
@@ -126,14 +127,15 @@ def _open_lock_file(dir_fd: int, name: str, shown: str) -> int:
                              dir_fd=dir_fd)
             except FileExistsError:
                 continue  # created by someone else in between: open theirs
+            # Not narrowed by the umask: the other accounts sharing the folder lock it too.
+            os.fchmod(fd, LOCK_MODE)
             owner = _directory_owner(dir_fd)
             if owner is not None:
                 os.fchown(fd, *owner)
             return fd
         except OSError as error:
-            # ELOOP: a symlink sits where the lock file belongs.
-            raise AuraError(f"{shown}: cannot open the lock file ({error.strerror}; "
-                            "a symlink is refused)") from None
+            why = "a symlink is refused" if error.errno == errno.ELOOP else error.strerror
+            raise AuraError(f"{shown}: cannot open the lock file ({why})") from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise AuraError(f"{shown}: not a regular file; remove it")

@@ -126,3 +126,13 @@ def test_without_waiting_a_held_lock_raises_at_once(tmp_path: Path) -> None:
         holder.wait()
     with locked(path, wait=False):
         pass
+
+
+def test_a_new_lock_file_is_readable_by_the_group_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        with locked(tmp_path / "runtime.json"):
+            pass
+    finally:
+        os.umask(old)
+    assert (tmp_path / "runtime.json.lock").stat().st_mode & 0o777 == 0o640
