@@ -167,11 +167,12 @@ class Usage:
         return self._dirty and now - self._saved_at >= SAVE_INTERVAL
 
     def save(self, now: float) -> None:
+        """Write the file; a failure (OSError, AuraError) is retried after SAVE_INTERVAL."""
         # Only the router writes this file, so no lock is taken.
+        self._saved_at = now
         doc = {"version": USAGE_VERSION, "bytes": dict(sorted(self._totals.items()))}
         write_atomic(self.path, (json.dumps(doc, indent=2) + "\n").encode(), mode=0o640)
         self._dirty = False
-        self._saved_at = now
 
 
 def parse_usage(data: bytes, path: str) -> dict[str, int]:

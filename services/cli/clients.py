@@ -273,9 +273,12 @@ def edit_client(args: argparse.Namespace) -> int:
     config = ServerConfig.load(args.config)
     with Registry.edit(config.peers_file) as registry:
         peer = registry.replace(args.name, **changes)
-    live = tell_router(config, "reload")
+    if not tell_router(config, "reload"):
+        print(f"{peer.name}: {describe_limits(peer)}; router not running, applies when it starts")
+        return 0
+    refused = _usage_and_refusals(config)[1].get(peer.name)
     print(f"{peer.name}: {describe_limits(peer)}"
-          + ("" if live else "; router not running, applies when it starts"))
+          + (f"; still refused: {refused}" if refused else ""))
     return 0
 
 

@@ -17,7 +17,7 @@ from aura_common import control, ipc, metrics, runtime, systemd
 from aura_common.accounts import ADMIN, Accounts
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError
-from aura_common.limits import Gate, Usage
+from aura_common.limits import SAVE_INTERVAL, Gate, Usage
 from aura_common.log import NOTICE, fields
 from aura_common.manifest import ManifestError, SignedManifest
 from aura_common.netio import link
@@ -91,7 +91,7 @@ class Router:
 
     def close(self) -> None:
         self._account_usage()
-        self.usage.save(time.monotonic())
+        self._save_usage()
         if self.tun is not None:
             asyncio.get_running_loop().remove_reader(self.tun.fileno())
             self.tun.close()
@@ -147,9 +147,16 @@ class Router:
                 log.info("%s may connect again", name, extra=fields(peer=name))
         # A crossing is saved at once so a crash cannot let the peer back in.
         if newly or self.usage.save_due(time.monotonic()):
-            self.usage.save(time.monotonic())
+            self._save_usage()
         if push and (newly or lifted):
             self._push_peers()
+
+    def _save_usage(self) -> None:
+        try:
+            self.usage.save(time.monotonic())
+        except (OSError, AuraError) as error:
+            log.error("cannot save client usage to %s: %s; retrying in %.0f s",
+                      self.usage.path, error, SAVE_INTERVAL)
 
     async def check_limits_forever(self) -> None:
         while True:
@@ -262,7 +269,11 @@ class Router:
         if len(accepted) < len(packets):
             session = self.sessions.get(peer)
             if session is None or session.link is not channel:
-                self._misdirected(channel, f"packets for {peer!r}, which has no session there")
+                # Packets in flight when the router withdrew the peer are expected, not news.
+                known = self.registry.get(peer)
+                if known is not None and self._may_connect(known):
+                    self._misdirected(channel,
+                                      f"packets for {peer!r}, which has no session there")
             else:
                 self._misdirected(channel, f"packets from {peer} with a source address "
                                            "that is not the peer's")

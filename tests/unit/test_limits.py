@@ -210,6 +210,7 @@ class FakeTransport:
 
     def __init__(self) -> None:
         self.frames: list[dict[str, object]] = []
+        self.peer_credentials = type("Credentials", (), {"pid": 4242})()
 
     async def send_reliable(self, frame: dict[str, object]) -> None:
         self.frames.append(frame)
@@ -265,6 +266,11 @@ def test_router_cuts_off_a_peer_at_its_quota_and_remembers_usage(
         refused = [r for r in caplog.records if r.levelno == NOTICE]
         assert [r.getMessage() for r in refused] == [
             "alice refused: quota used up (1000 B of 1000 B)"]
+        # packets the transport had in flight are dropped without a warning
+        with caplog.at_level(logging.INFO, logger="aura-router"):
+            router._from_transport(link, "alice", [ipv4_from("10.77.0.2", 100)])  # type: ignore[arg-type]
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert router.usage.get("alice") == 1000
         # a transport with a stale list cannot bring the session back
         router._session_up(link, {"peer": "alice", "endpoint": "192.0.2.1:5", "handshake_at": 2})  # type: ignore[arg-type]
         assert router.sessions.get("alice") is None
@@ -295,3 +301,12 @@ def test_router_refuses_an_expired_peer_from_the_start(tmp_path: Path) -> None:
     router = Router(config)
     assert router._peers_frame()["peers"] == []
     assert router.gate.refused == {"alice": f"expired at {past}"}
+
+
+def test_a_failed_save_is_retried_after_the_interval(tmp_path: Path) -> None:
+    usage = Usage(tmp_path / "missing" / "usage.json")
+    usage.add("alice", 1)
+    with pytest.raises((OSError, AuraError)):
+        usage.save(10.0)
+    assert not usage.save_due(10.0 + SAVE_INTERVAL - 1), "no retry storm"
+    assert usage.save_due(10.0 + SAVE_INTERVAL)
