@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -23,6 +24,8 @@ from typing import Protocol
 
 from aura_common.atomic import parse_versioned_json, write_atomic
 from aura_common.errors import AuraError, ConfigError
+
+log = logging.getLogger(__name__)
 
 USAGE_VERSION = 1
 SAVE_INTERVAL = 30.0
@@ -134,6 +137,7 @@ class Usage:
         self._totals: dict[str, int] = dict(totals or {})
         self._dirty = False
         self._saved_at = float("-inf")
+        self._failing = False  # the last save failed (logged once per streak)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Usage:
@@ -171,7 +175,19 @@ class Usage:
         # Only the router writes this file, so no lock is taken.
         self._saved_at = now
         doc = {"version": USAGE_VERSION, "bytes": dict(sorted(self._totals.items()))}
-        write_atomic(self.path, (json.dumps(doc, indent=2) + "\n").encode(), mode=0o640)
+        try:
+            write_atomic(self.path, (json.dumps(doc, indent=2) + "\n").encode(), mode=0o640)
+        except OSError as error:
+            # A full or read-only state directory: counting goes on in memory, the file keeps
+            # its last content, and the next save (SAVE_INTERVAL later) tries again.
+            if not self._failing:
+                log.error("cannot write %s: %s; usage is kept in memory and saved again later",
+                          self.path, error.strerror)
+            self._failing = True
+            self._dirty = True
+            self._saved_at = now
+            return
+        self._failing = False
         self._dirty = False
 
 

@@ -150,6 +150,14 @@ class Leases:
                 log.warning("%s; keeping leases in memory until it is free", busy)
             self.unsaved = True
             return
+        except OSError as error:
+            # A full or read-only state directory: the lease holds in memory (the file keeps
+            # its last content) and `flush` writes it once the disk takes it.
+            if not self.unsaved:
+                log.error("cannot write %s: %s; keeping leases in memory until it can be",
+                          self.path, error.strerror)
+            self.unsaved = True
+            return
         self.unsaved = False
 
     def active(self) -> dict[str, Addresses]:
