@@ -130,11 +130,13 @@ class QuicCarrier:
     """aioquic connections on one UDP socket, bound to the session hub.
 
     Retry makes a client prove its address before it may hold a connection. Connections are
-    counted one by one (a client may open many from one UDP port): beyond `max_connections`,
-    or beyond `max_pending_per_source` unauthenticated ones from one IP address, a packet that
-    would open another is dropped before aioquic spends anything on it. A connection is
+    counted one by one (a client may open many from one UDP port). A connection is
     unauthenticated until a WireGuard handshake with a known peer completes over it; it is
-    closed if that takes longer than `handshake_timeout` or MAX_UNAUTHENTICATED_BYTES.
+    closed if that takes longer than `handshake_timeout` or MAX_UNAUTHENTICATED_BYTES. Beyond
+    `max_pending_per_source` unauthenticated connections from one IP address, a packet that
+    would open another is dropped before aioquic spends anything on it; at `max_connections`
+    the oldest unauthenticated connection is closed to admit a new one (refused only when all
+    are authenticated).
     """
 
     def __init__(self, hub: SessionHub, sock: socket.socket, *,
@@ -280,6 +282,8 @@ class QuicCarrier:
                 now=self._now())
         except ValueError:
             return None  # forged or stale: the client gives up at its handshake timeout
+        if self.connections >= self.settings.max_connections:
+            self._make_room()
         quic = QuicConnection(configuration=self.configuration,
                               original_destination_connection_id=original_cid,
                               retry_source_connection_id=header.destination_cid)
@@ -299,12 +303,22 @@ class QuicCarrier:
     def _refusal(self, host: str) -> str | None:
         """Why a new connection from `host` may not open now, if it may not."""
         settings = self.settings
-        if self.connections >= settings.max_connections:
-            return f"{settings.max_connections} QUIC connections open"
         if self._unauthenticated_by_host.get(host, 0) >= settings.max_pending_per_source:
             return (f"{settings.max_pending_per_source} QUIC connections from this address "
                     "without a WireGuard handshake")
+        if self.connections >= settings.max_connections and not self.unauthenticated:
+            return f"{settings.max_connections} QUIC connections open, all authenticated"
         return None
+
+    def _make_room(self) -> None:
+        """At `max_connections`, the oldest unauthenticated connection goes: a flood from
+        many addresses then costs newcomers a race against its rate, not a wait for slots."""
+        oldest = next(iter(self.unauthenticated))
+        reason = (f"{self.settings.max_connections} QUIC connections open; closing the "
+                  "oldest without a WireGuard handshake")
+        self._refuse(oldest, reason)
+        self._forget(oldest, ConnectionTerminated(
+            error_code=QuicErrorCode.CONNECTION_REFUSED, frame_type=None, reason_phrase=reason))
 
     def _hold_unauthenticated(self, connection: ServerConnection) -> None:
         host = connection.address[0]

@@ -129,7 +129,13 @@ def test_connections_are_bounded(keys: Keys) -> None:
     async def scenario() -> None:
         async with quic_server(keys, QuicConfig(max_connections=1)) as (carrier, port):
             first = QuicClient(keys.client_config())
-            await first.open("127.0.0.1", port, lambda datagrams: None)
+            initiator = Initiator(keys)
+            await first.open("127.0.0.1", port, initiator.deliver)
+            await initiator.handshake(first)  # authenticated: not to be closed for another
+            for _ in range(40):
+                if not carrier.pending:
+                    break
+                await asyncio.sleep(0.05)
             second = QuicClient(keys.client_config())
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(1.5):
