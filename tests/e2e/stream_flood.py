@@ -1,0 +1,290 @@
+"""TCP and QUIC floods against an Aura server in a test namespace, bounded in count, rate and
+time.
+
+    python3 -m tests.e2e.stream_flood KIND --target HOST:PORT [--connections 100]
+        [--rate 50] [--seconds 20] [--sources N]
+
+Kinds (each connection holds on until the server closes it or the time is up):
+  tcp-dribble      a ClientHello offering aura/1 (padded to 4 KiB) as 1-byte TLS records, one
+                   record per write, every `--interval` seconds
+  tcp-stall        half a ClientHello, then silence (a handshake stalled half-way)
+  tcp-no-finish    a whole ClientHello, then silence (TLS never finishes)
+  quic-one-port    QUIC connections from one UDP port, each through Retry to a finished QUIC
+                   handshake, then no WireGuard handshake
+  quic-many-ports  the same, each from its own UDP port
+
+At most `--connections` are open at a time; a closed one is replaced, at most `--rate` new
+ones a second and at most MAX_OPENED in all. With `--sources N` connections take turns among N
+source addresses of the attacker namespace (tests.e2e.flood.attacker_namespace). Prints one
+JSON line: connections opened, closed by the server, failed to open, QUIC handshakes finished,
+bytes sent, seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from aioquic.buffer import Buffer
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted
+from aioquic.quic.packet import pull_quic_header
+
+from aura_common.framing import ALPN
+from services.quic.link import CONNECTION_ID_LENGTH, datagram_configuration
+from tests.e2e.flood import source_addresses
+
+KINDS = ("tcp-dribble", "tcp-stall", "tcp-no-finish", "quic-one-port", "quic-many-ports")
+MAX_CONNECTIONS = 1000
+MAX_RATE = 200.0  # new connections per second
+MAX_SECONDS = 60.0
+MAX_OPENED = 5000
+PADDED_HELLO = 4096
+RECORD_HANDSHAKE = b"\x16\x03\x01"
+
+
+@dataclass
+class Report:
+    kind: str
+    opened: int = 0
+    closed_by_server: int = 0
+    failed: int = 0
+    handshakes: int = 0
+    bytes_sent: int = 0
+    seconds: float = 0.0
+
+
+def client_hello(padding_to: int = 0) -> bytes:
+    """The handshake message of a real ClientHello offering aura/1 (no record header),
+    padded with a padding extension (RFC 7685) to `padding_to` bytes if that is larger."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols([ALPN])
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    message = outgoing.read()[5:]  # one record: the whole message
+    if len(message) + 4 >= padding_to:
+        return message
+    position = 4 + 2 + 32
+    position += 1 + message[position]  # session id
+    position += 2 + int.from_bytes(message[position : position + 2], "big")  # suites
+    position += 1 + message[position]  # compression methods
+    extensions = int.from_bytes(message[position : position + 2], "big")
+    pad = padding_to - len(message) - 4
+    extensions += 4 + pad
+    body = (message[4:position] + extensions.to_bytes(2, "big") + message[position + 2 :]
+            + b"\x00\x15" + pad.to_bytes(2, "big") + bytes(pad))
+    return b"\x01" + len(body).to_bytes(3, "big") + body
+
+
+def record(fragment: bytes) -> bytes:
+    return RECORD_HANDSHAKE + len(fragment).to_bytes(2, "big") + fragment
+
+
+class Flood:
+    def __init__(self, args: argparse.Namespace) -> None:
+        host, _, port = args.target.rpartition(":")
+        self.target = (host.strip("[]"), int(port))
+        self.kind = args.kind
+        self.connections = min(args.connections, MAX_CONNECTIONS)
+        self.rate = min(args.rate, MAX_RATE)
+        self.seconds = min(args.seconds, MAX_SECONDS)
+        self.interval = max(args.interval, 0.001)
+        family = 6 if ":" in self.target[0] else 4
+        self.sources = source_addresses(family, args.sources) if args.sources else [None]
+        self.report = Report(self.kind)
+        self.hello = client_hello(PADDED_HELLO if self.kind == "tcp-dribble" else 0)
+        self.open = 0
+        self.one_port: Endpoint | None = None
+
+    def source(self) -> Iterator[str | None]:
+        while True:
+            yield from self.sources
+
+    async def run(self) -> Report:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self.seconds
+        tasks: set[asyncio.Task[None]] = set()
+        sources = self.source()
+        while loop.time() < deadline and self.report.opened + self.report.failed < MAX_OPENED:
+            if self.open < self.connections:
+                self.open += 1
+                task = loop.create_task(self.connection(next(sources), deadline))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            await asyncio.sleep(1 / self.rate)
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.one_port is not None:
+            self.one_port.close()
+        self.report.seconds = round(loop.time() - started, 2)
+        return self.report
+
+    async def connection(self, source: str | None, deadline: float) -> None:
+        try:
+            if self.kind.startswith("tcp"):
+                await self.tcp(source, deadline)
+            else:
+                await self.quic(source, deadline)
+        finally:
+            self.open -= 1
+
+    # -- TCP --------------------------------------------------------------------------------
+    async def tcp(self, source: str | None, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(5):
+                reader, writer = await asyncio.open_connection(
+                    *self.target, local_addr=(source, 0) if source else None)
+        except (OSError, TimeoutError):
+            self.report.failed += 1
+            return
+        self.report.opened += 1
+        try:
+            if self.kind == "tcp-dribble":
+                for offset in range(len(self.hello)):
+                    if loop.time() >= deadline:
+                        return
+                    self.send(writer, record(self.hello[offset : offset + 1]))
+                    await writer.drain()
+                    if reader.at_eof():
+                        break
+                    await asyncio.sleep(self.interval)
+            else:
+                whole = record(self.hello)
+                self.send(writer, whole[: len(whole) // 2] if self.kind == "tcp-stall" else whole)
+            async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                while await reader.read(65536):
+                    pass
+            self.report.closed_by_server += 1
+        except ConnectionError:
+            self.report.closed_by_server += 1
+        except TimeoutError:
+            pass
+        finally:
+            writer.transport.abort()
+
+    def send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        writer.write(data)
+        self.report.bytes_sent += len(data)
+
+    # -- QUIC -------------------------------------------------------------------------------
+    async def quic(self, source: str | None, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        if self.kind == "quic-one-port":
+            if self.one_port is None:
+                self.one_port = await Endpoint.open(self, source)
+            endpoint = self.one_port
+        else:
+            endpoint = await Endpoint.open(self, source)
+        configuration = datagram_configuration(is_client=True, idle_timeout=MAX_SECONDS)
+        configuration.verify_mode = ssl.CERT_NONE
+        quic = QuicConnection(configuration=configuration)
+        ended = loop.create_future()
+        endpoint.add(quic, ended)
+        quic.connect(self.target, now=loop.time())
+        self.report.opened += 1
+        try:
+            while not ended.done() and loop.time() < deadline:
+                endpoint.flush(quic)
+                timer = quic.get_timer()
+                wait = 0.2 if timer is None else min(0.2, max(0.0, timer - loop.time()))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await asyncio.shield(ended)
+                timer = quic.get_timer()
+                if timer is not None and timer <= loop.time():
+                    quic.handle_timer(now=loop.time())
+            if ended.done():
+                self.report.closed_by_server += 1
+        finally:
+            endpoint.remove(quic)
+            if endpoint is not self.one_port:
+                endpoint.close()
+
+
+class Endpoint(asyncio.DatagramProtocol):
+    """A UDP socket carrying one or many client QUIC connections, told apart by the
+    connection id the server writes to."""
+
+    def __init__(self, flood: Flood) -> None:
+        self.flood = flood
+        self.transport: asyncio.DatagramTransport | None = None
+        self.connections: dict[bytes, tuple[QuicConnection, asyncio.Future[None]]] = {}
+
+    @classmethod
+    async def open(cls, flood: Flood, source: str | None) -> Endpoint:
+        loop = asyncio.get_running_loop()
+        local = (source or ("::" if ":" in flood.target[0] else "0.0.0.0"), 0)
+        _, endpoint = await loop.create_datagram_endpoint(lambda: cls(flood), local_addr=local)
+        return endpoint
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def add(self, quic: QuicConnection, ended: asyncio.Future[None]) -> None:
+        self.connections[quic.host_cid] = (quic, ended)
+
+    def remove(self, quic: QuicConnection) -> None:
+        self.connections.pop(quic.host_cid, None)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            header = pull_quic_header(Buffer(data=data), host_cid_length=CONNECTION_ID_LENGTH)
+        except ValueError:
+            return
+        entry = self.connections.get(header.destination_cid)
+        if entry is not None:
+            entry[0].receive_datagram(data, addr, now=asyncio.get_running_loop().time())
+            self.flush(entry[0])
+
+    def flush(self, quic: QuicConnection) -> None:
+        entry = self.connections.get(quic.host_cid)
+        if entry is None or self.transport is None:
+            return
+        for data, addr in quic.datagrams_to_send(now=asyncio.get_running_loop().time()):
+            self.transport.sendto(data, addr)
+            self.flood.report.bytes_sent += len(data)
+        while (event := quic.next_event()) is not None:
+            if isinstance(event, HandshakeCompleted):
+                self.flood.report.handshakes += 1
+            elif isinstance(event, ConnectionTerminated) and not entry[1].done():
+                entry[1].set_result(None)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("--target", required=True, help="HOST:PORT of the server")
+    parser.add_argument("--connections", type=int, default=100, help="open at a time")
+    parser.add_argument("--rate", type=float, default=50.0, help="new connections a second")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--interval", type=float, default=0.005,
+                        help="seconds between the records of a dribbled ClientHello")
+    parser.add_argument("--sources", type=int, default=0,
+                        help="source addresses to take turns among (0: the namespace's own)")
+    args = parser.parse_args()
+    started = time.monotonic()
+    report = asyncio.run(Flood(args).run())
+    assert time.monotonic() - started < MAX_SECONDS + 30
+    print(json.dumps(asdict(report)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
