@@ -332,6 +332,24 @@ def test_wireguard_client_passes_traffic(setup: Setup) -> None:
     assert by_peer.strip(), "no journal entry with AURA_PEER=alice"
 
 
+def test_metrics_are_served_under_the_units_hardening(setup: Setup) -> None:
+    """Each service but the signer answers /metrics on localhost as its own user, sandboxed."""
+    fetch = ("import sys, urllib.request; "
+             "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())")
+    for port, name in ((9740, "router"), (9741, "udp"), (9742, "tcp"), (9743, "quic")):
+        text = setup.box.run(["/opt/aura/venv/bin/python", "-c", fetch,
+                              f"http://127.0.0.1:{port}/metrics"]).stdout
+        assert "process_resident_memory_bytes" in text, name  # read under ProcSubset=pid
+        assert "process_start_time_seconds" in text, name
+        if name == "router":
+            assert 'aura_peer_connected{peer="alice"} 1.0' in text
+            assert 'aura_router_transport_connected{transport="udp"} 1.0' in text
+        else:
+            assert f'aura_transport_sessions{{transport="{name}"}}' in text
+    assert 'aura_transport_sessions{transport="udp"} 1.0' in setup.box.run(
+        ["/opt/aura/venv/bin/python", "-c", fetch, "http://127.0.0.1:9741/metrics"]).stdout
+
+
 def _ping_until(setup: Setup, timeout: float, ns: str | None = None) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
