@@ -118,7 +118,9 @@ class Hub(Protocol):
 
     role: str
     counters: TransportCounters
-    carrier: object
+
+    @property
+    def carrier(self) -> object: ...
 
     @property
     def session_count(self) -> int: ...
@@ -237,7 +239,7 @@ class RouterCollector(Collector):
     def __init__(self, router: Any) -> None:
         self.router = router  # services.router.main.Router (importing it here would cycle)
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterable[Metric]:
         return self.snapshot().collect()
 
     def snapshot(self) -> _Snapshot:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import SimpleNamespace
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -33,7 +33,7 @@ BATCH, SIZE = 64, 1400
 
 
 class Discard:
-    def transmit(self, destination: tuple[str, int], datagrams: list[bytes]) -> None:
+    def transmit(self, destination: tuple[str, int], datagrams: Sequence[bytes]) -> None:
         pass
 
 

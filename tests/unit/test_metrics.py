@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -69,7 +70,7 @@ class RecordingCarrier:
     def __init__(self) -> None:
         self.sent: list[Transmit] = []
 
-    def transmit(self, destination: tuple[str, int], datagrams: list[bytes]) -> None:
+    def transmit(self, destination: tuple[str, int], datagrams: Sequence[bytes]) -> None:
         self.sent.append(Transmit(destination, list(datagrams)))
 
 
