@@ -5,10 +5,13 @@ to none as soon as it falls below TARGET."""
 from __future__ import annotations
 
 import itertools
+import socket
+import time
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from aura_common.netio import udp
 from aura_common.netio.codel import INTERVAL, TARGET, CoDel
 
 
@@ -54,3 +57,23 @@ def test_dropping_stops_once_the_queue_drains() -> None:
     # only after the sojourn has been above target for an interval again
     resumed = drops(codel, 0.020, 2.0, 0.5)
     assert resumed and resumed[0] >= 2.0 + INTERVAL
+
+
+def test_a_socket_queue_is_judged_by_the_kernels_receive_time() -> None:
+    """recv_batch reads SO_TIMESTAMPNS: datagrams that waited in the socket past the target are
+    dropped at dequeue (here with no grace interval), the first one of a stretch kept."""
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with receiver, sender:
+        receiver.bind(("127.0.0.1", 0))
+        udp.enable_timestamps(receiver)
+        for payload in (b"a", b"b", b"c", b"d"):
+            sender.sendto(payload, receiver.getsockname())
+        time.sleep(0.02)  # they wait in the socket's queue
+        codel = CoDel(target=0.005, interval=0.0)
+        batches = udp.recv_batch(receiver, aqm=codel)
+        assert [d for datagrams, _ in batches for d in datagrams] == [b"a"]
+        assert codel.dropped == 3
+        sender.sendto(b"fresh", receiver.getsockname())
+        time.sleep(0.001)
+        assert udp.recv_batch(receiver, aqm=CoDel()) != []
