@@ -68,6 +68,7 @@ class SessionHub:
         self._by_name: dict[str, Peer] = {}
         self._live: set[str] = set()  # peers with a session the router knows of
         self.counters = metrics.TransportCounters()
+        self._handshake_work_scheduled = False
         self._drop_logged_at: dict[str, float] = {}  # by metrics.drop_reason() kind
         self._drops_unlogged: Counter[str] = Counter()
 
@@ -82,10 +83,24 @@ class SessionHub:
     # -- carrier side -------------------------------------------------------------------
     def received(self, datagrams: Sequence[bytes], source: Address) -> None:
         self._handle(self.device.receive(datagrams, source, time.monotonic()))
+        self._work_handshakes_soon()
 
     def received_batches(self, batches: Sequence[tuple[Sequence[bytes], Address]]) -> None:
-        """All a carrier read at once, as (datagrams, source) runs: one handshake queue."""
+        """All a carrier read at once, as (datagrams, source) runs."""
         self._handle(self.device.receive_batches(batches, time.monotonic()))
+        self._work_handshakes_soon()
+
+    def _work_handshakes_soon(self) -> None:
+        """Queued handshakes get the next turn of the event loop, after its pending reads:
+        a handshake flood slows handshakes, not data."""
+        if self.device.handshakes_pending and not self._handshake_work_scheduled:
+            self._handshake_work_scheduled = True
+            asyncio.get_running_loop().call_soon(self._work_handshakes)
+
+    def _work_handshakes(self) -> None:
+        self._handshake_work_scheduled = False
+        self._handle(self.device.process_handshakes(time.monotonic()))
+        self._work_handshakes_soon()
 
     def endpoint_closed(self, source: Address) -> None:
         """A connection (TLS stream, QUIC connection) is gone, and the sessions it carried.

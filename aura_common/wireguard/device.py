@@ -51,7 +51,12 @@ from .events import (
     Transmit,
 )
 from .keypair import Keypair
-from .limits import HANDSHAKE_QUEUE_SIZE, MAX_QUEUED_PACKETS, UNDER_LOAD_BACKLOG
+from .limits import (
+    HANDSHAKE_QUEUE_SIZE,
+    HANDSHAKE_WORK_BATCH,
+    MAX_QUEUED_PACKETS,
+    UNDER_LOAD_BACKLOG,
+)
 from .messages import (
     INITIATION_MAC1_OFFSET,
     RESPONSE_MAC1_OFFSET,
@@ -179,6 +184,7 @@ class Device:
         self._cookie_checker = CookieChecker(self.public_key, rng)
         self._load = Load(under_load_after)
         self._rate_limiter = RateLimiter()
+        self._handshake_queue: deque[tuple[bytes, Endpoint]] = deque()
         self._peers: dict[bytes, Peer] = {}
         self._keypairs: dict[int, Keypair] = {}
         self._handshakes: dict[int, Peer] = {}
@@ -222,23 +228,39 @@ class Device:
                         now: float) -> list[Event]:
         """Everything a transport has read at once, as (datagrams, source) runs.
 
-        Data is handled as it comes. Handshake messages wait in a queue (at most
-        HANDSHAKE_QUEUE_SIZE; more are dropped unread) and are handled after the data: the
-        queue's length is the load that decides whether a handshake must carry a cookie.
+        Data is handled at once. Handshake messages join the handshake queue (at most
+        HANDSHAKE_QUEUE_SIZE; more are dropped unread), of which HANDSHAKE_WORK_BATCH are
+        handled now; the rest wait for `process_handshakes`. The queue's length is the load
+        that decides whether a handshake must carry a cookie, and the batch bounds what
+        handshakes cost each read, so data keeps moving however many arrive.
         """
         events: list[Event] = []
-        handshakes: list[tuple[bytes, Endpoint]] = []
+        queue = self._handshake_queue
         for datagrams, source in batches:
-            self._receive_run(datagrams, source, now, events, handshakes)
-        queued = len(handshakes)
-        for position, (datagram, source) in enumerate(handshakes[:HANDSHAKE_QUEUE_SIZE]):
-            self._receive_other(datagram, source, queued - position, now, events)
-        for _, source in handshakes[HANDSHAKE_QUEUE_SIZE:]:
-            events.append(Dropped("handshake queue full", source))
+            self._receive_run(datagrams, source, now, events, queue)
+        self._work_handshakes(now, events)
         return events
 
+    @property
+    def handshakes_pending(self) -> int:
+        """Handshake messages waiting: call `process_handshakes` soon while there are any."""
+        return len(self._handshake_queue)
+
+    def process_handshakes(self, now: float) -> list[Event]:
+        """Handles the next HANDSHAKE_WORK_BATCH queued handshake messages."""
+        events: list[Event] = []
+        self._work_handshakes(now, events)
+        return events
+
+    def _work_handshakes(self, now: float, events: list[Event]) -> None:
+        queue = self._handshake_queue
+        for _ in range(min(len(queue), HANDSHAKE_WORK_BATCH)):
+            backlog = len(queue)  # this one included
+            datagram, source = queue.popleft()
+            self._receive_other(datagram, source, backlog, now, events)
+
     def _receive_run(self, datagrams: Sequence[bytes], source: Endpoint, now: float,
-                     events: list[Event], handshakes: list[tuple[bytes, Endpoint]]) -> None:
+                     events: list[Event], handshakes: deque[tuple[bytes, Endpoint]]) -> None:
         keypairs = self._keypairs
         unpack_header = TRANSPORT_HEADER.unpack_from
         run_peer: Peer | None = None
@@ -300,7 +322,10 @@ class Device:
                                  events)
                 run_peer = None
             if size and _HANDSHAKE_SIZES.get(datagram[0]) == size:
-                handshakes.append((datagram, source))
+                if len(handshakes) < HANDSHAKE_QUEUE_SIZE:
+                    handshakes.append((datagram, source))
+                else:
+                    events.append(Dropped("handshake queue full", source))
             else:
                 self._receive_other(datagram, source, 0, now, events)
         if run_peer is not None:
@@ -602,6 +627,7 @@ class Device:
             if peer._zero_keys_at is not None and now >= peer._zero_keys_at:
                 self._erase_keys(peer)
         self._rate_limiter.prune(now)
+        self._work_handshakes(now, events)
         return events
 
     def _give_up_handshake(self, peer: Peer, now: float, events: list[Event]) -> None:

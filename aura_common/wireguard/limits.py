@@ -7,9 +7,12 @@ rate limiter and of being under load), we use theirs.
 
 from __future__ import annotations
 
-# Handshake messages (initiation, response, cookie reply) taken from one batch of received
-# datagrams; the rest are dropped before any work is spent on them.
+# Handshake messages (initiation, response, cookie reply) waiting to be handled; more are
+# dropped before any work is spent on them.
 HANDSHAKE_QUEUE_SIZE = 1024
+# Handled per receive call (and per `process_handshakes`): what one read can cost in
+# handshake work, so reading, and with it data, goes on at any handshake rate.
+HANDSHAKE_WORK_BATCH = 32
 # "Under load" while this many handshake messages wait, and for UNDER_LOAD_STICKY seconds after.
 UNDER_LOAD_BACKLOG = HANDSHAKE_QUEUE_SIZE // 8
 UNDER_LOAD_STICKY = 1.0

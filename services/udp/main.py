@@ -20,9 +20,9 @@ from aura_common.transport import (
     serve_sessions,
 )
 
-# One wakeup reads at most this many datagrams (GRO trains count once) and bytes. The calls
-# exceed twice the core's "under load" backlog, so a flood is seen as one; the bytes stay
-# within what 64 full GRO reads held.
+# One wakeup reads at most this many datagrams (GRO trains count once) and bytes. Many times
+# the core's handshake work per read (HANDSHAKE_WORK_BATCH), so handshakes that outpace it
+# build the backlog that puts it under load; the bytes stay within 64 full GRO reads.
 RECV_BATCH_LIMIT = 256
 RECV_BATCH_BYTES = 4 << 20
 # Remote endpoints whose local address is remembered; the least recently heard go first, so

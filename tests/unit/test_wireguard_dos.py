@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import tracemalloc
@@ -11,11 +12,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aura_common.transport import SessionHub, format_endpoint
-from aura_common.wireguard import Device, Transmit, generate_private_key, public_key
+from aura_common.wireguard import Device, Event, Transmit, generate_private_key, public_key
 from aura_common.wireguard.cookie import Load, RateLimiter, source_address, source_bytes
 from aura_common.wireguard.limits import (
     HANDSHAKE_BURST,
     HANDSHAKE_QUEUE_SIZE,
+    HANDSHAKE_WORK_BATCH,
     HANDSHAKES_PER_SECOND,
     RATE_LIMIT_IDLE,
     RATE_LIMIT_TABLE_SIZE,
@@ -34,6 +36,15 @@ from tests.unit.test_wireguard_device import (
 
 def sizes(events: list) -> list[int]:  # type: ignore[type-arg]
     return [len(d) for d in transmits(events)]
+
+
+def receive_all(device: Device, datagrams: list[bytes], source: tuple[str, int], now: float
+                ) -> list[Event]:
+    """`receive`, then the rest of the handshake queue, as a transport's event loop does."""
+    events = device.receive(datagrams, source, now)
+    while device.handshakes_pending:
+        events += device.process_handshakes(now)
+    return events
 
 
 # -- the device ---------------------------------------------------------------------------
@@ -64,16 +75,16 @@ def test_a_backlog_at_the_mark_means_cookies_for_a_second() -> None:
     pair = Pair()
     server_public = public_key(pair.server_key)
     below = [junk_initiation(server_public) for _ in range(UNDER_LOAD_BACKLOG - 1)]
-    assert sizes(pair.server.receive(below, CLIENT_ADDR, 0.0)) == []  # handled, no reply
+    assert sizes(receive_all(pair.server, below, CLIENT_ADDR, 0.0)) == []  # handled, no reply
     at_mark = [junk_initiation(server_public) for _ in range(UNDER_LOAD_BACKLOG)]
-    assert sizes(pair.server.receive(at_mark, CLIENT_ADDR, 1.0)) == [64] * UNDER_LOAD_BACKLOG
+    assert sizes(receive_all(pair.server, at_mark, CLIENT_ADDR, 1.0)) == [64] * UNDER_LOAD_BACKLOG
     sticky = 1.0 + UNDER_LOAD_STICKY - 0.01
     assert sizes(pair.at_server(pair.client.initiate(pair.to_server, sticky), sticky)) == [64]
     later = 1.0 + UNDER_LOAD_STICKY + 0.01
     assert sizes(pair.at_server(pair.client.initiate(pair.to_server, later), later)) == [92]
 
 
-def test_the_handshake_queue_is_bounded_and_data_is_not_queued() -> None:
+def test_the_handshake_queue_is_bounded_and_work_per_read_too() -> None:
     pair = Pair()
     pair.connect()
     server_public = public_key(pair.server_key)
@@ -81,9 +92,13 @@ def test_the_handshake_queue_is_bounded_and_data_is_not_queued() -> None:
     data = transmits(pair.client.send(pair.to_server, [b"\x45" + bytes(19)], 0.5))
     before = pair.to_client.rx_bytes
     events = pair.server.receive([*flood, *data], CLIENT_ADDR, 0.5)
-    assert sizes(events).count(64) == HANDSHAKE_QUEUE_SIZE  # under load: a cookie each
+    assert pair.to_client.rx_bytes - before == len(data[0])  # data behind the flood got through
     assert drop_reasons(events).count("handshake queue full") == 10
-    assert pair.to_client.rx_bytes - before == len(data[0])  # data in the batch got through
+    assert sizes(events) == [64] * HANDSHAKE_WORK_BATCH  # under load: a cookie each, a batch
+    assert pair.server.handshakes_pending == HANDSHAKE_QUEUE_SIZE - HANDSHAKE_WORK_BATCH
+    assert sizes(pair.server.tick(0.55)) == [64] * HANDSHAKE_WORK_BATCH  # timers work it too
+    rest = receive_all(pair.server, [], CLIENT_ADDR, 0.6)
+    assert sizes(rest) == [64] * (HANDSHAKE_QUEUE_SIZE - 2 * HANDSHAKE_WORK_BATCH)
 
 
 def test_spoofed_sources_get_cookies_and_leave_no_state() -> None:
@@ -92,6 +107,8 @@ def test_spoofed_sources_get_cookies_and_leave_no_state() -> None:
     batches = [([junk_initiation(server_public)], (f"2001:db8:{n:x}::1", 1000 + n))
                for n in range(300)]
     events = pair.server.receive_batches(batches, 0.0)
+    while pair.server.handshakes_pending:
+        events += pair.server.process_handshakes(0.0)
     assert [(e.destination, len(e.datagrams[0])) for e in events if isinstance(e, Transmit)] == [
         (source, 64) for _, source in batches]
     assert len(pair.server._rate_limiter) == 0  # no mac2, no rate-limiter entry
@@ -229,3 +246,21 @@ def test_endpoints_show_ipv4_seen_through_dual_stack_as_ipv4() -> None:
     assert format_endpoint(("::ffff:192.0.2.1", 5)) == "192.0.2.1:5"
     assert format_endpoint(("192.0.2.1", 5)) == "192.0.2.1:5"
     assert format_endpoint(("2001:db8::1", 5)) == "[2001:db8::1]:5"
+
+
+def test_the_hub_works_the_handshake_queue_between_reads() -> None:
+    server_key = generate_private_key()
+    hub = SessionHub("udp", server_key, "/nonexistent/router.sock", mtu=1420)
+    flood = [junk_initiation(public_key(server_key)) for _ in range(3 * HANDSHAKE_WORK_BATCH)]
+
+    async def read_and_yield() -> list[int]:
+        hub.received_batches([(flood, ("192.0.2.1", 1))])
+        waiting = [hub.device.handshakes_pending]
+        await asyncio.sleep(0)  # one turn of the loop: one more batch of handshakes
+        waiting.append(hub.device.handshakes_pending)
+        await asyncio.sleep(0.01)
+        return [*waiting, hub.device.handshakes_pending]
+
+    batch = HANDSHAKE_WORK_BATCH
+    assert asyncio.run(read_and_yield()) == [2 * batch, batch, 0]
+    assert hub.counters.dropped["bad_handshake"] == 3 * batch  # each was handled
