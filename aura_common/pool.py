@@ -115,7 +115,14 @@ class Leases:
                 data = f.read()
         except FileNotFoundError:
             return {}
-        return parse_leases(data, self.path, self.pool)
+        try:
+            return parse_leases(data, self.path, self.pool)
+        except ConfigError as error:
+            # Only the router writes this file; a damaged one (or one from another pool)
+            # must not keep it from starting. Connected peers lease again; the next write
+            # replaces the file.
+            log.warning("ignoring a damaged leases file (it is rewritten next): %s", error)
+            return {}
 
     def _save(self) -> None:
         doc = {"version": LEASES_VERSION, "leases": self._leases}

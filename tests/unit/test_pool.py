@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aura_common.errors import AuraError, ConfigError
-from aura_common.pool import AddressPool, Leases
+from aura_common.pool import AddressPool, Leases, parse_leases
 
 POOL = AddressPool(IPv4Network("10.77.0.0/24"), IPv6Network("fd77:7777::/64"))
 
@@ -89,9 +90,25 @@ def test_damaged_leases_file_names_file_and_key(tmp_path: Path) -> None:
     doc = {"version": 1, "leases": {"alice": {"v4": "10.99.0.2", "v6": None, "since": "x"}}}
     path.write_text(json.dumps(doc))
     with pytest.raises(ConfigError) as info:
-        Leases(path, POOL)
+        parse_leases(path.read_bytes(), str(path), POOL)
     assert info.value.key == "leases.alice.v4"
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("damage", [b"", b"{\"version\": 1, \"lea", b"\xff",
+                                    b'{"version": 1, "leases": {"a": {"v4": "10.99.0.2"}}}'])
+def test_a_damaged_leases_file_is_a_warning_and_is_replaced(
+    tmp_path: Path, damage: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "leases.json"
+    path.write_bytes(damage)
+    with caplog.at_level(logging.WARNING, logger="aura_common.pool"):
+        leases = Leases(path, POOL)  # the router starts
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING and str(path) in record.getMessage()
+    assert leases.active() == {}
+    alice = leases.lease("alice")
+    assert Leases(path, POOL).active() == {"alice": alice}
 
 
 @settings(max_examples=150, deadline=None)
