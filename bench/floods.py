@@ -14,6 +14,9 @@
    while a stock WireGuard client runs iperf3 through the tunnel; the result is its throughput
    as a ratio of its throughput without a flood, measured in the same run (before and after
    the floods). To add a flood (TCP, QUIC), write one more function and list it in FLOODS.
+4. TCP and QUIC floods (tests/e2e/stream_flood.py): a second server with both transports, an
+   Aura client pinned to each; each function below floods one transport, and the result is
+   that transport's client's iperf3 upload under the flood over just before it.
 
 The machine is shared and noisy: compare ratios within one run, not figures across runs.
 """
@@ -36,6 +39,7 @@ from pathlib import Path
 from aura_common.registry import Peer as RegisteredPeer
 from aura_common.registry import Registry
 from aura_common.wireguard import Device, generate_private_key, public_key
+from bench.transports import aura_client_on
 from tests.e2e.flood import SERVER_V4, SERVER_V6, attacker_namespace, junk_initiation
 from tests.e2e.topology import INTERNET_HOST, AuraServer, build, iperf3, stock_wireguard_up
 from tests.netns import Lab
@@ -234,6 +238,122 @@ def flood_ratios(setup: Setup, floods: list[Flood], seconds: int, repeat: int
             for name, entry in measured.items()]
 
 
+# -- 4. TCP and QUIC floods against Aura clients on those transports ---------------------------
+STREAM_FLOOD_RATE = 40.0  # new connections per second
+
+
+@dataclass
+class StreamSetup:
+    lab: Lab
+    server: AuraServer
+    folder: Path
+    attacker: str
+    clients: dict[str, str]  # transport -> namespace of the Aura client pinned to it
+
+
+def start_streams(lab: Lab, folder: Path) -> StreamSetup:
+    server = build(lab, folder)
+    server.init(transports=("tcp", "quic"))
+    server.start()
+    attacker = attacker_namespace(lab, server)
+    clients = {}
+    for transport in ("tcp", "quic"):
+        clients[transport] = server.add_client_namespace()
+        aura_client_on(lab, server, clients[transport], transport, folder)
+    return StreamSetup(lab, server, folder, attacker, clients)
+
+
+def stream_flooder(setup: StreamSetup, kind: str, seconds: float, *args: str
+                   ) -> tuple[subprocess.Popen[bytes], Path]:
+    port = 8443 if kind.startswith("tcp") else 8444
+    log = setup.folder / f"flood-{kind}.json"
+    process = setup.lab.spawn(setup.attacker, [
+        sys.executable, "-m", "tests.e2e.stream_flood", kind, "--target", f"{SERVER_V4}:{port}",
+        "--rate", str(STREAM_FLOOD_RATE), "--seconds", str(seconds), *args], log=log)
+    return process, log
+
+
+def tcp_dribbled_hellos_from_10_addresses(setup: StreamSetup, seconds: float
+                                          ) -> tuple[subprocess.Popen[bytes], Path]:
+    return stream_flooder(setup, "tcp-dribble", seconds, "--connections", "150",
+                          "--sources", "10")
+
+
+def tcp_stalled_hellos_from_one_address(setup: StreamSetup, seconds: float
+                                        ) -> tuple[subprocess.Popen[bytes], Path]:
+    return stream_flooder(setup, "tcp-stall", seconds, "--connections", "300")
+
+
+def tcp_unfinished_tls_from_30_addresses(setup: StreamSetup, seconds: float
+                                         ) -> tuple[subprocess.Popen[bytes], Path]:
+    return stream_flooder(setup, "tcp-no-finish", seconds, "--connections", "300",
+                          "--sources", "30")
+
+
+def quic_handshakes_from_one_port(setup: StreamSetup, seconds: float
+                                  ) -> tuple[subprocess.Popen[bytes], Path]:
+    return stream_flooder(setup, "quic-one-port", seconds, "--connections", "200")
+
+
+def quic_handshakes_from_20_addresses(setup: StreamSetup, seconds: float
+                                      ) -> tuple[subprocess.Popen[bytes], Path]:
+    return stream_flooder(setup, "quic-many-ports", seconds, "--connections", "200",
+                          "--sources", "20")
+
+
+StreamFlood = Callable[[StreamSetup, float], tuple[subprocess.Popen[bytes], Path]]
+STREAM_FLOODS: list[StreamFlood] = [
+    tcp_dribbled_hellos_from_10_addresses,
+    tcp_stalled_hellos_from_one_address,
+    tcp_unfinished_tls_from_30_addresses,
+    quic_handshakes_from_one_port,
+    quic_handshakes_from_20_addresses,
+]
+
+
+def stream_flood_ratios(setup: StreamSetup, floods: list[StreamFlood], seconds: int,
+                        repeat: int) -> list[dict]:  # type: ignore[type-arg]
+    """Per flood: its transport's client's throughput under it over just before it."""
+    measured: dict[str, dict] = {f.__name__: {"ratios": []} for f in floods}  # type: ignore[type-arg]
+    for _ in range(repeat):
+        for flood in floods:
+            ns = setup.clients[flood.__name__.split("_")[0]]
+
+            def throughput(ns: str = ns) -> float:
+                return iperf3(setup.lab, ns, setup.server.internet_ns, INTERNET_HOST,
+                              seconds=seconds)
+
+            baseline = throughput()
+            process, log = flood(setup, seconds + 5.0)
+            time.sleep(2.0)  # the flood holds its connections
+            under = throughput()
+            entry = measured[flood.__name__]
+            entry["ratios"].append(under / baseline)
+            entry["baseline"] = baseline
+            entry["report"] = flood_report(process, log, seconds + 60)
+    return [{"flood": name, "ratio": statistics.median(entry["ratios"]), **entry}
+            for name, entry in measured.items()]
+
+
+def run_stream_floods(floods: list[StreamFlood], seconds: int, repeat: int) -> None:
+    lab = Lab()
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            setup = start_streams(lab, Path(folder))
+            print(f"TCP and QUIC floods at {STREAM_FLOOD_RATE:.0f} connections/s; that "
+                  f"transport's Aura client, iperf3 upload under the flood / just before it, "
+                  f"median of {repeat}:")
+            for entry in stream_flood_ratios(setup, floods, seconds, repeat):
+                report = entry["report"]
+                ratios = ", ".join(f"{r:.2f}" for r in entry["ratios"])
+                print(f"  {entry['flood']:<40} ratio {entry['ratio']:.2f} ({ratios}; last "
+                      f"baseline {entry['baseline'] / 1e6:.0f} Mbit/s); last flood: "
+                      f"{report['opened']} opened, {report['closed_by_server']} closed by the "
+                      f"server, {report['handshakes']} QUIC handshakes")
+    finally:
+        lab.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="iperf3 seconds per run")
@@ -242,6 +362,10 @@ def main() -> None:
     parser.add_argument("--skip-capacity", action="store_true")
     args = parser.parse_args()
     floods = [f for f in FLOODS if not args.only or f.__name__ in args.only]
+    stream_floods = [f for f in STREAM_FLOODS if not args.only or f.__name__ in args.only]
+    if args.only and not floods:  # TCP and QUIC floods only: no UDP server needed
+        run_stream_floods(stream_floods, args.seconds, args.repeat)
+        return
 
     print(f"load average {Path('/proc/loadavg').read_text().split()[0]} on "
           f"{len(Path('/proc/cpuinfo').read_text().split('processor')) - 1} CPUs")
@@ -272,6 +396,8 @@ def main() -> None:
                       f"cookie replies {replies.get('3', 0)}")
     finally:
         lab.close()
+    if stream_floods:
+        run_stream_floods(stream_floods, args.seconds, args.repeat)
 
 
 if __name__ == "__main__":
