@@ -235,8 +235,8 @@ def test_a_compromised_transport_is_refused_every_other_role(setup: Setup) -> No
         assert f"(uid {uid}, gid " in journal and f") as {role} on" in journal, journal
     assert "sent packets for 'mallory', which has no session there" in journal
     # An operator in the admin group needs no root for status.
-    box.run(["useradd", "--no-create-home", "-G", "aura-admin", "operator"])
-    status = box.run(["setpriv", "--reuid=operator", "--regid=operator", "--init-groups",
+    box.run(["useradd", "--no-create-home", "-G", "aura-admin", "aura-operator"])
+    status = box.run(["setpriv", "--reuid=aura-operator", "--regid=aura-operator", "--init-groups",
                       "aura", "status", "--json"])
     assert json.loads(status.stdout)["uptime"] >= 0
     refused = box.run(["setpriv", "--reuid=aura-udp", "--regid=aura", "--init-groups",
