@@ -26,7 +26,7 @@ from typing import Any
 
 from aura_common import ipc, pki, systemd
 from aura_common.accounts import ADMIN, Accounts
-from aura_common.atomic import locked, write_atomic
+from aura_common.atomic import LockBusy, locked, write_atomic
 from aura_common.config import ServerConfig
 from aura_common.errors import ConfigError
 from aura_common.log import fields
@@ -88,23 +88,33 @@ class Signer:
     def sign(
         self, endpoints: list[Any], expires_days: int, server_public_key: bytes
     ) -> tuple[SignedManifest, Manifest]:
-        with locked(self.config.manifest_serial_file):
-            serial = self.last_serial() + 1
-            try:
-                manifest = Manifest.create(
-                    serial=serial,
-                    issued=datetime.datetime.now(datetime.UTC),
-                    expires_days=expires_days,
-                    server_public_key=server_public_key,
-                    endpoints=endpoints,
-                )
-                signed = sign(manifest, self.ca_key)
-            except ValueError as error:
-                raise RequestError(f"sign: {error}") from None
-            # The serial is on disk before the manifest leaves this process, so no crash can
-            # make it be used twice.
-            write_atomic(self.config.manifest_serial_file, f"{serial}\n".encode(), 0o644)
-            write_atomic(self.config.manifest_file, signed.to_json().encode(), 0o644)
+        try:
+            with locked(self.config.manifest_serial_file, wait=False):
+                return self._sign_locked(endpoints, expires_days, server_public_key)
+        except LockBusy:
+            # Never wait on the event loop for a lock another account could hold.
+            raise RequestError("the manifest serial is locked by another process; "
+                               "try again") from None
+
+    def _sign_locked(
+        self, endpoints: list[Any], expires_days: int, server_public_key: bytes
+    ) -> tuple[SignedManifest, Manifest]:
+        serial = self.last_serial() + 1
+        try:
+            manifest = Manifest.create(
+                serial=serial,
+                issued=datetime.datetime.now(datetime.UTC),
+                expires_days=expires_days,
+                server_public_key=server_public_key,
+                endpoints=endpoints,
+            )
+            signed = sign(manifest, self.ca_key)
+        except ValueError as error:
+            raise RequestError(f"sign: {error}") from None
+        # The serial is on disk before the manifest leaves this process, so no crash can
+        # make it be used twice.
+        write_atomic(self.config.manifest_serial_file, f"{serial}\n".encode(), 0o644)
+        write_atomic(self.config.manifest_file, signed.to_json().encode(), 0o644)
         return signed, manifest
 
     def last_serial(self) -> int:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +18,8 @@ from aura_common import pki
 from aura_common.config import ServerConfig
 from aura_common.manifest import Endpoint, SignedManifest, verify
 from services.signer.main import RequestError, Signer, parse_sign_request
+
+REPO = str(Path(__file__).resolve().parents[2])
 
 
 def make_signer(tmp_path: Path) -> Signer:
@@ -80,3 +86,28 @@ def test_fuzz_requests_are_parsed_or_refused(changes: dict[str, Any]) -> None:
         parse_sign_request(request(**changes))
     except RequestError as error:
         assert str(error).startswith("sign: ")
+
+
+def test_a_held_serial_lock_is_refused_at_once_not_waited_for(tmp_path: Path) -> None:
+    signer = make_signer(tmp_path)
+    script = (
+        "import sys, time\n"
+        "from aura_common.atomic import locked\n"
+        "with locked(sys.argv[1]):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(30)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, signer.config.manifest_serial_file],
+        stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": REPO},
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        started = time.monotonic()
+        with pytest.raises(RequestError, match="locked by another process"):
+            signer.sign([Endpoint("vpn.test", tcp=443)], 3, bytes(32))
+        assert time.monotonic() - started < 1
+    finally:
+        holder.kill()
+        holder.wait()
+    assert signer.sign([Endpoint("vpn.test", tcp=443)], 3, bytes(32))[1].serial == 1
