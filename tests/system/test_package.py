@@ -429,6 +429,37 @@ def test_aura_client_passes_traffic(setup: Setup) -> None:
         (setup.work / "aura-client.log").read_text()[-2000:])
 
 
+# -- without systemd ---------------------------------------------------------------------------
+def test_server_run_starts_each_service_as_its_own_user(setup: Setup) -> None:
+    box = setup.box
+    box.run(["systemctl", "stop", "aura.target"], timeout=60)
+    box.run(["systemd-run", "--unit=aura-manual", "--collect", "aura", "server", "run"])
+    try:
+        def connected() -> bool:
+            result = box.run(["aura", "status", "--json"], check=False)
+            if result.returncode != 0:
+                return False
+            status = json.loads(result.stdout)
+            return {t["name"] for t in status["transports"] if t["connected"]} == {
+                "udp", "tcp", "quic"}
+
+        setup.lab.wait_for(connected, timeout=60, interval=1, what="aura server run up")
+        for name in ("router", "signer", "udp", "tcp", "quic"):
+            pid = box.run(["pgrep", "-f", f"services\\.{name} --config"]).stdout.split()[0]
+            uid = box.run(["ps", "-o", "uid=", "-p", pid]).stdout.strip()
+            assert uid == box.run(["id", "-u", f"aura-{name}"]).stdout.strip(), name
+        # Each got only its own keys: UDP may not read the TLS key handed to TCP.
+        assert box.run(["setpriv", "--reuid=aura-udp", "--regid=aura", "--init-groups", "cat",
+                        "/run/aura/credentials/tcp/tls.key"], check=False).returncode != 0
+        assert box.run(["test", "-e", "/run/aura/credentials/udp/tls.key"],
+                       check=False).returncode != 0
+    finally:
+        box.run(["systemctl", "stop", "aura-manual"], check=False, timeout=60)
+    assert box.run(["test", "-e", "/run/aura/credentials"], check=False).returncode != 0
+    box.run(["systemctl", "start", "aura-router"], timeout=60)
+    _wait_active(setup, SERVICES)
+
+
 # -- ports from server.yaml ---------------------------------------------------------------------
 def _bound_port(box: containers.Container, transport: str) -> set[int]:
     status = json.loads(box.run(["aura", "status", "--json"]).stdout)
@@ -464,36 +495,6 @@ def test_socket_ports_follow_server_yaml(setup: Setup) -> None:
 
 
 # -- removal ---------------------------------------------------------------------------------------
-def test_server_run_starts_each_service_as_its_own_user(setup: Setup) -> None:
-    box = setup.box
-    box.run(["systemctl", "stop", "aura.target"], timeout=60)
-    box.run(["systemd-run", "--unit=aura-manual", "--collect", "aura", "server", "run"])
-    try:
-        def connected() -> bool:
-            result = box.run(["aura", "status", "--json"], check=False)
-            if result.returncode != 0:
-                return False
-            status = json.loads(result.stdout)
-            return {t["name"] for t in status["transports"] if t["connected"]} == {
-                "udp", "tcp", "quic"}
-
-        setup.lab.wait_for(connected, timeout=60, interval=1, what="aura server run up")
-        for name in ("router", "signer", "udp", "tcp", "quic"):
-            pid = box.run(["pgrep", "-f", f"services\\.{name} --config"]).stdout.split()[0]
-            uid = box.run(["ps", "-o", "uid=", "-p", pid]).stdout.strip()
-            assert uid == box.run(["id", "-u", f"aura-{name}"]).stdout.strip(), name
-        # Each got only its own keys: UDP may not read the TLS key handed to TCP.
-        assert box.run(["setpriv", "--reuid=aura-udp", "--regid=aura", "--init-groups", "cat",
-                        "/run/aura/credentials/tcp/tls.key"], check=False).returncode != 0
-        assert box.run(["test", "-e", "/run/aura/credentials/udp/tls.key"],
-                       check=False).returncode != 0
-    finally:
-        box.run(["systemctl", "stop", "aura-manual"], check=False, timeout=60)
-    assert box.run(["test", "-e", "/run/aura/credentials"], check=False).returncode != 0
-    box.run(["systemctl", "start", "aura-router"], timeout=60)
-    _wait_active(setup, SERVICES)
-
-
 def test_remove_stops_and_purge_removes_state(setup: Setup) -> None:
     box = setup.box
     box.run(["apt-get", "remove", "-y", "aura"], timeout=120)
