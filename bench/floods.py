@@ -45,7 +45,7 @@ from tests.e2e.topology import INTERNET_HOST, AuraServer, build, iperf3, stock_w
 from tests.netns import Lab
 
 LOAD_PEERS = 150  # each may initiate 50 times a second (INITIATION_MIN_INTERVAL)
-OFFERED_RATES = (500, 1000, 2000, 4000)
+OFFERED_RATES = (1000, 2000, 4000, 8000)
 STEP_SECONDS = 3.0
 FLOOD_RATE = 10_000
 SERVER_CPU = 0
