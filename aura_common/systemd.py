@@ -27,6 +27,7 @@ def _notify_address() -> str | None:
     return address
 
 
+# Not the sdnotify package: it sends Latin-1, not UTF-8, and hides every failure in a bare except.
 def notify(*states: str) -> bool:
     """Send `KEY=value` states to the service manager; False when there is none to tell."""
     address = _notify_address()

@@ -51,6 +51,8 @@ def test_notify_to_a_path_socket(clean_env: pytest.MonkeyPatch, tmp_path: Path) 
         ]  # fmt: skip
         assert systemd.status("3 peers")
         assert manager.recv(4096) == b"STATUS=3 peers"
+        assert systemd.status("config /etc/aura/señal.yaml")  # systemd reads UTF-8
+        assert manager.recv(4096) == "STATUS=config /etc/aura/señal.yaml".encode()
         assert systemd.stopping()
         assert manager.recv(4096) == b"STOPPING=1"
         assert systemd.watchdog_ping()
