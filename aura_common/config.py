@@ -322,7 +322,8 @@ class MetricsConfig:
     quic: tuple[str, int] | None = ("127.0.0.1", 9743)
 
     def address(self, service: str) -> tuple[str, int] | None:
-        return getattr(self, service) if self.enabled else None  # type: ignore[no-any-return]
+        address: tuple[str, int] | None = getattr(self, service) if self.enabled else None
+        return address
 
 
 @dataclass(frozen=True)

@@ -368,9 +368,10 @@ class Channel:
     def _accept(self, frame: Frame) -> Frame | None:
         """`frame` checked, or joined with earlier parts; None while parts are missing."""
         if "chunk" in frame:
-            frame = self._join(frame)  # type: ignore[assignment]
-            if frame is None:
+            joined = self._join(frame)
+            if joined is None:
                 return None
+            frame = joined
         problem = None if self.shapes is None else shape_problem(frame, self.shapes)
         if problem is not None:
             log.warning("%r sent a %s; closing the channel", self, problem)
@@ -382,7 +383,7 @@ class Channel:
         key, end = part.get("chunk"), part.get("end")
         items = part.get(key) if isinstance(key, str) else None
         joined = self._parts
-        if not isinstance(items, list) or not isinstance(end, bool) or (
+        if not isinstance(key, str) or not isinstance(items, list) or not isinstance(end, bool) or (
             joined is not None and (joined["t"] != part["t"] or joined["chunk"] != key)
         ):
             problem = f"malformed part of a chunked {part['t']} frame"

@@ -46,11 +46,14 @@ EXPIRY_EXAMPLE = ("a duration such as 30d, 12h or 2w, a date such as 2027-01-31 
 
 
 class Limited(Protocol):
-    """What the decision needs of a peer (`registry.Peer` has it)."""
+    """What the decision needs of a peer (`registry.Peer` has it), read-only."""
 
-    name: str
-    expires: str | None
-    quota_bytes: int | None
+    @property
+    def name(self) -> str: ...
+    @property
+    def expires(self) -> str | None: ...
+    @property
+    def quota_bytes(self) -> int | None: ...
 
 
 def parse_duration(text: str) -> int:

@@ -342,7 +342,8 @@ def snapshot(collector: Collector) -> Collector:
     """What `collector` reports now, to be written out later, maybe in another thread."""
     take = getattr(collector, "snapshot", None)
     if take is not None:
-        return take()  # type: ignore[no-any-return]
+        taken: Collector = take()
+        return taken
     families = list(collector.collect())
     return _Snapshot(lambda: families)
 
@@ -389,7 +390,8 @@ class Exporter:
     @property
     def address(self) -> tuple[str, int]:
         assert self.server is not None
-        return self.server.sockets[0].getsockname()[:2]  # type: ignore[no-any-return]
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return host, port
 
     def close(self) -> None:
         if self.server is not None:

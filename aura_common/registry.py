@@ -215,10 +215,10 @@ def _parse_peer(item: dict[str, Any], path: str, key: str) -> Peer:
         value = item.get(field_name)
         if value is None and optional:
             return None
-        try:
-            raw = base64.b64decode(value.encode("ascii"), validate=True)  # type: ignore[union-attr]
-        except (AttributeError, binascii.Error, UnicodeEncodeError):
-            raw = b""
+        raw = b""
+        if isinstance(value, str):
+            with contextlib.suppress(binascii.Error, UnicodeEncodeError):
+                raw = base64.b64decode(value.encode("ascii"), validate=True)
         if len(raw) != KEY_SIZE:
             raise ConfigError(path, f"{key}.{field_name}", "a base64 key of 32 bytes", value)
         return raw

@@ -55,8 +55,10 @@ def parse_runtime(data: bytes, path: str) -> dict[str, Any]:
                 raise ConfigError(path, f"{key}.bound", "HOST:PORT addresses", address) from None
         bound_at = entry.get("bound_at")
         try:
-            datetime.datetime.fromisoformat(bound_at)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
+            if not isinstance(bound_at, str):
+                raise ValueError
+            datetime.datetime.fromisoformat(bound_at)
+        except ValueError:
             raise ConfigError(path, f"{key}.bound_at", "an ISO-8601 time", bound_at) from None
         pid = entry.get("pid")
         if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:

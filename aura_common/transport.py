@@ -26,6 +26,7 @@ from aura_common.ports import bind_with_scan
 from aura_common.wireguard import (
     Device,
     Dropped,
+    Event,
     HandshakeCompleted,
     Peer,
     Received,
@@ -114,7 +115,7 @@ class SessionHub:
                 peer.endpoint = None
                 self._session_down(peer)
 
-    def _handle(self, events: list) -> None:  # type: ignore[type-arg]
+    def _handle(self, events: list[Event]) -> None:
         carrier, counters = self.carrier, self.counters
         debug = log.isEnabledFor(logging.DEBUG)
         for event in events:
@@ -176,18 +177,18 @@ class SessionHub:
         log.info("session with %s ended", name, extra=fields(peer=name, transport=self.role))
         self._tell_router({"t": "session_down", "peer": name})
 
-    def _tell_router(self, frame: dict) -> None:  # type: ignore[type-arg]
+    def _tell_router(self, frame: ipc.Frame) -> None:
         if self._router is not None:
             asyncio.get_running_loop().create_task(self._send_reliable(self._router, frame))
 
     @staticmethod
-    async def _send_reliable(channel: ipc.Channel, frame: dict) -> None:  # type: ignore[type-arg]
+    async def _send_reliable(channel: ipc.Channel, frame: ipc.Frame) -> None:
         # A broken link is noticed (and re-established) by the router link loop.
         with contextlib.suppress(OSError, ipc.ChannelClosed):
             await channel.send_reliable(frame)
 
     # -- router side --------------------------------------------------------------------
-    def _apply_peers(self, peers: list[dict]) -> None:  # type: ignore[type-arg]
+    def _apply_peers(self, peers: list[ipc.Frame]) -> None:
         wanted = {bytes(p["public_key"]): p for p in peers}
         for key in list(self._names):
             if key not in wanted or self._changed(key, wanted[key]):
@@ -208,7 +209,7 @@ class SessionHub:
                 self._names[key] = entry["name"]
                 self._by_name[entry["name"]] = peer
 
-    def _changed(self, key: bytes, entry: dict) -> bool:  # type: ignore[type-arg]
+    def _changed(self, key: bytes, entry: ipc.Frame) -> bool:
         peer = self.device.peer(key)
         psk = entry.get("preshared_key")
         return (

@@ -25,7 +25,7 @@ DOWN_TIMEOUT = 10.0
 POLL_INTERVAL = 0.2
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     client = commands.add_parser(
         "client", help="run the Linux client (UDP, QUIC or TLS, with fallback)",
         description="The Aura Linux client. Each command takes the client config that "
@@ -89,7 +89,8 @@ def request(config: ClientConfig, frame: dict[str, Any]) -> dict[str, Any]:
 
 def _status_or_none(config: ClientConfig) -> dict[str, Any] | None:
     try:
-        return request(config, {"t": "status"})["status"]  # type: ignore[no-any-return]
+        status: dict[str, Any] = request(config, {"t": "status"})["status"]
+        return status
     except AuraError:
         return None
 

@@ -37,7 +37,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 ALL_TRAFFIC = ("0.0.0.0/0", "::/0")
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     provision = commands.add_parser(
         "provision-client", help="register a client and write its config",
         description="Register a client (new key pair and preshared key) and write its config: "

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from aura_common.errors import AuraError
 
@@ -34,7 +35,7 @@ def add_global_options(parser: argparse.ArgumentParser, *, defaults: bool, confi
     F` as well as `aura --config F status`). Only the top level sets defaults: below it they are
     suppressed, so an option given before the sub-command is not reset by the sub-parser."""
     group = parser.add_argument_group("global options")
-    unset = {} if defaults else {"default": argparse.SUPPRESS}
+    unset: dict[str, Any] = {} if defaults else {"default": argparse.SUPPRESS}
     if config:
         group.add_argument("--config", metavar="PATH", help=f"server config file (default "
                            f"{DEFAULT_CONFIG})", **({"default": DEFAULT_CONFIG} | unset))

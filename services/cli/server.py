@@ -34,7 +34,7 @@ SYSTEM_CONFIG = "/etc/aura/server.yaml"
 EXIT_CONFIG = 78
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     server = commands.add_parser("server", help="create or run the server")
     actions = server.add_subparsers(dest="action", required=True, metavar="ACTION")
 

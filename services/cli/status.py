@@ -12,7 +12,7 @@ from aura_common.limits import format_size
 from services.cli.admin import request
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = commands.add_parser("status", help="show transports, peers and counters")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=show_status)

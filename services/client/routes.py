@@ -29,6 +29,7 @@ def subtract(networks: Iterable[Network], removed: Iterable[Network]) -> list[Ne
         for network in remaining:
             if network.version != cut.version or not network.overlaps(cut):
                 next_round.append(network)
+            # Both of one version now; the types cannot say so, hence the two ignores below.
             elif network.subnet_of(cut):  # type: ignore[arg-type]
                 continue
             else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -67,7 +67,7 @@ class SessionTable(Generic[Link]):
         self.unroutable = 0
         self.spoofed = 0
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Session[Link]]:
         return iter(self._by_peer.values())
 
     def get(self, peer: str) -> Session[Link] | None:

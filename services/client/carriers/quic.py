@@ -26,6 +26,7 @@ from aioquic.quic.events import (
     HandshakeCompleted,
     PingAcknowledged,
 )
+from cryptography import x509
 
 from aura_common.config import ClientConfig
 from services.client.carriers import Deliver, tunnel_mtu_within
@@ -46,7 +47,7 @@ IDLE_TIMEOUT = 15.0
 TUNNEL_MTU = tunnel_mtu_within(QUIC_PACKET_SIZE - DATAGRAM_OVERHEAD)
 
 
-def peer_certificate(quic: QuicConnection) -> object:
+def peer_certificate(quic: QuicConnection) -> x509.Certificate | None:
     """The server's certificate. aioquic keeps it on its TLS context without a public name;
     this is the one place that reaches for it."""
     return quic.tls._peer_certificate
