@@ -5,8 +5,8 @@ time.
         [--rate 50] [--seconds 20] [--sources N]
 
 Kinds (each connection holds on until the server closes it or the time is up):
-  tcp-dribble      a ClientHello offering aura/1 (padded to 4 KiB) as 1-byte TLS records, one
-                   record per write, every `--interval` seconds
+  tcp-dribble      a ClientHello offering aura/1 (padded to `--hello-size` bytes) as 1-byte
+                   TLS records, `--records-per-write` in each write, every `--interval` s
   tcp-stall        half a ClientHello, then silence (a handshake stalled half-way)
   tcp-no-finish    a whole ClientHello, then silence (TLS never finishes)
   quic-one-port    QUIC connections from one UDP port, each through Retry to a finished QUIC
@@ -46,8 +46,8 @@ MAX_CONNECTIONS = 1000
 MAX_RATE = 200.0  # new connections per second
 MAX_SECONDS = 60.0
 MAX_OPENED = 5000
-PADDED_HELLO = 4096
 RECORD_HANDSHAKE = b"\x16\x03\x01"
+GREASE_EXTENSION = b"\x0a\x0a"  # RFC 8701: a type no server may act on (OpenSSL pads already)
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Report:
 
 def client_hello(padding_to: int = 0) -> bytes:
     """The handshake message of a real ClientHello offering aura/1 (no record header),
-    padded with a padding extension (RFC 7685) to `padding_to` bytes if that is larger."""
+    padded with an extension servers ignore to `padding_to` bytes if that is larger."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -83,7 +83,7 @@ def client_hello(padding_to: int = 0) -> bytes:
     pad = padding_to - len(message) - 4
     extensions += 4 + pad
     body = (message[4:position] + extensions.to_bytes(2, "big") + message[position + 2 :]
-            + b"\x00\x15" + pad.to_bytes(2, "big") + bytes(pad))
+            + GREASE_EXTENSION + pad.to_bytes(2, "big") + bytes(pad))
     return b"\x01" + len(body).to_bytes(3, "big") + body
 
 
@@ -103,7 +103,8 @@ class Flood:
         family = 6 if ":" in self.target[0] else 4
         self.sources = source_addresses(family, args.sources) if args.sources else [None]
         self.report = Report(self.kind)
-        self.hello = client_hello(PADDED_HELLO if self.kind == "tcp-dribble" else 0)
+        self.hello = client_hello(args.hello_size if self.kind == "tcp-dribble" else 0)
+        self.records_per_write = max(1, args.records_per_write)
         self.open = 0
         self.one_port: Endpoint | None = None
 
@@ -154,10 +155,13 @@ class Flood:
         self.report.opened += 1
         try:
             if self.kind == "tcp-dribble":
-                for offset in range(len(self.hello)):
+                step = self.records_per_write
+                for offset in range(0, len(self.hello), step):
                     if loop.time() >= deadline:
                         return
-                    self.send(writer, record(self.hello[offset : offset + 1]))
+                    piece = self.hello[offset : offset + step]
+                    self.send(writer, b"".join(record(piece[i : i + 1])
+                                               for i in range(len(piece))))
                     await writer.drain()
                     if reader.at_eof():
                         break
@@ -277,6 +281,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--interval", type=float, default=0.005,
                         help="seconds between the records of a dribbled ClientHello")
+    parser.add_argument("--hello-size", type=int, default=4096,
+                        help="bytes a dribbled ClientHello is padded to (at most 65535)")
+    parser.add_argument("--records-per-write", type=int, default=1)
     parser.add_argument("--sources", type=int, default=0,
                         help="source addresses to take turns among (0: the namespace's own)")
     args = parser.parse_args()

@@ -79,18 +79,22 @@ def test_tcp_floods_leave_clients_working(lab: Lab, tmp_path: Path) -> None:
     ns, config = pinned_client(lab, server, tmp_path, "alice", "tcp")
     wait_transport(lab, ns, config, "tcp", timeout=40)
 
+    # Fewer than max_pending in all, so that without the per-address bound nothing is evicted
+    # and each dribbled ClientHello (16,000 bytes in 1-byte records, 800 a second) runs until
+    # the server decides: re-parsing all of it on every read stalled aura-tcp for good.
     floods = [
-        flood(lab, attacker, tmp_path, "tcp-dribble", 8443, "--connections", "100",
-              "--sources", "10", "--rate", "40"),
+        flood(lab, attacker, tmp_path, "tcp-dribble", 8443, "--connections", "40",
+              "--sources", "10", "--rate", "40", "--interval", "0.01", "--hello-size", "16000",
+              "--records-per-write", "8"),
         flood(lab, attacker, tmp_path, "tcp-stall", 8443, "--connections", "150",
               "--rate", "40"),
-        flood(lab, attacker, tmp_path, "tcp-no-finish", 8443, "--connections", "150",
+        flood(lab, attacker, tmp_path, "tcp-no-finish", 8443, "--connections", "60",
               "--sources", "30", "--rate", "40"),
     ]
     keeps_working_under(lab, server, tmp_path, "tcp", floods, ns)
     dribble, stall, no_finish = (report(*f) for f in floods)
     for name, result in (("dribble", dribble), ("stall", stall), ("no-finish", no_finish)):
-        assert result["opened"] >= 100, (name, result)
+        assert result["opened"] >= 40, (name, result)
         assert result["closed_by_server"] > 0, (name, result)
     log = server.log.read_text()
     assert "connections pending from this address; closing the oldest" in log
