@@ -73,8 +73,15 @@ def ones_sum(data: bytes | bytearray | memoryview) -> int:
 
 
 def _checksum(total: int) -> int:
-    """The checksum field value that makes a sum of `total` (all other words) valid."""
-    return 0xFFFF - total % 0xFFFF  # never 0, so also right for UDP where 0 means "none"
+    """The checksum field value that makes a sum of `total` (all other words) valid, written as
+    the kernel writes IP and TCP checksums (0, not 0xFFFF, for a ones' complement zero), so a
+    packet coalesced and segmented again is the same to the byte."""
+    return (0xFFFF - total % 0xFFFF) % 0xFFFF
+
+
+def _checksum_never_zero(total: int) -> int:
+    """As `_checksum`, but never 0: right for UDP too, where 0 means "no checksum"."""
+    return 0xFFFF - total % 0xFFFF
 
 
 # -- segmentation (TUN read path) -----------------------------------------------------------
@@ -107,7 +114,9 @@ def complete_checksum(packet: bytes, csum_start: int, csum_offset: int) -> bytes
     if csum_start >= len(packet) or field + 2 > len(packet) or csum_offset & 1:
         return None
     out = bytearray(packet)
-    out[field:field + 2] = _checksum(ones_sum(memoryview(out)[csum_start:])).to_bytes(2, "big")
+    out[field:field + 2] = _checksum_never_zero(ones_sum(memoryview(out)[csum_start:])).to_bytes(
+        2, "big"
+    )
     return bytes(out)
 
 

@@ -392,6 +392,23 @@ def test_segment_of_coalesce_reproduces_the_segments(stream: tuple[Flow, list[by
         assert ip_checksum_ok(packet) and transport_checksum_ok(packet)
 
 
+def test_a_checksum_of_zero_survives_coalesce_and_segment() -> None:
+    """A segment whose TCP checksum is 0x0000 (its other words sum to ones' complement zero)
+    comes back from coalesce + segment the same to the byte, as the kernel wrote it."""
+    flow = Flow(4, "10.1.2.3", "10.9.8.7")
+    segments = []
+    for index in range(2):
+        seq = 1000 + index * 1000
+        probe = tcp_packet(flow, seq, bytes(998) + b"\0\0", ident=1 + index)
+        # The trailing word set to the probe's checksum makes the other words sum to 0xFFFF.
+        checksum = probe[20 + 16:20 + 18]
+        packet = tcp_packet(flow, seq, bytes(998) + checksum, ident=1 + index)
+        assert packet[20 + 16:20 + 18] == b"\0\0"
+        segments.append(packet)
+    [(header, packet)] = coalesce(segments)
+    assert segment(header, packet) == segments
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(flow_streams(), min_size=1, max_size=3), st.randoms(use_true_random=False))
 def test_interleaved_flows_keep_each_flows_bytes(streams, rng) -> None:  # type: ignore[no-untyped-def]
