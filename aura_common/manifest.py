@@ -183,7 +183,9 @@ class SignedManifest:
         try:
             raw_signature = base64.b64decode(signature, validate=True)
         except (binascii.Error, ValueError):
-            raise _malformed("signature", "a base64 Ed25519 signature (64 bytes)") from None
+            raw_signature = b""
+        if len(raw_signature) != 64:  # 88 characters without padding decode to 66 bytes
+            raise _malformed("signature", "a base64 Ed25519 signature (64 bytes)")
         if hint is not None and not (isinstance(hint, str) and _KEY_ID.fullmatch(hint)):
             raise _malformed("key_id", "16 lowercase hex digits")
         try:

@@ -179,6 +179,7 @@ def test_duplicate_keys_are_refused() -> None:
         {"body": "{}"},
         {"body": "{}", "signature": "short"},
         {"body": "{}", "signature": "!" * 88},
+        {"body": "{}", "signature": "A" * 88},  # base64 of 66 bytes, not 64 (found by fuzz)
         {"body": "x" * 5000, "signature": "A" * 86 + "=="},
         {"body": "{}", "signature": "A" * 86 + "==", "key_id": "XYZ"},
         {"body": "{}", "signature": "A" * 86 + "==", "other": 1},
