@@ -118,5 +118,11 @@ class Lab:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 self.stop(proc)
         for ns in reversed(self.namespaces):
+            # What our processes left behind in our namespaces (a daemon that detached itself
+            # from a command the test ran) goes too, or it would outlive a failed test.
+            listed = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+            for pid in map(int, listed.stdout.split()):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         self.namespaces.clear()
