@@ -142,6 +142,17 @@ def _open_lock_file(dir_fd: int, name: str, shown: str) -> int:
         return fd
 
 
+def read_state_file(path: str) -> bytes | None:
+    """The bytes of a state file; None when it does not exist yet. Errors name the file."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(path, "", f"a readable file ({exc.strerror})") from None
+
+
 def parse_versioned_json(data: bytes, path: str, version: int) -> dict[str, Any]:
     """The JSON object of a state file whose `version` must be `version`; errors name the file."""
     try:

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from fractions import Fraction
 from typing import Protocol
 
-from aura_common.atomic import parse_versioned_json, write_atomic
+from aura_common.atomic import parse_versioned_json, read_state_file, write_atomic
 from aura_common.errors import AuraError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -146,14 +146,8 @@ class Usage:
     def load(cls, path: str | os.PathLike[str]) -> Usage:
         """The ledger in `path`; a missing file is an empty ledger."""
         path = os.fspath(path)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return cls(path)
-        except OSError as exc:
-            raise ConfigError(path, "", f"a readable file ({exc.strerror})") from None
-        return cls(path, parse_usage(data, path))
+        data = read_state_file(path)
+        return cls(path) if data is None else cls(path, parse_usage(data, path))
 
     def get(self, name: str) -> int:
         return self._totals.get(name, 0)

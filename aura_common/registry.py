@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from aura_common.atomic import locked, parse_versioned_json, write_atomic
+from aura_common.atomic import locked, parse_versioned_json, read_state_file, write_atomic
 from aura_common.config import is_peer_name
 from aura_common.errors import AuraError, ConfigError
 from aura_common.limits import parse_time
@@ -84,14 +84,8 @@ class Registry:
     def load(cls, path: str | os.PathLike[str]) -> Registry:
         """The registry in `path`; a missing file is an empty registry."""
         path = os.fspath(path)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return cls(path)
-        except OSError as exc:
-            raise ConfigError(path, "", f"a readable file ({exc.strerror})") from None
-        return cls(path, parse_peers(data, path))
+        data = read_state_file(path)
+        return cls(path) if data is None else cls(path, parse_peers(data, path))
 
     @classmethod
     @contextlib.contextmanager

@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from aura_common.atomic import locked, parse_versioned_json, write_atomic
+from aura_common.atomic import locked, parse_versioned_json, read_state_file, write_atomic
 from aura_common.config import TRANSPORT_NAMES, parse_host_port
 from aura_common.errors import ConfigError
 
@@ -71,14 +71,8 @@ def parse_runtime(data: bytes, path: str) -> dict[str, Any]:
 def read_runtime(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The runtime file's content; a missing file means no transport has bound yet."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return _empty()
-    except OSError as exc:
-        raise ConfigError(path, "", f"a readable file ({exc.strerror})") from None
-    return parse_runtime(data, path)
+    data = read_state_file(path)
+    return _empty() if data is None else parse_runtime(data, path)
 
 
 def read_runtime_for_service(path: str | os.PathLike[str]) -> dict[str, Any]:
