@@ -27,7 +27,7 @@ import termios
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
@@ -139,6 +139,9 @@ def send_queue_bytes(sock: socket.socket) -> int:
     return value[0]
 
 
+_F = TypeVar("_F", CounterMetricFamily, GaugeMetricFamily)
+
+
 class _Families:
     """Metric families built during one collection, by name."""
 
@@ -146,19 +149,16 @@ class _Families:
         self.families: dict[str, Metric] = {}
 
     def counter(self, name: str, help_text: str, labels: Iterable[str]) -> CounterMetricFamily:
-        family = self.families.get(name)
-        if family is None:
-            family = self.families[name] = CounterMetricFamily(name, help_text,
-                                                               labels=list(labels))
-        assert isinstance(family, CounterMetricFamily)
-        return family
+        return self._family(CounterMetricFamily, name, help_text, labels)
 
     def gauge(self, name: str, help_text: str, labels: Iterable[str]) -> GaugeMetricFamily:
+        return self._family(GaugeMetricFamily, name, help_text, labels)
+
+    def _family(self, kind: type[_F], name: str, help_text: str, labels: Iterable[str]) -> _F:
         family = self.families.get(name)
         if family is None:
-            family = self.families[name] = GaugeMetricFamily(name, help_text,
-                                                             labels=list(labels))
-        assert isinstance(family, GaugeMetricFamily)
+            family = self.families[name] = kind(name, help_text, labels=list(labels))
+        assert isinstance(family, kind)
         return family
 
     def __iter__(self) -> Iterator[Metric]:
