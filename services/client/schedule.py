@@ -1,9 +1,9 @@
 """Which transport the client tries next, and how long it waits first. I/O-free.
 
-Transports are tried in order; a full round of failures backs off (1 s doubling to 30 s, with
-jitter) and starts over, forever. A path that breaks after coming up starts over at the first
-(preferred) transport at once, unless it broke soon after coming up, which counts as a failure
-so a flapping path cannot spin.
+Targets (a transport at a host) are tried in order; a full round of failures backs off (1 s
+doubling to 30 s, with jitter) and starts over, forever. A path that breaks after coming up
+starts over at the first (preferred) target at once, unless it broke soon after coming up,
+which counts as a failure so a flapping path cannot spin.
 
 While the live path is not the preferred one, every `PROBE_INTERVAL` seconds (with jitter) the
 better transports are probed, best first, each beside the live path; the first that completes a
@@ -40,20 +40,29 @@ class Target:
 def targets(
     config: ClientConfig, manifest: Manifest | None, available: Sequence[str]
 ) -> list[Target]:
-    """The transports to try, in the configured order, skipping those this client lacks.
+    """The targets to try: every transport of the server host, then of each other endpoint
+    the manifest lists (the other members of a cluster, or bridges), in manifest order.
 
-    Ports come from the manifest's endpoint for the server host when it has one (the server
-    may have moved to other ports, or dropped a transport), else from the config.
+    Within one host the transports follow the configured order, skipping those this client
+    lacks. The server host's ports come from the manifest's endpoint for it when it has one
+    (the server may have moved to other ports, or dropped a transport), else from the config.
+    A client thus stays with its own server while it answers, moves to the next host when it
+    does not, and (probing the better targets) comes back by itself.
     """
-    host = config.server.host
-    ports = {name: getattr(config.transports, name) for name in config.transports.order}
-    if manifest is not None and manifest.endpoints is not None:
-        for endpoint in manifest.endpoints:
-            if endpoint.host.lower() == host.lower().rstrip("."):
-                ports = endpoint.ports()
-                break
+    home = config.server.host.lower().rstrip(".")
+    hosts: list[tuple[str, dict[str, int]]] = [
+        (config.server.host,
+         {name: getattr(config.transports, name) for name in config.transports.order}),
+    ]
+    listed = manifest.endpoints if manifest is not None and manifest.endpoints else ()
+    for endpoint in listed:
+        if endpoint.host.lower() == home:
+            hosts[0] = (config.server.host, endpoint.ports())
+        elif all(endpoint.host.lower() != host.lower() for host, _ in hosts):
+            hosts.append((endpoint.host, endpoint.ports()))
     return [
         Target(name, host, ports[name])
+        for host, ports in hosts
         for name in config.transports.order
         if name in ports and name in available
     ]

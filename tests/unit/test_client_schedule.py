@@ -50,15 +50,45 @@ def test_configured_order_and_missing_carriers() -> None:
     assert targets(config(order=["quic"]), None, ("udp",)) == []
 
 
-def test_manifest_ports_for_the_server_host_win() -> None:
+def test_manifest_ports_for_the_server_host_win_and_other_hosts_follow() -> None:
     signed = manifest(Endpoint("other.example.net", udp=1), Endpoint("VPN.example.net", udp=9000,
                                                                     tcp=9443))
     assert targets(config(), signed, ALL) == [
         Target("udp", "vpn.example.net", 9000),
         Target("tcp", "vpn.example.net", 9443),
+        Target("udp", "other.example.net", 1),
     ]
-    # No endpoint for our host: the config's ports stand.
-    assert len(targets(config(), manifest(Endpoint("other.example.net", udp=1)), ALL)) == 3
+    # No endpoint for our host: the config's ports stand, and the other host comes after.
+    assert targets(config(), manifest(Endpoint("other.example.net", udp=1)), ALL) == [
+        *targets(config(), None, ALL), Target("udp", "other.example.net", 1),
+    ]
+
+
+def test_cluster_members_come_after_the_home_server_each_in_transport_order() -> None:
+    signed = manifest(Endpoint("10.0.0.2", udp=8443, tcp=8443),
+                      Endpoint("vpn.example.net", udp=8443, quic=8444),
+                      Endpoint("10.0.0.3", quic=7000, udp=7001),
+                      Endpoint("10.0.0.2", udp=1))  # listed twice: the first one counts
+    order = targets(config(order=["udp", "tcp", "quic"]), signed, ALL)
+    assert [str(t) for t in order] == [
+        "udp vpn.example.net:8443", "quic vpn.example.net:8444",
+        "udp 10.0.0.2:8443", "tcp 10.0.0.2:8443",
+        "udp 10.0.0.3:7001", "quic 10.0.0.3:7000",
+    ]
+
+
+def test_a_client_on_another_member_probes_its_home_server_and_moves_back() -> None:
+    signed = manifest(Endpoint("vpn.example.net", udp=8443), Endpoint("10.0.0.2", udp=8443))
+    home, member = targets(config(order=["udp"]), signed, ALL)
+    schedule = Schedule([home, member], rng=lambda: 0.5)
+    schedule.connected(now=0.0)
+    schedule.lost(now=100.0)  # home went silent: try it first (it may be a blip), then the next
+    assert schedule.current == home and schedule.failed() == 0.0
+    assert schedule.current == member
+    schedule.connected(now=101.0)
+    assert schedule.probes_due(101.0 + PROBE_INTERVAL) == [home]
+    schedule.moved(home, now=131.0)
+    assert schedule.live == home and schedule.seconds_to_probe(131.0) is None
 
 
 ORDER = [Target("udp", "h", 1), Target("quic", "h", 2), Target("tcp", "h", 3)]
