@@ -52,6 +52,7 @@ MAX_CLIENTS = 4  # concurrent scrapes; more are closed at once
 DROP_REASONS: tuple[tuple[str, str], ...] = (
     ("rate limit", "rate_limited"),
     ("queue full", "handshake_queue_full"),
+    ("backlog full", "handshake_queue_full"),
     ("mac1", "bad_mac1"),
     ("cookie reply", "bad_cookie_reply"),
     ("replayed initiation", "replayed_handshake"),
@@ -59,6 +60,8 @@ DROP_REASONS: tuple[tuple[str, str], ...] = (
     ("handshake rejected", "bad_handshake"),
     ("no pending initiation", "unexpected_response"),
     ("did not complete", "handshake_timeout"),
+    ("did not answer", "handshake_timeout"),
+    ("handshake answer", "bad_handshake"),
     ("did not authenticate", "bad_data"),
     ("replayed data", "replayed_data"),
     ("unknown receiver index", "unknown_session"),

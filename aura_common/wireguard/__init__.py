@@ -3,16 +3,29 @@
 Datagrams and time go in, events come out; drivers own sockets, TUN devices and clocks.
 """
 
+from .authority import Answer, HandshakeAuthority
 from .crypto import generate_private_key, public_key
 from .device import Device, Peer
-from .events import Dropped, Endpoint, Event, HandshakeCompleted, Received, SessionExpired, Transmit
+from .events import (
+    Dropped,
+    Endpoint,
+    Event,
+    HandshakeCompleted,
+    HandshakeRequested,
+    Received,
+    SessionExpired,
+    Transmit,
+)
 
 __all__ = [
+    "Answer",
     "Device",
     "Dropped",
     "Endpoint",
     "Event",
+    "HandshakeAuthority",
     "HandshakeCompleted",
+    "HandshakeRequested",
     "Peer",
     "Received",
     "SessionExpired",

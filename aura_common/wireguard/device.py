@@ -1,5 +1,11 @@
 """The WireGuard device: peers, sessions, timers. Datagrams and time in, events out; no I/O.
 
+A device built with the static private key answers (and makes) handshakes itself. One built
+with only the public key (a server transport) holds no secret: it admits initiations (mac1,
+cookies and rate limit under load) and hands them out as `HandshakeRequested`; the
+`HandshakeAuthority` that holds the keys answers, and `complete_handshake` installs the
+answer. Such a device never initiates: its peers (clients) rekey by themselves.
+
 `receive` and `send` are the data path: per packet they do one struct operation, one AEAD call
 on a cipher object cached in the keypair and a few integer operations; bookkeeping (endpoint,
 timers, events) happens once per run of packets from one peer.
@@ -16,10 +22,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from ..errors import AuraError
+from .authority import Answer, HandshakeAuthority
 from .constants import (
     COOKIE_REPLY_SIZE,
     DEFAULT_MTU,
-    INITIATION_MIN_INTERVAL,
     INITIATION_SIZE,
     KEEPALIVE_SIZE,
     KEEPALIVE_TIMEOUT,
@@ -40,12 +46,13 @@ from .constants import (
     ZERO_KEYS_AFTER,
 )
 from .cookie import CookieChecker, CookieJar, Load, RateLimiter
-from .crypto import dh, public_key, tai64n
+from .crypto import dh, tai64n
 from .events import (
     Dropped,
     Endpoint,
     Event,
     HandshakeCompleted,
+    HandshakeRequested,
     Received,
     SessionExpired,
     Transmit,
@@ -70,10 +77,8 @@ from .messages import (
 from .noise import (
     HandshakeError,
     InitiatorState,
-    consume_initiation,
     consume_response,
     create_initiation,
-    create_response,
     initial_hash_for,
 )
 
@@ -95,10 +100,8 @@ class Peer:
         "_handshake_started",
         "_initial_hash",
         "_keepalive_due",
-        "_last_initiation_at",
         "_last_received",
         "_last_sent",
-        "_last_timestamp_received",
         "_last_timestamp_sent_ns",
         "_next",
         "_previous",
@@ -119,7 +122,8 @@ class Peer:
         "tx_bytes",
     )
 
-    def __init__(self, public_key: bytes, static_static: bytes, *, preshared_key: bytes | None,
+    def __init__(self, public_key: bytes, static_static: bytes | None, *,
+                 preshared_key: bytes | None,
                  endpoint: Endpoint | None, keepalive: float | None) -> None:
         self.public_key = public_key
         self.preshared_key = preshared_key
@@ -140,8 +144,6 @@ class Peer:
         self._handshake_sent = _NEVER
         self._retransmit_at = _NEVER
         self._last_timestamp_sent_ns = 0
-        self._last_timestamp_received = b""
-        self._last_initiation_at = _NEVER
         self._queue: deque[bytes] = deque(maxlen=MAX_QUEUED_PACKETS)
         self._last_sent = _NEVER
         self._last_received = _NEVER
@@ -162,19 +164,37 @@ class Peer:
             for keypair in (self._current, self._next)
         )
 
+    @property
+    def session_ticket(self) -> bytes:
+        """The authority's ticket for the handshake of the current keys (b"" if none)."""
+        return self._current.ticket if self._current is not None else b""
+
 
 class Device:
-    """One local static key and the peers allowed to talk to it."""
+    """One local static key and the peers allowed to talk to it.
 
-    def __init__(self, private_key: bytes, *, rng: Callable[[int], bytes] = os.urandom,
+    Give `private_key`, or only `public_key` for a device whose handshakes a
+    `HandshakeAuthority` elsewhere answers (see the module's docstring).
+    """
+
+    def __init__(self, private_key: bytes | None = None, *, public_key: bytes | None = None,
+                 rng: Callable[[int], bytes] = os.urandom,
                  under_load_after: int = UNDER_LOAD_BACKLOG, mtu: int = DEFAULT_MTU,
                  idle_timeout: float | None = None) -> None:
-        if len(private_key) != KEY_SIZE:
+        if (private_key is None) == (public_key is None):
+            raise AuraError("a WireGuard device needs its private key or (only) its public key")
+        self._static: X25519PrivateKey | None = None
+        self._authority: HandshakeAuthority | None = None
+        if private_key is not None:
+            self._authority = HandshakeAuthority(private_key, rng=rng)
+            self._static = X25519PrivateKey.from_private_bytes(private_key)
+            public_key = self._authority.public_key
+        assert public_key is not None
+        if len(public_key) != KEY_SIZE:
             raise AuraError(
-                f"WireGuard private key must be {KEY_SIZE} bytes, got {len(private_key)}"
+                f"WireGuard public key must be {KEY_SIZE} bytes, got {len(public_key)}"
             )
-        self._static = X25519PrivateKey.from_private_bytes(private_key)
-        self.public_key = public_key(private_key)
+        self.public_key = public_key
         self.mtu = mtu
         # End a session after this long without an authenticated message from the peer
         # (data, keepalive or handshake); None: only key expiry ends it.
@@ -188,6 +208,9 @@ class Device:
         self._peers: dict[bytes, Peer] = {}
         self._keypairs: dict[int, Keypair] = {}
         self._handshakes: dict[int, Peer] = {}
+        # Initiations handed to the authority, by the local index they were given: the source
+        # to answer and when it was asked.
+        self._awaiting: dict[int, tuple[Endpoint, float]] = {}
 
     # -- peers ----------------------------------------------------------------------------
     def add_peer(self, public_key: bytes, *, preshared_key: bytes | None = None,
@@ -198,16 +221,21 @@ class Device:
             raise AuraError(f"WireGuard preshared key must be {KEY_SIZE} bytes")
         if public_key in self._peers:
             raise AuraError(f"WireGuard peer {public_key.hex()} is already added")
-        try:
+        static_static = None
+        if self._static is not None:
+            assert self._authority is not None
+            self._authority.add_peer(public_key, preshared_key)
             static_static = dh(self._static, public_key)
-        except ValueError as error:
-            raise AuraError(f"WireGuard public key {public_key.hex()} is unusable") from error
+        elif preshared_key is not None:
+            raise AuraError("a device without its private key holds no preshared key")
         peer = Peer(public_key, static_static, preshared_key=preshared_key, endpoint=endpoint,
                     keepalive=keepalive)
         self._peers[public_key] = peer
         return peer
 
     def remove_peer(self, public_key: bytes) -> None:
+        if self._authority is not None:
+            self._authority.remove_peer(public_key)
         peer = self._peers.pop(public_key, None)
         if peer is not None:
             self._erase_keys(peer)
@@ -242,6 +270,11 @@ class Device:
         return events
 
     @property
+    def awaiting_authority(self) -> int:
+        """Initiations handed out as `HandshakeRequested` and not yet answered."""
+        return len(self._awaiting)
+
+    @property
     def handshakes_pending(self) -> int:
         """Handshake messages waiting: call `process_handshakes` soon while there are any."""
         return len(self._handshake_queue)
@@ -255,7 +288,9 @@ class Device:
     def _work_handshakes(self, now: float, events: list[Event]) -> None:
         queue = self._handshake_queue
         for _ in range(min(len(queue), HANDSHAKE_WORK_BATCH)):
-            backlog = len(queue)  # this one included
+            # This one included; initiations the authority has not answered yet are waiting
+            # handshakes too.
+            backlog = len(queue) + len(self._awaiting)
             datagram, source = queue.popleft()
             self._receive_other(datagram, source, backlog, now, events)
 
@@ -431,7 +466,10 @@ class Device:
     def initiate(self, peer: Peer, now: float) -> list[Event]:
         """Starts a handshake now (a new attempt period), even if one is pending."""
         events: list[Event] = []
-        if self._peers.get(peer.public_key) is not peer:
+        if self._static is None:
+            events.append(Dropped("a device without its private key cannot initiate",
+                                  peer.endpoint))
+        elif self._peers.get(peer.public_key) is not peer:
             events.append(Dropped("peer was removed", peer.endpoint))
         elif peer.endpoint is None:
             events.append(Dropped("peer has no endpoint to initiate to", None))
@@ -440,11 +478,12 @@ class Device:
         return events
 
     def _initiate_unless_pending(self, peer: Peer, now: float, events: list[Event]) -> None:
-        if peer._handshake is None and peer.endpoint is not None:
+        # Without the private key, data waits (bounded) for the peer's own handshake.
+        if self._static is not None and peer._handshake is None and peer.endpoint is not None:
             self._send_initiation(peer, now, events, retry=False)
 
     def _send_initiation(self, peer: Peer, now: float, events: list[Event], *, retry: bool) -> None:
-        assert peer.endpoint is not None
+        assert peer.endpoint is not None and peer._static_static is not None
         if peer._handshake is not None:
             self._handshakes.pop(peer._handshake.local_index, None)
         # Wall-clock based so it keeps increasing across restarts; bumped so it also increases
@@ -516,26 +555,42 @@ class Device:
         if not self._admit_handshake(datagram, INITIATION_MAC1_OFFSET, message.sender, source,
                                      backlog, now, events):
             return
-        consumed = consume_initiation(
-            message,
-            local_static=self._static,
-            local_initial_hash=self._initial_hash,
-            static_static_for=self._static_static_for,
-        )
-        peer = self._peers[consumed.initiator_public]
-        if consumed.timestamp <= peer._last_timestamp_received:
-            events.append(Dropped("replayed initiation", source))
+        authority = self._authority
+        if authority is None:
+            if len(self._awaiting) >= HANDSHAKE_QUEUE_SIZE:
+                events.append(Dropped("handshake authority backlog full", source))
+                return
+            local_index = self._new_index()
+            self._awaiting[local_index] = (source, now)
+            events.append(HandshakeRequested(datagram, local_index, source))
             return
-        if now - peer._last_initiation_at < INITIATION_MIN_INTERVAL:
-            events.append(Dropped("initiation flood", source))
-            return
-        peer._last_timestamp_received = consumed.timestamp
-        peer._last_initiation_at = now
         local_index = self._new_index()
-        response, keys = create_response(consumed, ephemeral=self._new_ephemeral(),
-                                         preshared_key=peer.preshared_key, local_index=local_index)
-        keypair = Keypair(peer, keys, local_index=local_index, remote_index=consumed.sender,
-                          is_initiator=False, created=now)
+        answer = authority.answer(datagram, local_index, "", now, time.time())
+        self._install_answer(answer, local_index, source, now, events)
+
+    def complete_handshake(self, local_index: int, answer: Answer, now: float) -> list[Event]:
+        """The authority's answer to the initiation handed out with `local_index`."""
+        events: list[Event] = []
+        awaited = self._awaiting.pop(local_index, None)
+        if awaited is None:
+            events.append(Dropped("handshake answer for no initiation awaiting one", None))
+        elif answer.peer_public not in self._peers:
+            events.append(Dropped("handshake answer for an unknown peer", awaited[0]))
+        else:
+            self._install_answer(answer, local_index, awaited[0], now, events)
+        return events
+
+    def refuse_handshake(self, local_index: int, reason: str) -> list[Event]:
+        """The authority refused the initiation handed out with `local_index`."""
+        awaited = self._awaiting.pop(local_index, None)
+        return [Dropped(f"handshake rejected: {reason}", awaited[0] if awaited else None)]
+
+    def _install_answer(self, answer: Answer, local_index: int, source: Endpoint, now: float,
+                        events: list[Event]) -> None:
+        peer = self._peers[answer.peer_public]
+        keypair = Keypair(peer, answer.keys, local_index=local_index,
+                          remote_index=answer.remote_index, is_initiator=False, created=now)
+        keypair.ticket = answer.ticket
         self._erase_keypair(peer._next)
         self._erase_keypair(peer._previous)
         peer._previous = None
@@ -545,11 +600,7 @@ class Device:
         peer.endpoint = source
         peer._last_received = peer._last_sent = now
         peer._keepalive_due = None
-        events.append(Transmit(source, [peer._cookies.add_macs(response.pack(), now)]))
-
-    def _static_static_for(self, initiator_public: bytes) -> bytes | None:
-        peer = self._peers.get(initiator_public)
-        return None if peer is None else peer._static_static
+        events.append(Transmit(source, [peer._cookies.add_macs(answer.response, now)]))
 
     def _receive_response(self, datagram: bytes, source: Endpoint, backlog: int, now: float,
                           events: list[Event]) -> None:
@@ -562,6 +613,7 @@ class Device:
         if peer is None or state is None:
             events.append(Dropped("response to no pending initiation", source))
             return
+        assert self._static is not None  # only a device with its private key initiates
         keys = consume_response(message, state, local_static=self._static,
                                 preshared_key=peer.preshared_key)
         del self._handshakes[state.local_index]
@@ -626,6 +678,10 @@ class Device:
                 events.append(SessionExpired(peer))
             if peer._zero_keys_at is not None and now >= peer._zero_keys_at:
                 self._erase_keys(peer)
+        for index, (source, asked) in list(self._awaiting.items()):
+            if now - asked >= REKEY_TIMEOUT:  # the initiator has retried by now anyway
+                del self._awaiting[index]
+                events.append(Dropped("handshake authority did not answer", source))
         self._rate_limiter.prune(now)
         self._work_handshakes(now, events)
         return events
@@ -661,7 +717,8 @@ class Device:
     def _new_index(self) -> int:
         while True:
             index = int.from_bytes(self._rng(4), "little")
-            if index not in self._keypairs and index not in self._handshakes:
+            if (index not in self._keypairs and index not in self._handshakes
+                    and index not in self._awaiting):
                 return index
 
     def _new_ephemeral(self) -> X25519PrivateKey:

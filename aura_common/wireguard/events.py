@@ -28,6 +28,16 @@ class Received:
 
 
 @dataclass(slots=True)
+class HandshakeRequested:
+    """An admitted initiation for the handshake authority; answer with
+    `Device.complete_handshake(local_index, ...)` or `Device.refuse_handshake`."""
+
+    initiation: bytes
+    local_index: int
+    source: Endpoint
+
+
+@dataclass(slots=True)
 class HandshakeCompleted:
     peer: Peer
 
@@ -45,4 +55,5 @@ class Dropped:
     source: Endpoint | None
 
 
-Event = Transmit | Received | HandshakeCompleted | SessionExpired | Dropped
+Event = (Transmit | Received | HandshakeRequested | HandshakeCompleted | SessionExpired
+         | Dropped)

@@ -30,6 +30,7 @@ class Keypair:
         "remote_index",
         "send_counter",
         "sender",
+        "ticket",
         "window_ring",
     )
 
@@ -45,6 +46,7 @@ class Keypair:
         self.send_counter = 0
         self.highest_counter = 0
         self.window_ring = [0] * _RING_BLOCKS
+        self.ticket = b""  # the handshake authority's proof of this handshake, opaque here
 
     def accept_counter(self, counter: int) -> bool:
         """Records an authenticated counter; False if it was seen or is more than

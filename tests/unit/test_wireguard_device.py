@@ -354,11 +354,13 @@ def test_replayed_and_flooded_initiations_are_dropped() -> None:
     pair = Pair()
     initiation = pair.client.initiate(pair.to_server, 0.0)
     pair.at_client(pair.at_server(initiation, 0.0), 0.0)
-    assert drop_reasons(pair.at_server(initiation, 5.0)) == ["replayed initiation"]
+    assert drop_reasons(pair.at_server(initiation, 5.0)) == [
+        "handshake rejected: replayed initiation"]
     fresh = pair.client.initiate(pair.to_server, 5.0)
     assert transmits(pair.at_server(fresh, 5.0))
     too_soon = pair.client.initiate(pair.to_server, 5.01)
-    assert drop_reasons(pair.at_server(too_soon, 5.01)) == ["initiation flood"]
+    assert drop_reasons(pair.at_server(too_soon, 5.01)) == [
+        "handshake rejected: initiation flood"]
 
 
 def test_unknown_peer_is_rejected() -> None:
