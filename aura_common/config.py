@@ -341,6 +341,15 @@ SERVICE_ROLES = ("router", "udp", "tcp", "quic", "signer")
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    """A cluster's shared registry in PostgreSQL (`registry:`); absent, the file registry."""
+
+    database: str  # a libpq connection string without a password
+    member: str  # this server's name among the cluster's members
+    password_file: str | None = None  # else the credential `registry-password`, else none
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     public_host: str
     state_dir: str = "/var/lib/aura"
@@ -352,6 +361,7 @@ class ServerConfig:
     network: NetworkConfig = NetworkConfig()
     transports: TransportsConfig = TransportsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    registry: RegistryConfig | None = None
     version: int = CONFIG_VERSION
     # Where the config was read from (for messages); not part of the configuration itself.
     path: str | None = field(default=None, compare=False)
@@ -385,6 +395,11 @@ class ServerConfig:
     @property
     def peers_file(self) -> str:
         return os.path.join(self.state_dir, "peers.json")
+
+    @property
+    def registry_copy_file(self) -> str:
+        """A cluster member's last copy of the database registry (served while it is away)."""
+        return os.path.join(self.state_dir, "registry-copy.json")
 
     @property
     def leases_file(self) -> str:
@@ -435,6 +450,22 @@ class ServerConfig:
     @property
     def ca_key_file(self) -> str:
         return self._secret("ca.key")
+
+    @property
+    def cluster_key_file(self) -> str:
+        """The key sealing preshared keys in a cluster's database (`aura cluster export`)."""
+        return self._secret("cluster.key")
+
+    @property
+    def registry_password_file(self) -> str | None:
+        """The registry database's password: the credential `registry-password` handed to this
+        service if there is one, else `registry.password_file`, else none (peer auth)."""
+        if self.registry is None:
+            return None
+        handed = os.environ.get("CREDENTIALS_DIRECTORY")
+        if handed and os.path.isfile(os.path.join(handed, "registry-password")):
+            return os.path.join(handed, "registry-password")
+        return self.registry.password_file
 
     @property
     def ca_public_key_file(self) -> str:
@@ -545,9 +576,21 @@ class ServerConfig:
                     f"  {name}: {v(None if a is None else format_host_port(*a))}"
                     for name, a in ((n, getattr(self.metrics, n)) for n in METRICS_SERVICES)
                 ),
+                *self._dump_registry(),
                 "",
             ]
         )
+
+    def _dump_registry(self) -> list[str]:
+        r, v = self.registry, _yaml_value
+        if r is None:
+            return []
+        return [
+            "registry:  # the cluster's shared registry (PostgreSQL); the password is never here",
+            f"  database: {v(r.database)}",
+            f"  member: {v(r.member)}  # this server's name among the members",
+            f"  password_file: {v(r.password_file)}  # null: the credential registry-password",
+        ]
 
 
 def _parse_server(raw: object, path: str) -> ServerConfig:
@@ -557,7 +600,7 @@ def _parse_server(raw: object, path: str) -> ServerConfig:
         raw,
         (
             "version", "public_host", "state_dir", "runtime_dir", "key_dir", "admin_group",
-            "users", "tun", "network", "transports", "metrics",
+            "users", "tun", "network", "transports", "metrics", "registry",
         ),
     )  # fmt: skip
     version = _check_version(top)
@@ -565,9 +608,10 @@ def _parse_server(raw: object, path: str) -> ServerConfig:
     if not _GROUP_NAME.fullmatch(admin_group):
         raise top.error("admin_group", "a group name", admin_group)
     users = _parse_users(top.section("users", SERVICE_ROLES))
+    public_host = top.host("public_host")
     return ServerConfig(
         version=version,
-        public_host=top.host("public_host"),
+        public_host=public_host,
         state_dir=top.absolute_path("state_dir", "/var/lib/aura"),
         runtime_dir=top.absolute_path("runtime_dir", "/run/aura"),
         key_dir=top.absolute_path("key_dir", "/etc/aura"),
@@ -581,7 +625,27 @@ def _parse_server(raw: object, path: str) -> ServerConfig:
         ),
         transports=_parse_transports(top.section("transports", TRANSPORT_NAMES)),
         metrics=_parse_metrics(top.section("metrics", ("enabled", *METRICS_SERVICES))),
+        registry=None if top.get("registry", None) is None else _parse_registry(
+            top.section("registry", ("database", "member", "password_file")), public_host
+        ),
         path=path,
+    )
+
+
+def _parse_registry(s: _Section, public_host: str) -> RegistryConfig:
+    from aura_common.cluster.database import conninfo_problem  # psycopg only for clusters
+
+    database = s.string("database")
+    problem = conninfo_problem(database)
+    if problem is not None:
+        raise s.error("database", problem)
+    member = s.string("member", public_host)
+    if not is_host(member):
+        raise s.error("member", "a host name (letters, digits, - and .)", member)
+    password_file = s.get("password_file", None)
+    return RegistryConfig(
+        database=database, member=member,
+        password_file=None if password_file is None else s.absolute_path("password_file"),
     )
 
 

@@ -1,8 +1,12 @@
-"""The peer registry: who may connect, with which keys and addresses (`state_dir/peers.json`).
+"""The peer registry: who may connect, with which keys and addresses.
 
-The CLI changes it with `Registry.edit(path)` (load, change, save under the file lock) and then
-asks the router to reload; the router reads it with `Registry.load(path)`. Revoking a peer
-removes its entry, keys included, so nothing secret about it stays behind.
+It lives in one of two places behind one interface (`RegistryStore`, from `open_store`): the
+file `state_dir/peers.json` (one server, the default) or a cluster's PostgreSQL database
+(`registry:` in server.yaml, `aura_common.cluster.store`). The CLI changes it with
+`store.edit()` (load, change, save: under the file lock, or in one database transaction) and
+then asks the router to reload; the router reads it with `store.load()` (a cluster member
+also follows the database's notifications). Revoking a peer removes its entry, keys
+included, so nothing secret about it stays behind.
 """
 
 from __future__ import annotations
@@ -17,10 +21,10 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aura_common.atomic import locked, parse_versioned_json, read_state_file, write_atomic
-from aura_common.config import is_peer_name
+from aura_common.config import ServerConfig, is_peer_name
 from aura_common.errors import AuraError, ConfigError
 from aura_common.limits import parse_time
 
@@ -175,6 +179,35 @@ class Registry:
         return name in self._by_name
 
 
+class RegistryStore(Protocol):
+    """Where the registry lives: the file (one server) or the cluster's database."""
+
+    def load(self) -> Registry: ...
+
+    def edit(self) -> contextlib.AbstractContextManager[Registry]:
+        """Load, let the caller change, and save atomically; nothing is saved if it raises."""
+        ...
+
+
+class FileStore:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def load(self) -> Registry:
+        return Registry.load(self.path)
+
+    def edit(self) -> contextlib.AbstractContextManager[Registry]:
+        return Registry.edit(self.path)
+
+
+def open_store(config: ServerConfig) -> RegistryStore:
+    if config.registry is None:
+        return FileStore(config.peers_file)
+    from aura_common.cluster.store import DatabaseStore  # psycopg only for clusters
+
+    return DatabaseStore(config)
+
+
 def parse_peers(data: bytes, path: str) -> list[Peer]:
     """Validate a registry file; every problem names the file and `peers[i].key`."""
     doc = parse_versioned_json(data, path, REGISTRY_VERSION)
@@ -186,7 +219,7 @@ def parse_peers(data: bytes, path: str) -> list[Peer]:
         key = f"peers[{index}]"
         if not isinstance(item, dict):
             raise ConfigError(path, key, "an object", item)
-        peers.append(_parse_peer(item, path, key))
+        peers.append(parse_peer(item, path, key))
     # Uniqueness is checked by Registry.add; report it against the file too.
     try:
         Registry(path, peers)
@@ -195,7 +228,8 @@ def parse_peers(data: bytes, path: str) -> list[Peer]:
     return peers
 
 
-def _parse_peer(item: dict[str, Any], path: str, key: str) -> Peer:
+def parse_peer(item: dict[str, Any], path: str, key: str) -> Peer:
+    """One peer as the file spells it (keys in base64); errors name `path` and `key`."""
     known = ("name", "public_key", "preshared_key", "address_v4", "address_v6", "enabled",
              "created", "expires", "quota_bytes")  # fmt: skip
     unknown = sorted(str(k) for k in item if k not in known)
@@ -235,7 +269,7 @@ def _parse_peer(item: dict[str, Any], path: str, key: str) -> Peer:
     if not isinstance(enabled, bool):
         raise ConfigError(path, f"{key}.enabled", "true or false", enabled)
     created = item.get("created", "")
-    if not isinstance(created, str):
+    if not isinstance(created, str) or len(created) > 64:
         raise ConfigError(path, f"{key}.created", "an ISO-8601 time string", created)
     expires = item.get("expires")
     if expires is not None:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests import pg
 from tests.netns import Lab
 
 
@@ -33,3 +34,15 @@ def lab() -> Iterator[Lab]:
         yield lab
     finally:
         lab.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[pg.PostgresServer]:
+    """One throw-away PostgreSQL server for the whole run (tests take a database each)."""
+    reason = pg.unavailable()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with pg.PostgresServer() as server:
+        yield server

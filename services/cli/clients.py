@@ -28,7 +28,7 @@ from aura_common.limits import (
     parse_size,
 )
 from aura_common.pool import AddressPool
-from aura_common.registry import Peer, Registry
+from aura_common.registry import Peer, open_store
 from aura_common.wireguard import generate_private_key
 from services.cli.admin import RouterNotRunning, request, tell_router
 from services.client.routes import subtract
@@ -143,7 +143,7 @@ def _register_peer(
     private, public = new_key_pair()
     preshared = generate_private_key()
     pool = AddressPool(config.network.ipv4, config.network.ipv6)
-    with Registry.edit(config.peers_file) as registry:
+    with open_store(config).edit() as registry:
         if registry.get(name) is not None:
             raise AuraError(f"a client named {name!r} exists; revoke it first or pick another name")
         taken = registry.taken_addresses()
@@ -271,7 +271,7 @@ def edit_client(args: argparse.Namespace) -> int:
     if not changes:
         raise AuraError("edit-client: nothing to change; pass --expires and/or --quota")
     config = ServerConfig.load(args.config)
-    with Registry.edit(config.peers_file) as registry:
+    with open_store(config).edit() as registry:
         peer = registry.replace(args.name, **changes)
     if not tell_router(config, "reload"):
         print(f"{peer.name}: {describe_limits(peer)}; router not running, applies when it starts")
@@ -284,7 +284,7 @@ def edit_client(args: argparse.Namespace) -> int:
 
 def revoke_client(args: argparse.Namespace) -> int:
     config = ServerConfig.load(args.config)
-    with Registry.edit(config.peers_file) as registry:
+    with open_store(config).edit() as registry:
         registry.revoke(args.name)
     live = tell_router(config, "reload")
     print(f"revoked {args.name}" + (": its sessions are closed" if live else ""))
@@ -296,16 +296,25 @@ def _usage_and_refusals(config: ServerConfig) -> tuple[dict[str, int], dict[str,
     try:
         status = request(config, {"t": "status"})
     except RouterNotRunning:
-        usage = Usage.load(config.usage_file)
-        return {p.name: usage.get(p.name) for p in Registry.load(config.peers_file)}, {}
+        return _saved_usage(config), {}
     peers = status.get("peers", [])
     return ({p["name"]: p.get("usage_bytes", 0) for p in peers},
             {p["name"]: p["refused"] for p in peers if p.get("refused")})
 
 
+def _saved_usage(config: ServerConfig) -> dict[str, int]:
+    """Usage as last saved: the cluster's totals in the database, else the router's file."""
+    if config.registry is not None:
+        from aura_common.cluster.store import DatabaseStore
+
+        return DatabaseStore(config).usage()
+    usage = Usage.load(config.usage_file)
+    return {p.name: usage.get(p.name) for p in open_store(config).load()}
+
+
 def list_clients(args: argparse.Namespace) -> int:
     config = ServerConfig.load(args.config)
-    peers = list(Registry.load(config.peers_file))
+    peers = list(open_store(config).load())
     usage, refused = _usage_and_refusals(config)
     if args.json:
         print(json.dumps([

@@ -21,7 +21,7 @@ from typing import Any
 
 from aura_common import ipc, pki, systemd
 from aura_common.atomic import write_atomic
-from aura_common.config import SERVICE_ROLES, ServerConfig, encode_key
+from aura_common.config import SERVICE_ROLES, RegistryConfig, ServerConfig, encode_key
 from aura_common.errors import AuraError
 from aura_common.keys import new_key_pair
 from aura_common.registry import Registry
@@ -56,6 +56,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     for name, default in (("udp", 8443), ("tcp", 8443), ("quic", 8444)):
         init.add_argument(f"--{name}-port", type=port_number, metavar="PORT",
                           help=f"{name.upper()} port (default {default})")
+    init.add_argument("--database", metavar="CONNSTR",
+                      help="keep the registry in PostgreSQL (a cluster): a libpq connection "
+                           "string without the password, e.g. 'host=db1,db2 dbname=aura "
+                           "user=aura target_session_attrs=read-write'; creates or migrates "
+                           "the schema")
+    init.add_argument("--database-password-file", metavar="FILE",
+                      help="the database password (else the systemd credential "
+                           "registry-password)")
+    init.add_argument("--member", metavar="NAME",
+                      help="this server's name among the cluster's members (default: "
+                           "--public-host)")
     init.set_defaults(func=init_server)
 
     run = actions.add_parser("run", help="run every service in the foreground (no systemd)")
@@ -162,13 +173,36 @@ def _account(name: str) -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
+def _with_registry(config: ServerConfig, args: argparse.Namespace) -> ServerConfig:
+    """The config with `registry:` from --database (validated like the file's)."""
+    if args.database is None:
+        if args.database_password_file or args.member:
+            raise AuraError("--database-password-file and --member need --database")
+        return config
+    password_file = args.database_password_file
+    raw = {
+        "database": args.database,
+        "member": args.member or config.public_host,
+        "password_file": None if password_file is None else str(Path(password_file).absolute()),
+    }
+    section = _parse_registry_option(raw, config.public_host)
+    return replace(config, registry=section)
+
+
 def init_server(args: argparse.Namespace) -> int:
     config_path = Path(args.config).absolute()
     if config_path.exists():
         config = ServerConfig.load(config_path)
-        print(f"{config_path} exists: keeping it")
+        updated = _with_registry(config, args)
+        if updated != config:
+            config = updated
+            write_atomic(config_path, config.dump().encode(), mode=0o644)
+            print(f"{config_path}: set registry: to {config.registry.database!r}"
+                  if config.registry else f"{config_path}: updated")
+        else:
+            print(f"{config_path} exists: keeping it")
     else:
-        config = _new_config(args, config_path)
+        config = _with_registry(_new_config(args, config_path), args)
     # Private keys are root's alone (0600): systemd, or `aura server run`, hands each service a
     # copy of the ones it uses. The rest (config, public keys, certificates) is public.
     key_dir = Path(config.key_dir)
@@ -200,12 +234,44 @@ def init_server(args: argparse.Namespace) -> int:
         write_atomic(config_path, config.dump().encode(), mode=0o644)
         print(f"wrote {config_path}")
         reload_systemd(config_path)
-    registry = Registry.load(config.peers_file)
-    if not Path(config.peers_file).exists():
-        registry.save()
+    if config.registry is not None:
+        _init_database(config)
+    elif not Path(config.peers_file).exists():
+        Registry.load(config.peers_file).save()
     print("next: `systemctl start aura-router` (or `aura server run`), then "
           "`aura provision-client NAME`")
     return 0
+
+
+def _parse_registry_option(raw: dict[str, Any], public_host: str) -> RegistryConfig:
+    registry = ServerConfig.from_mapping(
+        {"version": 1, "public_host": public_host, "registry": raw}, "--database"
+    ).registry
+    assert registry is not None
+    return registry
+
+
+def _init_database(config: ServerConfig) -> None:
+    """The cluster key (sealing preshared keys in the database) and the schema."""
+    from aura_common.cluster import database, seal  # psycopg only for clusters
+
+    assert config.registry is not None
+    key_file = Path(config.key_dir, "cluster.key")
+    if key_file.exists():
+        print(f"{key_file} exists: keeping it")
+    else:
+        write_atomic(key_file, (encode_key(seal.new_cluster_key()) + "\n").encode(), mode=0o600)
+        print(f"created the cluster key {key_file} (copy it to other members with "
+              "`aura cluster export`)")
+    _owned_by(key_file, 0o600)
+    with database.connect(config) as conn:
+        old, new = database.migrate(conn, config.registry.database)
+    where = database.describe(config.registry.database)
+    if old == new:
+        print(f"{where}: schema version {new}, up to date")
+    else:
+        print(f"{where}: schema version {new}" + (f" (migrated from {old})" if old else
+                                                    " created"))
 
 
 # -- run ------------------------------------------------------------------------------------
