@@ -11,6 +11,7 @@ from typing import Any
 
 from aura_common import ipc, pki
 from aura_common.atomic import write_atomic
+from aura_common.cluster.presence import Member, cluster_members
 from aura_common.config import TRANSPORT_NAMES, ServerConfig, parse_host_port
 from aura_common.errors import AuraError
 from aura_common.keys import read_key_file
@@ -49,6 +50,12 @@ def register(commands: Any) -> None:
         action="store_true",
         help="use the ports the running transports bound (runtime.json) and public_host",
     )
+    source.add_argument(
+        "--from-cluster",
+        action="store_true",
+        help="list every live member of the cluster (their heartbeats in the registry "
+        "database), so Aura clients fail over between them",
+    )
     parser.add_argument(
         "--expires",
         type=int,
@@ -82,6 +89,8 @@ def handler(args: argparse.Namespace) -> int:
         print(f"renewing: {reason}")
     if args.from_runtime:
         endpoints = [endpoint_from_runtime(config)]
+    elif args.from_cluster:
+        endpoints = endpoints_from_cluster(cluster_members(config))
     else:
         endpoints = [parse_endpoint_spec(spec) for spec in args.endpoints]
         if len(endpoints) > MAX_ENDPOINTS:
@@ -175,6 +184,25 @@ def endpoint_from_runtime(config: ServerConfig) -> Endpoint:
     if not ports:
         raise AuraError(f"{path}: no transport is listening; start the server or give --endpoints")
     return Endpoint(config.public_host, **ports)
+
+
+def endpoints_from_cluster(members: list[Member]) -> list[Endpoint]:
+    """The endpoint of every member that is up, in name order; down ones are named."""
+    live = []
+    for member in members:
+        if not member.up:
+            print(f"leaving out {member.name}: down (silent for {member.silent_for:.0f} s)")
+        elif member.endpoint is None:
+            print(f"leaving out {member.name}: " + (member.problem or "no transport listening"))
+        else:
+            live.append(member.endpoint)
+    if not live:
+        raise AuraError("no member of the cluster is up with a transport listening; "
+                        "see `aura status --cluster`")
+    if len(live) > MAX_ENDPOINTS:
+        raise AuraError(f"{len(live)} members are up, but a manifest lists at most "
+                        f"{MAX_ENDPOINTS} endpoints; give --endpoints with the ones to list")
+    return live
 
 
 def process_alive(pid: int) -> bool:

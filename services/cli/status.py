@@ -1,4 +1,5 @@
-"""`aura status`: transports, peers and live counters, from the running router."""
+"""`aura status`: transports, peers and live counters, from the running router; with
+`--cluster`, every member of the cluster from what each publishes in the database."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import time
 from typing import Any
 
+from aura_common.cluster.presence import DOWN_AFTER, Member, cluster_members
 from aura_common.config import ServerConfig, parse_host_port
 from aura_common.limits import format_size
 from services.cli.admin import request
@@ -15,6 +17,9 @@ from services.cli.admin import request
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = commands.add_parser("status", help="show transports, peers and counters")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--cluster", action="store_true",
+                        help="every member of the cluster: transports, endpoints, live sessions "
+                        "(from the registry database)")
     status.set_defaults(func=show_status)
 
 
@@ -94,6 +99,8 @@ def port_differences(config: ServerConfig, transports: list[dict[str, Any]]) -> 
 
 def show_status(args: argparse.Namespace) -> int:
     config = ServerConfig.load(args.config)
+    if args.cluster:
+        return show_cluster(config, args.json)
     reply = request(config, {"t": "status"})
     reply.pop("t", None)
     reply["config_differences"] = port_differences(config, reply["transports"])
@@ -102,3 +109,61 @@ def show_status(args: argparse.Namespace) -> int:
     else:
         print(render(reply, time.time()))
     return 0
+
+
+def show_cluster(config: ServerConfig, as_json: bool) -> int:
+    members = cluster_members(config)
+    if as_json:
+        print(json.dumps({"down_after": DOWN_AFTER,
+                          "members": [member_mapping(m) for m in members]}, indent=2))
+    else:
+        print(render_cluster(members, time.time()))
+    return 0
+
+
+def member_mapping(member: Member) -> dict[str, Any]:
+    return {
+        "name": member.name, "up": member.up, "silent_for": round(member.silent_for, 3),
+        "started_at": member.started_at, "public_host": member.public_host,
+        "endpoint": member.endpoint.to_mapping() if member.endpoint else None,
+        "transports": [{"name": name, "bound": list(bound)}
+                       for name, bound in member.transports.items()],
+        "sessions": [vars(session) for session in member.sessions],
+        "sessions_total": member.sessions_total, "problem": member.problem,
+    }
+
+
+def render_cluster(members: list[Member], now: float) -> str:
+    up = [m for m in members if m.up]
+    sessions = sum(m.sessions_total for m in up)
+    lines = [f"cluster: {len(members)} members, {len(up)} up, {sessions} live sessions"]
+    if not members:
+        lines.append("no member has published a heartbeat yet; start aura-router on a member")
+    for member in members:
+        lines.append("")
+        if not member.up:
+            lines.append(f"{member.name}: DOWN, silent for {human_duration(member.silent_for)}"
+                         f" (down after {DOWN_AFTER:.0f} s)")
+            continue
+        running = ("" if member.started_at is None
+                   else f", running {human_duration(now - member.started_at)}")
+        lines.append(f"{member.name}: up, heard {human_duration(member.silent_for)} ago"
+                     f"{running}; clients reach it at {member.endpoint or '-'}")
+        if member.problem:
+            lines.append(f"  ! {member.problem}")
+        for name, bound in member.transports.items():
+            lines.append(f"  {name:<5} {', '.join(bound) or '-'}")
+        if not member.transports:
+            lines.append("  no transport running")
+        lines.append(f"  sessions: {member.sessions_total}")
+        if member.sessions:
+            lines.append(f"    {'NAME':<16} {'TRANSPORT':<9} {'ENDPOINT':<24} HANDSHAKE")
+        for session in member.sessions:
+            handshake = (human_duration(now - session.handshake_at) + " ago"
+                         if session.handshake_at else "-")
+            lines.append(f"    {session.peer:<16} {session.transport:<9} "
+                         f"{session.endpoint:<24} {handshake}")
+        if member.sessions_total > len(member.sessions):
+            lines.append(f"    ... and {member.sessions_total - len(member.sessions)} more "
+                         "(a member publishes at most this many)")
+    return "\n".join(lines)

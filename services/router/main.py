@@ -15,6 +15,7 @@ from typing import Any
 
 from aura_common import control, ipc, metrics, runtime, systemd
 from aura_common.accounts import ADMIN, Accounts
+from aura_common.cluster.presence import LiveSession
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError
 from aura_common.limits import SAVE_INTERVAL, Gate, Usage
@@ -297,6 +298,14 @@ class Router:
         for session, batch in self.sessions.dispatch(packets).items():
             session.link.send_packets(session.peer, batch)
 
+    # -- cluster: what the heartbeat publishes -------------------------------------------
+    def live_transports(self) -> set[str]:
+        return set(self.transports.values())
+
+    def live_sessions(self) -> list[LiveSession]:
+        return [LiveSession(s.peer, s.transport, s.endpoint, s.handshake_at)
+                for s in self.sessions]
+
     # -- admin --------------------------------------------------------------------------
     async def _serve_admin(self, channel: ipc.Channel) -> None:
         with contextlib.suppress(ipc.ChannelClosed):
@@ -368,6 +377,10 @@ async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
         lambda peer, claimed: accounts.role_of(peer, claimed, SERVED_ROLES), mode=0o666,
     )
     limits = loop.create_task(router.check_limits_forever())
+    heartbeat = None
+    if config.registry is not None:
+        from services.router.heartbeat import publish_forever  # psycopg only for a cluster
+        heartbeat = loop.create_task(publish_forever(config, router))
     exporter = await metrics.serve(config, "router", metrics.RouterCollector(router))
     systemd.ready(f"tunnel {config.tun.name} up; {sum(1 for p in router.registry)} peers")
     try:
@@ -376,6 +389,8 @@ async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
             router.leases.flush()
     finally:
         limits.cancel()
+        if heartbeat is not None:
+            heartbeat.cancel()
         if exporter is not None:
             exporter.close()
         await listener.close()
