@@ -5,6 +5,7 @@ warning and a retry, never a crash."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -72,6 +73,10 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) 
         await asyncio.sleep(0.05)
 
 
+def has_row(config: ServerConfig, name: str) -> bool:
+    return name in read(config)
+
+
 def read(config: ServerConfig) -> dict[str, presence.Member]:
     return {member.name: member for member in cluster_members(config)}
 
@@ -119,7 +124,7 @@ def test_status_cluster_lists_every_member_human_and_json(
     async def publish_once() -> None:
         for name, config in zip("ab", members, strict=True):
             task = asyncio.create_task(heartbeat.publish_forever(config, FakeRouter()))
-            await until(lambda name=name: name in read(a), f"{name}'s row")
+            await until(functools.partial(has_row, a, name), f"{name}'s row")
             task.cancel()
 
     asyncio.run(publish_once())
@@ -141,7 +146,7 @@ def test_the_database_away_is_one_warning_and_retries_then_the_heartbeat_resumes
 ) -> None:
     a, _ = members
     # The same member pointed at a port where nothing listens: the database is away.
-    document = yaml.safe_load(Path(a.path).read_text())
+    document = yaml.safe_load(Path(str(a.path)).read_text())
     good = document["registry"]["database"]
     document["registry"]["database"] = good.replace(f"port={postgres.port}", "port=1")
     away_path = tmp_path / "away.yaml"
