@@ -15,14 +15,14 @@ DEFAULT_CONFIG = "/etc/aura/server.yaml"
 
 def build_parser() -> argparse.ArgumentParser:
     # Imported here so a broken optional module names itself instead of breaking `aura --help`.
-    from services.cli import bridges, client, clients, server, status
+    from services.cli import bridges, client, clients, cluster, server, status
 
     parser = argparse.ArgumentParser(
         prog="aura", description="Aura VPN: server administration and Linux client."
     )
     add_global_options(parser, defaults=True, config=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (server, clients, bridges, status, client):
+    for module in (server, clients, bridges, status, client, cluster):
         module.register(commands)
     for sub in subparsers(parser):
         # A sub-command that takes its own config file (the client's) keeps it.

@@ -64,6 +64,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     init.add_argument("--database-password-file", metavar="FILE",
                       help="the database password (else the systemd credential "
                            "registry-password)")
+    init.add_argument("--join", metavar="BUNDLE",
+                      help="join a cluster: this server takes the identity, address pool and "
+                           "database of the bundle `aura cluster export` wrote on a member")
     init.add_argument("--member", metavar="NAME",
                       help="this server's name among the cluster's members (default: "
                            "--public-host)")
@@ -191,6 +194,9 @@ def _with_registry(config: ServerConfig, args: argparse.Namespace) -> ServerConf
 
 def init_server(args: argparse.Namespace) -> int:
     config_path = Path(args.config).absolute()
+    if config_path.exists() and args.join:
+        raise AuraError(f"{config_path} exists: --join sets up a new member; move it away (or "
+                        "pass another --config) first")
     if config_path.exists():
         config = ServerConfig.load(config_path)
         updated = _with_registry(config, args)
@@ -201,6 +207,8 @@ def init_server(args: argparse.Namespace) -> int:
                   if config.registry else f"{config_path}: updated")
         else:
             print(f"{config_path} exists: keeping it")
+    elif args.join:
+        config = _joined_config(args, config_path)
     else:
         config = _with_registry(_new_config(args, config_path), args)
     # Private keys are root's alone (0600): systemd, or `aura server run`, hands each service a
@@ -241,6 +249,38 @@ def init_server(args: argparse.Namespace) -> int:
     print("next: `systemctl start aura-router` (or `aura server run`), then "
           "`aura provision-client NAME`")
     return 0
+
+
+def _joined_config(args: argparse.Namespace, config_path: Path) -> ServerConfig:
+    """A new member's config: the bundle's pool and database, this server's own host, and
+    its keys written from the bundle (refusing to replace different ones)."""
+    from aura_common.cluster import bundle  # psycopg only for clusters
+
+    if args.database or args.network or args.strategy:
+        raise AuraError("--join takes the database and the address pool from the bundle; "
+                        "drop --database, --network and --strategy")
+    files, network, args.database = bundle.read(args.join)
+    config = _new_config(args, config_path)
+    try:
+        shared = ServerConfig.from_mapping(
+            {"version": 1, "public_host": config.public_host, "network": network}, args.join)
+    except AuraError as error:
+        raise AuraError(f"{args.join}: network: {error}") from None
+    config = _with_registry(replace(config, network=replace(
+        shared.network, uplink=config.network.uplink)), args)
+    key_dir = Path(config.key_dir)
+    key_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+    for name, data in files.items():
+        path = key_dir / name
+        if path.exists():
+            if path.read_bytes() != data:
+                raise AuraError(f"{path} exists and differs from the bundle's: a member must "
+                                "answer with the cluster's identity; move it away first")
+            print(f"{path} matches the bundle: keeping it")
+            continue
+        write_atomic(path, data, mode=bundle.file_mode(name))
+        print(f"installed {path} from the bundle")
+    return config
 
 
 def _parse_registry_option(raw: dict[str, Any], public_host: str) -> RegistryConfig:

@@ -199,3 +199,53 @@ def test_psycopg_is_not_imported_without_a_registry() -> None:
             "print('psycopg' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_export_and_join_make_one_logical_server(
+    cluster: tuple[ServerConfig, PostgresServer], tmp_path: Path,
+) -> None:
+    first, postgres = cluster
+    provision(first, "alice")
+    bundle_path = tmp_path / "bundle"
+    target = tmp_path / "elsewhere"
+    target.write_text("not to be touched\n")
+    bundle_path.symlink_to(target)  # replaced, never followed
+    assert aura(["--config", str(first.path), "cluster", "export", "-o", str(bundle_path)]) == 0
+    assert target.read_text() == "not to be touched\n"
+    assert not bundle_path.is_symlink() and bundle_path.stat().st_mode & 0o777 == 0o600
+
+    second_dir = tmp_path / "b"
+    assert aura(["--config", str(second_dir / "server.yaml"), "server", "init", "--join",
+                 str(bundle_path), "--public-host", "b.example", "--member", "b",
+                 "--state-dir", str(second_dir / "state"), "--runtime-dir",
+                 str(second_dir / "run"), "--key-dir", str(second_dir / "keys"),
+                 "--database-password-file", postgres.password_file]) == 0
+    second = ServerConfig.load(second_dir / "server.yaml")
+    assert second.registry is not None and first.registry is not None
+    assert (second.registry.database, second.registry.member) == (first.registry.database, "b")
+    assert second.network == first.network and second.public_host == "b.example"
+    for name in ("server.key", "ca.key", "ca.pub", "tls.crt", "tls.key", "cluster.key"):
+        assert Path(second.key_dir, name).read_bytes() == Path(first.key_dir, name).read_bytes()
+        private = name.endswith(".key")
+        assert Path(second.key_dir, name).stat().st_mode & 0o777 == (0o600 if private else 0o644)
+    # The second member opens the preshared keys the first one sealed.
+    alice = open_store(second).load().get("alice")
+    assert alice is not None and alice == open_store(first).load().get("alice")
+    assert alice.preshared_key is not None
+
+
+def test_join_refuses_to_replace_a_different_identity(
+    cluster: tuple[ServerConfig, PostgresServer], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    first, _ = cluster
+    bundle_path = tmp_path / "bundle"
+    assert aura(["--config", str(first.path), "cluster", "export", "-o", str(bundle_path)]) == 0
+    keys = tmp_path / "b" / "keys"
+    keys.mkdir(parents=True)
+    (keys / "server.key").write_text("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n")
+    assert aura(["--config", str(tmp_path / "b" / "server.yaml"), "server", "init", "--join",
+                 str(bundle_path), "--public-host", "b.example", "--key-dir", str(keys),
+                 "--state-dir", str(tmp_path / "b" / "state")]) != 0
+    assert "server.key exists and differs from the bundle's" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "server.yaml").exists()
