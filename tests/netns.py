@@ -84,6 +84,8 @@ class Lab:
     def stop(
         self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, wait: float = 10
     ) -> None:
+        """Stop `proc` and what it started (its process group), and wait until all are gone:
+        a child still exiting holds its ports, which the next start would find busy."""
         if proc.poll() is None:
             os.killpg(proc.pid, sig)
             try:
@@ -91,6 +93,11 @@ class Lab:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
+        if not _group_gone(proc.pid, wait):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            if not _group_gone(proc.pid, 5):
+                raise AssertionError(f"process group {proc.pid} outlived SIGKILL")
 
     def wait_for(
         self, predicate: Callable[[], object], timeout: float = 15, interval: float = 0.1,
@@ -115,7 +122,7 @@ class Lab:
     # -- tearing down ---------------------------------------------------------------------
     def close(self) -> None:
         for proc in reversed(self.processes):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
+            with contextlib.suppress(ProcessLookupError, PermissionError, AssertionError):
                 self.stop(proc)
         for ns in reversed(self.namespaces):
             # What our processes left behind in our namespaces (a daemon that detached itself
@@ -126,3 +133,16 @@ class Lab:
                     os.kill(pid, signal.SIGKILL)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         self.namespaces.clear()
+
+
+def _group_gone(pgid: int, timeout: float) -> bool:
+    """Whether every process of group `pgid` has exited within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from aura_common import ipc, pki, systemd
+from aura_common import ipc, pki, runtime, systemd
 from aura_common.atomic import write_atomic
 from aura_common.config import SERVICE_ROLES, RegistryConfig, ServerConfig, encode_key
 from aura_common.errors import AuraError
@@ -389,9 +389,9 @@ class Supervisor:
 
     def prepare(self) -> None:
         """Bind the sockets and hand out the keys of the services that drop root."""
-        runtime = Path(self.config.runtime_dir)
-        runtime.mkdir(parents=True, exist_ok=True, mode=0o755)
-        _owned_by(runtime, 0o755, 0, 0)
+        run_dir = Path(self.config.runtime_dir)
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        _owned_by(run_dir, 0o755, 0, 0)
         if "router" in self.accounts:
             # Every caller's role is decided by its uid, so everyone may connect.
             self.sockets["router"] = ipc.bind_path(self.config.router_socket, None, 0o666)
@@ -436,10 +436,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, lambda *_: self._stop_requested())
         try:
             self.prepare()
-            for name in self.names:
-                self.start(name)
-                if name == "router":
-                    self._wait_for_socket(router_socket)
+            self.start_all(router_socket)
             while not self.stopping:
                 time.sleep(0.2)
                 for name, child in list(self.children.items()):
@@ -460,6 +457,20 @@ class Supervisor:
             self.clean_up()
         return 0
 
+    def start_all(self, router_socket: str) -> None:
+        """Start every service in order, as the units' ordering would.
+
+        The transports wait for the router's socket; QUIC, which skips the port the UDP
+        transport took, waits until UDP has recorded it, or which port each ends on would
+        depend on which process binds first.
+        """
+        for name in self.names:
+            self.start(name)
+            if name == "router":
+                self._wait_for_socket(router_socket)
+            elif name == "udp" and "quic" in self.names:
+                self._wait_for_bound(name)
+
     def _stop_requested(self) -> None:
         self.stopping = True
 
@@ -469,6 +480,20 @@ class Supervisor:
             if self.children["router"].poll() is not None:
                 return
             time.sleep(0.05)
+
+    def _wait_for_bound(self, name: str, timeout: float = 30) -> None:
+        """Until the `name` transport just started has recorded its address in runtime.json
+        (or has exited: then there is no port to skip)."""
+        child = self.children[name]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and child.poll() is None:
+            entry = runtime.read_runtime_for_service(self.config.runtime_file)["transports"]
+            if entry.get(name, {}).get("pid") == child.pid:
+                return
+            time.sleep(0.05)
+        if child.poll() is None:
+            log.warning("aura-%s has not bound its port after %.0fs; starting the others",
+                        name, timeout)
 
     def stop_all(self) -> None:
         self.stopping = True

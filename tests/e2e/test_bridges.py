@@ -24,6 +24,7 @@ HOLD_UDP_PORT = (
     "import socket, time\n"
     "s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
     "s.bind(('::', 8443))\n"
+    "print('bound', flush=True)\n"
     "time.sleep(600)\n"
 )
 
@@ -49,7 +50,11 @@ def test_moved_ports_reach_connected_clients_through_a_signed_manifest(
     # While the server is down, another program takes UDP 8443: on restart the UDP transport
     # moves to 8444 and QUIC, which skips the UDP transport's port, to 8445.
     server.stop()
-    blocker = lab.spawn(server.ns, [sys.executable, "-c", HOLD_UDP_PORT])
+    blocker_log = tmp_path / "blocker.log"
+    blocker = lab.spawn(server.ns, [sys.executable, "-c", HOLD_UDP_PORT], log=blocker_log)
+    lab.wait_for(lambda: "bound" in blocker_log.read_text() or blocker.poll() is not None,
+                 timeout=30, what="the blocker holding UDP 8443")
+    assert blocker.poll() is None, blocker_log.read_text()
     server.start()
     runtime_file = tmp_path / "state" / "transports" / "runtime.json"
     bound = json.loads(runtime_file.read_text())["transports"]

@@ -391,11 +391,26 @@ def test_killed_transport_is_restarted_and_others_keep_running(setup: Setup) -> 
     assert _ping_until(setup, timeout=60), "no traffic after aura-udp was killed"
 
 
+def _udp_receive_queue(box: containers.Container) -> int:
+    out = box.run(["ss", "-Hnua", "sport", "=", ":8443"]).stdout.split()
+    return int(out[1]) if out else 0
+
+
 def test_socket_activation_starts_a_stopped_transport(setup: Setup) -> None:
     box = setup.box
-    box.run(["systemctl", "stop", "aura-udp.service"], timeout=30)
-    assert _active(box, "aura-udp") == "inactive"
-    assert _active(box, "aura-udp.socket") == "active"
+    # Any datagram wakes the stopped transport at once, and wireguard-go keeps sending (its
+    # handshake retries and keepalives): hold them back in the client while it is down, and
+    # stop only once what already arrived has been read, or a queued one would wake it too.
+    blocked = ["prohibit", f"{SERVER_IP}/32"]
+    setup.lab.run(setup.client_ns, ["ip", "route", "add", *blocked])
+    try:
+        setup.lab.wait_for(lambda: _udp_receive_queue(box) == 0, timeout=30, interval=0.5,
+                           what="aura-udp has read every queued datagram")
+        box.run(["systemctl", "stop", "aura-udp.service"], timeout=30)
+        assert _active(box, "aura-udp") == "inactive"
+        assert _active(box, "aura-udp.socket") == "active"
+    finally:
+        setup.lab.run(setup.client_ns, ["ip", "route", "del", *blocked])
     # Any datagram on the port starts the service; the transport drops the garbage.
     setup.lab.run(setup.client_ns, ["python3", "-c", (
         "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
@@ -433,31 +448,44 @@ def test_aura_client_passes_traffic(setup: Setup) -> None:
 def test_server_run_starts_each_service_as_its_own_user(setup: Setup) -> None:
     box = setup.box
     box.run(["systemctl", "stop", "aura.target"], timeout=60)
-    box.run(["systemd-run", "--unit=aura-manual", "--collect", "aura", "server", "run"])
     try:
-        def connected() -> bool:
-            result = box.run(["aura", "status", "--json"], check=False)
-            if result.returncode != 0:
-                return False
-            status = json.loads(result.stdout)
-            return {t["name"] for t in status["transports"] if t["connected"]} == {
-                "udp", "tcp", "quic"}
-
-        setup.lab.wait_for(connected, timeout=60, interval=1, what="aura server run up")
-        for name in ("router", "signer", "udp", "tcp", "quic"):
-            pid = box.run(["pgrep", "-f", f"services\\.{name} --config"]).stdout.split()[0]
-            uid = box.run(["ps", "-o", "uid=", "-p", pid]).stdout.strip()
-            assert uid == box.run(["id", "-u", f"aura-{name}"]).stdout.strip(), name
-        # Each got only its own keys: UDP may not read the TLS key handed to TCP.
-        assert box.run(["setpriv", "--reuid=aura-udp", "--regid=aura", "--init-groups", "cat",
-                        "/run/aura/credentials/tcp/tls.key"], check=False).returncode != 0
-        assert box.run(["test", "-e", "/run/aura/credentials/udp/tls.key"],
-                       check=False).returncode != 0
+        box.run(["systemd-run", "--unit=aura-manual", "--collect", "aura", "server", "run"])
+        try:
+            _check_server_run(setup)
+        except AssertionError as failure:
+            journal = box.run(["journalctl", "-u", "aura-manual", "-o", "short-monotonic",
+                               "--no-pager", "-n", "200"], check=False).stdout
+            raise AssertionError(f"{failure}\njournal of aura-manual:\n{journal}") from None
+        finally:
+            box.run(["systemctl", "stop", "aura-manual"], check=False, timeout=60)
+        assert box.run(["test", "-e", "/run/aura/credentials"], check=False).returncode != 0
     finally:
-        box.run(["systemctl", "stop", "aura-manual"], check=False, timeout=60)
-    assert box.run(["test", "-e", "/run/aura/credentials"], check=False).returncode != 0
-    box.run(["systemctl", "start", "aura-router"], timeout=60)
-    _wait_active(setup, SERVICES)
+        # The suite runs under systemd again for the next tests, also after a failure here.
+        box.run(["systemctl", "start", "aura-router"], timeout=60)
+        _wait_active(setup, SERVICES)
+
+
+def _check_server_run(setup: Setup) -> None:
+    box = setup.box
+
+    def connected() -> bool:
+        result = box.run(["aura", "status", "--json"], check=False)
+        if result.returncode != 0:
+            return False
+        status = json.loads(result.stdout)
+        return {t["name"] for t in status["transports"] if t["connected"]} == {
+            "udp", "tcp", "quic"}
+
+    setup.lab.wait_for(connected, timeout=60, interval=1, what="aura server run up")
+    for name in ("router", "signer", "udp", "tcp", "quic"):
+        pid = box.run(["pgrep", "-f", f"services\\.{name} --config"]).stdout.split()[0]
+        uid = box.run(["ps", "-o", "uid=", "-p", pid]).stdout.strip()
+        assert uid == box.run(["id", "-u", f"aura-{name}"]).stdout.strip(), name
+    # Each got only its own keys: UDP may not read the TLS key handed to TCP.
+    assert box.run(["setpriv", "--reuid=aura-udp", "--regid=aura", "--init-groups", "cat",
+                    "/run/aura/credentials/tcp/tls.key"], check=False).returncode != 0
+    assert box.run(["test", "-e", "/run/aura/credentials/udp/tls.key"],
+                   check=False).returncode != 0
 
 
 # -- ports from server.yaml ---------------------------------------------------------------------
@@ -468,6 +496,19 @@ def _bound_port(box: containers.Container, transport: str) -> set[int]:
 
 
 def test_socket_ports_follow_server_yaml(setup: Setup) -> None:
+    box = setup.box
+    box.run(["cp", "-p", "/etc/aura/server.yaml", "/root/server.yaml.orig"])
+    try:
+        _check_socket_ports(setup)
+    finally:
+        # Back to the file every test before this one saw, and the suite running on it.
+        box.run(["cp", "-p", "/root/server.yaml.orig", "/etc/aura/server.yaml"])
+        box.run(["systemctl", "daemon-reload"], timeout=60)
+        box.run(["systemctl", "restart", "aura.target"], timeout=90)
+        _wait_active(setup, SERVICES)
+
+
+def _check_socket_ports(setup: Setup) -> None:
     box = setup.box
     # The first `port: 8443` in the file is transports.udp's.
     box.run(["sed", "-i", "0,/port: 8443/s//port: 8453/", "/etc/aura/server.yaml"])
