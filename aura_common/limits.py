@@ -152,6 +152,9 @@ class Usage:
     def get(self, name: str) -> int:
         return self._totals.get(name, 0)
 
+    def totals(self) -> dict[str, int]:
+        return dict(self._totals)
+
     def add(self, name: str, count: int) -> None:
         if count:
             self._totals[name] = self._totals.get(name, 0) + count

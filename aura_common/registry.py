@@ -19,7 +19,7 @@ import datetime
 import ipaddress
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -75,6 +75,12 @@ def _peer_to_json(peer: Peer) -> dict[str, Any]:
     }
 
 
+def registry_document(peers: Iterable[Peer]) -> bytes:
+    """The file's bytes for `peers` (also a cluster member's local copy)."""
+    doc = {"version": REGISTRY_VERSION, "peers": [_peer_to_json(p) for p in peers]}
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
 class Registry:
     def __init__(self, path: str | os.PathLike[str], peers: list[Peer] | None = None) -> None:
         self.path = os.fspath(path)
@@ -108,8 +114,7 @@ class Registry:
 
         Call it inside `edit` (or hold `atomic.locked(path)`) when other processes may write.
         """
-        doc = {"version": REGISTRY_VERSION, "peers": [_peer_to_json(p) for p in self]}
-        write_atomic(self.path, (json.dumps(doc, indent=2) + "\n").encode(), mode=0o600)
+        write_atomic(self.path, registry_document(self), mode=0o600)
 
     def add(self, peer: Peer) -> None:
         if not is_peer_name(peer.name):

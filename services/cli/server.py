@@ -331,7 +331,7 @@ def _services(config: ServerConfig) -> list[str]:
 # supervisor binds for it in the root-owned runtime directory (as the .socket units do).
 CAPABILITIES = {"router": "net_admin", "udp": "net_bind_service", "tcp": "net_bind_service",
                 "quic": "net_bind_service", "signer": None}
-SECRETS = {"router": (), "udp": ("server.key",), "tcp": ("server.key", "tls.key"),
+SECRETS = {"router": ("cluster.key",), "udp": ("server.key",), "tcp": ("server.key", "tls.key"),
            "quic": ("server.key", "tls.key"), "signer": ("ca.key",)}
 
 
@@ -403,10 +403,19 @@ class Supervisor:
             folder.mkdir(parents=True, exist_ok=True, mode=0o755)
             _owned_by(folder.parent, 0o755, 0, 0)
             _owned_by(folder, 0o755, 0, 0)
-            for secret in SECRETS[name]:
+            for secret, source in self._secrets(name):
                 with contextlib.suppress(FileNotFoundError):
-                    data = Path(self.config.key_dir, secret).read_bytes()
+                    data = Path(source).read_bytes()
                     write_atomic(folder / secret, data, 0o400, owner=(account.uid, account.gid))
+
+    def _secrets(self, name: str) -> list[tuple[str, str]]:
+        """(credential name, file) of each secret `name` is handed: its keys, and for a
+        cluster member's router the database password."""
+        handed = [(secret, os.path.join(self.config.key_dir, secret)) for secret in SECRETS[name]]
+        registry = self.config.registry
+        if name == "router" and registry is not None and registry.password_file is not None:
+            handed.append(("registry-password", registry.password_file))
+        return handed
 
     def _credentials(self, name: str) -> Path:
         return Path(self.config.runtime_dir, "credentials", name)
@@ -518,7 +527,7 @@ class Supervisor:
                 os.unlink(path)
         for name in self.accounts:
             folder = self._credentials(name)
-            for secret in SECRETS[name]:
+            for secret, _ in self._secrets(name):
                 with contextlib.suppress(FileNotFoundError):
                     (folder / secret).unlink()
             with contextlib.suppress(OSError):

@@ -11,7 +11,7 @@ import logging
 import signal
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aura_common import control, ipc, metrics, runtime, systemd
 from aura_common.accounts import ADMIN, Accounts
@@ -28,6 +28,9 @@ from aura_common.registry import Peer, Registry
 from aura_common.service import run_service
 from services.router import nat
 from services.router.sessions import Session, SessionTable
+
+if TYPE_CHECKING:
+    from services.router.feed import DatabaseFeed
 
 log = logging.getLogger("aura-router")
 
@@ -60,7 +63,17 @@ class Router:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.started = time.time()
-        self.registry = Registry.load(config.peers_file)
+        self.feed: DatabaseFeed | None = None
+        if config.registry is None:
+            self.registry = Registry.load(config.peers_file)
+            self.usage = Usage.load(config.usage_file)
+        else:
+            from services.router.feed import DatabaseFeed, SharedUsage  # psycopg for a cluster
+
+            usage = SharedUsage(config.usage_file, Usage.load(config.usage_file).totals())
+            self.usage = usage
+            self.feed = DatabaseFeed(config, usage, lambda: self.registry, self.apply_registry)
+            self.registry = self.feed.initial()
         self.leases = Leases(config.leases_file,
                              AddressPool(config.network.ipv4, config.network.ipv6))
         self.sessions: SessionTable[ipc.Channel] = SessionTable()
@@ -68,7 +81,6 @@ class Router:
         self._warned_at: dict[ipc.Channel, float] = {}
         self.tun: Tun | None = None
         self.manifest: SignedManifest | None = None
-        self.usage = Usage.load(config.usage_file)
         self.gate = Gate()
         self.refused_since: dict[str, float] = {}  # when the gate refused each peer (Unix time)
         self.check_limits()
@@ -101,7 +113,15 @@ class Router:
 
     # -- registry -----------------------------------------------------------------------
     def reload(self) -> None:
-        self.registry = Registry.load(self.config.peers_file)
+        """Re-read the registry: the file, or everything from a cluster's database."""
+        if self.feed is not None:
+            self.feed.refresh()
+            return
+        self.apply_registry(Registry.load(self.config.peers_file))
+
+    def apply_registry(self, registry: Registry) -> None:
+        """Serve `registry` from now on: sessions of peers no longer allowed end at once."""
+        self.registry = registry
         self.usage.retain(peer.name for peer in self.registry)
         self.check_limits(push=False)
         allowed = {peer.name for peer in self.registry if self._may_connect(peer)}
@@ -354,12 +374,15 @@ class Router:
                     tx_packets=session.tx_packets, tx_bytes=session.tx_bytes,
                 )
             peers.append(entry)
-        return {
+        reply = {
             "uptime": time.time() - self.started, "tun": self.config.tun.name,
             "transports": transports, "peers": peers,
             "dropped": {"unroutable": self.sessions.unroutable,
                         "spoofed": self.sessions.spoofed},
         }
+        if self.feed is not None:
+            reply["registry"] = self.feed.status()
+        return reply
 
 
 async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
@@ -377,6 +400,7 @@ async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
         lambda peer, claimed: accounts.role_of(peer, claimed, SERVED_ROLES), mode=0o666,
     )
     limits = loop.create_task(router.check_limits_forever())
+    feed = None if router.feed is None else loop.create_task(router.feed.run())
     heartbeat = None
     if config.registry is not None:
         from services.router.heartbeat import publish_forever  # psycopg only for a cluster
@@ -389,6 +413,8 @@ async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
             router.leases.flush()
     finally:
         limits.cancel()
+        if feed is not None:
+            feed.cancel()
         if heartbeat is not None:
             heartbeat.cancel()
         if exporter is not None:

@@ -1,0 +1,291 @@
+"""A cluster member's registry, kept current from the shared database.
+
+The router starts from the last copy it wrote (`state_dir/registry-copy.json`), then follows
+the database on two connections of its own: one only LISTENs (`aura_registry`, a payload per
+changed peer), the other reads the peers named, re-reads everything every FULL_READ_INTERVAL
+and after each reconnect (the safety net for anything a notification missed), and adds the
+usage this member counted to the cluster's totals. Nothing here blocks the event loop: the
+connections are psycopg's async ones, rows are validated and keys unsealed in a thread, every
+query has a deadline. While the database is away the member keeps serving the registry it has,
+logs one warning, retries with a growing pause and catches up when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from aura_common.atomic import write_atomic
+from aura_common.cluster import database
+from aura_common.cluster.store import MAX_PEERS, SELECT_PEERS, peers_from_rows
+from aura_common.config import ServerConfig, is_peer_name
+from aura_common.errors import AuraError
+from aura_common.keys import read_key_file
+from aura_common.limits import Usage
+from aura_common.registry import Peer, Registry, registry_document
+
+log = logging.getLogger("aura-router")
+
+FULL_READ_INTERVAL = 30.0
+USAGE_FLUSH_INTERVAL = 2.0
+QUERY_TIMEOUT = 10.0
+RETRY_FIRST, RETRY_MAX = 0.5, 5.0
+PENDING_LIMIT = 1000  # more changed names than this at once: re-read everything instead
+COPY_INTERVAL = 1.0  # the local copy is rewritten at most this often
+
+
+class SharedUsage(Usage):
+    """Usage in a cluster: the database's totals (every member's) as last read, plus what this
+    member counted and has not added to them yet. Only the latter is this member's file, so a
+    member restarted while the database is away loses none of it."""
+
+    def __init__(self, path: str, totals: dict[str, int] | None = None) -> None:
+        super().__init__(path, totals)
+        self.shared: dict[str, int] = {}
+
+    def get(self, name: str) -> int:
+        return self.shared.get(name, 0) + super().get(name)
+
+    def flushed(self, sent: dict[str, int], shared: dict[str, int]) -> None:
+        """`sent` is in the database now, whose totals are `shared`."""
+        for name, count in sent.items():
+            left = self._totals.get(name, 0) - count
+            if left > 0:
+                self._totals[name] = left
+            else:
+                self._totals.pop(name, None)
+        self._dirty = True
+        self.shared = shared
+
+    def retain(self, names: Any) -> None:
+        keep = set(names)
+        super().retain(keep)
+        self.shared = {n: c for n, c in self.shared.items() if n in keep}
+
+
+class DatabaseFeed:
+    def __init__(self, config: ServerConfig, usage: SharedUsage,
+                 current: Callable[[], Registry], apply: Callable[[Registry], None]) -> None:
+        assert config.registry is not None
+        self.config = config
+        self.where = database.describe(config.registry.database)
+        self.usage = usage
+        self._current, self._apply = current, apply
+        self.connected = False
+        self.since = time.time()  # of the present state (connected or not)
+        self._wake = asyncio.Event()
+        self._pending: set[str] = set()
+        self._full = True
+        self._copy_task: asyncio.Task[None] | None = None
+        self._copy_again = False
+
+    def initial(self) -> Registry:
+        """The registry to start with: the last copy written (an empty one before any)."""
+        return Registry.load(self.config.registry_copy_file)
+
+    def status(self) -> dict[str, Any]:
+        return {"source": "database" if self.connected else "copy", "connected": self.connected,
+                "since": self.since, "database": self.where}
+
+    def refresh(self) -> None:
+        """Re-read everything soon (SIGHUP, `reload`)."""
+        self._full = True
+        self._wake.set()
+
+    # -- the loop ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        pause = RETRY_FIRST
+        warned = False
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except (AuraError, psycopg.Error, OSError, TimeoutError) as error:
+                text = str(error) if isinstance(error, AuraError) else \
+                    str(database.unavailable(self.config, error))
+                if self.connected or not warned:
+                    log.warning("%s; serving the %d peers known, refusing nothing that is "
+                                "connected; retrying every %.0f s at most", text,
+                                len(self._current()), RETRY_MAX)
+                    warned = True
+                else:
+                    log.debug("registry database: %s", text)
+                if self.connected:
+                    self.connected, self.since = False, time.time()
+                    pause = RETRY_FIRST
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RETRY_MAX)
+
+    async def _follow(self) -> None:
+        key = await asyncio.to_thread(read_key_file, self.config.cluster_key_file)
+        listen = await database.connect_async(self.config)
+        try:
+            query = await database.connect_async(self.config)
+        except BaseException:
+            await listen.close()
+            raise
+        async with listen, query:
+            version = await self._fetch_one(query, "SELECT max(version) FROM schema_version")
+            assert self.config.registry is not None
+            database.check_schema(version if isinstance(version, int) else None,
+                                  self.config.registry.database)
+            await listen.execute("LISTEN aura_registry")
+            self._full = True
+            listener = asyncio.get_running_loop().create_task(self._listen(listen))
+            listener.add_done_callback(lambda _: self._wake.set())
+            try:
+                await self._serve(query, key, listener)
+            finally:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await listener
+
+    async def _serve(self, query: psycopg.AsyncConnection[Any], key: bytes,
+                     listener: asyncio.Task[None]) -> None:
+        next_full = 0.0
+        next_flush = 0.0
+        while True:
+            now = time.monotonic()
+            if self._full or now >= next_full:
+                self._full = False
+                self._pending.clear()
+                await self._read_all(query, key)
+                next_full = now + FULL_READ_INTERVAL
+            elif self._pending:
+                names, self._pending = sorted(self._pending), set()
+                await self._read_some(query, key, names)
+            if not self.connected:
+                self.connected, self.since = True, time.time()
+                log.info("following %s: %d peers", self.where, len(self._current()))
+            if now >= next_flush:
+                await self._flush_usage(query)
+                next_flush = now + USAGE_FLUSH_INTERVAL
+            if listener.done():
+                listener.result()  # its error ends this connection; a clean end cannot happen
+                raise AuraError(f"{self.where}: the notification connection ended")
+            self._wake.clear()
+            if self._full or self._pending:
+                continue
+            timeout = max(0.0, min(next_full, next_flush) - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _listen(self, listen: psycopg.AsyncConnection[Any]) -> None:
+        async for notify in listen.notifies():
+            name = notify.payload
+            if name == "*" or len(self._pending) >= PENDING_LIMIT:
+                self._full = True
+            elif is_peer_name(name):
+                self._pending.add(name)
+            self._wake.set()
+
+    # -- reading -----------------------------------------------------------------------------
+    async def _rows(self, query: psycopg.AsyncConnection[Any], sql: str,
+                    params: tuple[Any, ...]) -> list[Any]:
+        async def run() -> list[Any]:
+            cursor = await query.execute(sql, params)
+            return await cursor.fetchall()
+
+        return await asyncio.wait_for(run(), QUERY_TIMEOUT)
+
+    async def _fetch_one(self, query: psycopg.AsyncConnection[Any], sql: str) -> object:
+        rows = await self._rows(query, sql, ())
+        return rows[0][0] if rows else None
+
+    async def _read_all(self, query: psycopg.AsyncConnection[Any], key: bytes) -> None:
+        rows = await self._rows(query, SELECT_PEERS + " ORDER BY name LIMIT %s",
+                                (MAX_PEERS + 1,))
+
+        def build() -> Registry:
+            peers = peers_from_rows(rows, key, self.where)
+            return Registry(self.config.registry_copy_file, peers)
+
+        try:
+            registry = await asyncio.to_thread(build)
+        except AuraError as error:
+            raise AuraError(f"{self.where}: {error}") from None
+        if _same(registry, self._current()):
+            return
+        self._apply(registry)
+        self._save_copy()
+
+    async def _read_some(self, query: psycopg.AsyncConnection[Any], key: bytes,
+                         names: list[str]) -> None:
+        rows = await self._rows(query, SELECT_PEERS + " WHERE name = ANY(%s) LIMIT %s",
+                                (names, len(names)))
+        changed = await asyncio.to_thread(peers_from_rows, rows, key, self.where)
+        registry = self._current()
+        for name in names:
+            if name in registry:
+                registry.revoke(name)
+        try:
+            for peer in changed:
+                registry.add(peer)
+        except AuraError:
+            # Applied out of order with another change: read it all.
+            self._full = True
+            return
+        self._apply(registry)
+        self._save_copy()
+
+    # -- usage ---------------------------------------------------------------------------------
+    async def _flush_usage(self, query: psycopg.AsyncConnection[Any]) -> None:
+        sent = self.usage.totals()
+        sent = {name: count for name, count in sent.items() if count > 0}
+
+        async def run() -> list[Any]:
+            if sent:
+                await query.execute(
+                    "INSERT INTO usage (peer, bytes) SELECT u.peer, u.bytes FROM "
+                    "unnest(%s::text[], %s::bigint[]) AS u(peer, bytes) "
+                    "WHERE EXISTS (SELECT 1 FROM peers WHERE name = u.peer) "
+                    "ON CONFLICT (peer) DO UPDATE SET bytes = usage.bytes + EXCLUDED.bytes",
+                    (list(sent), list(sent.values())))
+            cursor = await query.execute("SELECT peer, bytes FROM usage LIMIT %s",
+                                         (MAX_PEERS + 1,))
+            return await cursor.fetchall()
+
+        rows = await asyncio.wait_for(run(), QUERY_TIMEOUT)
+        shared = {name: count for name, count in rows[:MAX_PEERS]
+                  if isinstance(name, str) and isinstance(count, int) and count >= 0}
+        self.usage.flushed(sent, shared)
+
+    # -- the local copy ------------------------------------------------------------------------
+    def _save_copy(self) -> None:
+        """Write the copy in a thread, at most every COPY_INTERVAL; the last state wins."""
+        if self._copy_task is not None and not self._copy_task.done():
+            self._copy_again = True
+            return
+        self._copy_task = asyncio.get_running_loop().create_task(self._write_copy())
+
+    async def _write_copy(self) -> None:
+        while True:
+            self._copy_again = False
+            # Frozen peers: the thread serialises a snapshot.
+            peers = list(self._current())
+            try:
+                await asyncio.to_thread(_write_copy, self.config.registry_copy_file, peers)
+            except (OSError, AuraError) as error:
+                log.error("cannot write the registry copy %s: %s",
+                          self.config.registry_copy_file, error)
+            await asyncio.sleep(COPY_INTERVAL)
+            if not self._copy_again:
+                return
+
+
+def _write_copy(path: str, peers: list[Peer]) -> None:
+    write_atomic(path, registry_document(peers), mode=0o600)
+
+
+def _same(a: Registry, b: Registry) -> bool:
+    if len(a) != len(b):
+        return False
+    return all(b.get(peer.name) == peer for peer in a)
+
