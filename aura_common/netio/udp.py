@@ -19,7 +19,7 @@ import socket
 import struct
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aura_common.netio.codel import CoDel
 
@@ -100,30 +100,37 @@ def recv_batch(sock: socket.socket, limit: int = 64, aqm: CoDel | None = None
                ) -> list[tuple[list[bytes], Address]]:
     """Datagrams waiting on `sock`, grouped by source, from at most `limit` receive calls.
 
-    Consecutive datagrams from the same source share one entry. Never blocks. With `aqm`
-    (and `enable_timestamps`), it decides by the time each datagram waited which to drop.
+    All the datagrams one source sent share one entry, in the order they came, even when
+    other sources' datagrams came between them: a tunnel's packets stay one batch (one
+    decryption run, one IPC frame) while a flood from elsewhere interleaves. Never blocks.
+    With `aqm` (and `enable_timestamps`), it decides by the time each datagram waited which
+    to drop.
     """
-    batches: list[tuple[list[bytes], Address]] = []
+    batches: dict[Address, list[bytes]] = {}
     for datagrams, source, _local in recv_batch_with_local(sock, limit, aqm=aqm):
-        if batches and batches[-1][1] == source:
-            batches[-1][0].extend(datagrams)
+        if source in batches:
+            batches[source].extend(datagrams)
         else:
-            batches.append((datagrams, source))
-    return batches
+            batches[source] = datagrams
+    return [(datagrams, source) for source, datagrams in batches.items()]
 
 
 def recv_batch_with_local(
     sock: socket.socket, limit: int = 64, max_bytes: int | None = None,
-    aqm: CoDel | None = None,
+    aqm: CoDel | None = None, keep: Callable[[int], bool] | None = None,
 ) -> list[tuple[list[bytes], Address, str | None]]:
-    """Like `recv_batch`, grouped by source and the local address each datagram was sent to.
+    """Like `recv_batch`, grouped by source and the local address each datagram was sent to
+    (entries in the order of each one's first datagram).
 
     The local address is None unless `enable_pktinfo` was called on `sock`. With `max_bytes`,
     stops once that many bytes were read (one GRO read may go past it by up to 64 KiB).
+    `keep` is asked with the first byte of each read, before anything else is spent on it;
+    False drops it (a carrier sheds the kind of datagram a flood is made of, at the cost of
+    the receive call alone).
     """
     buffer = bytearray(_RECV_SIZE)
     view = memoryview(buffer)
-    batches: list[tuple[list[bytes], Address, str | None]] = []
+    batches: dict[tuple[str, int, str | None], list[bytes]] = {}
     total = 0
     for _ in range(limit):
         if max_bytes is not None and total >= max_bytes:
@@ -136,7 +143,7 @@ def recv_batch_with_local(
             break
         except ConnectionError:  # an ICMP error queued for a connected socket
             continue
-        if flags & socket.MSG_TRUNC:
+        if flags & socket.MSG_TRUNC or (keep is not None and size and not keep(buffer[0])):
             continue
         segment_size = size
         local = None
@@ -167,12 +174,12 @@ def recv_batch_with_local(
                 bytes(received[start:start + segment_size])
                 for start in range(0, size, segment_size)
             ]
-        source = (address[0], address[1])
-        if batches and batches[-1][1] == source and batches[-1][2] == local:
-            batches[-1][0].extend(datagrams)
+        key = (address[0], address[1], local)
+        if key in batches:
+            batches[key].extend(datagrams)
         else:
-            batches.append((datagrams, source, local))
-    return batches
+            batches[key] = datagrams
+    return [(datagrams, (host, port), local) for (host, port, local), datagrams in batches.items()]
 
 
 def send_batch(

@@ -86,6 +86,22 @@ def test_one_receive_call_returns_a_whole_gso_send() -> None:
         assert batches == [(datagrams, sender.getsockname())]
 
 
+def test_a_source_keeps_one_batch_while_another_interleaves() -> None:
+    sender, receiver = make_pair(socket.AF_INET, gro=False)
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sender, receiver, other:
+        other.bind(("127.0.0.1", 0))
+        destination = receiver.getsockname()
+        for n in range(3):
+            send_batch(sender, [b"data%d" % n], destination)
+            send_batch(other, [b"junk%d" % n], destination)
+        time.sleep(0.05)
+        assert recv_batch(receiver) == [
+            ([b"data0", b"data1", b"data2"], sender.getsockname()),
+            ([b"junk0", b"junk1", b"junk2"], other.getsockname()),
+        ]
+
+
 def test_sources_are_reported_and_consecutive_ones_grouped() -> None:
     sender, receiver = make_pair(socket.AF_INET6, gro=False)
     other = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
