@@ -51,6 +51,7 @@ MAX_CLIENTS = 4  # concurrent scrapes; more are closed at once
 # "malformed", so the label set stays fixed whatever arrives.
 DROP_REASONS: tuple[tuple[str, str], ...] = (
     ("rate limit", "rate_limited"),
+    ("cookie was sent there", "cookie_already_sent"),
     ("queue full", "handshake_queue_full"),
     ("backlog full", "handshake_queue_full"),
     ("mac1", "bad_mac1"),
@@ -103,6 +104,10 @@ class TransportCounters:
             if len(self._labels) < _REASON_CACHE_LIMIT:
                 self._labels[reason] = label
         self.dropped[label] += 1
+
+    def shed(self, count: int) -> None:
+        """Handshake messages a carrier dropped unread: the handshake queue's overflow."""
+        self.dropped["handshake_queue_full"] += count
 
 
 # -- what the collectors read -------------------------------------------------------------

@@ -5,6 +5,9 @@ needs a valid mac1 (anyone holding our public key can make one). While the devic
 load, it also needs a valid mac2, which proves that its source address receives our cookie
 replies; only then is the source rate limited, per IPv4 address and per IPv6 /64. Spoofed
 sources therefore earn a cheap cookie reply and leave no state behind.
+
+Beyond WireGuard: a source endpoint gets at most one cookie reply every few seconds
+(`CookiePacer`), fewer than a flood asks for and as many as a real initiator needs.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from .constants import (
     COOKIE_REFRESH_TIME,
@@ -23,8 +27,10 @@ from .constants import (
     LABEL_COOKIE,
     LABEL_MAC1,
 )
-from .crypto import blake2s_hash, keyed_mac, xaead_open, xaead_seal
+from .crypto import blake2s_hash, hchacha20, keyed_mac, xaead_open
 from .limits import (
+    COOKIE_REPLY_INTERVAL,
+    COOKIE_REPLY_TABLE_SIZE,
     HANDSHAKE_BURST,
     HANDSHAKES_PER_SECOND,
     RATE_LIMIT_IDLE,
@@ -70,7 +76,13 @@ def cookie_key(public: bytes) -> bytes:
 
 
 class CookieChecker:
-    """The receiving side: checks mac1/mac2 against our static key and issues cookies."""
+    """The receiving side: checks mac1/mac2 against our static key and issues cookies.
+
+    A cookie reply is its own cost under a flood, so it is kept to one AEAD call: the
+    XChaCha20 nonce is a random prefix, drawn with each secret, and a counter. The subkey
+    HChaCha20 derives from our cookie key and that prefix is then the same for every reply
+    of one secret, and computed once; the counter keeps every nonce unique.
+    """
 
     def __init__(self, local_public: bytes, rng: Callable[[int], bytes]) -> None:
         self._mac1_key = mac1_key(local_public)
@@ -78,32 +90,75 @@ class CookieChecker:
         self._rng = rng
         self._secret = rng(32)
         self._secret_born: float | None = None
+        self._nonce_prefix = b""
+        self._reply_cipher: ChaCha20Poly1305 | None = None
+        self._replies = 0
 
     def mac1_valid(self, message: bytes, mac1_offset: int) -> bool:
         expected = keyed_mac(self._mac1_key, message[:mac1_offset])
         return hmac.compare_digest(expected, message[mac1_offset : mac1_offset + MAC_SIZE])
 
-    def reply_unless_mac2(self, message: bytes, mac1_offset: int, receiver: int,
-                          source: Source, now: float) -> bytes | None:
-        """None if `message` carries a valid mac2 for `source`; else a cookie reply to it.
+    def mac2_valid(self, message: bytes, mac1_offset: int, source: Source, now: float) -> bool:
+        """Whether `message` carries a valid mac2 for `source` (a cookie we issued to it)."""
+        if self._secret_born is None or now - self._secret_born > COOKIE_SECRET_MAX_AGE:
+            self._new_secret(now)  # every cookie issued so far is void
+            return False
+        cookie = keyed_mac(self._secret, source_bytes(source))
+        mac2_offset = mac1_offset + MAC_SIZE
+        return hmac.compare_digest(keyed_mac(cookie, message[:mac2_offset]),
+                                   message[mac2_offset : mac2_offset + MAC_SIZE])
+
+    def cookie_reply(self, message: bytes, mac1_offset: int, receiver: int,
+                     source: Source) -> bytes:
+        """A cookie reply to `message` (call `mac2_valid` first: it keeps the secret fresh).
 
         The reply carries the cookie for `source`, encrypted with the message's mac1 as
         associated data, so only the holder of our public key who sent it can read it.
         """
-        stale = self._secret_born is None or now - self._secret_born > COOKIE_SECRET_MAX_AGE
-        if stale:  # every cookie issued so far is void, so no mac2 can be valid
-            self._secret = self._rng(32)
-            self._secret_born = now
+        assert self._reply_cipher is not None, "mac2_valid() draws the first secret"
         cookie = keyed_mac(self._secret, source_bytes(source))
-        mac2_offset = mac1_offset + MAC_SIZE
-        if not stale and hmac.compare_digest(
-            keyed_mac(cookie, message[:mac2_offset]), message[mac2_offset : mac2_offset + MAC_SIZE]
-        ):
-            return None
-        nonce = self._rng(24)
+        counter = self._replies.to_bytes(8, "little")
+        self._replies += 1
         mac1 = message[mac1_offset : mac1_offset + MAC_SIZE]
-        encrypted = xaead_seal(self._cookie_key, nonce, cookie, mac1)
-        return CookieReply(receiver, nonce, encrypted).pack()
+        encrypted = self._reply_cipher.encrypt(bytes(4) + counter, cookie, mac1)
+        return CookieReply(receiver, self._nonce_prefix + counter, encrypted).pack()
+
+    def _new_secret(self, now: float) -> None:
+        self._secret = self._rng(32)
+        self._secret_born = now
+        self._nonce_prefix = self._rng(16)
+        self._reply_cipher = ChaCha20Poly1305(hchacha20(self._cookie_key, self._nonce_prefix))
+        self._replies = 0
+
+
+class CookiePacer:
+    """At most one cookie reply per source endpoint (address and port) every `interval`.
+
+    A cookie is good as long as our secret (two minutes), and a WireGuard initiator sends its
+    next initiation REKEY_TIMEOUT (5 s) or more after the last, so an interval below that
+    answers every attempt of a real client; replying more often to one endpoint only feeds
+    a flood from it, and each reply costs a send. Bounded: at most `capacity` endpoints, the
+    one answered longest ago makes room (it may then be answered again early).
+    """
+
+    def __init__(self, interval: float = COOKIE_REPLY_INTERVAL,
+                 capacity: int = COOKIE_REPLY_TABLE_SIZE) -> None:
+        self._interval, self._capacity = interval, capacity
+        self._replied: dict[Source, float] = {}  # in the order answered
+
+    def allow(self, source: Source, now: float) -> bool:
+        replied = self._replied
+        last = replied.pop(source, None)
+        if last is not None and now - last < self._interval:
+            replied[source] = last
+            return False
+        if len(replied) >= self._capacity:
+            del replied[next(iter(replied))]
+        replied[source] = now
+        return True
+
+    def __len__(self) -> int:
+        return len(self._replied)
 
 
 class CookieJar:

@@ -45,7 +45,7 @@ from .constants import (
     RESPONSE_SIZE,
     ZERO_KEYS_AFTER,
 )
-from .cookie import CookieChecker, CookieJar, Load, RateLimiter
+from .cookie import CookieChecker, CookieJar, CookiePacer, Load, RateLimiter
 from .crypto import dh, tai64n
 from .events import (
     Dropped,
@@ -204,6 +204,7 @@ class Device:
         self._cookie_checker = CookieChecker(self.public_key, rng)
         self._load = Load(under_load_after)
         self._rate_limiter = RateLimiter()
+        self._cookie_pacer = CookiePacer()
         self._handshake_queue: deque[tuple[bytes, Endpoint]] = deque()
         self._peers: dict[bytes, Peer] = {}
         self._keypairs: dict[int, Keypair] = {}
@@ -256,11 +257,14 @@ class Device:
                         now: float) -> list[Event]:
         """Everything a transport has read at once, as (datagrams, source) runs.
 
-        Data is handled at once. Handshake messages join the handshake queue (at most
-        HANDSHAKE_QUEUE_SIZE; more are dropped unread), of which HANDSHAKE_WORK_BATCH are
-        handled now; the rest wait for `process_handshakes`. The queue's length is the load
-        that decides whether a handshake must carry a cookie, and the batch bounds what
-        handshakes cost each read, so data keeps moving however many arrive.
+        Data is handled at once. Handshake messages are screened at once too, with nothing
+        dearer than a keyed hash: mac1, and under load mac2 (else a cookie reply) and the
+        per-source rate limit. Those that pass join the handshake queue (at most
+        HANDSHAKE_QUEUE_SIZE; more are dropped), whose key exchanges are the dear part:
+        HANDSHAKE_WORK_BATCH of them are done now, the rest by `process_handshakes`. The
+        queue's length is the load that decides whether a handshake must carry a cookie, and
+        the batch bounds what handshakes cost each read, so data keeps moving however many
+        arrive, and a flood of them costs a hash each.
         """
         events: list[Event] = []
         queue = self._handshake_queue
@@ -288,11 +292,41 @@ class Device:
     def _work_handshakes(self, now: float, events: list[Event]) -> None:
         queue = self._handshake_queue
         for _ in range(min(len(queue), HANDSHAKE_WORK_BATCH)):
-            # This one included; initiations the authority has not answered yet are waiting
-            # handshakes too.
-            backlog = len(queue) + len(self._awaiting)
             datagram, source = queue.popleft()
-            self._receive_other(datagram, source, backlog, now, events)
+            self._receive_other(datagram, source, now, events)
+
+    def _screen_handshake(self, datagram: bytes, source: Endpoint, now: float,
+                          events: list[Event], queue: deque[tuple[bytes, Endpoint]]) -> None:
+        """Queues a handshake message that passes the checks a flood must not get past cheaply."""
+        kind = datagram[0]
+        if kind != MESSAGE_COOKIE_REPLY:  # a reply to us is checked by its own AEAD
+            if TYPE_WORD.unpack_from(datagram)[0] != kind:
+                events.append(Dropped("handshake with nonzero reserved bytes", source))
+                return
+            mac1_offset = INITIATION_MAC1_OFFSET if kind == MESSAGE_INITIATION \
+                else RESPONSE_MAC1_OFFSET
+            checker = self._cookie_checker
+            if not checker.mac1_valid(datagram, mac1_offset):
+                events.append(Dropped("bad mac1", source))
+                return
+            # Waiting: the queue, initiations the authority has not answered yet, and this one.
+            if self._load.under_load(len(queue) + len(self._awaiting) + 1, now):
+                if not checker.mac2_valid(datagram, mac1_offset, source, now):
+                    if self._cookie_pacer.allow(source, now):
+                        sender = TYPE_WORD.unpack_from(datagram, 4)[0]
+                        events.append(Transmit(source, [
+                            checker.cookie_reply(datagram, mac1_offset, sender, source)]))
+                    else:
+                        events.append(Dropped("no mac2, and a cookie was sent there just now",
+                                              source))
+                    return
+                if not self._rate_limiter.allow(source[0], now):
+                    events.append(Dropped("handshake rate limit", source))
+                    return
+        if len(queue) < HANDSHAKE_QUEUE_SIZE:
+            queue.append((datagram, source))
+        else:
+            events.append(Dropped("handshake queue full", source))
 
     def _receive_run(self, datagrams: Sequence[bytes], source: Endpoint, now: float,
                      events: list[Event], handshakes: deque[tuple[bytes, Endpoint]]) -> None:
@@ -357,12 +391,9 @@ class Device:
                                  events)
                 run_peer = None
             if size and _HANDSHAKE_SIZES.get(datagram[0]) == size:
-                if len(handshakes) < HANDSHAKE_QUEUE_SIZE:
-                    handshakes.append((datagram, source))
-                else:
-                    events.append(Dropped("handshake queue full", source))
+                self._screen_handshake(datagram, source, now, events, handshakes)
             else:
-                self._receive_other(datagram, source, 0, now, events)
+                self._receive_other(datagram, source, now, events)
         if run_peer is not None:
             self._finish_run(run_peer, run_packets, run_bytes, run_has_data, source, now, events)
 
@@ -510,15 +541,15 @@ class Device:
         peer._keepalive_due = None
         events.append(Transmit(peer.endpoint, [peer._cookies.add_macs(message.pack(), now)]))
 
-    def _receive_other(self, datagram: bytes, source: Endpoint, backlog: int, now: float,
+    def _receive_other(self, datagram: bytes, source: Endpoint, now: float,
                        events: list[Event]) -> None:
-        """A handshake message (`backlog` of them waiting, this one included), or garbage."""
+        """A screened handshake message (`_screen_handshake`), or garbage."""
         message_type = TYPE_WORD.unpack_from(datagram)[0] if len(datagram) >= 4 else -1
         try:
             if message_type == MESSAGE_INITIATION:
-                self._receive_initiation(datagram, source, backlog, now, events)
+                self._receive_initiation(datagram, source, now, events)
             elif message_type == MESSAGE_RESPONSE:
-                self._receive_response(datagram, source, backlog, now, events)
+                self._receive_response(datagram, source, now, events)
             elif message_type == MESSAGE_COOKIE_REPLY:
                 self._receive_cookie_reply(datagram, source, now, events)
             elif message_type == MESSAGE_TRANSPORT:
@@ -530,31 +561,9 @@ class Device:
         except HandshakeError as error:
             events.append(Dropped(f"handshake rejected: {error}", source))
 
-    def _admit_handshake(self, datagram: bytes, mac1_offset: int, sender: int,
-                         source: Endpoint, backlog: int, now: float,
-                         events: list[Event]) -> bool:
-        """mac1; under load also mac2 (else a cookie reply), then the per-source rate limit."""
-        checker = self._cookie_checker
-        if not checker.mac1_valid(datagram, mac1_offset):
-            events.append(Dropped("bad mac1", source))
-            return False
-        if not self._load.under_load(backlog, now):
-            return True
-        reply = checker.reply_unless_mac2(datagram, mac1_offset, sender, source, now)
-        if reply is not None:
-            events.append(Transmit(source, [reply]))
-            return False
-        if not self._rate_limiter.allow(source[0], now):
-            events.append(Dropped("handshake rate limit", source))
-            return False
-        return True
-
-    def _receive_initiation(self, datagram: bytes, source: Endpoint, backlog: int, now: float,
+    def _receive_initiation(self, datagram: bytes, source: Endpoint, now: float,
                             events: list[Event]) -> None:
-        message = Initiation.unpack(datagram)
-        if not self._admit_handshake(datagram, INITIATION_MAC1_OFFSET, message.sender, source,
-                                     backlog, now, events):
-            return
+        Initiation.unpack(datagram)  # its size, type and reserved bytes
         authority = self._authority
         if authority is None:
             if len(self._awaiting) >= HANDSHAKE_QUEUE_SIZE:
@@ -602,12 +611,9 @@ class Device:
         peer._keepalive_due = None
         events.append(Transmit(source, [peer._cookies.add_macs(answer.response, now)]))
 
-    def _receive_response(self, datagram: bytes, source: Endpoint, backlog: int, now: float,
+    def _receive_response(self, datagram: bytes, source: Endpoint, now: float,
                           events: list[Event]) -> None:
         message = Response.unpack(datagram)
-        if not self._admit_handshake(datagram, RESPONSE_MAC1_OFFSET, message.sender, source,
-                                     backlog, now, events):
-            return
         peer = self._handshakes.get(message.receiver)
         state = peer._handshake if peer is not None else None
         if peer is None or state is None:

@@ -40,6 +40,7 @@ def registry_of(collector: Collector) -> CollectorRegistry:
 # -- drop reasons -----------------------------------------------------------------------------
 @pytest.mark.parametrize(("reason", "label"), [
     ("handshake rate limit", "rate_limited"),
+    ("no mac2, and a cookie was sent there just now", "cookie_already_sent"),
     ("bad mac1", "bad_mac1"),
     ("data did not authenticate", "bad_data"),
     ("cookie reply did not authenticate", "bad_cookie_reply"),
@@ -135,7 +136,7 @@ def test_cookie_replies_are_counted_under_load() -> None:
     for attempt in range(3):
         initiation = client.initiate(peer, 1.0 + attempt / 10)[0]
         assert isinstance(initiation, Transmit)
-        hub.received(initiation.datagrams, CLIENT)
+        hub.received(initiation.datagrams, (CLIENT[0], CLIENT[1] + attempt))  # one reply each
     assert registry.get_sample_value("aura_transport_handshake_messages_sent_total",
                                      {"transport": "udp", "type": "cookie_reply"}) == 3
 

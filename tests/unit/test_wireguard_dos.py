@@ -13,8 +13,16 @@ from hypothesis import strategies as st
 
 from aura_common.transport import SessionHub, format_endpoint
 from aura_common.wireguard import Device, Event, Transmit, generate_private_key, public_key
-from aura_common.wireguard.cookie import Load, RateLimiter, source_address, source_bytes
+from aura_common.wireguard.constants import REKEY_TIMEOUT
+from aura_common.wireguard.cookie import (
+    CookiePacer,
+    Load,
+    RateLimiter,
+    source_address,
+    source_bytes,
+)
 from aura_common.wireguard.limits import (
+    COOKIE_REPLY_INTERVAL,
     HANDSHAKE_BURST,
     HANDSHAKE_QUEUE_SIZE,
     HANDSHAKE_WORK_BATCH,
@@ -71,34 +79,85 @@ def test_below_the_load_mark_no_source_is_rate_limited() -> None:
     assert answers == [[92]] * 60  # 33 per second, far beyond the under-load rate limit
 
 
+def spoofed(messages: list[bytes]) -> list[tuple[list[bytes], tuple[str, int]]]:
+    """Each message from a source of its own, as a flood of spoofed addresses sends them."""
+    return [([message], (f"::ffff:10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", 1000))
+            for n, message in enumerate(messages)]
+
+
 def test_a_backlog_at_the_mark_means_cookies_for_a_second() -> None:
     pair = Pair()
     server_public = public_key(pair.server_key)
     below = [junk_initiation(server_public) for _ in range(UNDER_LOAD_BACKLOG - 1)]
     assert sizes(receive_all(pair.server, below, CLIENT_ADDR, 0.0)) == []  # handled, no reply
-    at_mark = [junk_initiation(server_public) for _ in range(UNDER_LOAD_BACKLOG)]
-    assert sizes(receive_all(pair.server, at_mark, CLIENT_ADDR, 1.0)) == [64] * UNDER_LOAD_BACKLOG
+    # Read at once: the first ones fill the queue to the mark, the rest meet it.
+    at_mark = [junk_initiation(server_public) for _ in range(UNDER_LOAD_BACKLOG + 10)]
+    assert sizes(pair.server.receive_batches(spoofed(at_mark), 1.0)) == [64] * 11
+    while pair.server.handshakes_pending:
+        pair.server.process_handshakes(1.0)
     sticky = 1.0 + UNDER_LOAD_STICKY - 0.01
     assert sizes(pair.at_server(pair.client.initiate(pair.to_server, sticky), sticky)) == [64]
     later = 1.0 + UNDER_LOAD_STICKY + 0.01
     assert sizes(pair.at_server(pair.client.initiate(pair.to_server, later), later)) == [92]
 
 
-def test_the_handshake_queue_is_bounded_and_work_per_read_too() -> None:
+def test_under_load_junk_costs_a_cookie_reply_at_once_and_data_behind_it_goes_through() -> None:
     pair = Pair()
     pair.connect()
     server_public = public_key(pair.server_key)
-    flood = [junk_initiation(server_public) for _ in range(HANDSHAKE_QUEUE_SIZE + 10)]
+    flood = spoofed([junk_initiation(server_public) for _ in range(4 * HANDSHAKE_QUEUE_SIZE)])
     data = transmits(pair.client.send(pair.to_server, [b"\x45" + bytes(19)], 0.5))
     before = pair.to_client.rx_bytes
-    events = pair.server.receive([*flood, *data], CLIENT_ADDR, 0.5)
+    events = pair.server.receive_batches([*flood, (data, CLIENT_ADDR)], 0.5)
     assert pair.to_client.rx_bytes - before == len(data[0])  # data behind the flood got through
-    assert drop_reasons(events).count("handshake queue full") == 10
-    assert sizes(events) == [64] * HANDSHAKE_WORK_BATCH  # under load: a cookie each, a batch
+    # Below the mark they queue for the key exchange; from it on, each is answered at once
+    # with a cookie reply and never queued: the queue stays at the mark.
+    queued = UNDER_LOAD_BACKLOG - 1
+    assert sizes(events) == [64] * (len(flood) - queued)
+    assert pair.server.handshakes_pending == queued - HANDSHAKE_WORK_BATCH
+
+
+def test_under_load_one_endpoint_gets_one_cookie_reply_per_interval() -> None:
+    pair = Pair(under_load_after=0)
+    server_public = public_key(pair.server_key)
+    attacker = ("::ffff:192.0.2.66", 5555)
+    replies = []
+    for step in range(100):  # ten seconds of junk from one endpoint, ten per second
+        now = step / 10
+        events = pair.server.receive([junk_initiation(server_public)], attacker, now)
+        replies += [now for _ in sizes(events)]
+    assert replies == [0.0, COOKIE_REPLY_INTERVAL, 2 * COOKIE_REPLY_INTERVAL]
+    # Meanwhile another endpoint, even at the same address, gets its own reply at once.
+    same_address = ("::ffff:192.0.2.66", 5556)
+    assert sizes(pair.server.receive([junk_initiation(server_public)], same_address, 9.95)) == [64]
+    # A real client retries after REKEY_TIMEOUT, more than the interval: each try is answered.
+    assert COOKIE_REPLY_INTERVAL < REKEY_TIMEOUT
+    for attempt in range(3):
+        now = 20.0 + attempt * REKEY_TIMEOUT
+        assert sizes(pair.at_server(pair.client.initiate(pair.to_server, now), now)) == [64]
+
+
+def test_cookie_pacer_is_bounded_and_forgets_the_longest_answered_first() -> None:
+    pacer = CookiePacer(interval=4.0, capacity=3)
+    assert [pacer.allow(("10.0.0.1", 1), 0.0), pacer.allow(("10.0.0.1", 1), 1.0)] == [True, False]
+    for n in (2, 3, 4):
+        assert pacer.allow((f"10.0.0.{n}", 1), 1.0)
+    assert len(pacer) == 3
+    assert pacer.allow(("10.0.0.1", 1), 1.5)  # forgotten to make room: answered again early
+    assert not pacer.allow(("10.0.0.4", 1), 1.5)
+
+
+def test_the_handshake_queue_is_bounded_and_work_per_read_too() -> None:
+    pair = Pair(under_load_after=2 * HANDSHAKE_QUEUE_SIZE)  # never under load: all queue
+    server_public = public_key(pair.server_key)
+    flood = [junk_initiation(server_public) for _ in range(HANDSHAKE_QUEUE_SIZE + 10)]
+    events = pair.server.receive(flood, CLIENT_ADDR, 0.5)
+    reasons = drop_reasons(events)
+    assert reasons.count("handshake queue full") == 10
+    assert reasons.count("handshake rejected: authentication failed") == HANDSHAKE_WORK_BATCH
     assert pair.server.handshakes_pending == HANDSHAKE_QUEUE_SIZE - HANDSHAKE_WORK_BATCH
-    assert sizes(pair.server.tick(0.55)) == [64] * HANDSHAKE_WORK_BATCH  # timers work it too
-    rest = receive_all(pair.server, [], CLIENT_ADDR, 0.6)
-    assert sizes(rest) == [64] * (HANDSHAKE_QUEUE_SIZE - 2 * HANDSHAKE_WORK_BATCH)
+    pair.server.tick(0.55)  # timers work it too
+    assert pair.server.handshakes_pending == HANDSHAKE_QUEUE_SIZE - 2 * HANDSHAKE_WORK_BATCH
 
 
 def test_spoofed_sources_get_cookies_and_leave_no_state() -> None:
