@@ -19,15 +19,27 @@ from aura_common.transport import (
     new_hub,
     serve_sessions,
 )
+from aura_common.wireguard.constants import (
+    MESSAGE_COOKIE_REPLY,
+    MESSAGE_INITIATION,
+    MESSAGE_RESPONSE,
+)
 
 # One wakeup reads at most this many datagrams (GRO trains count once) and bytes. Many times
 # the core's handshake work per read (HANDSHAKE_WORK_BATCH), so handshakes that outpace it
 # build the backlog that puts it under load; the bytes stay within 64 full GRO reads.
 RECV_BATCH_LIMIT = 256
 RECV_BATCH_BYTES = 4 << 20
+# Handshake messages (types 1-3) passed on per read, to be screened (mac1, then a cookie reply
+# or the rate limit) and queued; more are dropped as soon as their first byte is read. When a
+# flood outpaces what this process can screen, the socket's buffer must not fill (the kernel
+# would then drop data and junk alike): the read goes on at the cost of the receive call alone
+# per shed message, and data is never shed.
+HANDSHAKES_PER_READ = 64
 # Remote endpoints whose local address is remembered; the least recently heard go first, so
 # a flood of spoofed sources costs bounded memory.
 REPLY_ADDRESSES_LIMIT = 4096
+HANDSHAKE_TYPES = frozenset({MESSAGE_INITIATION, MESSAGE_RESPONSE, MESSAGE_COOKIE_REPLY})
 
 
 class UdpCarrier:
@@ -54,14 +66,25 @@ class UdpCarrier:
     def _readable(self) -> None:
         reply_from = self._reply_from
         batches = []
+        handshakes = 0
+
+        def keep(first_byte: int) -> bool:
+            nonlocal handshakes
+            if first_byte not in HANDSHAKE_TYPES:
+                return True
+            handshakes += 1
+            return handshakes <= HANDSHAKES_PER_READ
+
         for datagrams, source, local in udp_batch.recv_batch_with_local(
-                self.sock, RECV_BATCH_LIMIT, RECV_BATCH_BYTES, aqm=self.aqm):
+                self.sock, RECV_BATCH_LIMIT, RECV_BATCH_BYTES, aqm=self.aqm, keep=keep):
             if local is not None:
                 reply_from.pop(source, None)  # re-inserted last: dicts keep insertion order
                 reply_from[source] = local
                 if len(reply_from) > REPLY_ADDRESSES_LIMIT:
                     del reply_from[next(iter(reply_from))]
             batches.append((datagrams, source))
+        if handshakes > HANDSHAKES_PER_READ:
+            self.hub.counters.shed(handshakes - HANDSHAKES_PER_READ)
         if batches:
             self.hub.received_batches(batches)
 
