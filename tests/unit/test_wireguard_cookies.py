@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from aura_common.wireguard import HandshakeCompleted, Transmit, public_key
 from aura_common.wireguard.constants import COOKIE_SECRET_MAX_AGE
+from aura_common.wireguard.cookie import cookie_key
+from aura_common.wireguard.crypto import xaead_open
 from tests.e2e.flood import junk_initiation
 from tests.unit.test_wireguard_device import CLIENT_ADDR, Pair, drop_reasons, of_type, transmits
 
@@ -60,3 +62,22 @@ def test_cookie_expires_with_the_secret() -> None:
     later = COOKIE_SECRET_MAX_AGE + 1
     stale = pair.at_server(pair.client.initiate(pair.to_server, later), later)
     assert [len(d) for d in transmits(stale)] == [64]  # a fresh cookie is needed
+
+
+def test_cookie_replies_are_xchacha20_poly1305_each_with_a_nonce_of_its_own() -> None:
+    pair = Pair(under_load_after=0)
+    server_public = public_key(pair.server_key)
+    junk = [junk_initiation(server_public) for _ in range(3)]
+    sources = [(f"192.0.2.{n}", 1000) for n in range(3)]
+    replies = [transmits(pair.server.receive([message], source, 1.0))[0]
+               for message, source in zip(junk, sources, strict=True)]
+    later = COOKIE_SECRET_MAX_AGE + 2.0  # a new secret, and with it a new nonce prefix
+    replies.append(transmits(pair.server.receive([junk[0]], ("192.0.2.9", 1), later))[0])
+    nonces = [reply[8:32] for reply in replies]
+    assert len(set(nonces)) == 4
+    assert nonces[0][:16] == nonces[1][:16] == nonces[2][:16] != nonces[3][:16]
+    for message, reply in zip([*junk, junk[0]], replies, strict=True):
+        # What a stock client does with it: open with the key from our public key and the
+        # mac1 it sent as associated data.
+        cookie = xaead_open(cookie_key(server_public), reply[8:32], reply[32:64], message[116:132])
+        assert len(cookie) == 16

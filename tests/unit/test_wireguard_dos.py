@@ -23,6 +23,7 @@ from aura_common.wireguard.cookie import (
 )
 from aura_common.wireguard.limits import (
     COOKIE_REPLY_INTERVAL,
+    COOKIE_REPLY_TABLE_SIZE,
     HANDSHAKE_BURST,
     HANDSHAKE_QUEUE_SIZE,
     HANDSHAKE_WORK_BATCH,
@@ -287,6 +288,21 @@ def test_rate_limiter_table_is_bounded_in_entries_and_bytes() -> None:
         tracemalloc.stop()
     assert len(limiter) == RATE_LIMIT_TABLE_SIZE
     assert held < RATE_LIMIT_TABLE_SIZE * 320, held  # about 1.2 MiB at most
+
+
+def test_cookie_pacer_is_bounded_in_entries_and_bytes() -> None:
+    pacer = CookiePacer()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(3 * COOKIE_REPLY_TABLE_SIZE):  # distinct IPv6 endpoints in one second
+            address = str(ipaddress.IPv6Address((0x20010DB8 << 96) | (n << 64) | 1))
+            pacer.allow((address, 40000 + n % 1000), n / 1e5)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(pacer) == COOKIE_REPLY_TABLE_SIZE
+    assert held < COOKIE_REPLY_TABLE_SIZE * 320, held  # about 2 MiB at most
 
 
 def test_the_hub_logs_one_line_per_kind_of_drop_a_second(

@@ -1,0 +1,43 @@
+"""aura-udp's carrier: what one read of the socket passes on to the WireGuard core."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+from aura_common.transport import SessionHub
+from aura_common.wireguard import generate_private_key, public_key
+from aura_common.wireguard.limits import HANDSHAKE_WORK_BATCH
+from services.udp.main import HANDSHAKES_PER_READ, UdpCarrier
+from tests.e2e.flood import junk_initiation
+
+
+def test_a_read_passes_on_its_share_of_handshakes_and_every_data_message() -> None:
+    key = generate_private_key()
+    hub = SessionHub("udp", key, "/nonexistent/router.sock", mtu=1420)
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flooder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with server, flooder:
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        carrier = UdpCarrier(server, hub)
+        extra = 36
+        for n in range(HANDSHAKES_PER_READ + extra):
+            flooder.sendto(junk_initiation(public_key(key)), server.getsockname())
+            if n % 10 == 0:  # data for no session among them: never shed, each reaches the core
+                flooder.sendto(b"\x04" + bytes(47), server.getsockname())
+        time.sleep(0.05)
+
+        async def one_read() -> None:
+            carrier._readable()
+
+        asyncio.run(one_read())
+    dropped = hub.counters.dropped
+    assert dropped["handshake_queue_full"] == extra  # shed by their first byte
+    assert dropped["unknown_session"] == 10
+    # The rest were screened (below the load mark: queued for their key exchange), and the
+    # first of them worked at once.
+    worked = dropped["bad_handshake"]
+    assert worked >= HANDSHAKE_WORK_BATCH
+    assert worked + hub.device.handshakes_pending == HANDSHAKES_PER_READ
