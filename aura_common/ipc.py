@@ -11,8 +11,9 @@ listener's `authorize` callback (see aura_common.accounts); the role in the hell
 agree with it.
 
 The data path runs through here, so a channel reads every frame the socket holds in one
-reader callback into a queue bounded in bytes (`recv_many` takes them all at once), and packet
-batches are sent without blocking: a full socket drops the batch and counts it, as a full NIC
+reader callback into a queue bounded in bytes (`recv_many` takes them all at once), one `pkts`
+frame carries the packets of many peers (`send_packets`), and packet batches are sent without
+blocking: a full socket drops the batch and counts it, as a full NIC
 queue would. Control frames use `send_reliable`, which waits for room instead.
 
 Every frame read is bounded before it is used (docs/bounds.md, "IPC and files"): at most
@@ -33,7 +34,7 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import msgpack
@@ -178,13 +179,27 @@ def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _packet_batches(value: object) -> bool:
+    """`pkts`'s `batches`: a list of [peer name, list of packets] pairs."""
+    if not isinstance(value, list):
+        return False
+    for entry in value:
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+                and isinstance(entry[1], list)):
+            return False
+        for packet in entry[1]:
+            if type(packet) is not bytes:
+                return False
+    return True
+
+
 _PEER = {"name": str, "public_key": _key, "preshared_key": _optional_key}
 ROUTER_FRAMES: dict[str, dict[str, Shape]] = {
     "error": {"message": str},
     "peers": {"peers": [_PEER]},
     "session_up": {"peer": str, "endpoint": str, "handshake_at": _number},
     "session_down": {"peer": str},
-    "pkts": {"peer": str, "data": [bytes]},
+    "pkts": {"batches": _packet_batches},
     "status_reply": {"uptime": _number, "transports": [dict], "peers": [{"name": str}]},
 }
 
@@ -433,23 +448,31 @@ class Channel:
             self._fail(f"send failed: {exc.strerror}")
             return False
 
-    def send_packets(self, peer: str, packets: Sequence[bytes]) -> bool:
-        """Send IP packets for one peer as `pkts` frames, split to fit the frame limit.
+    def send_packets(self, batches: Iterable[tuple[str, Sequence[bytes]]]) -> bool:
+        """Send IP packets for many peers, (peer, packets) pairs, in as few `pkts` frames as
+        the frame limit allows: one frame per wakeup, whatever the number of peers.
 
-        False if any part was dropped (full socket) or the channel is closed.
+        False if any frame was dropped (full socket) or the channel is closed.
         """
-        budget = self.max_frame - 64 - len(peer.encode())
+        budget = self.max_frame - 64
+        frame: list[tuple[str, list[bytes]]] = []
         ok, size = True, 0
-        batch: list[bytes] = []
-        for packet in packets:
-            cost = len(packet) + 5  # msgpack bin32 header
-            if batch and (size + cost > budget or len(batch) >= MAX_ITEMS):
-                ok = self.send({"t": "pkts", "peer": peer, "data": batch}) and ok
-                batch, size = [], 0
-            batch.append(packet)
-            size += cost
-        if batch:
-            ok = self.send({"t": "pkts", "peer": peer, "data": batch}) and ok
+        for peer, packets in batches:
+            head = len(peer.encode()) + 16  # the pair's array, string and list headers
+            current: list[bytes] | None = None
+            for packet in packets:
+                cost = len(packet) + 5  # msgpack bin32 header
+                if current is None or len(current) >= MAX_ITEMS or size + cost > budget:
+                    if frame and (size + head + cost > budget or len(frame) >= MAX_ITEMS):
+                        ok = self.send({"t": "pkts", "batches": frame}) and ok
+                        frame, size = [], 0
+                    current = []
+                    frame.append((peer, current))
+                    size += head
+                current.append(packet)
+                size += cost
+        if frame:
+            ok = self.send({"t": "pkts", "batches": frame}) and ok
         return ok
 
     async def send_reliable(self, frame: Frame) -> None:

@@ -118,12 +118,16 @@ class SessionHub:
     def _handle(self, events: list[Event]) -> None:
         carrier, counters = self.carrier, self.counters
         debug = log.isEnabledFor(logging.DEBUG)
+        to_router: dict[str, list[bytes]] = {}
         for event in events:
             if type(event) is Received:
                 name = self._names.get(event.peer.public_key)
-                router = self._router
-                if name is not None and router is not None:
-                    router.send_packets(name, event.packets)  # a full socket drops and counts
+                if name is not None:
+                    batch = to_router.get(name)
+                    if batch is None:
+                        to_router[name] = event.packets
+                    else:
+                        batch += event.packets
             elif type(event) is Transmit:
                 if carrier is not None and event.destination is not None:
                     carrier.transmit(event.destination, event.datagrams)
@@ -139,6 +143,9 @@ class SessionHub:
                 counters.drop(event.reason)
                 if debug:
                     self._log_drop(event)
+        if to_router and self._router is not None:
+            # Every peer's packets of this batch in one frame; a full socket drops and counts.
+            self._router.send_packets(to_router.items())
 
     def _log_drop(self, event: Dropped) -> None:
         """One debug line per kind of drop and second: the sender decides how many there are."""
@@ -266,18 +273,19 @@ class SessionHub:
     async def _serve_router(self, channel: ipc.Channel) -> None:
         first_peers = True
         while True:
-            frame = await channel.recv()
-            kind = frame.get("t")
-            if kind == "pkts":
-                self._send_to_peer(frame["peer"], frame["data"])
-            elif kind == "peers":
-                self._apply_peers(frame["peers"])
-                if first_peers:
-                    first_peers = False
-                    await self._reregister(channel)
-            elif kind == "error":
-                log.error("router refused us: %s", frame.get("message"))
-                raise ipc.ChannelClosed(str(frame.get("message")))
+            for frame in await channel.recv_many():
+                kind = frame.get("t")
+                if kind == "pkts":
+                    for name, packets in frame["batches"]:
+                        self._send_to_peer(name, packets)
+                elif kind == "peers":
+                    self._apply_peers(frame["peers"])
+                    if first_peers:
+                        first_peers = False
+                        await self._reregister(channel)
+                elif kind == "error":
+                    log.error("router refused us: %s", frame.get("message"))
+                    raise ipc.ChannelClosed(str(frame.get("message")))
 
     async def _reregister(self, channel: ipc.Channel) -> None:
         """After (re)connecting, tell the router about sessions that survived its restart."""

@@ -209,7 +209,7 @@ class Router:
             routes=tuple(n for n in (network.ipv4, network.ipv6) if n is not None),
             manifest=self.manifest,
         ))
-        send_later(session.link, {"t": "pkts", "peer": session.peer, "data": [payload]})
+        send_later(session.link, {"t": "pkts", "batches": [(session.peer, [payload])]})
 
     def push_manifest(self) -> None:
         self.load_manifest()
@@ -237,7 +237,7 @@ class Router:
                 frame = await channel.recv()
                 kind = frame.get("t")
                 if kind == "pkts":
-                    self._from_transport(channel, frame["peer"], frame["data"])
+                    self._from_transport(channel, frame["batches"])
                 elif kind == "session_up":
                     self._session_up(channel, frame)
                 elif kind == "session_down":
@@ -285,21 +285,27 @@ class Router:
         if self.config.network.strategy == "dynamic":
             self.leases.release(name)
 
-    def _from_transport(self, channel: ipc.Channel, peer: str, packets: list[bytes]) -> None:
-        accepted = self.sessions.accept(peer, channel, packets)
-        if len(accepted) < len(packets):
-            session = self.sessions.get(peer)
-            if session is None or session.link is not channel:
-                # Packets in flight when the router withdrew the peer are expected, not news.
-                known = self.registry.get(peer)
-                if known is not None and self._may_connect(known):
-                    self._misdirected(channel,
-                                      f"packets for {peer!r}, which has no session there")
-            else:
-                self._misdirected(channel, f"packets from {peer} with a source address "
-                                           "that is not the peer's")
+    def _from_transport(self, channel: ipc.Channel,
+                        batches: list[tuple[str, list[bytes]]]) -> None:
+        accepted: list[bytes] = []
+        for peer, packets in batches:
+            allowed = self.sessions.accept(peer, channel, packets)
+            if len(allowed) < len(packets):
+                self._refused(channel, peer)
+            accepted += allowed
         if accepted and self.tun is not None:
             self.tun.write_batch(accepted)
+
+    def _refused(self, channel: ipc.Channel, peer: str) -> None:
+        session = self.sessions.get(peer)
+        if session is None or session.link is not channel:
+            # Packets in flight when the router withdrew the peer are expected, not news.
+            known = self.registry.get(peer)
+            if known is not None and self._may_connect(known):
+                self._misdirected(channel, f"packets for {peer!r}, which has no session there")
+        else:
+            self._misdirected(channel, f"packets from {peer} with a source address "
+                                       "that is not the peer's")
 
     def _misdirected(self, channel: ipc.Channel, what: str) -> None:
         """Warn (rate-limited per transport) about frames the router refused to act on."""
@@ -315,8 +321,16 @@ class Router:
     def _tun_readable(self) -> None:
         assert self.tun is not None
         packets = self.tun.read_batch(TUN_READ_LIMIT)
+        # One frame per transport for all its peers (ipc.Channel.send_packets).
+        by_link: dict[ipc.Channel, list[tuple[str, list[bytes]]]] = {}
         for session, batch in self.sessions.dispatch(packets).items():
-            session.link.send_packets(session.peer, batch)
+            link = by_link.get(session.link)
+            if link is None:
+                by_link[session.link] = [(session.peer, batch)]
+            else:
+                link.append((session.peer, batch))
+        for channel, batches in by_link.items():
+            channel.send_packets(batches)
 
     # -- cluster: what the heartbeat publishes -------------------------------------------
     def live_transports(self) -> set[str]:

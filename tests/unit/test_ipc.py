@@ -62,11 +62,11 @@ def test_hello_and_round_trip_keep_bytes_and_strings(tmp_path: Path) -> None:
             channel = await ipc.connect(path, "udp")
             assert channel.role == "router"
             assert channel.peer_credentials.pid == os.getpid()
-            frame = {"t": "pkts", "peer": "alice", "data": [b"\x45\x00", b""], "psk": None}
+            frame = {"t": "pkts", "batches": [["alice", [b"\x45\x00", b""]]], "psk": None}
             assert channel.send(frame)
             reply = await asyncio.wait_for(channel.recv(), 5)
             assert reply == {"t": "echo", "frame": frame, "role": "udp"}
-            assert isinstance(reply["frame"]["data"][0], bytes)
+            assert isinstance(reply["frame"]["batches"][0][1][0], bytes)
             channel.close()
             assert not channel.send(frame)
             with pytest.raises(ipc.ChannelClosed):
@@ -213,7 +213,7 @@ def test_sending_too_large_a_frame_is_refused_locally(tmp_path: Path) -> None:
         async with listening(path):
             channel = await ipc.connect(path, "udp")
             with pytest.raises(ipc.FrameTooLarge):
-                channel.send({"t": "pkts", "peer": "a", "data": [b"x" * ipc.MAX_FRAME]})
+                channel.send({"t": "pkts", "batches": [["a", [b"x" * ipc.MAX_FRAME]]]})
             channel.close()
 
     asyncio.run(scenario())
@@ -227,7 +227,7 @@ def test_full_socket_drops_and_counts_batches_but_loses_no_accepted_frame() -> N
         packet = b"p" * 60_000
         accepted = rejected = 0
         for index in range(5000):
-            if sender.send({"t": "pkts", "peer": "a", "data": [packet], "n": index}):
+            if sender.send({"t": "pkts", "batches": [["a", [packet]]], "n": index}):
                 accepted += 1
             else:
                 rejected += 1
@@ -253,22 +253,52 @@ def test_full_socket_drops_and_counts_batches_but_loses_no_accepted_frame() -> N
     asyncio.run(scenario())
 
 
+async def received_batches(
+    receiver: ipc.Channel, count: int
+) -> tuple[list[tuple[str, bytes]], int]:
+    """(peer, packet) pairs of `pkts` frames until `count` packets came, and the frames."""
+    received: list[tuple[str, bytes]] = []
+    frames = 0
+    while len(received) < count:
+        frame = await asyncio.wait_for(receiver.recv(), 5)
+        assert frame["t"] == "pkts"
+        frames += 1
+        received += [(peer, packet) for peer, packets in frame["batches"] for packet in packets]
+    return received, frames
+
+
 def test_send_packets_splits_batches_to_the_frame_limit() -> None:
     async def scenario() -> None:
         left_sock, right_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sender, receiver = ipc.Channel(left_sock), ipc.Channel(right_sock)
         sender.max_frame = 10_000
         packets = [bytes([i]) * 3000 for i in range(10)]
-        assert sender.send_packets("alice", packets)
-        received: list[bytes] = []
-        frames = 0
-        while len(received) < len(packets):
-            frame = await asyncio.wait_for(receiver.recv(), 5)
-            assert frame["t"] == "pkts" and frame["peer"] == "alice"
-            frames += 1
-            received.extend(frame["data"])
-        assert received == packets
+        assert sender.send_packets([("alice", packets)])
+        received, frames = await received_batches(receiver, len(packets))
+        assert received == [("alice", p) for p in packets]
         assert frames == 4  # three packets per 10 000-byte frame
+        sender.close()
+        receiver.close()
+
+    asyncio.run(scenario())
+
+
+def test_send_packets_puts_many_peers_in_one_frame_in_order() -> None:
+    async def scenario() -> None:
+        left_sock, right_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sender, receiver = ipc.Channel(left_sock), ipc.Channel(right_sock)
+        batches = [(f"peer{i}", [bytes([i % 256]) * 84] * (1 + i % 3)) for i in range(1000)]
+        assert sender.send_packets(batches)
+        expected = [(peer, p) for peer, packets in batches for p in packets]
+        received, frames = await received_batches(receiver, len(expected))
+        assert received == expected
+        assert frames == 1
+        # More peers than a list may hold: split at MAX_ITEMS pairs, nothing lost or reordered.
+        many = [(f"p{i}", [b"x" * 20]) for i in range(ipc.MAX_ITEMS + 10)]
+        assert sender.send_packets(many)
+        received, frames = await received_batches(receiver, len(many))
+        assert received == [(peer, packets[0]) for peer, packets in many]
+        assert frames == 2
         sender.close()
         receiver.close()
 

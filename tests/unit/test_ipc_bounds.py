@@ -111,7 +111,11 @@ def test_any_decodable_frame_stays_within_the_expansion_bound(value: object) -> 
 
 def test_legitimate_frames_fit_the_object_budget() -> None:
     packets = [bytes(20)] * ipc.MAX_ITEMS  # the smallest IP packets, as many as a frame holds
-    assert ipc.decode(ipc.encode({"t": "pkts", "peer": "a", "data": packets}))["data"] == packets
+    frame = {"t": "pkts", "batches": [["a", packets]]}
+    assert ipc.decode(ipc.encode(frame)) == frame
+    # One packet for each of as many peers as a frame holds.
+    frame = {"t": "pkts", "batches": [["a", [bytes(20)]]] * ipc.MAX_ITEMS}
+    assert ipc.decode(ipc.encode(frame)) == frame
     entry = {"name": "a", "enabled": True, "address": ["10.77.0.2"], "connected": False,
              "refused": None, "quota": None, "expires": None, "rx_bytes": 0, "tx_bytes": 0}
     status = {"t": "status_reply", "uptime": 1.0, "transports": [], "peers": [entry] * 500}
@@ -122,7 +126,7 @@ def test_legitimate_frames_fit_the_object_budget() -> None:
 def test_the_receive_queue_is_bounded_in_bytes() -> None:
     async def scenario() -> None:
         sender, receiver = pair()
-        frame = {"t": "pkts", "peer": "a", "data": [bytes(200_000)]}
+        frame = {"t": "pkts", "batches": [["a", [bytes(200_000)]]]}
         for _ in range(200):  # the receiver takes nothing; its reader runs between rounds
             while sender.send(frame):
                 pass
@@ -145,10 +149,13 @@ def test_the_receive_queue_is_bounded_in_bytes() -> None:
 @pytest.mark.parametrize(
     "frame",
     [
-        {"t": "pkts", "peer": "a", "data": "not a list"},
-        {"t": "pkts", "peer": 7, "data": []},
-        {"t": "pkts", "data": [b"x"]},
-        {"t": "pkts", "peer": "a", "data": [b"x", 3]},
+        {"t": "pkts", "batches": "not a list"},
+        {"t": "pkts", "batches": [["a"]]},
+        {"t": "pkts", "batches": [[7, []]]},
+        {"t": "pkts", "batches": [["a", b"x"]]},
+        {"t": "pkts", "batches": [["a", [b"x", 3]]]},
+        {"t": "pkts", "batches": [["a", [b"x"], "extra"]]},
+        {"t": "pkts", "peer": "a", "data": [b"x"]},
         {"t": "session_up", "peer": "a", "endpoint": "x", "handshake_at": "now"},
         {"t": "peers", "peers": [{"name": "a", "public_key": b"short", "preshared_key": None}]},
         {"t": "peers", "peers": [{"name": "a", "public_key": bytes(32)}]},

@@ -218,8 +218,8 @@ class FakeTransport:
     async def send_chunked(self, frame: dict[str, object], key: str) -> None:
         self.frames.append(frame)  # the parts, joined again as the transport sees them
 
-    def send_packets(self, peer: str, packets: list[bytes]) -> None:
-        self.frames.append({"t": "pkts", "peer": peer, "data": packets})
+    def send_packets(self, batches: list[tuple[str, list[bytes]]]) -> None:
+        self.frames.append({"t": "pkts", "batches": batches})
 
     def peers_listed(self) -> list[str]:
         last = [f for f in self.frames if f["t"] == "peers"][-1]
@@ -254,10 +254,10 @@ def test_router_cuts_off_a_peer_at_its_quota_and_remembers_usage(
         link = FakeTransport()
         router.transports[link] = "udp"  # type: ignore[index]
         router._session_up(link, {"peer": "alice", "endpoint": "192.0.2.1:5", "handshake_at": 1})  # type: ignore[arg-type]
-        router._from_transport(link, "alice", [ipv4_from("10.77.0.2", 600)])  # type: ignore[arg-type]
+        router._from_transport(link, [("alice", [ipv4_from("10.77.0.2", 600)])])  # type: ignore[arg-type]
         router.check_limits()
         assert router.sessions.get("alice") is not None and not router.gate.refused
-        router._from_transport(link, "alice", [ipv4_from("10.77.0.2", 400)])  # type: ignore[arg-type]
+        router._from_transport(link, [("alice", [ipv4_from("10.77.0.2", 400)])])  # type: ignore[arg-type]
         with caplog.at_level(logging.INFO, logger="aura-router"):
             router.check_limits()
         await asyncio.sleep(0)
@@ -268,7 +268,7 @@ def test_router_cuts_off_a_peer_at_its_quota_and_remembers_usage(
             "alice refused: quota used up (1000 B of 1000 B)"]
         # packets the transport had in flight are dropped without a warning
         with caplog.at_level(logging.INFO, logger="aura-router"):
-            router._from_transport(link, "alice", [ipv4_from("10.77.0.2", 100)])  # type: ignore[arg-type]
+            router._from_transport(link, [("alice", [ipv4_from("10.77.0.2", 100)])])  # type: ignore[arg-type]
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
         assert router.usage.get("alice") == 1000
         # a transport with a stale list cannot bring the session back

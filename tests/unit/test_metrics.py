@@ -356,12 +356,12 @@ def test_ipc_link_metrics_show_queues_and_drops() -> None:
             router.transports = {channel: "udp"}
             b.setblocking(False)
             for _ in range(3):
-                b.send(ipc.encode({"t": "pkts", "peer": "alice", "data": [b"x"]}))
+                b.send(ipc.encode({"t": "pkts", "batches": [["alice", [b"x"]]]}))
             await asyncio.sleep(0.05)  # the channel reads them into its queue
             udp = {"link": "udp"}
             assert registry.get_sample_value("aura_ipc_queued_frames", udp) == 3
             assert registry.get_sample_value("aura_ipc_send_queue_bytes", udp) == 0
-            while channel.send_packets("alice", [b"y" * 1000] * 50):
+            while channel.send_packets([("alice", [b"y" * 1000] * 50)]):
                 pass  # until the other side's buffer is full and a batch is dropped
             assert (registry.get_sample_value("aura_ipc_send_queue_bytes", udp) or 0) > 50_000
             assert (registry.get_sample_value("aura_ipc_dropped_batches_total", udp) or 0) >= 1

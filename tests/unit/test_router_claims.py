@@ -58,17 +58,17 @@ def test_packets_for_another_transports_session_or_with_foreign_sources_are_drop
         router._session_up(tcp, {"peer": "alice", "endpoint": "192.0.2.1:5"})  # type: ignore[arg-type]
         router._session_up(udp, {"peer": "bob", "endpoint": "192.0.2.2:5"})  # type: ignore[arg-type]
         with caplog.at_level(logging.WARNING, logger="aura-router"):
-            router._from_transport(udp, "alice", [ipv4_from("10.77.0.2")])  # type: ignore[arg-type]
+            router._from_transport(udp, [("alice", [ipv4_from("10.77.0.2")])])  # type: ignore[arg-type]
             assert tun.written == []
             assert "transport udp (pid 1) sent packets for 'alice', which has no session" in (
                 caplog.text)
             router._end_session("alice", udp, "ended")  # type: ignore[arg-type]
             assert router.sessions.get("alice") is not None
-            router._from_transport(tcp, "alice", [ipv4_from("10.77.0.3")])  # type: ignore[arg-type]
+            router._from_transport(tcp, [("alice", [ipv4_from("10.77.0.3")])])  # type: ignore[arg-type]
             assert tun.written == []
             assert "transport tcp (pid 2) sent packets from alice with a source address" in (
                 caplog.text)
-        router._from_transport(tcp, "alice", [ipv4_from("10.77.0.2")])  # type: ignore[arg-type]
+        router._from_transport(tcp, [("alice", [ipv4_from("10.77.0.2")])])  # type: ignore[arg-type]
         assert tun.written == [ipv4_from("10.77.0.2")]
 
     asyncio.run(scenario())

@@ -28,7 +28,7 @@ def test_a_client_that_restarts_within_its_old_session_is_welcomed_again(tmp_pat
             router._session_up(link, {"peer": "alice", "endpoint": "192.0.2.1:5",  # type: ignore[arg-type]
                                       "handshake_at": at})
         await asyncio.sleep(0)
-        return [decode_control(f["data"][0]) for f in link.frames if f["t"] == "pkts"]  # type: ignore[index]
+        return [decode_control(f["batches"][0][1][0]) for f in link.frames if f["t"] == "pkts"]  # type: ignore[index]
 
     welcomes = asyncio.run(scenario())
     assert len(welcomes) == 2
