@@ -14,7 +14,10 @@ The data path runs through here, so a channel reads every frame the socket holds
 reader callback into a queue bounded in bytes (`recv_many` takes them all at once), one `pkts`
 frame carries the packets of many peers (`send_packets`), and packet batches are sent without
 blocking: a full socket drops the batch and counts it, as a full NIC
-queue would. Control frames use `send_reliable`, which waits for room instead.
+queue would. Control frames use `send_reliable`, which waits for room instead. A `pkts` frame
+carries its send time (`at`, the monotonic clock the processes share): the receiving channel
+runs CoDel on it at dequeue, so packets do not stand in the large socket buffers for tens of
+milliseconds while the receiver is the bottleneck (TCP inside the tunnel backs off instead).
 
 Every frame read is bounded before it is used (docs/bounds.md, "IPC and files"): at most
 MAX_FRAME bytes; decoded with msgpack's length limits and an object budget, so it takes at
@@ -34,12 +37,14 @@ import os
 import socket
 import stat
 import struct
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import msgpack
 
 from aura_common.errors import AuraError
+from aura_common.netio.codel import CoDel
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +204,7 @@ ROUTER_FRAMES: dict[str, dict[str, Shape]] = {
     "peers": {"peers": [_PEER]},
     "session_up": {"peer": str, "endpoint": str, "handshake_at": _number},
     "session_down": {"peer": str},
-    "pkts": {"batches": _packet_batches},
+    "pkts": {"at": _number, "batches": _packet_batches},
     "status_reply": {"uptime": _number, "transports": [dict], "peers": [{"name": str}]},
 }
 
@@ -277,6 +282,10 @@ class Channel:
         self._reading = False
         self._closed_reason: str | None = None
         self._send_lock = asyncio.Lock()
+        # The time `pkts` frames wait between send and dequeue (see `_police`), and the
+        # packets dropped for it.
+        self.aqm = CoDel()
+        self.delay_dropped = 0
         self._start_reading()
 
     def __repr__(self) -> str:
@@ -392,7 +401,23 @@ class Channel:
             log.warning("%r sent a %s; closing the channel", self, problem)
             self._abort(problem)
             raise ChannelClosed(problem)
+        if frame["t"] == "pkts" and self.shapes is not None:  # a router link: `at` checked
+            self._police(frame)
         return frame
+
+    def _police(self, frame: Frame) -> None:
+        """CoDel at dequeue: while frames keep waiting over its target, drop the head packet.
+
+        An in-tunnel control payload (first byte no IP version) is never dropped: it carries
+        a client's address and manifest, sent once per handshake.
+        """
+        now = time.monotonic()
+        if self.aqm.should_drop(now - frame["at"], now):
+            for _, packets in frame["batches"]:
+                if packets and packets[0][:1] and packets[0][0] >> 4 in (4, 6):
+                    del packets[0]
+                    self.delay_dropped += 1
+                    return
 
     def _join(self, part: Frame) -> Frame | None:
         key, end = part.get("chunk"), part.get("end")
@@ -455,6 +480,7 @@ class Channel:
         False if any frame was dropped (full socket) or the channel is closed.
         """
         budget = self.max_frame - 64
+        at = time.monotonic()
         frame: list[tuple[str, list[bytes]]] = []
         ok, size = True, 0
         for peer, packets in batches:
@@ -464,7 +490,7 @@ class Channel:
                 cost = len(packet) + 5  # msgpack bin32 header
                 if current is None or len(current) >= MAX_ITEMS or size + cost > budget:
                     if frame and (size + head + cost > budget or len(frame) >= MAX_ITEMS):
-                        ok = self.send({"t": "pkts", "batches": frame}) and ok
+                        ok = self.send(packets_frame(frame, at)) and ok
                         frame, size = [], 0
                     current = []
                     frame.append((peer, current))
@@ -472,7 +498,7 @@ class Channel:
                 current.append(packet)
                 size += cost
         if frame:
-            ok = self.send({"t": "pkts", "batches": frame}) and ok
+            ok = self.send(packets_frame(frame, at)) and ok
         return ok
 
     async def send_reliable(self, frame: Frame) -> None:
@@ -555,6 +581,12 @@ class Channel:
 
     def close(self) -> None:
         self._fail("closed")
+
+
+def packets_frame(batches: Sequence[tuple[str, Sequence[bytes]]], at: float | None = None
+                  ) -> Frame:
+    """A `pkts` frame: (peer, packets) pairs, sent at `at` (monotonic; default now)."""
+    return {"t": "pkts", "at": time.monotonic() if at is None else at, "batches": batches}
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

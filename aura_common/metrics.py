@@ -116,6 +116,7 @@ class Link(Protocol):
 
     sock: socket.socket
     dropped: int
+    delay_dropped: int
 
     @property
     def queued(self) -> int: ...
@@ -182,8 +183,12 @@ def _add_link(out: _Families, link_name: str, channel: Link | None) -> None:
     dropped = out.counter("aura_ipc_dropped_batches",
                           "Packet batches dropped because the IPC link's socket was full "
                           "(since the link was made).", ["link"])
+    delayed = out.counter("aura_ipc_delay_dropped_packets",
+                          "Packets CoDel dropped because frames kept waiting on an IPC link "
+                          "over 5 ms (since the link was made).", ["link"])
     if channel is None:
         return
+    delayed.add_metric([link_name], channel.delay_dropped)
     queued.add_metric([link_name], channel.queued)
     unsent.add_metric([link_name], send_queue_bytes(channel.sock))
     dropped.add_metric([link_name], channel.dropped)

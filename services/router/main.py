@@ -209,7 +209,7 @@ class Router:
             routes=tuple(n for n in (network.ipv4, network.ipv6) if n is not None),
             manifest=self.manifest,
         ))
-        send_later(session.link, {"t": "pkts", "batches": [(session.peer, [payload])]})
+        send_later(session.link, ipc.packets_frame([(session.peer, [payload])]))
 
     def push_manifest(self) -> None:
         self.load_manifest()

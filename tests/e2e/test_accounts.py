@@ -209,7 +209,7 @@ def test_a_transport_account_is_refused_every_other_role_and_peer(
     outcome = as_user(udp, hello(
         running.router_socket, "udp",
         {"t": "session_down", "peer": "alice"},
-        {"t": "pkts", "batches": [["alice", [ipv4_packet(ALICE_V4)]]]},
+        {"t": "pkts", "at": 0, "batches": [["alice", [ipv4_packet(ALICE_V4)]]]},
     ))  # fmt: skip
     assert outcome["t"] == "hello" and outcome["peers"] == ["alice"]
     wait_for_text(running.router_log, "transport udp (pid ")

@@ -36,9 +36,9 @@ def frame(value: object) -> bytes:
 HOSTILE = {
     "oversized": b"\x82\xa1t\xa4pkts" + b"\0" * (2 << 20),
     "undecodable": b"\xc1",
-    "expanding": frame({"t": "pkts", "peer": "x", "data": [{}] * 4000}),
-    "deep": b"\x82\xa1t\xa4pkts\xa4data" + b"\x91" * 5000 + b"\x90",
-    "wrong shape": frame({"t": "pkts", "peer": 5, "data": "x"}),
+    "expanding": frame({"t": "pkts", "at": 0, "batches": [{}] * 4000}),
+    "deep": b"\x82\xa1t\xa4pkts\xa7batches" + b"\x91" * 5000 + b"\x90",
+    "wrong shape": frame({"t": "pkts", "at": 0, "batches": [["alice", "x"]]}),
     "bad part": frame({"t": "session_up", "peer": [], "chunk": "peer", "end": "no"}),
     "bad handshake time": frame({"t": "session_up", "peer": "alice", "endpoint": "x",
                                  "handshake_at": "now"}),

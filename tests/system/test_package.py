@@ -201,7 +201,7 @@ if reply["t"] == "hello":
     peers = msgpack.unpackb(s.recv(1 << 20))
     out["peers"] = [p["name"] for p in peers["peers"]]
     packet = bytes([0x45]) + bytes(11) + bytes([10, 77, 0, 2]) + bytes([10, 77, 0, 1])
-    s.send(msgpack.packb({"t": "pkts", "batches": [[peer, [packet]]]}))
+    s.send(msgpack.packb({"t": "pkts", "at": 0, "batches": [[peer, [packet]]]}))
     time.sleep(0.5)
 print(json.dumps(out))
 """

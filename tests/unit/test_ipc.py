@@ -9,6 +9,7 @@ import pwd
 import socket
 import stat
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from aura_common import ipc
 from aura_common.accounts import Accounts
 from aura_common.errors import AuraError
+from aura_common.netio.codel import CoDel
 
 REPO = str(Path(__file__).resolve().parents[2])
 Handler = Callable[[ipc.Channel], Awaitable[None]]
@@ -437,5 +439,31 @@ def test_callers_waiting_for_their_hello_are_bounded(
             await asyncio.sleep(0.2)
             channel = await ipc.connect(path, "udp")  # room again once they are gone
             channel.close()
+
+    asyncio.run(scenario())
+
+
+def test_packets_that_keep_waiting_on_the_link_are_dropped_at_dequeue_but_not_control() -> None:
+    async def scenario() -> None:
+        left_sock, right_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sender, receiver = ipc.Channel(left_sock), ipc.Channel(right_sock)
+        receiver.shapes = ipc.ROUTER_FRAMES
+        receiver.aqm = CoDel(target=0.005, interval=0.0)  # drop from the second late frame
+        ip, control = b"\x45" + bytes(19), b"\xa7control"
+        late = time.monotonic() - 1.0
+        sender.send(ipc.packets_frame([("a", [control, ip]), ("b", [ip, ip])], late))
+        sender.send(ipc.packets_frame([("a", [control]), ("b", [ip, ip])], late))
+        sender.send(ipc.packets_frame([("a", [ip, ip])]))  # fresh: CoDel stops dropping
+        frames = []
+        while len(frames) < 3:
+            frames += await asyncio.wait_for(receiver.recv_many(), 5)
+        assert [f["batches"] for f in frames] == [
+            [["a", [control, ip]], ["b", [ip, ip]]],  # waiting over target starts the clock
+            [["a", [control]], ["b", [ip]]],  # the head IP packet goes, the control stays
+            [["a", [ip, ip]]],
+        ]
+        assert receiver.delay_dropped == 1
+        sender.close()
+        receiver.close()
 
     asyncio.run(scenario())
