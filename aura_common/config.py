@@ -448,6 +448,10 @@ class ServerConfig:
         return self._secret("server.key")
 
     @property
+    def server_public_key_file(self) -> str:
+        return os.path.join(self.key_dir, "server.pub")
+
+    @property
     def ca_key_file(self) -> str:
         return self._secret("ca.key")
 

@@ -45,6 +45,8 @@ import msgpack
 
 from aura_common.errors import AuraError
 from aura_common.netio.codel import CoDel
+from aura_common.wireguard.authority import TICKET_SIZE
+from aura_common.wireguard.constants import INITIATION_SIZE, RESPONSE_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -176,10 +178,6 @@ def _key(value: object) -> bool:
     return isinstance(value, bytes) and len(value) == 32
 
 
-def _optional_key(value: object) -> bool:
-    return value is None or _key(value)
-
-
 def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -198,11 +196,38 @@ def _packet_batches(value: object) -> bool:
     return True
 
 
-_PEER = {"name": str, "public_key": _key, "preshared_key": _optional_key}
+def _index(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 32
+
+
+def _sized(size: int) -> Callable[[object], bool]:
+    return lambda value: isinstance(value, bytes) and len(value) == size
+
+
+def _record(*fields: Callable[[object], bool]) -> Callable[[object], bool]:
+    """A list of exactly these fields, in order."""
+    return lambda value: (isinstance(value, list) and len(value) == len(fields)
+                          and all(check(item) for check, item in zip(fields, value, strict=True)))
+
+
+def _text(value: object) -> bool:
+    return isinstance(value, str)
+
+
+_PEER = {"name": str, "public_key": _key}
+# transport -> router: [local index, initiation]; router -> transport: [local index, peer's
+# public key, response (zero macs), sending key, receiving key, initiator's index, ticket] or
+# [local index, why refused].
+_HANDSHAKE_REQUEST = _record(_index, _sized(INITIATION_SIZE))
+_HANDSHAKE_ANSWER = _record(_index, _key, _sized(RESPONSE_SIZE), _key, _key, _index,
+                            _sized(TICKET_SIZE))
+_HANDSHAKE_REFUSAL = _record(_index, _text)
 ROUTER_FRAMES: dict[str, dict[str, Shape]] = {
     "error": {"message": str},
     "peers": {"peers": [_PEER]},
-    "session_up": {"peer": str, "endpoint": str, "handshake_at": _number},
+    "hs": {"items": [_HANDSHAKE_REQUEST]},
+    "hs_done": {"answers": [_HANDSHAKE_ANSWER], "refused": [_HANDSHAKE_REFUSAL]},
+    "session_up": {"peer": str, "endpoint": str, "handshake_at": _number, "ticket": bytes},
     "session_down": {"peer": str},
     "pkts": {"at": _number, "batches": _packet_batches},
     "status_reply": {"uptime": _number, "transports": [dict], "peers": [{"name": str}]},

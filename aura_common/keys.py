@@ -24,6 +24,11 @@ def load_server_private_key(config: ServerConfig) -> bytes:
     return read_key_file(config.server_key_file)
 
 
+def load_server_public_key(config: ServerConfig) -> bytes:
+    """What a transport knows of the server's key (the router alone holds the private one)."""
+    return read_key_file(config.server_public_key_file)
+
+
 def server_public_key(config: ServerConfig) -> bytes:
     return public_key(load_server_private_key(config))
 

@@ -286,6 +286,13 @@ class RouterCollector(Collector):
                               ["reason"])
         dropped.add_metric(["unroutable"], sessions.unroutable)
         dropped.add_metric(["spoofed"], sessions.spoofed)
+        handshakes = out.counter("aura_router_handshakes",
+                                 "Initiations the transports forwarded: answered, refused (did "
+                                 "not authenticate, replayed, peer may not connect) or dropped "
+                                 "(over a transport's queue).", ["outcome"])
+        handshakes.add_metric(["answered"], router.handshakes_answered)
+        handshakes.add_metric(["refused"], router.handshakes_refused)
+        handshakes.add_metric(["dropped"], router.handshakes_dropped)
         return _Snapshot(lambda: _peer_families(peers, out))
 
 

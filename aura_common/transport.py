@@ -5,6 +5,11 @@ A transport process is a `Carrier` (UDP socket, TLS streams, QUIC datagrams) plu
 with the outer source address, and sends what the hub asks it to through `Carrier.transmit()`.
 The hub runs the I/O-free WireGuard `Device`, keeps the peer list the router pushes, reports
 sessions to the router, and moves decrypted packets to and from it in batches.
+
+A transport holds no secret of the server: its device has only the public key. The
+initiations it admits go to the router (`hs`, batched per turn of the event loop), which
+holds the static and preshared keys, answers them (`hs_done`: response, keys, ticket) and
+accepts a `session_up` only with the ticket of a handshake it answered for this transport.
 """
 
 from __future__ import annotations
@@ -20,14 +25,16 @@ from typing import Protocol
 
 from aura_common import ipc, metrics, runtime, systemd
 from aura_common.config import ServerConfig
-from aura_common.keys import load_server_private_key
+from aura_common.keys import load_server_public_key
 from aura_common.log import fields
 from aura_common.ports import bind_with_scan
 from aura_common.wireguard import (
+    Answer,
     Device,
     Dropped,
     Event,
     HandshakeCompleted,
+    HandshakeRequested,
     Peer,
     Received,
     SessionExpired,
@@ -35,6 +42,7 @@ from aura_common.wireguard import (
 )
 from aura_common.wireguard.constants import MESSAGE_TRANSPORT
 from aura_common.wireguard.cookie import source_address
+from aura_common.wireguard.noise import TransportKeys
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +63,9 @@ def format_endpoint(address: Address) -> str:
 
 
 class SessionHub:
-    def __init__(self, role: str, private_key: bytes, router_socket: str, *, mtu: int,
-                 idle_timeout: float | None = None) -> None:
+    def __init__(self, role: str, device: Device, router_socket: str) -> None:
         self.role = role
-        self.device = Device(private_key, mtu=mtu, idle_timeout=idle_timeout)
+        self.device = device
         self.router_socket = router_socket
         self.carrier: Carrier | None = None
         # Told the outer address of each completed handshake with a known peer: carriers that
@@ -70,6 +77,8 @@ class SessionHub:
         self._live: set[str] = set()  # peers with a session the router knows of
         self.counters = metrics.TransportCounters()
         self._handshake_work_scheduled = False
+        self._requests: list[list[object]] = []  # [local index, initiation] for the router
+        self._requests_scheduled = False
         self._drop_logged_at: dict[str, float] = {}  # by metrics.drop_reason() kind
         self._drops_unlogged: Counter[str] = Counter()
 
@@ -134,6 +143,8 @@ class SessionHub:
                 kind = event.datagrams[0][0]
                 if kind != MESSAGE_TRANSPORT:
                     counters.sent[kind] += 1
+            elif type(event) is HandshakeRequested:
+                self._ask_router(event)
             elif type(event) is HandshakeCompleted:
                 counters.handshakes += 1
                 self._session_up(event.peer)
@@ -146,6 +157,38 @@ class SessionHub:
         if to_router and self._router is not None:
             # Every peer's packets of this batch in one frame; a full socket drops and counts.
             self._router.send_packets(to_router.items())
+
+    def _ask_router(self, request: HandshakeRequested) -> None:
+        """Queue an admitted initiation for the router; all of one turn go in one frame."""
+        if self._router is None:
+            self._handle(self.device.refuse_handshake(request.local_index,
+                                                      "router not connected"))
+            return
+        self._requests.append([request.local_index, request.initiation])
+        if not self._requests_scheduled:
+            self._requests_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_requests)
+
+    def _send_requests(self) -> None:
+        self._requests_scheduled = False
+        requests, self._requests = self._requests, []
+        router = self._router
+        # A full socket drops the batch, as it would packets: the router is behind, and the
+        # initiators retry.
+        if router is None or not router.send({"t": "hs", "items": requests}):
+            for index, _ in requests:
+                assert isinstance(index, int)
+                self._handle(self.device.refuse_handshake(index, "router link full or down"))
+
+    def _router_answered(self, frame: ipc.Frame) -> None:
+        now = time.monotonic()
+        device = self.device
+        for index, peer, response, send, receive, remote_index, ticket in frame["answers"]:
+            answer = Answer(peer, response, TransportKeys(send=send, receive=receive),
+                            remote_index, ticket)
+            self._handle(device.complete_handshake(index, answer, now))
+        for index, reason in frame["refused"]:
+            self._handle(device.refuse_handshake(index, reason))
 
     def _log_drop(self, event: Dropped) -> None:
         """One debug line per kind of drop and second: the sender decides how many there are."""
@@ -174,7 +217,7 @@ class SessionHub:
             extra=fields(peer=name, transport=self.role, endpoint=endpoint),
         )
         self._tell_router({"t": "session_up", "peer": name, "endpoint": endpoint,
-                           "handshake_at": time.time()})
+                           "handshake_at": time.time(), "ticket": peer.session_ticket})
 
     def _session_down(self, peer: Peer) -> None:
         name = self._names.get(peer.public_key)
@@ -211,19 +254,12 @@ class SessionHub:
                 del peer
         for key, entry in wanted.items():
             if key not in self._names:
-                psk = entry.get("preshared_key")
-                peer = self.device.add_peer(key, preshared_key=bytes(psk) if psk else None)
+                peer = self.device.add_peer(key)
                 self._names[key] = entry["name"]
                 self._by_name[entry["name"]] = peer
 
     def _changed(self, key: bytes, entry: ipc.Frame) -> bool:
-        peer = self.device.peer(key)
-        psk = entry.get("preshared_key")
-        return (
-            peer is None
-            or self._names[key] != entry["name"]
-            or peer.preshared_key != (bytes(psk) if psk else None)
-        )
+        return self.device.peer(key) is None or self._names[key] != entry["name"]
 
     def _send_to_peer(self, name: str, packets: list[bytes]) -> None:
         peer = self._by_name.get(name)
@@ -278,6 +314,8 @@ class SessionHub:
                 if kind == "pkts":
                     for name, packets in frame["batches"]:
                         self._send_to_peer(name, packets)
+                elif kind == "hs_done":
+                    self._router_answered(frame)
                 elif kind == "peers":
                     self._apply_peers(frame["peers"])
                     if first_peers:
@@ -296,6 +334,7 @@ class SessionHub:
             await channel.send_reliable({
                 "t": "session_up", "peer": name, "endpoint": format_endpoint(peer.endpoint),
                 "handshake_at": time.time() - (time.monotonic() - (peer.last_handshake or 0)),
+                "ticket": peer.session_ticket,
             })
 
 
@@ -333,8 +372,9 @@ def new_hub(config: ServerConfig, role: str) -> SessionHub:
     # it the lease (the router releases it on session_down).
     network = config.network
     idle = network.lease_idle_timeout if network.strategy == "dynamic" else None
-    return SessionHub(role, load_server_private_key(config), config.router_socket,
-                      mtu=config.tun.mtu, idle_timeout=idle)
+    device = Device(public_key=load_server_public_key(config), mtu=config.tun.mtu,
+                    idle_timeout=idle)
+    return SessionHub(role, device, config.router_socket)
 
 
 async def serve_sessions(

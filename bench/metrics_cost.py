@@ -39,9 +39,8 @@ class Discard:
 
 def connected_hub() -> SessionHub:
     server_key, client_key = generate_private_key(), generate_private_key()
-    hub = SessionHub("udp", server_key, "/nonexistent", mtu=1420)
-    hub._apply_peers([{"name": "alice", "public_key": public_key(client_key),
-                       "preshared_key": None}])
+    hub = SessionHub("udp", Device(server_key), "/nonexistent")
+    hub._apply_peers([{"name": "alice", "public_key": public_key(client_key)}])
     client = Device(client_key)
     peer = client.add_peer(public_key(server_key), endpoint=("192.0.2.2", 51820))
     sent: list[list[bytes]] = []

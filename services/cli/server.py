@@ -331,8 +331,8 @@ def _services(config: ServerConfig) -> list[str]:
 # supervisor binds for it in the root-owned runtime directory (as the .socket units do).
 CAPABILITIES = {"router": "net_admin", "udp": "net_bind_service", "tcp": "net_bind_service",
                 "quic": "net_bind_service", "signer": None}
-SECRETS = {"router": ("cluster.key",), "udp": ("server.key",), "tcp": ("server.key", "tls.key"),
-           "quic": ("server.key", "tls.key"), "signer": ("ca.key",)}
+SECRETS = {"router": ("cluster.key", "server.key"), "udp": (), "tcp": ("tls.key",),
+           "quic": ("tls.key",), "signer": ("ca.key",)}
 
 
 @dataclass(frozen=True)

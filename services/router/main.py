@@ -1,4 +1,9 @@
-"""aura-router: the TUN device, the peer authority, and dispatch between TUN and transports."""
+"""aura-router: the TUN device, the peer authority, and dispatch between TUN and transports.
+
+The router alone holds the server's static key and the peers' preshared keys: it answers
+the handshakes the transports forward (`hs`), each to the transport that carried it, and
+takes a `session_up` only with the ticket of a handshake it answered for that transport.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import json
 import logging
 import signal
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +24,7 @@ from aura_common.accounts import ADMIN, Accounts
 from aura_common.cluster.presence import LiveSession
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError
+from aura_common.keys import load_server_private_key
 from aura_common.limits import SAVE_INTERVAL, Gate, Usage
 from aura_common.log import NOTICE, fields
 from aura_common.manifest import ManifestError, SignedManifest
@@ -26,6 +33,9 @@ from aura_common.netio.tun import Tun
 from aura_common.pool import AddressPool, Leases
 from aura_common.registry import Peer, Registry
 from aura_common.service import run_service
+from aura_common.wireguard import HandshakeAuthority
+from aura_common.wireguard.messages import MessageError
+from aura_common.wireguard.noise import HandshakeError
 from services.router import nat
 from services.router.sessions import Session, SessionTable
 
@@ -43,6 +53,13 @@ TUN_READ_LIMIT = 64
 LIMITS_INTERVAL = 0.25  # a peer past its quota or expiry is cut off within this (plus IPC)
 # How often leases a busy lock kept in memory are written again.
 LEASE_FLUSH_INTERVAL = 2.0
+# Handshakes forwarded by one transport wait in a queue of at most this many (more are
+# refused at once and counted), and at most HANDSHAKES_PER_TURN of them are answered per
+# transport per turn of the event loop (four X25519 operations each), so packets keep
+# moving however many arrive. The transport counts unanswered ones as its load and asks
+# for cookies when they pile up.
+HANDSHAKE_QUEUE = 256
+HANDSHAKES_PER_TURN = 32
 
 
 def send_later(channel: ipc.Channel, frame: dict[str, Any], chunked: str | None = None) -> None:
@@ -60,7 +77,7 @@ def send_later(channel: ipc.Channel, frame: dict[str, Any], chunked: str | None 
 
 
 class Router:
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, authority: HandshakeAuthority) -> None:
         self.config = config
         self.started = time.time()
         self.feed: DatabaseFeed | None = None
@@ -83,7 +100,14 @@ class Router:
         self.manifest: SignedManifest | None = None
         self.gate = Gate()
         self.refused_since: dict[str, float] = {}  # when the gate refused each peer (Unix time)
+        self.authority = authority  # the server's static key and the preshared keys
+        self._handshakes: dict[ipc.Channel, deque[tuple[int, bytes]]] = {}
+        self._handshakes_scheduled = False
+        self.handshakes_answered = 0
+        self.handshakes_refused = 0  # did not authenticate, replayed, or peer may not connect
+        self.handshakes_dropped = 0  # over a transport's queue, or its link closed first
         self.check_limits()
+        self._authorize_peers()
 
     # -- start and stop -----------------------------------------------------------------
     async def open_tun(self) -> None:
@@ -137,14 +161,25 @@ class Router:
     def _peers_frame(self) -> dict[str, Any]:
         """The peers transports accept handshakes from: not those revoked, disabled or limited.
 
-        A peer left out loses its sessions on every transport at once.
+        A peer left out loses its sessions on every transport at once. Public keys only: the
+        preshared keys stay here, with the authority.
         """
         return {"t": "peers", "peers": [
-            {"name": p.name, "public_key": p.public_key, "preshared_key": p.preshared_key}
+            {"name": p.name, "public_key": p.public_key}
             for p in self.registry if self._may_connect(p)
         ]}
 
+    def _authorize_peers(self) -> None:
+        """The authority answers exactly the peers that may connect now."""
+        unusable = self.authority.set_peers({
+            p.public_key: p.preshared_key for p in self.registry if self._may_connect(p)
+        })
+        for public in unusable:
+            log.warning("peer key %s in %s is unusable; its handshakes are refused",
+                        public.hex(), self.config.peers_file)
+
     def _push_peers(self) -> None:
+        self._authorize_peers()
         for channel in self.transports:
             send_later(channel, self._peers_frame(), chunked="peers")
 
@@ -238,6 +273,8 @@ class Router:
                 kind = frame.get("t")
                 if kind == "pkts":
                     self._from_transport(channel, frame["batches"])
+                elif kind == "hs":
+                    self._handshakes_from(channel, frame["items"])
                 elif kind == "session_up":
                     self._session_up(channel, frame)
                 elif kind == "session_down":
@@ -247,21 +284,67 @@ class Router:
         finally:
             del self.transports[channel]
             self._warned_at.pop(channel, None)
+            self.handshakes_dropped += len(self._handshakes.pop(channel, ()))
             for session in self.sessions.drop_link(channel):
                 self.usage.add(session.peer, session.unaccounted())
                 self._release(session.peer)
+
+    # -- handshakes ---------------------------------------------------------------------
+    def _handshakes_from(self, channel: ipc.Channel, items: list[list[Any]]) -> None:
+        queue = self._handshakes.setdefault(channel, deque())
+        room = HANDSHAKE_QUEUE - len(queue)
+        queue.extend((index, initiation) for index, initiation in items[:room])
+        if len(items) > room:
+            overflow = items[room:]
+            self.handshakes_dropped += len(overflow)
+            send_later(channel, {"t": "hs_done", "answers": [], "refused": [
+                [index, "router handshake queue full"] for index, _ in overflow]})
+        if not self._handshakes_scheduled:
+            self._handshakes_scheduled = True
+            asyncio.get_running_loop().call_soon(self._answer_handshakes)
+
+    def _answer_handshakes(self) -> None:
+        """Up to HANDSHAKES_PER_TURN of each transport's queue; the rest next turn."""
+        self._handshakes_scheduled = False
+        now, wall = time.monotonic(), time.time()
+        authority = self.authority
+        for channel, queue in list(self._handshakes.items()):
+            role = self.transports.get(channel)
+            answers, refused = [], []
+            for _ in range(min(len(queue), HANDSHAKES_PER_TURN)):
+                index, initiation = queue.popleft()
+                try:
+                    answer = authority.answer(initiation, index, role or "", now, wall)
+                except (HandshakeError, MessageError) as error:
+                    refused.append([index, str(error)])
+                    continue
+                answers.append([index, answer.peer_public, answer.response, answer.keys.send,
+                                answer.keys.receive, answer.remote_index, answer.ticket])
+            self.handshakes_answered += len(answers)
+            self.handshakes_refused += len(refused)
+            if not queue:
+                del self._handshakes[channel]
+            if role is not None:
+                send_later(channel, {"t": "hs_done", "answers": answers, "refused": refused})
+        if self._handshakes and not self._handshakes_scheduled:
+            self._handshakes_scheduled = True
+            asyncio.get_running_loop().call_soon(self._answer_handshakes)
 
     def _session_up(self, channel: ipc.Channel, frame: dict[str, Any]) -> None:
         name, endpoint = frame["peer"], frame.get("endpoint", "")
         peer = self.registry.get(name)
         if peer is None or not self._may_connect(peer):
             return  # the transport learns from the next peers frame
+        role = self.transports.get(channel, "?")
+        if not self.authority.ticket_valid(frame["ticket"], role, peer.public_key, time.time()):
+            self._misdirected(channel, f"session_up for {name} without the ticket of a "
+                                       "handshake the router answered for it")
+            return
         try:
             addresses = self._addresses_for(peer)
         except AuraError as error:
             log.error("no address for %s: %s", name, error, extra=fields(peer=name))
             return
-        role = self.transports.get(channel, "?")
         session, new = self.sessions.up(
             name, channel, role, endpoint, addresses, float(frame.get("handshake_at", 0))
         )
@@ -393,6 +476,9 @@ class Router:
             "transports": transports, "peers": peers,
             "dropped": {"unroutable": self.sessions.unroutable,
                         "spoofed": self.sessions.spoofed},
+            "handshakes": {"answered": self.handshakes_answered,
+                           "refused": self.handshakes_refused,
+                           "dropped": self.handshakes_dropped},
         }
         if self.feed is not None:
             reply["registry"] = self.feed.status()
@@ -400,7 +486,7 @@ class Router:
 
 
 async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
-    router = Router(config)
+    router = Router(config, HandshakeAuthority(load_server_private_key(config)))
     router.load_manifest()
     await router.open_tun()
     loop = asyncio.get_running_loop()

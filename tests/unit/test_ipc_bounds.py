@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from aura_common import ipc
 from aura_common.config import NetworkConfig, ServerConfig
 from services.router.main import Router
+from tests.unit.test_router_claims import new_router
 
 PEERS = 20_000
 
@@ -159,8 +160,15 @@ def test_the_receive_queue_is_bounded_in_bytes() -> None:
         {"t": "pkts", "batches": [["a", [b"x"]]]},
         {"t": "pkts", "at": "now", "batches": [["a", [b"x"]]]},
         {"t": "session_up", "peer": "a", "endpoint": "x", "handshake_at": "now"},
-        {"t": "peers", "peers": [{"name": "a", "public_key": b"short", "preshared_key": None}]},
-        {"t": "peers", "peers": [{"name": "a", "public_key": bytes(32)}]},
+        {"t": "session_up", "peer": "a", "endpoint": "x", "handshake_at": 1},  # no ticket
+        {"t": "peers", "peers": [{"name": "a", "public_key": b"short"}]},
+        {"t": "peers", "peers": [{"name": "a"}]},
+        {"t": "hs", "items": [[1, bytes(147)]]},
+        {"t": "hs", "items": [[1 << 32, bytes(148)]]},
+        {"t": "hs", "items": [[1, bytes(148), "extra"]]},
+        {"t": "hs_done", "answers": [[1, bytes(32), bytes(92), bytes(32), bytes(32), 2]],
+         "refused": []},
+        {"t": "hs_done", "answers": [], "refused": [[1, 2]]},
         {"t": "peers", "peers": [1], "chunk": "peers", "end": True},
         {"t": "peers", "peers": 1, "chunk": "peers", "end": True},
         {"t": "peers", "peers": [], "chunk": "peers", "end": "yes"},
@@ -215,7 +223,7 @@ def router(tmp_path: Path) -> Router:
     config = ServerConfig(public_host="192.0.2.1", state_dir=str(tmp_path),
                           network=NetworkConfig(ipv4=ipaddress.IPv4Network("10.64.0.0/10")))
     registry_file(Path(config.peers_file), PEERS)
-    return Router(config)
+    return new_router(config)
 
 
 def test_20000_peers_reach_a_transport_in_one_joined_peers_frame(router: Router) -> None:

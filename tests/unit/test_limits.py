@@ -243,6 +243,7 @@ def test_router_cuts_off_a_peer_at_its_quota_and_remembers_usage(
 
     from aura_common.log import NOTICE
     from services.router.main import Router
+    from tests.unit.test_router_claims import claim, new_router
 
     config = ServerConfig.default("vpn.example", state_dir=str(tmp_path))
     with Registry.edit(config.peers_file) as registry:
@@ -250,10 +251,10 @@ def test_router_cuts_off_a_peer_at_its_quota_and_remembers_usage(
         registry.add(Peer("bob", bytes(range(1, 33)), address_v4="10.77.0.3"))
 
     async def scenario() -> None:
-        router = Router(config)
+        router = new_router(config)
         link = FakeTransport()
         router.transports[link] = "udp"  # type: ignore[index]
-        router._session_up(link, {"peer": "alice", "endpoint": "192.0.2.1:5", "handshake_at": 1})  # type: ignore[arg-type]
+        claim(router, link, "alice")
         router._from_transport(link, [("alice", [ipv4_from("10.77.0.2", 600)])])  # type: ignore[arg-type]
         router.check_limits()
         assert router.sessions.get("alice") is not None and not router.gate.refused
@@ -272,14 +273,14 @@ def test_router_cuts_off_a_peer_at_its_quota_and_remembers_usage(
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
         assert router.usage.get("alice") == 1000
         # a transport with a stale list cannot bring the session back
-        router._session_up(link, {"peer": "alice", "endpoint": "192.0.2.1:5", "handshake_at": 2})  # type: ignore[arg-type]
+        claim(router, link, "alice", handshake_at=2)
         assert router.sessions.get("alice") is None
         status = {p["name"]: p for p in router.status()["peers"]}
         assert status["alice"]["usage_bytes"] == 1000 and status["alice"]["refused"]
         assert status["bob"]["refused"] is None and status["bob"]["quota_bytes"] is None
         router.close()
 
-        restarted = Router(config)
+        restarted = Router(config, router.authority)
         assert restarted.usage.get("alice") == 1000 and "alice" in restarted.gate.refused
         restarted.transports[link] = "udp"  # type: ignore[index]
         with Registry.edit(config.peers_file) as registry:
@@ -292,13 +293,13 @@ def test_router_cuts_off_a_peer_at_its_quota_and_remembers_usage(
 
 
 def test_router_refuses_an_expired_peer_from_the_start(tmp_path: Path) -> None:
-    from services.router.main import Router
+    from tests.unit.test_router_claims import new_router
 
     config = ServerConfig.default("vpn.example", state_dir=str(tmp_path))
     past = format_time(datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1))
     with Registry.edit(config.peers_file) as registry:
         registry.add(Peer("alice", bytes(range(32)), address_v4="10.77.0.2", expires=past))
-    router = Router(config)
+    router = new_router(config)
     assert router._peers_frame()["peers"] == []
     assert router.gate.refused == {"alice": f"expired at {past}"}
 

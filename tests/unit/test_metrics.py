@@ -77,11 +77,10 @@ class RecordingCarrier:
 
 def hub_with_client() -> tuple[SessionHub, Device, RecordingCarrier]:
     server_key, client_key = generate_private_key(), generate_private_key()
-    hub = SessionHub("udp", server_key, "/nonexistent/router.sock", mtu=1420)
+    hub = SessionHub("udp", Device(server_key), "/nonexistent/router.sock")
     carrier = RecordingCarrier()
     hub.carrier = carrier
-    hub._apply_peers([{"name": "alice", "public_key": public_key(client_key),
-                       "preshared_key": None}])
+    hub._apply_peers([{"name": "alice", "public_key": public_key(client_key)}])
     client = Device(client_key)
     client.add_peer(public_key(server_key), endpoint=("203.0.113.1", 8443))
     return hub, client, carrier
@@ -130,7 +129,7 @@ def test_cookie_replies_are_counted_under_load() -> None:
     hub.device = Device(hub.device._static.private_bytes_raw(), under_load_after=1)
     hub._names.clear()
     hub._by_name.clear()
-    hub._apply_peers([{"name": "alice", "public_key": client.public_key, "preshared_key": None}])
+    hub._apply_peers([{"name": "alice", "public_key": client.public_key}])
     registry = registry_of(metrics.TransportCollector(hub))
     peer = next(iter(client.peers))
     for attempt in range(3):
@@ -164,7 +163,8 @@ def router_state() -> SimpleNamespace:
                 RegistryPeer("carol", b"c" * 32, address_v4="10.77.0.4", enabled=False)]
     return SimpleNamespace(registry=registry, sessions=sessions, transports={},
                            usage=Usage("/nonexistent/usage.json", {"alice": 5, "bob": 2000}),
-                           gate=Gate())
+                           gate=Gate(), handshakes_answered=7, handshakes_refused=2,
+                           handshakes_dropped=1)
 
 
 def test_router_metrics_follow_the_session_table() -> None:
@@ -190,6 +190,8 @@ def test_router_metrics_follow_the_session_table() -> None:
     assert registry.get_sample_value("aura_router_dropped_packets_total",
                                      {"reason": "unroutable"}) == 1
     assert registry.get_sample_value("aura_registry_peers") == 2
+    assert [registry.get_sample_value("aura_router_handshakes_total", {"outcome": outcome})
+            for outcome in ("answered", "refused", "dropped")] == [7, 2, 1]
 
 
 def test_router_metrics_show_usage_and_limits() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,24 @@ import pytest
 from aura_common.config import ServerConfig
 from aura_common.ipc import Credentials
 from aura_common.registry import Peer, Registry
+from aura_common.wireguard import HandshakeAuthority, generate_private_key
 from services.router.main import Router
+
+
+def new_router(config: ServerConfig) -> Router:
+    return Router(config, HandshakeAuthority(generate_private_key()))
+
+
+def claim(router: Router, link: Any, peer: str, endpoint: str = "192.0.2.1:5",
+          handshake_at: float = 1.0, ticket: bytes | None = None) -> None:
+    """`session_up` as a transport sends it after a handshake the router answered for it."""
+    if ticket is None:
+        registered = router.registry.get(peer)
+        assert registered is not None
+        ticket = router.authority.ticket(router.transports[link], registered.public_key,
+                                         time.time())
+    router._session_up(link, {"peer": peer, "endpoint": endpoint,
+                              "handshake_at": handshake_at, "ticket": ticket})
 
 
 class FakeTransport:
@@ -50,13 +68,13 @@ def test_packets_for_another_transports_session_or_with_foreign_sources_are_drop
         registry.add(Peer("bob", b"b" * 32, address_v4="10.77.0.3"))
 
     async def scenario() -> None:
-        router = Router(config)
+        router = new_router(config)
         tun = FakeTun()
         router.tun = tun  # type: ignore[assignment]
         udp, tcp = FakeTransport(1), FakeTransport(2)
         router.transports.update({udp: "udp", tcp: "tcp"})  # type: ignore[dict-item]
-        router._session_up(tcp, {"peer": "alice", "endpoint": "192.0.2.1:5"})  # type: ignore[arg-type]
-        router._session_up(udp, {"peer": "bob", "endpoint": "192.0.2.2:5"})  # type: ignore[arg-type]
+        claim(router, tcp, "alice")
+        claim(router, udp, "bob", "192.0.2.2:5")
         with caplog.at_level(logging.WARNING, logger="aura-router"):
             router._from_transport(udp, [("alice", [ipv4_from("10.77.0.2")])])  # type: ignore[arg-type]
             assert tun.written == []

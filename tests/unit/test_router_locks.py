@@ -15,7 +15,7 @@ from typing import Any
 
 from aura_common.config import ServerConfig
 from aura_common.registry import Peer, Registry
-from services.router.main import Router
+from tests.unit.test_router_claims import claim, new_router
 
 REPO = str(Path(__file__).resolve().parents[2])
 HOLD = (
@@ -53,11 +53,11 @@ def test_a_held_leases_lock_does_not_stall_a_session(tmp_path: Path) -> None:
         assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
 
         async def scenario() -> float:
-            router = Router(config)
+            router = new_router(config)
             transport = FakeTransport()
             router.transports[transport] = "udp"  # type: ignore[index]
             started = time.monotonic()
-            router._session_up(transport, {"peer": "alice", "endpoint": "192.0.2.1:5"})  # type: ignore[arg-type]
+            claim(router, transport, "alice")
             elapsed = time.monotonic() - started
             assert router.sessions.get("alice") is not None
             assert router.leases.unsaved

@@ -8,8 +8,8 @@ from pathlib import Path
 from aura_common.config import ServerConfig
 from aura_common.control import decode_control
 from aura_common.registry import Peer, Registry
-from services.router.main import Router
 from tests.unit.test_limits import FakeTransport
+from tests.unit.test_router_claims import claim, new_router
 
 
 def test_a_client_that_restarts_within_its_old_session_is_welcomed_again(tmp_path: Path) -> None:
@@ -21,12 +21,11 @@ def test_a_client_that_restarts_within_its_old_session_is_welcomed_again(tmp_pat
         registry.add(Peer("alice", bytes(range(32)), address_v4="10.77.0.2"))
 
     async def scenario() -> list[object]:
-        router = Router(config)
+        router = new_router(config)
         link = FakeTransport()
         router.transports[link] = "udp"  # type: ignore[index]
         for at in (1.0, 2.0):  # the second: same transport, the old session still listed
-            router._session_up(link, {"peer": "alice", "endpoint": "192.0.2.1:5",  # type: ignore[arg-type]
-                                      "handshake_at": at})
+            claim(router, link, "alice", handshake_at=at)
         await asyncio.sleep(0)
         return [decode_control(f["batches"][0][1][0]) for f in link.frames if f["t"] == "pkts"]  # type: ignore[index]
 

@@ -64,7 +64,8 @@ def raw_key(public: ed25519.Ed25519PublicKey) -> bytes:
 
 
 def new_hub(keys: Keys) -> SessionHub:
-    hub = SessionHub("tcp", keys.server_private, "/nonexistent/router.sock", mtu=1420)
+    # The server's own device answers here (no router): the carrier is what is tested.
+    hub = SessionHub("tcp", Device(keys.server_private, mtu=1420), "/nonexistent/router.sock")
     hub.device.add_peer(wg_public_key(keys.client_private))
     return hub
 

@@ -308,7 +308,7 @@ def test_cookie_pacer_is_bounded_in_entries_and_bytes() -> None:
 def test_the_hub_logs_one_line_per_kind_of_drop_a_second(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    hub = SessionHub("udp", generate_private_key(), "/nonexistent/router.sock", mtu=1420)
+    hub = SessionHub("udp", Device(generate_private_key()), "/nonexistent/router.sock")
     with caplog.at_level(logging.DEBUG, logger="aura_common.transport"):
         for _ in range(1000):
             hub.received([b"\x09" * 40], ("192.0.2.1", 1))
@@ -325,7 +325,7 @@ def test_endpoints_show_ipv4_seen_through_dual_stack_as_ipv4() -> None:
 
 def test_the_hub_works_the_handshake_queue_between_reads() -> None:
     server_key = generate_private_key()
-    hub = SessionHub("udp", server_key, "/nonexistent/router.sock", mtu=1420)
+    hub = SessionHub("udp", Device(server_key), "/nonexistent/router.sock")
     flood = [junk_initiation(public_key(server_key)) for _ in range(3 * HANDSHAKE_WORK_BATCH)]
 
     async def read_and_yield() -> list[int]:
