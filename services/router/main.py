@@ -95,7 +95,7 @@ class Router:
                              AddressPool(config.network.ipv4, config.network.ipv6))
         self.sessions: SessionTable[ipc.Channel] = SessionTable()
         self.transports: dict[ipc.Channel, str] = {}
-        self._warned_at: dict[ipc.Channel, float] = {}
+        self._warned_at: dict[tuple[ipc.Channel, str], float] = {}  # by link and kind
         self.tun: Tun | None = None
         self.manifest: SignedManifest | None = None
         self.gate = Gate()
@@ -283,7 +283,8 @@ class Router:
             log.warning("transport %s disconnected", role, extra=fields(transport=role))
         finally:
             del self.transports[channel]
-            self._warned_at.pop(channel, None)
+            for kind in ("session", "packets"):
+                self._warned_at.pop((channel, kind), None)
             self.handshakes_dropped += len(self._handshakes.pop(channel, ()))
             for session in self.sessions.drop_link(channel):
                 self.usage.add(session.peer, session.unaccounted())
@@ -337,8 +338,8 @@ class Router:
             return  # the transport learns from the next peers frame
         role = self.transports.get(channel, "?")
         if not self.authority.ticket_valid(frame["ticket"], role, peer.public_key, time.time()):
-            self._misdirected(channel, f"session_up for {name} without the ticket of a "
-                                       "handshake the router answered for it")
+            self._misdirected(channel, "session", f"session_up for {name} without the ticket "
+                              "of a handshake the router answered for it")
             return
         try:
             addresses = self._addresses_for(peer)
@@ -385,18 +386,19 @@ class Router:
             # Packets in flight when the router withdrew the peer are expected, not news.
             known = self.registry.get(peer)
             if known is not None and self._may_connect(known):
-                self._misdirected(channel, f"packets for {peer!r}, which has no session there")
+                self._misdirected(channel, "packets",
+                                  f"packets for {peer!r}, which has no session there")
         else:
-            self._misdirected(channel, f"packets from {peer} with a source address "
-                                       "that is not the peer's")
+            self._misdirected(channel, "packets", f"packets from {peer} with a source "
+                              "address that is not the peer's")
 
-    def _misdirected(self, channel: ipc.Channel, what: str) -> None:
-        """Warn (rate-limited per transport) about frames the router refused to act on."""
+    def _misdirected(self, channel: ipc.Channel, kind: str, what: str) -> None:
+        """Warn (rate-limited per transport and kind) about frames the router refused."""
         now = time.monotonic()
-        last = self._warned_at.get(channel)
+        last = self._warned_at.get((channel, kind))
         if last is not None and now - last < MISDIRECTED_WARN_INTERVAL:
             return
-        self._warned_at[channel] = now
+        self._warned_at[channel, kind] = now
         role = self.transports.get(channel, "?")
         log.warning("transport %s (pid %d) sent %s; dropped", role, channel.peer_credentials.pid,
                     what, extra=fields(transport=role))

@@ -9,6 +9,7 @@ package (tests/system/test_package.py) repeats this with the real service accoun
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -229,3 +230,72 @@ def test_an_admin_group_member_may_ask_for_status_and_a_manifest(
                "server_public_key": bytes(32)}
     outcome = as_user(operator, hello(running.signer_socket, "admin", request))
     assert outcome["frames"] == ["signed"]
+
+
+def transport_session(path: str, *then: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    """Connect as the udp transport; report the fields of the peers it was sent, send `then`,
+    and report the frame types that came back."""
+
+    def action() -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+            sock.settimeout(10)
+            sock.connect(path)
+            sock.send(msgpack.packb({"t": "hello", "v": 1, "role": "udp"}))
+            assert msgpack.unpackb(sock.recv(1 << 20))["t"] == "hello"
+            peers = msgpack.unpackb(sock.recv(1 << 20))
+            for frame in then:
+                sock.send(msgpack.packb(frame, use_bin_type=True))
+            sock.settimeout(1)
+            frames = []
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    frames.append(msgpack.unpackb(sock.recv(1 << 20))["t"])
+            return {"peer_fields": sorted({k for p in peers["peers"] for k in p}),
+                    "frames": frames}
+
+    return action
+
+
+def readable(path: Path) -> Callable[[], dict[str, Any]]:
+    def action() -> dict[str, Any]:
+        try:
+            path.read_bytes()
+        except OSError as error:
+            return {"errno": error.errno}
+        return {"read": True}
+
+    return action
+
+
+def status_of(path: str) -> dict[str, Any]:
+    """The router's status as root (who may act as admin)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        sock.send(msgpack.packb({"t": "hello", "v": 1, "role": "admin"}))
+        msgpack.unpackb(sock.recv(1 << 20))
+        sock.send(msgpack.packb({"t": "status"}))
+        return msgpack.unpackb(sock.recv(1 << 20))  # type: ignore[no-any-return]
+
+
+def test_a_transport_account_holds_no_key_and_cannot_claim_a_session(
+    running: Running, accounts: Accounts
+) -> None:
+    udp = accounts.udp
+    registry = json.loads((running.folder / "state" / "peers.json").read_text())
+    assert registry["peers"][0]["preshared_key"]  # alice has one: it must not leak
+    # Neither the static key nor the registry (preshared keys) is readable by the account...
+    for secret in (running.folder / "server.key", running.folder / "state" / "peers.json"):
+        assert as_user(udp, readable(secret)) == {"errno": 13}, secret
+    assert as_user(udp, readable(running.folder / "server.pub")) == {"read": True}
+    # ... nor sent to it: the peers frame carries public keys only.
+    forged = {"t": "session_up", "peer": "alice", "endpoint": "192.0.2.66:51820",
+              "handshake_at": time.time(), "ticket": bytes(24)}
+    outcome = as_user(udp, transport_session(running.router_socket, forged))
+    assert outcome["peer_fields"] == ["name", "public_key"]
+    # A session it did not carry a handshake for is refused: no welcome, no route to alice.
+    assert "pkts" not in outcome["frames"]
+    wait_for_text(running.router_log, "session_up for alice without the ticket of a handshake "
+                                      "the router answered for it")
+    alice = next(p for p in status_of(running.router_socket)["peers"] if p["name"] == "alice")
+    assert not alice["connected"]

@@ -200,6 +200,9 @@ out = {"t": reply["t"], "message": reply.get("message")}
 if reply["t"] == "hello":
     peers = msgpack.unpackb(s.recv(1 << 20))
     out["peers"] = [p["name"] for p in peers["peers"]]
+    out["peer_fields"] = sorted({k for p in peers["peers"] for k in p})
+    s.send(msgpack.packb({"t": "session_up", "peer": peer, "endpoint": "192.0.2.66:51820",
+                          "handshake_at": time.time(), "ticket": bytes(24)}))
     packet = bytes([0x45]) + bytes(11) + bytes([10, 77, 0, 2]) + bytes([10, 77, 0, 1])
     s.send(msgpack.packb({"t": "pkts", "at": 0, "batches": [[peer, [packet]]]}))
     time.sleep(0.5)
@@ -225,12 +228,22 @@ def test_a_compromised_transport_is_refused_every_other_role(setup: Setup) -> No
     assert _as_udp_transport(box, "/run/aura/signer.sock", "admin") == {"errno": 13}
     outcome = _as_udp_transport(box, "/run/aura/router.sock", "udp")
     assert outcome["t"] == "hello" and "mallory" in outcome["peers"]
+    assert outcome["peer_fields"] == ["name", "public_key"]  # no preshared key
     deadline = time.monotonic() + 10
     while True:
         journal = box.run(["journalctl", "-u", "aura-router", "-p", "warning", "--no-pager"]).stdout
         if "sent packets for 'mallory'" in journal or time.monotonic() > deadline:
             break
         time.sleep(0.5)
+    assert "session_up for mallory without the ticket of a handshake" in journal, journal
+    # The server's static key: the router's credential alone, unreadable to the transport.
+    assert "server.key" in box.run(["ls", "/run/credentials/aura-router.service"]).stdout
+    for transport in TRANSPORTS:
+        listing = box.run(["ls", f"/run/credentials/{transport}.service"], check=False).stdout
+        assert "server.key" not in listing, (transport, listing)
+    for secret in ("/etc/aura/server.key", "/var/lib/aura/peers.json"):
+        assert box.run(["setpriv", "--reuid=aura-udp", "--regid=aura", "--init-groups", "cat",
+                        secret], check=False).returncode != 0, secret
     for role in ("tcp", "quic", "admin"):
         assert f"(uid {uid}, gid " in journal and f") as {role} on" in journal, journal
     assert "sent packets for 'mallory', which has no session there" in journal

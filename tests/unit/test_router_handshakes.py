@@ -1,0 +1,105 @@
+"""The router answers the handshakes transports forward: to the carrier alone, bounded per turn."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aura_common.config import ServerConfig
+from aura_common.registry import Peer, Registry
+from aura_common.wireguard import (
+    Answer,
+    Device,
+    HandshakeCompleted,
+    HandshakeRequested,
+    generate_private_key,
+    public_key,
+)
+from aura_common.wireguard.noise import TransportKeys
+from services.router.main import HANDSHAKE_QUEUE, HANDSHAKES_PER_TURN
+from tests.unit.test_router_claims import FakeTransport, new_router
+from tests.unit.test_wireguard_device import CLIENT_ADDR, SERVER_ADDR, of_type, transmits
+
+
+def setup(tmp_path: Path) -> tuple[Any, bytes]:
+    config = ServerConfig.default("vpn.example", state_dir=str(tmp_path),
+                                  runtime_dir=str(tmp_path), key_dir=str(tmp_path))
+    client_key = generate_private_key()
+    with Registry.edit(config.peers_file) as registry:
+        registry.add(Peer("alice", public_key(client_key), preshared_key=bytes(range(32)),
+                          address_v4="10.77.0.2"))
+    return config, client_key
+
+
+def hs_done(link: FakeTransport) -> list[dict[str, Any]]:
+    return [f for f in link.sent if f["t"] == "hs_done"]
+
+
+def test_an_answer_goes_to_the_carrier_alone_and_its_ticket_claims_the_session(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config, client_key = setup(tmp_path)
+
+    async def scenario() -> None:
+        router = new_router(config)
+        server_public = router.authority.public_key
+        relay = Device(public_key=server_public)
+        to_client = relay.add_peer(public_key(client_key))
+        client = Device(client_key)
+        to_server = client.add_peer(server_public, preshared_key=bytes(range(32)),
+                                    endpoint=SERVER_ADDR)
+        udp, tcp = FakeTransport(1), FakeTransport(2)
+        router.transports.update({udp: "udp", tcp: "tcp"})  # type: ignore[dict-item]
+        [request] = of_type(relay.receive(transmits(client.initiate(to_server, 0.0)),
+                                          CLIENT_ADDR, 0.0), HandshakeRequested)
+        router._handshakes_from(udp, [[request.local_index, request.initiation]])  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+        assert hs_done(tcp) == [] and len(hs_done(udp)) == 1
+        [[index, peer, response, send, receive, remote, ticket]] = hs_done(udp)[0]["answers"]
+        answer = Answer(peer, response, TransportKeys(send, receive), remote, ticket)
+        reply = relay.complete_handshake(index, answer, 0.0)
+        confirmation = client.receive(transmits(reply), SERVER_ADDR, 0.0)
+        assert of_type(relay.receive(transmits(confirmation), CLIENT_ADDR, 0.0),
+                       HandshakeCompleted)
+        assert to_client.session_ticket == ticket
+        frame = {"peer": "alice", "endpoint": "192.0.2.1:5", "handshake_at": 1.0,
+                 "ticket": ticket}
+        with caplog.at_level(logging.WARNING, logger="aura-router"):
+            router._session_up(tcp, frame)  # type: ignore[arg-type]
+            assert router.sessions.get("alice") is None
+            assert "transport tcp (pid 2) sent session_up for alice without the ticket" in (
+                caplog.text)
+        router._session_up(udp, frame)  # type: ignore[arg-type]
+        session = router.sessions.get("alice")
+        assert session is not None and session.link is udp
+        assert router.handshakes_answered == 1
+
+    asyncio.run(scenario())
+
+
+def test_forwarded_handshakes_are_bounded_per_transport_and_per_turn(tmp_path: Path) -> None:
+    config, _ = setup(tmp_path)
+
+    async def scenario() -> None:
+        router = new_router(config)
+        udp = FakeTransport(1)
+        router.transports[udp] = "udp"  # type: ignore[index]
+        offered = HANDSHAKE_QUEUE + 44
+        router._handshakes_from(udp, [[n, b"\x01" + bytes(147)] for n in range(offered)])  # type: ignore[arg-type]
+        assert router.handshakes_dropped == 44
+        router._answer_handshakes()  # one turn: one batch answered (here: refused, bad mac1)
+        assert router.handshakes_refused == HANDSHAKES_PER_TURN
+        await asyncio.sleep(0)
+        [overflow, _] = hs_done(udp)
+        assert [r[1] for r in overflow["refused"]] == ["router handshake queue full"] * 44
+        for _ in range(4 * HANDSHAKE_QUEUE // HANDSHAKES_PER_TURN):
+            await asyncio.sleep(0)
+        assert router.handshakes_refused == HANDSHAKE_QUEUE
+        refused = [r for f in hs_done(udp)[1:] for r in f["refused"]]
+        assert {r[1] for r in refused} == {"bad mac1"} and len(refused) == HANDSHAKE_QUEUE
+
+    asyncio.run(scenario())
