@@ -77,7 +77,7 @@ class SessionHub:
         self._live: set[str] = set()  # peers with a session the router knows of
         self.counters = metrics.TransportCounters()
         self._handshake_work_scheduled = False
-        self._requests: list[list[object]] = []  # [local index, initiation] for the router
+        self._requests: list[tuple[int, bytes]] = []  # (local index, initiation) for the router
         self._requests_scheduled = False
         self._drop_logged_at: dict[str, float] = {}  # by metrics.drop_reason() kind
         self._drops_unlogged: Counter[str] = Counter()
@@ -164,7 +164,7 @@ class SessionHub:
             self._handle(self.device.refuse_handshake(request.local_index,
                                                       "router not connected"))
             return
-        self._requests.append([request.local_index, request.initiation])
+        self._requests.append((request.local_index, request.initiation))
         if not self._requests_scheduled:
             self._requests_scheduled = True
             asyncio.get_running_loop().call_soon(self._send_requests)
@@ -177,7 +177,6 @@ class SessionHub:
         # initiators retry.
         if router is None or not router.send({"t": "hs", "items": requests}):
             for index, _ in requests:
-                assert isinstance(index, int)
                 self._handle(self.device.refuse_handshake(index, "router link full or down"))
 
     def _router_answered(self, frame: ipc.Frame) -> None:

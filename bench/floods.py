@@ -5,7 +5,10 @@
 1. The core alone (this process, one core): handshake responses per second for valid
    initiations from known peers, cookie replies per second under load, and junk initiations
    (valid mac1, unknown key) rejected per second below the load mark.
-2. One aura-udp pinned to one CPU (`taskset`), in a namespace: real initiations from
+   The same through the split the server runs: a device without the static key hands each
+   initiation to a `HandshakeAuthority` (the router's part), in-process, no IPC.
+2. One aura-udp and the router that answers its handshakes, both pinned to one CPU
+   (`taskset`), in a namespace: real initiations from
    LOAD_PEERS registered peers, each from its own source address and answering cookie replies
    as a real client does, offered at increasing rates; responses and cookie replies per second
    come back. Above capacity the backlog puts the server under load: handshakes need a cookie,
@@ -38,7 +41,13 @@ from pathlib import Path
 
 from aura_common.registry import Peer as RegisteredPeer
 from aura_common.registry import Registry
-from aura_common.wireguard import Device, generate_private_key, public_key
+from aura_common.wireguard import (
+    Device,
+    HandshakeAuthority,
+    HandshakeRequested,
+    generate_private_key,
+    public_key,
+)
 from bench.transports import aura_client_on
 from tests.e2e.flood import SERVER_V4, SERVER_V6, attacker_namespace, junk_initiation
 from tests.e2e.topology import INTERNET_HOST, AuraServer, build, iperf3, stock_wireguard_up
@@ -74,10 +83,29 @@ def core_capacity(count: int = 1500) -> dict[str, float]:
         return len(messages) / (time.perf_counter() - started)
 
     responses = rate(initiations, server)
+    relayed = relayed_rate(server_key, [d.public_key for d, _ in clients], initiations)
     junk = [junk_initiation(server_public) for _ in range(count)]
     rejections = rate(junk, Device(server_key))
     cookies = rate(junk, Device(server_key, under_load_after=0))
-    return {"responses": responses, "junk_rejections": rejections, "cookie_replies": cookies}
+    return {"responses": responses, "relayed_responses": relayed,
+            "junk_rejections": rejections, "cookie_replies": cookies}
+
+
+def relayed_rate(server_key: bytes, peers: list[bytes], initiations: list[bytes]) -> float:
+    """Responses/s of a device without the static key and an authority, called in turn."""
+    authority = HandshakeAuthority(server_key)
+    relay = Device(public_key=authority.public_key)
+    for peer in peers:
+        authority.add_peer(peer)
+        relay.add_peer(peer)
+    started = time.perf_counter()
+    for n, message in enumerate(initiations):
+        now = n / len(initiations)
+        for event in relay.receive([message], ("192.0.2.1", 1000 + n % 50), now):
+            if isinstance(event, HandshakeRequested):
+                answer = authority.answer(event.initiation, event.local_index, "udp", now, 0.0)
+                relay.complete_handshake(event.local_index, answer, now)
+    return len(initiations) / (time.perf_counter() - started)
 
 
 # -- the namespace setup ---------------------------------------------------------------------
@@ -106,9 +134,9 @@ def register_load_peers(server: AuraServer) -> list[tuple[Device, object]]:
     return peers
 
 
-def udp_pid(server: AuraServer) -> int:
-    match = re.search(r"started aura-udp \(pid (\d+)\)", server.log.read_text())
-    assert match, "aura-udp's pid is not in the server log"
+def service_pid(server: AuraServer, name: str) -> int:
+    match = re.search(rf"started aura-{name} \(pid (\d+)\)", server.log.read_text())
+    assert match, f"aura-{name}'s pid is not in the server log"
     return int(match.group(1))
 
 
@@ -117,8 +145,10 @@ def start(lab: Lab, folder: Path) -> Setup:
     server.init()
     load_peers = register_load_peers(server)
     server.start()
-    subprocess.run(["taskset", "-a", "-cp", str(SERVER_CPU), str(udp_pid(server))],
-                   check=True, capture_output=True)
+    # The router answers aura-udp's handshakes: both on one core, as aura-udp alone was.
+    for name in ("udp", "router"):
+        subprocess.run(["taskset", "-a", "-cp", str(SERVER_CPU), str(service_pid(server, name))],
+                       check=True, capture_output=True)
     client_ns = server.add_client_namespace()
     attacker = attacker_namespace(lab, server)
     stock_wireguard_up(lab, client_ns, server.provision("alice", "wireguard"))
@@ -371,7 +401,8 @@ def main() -> None:
           f"{len(Path('/proc/cpuinfo').read_text().split('processor')) - 1} CPUs")
     if not args.skip_capacity:
         core = core_capacity()
-        print(f"core, one core: {core['responses']:.0f} responses/s, "
+        print(f"core, one core: {core['responses']:.0f} responses/s "
+              f"({core['relayed_responses']:.0f}/s relayed to an authority in-process), "
               f"{core['cookie_replies']:.0f} cookie replies/s (under load), "
               f"{core['junk_rejections']:.0f} junk initiations rejected/s (below the mark)")
     lab = Lab()
@@ -379,8 +410,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             setup = start(lab, Path(folder))
             if not args.skip_capacity:
-                print(f"aura-udp on CPU {SERVER_CPU}, {LOAD_PEERS} peers from as many "
-                      "addresses, answering cookies:")
+                print(f"aura-udp and aura-router on CPU {SERVER_CPU}, {LOAD_PEERS} peers from "
+                      "as many addresses, answering cookies:")
                 for step in process_capacity(setup):
                     print(f"  offered {step['offered']:>5}/s (sent {step['sent_per_s']:.0f}/s):"
                           f" {step['responses_per_s']:.0f} responses/s,"
