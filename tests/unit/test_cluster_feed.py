@@ -15,11 +15,14 @@ import pytest
 
 from aura_common.cluster import database
 from aura_common.config import ServerConfig
+from aura_common.keys import load_server_private_key
 from aura_common.registry import open_store
+from aura_common.wireguard import HandshakeAuthority
 from services.cli.main import main as aura
 from services.router.main import Router
 from tests import pg
 from tests.pg import PostgresServer
+from tests.unit.test_router_claims import claim
 
 pytestmark = pytest.mark.postgres
 
@@ -83,7 +86,7 @@ async def eventually(check: Callable[[], bool], within: float) -> float:
 
 
 def start(config: ServerConfig) -> tuple[Router, asyncio.Task[None], FakeTransport]:
-    router = Router(config)
+    router = Router(config, HandshakeAuthority(load_server_private_key(config)))
     transport = FakeTransport()
     router.transports[transport] = "udp"  # type: ignore[index]
     assert router.feed is not None
@@ -114,7 +117,7 @@ def test_changes_on_one_member_reach_the_other_within_a_second(
             await eventually(lambda: "alice" in b.registry, 1.0)
             # B answers alice with the preshared key A sealed.
             assert b.registry.get("alice") == open_store(first).load().get("alice")
-            b._session_up(b_transport, {"peer": "alice", "endpoint": "192.0.2.1:9"})  # type: ignore[arg-type]
+            claim(b, b_transport, "alice")
             assert b.sessions.get("alice") is not None
 
             assert await asyncio.to_thread(cli, second, "edit-client", "alice", "--quota",
@@ -158,7 +161,7 @@ def test_database_away_serves_what_is_known_refuses_changes_and_catches_up(
             assert await asyncio.to_thread(provision, config, "bob") != 0
 
             # A member restarted now starts from its copy.
-            restarted = Router(config)
+            restarted = Router(config, router.authority)
             assert "alice" in restarted.registry
 
             await asyncio.to_thread(own_postgres.start)
