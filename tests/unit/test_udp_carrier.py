@@ -7,7 +7,7 @@ import socket
 import time
 
 from aura_common.transport import SessionHub
-from aura_common.wireguard import generate_private_key, public_key
+from aura_common.wireguard import Device, generate_private_key, public_key
 from aura_common.wireguard.limits import HANDSHAKE_WORK_BATCH
 from services.udp.main import HANDSHAKES_PER_READ, UdpCarrier
 from tests.e2e.flood import junk_initiation
@@ -15,7 +15,7 @@ from tests.e2e.flood import junk_initiation
 
 def test_a_read_passes_on_its_share_of_handshakes_and_every_data_message() -> None:
     key = generate_private_key()
-    hub = SessionHub("udp", key, "/nonexistent/router.sock", mtu=1420)
+    hub = SessionHub("udp", Device(key, mtu=1420), "/nonexistent/router.sock")
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     flooder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with server, flooder:
