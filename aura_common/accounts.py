@@ -21,8 +21,9 @@ import pwd
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
-from aura_common.config import SERVICE_ROLES, ServerConfig
+from aura_common.config import ServerConfig
 from aura_common.ipc import Credentials, NotPermitted
+from aura_common.roles import SERVICE_ROLES
 
 ADMIN = "admin"
 

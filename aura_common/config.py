@@ -20,11 +20,10 @@ from typing import Any
 import yaml
 
 from aura_common.errors import ConfigError
+from aura_common.roles import CLIENT_ORDER, METRICS_SERVICES, SERVICE_ROLES, Transport, is_transport
 
 CONFIG_VERSION = 1
 DEFAULT_SERVER_CONFIG = "/etc/aura/server.yaml"
-TRANSPORT_NAMES = ("udp", "quic", "tcp")
-METRICS_SERVICES = ("router", "udp", "tcp", "quic")  # the signer has no network: no metrics
 STRATEGIES = ("static", "dynamic")
 FALLBACK_TYPES = ("reject", "proxy")
 MTU_MIN, MTU_MAX = 1280, 9000
@@ -337,9 +336,6 @@ class ServiceUsers:
     signer: str = "aura-signer"
 
 
-SERVICE_ROLES = ("router", "udp", "tcp", "quic", "signer")
-
-
 @dataclass(frozen=True)
 class RegistryConfig:
     """A cluster's shared registry in PostgreSQL (`registry:`); absent, the file registry."""
@@ -627,7 +623,7 @@ def _parse_server(raw: object, path: str) -> ServerConfig:
                 "network", ("ipv4", "ipv6", "strategy", "dns", "uplink", "lease_idle_timeout")
             )
         ),
-        transports=_parse_transports(top.section("transports", TRANSPORT_NAMES)),
+        transports=_parse_transports(top.section("transports", tuple(Transport))),
         metrics=_parse_metrics(top.section("metrics", ("enabled", *METRICS_SERVICES))),
         registry=None if top.get("registry", None) is None else _parse_registry(
             top.section("registry", ("database", "member", "password_file")), public_host
@@ -816,7 +812,7 @@ class ClientServer:
 
 @dataclass(frozen=True)
 class ClientTransports:
-    order: tuple[str, ...] = ("udp", "quic", "tcp")
+    order: tuple[str, ...] = CLIENT_ORDER
     udp: int = 8443
     quic: int = 8444
     tcp: int = 8443
@@ -963,7 +959,7 @@ def _parse_client(raw: object, path: str) -> ClientConfig:
             top.section("server", ("public_key", "preshared_key", "host", "ca_public_key"))
         ),
         transports=_parse_client_transports(
-            top.section("transports", ("order", *TRANSPORT_NAMES, "server_name"))
+            top.section("transports", ("order", *Transport, "server_name"))
         ),
         tunnel=_parse_client_tunnel(top.section("tunnel", ("split",))),
         manifest=manifest,
@@ -1002,10 +998,10 @@ def _parse_client_server(s: _Section) -> ClientServer:
 
 
 def _parse_client_transports(s: _Section) -> ClientTransports:
-    order = s.listing("order", list(TRANSPORT_NAMES))
-    if not order or any(o not in TRANSPORT_NAMES for o in order) or len(set(order)) != len(order):
+    order = s.listing("order", list(CLIENT_ORDER))
+    if not order or not all(map(is_transport, order)) or len(set(order)) != len(order):
         raise s.error(
-            "order", f"a non-empty list of distinct transports from {TRANSPORT_NAMES}", order
+            "order", f"a non-empty list of distinct transports from {CLIENT_ORDER}", order
         )
     server_name = s.optional_string("server_name")
     if server_name is not None and not is_host(server_name):

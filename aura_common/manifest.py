@@ -38,9 +38,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from aura_common.errors import AuraError
 from aura_common.pki import key_id
+from aura_common.roles import Transport, is_transport
 
 MANIFEST_VERSION = 1
-TRANSPORTS = ("udp", "tcp", "quic")
 MAX_BODY_BYTES = 4096
 MAX_ENDPOINTS = 16
 MAX_EXPIRES_DAYS = 3650
@@ -303,7 +303,7 @@ def parse_body(body: bytes) -> Manifest:
         raise _malformed("expires", "a time after issued")
     server_key = _parse_key(value["server_public_key"])
     bridges = value["bridges"]
-    if not isinstance(bridges, list) or not 1 <= len(bridges) <= len(TRANSPORTS) * MAX_ENDPOINTS:
+    if not isinstance(bridges, list) or not 1 <= len(bridges) <= len(Transport) * MAX_ENDPOINTS:
         raise _malformed("bridges", "a non-empty list of HOST:PORT")
     for index, bridge in enumerate(bridges):
         if not isinstance(bridge, str) or not _is_bridge(bridge):
@@ -374,7 +374,7 @@ def parse_endpoint_spec(spec: str) -> Endpoint:
         name, equals, number = part.partition("=")
         if not equals:
             raise fail(f"part {part!r}", f"transport=port, as in {syntax}")
-        if name not in TRANSPORTS:
+        if not is_transport(name):
             raise fail(f"transport {name!r}", "udp, tcp or quic")
         if name in ports:
             raise fail(f"transport {name!r}", "each transport at most once")
@@ -388,13 +388,13 @@ def endpoint_from_mapping(value: object, field: str = "endpoint") -> Endpoint:
     """An endpoint from its mapping form (manifest body, signer request)."""
     if not isinstance(value, Mapping):
         raise _malformed(field, "a mapping with host and ports")
-    unknown = set(value) - {"host", *TRANSPORTS}
+    unknown = set(value) - {"host", *Transport}
     if unknown:
         raise _malformed(f"{field}.{sorted(map(str, unknown))[0]}", "host, udp, tcp or quic")
     host = value.get("host")
     if not isinstance(host, str):
         raise _malformed(f"{field}.host", "a host name or IP address")
-    for transport in TRANSPORTS:
+    for transport in Transport:
         port = value.get(transport)
         if transport in value and (type(port) is not int or not 1 <= port <= 65535):
             raise _malformed(f"{field}.{transport}", "a port number 1..65535")

@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 
 from aura_common.config import ServerConfig, format_host_port
 from aura_common.limits import parse_time
+from aura_common.roles import Transport
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -276,7 +277,7 @@ class RouterCollector(Collector):
                        "1 while the transport is connected to the router.", ["transport"])
         live_sessions = out.gauge("aura_router_sessions",
                                   "Sessions the router routes, by transport.", ["transport"])
-        for role in ("udp", "tcp", "quic"):
+        for role in Transport:
             up.add_metric([role], 1 if role in links else 0)
             live_sessions.add_metric([role], per_transport[role])
             _add_link(out, role, links.get(role))

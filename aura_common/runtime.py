@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from aura_common.atomic import locked, parse_versioned_json, read_state_file, write_atomic
-from aura_common.config import TRANSPORT_NAMES, parse_host_port
+from aura_common.config import parse_host_port
 from aura_common.errors import ConfigError
+from aura_common.roles import Transport, is_transport
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,8 @@ def parse_runtime(data: bytes, path: str) -> dict[str, Any]:
         raise ConfigError(path, "transports", "an object", transports)
     for name, entry in transports.items():
         key = f"transports.{name}"
-        if name not in TRANSPORT_NAMES:
-            raise ConfigError(path, key, f"one of {', '.join(TRANSPORT_NAMES)}")
+        if not is_transport(name):
+            raise ConfigError(path, key, f"one of {', '.join(Transport)}")
         if not isinstance(entry, dict):
             raise ConfigError(path, key, "an object", entry)
         bound = entry.get("bound")
@@ -111,7 +112,7 @@ def record_bound(
     path: str | os.PathLike[str], transport: str, addresses: Sequence[str], activated: bool
 ) -> None:
     """Record that `transport` (this process) listens on `addresses` (HOST:PORT strings)."""
-    if transport not in TRANSPORT_NAMES:
+    if not is_transport(transport):
         raise ValueError(f"unknown transport {transport!r}")
     entry = {
         "bound": list(addresses),

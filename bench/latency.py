@@ -24,13 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from aura_common.roles import Transport
 from bench import readme
 from bench.compare import WG_PAIR_SERVER, wireguard_go_pair
 from bench.transports import aura_client_on
 from tests.e2e.topology import PUBLIC_HOST, SERVER_TUNNEL_V4, build
 from tests.netns import Lab
 
-TRANSPORTS = ("udp", "tcp", "quic")
+TRANSPORTS = tuple(Transport)
 REFERENCE = "wireguard-go pair"
 PING_INTERVAL = 0.05
 RAMP_UP = 1.5  # seconds of iperf3 before the loaded pings start

@@ -23,13 +23,14 @@ from pathlib import Path
 
 import yaml
 
+from aura_common.roles import CLIENT_ORDER
 from bench import readme
 from bench.compare import AURA_CLIENT, Result, measure
 from tests.e2e.topology import INTERNET_HOST, AuraServer, build
 from tests.netns import Lab
 
 OPENVPN_SERVER, OPENVPN_CLIENT = "10.98.0.1", "10.98.0.2"
-TRANSPORTS = ("udp", "quic", "tcp")
+TRANSPORTS = CLIENT_ORDER  # the rows in the order a client tries them
 
 
 def aura_client_on(lab: Lab, server: AuraServer, ns: str, transport: str, folder: Path

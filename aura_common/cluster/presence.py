@@ -17,8 +17,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aura_common.config import TRANSPORT_NAMES, ServerConfig, parse_host_port
+from aura_common.config import ServerConfig, parse_host_port
 from aura_common.manifest import Endpoint, ManifestError, endpoint_from_mapping
+from aura_common.roles import is_transport
 
 if TYPE_CHECKING:
     import psycopg
@@ -73,7 +74,7 @@ def endpoint_ports(bound: Mapping[str, Iterable[str]]) -> dict[str, int]:
     ports = {}
     for name, addresses in bound.items():
         found = {parse_host_port(address)[1] for address in addresses}
-        if name in TRANSPORT_NAMES and len(found) == 1:
+        if is_transport(name) and len(found) == 1:
             ports[name] = found.pop()
     return ports
 
@@ -146,7 +147,7 @@ def _parse_info(member: Member, info: object) -> Member:
     transports: dict[str, tuple[str, ...]] = {}
     for entry in _list(info, "transports"):
         bound = entry["bound"]
-        if entry["name"] not in TRANSPORT_NAMES or not isinstance(bound, list):
+        if not is_transport(entry["name"]) or not isinstance(bound, list):
             raise ValueError(f"transports: unknown transport {entry['name']!r}")
         transports[entry["name"]] = tuple(str(address) for address in bound)
     sessions = tuple(

@@ -12,7 +12,7 @@ from typing import Any
 from aura_common import ipc, pki
 from aura_common.atomic import write_atomic
 from aura_common.cluster.presence import Member, cluster_members
-from aura_common.config import TRANSPORT_NAMES, ServerConfig, parse_host_port
+from aura_common.config import ServerConfig, parse_host_port
 from aura_common.errors import AuraError
 from aura_common.keys import read_key_file
 from aura_common.manifest import (
@@ -24,6 +24,7 @@ from aura_common.manifest import (
     parse_endpoint_spec,
     verify,
 )
+from aura_common.roles import Transport
 from aura_common.runtime import read_runtime
 from services.cli.admin import tell_router
 
@@ -162,7 +163,7 @@ def endpoint_from_runtime(config: ServerConfig) -> Endpoint:
         )
     transports = read_runtime(path)["transports"]
     ports: dict[str, int] = {}
-    for name in TRANSPORT_NAMES:
+    for name in Transport:
         entry = transports.get(name)
         if entry is None:
             if getattr(config.transports, name).enabled:

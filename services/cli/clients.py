@@ -29,6 +29,7 @@ from aura_common.limits import (
 )
 from aura_common.pool import AddressPool
 from aura_common.registry import Peer, open_store
+from aura_common.roles import CLIENT_ORDER, Transport
 from aura_common.wireguard import generate_private_key
 from services.cli.admin import RouterNotRunning, request, tell_router
 from services.client.routes import subtract
@@ -114,10 +115,8 @@ def parse_networks(values: list[str] | tuple[str, ...], option: str) -> list[Net
 # -- provisioning ---------------------------------------------------------------------------
 def _endpoint_ports(config: ServerConfig) -> dict[str, int]:
     """Ports clients should use: what the transports really bound, else the configured ones."""
-    ports = {
-        "udp": config.transports.udp.port, "tcp": config.transports.tcp.port,
-        "quic": config.transports.quic.port,
-    }
+    # Plain strings: the ports go into the client's YAML file.
+    ports = {t.value: getattr(config.transports, t).port for t in Transport}
     try:
         bound = runtime.read_runtime(config.runtime_file).get("transports", {})
     except AuraError:
@@ -212,7 +211,7 @@ def aura_config(
             "host": config.public_host,
             "ca_public_key": encode_key(read_key_file(config.ca_public_key_file)),
         },
-        "transports": {"order": ["udp", "quic", "tcp"], **ports},
+        "transports": {"order": list(CLIENT_ORDER), **ports},
         "tunnel": {"split": {"vpn": [{"cidr": str(n)} for n in vpn],
                              "direct": [{"cidr": str(n)} for n in direct]}},
         "manifest": _current_manifest(config),

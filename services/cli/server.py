@@ -21,10 +21,11 @@ from typing import Any
 
 from aura_common import ipc, pki, runtime, systemd
 from aura_common.atomic import write_atomic
-from aura_common.config import SERVICE_ROLES, RegistryConfig, ServerConfig, encode_key
+from aura_common.config import RegistryConfig, ServerConfig, TransportsConfig, encode_key
 from aura_common.errors import AuraError
 from aura_common.keys import new_key_pair
 from aura_common.registry import Registry
+from aura_common.roles import SERVICE_ROLES, Transport
 
 log = logging.getLogger("aura")
 
@@ -53,7 +54,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                       help="address assignment (default static; stock WireGuard needs static)")
     init.add_argument("--tun", help="TUN device name (default aura0)")
     init.add_argument("--uplink", help="interface to NAT client traffic out of (default: any)")
-    for name, default in (("udp", 8443), ("tcp", 8443), ("quic", 8444)):
+    for name in Transport:
+        default = getattr(TransportsConfig(), name).port
         init.add_argument(f"--{name}-port", type=port_number, metavar="PORT",
                           help=f"{name.upper()} port (default {default})")
     init.add_argument("--database", metavar="CONNSTR",
@@ -91,7 +93,7 @@ def _new_config(args: argparse.Namespace, config_path: Path) -> ServerConfig:
     config = ServerConfig.default(args.public_host, uplink=args.uplink, **options)
     if args.strategy:
         config = replace(config, network=replace(config.network, strategy=args.strategy))
-    ports = {name: getattr(args, f"{name}_port") for name in ("udp", "tcp", "quic")}
+    ports = {name: getattr(args, f"{name}_port") for name in Transport}
     transports = {name: replace(getattr(config.transports, name), port=port)
                   for name, port in ports.items() if port is not None}
     return replace(config, transports=replace(config.transports, **transports))
@@ -320,9 +322,9 @@ def _services(config: ServerConfig) -> list[str]:
     if Path(config.ca_key_file).exists():
         names.append("signer")
     names.append("router")
-    for transport in ("udp", "tcp", "quic"):
+    for transport in Transport:
         if getattr(config.transports, transport).enabled:
-            names.append(transport)
+            names.append(transport.value)
     return names
 
 

@@ -32,6 +32,7 @@ from aura_common.netio import link
 from aura_common.netio.tun import Tun
 from aura_common.pool import AddressPool, Leases
 from aura_common.registry import Peer, Registry
+from aura_common.roles import Transport, is_transport
 from aura_common.service import run_service
 from aura_common.wireguard import HandshakeAuthority
 from aura_common.wireguard.messages import MessageError
@@ -44,8 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aura-router")
 
-TRANSPORT_ROLES = ("udp", "tcp", "quic")
-SERVED_ROLES = (*TRANSPORT_ROLES, ADMIN)
+SERVED_ROLES = (*Transport, ADMIN)
 # A transport that sends frames for sessions it does not hold is warned about at most this
 # often (a peer moving between transports causes a few legitimately).
 MISDIRECTED_WARN_INTERVAL = 10.0
@@ -257,7 +257,7 @@ class Router:
     # -- transports ---------------------------------------------------------------------
     async def on_channel(self, channel: ipc.Channel) -> None:
         channel.shapes = ipc.ROUTER_FRAMES
-        if channel.role in TRANSPORT_ROLES:
+        if is_transport(channel.role):
             await self._serve_transport(channel)
         elif channel.role == ADMIN:
             await self._serve_admin(channel)
@@ -450,7 +450,7 @@ class Router:
         transports = [
             {"name": name, "connected": name in connected,
              "bound": bound.get(name, {}).get("bound", [])}
-            for name in TRANSPORT_ROLES
+            for name in Transport
             if name in connected or name in bound
         ]
         self._account_usage()
