@@ -100,9 +100,9 @@ def _status_or_none(config: ClientConfig) -> dict[str, Any] | None:
 
 def client_up(args: argparse.Namespace) -> int:
     if args.foreground:
-        from services.client import daemon
+        from services.client.process import run as run_client
 
-        return daemon.run(args.config, verbose=args.verbose)
+        return run_client(args.config, verbose=args.verbose)
     config = ClientConfig.load(args.config)
     running = _status_or_none(config)
     if running is not None:
@@ -113,7 +113,7 @@ def client_up(args: argparse.Namespace) -> int:
     os.makedirs(config.runtime_dir, mode=0o700, exist_ok=True)
     log_file = os.path.join(config.runtime_dir, f"{config.name}.log")
     journal = os.path.exists(JOURNAL_SOCKET)
-    command = [sys.executable, "-m", "services.client.daemon", os.path.abspath(args.config)]
+    command = [sys.executable, "-m", "services.client.process", os.path.abspath(args.config)]
     # The daemon runs the code of this very command, not whatever else the interpreter might
     # find first from another working directory (a source tree beside an installed copy).
     source_root = os.path.dirname(os.path.dirname(os.path.abspath(services.__file__)))

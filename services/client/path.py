@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aura_common.config import ClientConfig
@@ -23,7 +22,7 @@ from aura_common.wireguard import (
     SessionExpired,
     Transmit,
 )
-from services.client.carriers import CARRIERS
+from services.client.carriers import CarrierFactory
 from services.client.schedule import Target
 
 log = logging.getLogger("aura-client")
@@ -41,15 +40,17 @@ DEFAULT_LIVENESS = 25.0
 class Path:
     """`mtu` is the TUN MTU this path wants while it is live. `received` gets the decrypted
     payloads (IP packets and control messages) and `handshaken` is called on every completed
-    handshake; both from the event loop."""
+    handshake; both from the event loop. `carriers` builds the carrier for `target.transport`.
+    Time is the event loop's clock."""
 
     def __init__(self, config: ClientConfig, target: Target, address: str,
+                 carriers: Mapping[str, CarrierFactory],
                  received: Callable[[list[bytes]], None], handshaken: Callable[[], None]) -> None:
         server = config.server
         self.target = target
         self.endpoint = (address, target.port)
         self.liveness = float(config.keepalive or DEFAULT_LIVENESS)
-        self.carrier = CARRIERS[target.transport](config)
+        self.carrier = carriers[target.transport](config)
         self.mtu = tunnel_mtu(config.interface.mtu, self.carrier.tunnel_mtu)
         self.device = Device(config.interface.private_key, mtu=self.mtu)
         self.peer = self.device.add_peer(
@@ -58,7 +59,8 @@ class Path:
         )
         self._received, self._handshaken = received, handshaken
         self._handshake_done = asyncio.Event()
-        self._broken: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._broken: asyncio.Future[str] = self._loop.create_future()
         self._carrier_closed: asyncio.Future[str] | None = None
         self._up = False
         self._last_heard = self._probe_due = 0.0  # monotonic
@@ -79,14 +81,14 @@ class Path:
         failure = await self._handshake()
         if failure is None:
             self._up = True
-            self._last_heard = self._probe_due = time.monotonic()
+            self._last_heard = self._probe_due = self._loop.time()
         return failure
 
     async def _handshake(self) -> str | None:
         waiter: asyncio.Future[Any] = asyncio.ensure_future(self._handshake_done.wait())
         try:
             for wait in (HANDSHAKE_RETRY_AFTER, HANDSHAKE_TIMEOUT - HANDSHAKE_RETRY_AFTER):
-                self.handle(self.device.initiate(self.peer, time.monotonic()))
+                self.handle(self.device.initiate(self.peer, self._loop.time()))
                 await asyncio.wait([waiter, self._broken], timeout=wait,
                                    return_when=asyncio.FIRST_COMPLETED)
                 if waiter.done():
@@ -111,7 +113,7 @@ class Path:
     # -- driven by the daemon -----------------------------------------------------------------
 
     def send(self, packets: list[bytes]) -> None:
-        self.handle(self.device.send(self.peer, packets, time.monotonic()))
+        self.handle(self.device.send(self.peer, packets, self._loop.time()))
 
     def tick(self, now: float) -> None:
         self.handle(self.device.tick(now))
@@ -129,7 +131,7 @@ class Path:
             self.handle(self.device.initiate(self.peer, now))
 
     def _deliver(self, datagrams: list[bytes]) -> None:
-        self.handle(self.device.receive(datagrams, self.endpoint, time.monotonic()))
+        self.handle(self.device.receive(datagrams, self.endpoint, self._loop.time()))
 
     def handle(self, events: Sequence[Event]) -> None:
         for event in events:
@@ -138,7 +140,7 @@ class Path:
             elif isinstance(event, Received):
                 self._received(event.packets)
             elif isinstance(event, HandshakeCompleted):
-                self._last_heard = time.monotonic()
+                self._last_heard = self._loop.time()
                 self._handshake_done.set()
                 self._handshaken()
                 log.debug("handshake completed over %s", self.target)

@@ -1,8 +1,14 @@
-"""The client's TUN device and what the kernel holds for it: addresses and routes."""
+"""The client's TUN device and what the kernel holds for it: addresses and routes.
+
+`TunnelDevice` is what the daemon needs of it; `ClientTun` is the kernel's, and
+`services.client.fakes.MemoryTun` one in memory for tests without root.
+"""
 
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -17,6 +23,39 @@ IFNAMSIZ = 15
 
 def tun_name(client_name: str) -> str:
     return f"aura-{client_name}"[:IFNAMSIZ]
+
+
+class PacketDevice(Protocol):
+    """The packets side of a TUN: non-blocking batches, readable when `fileno` is."""
+
+    def fileno(self) -> int: ...
+
+    def read_batch(self, limit: int = 256) -> list[bytes]: ...
+
+    def write_batch(self, packets: Sequence[bytes]) -> None: ...
+
+
+class TunnelDevice(Protocol):
+    """The open TUN and the plan it carries (see `ClientTun`)."""
+
+    name: str
+    mtu: int
+    plan: TunnelPlan
+
+    @property
+    def tun(self) -> PacketDevice: ...
+
+    def up(self) -> None: ...
+
+    def set_mtu(self, mtu: int) -> None: ...
+
+    def apply(self, plan: TunnelPlan) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# Opens the tunnel device: (name, mtu) -> device.
+TunFactory = Callable[[str, int], TunnelDevice]
 
 
 class ClientTun:

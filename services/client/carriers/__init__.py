@@ -64,7 +64,10 @@ class ClientCarrier(Protocol):
         ...
 
 
-CARRIERS: dict[str, type[ClientCarrier]] = {}
+# Builds a fresh carrier for one attempt from the client config.
+CarrierFactory = Callable[["ClientConfig"], ClientCarrier]
+
+CARRIERS: dict[str, CarrierFactory] = {}
 
 
 def _register_present() -> None:

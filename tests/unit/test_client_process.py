@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from services.client.daemon import log_stray_exception
+from services.client.process import log_stray_exception
 
 
 def _fail() -> None:

@@ -1,0 +1,34 @@
+"""The client's control socket: `status` and `down`, for `aura client status` and `down`.
+
+Only the client's own account may connect (`accounts.own_account_only`); each request is one
+frame answered by one frame.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aura_common import ipc
+
+log = logging.getLogger("aura-client")
+
+
+class ControlSocket:
+    def __init__(self, status: Callable[[], dict[str, Any]], stop: Callable[[], None]) -> None:
+        self.status = status
+        self.stop = stop
+
+    async def serve(self, channel: ipc.Channel) -> None:
+        while True:
+            frame = await channel.recv()
+            kind = frame.get("t")
+            if kind == "status":
+                await channel.send_reliable({"t": "status_reply", "status": self.status()})
+            elif kind == "down":
+                log.info("stopping: down requested over the control socket")
+                await channel.send_reliable({"t": "down_reply"})
+                self.stop()
+            else:
+                await channel.send_reliable({"t": "error", "message": f"unknown request {kind!r}"})

@@ -1,0 +1,83 @@
+"""The client process: `python -m services.client.process CONFIG` (what `aura client up` starts).
+
+Logging (to journald when detached), signals, the handler for errors nobody awaited, and exit
+statuses: 78 for a config error, 1 for any other reason to stop, 0 after `down` or a signal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from aura_common import log as aura_log
+from aura_common.config import ClientConfig
+from aura_common.errors import AuraError, ConfigError
+from services.client.daemon import ClientDaemon
+from services.client.path import describe
+
+log = logging.getLogger("aura-client")
+
+EXIT_CONFIG = 78
+
+
+def log_stray_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's handler for errors no task awaited (a carrier library's callback
+    failing after its connection was dropped): one WARNING line, the traceback at DEBUG."""
+    message = context.get("message") or "unhandled error in the event loop"
+    error = context.get("exception")
+    if error is None:
+        log.warning("ignored: %s", message)
+        return
+    log.warning("ignored: %s: %s", message, describe(error))
+    log.debug("traceback of the ignored error", exc_info=error)
+
+
+async def _run(config: ClientConfig) -> None:
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(log_stray_exception)
+    daemon = ClientDaemon(config)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stop.set)
+    await daemon.run()
+
+
+def run(config_path: str, *, verbose: bool = False, journal: bool = False) -> int:
+    """Run the client in this process until `down` or a signal; returns the exit status.
+
+    `journal`: log to journald when it listens (a detached client has no terminal)."""
+    handler = aura_log.setup("aura-client", verbose=verbose)
+    if journal and os.path.exists(aura_log.JOURNAL_SOCKET):
+        root = logging.getLogger()
+        root.removeHandler(handler)
+        root.addHandler(aura_log.JournalHandler("aura-client"))
+    try:
+        config = ClientConfig.load(config_path)
+        asyncio.run(_run(config))
+    except ConfigError as error:
+        log.critical("configuration error: %s", error)
+        return EXIT_CONFIG
+    except AuraError as error:
+        log.critical("stopping: %s", error)
+        return 1
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aura-client", description="The Aura Linux client.")
+    parser.add_argument("config", help="client config file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    parser.add_argument("--journal", action="store_true",
+                        help="log to journald when it is available")
+    args = parser.parse_args(argv)
+    return run(args.config, verbose=args.verbose, journal=args.journal)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
