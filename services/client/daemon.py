@@ -24,7 +24,8 @@ from aura_common.accounts import own_account_only
 from aura_common.config import ClientConfig, format_host_port
 from aura_common.control import ControlMessage
 from aura_common.errors import AuraError
-from services.client.carriers import CARRIERS, CarrierFactory
+from services.client.carriers import CARRIERS
+from services.client.carriers.base import CarrierFactory
 from services.client.control_socket import ControlSocket
 from services.client.datapath import DataPath, new_counters
 from services.client.dns import SystemDns, detect

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from aura_common.config import ClientConfig
 from aura_common.wireguard import Device, Event, HandshakeCompleted, Received, Transmit
-from services.client.carriers import CarrierFactory, Deliver
+from services.client.carriers.base import CarrierFactory, CarrierLifecycle, Deliver
 from services.client.dns import Address, Record
 from services.client.routes import TunnelPlan
 
@@ -202,19 +202,19 @@ class LoopbackHub:
         return {name: server.received for name, server in self.servers.items()}
 
 
-class LoopbackCarrier:
+class LoopbackCarrier(CarrierLifecycle):
     """A client carrier (`services.client.carriers.ClientCarrier`) to one `LoopbackServer`."""
 
     def __init__(self, hub: LoopbackHub, name: str, config: ClientConfig) -> None:
+        super().__init__()
         self.name = name
         self.tunnel_mtu: int | None = hub.tunnel_mtus.get(name)
         self.server = hub.servers[name]
         self.endpoint = hub.next_endpoint()  # how the server sees this carrier
         self._deliver: Deliver = lambda datagrams: None
-        self._closed: asyncio.Future[str] | None = None
 
     async def open(self, host: str, port: int, deliver: Deliver) -> None:
-        self._closed = asyncio.get_running_loop().create_future()
+        self._opening()
         server = self.server
         if self.name in CONNECTION_ORIENTED:
             if server.blocked:
@@ -237,14 +237,5 @@ class LoopbackCarrier:
         if self._closed is not None and not self._closed.done() and not self.server.blocked:
             self._deliver(list(datagrams))
 
-    async def wait_closed(self) -> str:
-        assert self._closed is not None, "open() first"
-        return await asyncio.shield(self._closed)
-
-    def broken(self, reason: str) -> None:
-        if self._closed is not None and not self._closed.done():
-            self._closed.set_result(reason)
+    def _release(self) -> None:
         self.server.connections.pop(self.endpoint, None)
-
-    def close(self) -> None:
-        self.broken("closed by the client")

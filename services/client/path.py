@@ -22,7 +22,7 @@ from aura_common.wireguard import (
     SessionExpired,
     Transmit,
 )
-from services.client.carriers import CarrierFactory
+from services.client.carriers.base import CarrierFactory
 from services.client.schedule import Target
 
 log = logging.getLogger("aura-client")

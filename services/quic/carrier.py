@@ -4,7 +4,7 @@ Each QUIC connection stands for one client. The hub knows it by a stable address
 address the connection started from, so a client whose address changes (NAT rebinding, a new
 network) keeps its WireGuard session: aioquic follows the migration and the hub never notices.
 
-aioquic is driven through its sans-I/O API (`services.quic.link`). The listener side admits
+aioquic is driven through its sans-I/O API (`aura_common.quic.link`). The listener side admits
 new connections (version negotiation, Retry, the connection bound); the data path routes each
 packet by its destination connection id, read straight from the header.
 
@@ -47,9 +47,9 @@ from aioquic.quic.retry import QuicRetryTokenHandler
 from aura_common.config import QuicConfig
 from aura_common.errors import ConfigError
 from aura_common.log import RateLimitedLog, fields
+from aura_common.quic.datagram import Burst, DatagramSocket
+from aura_common.quic.link import CONNECTION_ID_LENGTH, QuicLink, datagram_configuration
 from aura_common.transport import Address, SessionHub, format_endpoint
-from services.quic.datagram import Burst, DatagramSocket
-from services.quic.link import CONNECTION_ID_LENGTH, QuicLink, datagram_configuration
 
 log = logging.getLogger("aura-quic")
 # aioquic logs every connection's version and ALPN at INFO, without the fields ours carry.

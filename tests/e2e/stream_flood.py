@@ -38,7 +38,7 @@ from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted
 from aioquic.quic.packet import pull_quic_header
 
 from aura_common.framing import ALPN
-from services.quic.link import CONNECTION_ID_LENGTH, datagram_configuration
+from aura_common.quic.link import CONNECTION_ID_LENGTH, datagram_configuration
 from tests.e2e.flood import source_addresses
 
 KINDS = ("tcp-dribble", "tcp-stall", "tcp-no-finish", "quic-one-port", "quic-many-ports")

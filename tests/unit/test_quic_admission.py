@@ -14,9 +14,9 @@ from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted
 from aioquic.quic.packet import pull_quic_header
 
 from aura_common.config import QuicConfig
+from aura_common.quic.link import CONNECTION_ID_LENGTH, datagram_configuration
 from services.client.carriers.quic import Carrier as QuicClient
 from services.quic.carrier import MAX_UNAUTHENTICATED_BYTES
-from services.quic.link import CONNECTION_ID_LENGTH, datagram_configuration
 from tests.unit.test_quic_carrier import quic_server
 from tests.unit.test_tcp_carrier import Initiator, Keys, keys, run
 

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from aura_common.config import QuicConfig
+from aura_common.quic.link import MAX_QUEUED_BYTES, QUIC_PACKET_SIZE
 from services.client.carriers.quic import TUNNEL_MTU
 from services.client.carriers.quic import Carrier as QuicClient
 from services.quic.carrier import QuicCarrier, server_configuration
-from services.quic.link import MAX_QUEUED_BYTES, QUIC_PACKET_SIZE
 from tests.unit.test_tcp_carrier import Initiator, Keys, ipv4_packet, keys, new_hub, run
 
 __all__ = ["keys"]  # the module-scoped key fixture, shared with the TCP tests

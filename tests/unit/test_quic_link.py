@@ -13,8 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aura_common.config import QuicConfig
-from services.quic.carrier import destination_cid, server_configuration
-from services.quic.link import (
+from aura_common.quic.link import (
     CONNECTION_ID_LENGTH,
     MAX_MESSAGE,
     MAX_TUNNEL_WINDOW,
@@ -26,6 +25,7 @@ from services.quic.link import (
     datagram_configuration,
     tunnel_window,
 )
+from services.quic.carrier import destination_cid, server_configuration
 from tests.unit.test_tcp_carrier import Keys, keys
 
 __all__ = ["keys"]

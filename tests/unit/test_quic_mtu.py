@@ -14,16 +14,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aura_common.config import QuicConfig
-from services.client.carriers import CARRIERS, WIREGUARD_OVERHEAD, tunnel_mtu_within
-from services.client.carriers.quic import TUNNEL_MTU
-from services.client.path import tunnel_mtu
-from services.quic.carrier import server_configuration
-from services.quic.link import (
+from aura_common.quic.link import (
     DATAGRAM_OVERHEAD,
     MAX_MESSAGE,
     QUIC_PACKET_SIZE,
     datagram_configuration,
 )
+from services.client.carriers import CARRIERS
+from services.client.carriers.base import WIREGUARD_OVERHEAD, tunnel_mtu_within
+from services.client.carriers.quic import TUNNEL_MTU
+from services.client.path import tunnel_mtu
+from services.quic.carrier import server_configuration
 from tests.unit.test_tcp_carrier import Keys, keys
 
 __all__ = ["keys"]

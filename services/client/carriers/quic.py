@@ -29,15 +29,15 @@ from aioquic.quic.events import (
 from cryptography import x509
 
 from aura_common.config import ClientConfig
-from services.client.carriers import Deliver, tunnel_mtu_within
-from services.client.carriers.tcp import verify_server_certificate
-from services.quic.datagram import Burst, DatagramSocket
-from services.quic.link import (
+from aura_common.quic.datagram import Burst, DatagramSocket
+from aura_common.quic.link import (
     DATAGRAM_OVERHEAD,
     QUIC_PACKET_SIZE,
     QuicLink,
     datagram_configuration,
 )
+from services.client.carriers.base import CarrierLifecycle, Deliver, tunnel_mtu_within
+from services.client.carriers.tcp import verify_server_certificate
 
 PING_INTERVAL = 1.0
 PING_DEADLINE = 4.0
@@ -53,11 +53,12 @@ def peer_certificate(quic: QuicConnection) -> x509.Certificate | None:
     return quic.tls._peer_certificate
 
 
-class Carrier:
+class Carrier(CarrierLifecycle):
     name = "quic"
     tunnel_mtu: int | None = TUNNEL_MTU
 
     def __init__(self, config: ClientConfig) -> None:
+        super().__init__()
         self.server_name = config.server_name
         self.ca_public_key = config.server.ca_public_key
         self.deliver: Deliver = lambda datagrams: None
@@ -66,14 +67,13 @@ class Carrier:
         self._link: QuicLink | None = None
         self._receiving = False
         self._keepalive: asyncio.Task[None] | None = None
-        self._closed: asyncio.Future[str] | None = None
         self._connected: asyncio.Future[None] | None = None
         self._pings: dict[int, asyncio.Future[None]] = {}
         self._ping_ids = itertools.count()
 
     async def open(self, host: str, port: int, deliver: Deliver) -> None:
         loop = asyncio.get_running_loop()
-        self._closed = loop.create_future()
+        self._opening()
         self._connected = loop.create_future()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -172,23 +172,17 @@ class Carrier:
             # while a burst is handled, they leave with its acknowledgements
             self.dropped += link.send(datagrams, now=not self._receiving)
 
-    async def wait_closed(self) -> str:
-        assert self._closed is not None, "open() first"
-        return await asyncio.shield(self._closed)
-
     def broken(self, reason: str) -> None:
-        if self._closed is not None and not self._closed.done():
-            self._closed.set_result(reason)
         if self._connected is not None and not self._connected.done():
             self._connected.set_exception(ConnectionError(reason))
-        self._release()
+        super().broken(reason)
 
     def close(self) -> None:
         if self._link is not None:
             # tell the server at once instead of letting it idle out
             self._link.quic.close()
             self._link.transmit()
-        self.broken("closed by the client")
+        super().close()
 
     def _release(self) -> None:
         """Stop everything that could still send: the pings, aioquic's timer, the socket."""

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from aura_common.config import ClientConfig
 from aura_common.framing import ALPN, FrameDecoder, encode
-from services.client.carriers import Deliver
+from services.client.carriers.base import CarrierLifecycle, Deliver
 
 READ_SIZE = 65536
 WRITE_BUFFER_LIMIT = 4 << 20  # beyond this a stalled path drops packets instead of queueing
@@ -63,21 +63,20 @@ def _tune(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
 
 
-class Carrier:
+class Carrier(CarrierLifecycle):
     name = "tcp"
     tunnel_mtu: int | None = None
 
     def __init__(self, config: ClientConfig) -> None:
+        super().__init__()
         self.server_name = config.server_name
         self.ca_public_key = config.server.ca_public_key
         self.writer: asyncio.StreamWriter | None = None
         self.dropped = 0
         self._reading: asyncio.Task[None] | None = None
-        self._closed: asyncio.Future[str] | None = None
 
     async def open(self, host: str, port: int, deliver: Deliver) -> None:
-        loop = asyncio.get_running_loop()
-        self._closed = loop.create_future()
+        self._opening()
         reader, writer = await asyncio.open_connection(
             host, port, ssl=client_tls_context(), server_hostname=self.server_name)
         try:
@@ -93,7 +92,7 @@ class Carrier:
             writer.transport.abort()
             raise
         self.writer = writer
-        self._reading = loop.create_task(self._read_forever(reader, deliver))
+        self._reading = asyncio.get_running_loop().create_task(self._read_forever(reader, deliver))
 
     async def _read_forever(self, reader: asyncio.StreamReader, deliver: Deliver) -> None:
         decoder = FrameDecoder()
@@ -101,13 +100,13 @@ class Carrier:
             while True:
                 data = await reader.read(READ_SIZE)
                 if not data:
-                    self._break("the server closed the TLS connection")
+                    self.broken("the server closed the TLS connection")
                     return
                 frames = decoder.feed(data)
                 if frames:
                     deliver(frames)
         except (OSError, ssl.SSLError) as error:
-            self._break(f"TLS connection failed: {error.strerror or error}"
+            self.broken(f"TLS connection failed: {error.strerror or error}"
                         if isinstance(error, OSError) else f"TLS error: {error}")
 
     def transmit(self, datagrams: Sequence[bytes]) -> None:
@@ -119,18 +118,9 @@ class Carrier:
             return
         writer.write(encode(datagrams))
 
-    async def wait_closed(self) -> str:
-        assert self._closed is not None, "open() first"
-        return await asyncio.shield(self._closed)
-
-    def _break(self, reason: str) -> None:
-        if self._closed is not None and not self._closed.done():
-            self._closed.set_result(reason)
+    def _release(self) -> None:
         if self.writer is not None:
             self.writer.transport.abort()
             self.writer = None
-
-    def close(self) -> None:
-        self._break("closed by the client")
         if self._reading is not None and self._reading is not asyncio.current_task():
             self._reading.cancel()

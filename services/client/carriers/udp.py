@@ -16,21 +16,21 @@ from collections.abc import Sequence
 from aura_common.config import ClientConfig
 from aura_common.netio import udp as udp_batch
 from aura_common.netio.codel import CoDel
-from services.client.carriers import Deliver
+from services.client.carriers.base import CarrierLifecycle, Deliver
 
 RECV_BATCH_LIMIT = 64
 
 
-class Carrier:
+class Carrier(CarrierLifecycle):
     name = "udp"
     tunnel_mtu: int | None = None
 
     def __init__(self, config: ClientConfig) -> None:
+        super().__init__()
         self.sock: socket.socket | None = None
         self.destination: tuple[str, int] = ("", 0)
         self._deliver: Deliver = lambda datagrams: None
         self.aqm = CoDel()  # bounds the time datagrams wait in the socket's large buffer
-        self._closed: asyncio.Future[str] | None = None
 
     async def open(self, host: str, port: int, deliver: Deliver) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -46,9 +46,8 @@ class Carrier:
         udp_batch.enable_gro(sock)
         udp_batch.enable_timestamps(sock)
         self.sock, self.destination, self._deliver = sock, (host, port), deliver
-        loop = asyncio.get_running_loop()
-        self._closed = loop.create_future()
-        loop.add_reader(sock.fileno(), self._readable)
+        self._opening()
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
 
     def _pending_error(self) -> bool:
         """Consume an ICMP error the kernel queued for the socket; True if there was one."""
@@ -60,7 +59,7 @@ class Carrier:
         if code == errno.ECONNREFUSED:
             host, port = self.destination
             reason += f" (ICMP port unreachable: nothing listens on udp {host}:{port})"
-        self._break(reason)
+        self.broken(reason)
         return True
 
     def _readable(self) -> None:
@@ -73,18 +72,6 @@ class Carrier:
         # A full socket buffer drops the datagrams, as a full NIC queue would.
         if self.sock is not None and not self._pending_error():
             udp_batch.send_batch(self.sock, datagrams, self.destination)
-
-    async def wait_closed(self) -> str:
-        assert self._closed is not None, "open() first"
-        return await asyncio.shield(self._closed)
-
-    def _break(self, reason: str) -> None:
-        if self._closed is not None and not self._closed.done():
-            self._closed.set_result(reason)
-        self._release()
-
-    def close(self) -> None:
-        self._break("closed by the client")
 
     def _release(self) -> None:
         if self.sock is not None:

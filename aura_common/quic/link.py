@@ -26,7 +26,7 @@ from aioquic.quic.events import QuicEvent
 from aioquic.quic.packet_builder import PACKET_NUMBER_SEND_SIZE, QuicSentPacket
 
 from aura_common.framing import ALPN
-from services.quic.datagram import Address, DatagramSocket
+from aura_common.quic.datagram import Address, DatagramSocket
 
 # The largest UDP payload of a QUIC packet, either way: one that crosses a 1500-byte path under
 # an IPv6 and a UDP header unfragmented (RFC 9000 section 14). aioquic starts a new packet
