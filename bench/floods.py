@@ -16,7 +16,9 @@
 3. Floods: each function below starts one flood (tests/e2e/flood.py) against the same server
    while a stock WireGuard client runs iperf3 through the tunnel; the result is its throughput
    as a ratio of its throughput without a flood, measured in the same run (before and after
-   the floods). To add a flood (TCP, QUIC), write one more function and list it in FLOODS.
+   the floods), and what the flood itself cost aura-udp, in cores (`flood_ratios`). A last
+   line sums up: handshake responses/s and the ratio for each flood. To add a flood (TCP,
+   QUIC), write one more function and list it in FLOODS.
 4. TCP and QUIC floods (tests/e2e/stream_flood.py): a second server with both transports, an
    Aura client pinned to each; each function below floods one transport, and the result is
    that transport's client's iperf3 upload under the flood over just before it.
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -243,28 +246,57 @@ def client_throughput(setup: Setup, seconds: int) -> float:
                   seconds=seconds)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU time the processes have used so far."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def measured_throughput(setup: Setup, pids: list[int], seconds: int) -> tuple[float, float]:
+    """The client's throughput, and the share of a core the processes used meanwhile."""
+    cpu, started = cpu_seconds(pids), time.monotonic()
+    throughput = client_throughput(setup, seconds)
+    return throughput, (cpu_seconds(pids) - cpu) / (time.monotonic() - started)
+
+
 def flood_ratios(setup: Setup, floods: list[Flood], seconds: int, repeat: int
                  ) -> list[dict]:  # type: ignore[type-arg]
     """Per flood: the client's throughput under it over its throughput just before, `repeat`
-    times in turn (the machine's other load drifts; adjacent pairs share most of it)."""
-    measured: dict[str, dict] = {f.__name__: {"ratios": [], "sent": 0, "seconds": 0.0,  # type: ignore[type-arg]
-                                              "replies": {}} for f in floods}
+    times in turn (the machine's other load drifts; adjacent pairs share most of it).
+
+    Also what the flood itself cost aura-udp and aura-router (pinned to one CPU together), as
+    a share of one core: their CPU under the flood less what the data they still moved cost
+    at the rate measured just before. On a machine shared with other work they get less than
+    their core, and a flood's fixed cost is then a larger share of what they get: this figure
+    says what the ratio would be on a core of their own (about 1 - share, where the client
+    is limited by their CPU).
+    """
+    pids = [service_pid(setup.server, "udp"), service_pid(setup.server, "router")]
+    measured: dict[str, dict] = {f.__name__: {"ratios": [], "flood_cores": [], "cores": [],  # type: ignore[type-arg]
+                                              "sent": 0, "seconds": 0.0, "replies": {}}
+                                 for f in floods}
     for _ in range(repeat):
         for flood in floods:
-            baseline = client_throughput(setup, seconds)
+            baseline, baseline_cores = measured_throughput(setup, pids, seconds)
             process, log = flood(setup, seconds + 3.0)
             time.sleep(1.5)  # the flood is under way and the server under load
-            throughput = client_throughput(setup, seconds)
+            throughput, cores = measured_throughput(setup, pids, seconds)
             report = flood_report(process, log, seconds + 60)
             entry = measured[flood.__name__]
             entry["ratios"].append(throughput / baseline)
+            entry["flood_cores"].append(cores - baseline_cores * throughput / baseline)
+            entry["cores"].append(cores)
             entry["baseline"] = baseline
             entry["sent"] += report["sent"]
             entry["seconds"] += report["seconds"]
             for kind, count in report["replies"].items():
                 entry["replies"][kind] = entry["replies"].get(kind, 0) + count
             time.sleep(1.5)  # out of the sticky "under load" second
-    return [{"flood": name, "ratio": statistics.median(entry["ratios"]), **entry}
+    return [{"flood": name, "ratio": statistics.median(entry["ratios"]),
+             "flood_core": statistics.median(entry["flood_cores"]), **entry}
             for name, entry in measured.items()]
 
 
@@ -406,25 +438,35 @@ def main() -> None:
               f"{core['cookie_replies']:.0f} cookie replies/s (under load), "
               f"{core['junk_rejections']:.0f} junk initiations rejected/s (below the mark)")
     lab = Lab()
+    capacity = float("nan")  # responses/s of aura-udp on one core (not measured: nan)
     try:
         with tempfile.TemporaryDirectory() as folder:
             setup = start(lab, Path(folder))
             if not args.skip_capacity:
                 print(f"aura-udp and aura-router on CPU {SERVER_CPU}, {LOAD_PEERS} peers from "
                       "as many addresses, answering cookies:")
-                for step in process_capacity(setup):
+                steps = process_capacity(setup)
+                capacity = max(step["responses_per_s"] for step in steps)
+                for step in steps:
                     print(f"  offered {step['offered']:>5}/s (sent {step['sent_per_s']:.0f}/s):"
                           f" {step['responses_per_s']:.0f} responses/s,"
                           f" {step['cookie_replies_per_s']:.0f} cookie replies/s")
             print(f"floods at {FLOOD_RATE}/s; client iperf3 upload under the flood / just "
-                  f"before it, median of {args.repeat}:")
-            for entry in flood_ratios(setup, floods, args.seconds, args.repeat):
+                  f"before it, median of {args.repeat}; the flood's own cost to aura-udp and "
+                  "aura-router in cores, and the share of a core they had under it:")
+            results = flood_ratios(setup, floods, args.seconds, args.repeat)
+            for entry in results:
                 replies = entry["replies"]
                 ratios = ", ".join(f"{r:.2f}" for r in entry["ratios"])
                 print(f"  {entry['flood']:<32} {entry['sent'] / entry['seconds']:>6.0f}/s sent: "
                       f"ratio {entry['ratio']:.2f} ({ratios}; last baseline "
-                      f"{entry['baseline'] / 1e6:.0f} Mbit/s), responses {replies.get('2', 0)}, "
-                      f"cookie replies {replies.get('3', 0)}")
+                      f"{entry['baseline'] / 1e6:.0f} Mbit/s), flood cost "
+                      f"{entry['flood_core']:.2f} core (they had "
+                      f"{statistics.median(entry['cores']):.2f}), responses "
+                      f"{replies.get('2', 0)}, cookie replies {replies.get('3', 0)}")
+            summary = ", ".join(f"{entry['flood']} {entry['ratio']:.2f}" for entry in results)
+            print(f"summary: handshake responses/s {capacity:.0f}; client throughput ratio "
+                  f"per flood at {FLOOD_RATE}/s: {summary}")
     finally:
         lab.close()
     if stream_floods:

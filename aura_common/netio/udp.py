@@ -117,16 +117,16 @@ def recv_batch(sock: socket.socket, limit: int = 64, aqm: CoDel | None = None
 
 def recv_batch_with_local(
     sock: socket.socket, limit: int = 64, max_bytes: int | None = None,
-    aqm: CoDel | None = None, keep: Callable[[int], bool] | None = None,
+    aqm: CoDel | None = None, keep: Callable[[int, tuple[str, int]], bool] | None = None,
 ) -> list[tuple[list[bytes], Address, str | None]]:
     """Like `recv_batch`, grouped by source and the local address each datagram was sent to
     (entries in the order of each one's first datagram).
 
     The local address is None unless `enable_pktinfo` was called on `sock`. With `max_bytes`,
     stops once that many bytes were read (one GRO read may go past it by up to 64 KiB).
-    `keep` is asked with the first byte of each read, before anything else is spent on it;
-    False drops it (a carrier sheds the kind of datagram a flood is made of, at the cost of
-    the receive call alone).
+    `keep` is asked with the first byte and the source (host, port) of each read, before
+    anything else is spent on it; False drops it (a carrier sheds the kind of datagram a
+    flood is made of, at the cost of the receive call and a lookup).
     """
     buffer = bytearray(_RECV_SIZE)
     view = memoryview(buffer)
@@ -143,7 +143,8 @@ def recv_batch_with_local(
             break
         except ConnectionError:  # an ICMP error queued for a connected socket
             continue
-        if flags & socket.MSG_TRUNC or (keep is not None and size and not keep(buffer[0])):
+        if flags & socket.MSG_TRUNC or (
+                keep is not None and size and not keep(buffer[0], address[:2])):
             continue
         segment_size = size
         local = None

@@ -157,6 +157,11 @@ class CookiePacer:
         replied[source] = now
         return True
 
+    def answered_recently(self, source: Source, now: float) -> bool:
+        """Whether `source` got a cookie reply less than the interval ago."""
+        last = self._replied.get(source)
+        return last is not None and now - last < self._interval
+
     def __len__(self) -> int:
         return len(self._replied)
 
@@ -213,6 +218,10 @@ class Load:
             return True
         return now < self._until
 
+    def lasts(self, now: float) -> bool:
+        """Whether the device is still under load from the backlog last seen (no new look)."""
+        return now < self._until
+
 
 class RateLimiter:
     """A token bucket per source (IPv4 address, IPv6 /64), for sources a mac2 has proven.
@@ -248,6 +257,11 @@ class RateLimiter:
         allowed = tokens >= 1.0
         buckets[key] = (tokens - 1.0 if allowed else tokens, now)
         return allowed
+
+    def exhausted(self, host: str, now: float) -> bool:
+        """Whether `host` has no token left now (a look only: nothing is taken or stored)."""
+        bucket = self._buckets.get(self.key(host))
+        return bucket is not None and bucket[0] + (now - bucket[1]) * self._rate < 1.0
 
     def prune(self, now: float) -> None:
         """Forget sources idle for RATE_LIMIT_IDLE: their bucket is full again anyway."""

@@ -295,6 +295,19 @@ class Device:
             datagram, source = queue.popleft()
             self._receive_other(datagram, source, now, events)
 
+    def shed_first(self, source: Endpoint, now: float) -> bool:
+        """Whether a handshake message from `source` is among the first to drop, when a
+        carrier reads more than it can screen: a lookup or two, before the message is read.
+
+        True for an endpoint sent a cookie reply within COOKIE_REPLY_INTERVAL (a real
+        initiator tries again only REKEY_TIMEOUT later: a flood, or a spoofer, sends so soon)
+        and, under load, for a source out of rate-limit tokens (dropped after screening
+        anyway). A new client, or one retrying with its cookie, is neither.
+        """
+        if self._cookie_pacer.answered_recently(source, now):
+            return True
+        return self._load.lasts(now) and self._rate_limiter.exhausted(source[0], now)
+
     def _screen_handshake(self, datagram: bytes, source: Endpoint, now: float,
                           events: list[Event], queue: deque[tuple[bytes, Endpoint]]) -> None:
         """Queues a handshake message that passes the checks a flood must not get past cheaply."""

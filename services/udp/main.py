@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
+import time
 from collections.abc import Sequence
 
 from aura_common.config import ServerConfig
@@ -31,11 +32,15 @@ from aura_common.wireguard.constants import (
 RECV_BATCH_LIMIT = 256
 RECV_BATCH_BYTES = 4 << 20
 # Handshake messages (types 1-3) passed on per read, to be screened (mac1, then a cookie reply
-# or the rate limit) and queued; more are dropped as soon as their first byte is read. When a
-# flood outpaces what this process can screen, the socket's buffer must not fill (the kernel
-# would then drop data and junk alike): the read goes on at the cost of the receive call alone
-# per shed message, and data is never shed.
+# or the rate limit) and queued; more are dropped as soon as their first byte and source are
+# read. When a flood outpaces what this process can screen, the socket's buffer must not fill
+# (the kernel would then drop data and junk alike): the read goes on at the cost of the
+# receive call and a lookup per shed message, and data is never shed. Messages the core would
+# drop anyway (`Device.shed_first`: an endpoint just sent a cookie reply, a source out of its
+# rate limit) have a small share of their own, so a flood of them cannot crowd out a new
+# client's initiation or a retry carrying its cookie.
 HANDSHAKES_PER_READ = 64
+LIKELY_DROPPED_PER_READ = 8
 # Remote endpoints whose local address is remembered; the least recently heard go first, so
 # a flood of spoofed sources costs bounded memory.
 REPLY_ADDRESSES_LIMIT = 4096
@@ -66,14 +71,21 @@ class UdpCarrier:
     def _readable(self) -> None:
         reply_from = self._reply_from
         batches = []
-        handshakes = 0
+        handshakes = likely_dropped = shed = 0
+        shed_first, now = self.hub.device.shed_first, time.monotonic()
 
-        def keep(first_byte: int) -> bool:
-            nonlocal handshakes
+        def keep(first_byte: int, source: Address) -> bool:
+            nonlocal handshakes, likely_dropped, shed
             if first_byte not in HANDSHAKE_TYPES:
                 return True
-            handshakes += 1
-            return handshakes <= HANDSHAKES_PER_READ
+            if shed_first(source, now):
+                likely_dropped += 1
+                kept = likely_dropped <= LIKELY_DROPPED_PER_READ
+            else:
+                handshakes += 1
+                kept = handshakes <= HANDSHAKES_PER_READ
+            shed += not kept
+            return kept
 
         for datagrams, source, local in udp_batch.recv_batch_with_local(
                 self.sock, RECV_BATCH_LIMIT, RECV_BATCH_BYTES, aqm=self.aqm, keep=keep):
@@ -83,8 +95,8 @@ class UdpCarrier:
                 if len(reply_from) > REPLY_ADDRESSES_LIMIT:
                     del reply_from[next(iter(reply_from))]
             batches.append((datagrams, source))
-        if handshakes > HANDSHAKES_PER_READ:
-            self.hub.counters.shed(handshakes - HANDSHAKES_PER_READ)
+        if shed:
+            self.hub.counters.shed(shed)
         if batches:
             self.hub.received_batches(batches)
 

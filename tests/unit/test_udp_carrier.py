@@ -9,7 +9,7 @@ import time
 from aura_common.transport import SessionHub
 from aura_common.wireguard import Device, generate_private_key, public_key
 from aura_common.wireguard.limits import HANDSHAKE_WORK_BATCH
-from services.udp.main import HANDSHAKES_PER_READ, UdpCarrier
+from services.udp.main import HANDSHAKES_PER_READ, LIKELY_DROPPED_PER_READ, UdpCarrier
 from tests.e2e.flood import junk_initiation
 
 
@@ -41,3 +41,33 @@ def test_a_read_passes_on_its_share_of_handshakes_and_every_data_message() -> No
     worked = dropped["bad_handshake"]
     assert worked >= HANDSHAKE_WORK_BATCH
     assert worked + hub.device.handshakes_pending == HANDSHAKES_PER_READ
+
+
+def test_a_new_client_is_read_through_a_flood_from_sources_just_answered() -> None:
+    key = generate_private_key()
+    # Under load from the start: every message needs a cookie.
+    hub = SessionHub("udp", Device(key, under_load_after=0), "/nonexistent/router.sock")
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flooder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with server, flooder, client:
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        client.settimeout(2)
+        carrier = UdpCarrier(server, hub)
+
+        async def read() -> None:
+            time.sleep(0.05)
+            carrier._readable()
+
+        flooder.sendto(junk_initiation(public_key(key)), server.getsockname())
+        asyncio.run(read())  # answered with a cookie: the flooder's endpoint is paced now
+        flood = 2 * HANDSHAKES_PER_READ
+        for _ in range(flood):
+            flooder.sendto(junk_initiation(public_key(key)), server.getsockname())
+        client.sendto(junk_initiation(public_key(key)), server.getsockname())  # read last
+        asyncio.run(read())
+        assert len(client.recv(100)) == 64  # its cookie reply
+    dropped = hub.counters.dropped
+    assert dropped["handshake_queue_full"] == flood - LIKELY_DROPPED_PER_READ
+    assert dropped["cookie_already_sent"] == LIKELY_DROPPED_PER_READ

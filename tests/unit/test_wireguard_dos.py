@@ -138,6 +138,27 @@ def test_under_load_one_endpoint_gets_one_cookie_reply_per_interval() -> None:
         assert sizes(pair.at_server(pair.client.initiate(pair.to_server, now), now)) == [64]
 
 
+def test_shed_first_names_endpoints_just_answered_and_sources_out_of_tokens() -> None:
+    pair = Pair(under_load_after=0)
+    server_public = public_key(pair.server_key)
+    attacker = ("::ffff:192.0.2.66", 5555)
+    assert not pair.server.shed_first(attacker, 0.0)
+    pair.server.receive([junk_initiation(server_public)], attacker, 0.0)  # a cookie reply
+    assert pair.server.shed_first(attacker, 0.1)
+    assert not pair.server.shed_first(attacker, COOKIE_REPLY_INTERVAL)
+    # A client proves its endpoint, then spends its burst there at once.
+    proven = ("::ffff:192.0.2.70", 7000)
+    pair.at_client(pair.at_server(pair.client.initiate(pair.to_server, 10.0), 10.0,
+                                  source=proven), 10.0)
+    now = 10.0 + COOKIE_REPLY_INTERVAL
+    assert not pair.server.shed_first(proven, now)
+    retries = [transmits(pair.client.initiate(pair.to_server, now))[0]
+               for _ in range(HANDSHAKE_BURST + 1)]
+    assert "handshake rate limit" in drop_reasons(pair.server.receive(retries, proven, now))
+    assert pair.server.shed_first(proven, now)
+    assert not pair.server.shed_first(proven, now + 1 / HANDSHAKES_PER_SECOND)  # a token back
+
+
 def test_cookie_pacer_is_bounded_and_forgets_the_longest_answered_first() -> None:
     pacer = CookiePacer(interval=4.0, capacity=3)
     assert [pacer.allow(("10.0.0.1", 1), 0.0), pacer.allow(("10.0.0.1", 1), 1.0)] == [True, False]
