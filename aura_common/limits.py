@@ -103,8 +103,13 @@ def parse_size(text: str) -> int | None:
 
 
 def format_time(moment: datetime.datetime) -> str:
-    """The registry's spelling of a time: ISO 8601, UTC, seconds, `Z`."""
+    """The state files' spelling of a time: ISO 8601, UTC, seconds, `Z`."""
     return moment.astimezone(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def now_text() -> str:
+    """This moment as `format_time` spells it (when a peer, lease or bound port began)."""
+    return format_time(datetime.datetime.now(datetime.UTC))
 
 
 def parse_time(text: str) -> datetime.datetime:

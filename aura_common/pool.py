@@ -7,7 +7,6 @@ pair of addresses.
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import json
 import logging
@@ -18,6 +17,7 @@ from typing import Any
 
 from aura_common.atomic import LockBusy, locked, parse_versioned_json, write_atomic
 from aura_common.errors import AuraError, ConfigError
+from aura_common.limits import now_text
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +90,6 @@ class AddressPool:
         return self._pair(index)
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 class Leases:
     """Addresses assigned on connect (strategy `dynamic`), kept in a file across restarts.
 
@@ -135,7 +131,7 @@ class Leases:
             return current["v4"], current["v6"]
         taken = [a for lease in self._leases.values() for a in (lease["v4"], lease["v6"]) if a]
         v4, v6 = self.pool.next_free([*taken, *reserved])
-        self._leases[peer_name] = {"v4": v4, "v6": v6, "since": _now()}
+        self._leases[peer_name] = {"v4": v4, "v6": v6, "since": now_text()}
         self._persist()
         return v4, v6
 
@@ -193,5 +189,7 @@ def parse_leases(data: bytes, path: str, pool: AddressPool) -> dict[str, dict[st
             raise ConfigError(path, f"{key}.v4", "an address leased only once", v4)
         seen.add(v4)
         since = lease.get("since")
-        result[name] = {"v4": v4, "v6": v6, "since": since if isinstance(since, str) else _now()}
+        if not isinstance(since, str):
+            since = now_text()
+        result[name] = {"v4": v4, "v6": v6, "since": since}
     return result

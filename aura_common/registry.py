@@ -15,7 +15,6 @@ import base64
 import binascii
 import contextlib
 import dataclasses
-import datetime
 import ipaddress
 import json
 import os
@@ -26,14 +25,10 @@ from typing import Any, Protocol
 from aura_common.atomic import locked, parse_versioned_json, read_state_file, write_atomic
 from aura_common.config import ServerConfig, is_peer_name
 from aura_common.errors import AuraError, ConfigError
-from aura_common.limits import parse_time
+from aura_common.limits import now_text, parse_time
 
 REGISTRY_VERSION = 1
 KEY_SIZE = 32
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -44,7 +39,7 @@ class Peer:
     address_v4: str | None = None
     address_v6: str | None = None
     enabled: bool = True
-    created: str = field(default_factory=_now)
+    created: str = field(default_factory=now_text)
     expires: str | None = None  # ISO 8601 UTC (limits.format_time); None: never
     quota_bytes: int | None = None  # rx + tx through the tunnel; None: unlimited
 

@@ -13,12 +13,13 @@ import datetime
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from aura_common.atomic import locked, parse_versioned_json, read_state_file, write_atomic
 from aura_common.config import parse_host_port
 from aura_common.errors import ConfigError
+from aura_common.limits import now_text
 from aura_common.roles import Transport, is_transport
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,6 @@ RUNTIME_VERSION = 1
 
 def _empty() -> dict[str, Any]:
     return {"version": RUNTIME_VERSION, "transports": {}}
-
-
-def _utc_now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def parse_runtime(data: bytes, path: str) -> dict[str, Any]:
@@ -90,6 +87,21 @@ def read_runtime_for_service(path: str | os.PathLike[str]) -> dict[str, Any]:
         return _empty()
 
 
+def ports_of(addresses: Iterable[str]) -> set[int]:
+    """The ports of HOST:PORT addresses, as a transport's `bound` lists them."""
+    return {parse_host_port(address)[1] for address in addresses}
+
+
+def listening_ports(bound: Mapping[str, Iterable[str]]) -> dict[str, int]:
+    """The port of each transport from its bound addresses, where they agree on one."""
+    ports = {}
+    for name, addresses in bound.items():
+        found = ports_of(addresses)
+        if is_transport(name) and len(found) == 1:
+            ports[name] = found.pop()
+    return ports
+
+
 def _update(path: str, change: str, transport: str, entry: dict[str, Any] | None) -> None:
     try:
         with locked(path):
@@ -116,7 +128,7 @@ def record_bound(
         raise ValueError(f"unknown transport {transport!r}")
     entry = {
         "bound": list(addresses),
-        "bound_at": _utc_now(),
+        "bound_at": now_text(),
         "pid": os.getpid(),
         "activated": activated,
     }

@@ -17,9 +17,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aura_common.config import ServerConfig, parse_host_port
+from aura_common.config import ServerConfig
 from aura_common.manifest import Endpoint, ManifestError, endpoint_from_mapping
 from aura_common.roles import is_transport
+from aura_common.runtime import listening_ports
 
 if TYPE_CHECKING:
     import psycopg
@@ -69,23 +70,13 @@ class Member:
         return self.silent_for <= DOWN_AFTER
 
 
-def endpoint_ports(bound: Mapping[str, Iterable[str]]) -> dict[str, int]:
-    """The port of each transport from its bound addresses (HOST:PORT), where there is one."""
-    ports = {}
-    for name, addresses in bound.items():
-        found = {parse_host_port(address)[1] for address in addresses}
-        if is_transport(name) and len(found) == 1:
-            ports[name] = found.pop()
-    return ports
-
-
 def member_info(
     public_host: str, bound: Mapping[str, Iterable[str]], sessions: Iterable[LiveSession]
 ) -> dict[str, Any]:
     """The `info` a member publishes: `bound` holds the transports that are live now."""
     transports = [{"name": name, "bound": list(addresses)}
                   for name, addresses in sorted(bound.items())]
-    ports = endpoint_ports(bound)
+    ports = listening_ports(bound)
     listed: list[dict[str, Any]] = []
     total = 0
     for session in sessions:

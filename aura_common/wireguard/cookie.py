@@ -57,6 +57,12 @@ def source_ip(host: str) -> bytes:
     return packed[12:] if packed[:12] == _V4_MAPPED_PREFIX else packed
 
 
+def unmapped(host: str) -> str:
+    """`host` with an IPv4-mapped IPv6 address as plain IPv4; any other as it is."""
+    packed = source_ip(host)
+    return socket.inet_ntop(socket.AF_INET, packed) if len(packed) == 4 else host
+
+
 def source_address(host: str) -> IPAddress:
     """`source_ip` as an address object, for display."""
     return ipaddress.ip_address(source_ip(host))

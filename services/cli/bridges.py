@@ -12,7 +12,7 @@ from typing import Any
 from aura_common import ipc, pki
 from aura_common.atomic import write_atomic
 from aura_common.cluster.presence import Member, cluster_members
-from aura_common.config import ServerConfig, parse_host_port
+from aura_common.config import ServerConfig
 from aura_common.errors import AuraError
 from aura_common.keys import read_key_file
 from aura_common.manifest import (
@@ -25,7 +25,7 @@ from aura_common.manifest import (
     verify,
 )
 from aura_common.roles import Transport
-from aura_common.runtime import read_runtime
+from aura_common.runtime import ports_of, read_runtime
 from services.cli.admin import tell_router
 
 DEFAULT_EXPIRES_DAYS = 365
@@ -175,7 +175,7 @@ def endpoint_from_runtime(config: ServerConfig) -> Endpoint:
                 f"entry is stale; start aura-{name} again (it rewrites its entry) or give "
                 "--endpoints"
             )
-        bound_ports = {parse_host_port(address)[1] for address in entry["bound"]}
+        bound_ports = ports_of(entry["bound"])
         if len(bound_ports) != 1:
             raise AuraError(
                 f"{path}: transports.{name}.bound: expected addresses on one port, found "

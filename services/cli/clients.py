@@ -118,13 +118,10 @@ def _endpoint_ports(config: ServerConfig) -> dict[str, int]:
     # Plain strings: the ports go into the client's YAML file.
     ports = {t.value: getattr(config.transports, t).port for t in Transport}
     try:
-        bound = runtime.read_runtime(config.runtime_file).get("transports", {})
+        bound = runtime.read_runtime(config.runtime_file)["transports"]
     except AuraError:
         return ports
-    for name, entry in bound.items():
-        if name in ports and entry.get("bound"):
-            ports[name] = int(entry["bound"][0].rsplit(":", 1)[1])
-    return ports
+    return ports | runtime.listening_ports({n: e["bound"] for n, e in bound.items()})
 
 
 def _current_manifest(config: ServerConfig) -> dict[str, Any] | None:
@@ -157,9 +154,7 @@ def _register_peer(
         peer = Peer(
             name=name, public_key=public, preshared_key=preshared,
             address_v4=str(v4) if v4 else None, address_v6=str(v6) if v6 else None,
-            enabled=True,
-            created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            **limits,
+            enabled=True, **limits,
         )
         registry.add(peer)
     return peer, private

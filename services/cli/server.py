@@ -26,13 +26,13 @@ from aura_common.errors import AuraError
 from aura_common.keys import new_key_pair
 from aura_common.registry import Registry
 from aura_common.roles import SERVICE_ROLES, Transport
+from aura_common.service import EXIT_CONFIG
 
 log = logging.getLogger("aura")
 
 RESTART_DELAY = 2.0
 # The file the units and aura-generator read.
 SYSTEM_CONFIG = "/etc/aura/server.yaml"
-EXIT_CONFIG = 78
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

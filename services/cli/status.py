@@ -9,8 +9,9 @@ import time
 from typing import Any
 
 from aura_common.cluster.presence import DOWN_AFTER, Member, cluster_members
-from aura_common.config import ServerConfig, parse_host_port
+from aura_common.config import ServerConfig
 from aura_common.limits import format_size
+from aura_common.runtime import ports_of
 from services.cli.admin import request
 
 
@@ -88,7 +89,7 @@ def port_differences(config: ServerConfig, transports: list[dict[str, Any]]) -> 
     differences = []
     for transport in transports:
         section = getattr(config.transports, transport["name"], None)
-        bound = sorted({parse_host_port(address)[1] for address in transport["bound"]})
+        bound = sorted(ports_of(transport["bound"]))
         if section is not None and bound and bound != [section.port]:
             ports = ", ".join(map(str, bound))
             differences.append(

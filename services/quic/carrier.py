@@ -16,7 +16,6 @@ connection packs and sends what is due (acknowledgements, replies) in one `trans
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import socket
@@ -50,6 +49,7 @@ from aura_common.log import RateLimitedLog, fields
 from aura_common.quic.datagram import Burst, DatagramSocket
 from aura_common.quic.link import CONNECTION_ID_LENGTH, QuicLink, datagram_configuration
 from aura_common.transport import Address, SessionHub, format_endpoint
+from aura_common.wireguard.cookie import unmapped
 
 log = logging.getLogger("aura-quic")
 # aioquic logs every connection's version and ALPN at INFO, without the fields ours carry.
@@ -78,11 +78,7 @@ def server_configuration(settings: QuicConfig, cert_file: str, key_file: str
 
 
 def plain_address(addr: Any) -> Address:
-    host, port = addr[0], addr[1]
-    address = ipaddress.ip_address(host.split("%")[0])
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        host = str(address.ipv4_mapped)
-    return host, port
+    return unmapped(addr[0]), addr[1]
 
 
 def destination_cid(data: bytes) -> bytes:

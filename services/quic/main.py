@@ -7,7 +7,7 @@ import socket
 from collections.abc import Sequence
 
 from aura_common import runtime
-from aura_common.config import ServerConfig, parse_host_port
+from aura_common.config import ServerConfig
 from aura_common.service import run_service
 from aura_common.transport import disabled, listening_socket, new_hub, serve_sessions
 from services.quic.carrier import QuicCarrier, server_configuration
@@ -19,9 +19,7 @@ def ports_of_udp_transport(config: ServerConfig) -> set[int]:
     if config.transports.udp.enabled:
         ports.add(config.transports.udp.port)
     entry = runtime.read_runtime_for_service(config.runtime_file)["transports"].get("udp")
-    for address in entry["bound"] if entry else ():
-        ports.add(parse_host_port(address)[1])
-    return ports
+    return ports | runtime.ports_of(entry["bound"] if entry else ())
 
 
 async def serve(config: ServerConfig, args: argparse.Namespace) -> None:

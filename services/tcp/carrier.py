@@ -17,7 +17,6 @@ response) proves nothing about the client.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 import ssl
@@ -29,6 +28,7 @@ from aura_common.fallback import FallbackChain, Flow
 from aura_common.framing import ALPN, FrameDecoder, encode
 from aura_common.log import RateLimitedLog, fields
 from aura_common.transport import Address, SessionHub, format_endpoint
+from aura_common.wireguard.cookie import unmapped
 from services.tcp.clienthello import ClientHello, ClientHelloReader
 
 log = logging.getLogger("aura-tcp")
@@ -65,10 +65,7 @@ def is_wireguard_message(frame: bytes) -> bool:
 def remote_address(writer: asyncio.StreamWriter) -> Address:
     """The peer's (host, port), IPv4-mapped IPv6 shown as plain IPv4."""
     host, port = writer.get_extra_info("peername")[:2]
-    address = ipaddress.ip_address(host.split("%")[0])
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        host = str(address.ipv4_mapped)
-    return host, port
+    return unmapped(host), port
 
 
 class _Closed(Exception):

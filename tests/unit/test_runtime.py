@@ -199,3 +199,17 @@ def test_a_failed_runtime_write_is_logged_not_raised(
     assert all(str(path) in r.getMessage() and os.strerror(errno_) in r.getMessage()
                for r in caplog.records)
     assert path.read_bytes() == before
+
+
+def test_listening_ports_keep_transports_whose_addresses_agree_on_one_port() -> None:
+    bound = {"udp": ["[::]:8444", "0.0.0.0:8444"], "tcp": ["[::]:8443", "[::1]:9443"],
+             "quic": [], "bogus": ["[::]:1"]}
+    assert runtime.listening_ports(bound) == {"udp": 8444}
+    assert runtime.ports_of(bound["tcp"]) == {8443, 9443}
+
+
+def test_bound_at_is_spelled_as_the_registry_spells_times(tmp_path: Path) -> None:
+    path = tmp_path / "runtime.json"
+    runtime.record_bound(path, "udp", ["[::]:8443"], activated=False)
+    bound_at = runtime.read_runtime(path)["transports"]["udp"]["bound_at"]
+    assert bound_at.endswith("Z") and len(bound_at) == len("2026-01-01T00:00:00Z"), bound_at

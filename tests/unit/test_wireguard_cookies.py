@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aura_common.wireguard import HandshakeCompleted, Transmit, public_key
 from aura_common.wireguard.constants import COOKIE_SECRET_MAX_AGE
-from aura_common.wireguard.cookie import cookie_key
+from aura_common.wireguard.cookie import cookie_key, unmapped
 from aura_common.wireguard.crypto import xaead_open
 from tests.e2e.flood import junk_initiation
 from tests.unit.test_wireguard_device import CLIENT_ADDR, Pair, drop_reasons, of_type, transmits
@@ -81,3 +81,10 @@ def test_cookie_replies_are_xchacha20_poly1305_each_with_a_nonce_of_its_own() ->
         # mac1 it sent as associated data.
         cookie = xaead_open(cookie_key(server_public), reply[8:32], reply[32:64], message[116:132])
         assert len(cookie) == 16
+
+
+def test_unmapped_shows_ipv4_mapped_addresses_as_ipv4_and_leaves_the_rest() -> None:
+    assert unmapped("::ffff:192.0.2.7") == "192.0.2.7"
+    assert unmapped("192.0.2.7") == "192.0.2.7"
+    assert unmapped("2001:db8::7") == "2001:db8::7"
+    assert unmapped("fe80::7%eth0") == "fe80::7%eth0"  # the zone stays: it is needed to reply
