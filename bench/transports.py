@@ -10,27 +10,40 @@ Aura clients reach the host behind the server (through its NAT, one hop more tha
 which ends at the server's tunnel address). The machine is shared and noisy: compare ratios
 within one run, not absolute figures across runs; `--repeat` runs it again and reports the
 median of each ratio. `--write-readme` puts the table into README.md.
+
+For each Aura path it also prints the CPU time (user and system, from /proc) that the client,
+the transport and the router spent per full-sized tunnel packet during each iperf3 run: a
+figure that other load on the machine skews far less than throughput, and that shows which
+process a transport's cost falls on.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
 from aura_common.roles import CLIENT_ORDER
 from bench import readme
-from bench.compare import AURA_CLIENT, Result, measure
-from tests.e2e.topology import INTERNET_HOST, AuraServer, build
+from bench.compare import AURA_CLIENT, Result, measure, ping_rtt
+from tests.e2e.topology import INTERNET_HOST, AuraServer, build, iperf3
 from tests.netns import Lab
 
 OPENVPN_SERVER, OPENVPN_CLIENT = "10.98.0.1", "10.98.0.2"
 TRANSPORTS = CLIENT_ORDER  # the rows in the order a client tries them
+# IPv4 and TCP headers with timestamps: what a full-sized tunnel packet carries beyond the
+# iperf3 payload.
+TCP_OVERHEAD = 20 + 20 + 12
+# Per Aura path and direction: CPU microseconds per full-sized tunnel packet, per process.
+CpuShares = dict[str, dict[str, float]]
 
 
 def aura_client_on(lab: Lab, server: AuraServer, ns: str, transport: str, folder: Path
@@ -45,6 +58,55 @@ def aura_client_on(lab: Lab, server: AuraServer, ns: str, transport: str, folder
     lab.wait_for(lambda: lab.ping(ns, INTERNET_HOST, count=1, timeout=2), timeout=40,
                  what=f"the aura client tunnel over {transport}")
     return client
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds, user and system, that process `pid` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def service_pid(lab: Lab, ns: str, module: str) -> int:
+    """The pid of the `python -m <module>` process in namespace `ns`."""
+    for pid in lab.run(ns, ["ip", "netns", "pids", ns]).stdout.split():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if module.encode() in argv:
+            return int(pid)
+    raise LookupError(f"no {module} process in {ns}")
+
+
+def tunnel_mtu(lab: Lab, ns: str) -> int:
+    links = json.loads(lab.run(ns, ["ip", "-j", "link", "show"]).stdout)
+    return next(int(link["mtu"]) for link in links if link.get("link_type") == "none")
+
+
+def cpu_per_packet(pids: dict[str, int], payload: int, seconds: int,
+                   transfer: Callable[[], float]) -> tuple[float, dict[str, float]]:
+    """Run `transfer` (returning bits/s over `seconds`); its result and each process's CPU
+    microseconds per tunnel packet of `payload` bytes."""
+    before = {name: process_cpu(pid) for name, pid in pids.items()}
+    rate = transfer()
+    packets = rate * seconds / 8 / payload
+    return rate, {name: (process_cpu(pid) - before[name]) / packets * 1e6
+                  for name, pid in pids.items()}
+
+
+def measure_aura(lab: Lab, server: AuraServer, ns: str, transport: str,
+                 client: subprocess.Popen[bytes], seconds: int) -> tuple[Result, CpuShares]:
+    """`bench.compare.measure`, with the CPU each process spends per packet."""
+    pids = {"client": client.pid, transport: service_pid(lab, server.ns, f"services.{transport}"),
+            "router": service_pid(lab, server.ns, "services.router")}
+    payload = tunnel_mtu(lab, ns) - TCP_OVERHEAD
+    lab.ping(ns, INTERNET_HOST)  # warm up: handshakes, ARP, route caches
+    upload, up_cpu = cpu_per_packet(pids, payload, seconds, lambda: iperf3(
+        lab, ns, server.internet_ns, INTERNET_HOST, seconds=seconds))
+    download, down_cpu = cpu_per_packet(pids, payload, seconds, lambda: iperf3(
+        lab, ns, server.internet_ns, INTERNET_HOST, seconds=seconds, reverse=True))
+    result = Result(f"aura {transport}", upload, download, ping_rtt(lab, ns, INTERNET_HOST))
+    return result, {"up": up_cpu, "down": down_cpu}
 
 
 def quick_pki(lab: Lab, ns: str, folder: Path) -> None:
@@ -82,9 +144,10 @@ def openvpn_tcp_pair(lab: Lab, server: AuraServer, folder: Path) -> str:
     return ns
 
 
-def run(seconds: int) -> list[Result]:
+def run(seconds: int) -> tuple[list[Result], dict[str, CpuShares]]:
     lab = Lab()
     results: list[Result] = []
+    cpu: dict[str, CpuShares] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="aura-bench-") as tmp:
             folder = Path(tmp)
@@ -96,9 +159,10 @@ def run(seconds: int) -> list[Result]:
             aura_ns = server.add_client_namespace()
             for transport in TRANSPORTS:
                 client = aura_client_on(lab, server, aura_ns, transport, folder)
-                results.append(measure(lab, f"aura {transport}", aura_ns, server.internet_ns,
-                                       INTERNET_HOST, seconds))
-                print(f"measured {results[-1]}", flush=True)
+                result, shares = measure_aura(lab, server, aura_ns, transport, client, seconds)
+                results.append(result)
+                cpu[result.path] = shares
+                print(f"measured {result}; CPU us per packet {shares}", flush=True)
                 lab.stop(client)
                 time.sleep(1)
             ns = openvpn_tcp_pair(lab, server, folder)
@@ -106,7 +170,7 @@ def run(seconds: int) -> list[Result]:
             print(f"measured {results[-1]}", flush=True)
     finally:
         lab.close()
-    return results
+    return results, cpu
 
 
 def report(results: list[Result]) -> str:
@@ -120,6 +184,16 @@ def report(results: list[Result]) -> str:
             f"{r.rtt_ms:>6.3f} ms   up x{r.upload / udp.upload:<5.2f} "
             f"down x{r.download / udp.download:<5.2f}   "
             f"up x{r.upload / openvpn.upload:.2f} down x{r.download / openvpn.download:.2f}")
+    return "\n".join(lines)
+
+
+def cpu_report(cpu: dict[str, CpuShares]) -> str:
+    """CPU microseconds per full-sized tunnel packet, per process and in all."""
+    lines = ["CPU time per full-sized tunnel packet (us; client + transport + router = total)"]
+    for path, directions in cpu.items():
+        for direction, shares in directions.items():
+            parts = " + ".join(f"{name} {us:.1f}" for name, us in shares.items())
+            lines.append(f"{path:<12} {direction:<5} {parts} = {sum(shares.values()):.1f}")
     return "\n".join(lines)
 
 
@@ -156,8 +230,9 @@ def main() -> None:
     args = parser.parse_args()
     runs = []
     for _ in range(args.repeat):
-        runs.append(run(args.seconds))
-        print(report(runs[-1]), flush=True)
+        results, cpu = run(args.seconds)
+        runs.append(results)
+        print(report(results), cpu_report(cpu), sep="\n", flush=True)
     table = markdown(runs)
     print(table)
     if args.write_readme:
