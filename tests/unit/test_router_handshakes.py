@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from aura_common import ipc
 from aura_common.config import ServerConfig
 from aura_common.registry import Peer, Registry
+from aura_common.transport import SessionHub
 from aura_common.wireguard import (
     Answer,
     Device,
+    HandshakeAuthority,
     HandshakeCompleted,
     HandshakeRequested,
     generate_private_key,
     public_key,
 )
 from aura_common.wireguard.noise import TransportKeys
-from services.router.main import HANDSHAKE_QUEUE, HANDSHAKES_PER_TURN
+from services.router.main import HANDSHAKE_QUEUE, HANDSHAKES_PER_TURN, Router
 from tests.unit.test_router_claims import FakeTransport, new_router
 from tests.unit.test_wireguard_device import CLIENT_ADDR, SERVER_ADDR, of_type, transmits
 
@@ -103,3 +109,74 @@ def test_forwarded_handshakes_are_bounded_per_transport_and_per_turn(tmp_path: P
         assert {r[1] for r in refused} == {"bad mac1"} and len(refused) == HANDSHAKE_QUEUE
 
     asyncio.run(scenario())
+
+
+class RecordingCarrier:
+    def __init__(self) -> None:
+        self.sent: list[tuple[tuple[str, int], list[bytes]]] = []
+
+    def transmit(self, destination: tuple[str, int], datagrams: Sequence[bytes]) -> None:
+        self.sent.append((destination, list(datagrams)))
+
+
+def test_a_transport_without_the_key_forwards_one_turn_in_one_frame_and_claims_its_sessions(
+    tmp_path: Path,
+) -> None:
+    config = ServerConfig.default("vpn.example", state_dir=str(tmp_path),
+                                  runtime_dir=str(tmp_path), key_dir=str(tmp_path))
+    server_key = generate_private_key()
+    clients = [generate_private_key() for _ in range(3)]
+    with Registry.edit(config.peers_file) as registry:
+        for n, key in enumerate(clients):
+            registry.add(Peer(f"peer{n}", public_key(key), preshared_key=bytes([n]) * 32,
+                              address_v4=f"10.77.0.{n + 2}"))
+
+    async def scenario() -> None:
+        router = Router(config, HandshakeAuthority(server_key))
+        forwarded: list[int] = []
+        handshakes_from = router._handshakes_from
+
+        def counting(channel: Any, items: list[list[Any]]) -> None:
+            forwarded.append(len(items))
+            handshakes_from(channel, items)
+
+        router._handshakes_from = counting  # type: ignore[method-assign]
+        hub = SessionHub("udp", Device(public_key=public_key(server_key)), "/unused")
+        carrier = RecordingCarrier()
+        hub.carrier = carrier
+        left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        link, served = ipc.Channel(left, "router"), ipc.Channel(right, "udp")
+        link.shapes = served.shapes = ipc.ROUTER_FRAMES
+        hub._router = link
+        tasks = [asyncio.ensure_future(router.on_channel(served)),
+                 asyncio.ensure_future(hub._serve_router(link))]
+        while len(list(hub.device.peers)) < 3:
+            await asyncio.sleep(0.01)
+        devices = []
+        batches = []
+        for n, key in enumerate(clients):
+            device = Device(key)
+            peer = device.add_peer(public_key(server_key), preshared_key=bytes([n]) * 32,
+                                   endpoint=SERVER_ADDR)
+            devices.append((device, peer))
+            batches.append((transmits(device.initiate(peer, time.monotonic())),
+                            ("192.0.2.1", 1000 + n)))
+        hub.received_batches(batches)
+        while len(carrier.sent) < 3:
+            await asyncio.sleep(0.01)
+        assert forwarded == [3]  # one frame for the turn's three initiations
+        for (device, _), (destination, responses) in zip(devices, carrier.sent, strict=True):
+            confirmation = device.receive(responses, SERVER_ADDR, time.monotonic())
+            assert of_type(confirmation, HandshakeCompleted)
+            hub.received(transmits(confirmation), destination)
+        while len(list(router.sessions)) < 3:
+            await asyncio.sleep(0.01)
+        assert {s.peer for s in router.sessions} == {"peer0", "peer1", "peer2"}
+        assert router.handshakes_answered == 3
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        link.close()
+        served.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
