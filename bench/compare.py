@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from aura_lab.netns import Lab
+from aura_lab.topology import SERVER_TUNNEL_V4, AuraServer, build, iperf3, stock_wireguard_up
 from bench import readme
-from tests.e2e.topology import SERVER_TUNNEL_V4, AuraServer, build, iperf3, stock_wireguard_up
-from tests.netns import Lab
 
 WG_PAIR_SERVER = "10.99.0.1"
 

@@ -32,7 +32,6 @@ import argparse
 import base64
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -51,10 +50,10 @@ from aura_common.wireguard import (
     generate_private_key,
     public_key,
 )
+from aura_lab.netns import Lab
+from aura_lab.topology import INTERNET_HOST, AuraServer, build, iperf3, stock_wireguard_up
 from bench.transports import aura_client_on
 from tests.e2e.flood import SERVER_V4, SERVER_V6, attacker_namespace, junk_initiation
-from tests.e2e.topology import INTERNET_HOST, AuraServer, build, iperf3, stock_wireguard_up
-from tests.netns import Lab
 
 LOAD_PEERS = 150  # each may initiate 50 times a second (INITIATION_MIN_INTERVAL)
 OFFERED_RATES = (1000, 2000, 4000, 8000)
@@ -137,12 +136,6 @@ def register_load_peers(server: AuraServer) -> list[tuple[Device, object]]:
     return peers
 
 
-def service_pid(server: AuraServer, name: str) -> int:
-    match = re.search(rf"started aura-{name} \(pid (\d+)\)", server.log.read_text())
-    assert match, f"aura-{name}'s pid is not in the server log"
-    return int(match.group(1))
-
-
 def start(lab: Lab, folder: Path) -> Setup:
     server = build(lab, folder)
     server.init()
@@ -150,7 +143,7 @@ def start(lab: Lab, folder: Path) -> Setup:
     server.start()
     # The router answers aura-udp's handshakes: both on one core, as aura-udp alone was.
     for name in ("udp", "router"):
-        subprocess.run(["taskset", "-a", "-cp", str(SERVER_CPU), str(service_pid(server, name))],
+        subprocess.run(["taskset", "-a", "-cp", str(SERVER_CPU), str(server.service_pid(name))],
                        check=True, capture_output=True)
     client_ns = server.add_client_namespace()
     attacker = attacker_namespace(lab, server)
@@ -274,7 +267,7 @@ def flood_ratios(setup: Setup, floods: list[Flood], seconds: int, repeat: int
     says what the ratio would be on a core of their own (about 1 - share, where the client
     is limited by their CPU).
     """
-    pids = [service_pid(setup.server, "udp"), service_pid(setup.server, "router")]
+    pids = [setup.server.service_pid("udp"), setup.server.service_pid("router")]
     measured: dict[str, dict] = {f.__name__: {"ratios": [], "flood_cores": [], "cores": [],  # type: ignore[type-arg]
                                               "sent": 0, "seconds": 0.0, "replies": {}}
                                  for f in floods}

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aura_common.roles import Transport
+from aura_lab.netns import Lab
+from aura_lab.topology import PUBLIC_HOST, SERVER_TUNNEL_V4, build
 from bench import readme
 from bench.compare import WG_PAIR_SERVER, wireguard_go_pair
 from bench.transports import aura_client_on
-from tests.e2e.topology import PUBLIC_HOST, SERVER_TUNNEL_V4, build
-from tests.netns import Lab
 
 TRANSPORTS = tuple(Transport)
 REFERENCE = "wireguard-go pair"

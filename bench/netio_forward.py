@@ -27,7 +27,7 @@ from types import FrameType
 from aura_common.netio import link
 from aura_common.netio.tun import Tun
 from aura_common.netio.udp import enable_gro, recv_batch, send_batch
-from tests.netns import Lab
+from aura_lab.netns import Lab
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 TUN_NAME = "nio0"

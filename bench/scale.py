@@ -35,11 +35,11 @@ from aura_common.config import ServerConfig
 from aura_common.keys import load_server_private_key
 from aura_common.registry import Peer, Registry
 from aura_common.wireguard import generate_private_key, public_key
+from aura_lab.netns import Lab
+from aura_lab.topology import INTERNET_HOST, PUBLIC_HOST, SERVER_TUNNEL_V4, AuraServer, build
 from bench import readme
 from bench.transports import aura_client_on
 from services.cli.admin import request
-from tests.e2e.topology import INTERNET_HOST, PUBLIC_HOST, SERVER_TUNNEL_V4, AuraServer, build
-from tests.netns import Lab
 
 NETWORK = "10.77.0.0/20"
 HOLD = 6.0  # seconds the load generator idles after connecting: memory and status then

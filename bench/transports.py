@@ -32,10 +32,10 @@ from pathlib import Path
 import yaml
 
 from aura_common.roles import CLIENT_ORDER
+from aura_lab.netns import Lab
+from aura_lab.topology import INTERNET_HOST, AuraServer, build, iperf3
 from bench import readme
 from bench.compare import AURA_CLIENT, Result, measure, ping_rtt
-from tests.e2e.topology import INTERNET_HOST, AuraServer, build, iperf3
-from tests.netns import Lab
 
 OPENVPN_SERVER, OPENVPN_CLIENT = "10.98.0.1", "10.98.0.2"
 TRANSPORTS = CLIENT_ORDER  # the rows in the order a client tries them

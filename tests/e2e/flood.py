@@ -30,8 +30,8 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tests.e2e.topology import AuraServer
-    from tests.netns import Lab
+    from aura_lab.netns import Lab
+    from aura_lab.topology import AuraServer
 
 SPOOF_V4 = ipaddress.ip_network("10.200.0.0/16")
 SPOOF_V6 = ipaddress.ip_network("2001:db8:a000::/48")

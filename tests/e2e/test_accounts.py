@@ -29,7 +29,7 @@ import msgpack
 import pytest
 import yaml
 
-from tests.netns import Lab
+from aura_lab.netns import Lab
 
 pytestmark = pytest.mark.e2e
 

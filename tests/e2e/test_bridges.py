@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.topology import (
+from aura_lab.netns import Lab
+from aura_lab.topology import (
     AURA,
     INTERNET_HOST,
     build,
     client_is_up,
     client_status,
 )
-from tests.netns import Lab
 
 pytestmark = pytest.mark.e2e
 

@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from aura_common.config import ClientConfig
-from tests.e2e.topology import AURA, build, client_status
-from tests.e2e.topology import client_is_up as is_up
-from tests.netns import Lab
+from aura_lab.netns import Lab
+from aura_lab.topology import AURA, build, client_status
+from aura_lab.topology import client_is_up as is_up
 
 pytestmark = pytest.mark.e2e
 

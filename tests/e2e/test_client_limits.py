@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.topology import (
+from aura_lab.netns import Lab
+from aura_lab.topology import (
     AURA,
     INTERNET_HOST,
     SERVER_TUNNEL_V4,
@@ -24,8 +25,7 @@ from tests.e2e.topology import (
     build,
     stock_wireguard_up,
 )
-from tests.e2e.topology import client_is_up as is_up
-from tests.netns import Lab
+from aura_lab.topology import client_is_up as is_up
 
 pytestmark = pytest.mark.e2e
 

@@ -12,10 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_client_udp import client_config
-from tests.e2e.test_transports_fallback import assert_traffic, block, wait_transport
-from tests.e2e.topology import AURA, INTERNET_HOST, build, client_status
-from tests.netns import Lab
+from aura_lab.netns import Lab
+from aura_lab.topology import (
+    AURA,
+    INTERNET_HOST,
+    assert_traffic,
+    block,
+    build,
+    client_config,
+    client_status,
+    wait_transport,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from tests.e2e.topology import (
+from aura_lab.netns import Lab
+from aura_lab.topology import (
     AURA,
     INTERNET_HOST,
     SERVER_TUNNEL_V4,
     SERVER_TUNNEL_V6,
     AuraServer,
     build,
+    client_config,
     client_status,
     iperf3,
 )
-from tests.e2e.topology import client_is_up as is_up
-from tests.netns import Lab
+from aura_lab.topology import client_is_up as is_up
 
 pytestmark = pytest.mark.e2e
 
@@ -33,15 +33,6 @@ def server(lab: Lab, tmp_path: Path) -> AuraServer:
     aura.init()
     aura.start()
     return aura
-
-
-def client_config(server: AuraServer, tmp_path: Path, name: str = "alice", **edits: Any) -> Path:
-    path = server.provision(name, "aura")
-    document = yaml.safe_load(path.read_text())
-    document["runtime_dir"] = str(tmp_path / f"{name}-run")
-    document.update(edits)
-    path.write_text(yaml.safe_dump(document))
-    return path
 
 
 def routes(lab: Lab, ns: str, family: str = "-4") -> str:

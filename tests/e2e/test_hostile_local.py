@@ -21,8 +21,8 @@ import msgpack
 import pytest
 
 from aura_common import runtime
-from tests.e2e.topology import AURA, SERVER_TUNNEL_V4, AuraServer, build, stock_wireguard_up
-from tests.netns import Lab
+from aura_lab.netns import Lab
+from aura_lab.topology import AURA, SERVER_TUNNEL_V4, AuraServer, build, stock_wireguard_up
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns import Lab
+from aura_lab.netns import Lab
 
 pytestmark = pytest.mark.e2e
 

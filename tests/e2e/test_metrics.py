@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.topology import (
+from aura_lab.netns import Lab
+from aura_lab.topology import (
     INTERNET_HOST,
     PUBLIC_HOST,
     AuraServer,
     build,
     stock_wireguard_up,
 )
-from tests.netns import Lab
 
 pytestmark = pytest.mark.e2e
 
@@ -171,7 +171,7 @@ def test_prometheus_sees_traffic_sessions_handshake_drops_and_fallback(
     # reply; with the cookie, the per-source rate limit drops all but its burst of 5.
     port = int(conf.read_text().split(f"Endpoint = {PUBLIC_HOST}:")[1].split()[0])
     lab.run(client, [sys.executable, "-c", FLOOD_SCRIPT, server_public_key(conf), PUBLIC_HOST,
-                     str(port), str(FLOOD), str(MAC2_FLOOD), str(service_pid(server, "udp"))],
+                     str(port), str(FLOOD), str(MAC2_FLOOD), str(server.service_pid("udp"))],
             env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     prometheus.wait_until('aura_transport_handshake_messages_sent_total'
                           '{transport="udp",type="cookie_reply"}', lambda v: v == FLOOD,
@@ -189,14 +189,6 @@ def test_prometheus_sees_traffic_sessions_handshake_drops_and_fallback(
     prometheus.wait_until('aura_fallback_flows_total{outcome="reject"}', lambda v: v >= 1,
                           "fallback flow counted")
     prometheus.stop()
-
-
-def service_pid(server: AuraServer, name: str) -> int:
-    """The process id `aura server run` logged when it started aura-NAME."""
-    marker = f"started aura-{name} (pid "
-    lines = [line for line in server.log.read_text().splitlines() if marker in line]
-    assert lines, f"no {marker!r} in {server.log}"
-    return int(lines[-1].split(marker)[1].split(")")[0])
 
 
 def server_tcp_port(server: AuraServer) -> int:

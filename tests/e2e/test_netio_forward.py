@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from aura_lab.netns import Lab
 from bench.netio_forward import Tunnel, iperf, start_iperf_server, start_tunnel
-from tests.netns import Lab
 
 pytestmark = pytest.mark.e2e
 

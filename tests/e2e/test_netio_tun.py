@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.netns import Lab
+from aura_lab.netns import Lab
 
 pytestmark = pytest.mark.e2e
 

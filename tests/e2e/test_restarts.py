@@ -9,27 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.topology import (
+from aura_lab.netns import Lab
+from aura_lab.topology import (
     AURA,
     SERVER_TUNNEL_V4,
-    AuraServer,
     build,
     client_is_up,
     stock_wireguard_up,
 )
-from tests.netns import Lab
 
 pytestmark = pytest.mark.e2e
-
-
-def service_pid(server: AuraServer, name: str) -> int:
-    """The PID of one service the supervisor we started runs (found through its children)."""
-    assert server.process is not None
-    pid = server.process.pid
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        if f"services.{name}" in Path(f"/proc/{child}/cmdline").read_bytes().decode():
-            return int(child)
-    raise AssertionError(f"aura-{name} is not running")
 
 
 def recovers(lab: Lab, ns: str, within: float) -> float:
@@ -51,17 +40,17 @@ def test_router_restart_keeps_sessions_and_transport_restart_rehandshakes(
     assert lab.ping(ns, SERVER_TUNNEL_V4)
     handshake = server.status()["peers"][0]["last_handshake"]
 
-    os.kill(service_pid(server, "router"), signal.SIGKILL)
+    os.kill(server.service_pid("router"), signal.SIGKILL)
     pause = recovers(lab, ns, within=20)
     alice = server.status()["peers"][0]
     assert alice["connected"], "the transport re-registered alice with the new router"
     # Same session: the transport re-registered it; the client did not need a new handshake.
     assert abs(alice["last_handshake"] - handshake) < 2, (alice, handshake)
 
-    udp_pid = service_pid(server, "udp")
+    udp_pid = server.service_pid("udp")
     os.kill(udp_pid, signal.SIGKILL)
     rehandshake = recovers(lab, ns, within=40)
-    assert service_pid(server, "udp") != udp_pid
+    assert server.service_pid("udp") != udp_pid
     assert server.status()["peers"][0]["last_handshake"] > handshake
     print(f"router restart pause {pause:.1f}s, transport restart pause {rehandshake:.1f}s")
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.topology import (
+from aura_lab.netns import Lab
+from aura_lab.topology import (
     AURA,
     INTERNET_HOST,
     SERVER_TUNNEL_V4,
@@ -25,7 +26,6 @@ from tests.e2e.topology import (
     iperf3,
     stock_wireguard_up,
 )
-from tests.netns import Lab
 
 pytestmark = pytest.mark.e2e
 

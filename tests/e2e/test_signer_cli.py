@@ -14,9 +14,9 @@ import pytest
 
 from aura_common import runtime
 from aura_common.manifest import SignedManifest, parse_body
+from aura_lab.netns import Lab
 from tests.e2e import test_signer_process
 from tests.e2e.test_signer_process import Server
-from tests.netns import Lab
 
 pytestmark = pytest.mark.e2e
 

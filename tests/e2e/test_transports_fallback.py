@@ -1,7 +1,7 @@
 """QUIC and TLS-over-TCP end to end: fallback when UDP is blocked, probes against the TCP port,
 a transport killed mid-session, and a busy configured port.
 
-Topology from tests/e2e/topology.py; nftables in the client's namespace plays the censor.
+Topology from aura_lab/topology.py; nftables in the client's namespace plays the censor.
 """
 
 from __future__ import annotations
@@ -15,23 +15,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_client_udp import client_config, client_status, is_up
-from tests.e2e.topology import AURA, INTERNET_HOST, SERVER_TUNNEL_V4, AuraServer, build, iperf3
-from tests.netns import Lab
+from aura_lab.netns import Lab
+from aura_lab.topology import (
+    AURA,
+    INTERNET_HOST,
+    AuraServer,
+    assert_traffic,
+    block,
+    build,
+    client_config,
+    client_status,
+    wait_transport,
+)
+from aura_lab.topology import client_is_up as is_up
 
 pytestmark = pytest.mark.e2e
 
 SERVER = "198.51.100.1"
 DECOY_PORT = 9443
-
-
-def block(lab: Lab, ns: str, folder: Path, rule: str) -> None:
-    """Drop outgoing packets matching `rule` in `ns` (the censor)."""
-    rules = folder / f"censor-{ns}.nft"
-    rules.write_text("table inet censor {\n  chain out {\n"
-                     "    type filter hook output priority 0; policy accept;\n"
-                     f"    {rule} drop\n  }}\n}}\n")
-    lab.run(ns, ["nft", "-f", str(rules)])
 
 
 def start_tls_decoy(lab: Lab, server: AuraServer) -> None:
@@ -52,26 +53,6 @@ def start_client(lab: Lab, server: AuraServer, tmp_path: Path, ns: str) -> tuple
     log = tmp_path / "client.log"
     lab.spawn(ns, [*AURA, "client", "up", "--foreground", str(config)], log=log)
     return config, log
-
-
-def wait_transport(lab: Lab, ns: str, config: Path, transport: str, timeout: float = 60) -> None:
-    lab.wait_for(lambda: is_up(lab, ns, config)
-                 and client_status(lab, ns, config)["transport"] == transport,
-                 timeout=timeout, what=f"client up over {transport}")
-
-
-def assert_traffic(lab: Lab, ns: str, server: AuraServer) -> tuple[float, float]:
-    assert lab.ping(ns, SERVER_TUNNEL_V4)
-    assert lab.ping(ns, INTERNET_HOST)
-    up = iperf3(lab, ns, server.internet_ns, INTERNET_HOST)
-    down = iperf3(lab, ns, server.internet_ns, INTERNET_HOST, reverse=True)
-    assert up > 1e6 and down > 1e6, (up, down)
-    return up, down
-
-
-def transport_pid(server: AuraServer, name: str) -> int:
-    document = json.loads((server.folder / "state" / "transports" / "runtime.json").read_text())
-    return int(document["transports"][name]["pid"])
 
 
 def tls_probe(lab: Lab, ns: str, port: int, alpn: str = "http/1.1") -> str:
@@ -112,7 +93,7 @@ def test_udp_blocked_quic_then_transport_killed_moves_to_tcp(lab: Lab, tmp_path:
     assert "udp" in log.read_text()  # it tried UDP first
     assert_traffic(lab, ns, server)
 
-    os.kill(transport_pid(server, "quic"), signal.SIGKILL)
+    os.kill(server.service_pid("quic"), signal.SIGKILL)
     lab.wait_for(lambda: "quic" in broken_lines(log), timeout=20, what="broken QUIC path logged")
     assert "WARNING" in broken_lines(log)
     lab.wait_for(lambda: is_up(lab, ns, config), timeout=60, what="client back up")

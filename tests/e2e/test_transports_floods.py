@@ -4,7 +4,7 @@ handshake and never WireGuard's, from one source port and from many addresses. A
 Aura client keeps its traffic flowing throughout, a new one connects in the middle of it, and
 the transport process is never replaced.
 
-Topology from tests/e2e/topology.py; the attacker namespace from tests/e2e/flood.py (its
+Topology from aura_lab/topology.py; the attacker namespace from tests/e2e/flood.py (its
 addresses in 10.200.0.0/16 serve as many sources). Floods: tests/e2e/stream_flood.py, each
 bounded in connections, rate and time.
 """
@@ -19,11 +19,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from aura_lab.netns import Lab
+from aura_lab.topology import (
+    AURA,
+    INTERNET_HOST,
+    AuraServer,
+    build,
+    client_config,
+    iperf3,
+    wait_transport,
+)
 from tests.e2e.flood import SERVER_V4, attacker_namespace
-from tests.e2e.test_client_udp import client_config
-from tests.e2e.test_transports_fallback import transport_pid, wait_transport
-from tests.e2e.topology import AURA, INTERNET_HOST, AuraServer, build, iperf3
-from tests.netns import Lab
 
 pytestmark = pytest.mark.e2e
 
@@ -60,7 +66,7 @@ def keeps_working_under(lab: Lab, server: AuraServer, tmp_path: Path, transport:
                         floods: list[tuple[subprocess.Popen[bytes], Path]],
                         ns: str) -> None:
     """The connected client's traffic flows, and a new client connects, while `floods` run."""
-    pid = transport_pid(server, transport)
+    pid = server.service_pid(transport)
     assert lab.ping(ns, INTERNET_HOST, count=5)
     newcomer, newcomer_config = pinned_client(lab, server, tmp_path, "bob", transport)
     wait_transport(lab, newcomer, newcomer_config, transport, timeout=40)
@@ -68,7 +74,7 @@ def keeps_working_under(lab: Lab, server: AuraServer, tmp_path: Path, transport:
     throughput = iperf3(lab, ns, server.internet_ns, INTERNET_HOST, seconds=2)
     assert throughput > 1e6, throughput
     assert all(process.poll() is None for process, _ in floods), "the floods ran throughout"
-    assert transport_pid(server, transport) == pid
+    assert server.service_pid(transport) == pid
 
 
 def test_tcp_floods_leave_clients_working(lab: Lab, tmp_path: Path) -> None:

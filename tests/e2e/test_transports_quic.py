@@ -1,7 +1,7 @@
 """aura-quic end to end: a server with several addresses, and a tunnel MTU that keeps QUIC
 datagrams unfragmented.
 
-Topology from tests/e2e/topology.py: the first client namespace sits on 198.51.100.0/24; a
+Topology from aura_lab/topology.py: the first client namespace sits on 198.51.100.0/24; a
 second one on the server's second link (198.51.101.0/24) writes to the server's public address
 198.51.100.1 on the first.
 """
@@ -16,19 +16,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.client.carriers.quic import TUNNEL_MTU
-from tests.e2e.test_client_udp import client_config
-from tests.e2e.test_transports_fallback import block, wait_transport
-from tests.e2e.topology import (
+from aura_lab.netns import Lab
+from aura_lab.topology import (
     AURA,
     INTERNET_HOST,
     PUBLIC_HOST,
     SERVER_TUNNEL_V4,
+    block,
     build,
+    client_config,
     client_status,
     iperf3,
+    wait_transport,
 )
-from tests.netns import Lab
+from services.client.carriers.quic import TUNNEL_MTU
 
 pytestmark = pytest.mark.e2e
 

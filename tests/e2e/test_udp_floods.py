@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from aura_lab.netns import Lab
+from aura_lab.topology import SERVER_TUNNEL_V4, AuraServer, build, stock_wireguard_up
 from tests.e2e.flood import SERVER_V4, SERVER_V6, attacker_namespace
-from tests.e2e.topology import SERVER_TUNNEL_V4, AuraServer, build, stock_wireguard_up
-from tests.netns import Lab
 
 pytestmark = pytest.mark.e2e
 

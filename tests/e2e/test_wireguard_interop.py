@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from tests.netns import Lab
+    from aura_lab.netns import Lab
 
 WG_UNDERLAY, CORE_UNDERLAY = "192.168.77.1", "192.168.77.2"
 WG_PORT, CORE_PORT = 51820, 51821

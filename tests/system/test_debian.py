@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.netns import Lab
+from aura_lab.netns import Lab
 from tests.system import container as containers
 
 pytestmark = pytest.mark.slow

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from aura_common.manifest import Manifest, SignedManifest, parse_body
-from tests.netns import Lab
+from aura_lab.netns import Lab
 from tests.system import container as containers
 from tests.system import packages
 

@@ -19,14 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.e2e.topology import (
+from aura_lab.netns import Lab
+from aura_lab.topology import (
     AURA,
     INTERNET_HOST,
     SERVER_TUNNEL_V4,
     build,
     stock_wireguard_up,
 )
-from tests.netns import Lab
 
 
 def step(text: str) -> None:
