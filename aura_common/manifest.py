@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from aura_common.config.values import decode_key, is_port
 from aura_common.errors import AuraError
 from aura_common.pki import key_id
 from aura_common.roles import Transport, is_transport
@@ -80,7 +81,7 @@ class Endpoint:
         if not ports:
             raise ValueError(f"endpoint {self.host}: needs at least one of udp, tcp, quic")
         for transport, port in ports.items():
-            if type(port) is not int or not 1 <= port <= 65535:
+            if not is_port(port):
                 raise ValueError(f"{transport} port: expected 1..65535, found {port!r}")
 
     def ports(self) -> dict[str, int]:
@@ -396,7 +397,7 @@ def endpoint_from_mapping(value: object, field: str = "endpoint") -> Endpoint:
         raise _malformed(f"{field}.host", "a host name or IP address")
     for transport in Transport:
         port = value.get(transport)
-        if transport in value and (type(port) is not int or not 1 <= port <= 65535):
+        if transport in value and not is_port(port):
             raise _malformed(f"{field}.{transport}", "a port number 1..65535")
     try:
         return Endpoint(host, value.get("udp"), value.get("tcp"), value.get("quic"))
@@ -428,11 +429,9 @@ def _format_time(moment: datetime.datetime) -> str:
 def _parse_key(value: object) -> bytes:
     if isinstance(value, str) and len(value) == 44:
         try:
-            raw = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raw = b""
-        if len(raw) == 32:
-            return raw
+            return decode_key(value)
+        except ValueError:
+            pass
     raise _malformed("server_public_key", "a base64 WireGuard public key (32 bytes)")
 
 
