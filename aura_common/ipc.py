@@ -301,6 +301,10 @@ class Channel:
         self._queued_bytes = 0
         # Set by the receiver before its first `recv`: frames of these types are checked.
         self.shapes: dict[str, dict[str, Shape]] | None = None
+        # Set by a receiver of packets: `pkts` frames' batches go here, from the reader
+        # callback itself while no other frame waits before them (no turn of the event loop
+        # between socket and handler), else in order from `recv`.
+        self.on_packets: Callable[[list[tuple[str, list[bytes]]]], None] | None = None
         self._parts: Frame | None = None  # a chunked frame being joined
         self._waiter: asyncio.Future[None] | None = None
         self._writer_waiter: asyncio.Future[None] | None = None
@@ -344,7 +348,11 @@ class Channel:
             self._reading = False
 
     def _readable(self) -> None:
-        while self._queued_bytes < MAX_QUEUED_BYTES:
+        budget = MAX_QUEUED_BYTES  # read per wakeup, so that other callbacks get their turn
+        while budget > 0:
+            if self._queued_bytes >= MAX_QUEUED_BYTES:
+                self._stop_reading()  # resumes once `recv` has taken frames off the queue
+                break
             try:
                 size = self.sock.recv_into(self._buffer)
             except (BlockingIOError, InterruptedError):
@@ -366,11 +374,30 @@ class Channel:
                 log.warning("%r sent a bad frame (%s); closing the channel", self, exc)
                 self._abort("undecodable frame")
                 break
+            budget -= size
+            if self.on_packets is not None and not self._queue and frame["t"] == "pkts":
+                # Nothing waits before it: handled now, not a turn of the loop later.
+                self._deliver_now(frame)
+                if self.closed:
+                    break
+                continue
             self._queue.append((frame, size))
             self._queued_bytes += size
-        else:
-            self._stop_reading()  # resumes once `recv` has taken frames off the queue
         self._wake()
+
+    def _deliver_now(self, frame: Frame) -> None:
+        assert self.on_packets is not None
+        try:
+            accepted = self._accept(frame)
+        except ChannelClosed:
+            return  # logged and closed
+        if accepted is None:
+            return
+        try:
+            self.on_packets(accepted["batches"])
+        except Exception:
+            log.exception("%r: packet handler failed; closing the channel", self)
+            self._fail("packet handler failed")
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -395,11 +422,12 @@ class Channel:
 
     async def recv(self) -> Frame:
         """The next frame (a chunked one joined); raises ChannelClosed once the channel is
-        closed and drained, or after a frame of the wrong shape (logged, channel closed)."""
+        closed and drained, or after a frame of the wrong shape (logged, channel closed).
+        With `on_packets` set, `pkts` frames go there instead, in order with the others."""
         while True:
             await self._wait_for_frames()
             frame = self._accept(self._take())
-            if frame is not None:
+            if frame is not None and not self._packets_handled(frame):
                 return frame
 
     async def recv_many(self) -> list[Frame]:
@@ -409,10 +437,16 @@ class Channel:
             frames = []
             while self._queue:
                 frame = self._accept(self._take())
-                if frame is not None:
+                if frame is not None and not self._packets_handled(frame):
                     frames.append(frame)
             if frames:
                 return frames
+
+    def _packets_handled(self, frame: Frame) -> bool:
+        if self.on_packets is None or frame["t"] != "pkts":
+            return False
+        self.on_packets(frame["batches"])
+        return True
 
     def _accept(self, frame: Frame) -> Frame | None:
         """`frame` checked, or joined with earlier parts; None while parts are missing."""

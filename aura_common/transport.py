@@ -260,6 +260,10 @@ class SessionHub:
     def _changed(self, key: bytes, entry: ipc.Frame) -> bool:
         return self.device.peer(key) is None or self._names[key] != entry["name"]
 
+    def _from_router(self, batches: list[tuple[str, list[bytes]]]) -> None:
+        for name, packets in batches:
+            self._send_to_peer(name, packets)
+
     def _send_to_peer(self, name: str, packets: list[bytes]) -> None:
         peer = self._by_name.get(name)
         if peer is None or peer.endpoint is None:
@@ -295,6 +299,7 @@ class SessionHub:
                 continue
             delay, announced_down = 0.1, False
             channel.shapes = ipc.ROUTER_FRAMES
+            channel.on_packets = self._from_router
             log.info("connected to the router")
             self._router = channel
             try:
@@ -310,10 +315,7 @@ class SessionHub:
         while True:
             for frame in await channel.recv_many():
                 kind = frame.get("t")
-                if kind == "pkts":
-                    for name, packets in frame["batches"]:
-                        self._send_to_peer(name, packets)
-                elif kind == "hs_done":
+                if kind == "hs_done":
                     self._router_answered(frame)
                 elif kind == "peers":
                     self._apply_peers(frame["peers"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -266,15 +267,14 @@ class Router:
     async def _serve_transport(self, channel: ipc.Channel) -> None:
         role = channel.role
         self.transports[channel] = role
+        channel.on_packets = functools.partial(self._from_transport, channel)
         log.info("transport %s connected", role, extra=fields(transport=role))
         await channel.send_chunked(self._peers_frame(), "peers")
         try:
             while True:
                 frame = await channel.recv()
                 kind = frame.get("t")
-                if kind == "pkts":
-                    self._from_transport(channel, frame["batches"])
-                elif kind == "hs":
+                if kind == "hs":
                     self._handshakes_from(channel, frame["items"])
                 elif kind == "session_up":
                     self._session_up(channel, frame)

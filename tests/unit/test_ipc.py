@@ -467,3 +467,29 @@ def test_packets_that_keep_waiting_on_the_link_are_dropped_at_dequeue_but_not_co
         receiver.close()
 
     asyncio.run(scenario())
+
+
+def test_packets_reach_their_handler_from_the_reader_and_keep_their_place_after_control() -> None:
+    async def scenario() -> None:
+        left_sock, right_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sender, receiver = ipc.Channel(left_sock), ipc.Channel(right_sock)
+        receiver.shapes = ipc.ROUTER_FRAMES
+        handled: list[list[tuple[str, list[bytes]]]] = []
+        receiver.on_packets = handled.append
+        ip = b"\x45" + bytes(19)
+        assert sender.send(ipc.packets_frame([("a", [ip])]))
+        await asyncio.sleep(0.05)  # the reader runs; nobody waits in recv
+        assert handled == [[["a", [ip]]]]
+        # Packets sent after a control frame that is not taken yet wait behind it.
+        await sender.send_reliable({"t": "session_down", "peer": "a"})
+        assert sender.send(ipc.packets_frame([("b", [ip])]))
+        await asyncio.sleep(0.05)
+        assert len(handled) == 1
+        assert (await asyncio.wait_for(receiver.recv(), 5))["t"] == "session_down"
+        with pytest.raises(TimeoutError):  # the next recv hands the packets over, returns none
+            await asyncio.wait_for(receiver.recv(), 0.2)
+        assert handled[1] == [["b", [ip]]]
+        sender.close()
+        receiver.close()
+
+    asyncio.run(scenario())
