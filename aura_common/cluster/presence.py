@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aura_common.config import ServerConfig
-from aura_common.manifest import Endpoint, ManifestError, endpoint_from_mapping
+from aura_common.manifest import (
+    Endpoint,
+    ManifestError,
+    SignedManifest,
+    endpoint_from_mapping,
+    parse_body,
+)
 from aura_common.roles import is_transport
 from aura_common.runtime import listening_ports
 
@@ -38,6 +44,13 @@ HEARTBEAT = """
 """
 # Nothing changed since the last heartbeat: only the time, not a megabyte of sessions again.
 TOUCH = "UPDATE members SET updated_at = now() WHERE name = %s"
+# The manifest with the highest serial any member published (checked by the reader).
+NEWEST_MANIFEST = """
+    SELECT info->'manifest' FROM members
+    WHERE jsonb_typeof(info->'manifest_serial') = 'number'
+      AND jsonb_typeof(info->'manifest') = 'object'
+    ORDER BY (info->>'manifest_serial')::numeric DESC LIMIT 1
+"""
 READ = """
     SELECT name, extract(epoch FROM now() - updated_at)::float8,
            extract(epoch FROM started_at)::float8, info
@@ -63,6 +76,7 @@ class Member:
     transports: Mapping[str, tuple[str, ...]]  # transport -> bound addresses
     sessions: tuple[LiveSession, ...]
     sessions_total: int
+    manifest: SignedManifest | None = None  # as published: not verified yet
     problem: str | None = None  # why its row could not be read in full
 
     @property
@@ -71,9 +85,11 @@ class Member:
 
 
 def member_info(
-    public_host: str, bound: Mapping[str, Iterable[str]], sessions: Iterable[LiveSession]
+    public_host: str, bound: Mapping[str, Iterable[str]], sessions: Iterable[LiveSession],
+    manifest: SignedManifest | None = None,
 ) -> dict[str, Any]:
-    """The `info` a member publishes: `bound` holds the transports that are live now."""
+    """The `info` a member publishes: `bound` holds the transports that are live now, and
+    `manifest` the signed manifest it hands its clients (every member adopts the newest)."""
     transports = [{"name": name, "bound": list(addresses)}
                   for name, addresses in sorted(bound.items())]
     ports = listening_ports(bound)
@@ -90,6 +106,8 @@ def member_info(
         "transports": transports,
         "sessions": listed,
         "sessions_total": total,
+        "manifest": None if manifest is None else manifest.to_mapping(),
+        "manifest_serial": 0 if manifest is None else parse_body(manifest.body).serial,
     }
 
 
@@ -146,12 +164,15 @@ def _parse_info(member: Member, info: object) -> Member:
                     _number(s["handshake_at"], 0.0))
         for s in _list(info, "sessions")[:MAX_SESSIONS]
     )
+    manifest = None
+    if info.get("manifest") is not None:
+        manifest = SignedManifest.from_mapping(info["manifest"])
     total = info["sessions_total"]
     if isinstance(total, bool) or not isinstance(total, int) or total < len(sessions):
         raise ValueError("sessions_total: expected a count of at least the sessions listed")
     return dataclasses.replace(
         member, public_host=public_host, endpoint=endpoint, transports=transports,
-        sessions=sessions, sessions_total=total,
+        sessions=sessions, sessions_total=total, manifest=manifest,
     )
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import os
 import sys
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from aura_common import ipc, pki
 from aura_common.atomic import write_atomic
@@ -88,16 +91,19 @@ def handler(args: argparse.Namespace) -> int:
         if reason is None:
             return 0
         print(f"renewing: {reason}")
+    serial_above = 0
     if args.from_runtime:
         endpoints = [endpoint_from_runtime(config)]
     elif args.from_cluster:
-        endpoints = endpoints_from_cluster(cluster_members(config))
+        members = cluster_members(config)
+        endpoints = endpoints_from_cluster(members)
+        serial_above = newest_serial(members, pki.load_ca_public_key(config.key_dir))
     else:
         endpoints = [parse_endpoint_spec(spec) for spec in args.endpoints]
         if len(endpoints) > MAX_ENDPOINTS:
             raise AuraError(f"--endpoints: at most {MAX_ENDPOINTS} endpoints")
     server_key = read_key_file(os.path.join(config.key_dir, "server.pub"))
-    signed = request_signature(config, endpoints, args.expires, server_key)
+    signed = request_signature(config, endpoints, args.expires, server_key, serial_above)
     # Check the signer's work against the CA clients trust before anyone relies on it.
     try:
         manifest = verify(signed, pki.load_ca_public_key(config.key_dir), now=None)
@@ -206,6 +212,17 @@ def endpoints_from_cluster(members: list[Member]) -> list[Endpoint]:
     return live
 
 
+def newest_serial(members: list[Member], ca_key: ed25519.Ed25519PublicKey) -> int:
+    """The highest serial of the manifests members publish that verify against our CA: this
+    member's signer must go past it, or clients would refuse the new manifest."""
+    serials = [0]
+    for member in members:
+        if member.manifest is not None:
+            with contextlib.suppress(ManifestError):
+                serials.append(verify(member.manifest, ca_key, now=None).serial)
+    return max(serials)
+
+
 def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -217,15 +234,18 @@ def process_alive(pid: int) -> bool:
 
 
 def request_signature(
-    config: ServerConfig, endpoints: list[Endpoint], expires_days: int, server_key: bytes
+    config: ServerConfig, endpoints: list[Endpoint], expires_days: int, server_key: bytes,
+    serial_above: int = 0,
 ) -> SignedManifest:
     """One `sign` exchange with aura-signer; AuraError says what went wrong and what to do."""
-    request = {
+    request: dict[str, Any] = {
         "t": "sign",
         "endpoints": [endpoint.to_mapping() for endpoint in endpoints],
         "expires_days": expires_days,
         "server_public_key": server_key,
     }
+    if serial_above:
+        request["serial_above"] = serial_above
     path = config.signer_socket
     try:
         reply = asyncio.run(asyncio.wait_for(_exchange(path, request), TIMEOUT))

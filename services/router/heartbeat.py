@@ -20,6 +20,7 @@ from aura_common import runtime
 from aura_common.cluster import database, presence
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError
+from aura_common.manifest import ManifestError, SignedManifest
 
 log = logging.getLogger("aura-router")
 
@@ -28,11 +29,15 @@ RETRY_MAX = 10.0
 
 
 class Member(Protocol):
-    """What the heartbeat reads from the router."""
+    """What the heartbeat reads from the router, and the manifest it hands back."""
+
+    manifest: SignedManifest | None
 
     def live_transports(self) -> set[str]: ...
 
     def live_sessions(self) -> list[presence.LiveSession]: ...
+
+    def adopt_manifest(self, signed: SignedManifest) -> None: ...
 
 
 def snapshot(config: ServerConfig, router: Member) -> dict[str, Any]:
@@ -42,6 +47,7 @@ def snapshot(config: ServerConfig, router: Member) -> dict[str, Any]:
         config.public_host,
         {name: entry["bound"] for name, entry in bound.items() if name in live},
         router.live_sessions(),
+        router.manifest,
     )
 
 
@@ -56,6 +62,19 @@ async def publish(
             return
         raise LookupError(f"the row of member {member!r} is gone")
     await conn.execute(presence.HEARTBEAT, (member, started_at, Jsonb(info)))
+
+
+async def newest_manifest(conn: psycopg.AsyncConnection[Any]) -> SignedManifest | None:
+    """The newest manifest any member published, if it is well formed (the router checks
+    its signature)."""
+    cursor = await conn.execute(presence.NEWEST_MANIFEST)
+    row = await cursor.fetchone()
+    if row is None:
+        return None
+    try:
+        return SignedManifest.from_mapping(row[0])
+    except ManifestError:
+        return None
 
 
 async def publish_forever(config: ServerConfig, router: Member) -> None:
@@ -73,6 +92,9 @@ async def publish_forever(config: ServerConfig, router: Member) -> None:
                 info = snapshot(config, router)
                 await publish(conn, member, started_at, None if info == published else info)
                 published = info
+                newest = await newest_manifest(conn)
+                if newest is not None:
+                    router.adopt_manifest(newest)
             except (AuraError, psycopg.Error, LookupError, OSError) as error:
                 if not failing:
                     log.warning("cannot publish this member's heartbeat (%s); retrying, it "

@@ -20,15 +20,15 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from aura_common import control, ipc, metrics, runtime, systemd
+from aura_common import control, ipc, metrics, pki, runtime, systemd
 from aura_common.accounts import ADMIN, Accounts
 from aura_common.cluster.presence import LiveSession
 from aura_common.config import ServerConfig
-from aura_common.errors import AuraError
+from aura_common.errors import AuraError, ConfigError
 from aura_common.keys import load_server_private_key
 from aura_common.limits import SAVE_INTERVAL, Gate, Usage
 from aura_common.log import NOTICE, fields
-from aura_common.manifest import ManifestError, SignedManifest
+from aura_common.manifest import ManifestError, SignedManifest, parse_body, verify
 from aura_common.netio import link
 from aura_common.netio.tun import Tun
 from aura_common.pool import AddressPool, Leases
@@ -76,6 +76,16 @@ def send_later(channel: ipc.Channel, frame: dict[str, Any], chunked: str | None 
                 await channel.send_chunked(frame, chunked)
 
     asyncio.get_running_loop().create_task(send())
+
+
+def serial_of(signed: SignedManifest | None) -> int:
+    """The serial a manifest claims (0 for none); its signature is checked where it enters."""
+    if signed is None:
+        return 0
+    try:
+        return parse_body(signed.body).serial
+    except ManifestError:
+        return 0
 
 
 class Router:
@@ -229,13 +239,17 @@ class Router:
         return [str(a) for a in (v4, v6) if a is not None]
 
     def load_manifest(self) -> None:
+        """The signer's manifest file, unless the cluster already gave us a newer one."""
         try:
             with open(self.config.manifest_file, encoding="utf-8") as file:
-                self.manifest = SignedManifest.from_mapping(json.load(file))
+                stored = SignedManifest.from_mapping(json.load(file))
         except FileNotFoundError:
-            self.manifest = None
+            stored = None
         except (OSError, ValueError, ManifestError) as error:
             log.warning("cannot read the bridge manifest %s: %s", self.config.manifest_file, error)
+            return
+        if serial_of(stored) >= serial_of(self.manifest):
+            self.manifest = stored
 
     def _welcome(self, session: Session[ipc.Channel], addresses: list[str]) -> None:
         """Tell an Aura client its address, DNS, routes and the latest manifest, in-tunnel."""
@@ -248,8 +262,24 @@ class Router:
         ))
         send_later(session.link, ipc.packets_frame([(session.peer, [payload])]))
 
+    def adopt_manifest(self, signed: SignedManifest) -> None:
+        """A manifest another member of the cluster published: pushed if it is newer and
+        verifies against our CA (it came through the database)."""
+        try:
+            manifest = verify(signed, pki.load_ca_public_key(self.config.key_dir), now=None)
+        except (ManifestError, ConfigError) as error:
+            log.warning("ignoring a bridge manifest from the cluster: %s", error)
+            return
+        if manifest.serial > serial_of(self.manifest):
+            self.manifest = signed
+            log.info("bridge manifest serial %d from the cluster", manifest.serial)
+            self._push_manifest()
+
     def push_manifest(self) -> None:
         self.load_manifest()
+        self._push_manifest()
+
+    def _push_manifest(self) -> None:
         for session in self.sessions:
             peer = self.registry.get(session.peer)
             if peer is not None:

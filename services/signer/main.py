@@ -4,12 +4,14 @@ request and does nothing else.
 Protocol on `signer.sock` (SOCK_SEQPACKET msgpack frames after the `hello`, see aura_common.ipc):
 
     {"t": "sign", "endpoints": [{"host", "udp"?, "tcp"?, "quic"?}...],
-     "expires_days": N, "server_public_key": <32 bytes>}
+     "expires_days": N, "server_public_key": <32 bytes>, "serial_above": N?}
       -> {"t": "signed", "manifest": <serialised signed manifest>}
     anything else -> {"t": "error", "message": ...}, then the signer closes the channel
 
 Every signing takes the next serial, persisted in `manifest.serial` before the signature is
-made, so a serial is never used twice and never goes down, even across crashes. The newest
+made, so a serial is never used twice and never goes down, even across crashes. A cluster
+member asks for a serial above the newest any member published (`serial_above`), as its own
+count does not know the others'. The newest
 manifest is also written to `manifest.json`, where the router picks it up.
 """
 
@@ -45,7 +47,8 @@ from aura_common.service import run_service
 log = logging.getLogger("aura-signer")
 
 MAX_REQUEST_BYTES = 8192
-_SIGN_KEYS = {"t", "endpoints", "expires_days", "server_public_key"}
+_SIGN_KEYS = {"t", "endpoints", "expires_days", "server_public_key", "serial_above"}
+MAX_SERIAL = 1 << 53  # the JSON numbers of a manifest stay exact
 
 
 class RequestError(ValueError):
@@ -86,20 +89,23 @@ class Signer:
         return {"t": "signed", "manifest": signed.to_mapping()}
 
     def sign(
-        self, endpoints: list[Any], expires_days: int, server_public_key: bytes
+        self, endpoints: list[Any], expires_days: int, server_public_key: bytes,
+        serial_above: int = 0,
     ) -> tuple[SignedManifest, Manifest]:
         try:
             with locked(self.config.manifest_serial_file, wait=False):
-                return self._sign_locked(endpoints, expires_days, server_public_key)
+                return self._sign_locked(endpoints, expires_days, server_public_key,
+                                         serial_above)
         except LockBusy:
             # Never wait on the event loop for a lock another account could hold.
             raise RequestError("the manifest serial is locked by another process; "
                                "try again") from None
 
     def _sign_locked(
-        self, endpoints: list[Any], expires_days: int, server_public_key: bytes
+        self, endpoints: list[Any], expires_days: int, server_public_key: bytes,
+        serial_above: int,
     ) -> tuple[SignedManifest, Manifest]:
-        serial = self.last_serial() + 1
+        serial = max(self.last_serial(), serial_above) + 1
         try:
             manifest = Manifest.create(
                 serial=serial,
@@ -141,7 +147,7 @@ class Signer:
         return 0
 
 
-def parse_sign_request(frame: dict[str, Any]) -> tuple[list[Any], int, bytes]:
+def parse_sign_request(frame: dict[str, Any]) -> tuple[list[Any], int, bytes, int]:
     unknown = set(frame) - _SIGN_KEYS
     if unknown:
         raise RequestError(f"sign: unknown field {sorted(unknown)[0]!r}")
@@ -158,7 +164,10 @@ def parse_sign_request(frame: dict[str, Any]) -> tuple[list[Any], int, bytes]:
     key = frame.get("server_public_key")
     if not isinstance(key, bytes) or len(key) != 32:
         raise RequestError("sign: server_public_key: expected 32 bytes")
-    return parsed, days, key
+    above = frame.get("serial_above", 0)
+    if type(above) is not int or not 0 <= above < MAX_SERIAL:
+        raise RequestError(f"sign: serial_above: expected 0..{MAX_SERIAL - 1}, found {above!r}")
+    return parsed, days, key, above
 
 
 async def serve(config: ServerConfig, args: argparse.Namespace) -> None:

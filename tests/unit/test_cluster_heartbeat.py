@@ -5,6 +5,7 @@ warning and a retry, never a crash."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import json
 import logging
@@ -13,12 +14,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from aura_common import runtime
 from aura_common.cluster import database, presence
 from aura_common.cluster.presence import LiveSession, cluster_members
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError
+from aura_common.manifest import Endpoint, Manifest, SignedManifest, sign
 from services.cli.main import main as aura
 from services.router import heartbeat
 from tests.pg import PostgresServer
@@ -29,9 +32,14 @@ pytestmark = pytest.mark.postgres
 class FakeRouter:
     """What the heartbeat reads from a router: its live transports and sessions."""
 
-    def __init__(self) -> None:
+    def __init__(self, manifest: SignedManifest | None = None) -> None:
         self.transports = {"udp"}
         self.sessions = [LiveSession("alice", "udp", "198.51.100.7:40000", 1_000.0)]
+        self.manifest = manifest
+        self.adopted: list[SignedManifest] = []
+
+    def adopt_manifest(self, signed: SignedManifest) -> None:
+        self.adopted.append(signed)
 
     def live_transports(self) -> set[str]:
         return self.transports
@@ -114,6 +122,27 @@ def test_members_publish_their_endpoints_and_sessions_and_a_silent_one_shows_dow
         task_b.cancel()
 
     asyncio.run(scenario())
+
+
+def test_every_member_is_handed_the_newest_manifest_any_member_published(
+    members: list[ServerConfig],
+) -> None:
+    a, b = members
+    key = ed25519.Ed25519PrivateKey.generate()
+    newest = sign(Manifest.create(serial=5, issued=datetime.datetime.now(datetime.UTC),
+                                  expires_days=3, server_public_key=bytes(32),
+                                  endpoints=[Endpoint("a.example", udp=8443)]), key)
+    router_a, router_b = FakeRouter(newest), FakeRouter()
+
+    async def scenario() -> None:
+        tasks = [asyncio.create_task(heartbeat.publish_forever(a, router_a)),
+                 asyncio.create_task(heartbeat.publish_forever(b, router_b))]
+        await until(lambda: bool(router_b.adopted), "b handed a's manifest")
+        for task in tasks:
+            task.cancel()
+
+    asyncio.run(scenario())
+    assert router_b.adopted[-1] == newest
 
 
 def test_status_cluster_lists_every_member_human_and_json(

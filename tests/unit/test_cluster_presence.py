@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given
 from hypothesis import strategies as st
 
 from aura_common.cluster import presence
 from aura_common.cluster.presence import DOWN_AFTER, LiveSession, Member, member_info, parse_member
 from aura_common.errors import AuraError
-from aura_common.manifest import Endpoint
-from services.cli.bridges import endpoints_from_cluster
+from aura_common.manifest import Endpoint, Manifest, sign
+from services.cli.bridges import endpoints_from_cluster, newest_serial
 from services.cli.status import member_mapping, render_cluster
 
 SESSION = LiveSession("alice", "udp", "10.9.0.2:40000", 1_000.0)
@@ -102,7 +104,7 @@ def test_any_row_reads_as_a_member_or_a_named_problem(
     json.dumps(member_mapping(member))
 
 
-def members() -> list[Member]:
+def members_list() -> list[Member]:
     base = parse_member("a", 1.0, 0.0, member_info("10.0.0.1", {"udp": ["[::]:8443"]},
                                                    [SESSION]))
     silent = parse_member("b", 60.0, 0.0, member_info("10.0.0.2", {"udp": ["[::]:8443"]}, []))
@@ -113,12 +115,12 @@ def members() -> list[Member]:
 def test_bridges_from_the_cluster_list_the_members_that_are_up_and_listening(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert endpoints_from_cluster(members()) == [Endpoint("10.0.0.1", udp=8443)]
+    assert endpoints_from_cluster(members_list()) == [Endpoint("10.0.0.1", udp=8443)]
     out = capsys.readouterr().out
     assert "leaving out b: down (silent for 60 s)" in out
     assert "leaving out c: no transport listening" in out
     with pytest.raises(AuraError, match="no member of the cluster is up"):
-        endpoints_from_cluster(members()[1:])
+        endpoints_from_cluster(members_list()[1:])
 
 
 def test_more_live_members_than_a_manifest_holds_is_an_error_naming_the_limit() -> None:
@@ -128,15 +130,35 @@ def test_more_live_members_than_a_manifest_holds_is_an_error_naming_the_limit() 
         endpoints_from_cluster(many)
 
 
+def test_a_published_manifest_reads_back_and_only_verified_serials_count() -> None:
+    ca = ed25519.Ed25519PrivateKey.generate()
+    stranger = ed25519.Ed25519PrivateKey.generate()
+
+    def with_manifest(name: str, serial: int, key: ed25519.Ed25519PrivateKey) -> Member:
+        manifest = sign(Manifest.create(
+            serial=serial, issued=datetime.datetime.now(datetime.UTC), expires_days=3,
+            server_public_key=bytes(32), endpoints=[Endpoint("10.0.0.1", udp=1)]), key)
+        info = json.loads(json.dumps(member_info("10.0.0.1", {}, [], manifest)))
+        assert info["manifest_serial"] == serial
+        member = parse_member(name, 0.0, 0.0, info)
+        assert member.manifest == manifest
+        return member
+
+    members = [with_manifest("a", 4, ca), with_manifest("b", 9, stranger),
+               with_manifest("c", 6, ca), *members_list()]
+    assert newest_serial(members, ca.public_key()) == 6
+    assert newest_serial(members_list(), ca.public_key()) == 0
+
+
 def test_status_shows_every_member_its_transports_and_sessions_and_who_is_down() -> None:
-    text = render_cluster(members(), now=1_010.0)
+    text = render_cluster(members_list(), now=1_010.0)
     assert text.splitlines()[0] == "cluster: 3 members, 2 up, 1 live sessions"
     assert "a: up, heard 1s ago, running 16m 50s; clients reach it at 10.0.0.1:udp=8443" in text
     assert "  udp   [::]:8443" in text
     assert "    alice            udp       10.9.0.2:40000           10s ago" in text
     assert "b: DOWN, silent for 1m 0s" in text
     assert "c: up" in text and "no transport running" in text
-    document = [member_mapping(m) for m in members()]
+    document = [member_mapping(m) for m in members_list()]
     assert [m["up"] for m in document] == [True, False, True]
     assert document[0]["sessions"][0]["peer"] == "alice"
     assert document[0]["endpoint"] == {"host": "10.0.0.1", "udp": 8443}

@@ -68,14 +68,27 @@ def test_oversized_manifest_is_refused_without_using_a_serial(tmp_path: Path) ->
 
 
 def test_valid_request_parses() -> None:
-    endpoints, days, key = parse_sign_request(request())
+    endpoints, days, key, above = parse_sign_request(request())
     assert endpoints == [Endpoint("vpn.test", udp=8443)] and days == 3 and key == bytes(32)
+    assert above == 0 and parse_sign_request(request(serial_above=41))[3] == 41
+    for bad in (-1, 1 << 53, True, "7"):
+        with pytest.raises(RequestError, match="serial_above"):
+            parse_sign_request(request(serial_above=bad))
+
+
+def test_a_serial_above_another_members_goes_past_it_and_never_back(tmp_path: Path) -> None:
+    signer = make_signer(tmp_path)
+    endpoint = [Endpoint("vpn.test", tcp=443)]
+    assert signer.sign(endpoint, 3, bytes(32), serial_above=40)[1].serial == 41
+    assert signer.sign(endpoint, 3, bytes(32), serial_above=7)[1].serial == 42
+    assert signer.sign(endpoint, 3, bytes(32))[1].serial == 43
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     st.dictionaries(
-        st.sampled_from(["endpoints", "expires_days", "server_public_key", "other"]),
+        st.sampled_from(["endpoints", "expires_days", "server_public_key", "serial_above",
+                         "other"]),
         st.none() | st.integers() | st.binary(max_size=40) | st.text(max_size=10)
         | st.lists(st.dictionaries(st.sampled_from(["host", "udp", "tcp", "quic", "x"]),
                                    st.integers(-1, 70000) | st.text(max_size=12)), max_size=3),

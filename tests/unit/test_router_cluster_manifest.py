@@ -1,0 +1,62 @@
+"""A manifest signed on another member of the cluster reaches this member's clients: the
+router adopts the newest that verifies against its CA, and never goes back to an older one."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from aura_common import pki
+from aura_common.atomic import write_atomic
+from aura_common.config import ServerConfig
+from aura_common.control import decode_control
+from aura_common.manifest import Endpoint, Manifest, SignedManifest, sign
+from aura_common.registry import Peer, Registry
+from services.router.main import Router, serial_of
+from tests.unit.test_limits import FakeTransport
+from tests.unit.test_router_claims import claim, new_router
+
+
+def signed(serial: int, key: ed25519.Ed25519PrivateKey) -> SignedManifest:
+    return sign(Manifest.create(serial=serial, issued=datetime.datetime.now(datetime.UTC),
+                                expires_days=30, server_public_key=bytes(32),
+                                endpoints=[Endpoint("10.88.1.2", udp=8443),
+                                           Endpoint("10.88.2.2", udp=8443)]), key)
+
+
+def test_the_newest_verified_manifest_from_the_cluster_is_pushed_and_kept(
+    tmp_path: Path,
+) -> None:
+    config = ServerConfig.from_mapping({
+        "version": 1, "public_host": "vpn.example", "state_dir": str(tmp_path / "state"),
+        "key_dir": str(tmp_path / "keys"),
+    })
+    pki.create_ca(tmp_path / "keys")
+    Path(config.manifest_file).parent.mkdir(parents=True)
+    ca = pki.load_ca_private_key_file(config.ca_key_file)
+    with Registry.edit(config.peers_file) as registry:
+        registry.add(Peer("alice", bytes(range(32)), address_v4="10.77.0.2"))
+
+    async def scenario() -> tuple[Router, FakeTransport]:
+        router = new_router(config)
+        link = FakeTransport()
+        router.transports[link] = "udp"  # type: ignore[index]
+        claim(router, link, "alice")
+        write_atomic(config.manifest_file, signed(3, ca).to_json().encode(), 0o644)
+        router.load_manifest()
+        router.adopt_manifest(signed(2, ca))  # older: ignored
+        router.adopt_manifest(signed(9, ed25519.Ed25519PrivateKey.generate()))  # not our CA
+        assert serial_of(router.manifest) == 3
+        router.adopt_manifest(signed(7, ca))
+        router.load_manifest()  # the local file is older: the cluster's stays
+        await asyncio.sleep(0)
+        return router, link
+
+    router, link = asyncio.run(scenario())
+    assert serial_of(router.manifest) == 7
+    welcomes = [decode_control(f["batches"][0][1][0]) for f in link.frames if f["t"] == "pkts"]  # type: ignore[index]
+    # The welcome (no manifest yet), then the adopted one.
+    assert [serial_of(w.manifest) for w in welcomes if w is not None] == [0, 7]
