@@ -53,12 +53,23 @@ class AddressPool:
             return None
         return int(ip) - int(network.network_address)
 
-    def next_free(self, taken: Iterable[object]) -> Addresses:
-        """The lowest free (v4, v6) pair; `taken` holds addresses (str or ipaddress) in use."""
+    def next_free(self, taken: Iterable[object], within: Iterable[int] | None = None) -> Addresses:
+        """The lowest free (v4, v6) pair; `taken` holds addresses (str or ipaddress) in use.
+
+        `within`: only these host indices (a cluster member's blocks of the pool).
+        """
         used = {self._index(ipaddress.ip_address(str(a))) for a in taken}
-        for index in range(2, self.ipv4.num_addresses - 1):
+        last = self.ipv4.num_addresses - 1
+        candidates = range(2, last) if within is None else sorted(
+            i for i in within if 2 <= i < last)
+        for index in candidates:
             if index not in used:
                 return self._pair(index)
+        if within is not None:
+            raise AuraError(
+                f"no free address in the {len(candidates)} of the pool {self.ipv4} this member "
+                "holds; it claims another block from the registry database when it can"
+            )
         raise AuraError(
             f"the address pool {self.ipv4} is exhausted ({self.capacity} peer addresses in use); "
             "revoke peers or configure a larger network.ipv4"
@@ -124,16 +135,20 @@ class Leases:
         doc = {"version": LEASES_VERSION, "leases": self._leases}
         write_atomic(self.path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
 
-    def lease(self, peer_name: str, reserved: Iterable[object] = ()) -> Addresses:
-        """The peer's addresses, assigning free ones (not leased, not `reserved`) if needed."""
+    def lease(self, peer_name: str, reserved: Iterable[object] = (),
+              within: Iterable[int] | None = None) -> Addresses:
+        """The peer's addresses, assigning free ones (not leased, not `reserved`, and among the
+        host indices `within` when given) if needed."""
         current = self._leases.get(peer_name)
         if current is not None:
             return current["v4"], current["v6"]
-        taken = [a for lease in self._leases.values() for a in (lease["v4"], lease["v6"]) if a]
-        v4, v6 = self.pool.next_free([*taken, *reserved])
+        v4, v6 = self.pool.next_free([*self.taken(), *reserved], within)
         self._leases[peer_name] = {"v4": v4, "v6": v6, "since": now_text()}
         self._persist()
         return v4, v6
+
+    def taken(self) -> list[str]:
+        return [a for lease in self._leases.values() for a in (lease["v4"], lease["v6"]) if a]
 
     def release(self, peer_name: str) -> None:
         if self._leases.pop(peer_name, None) is not None:

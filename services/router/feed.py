@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
-from aura_common.atomic import write_atomic
+from aura_common.atomic import parse_versioned_json, read_state_file, write_atomic
 from aura_common.cluster import database
 from aura_common.cluster.store import MAX_PEERS, SELECT_PEERS, peers_from_rows
 from aura_common.config import ServerConfig, is_peer_name
@@ -38,6 +40,11 @@ QUERY_TIMEOUT = 10.0
 RETRY_FIRST, RETRY_MAX = 0.5, 5.0
 PENDING_LIMIT = 1000  # more changed names than this at once: re-read everything instead
 COPY_INTERVAL = 1.0  # the local copy is rewritten at most this often
+# Dynamic pool: a member leases only inside blocks of host indices it claimed in the database,
+# so two members never hand out one address; another block is claimed when fewer than
+# LOW_WATER addresses are left in its blocks.
+BLOCK_SIZE, LOW_WATER = 16, 4
+BLOCKS_VERSION = 1
 
 
 class SharedUsage(Usage):
@@ -71,7 +78,8 @@ class SharedUsage(Usage):
 
 class DatabaseFeed:
     def __init__(self, config: ServerConfig, usage: SharedUsage,
-                 current: Callable[[], Registry], apply: Callable[[Registry], None]) -> None:
+                 current: Callable[[], Registry], apply: Callable[[Registry], None],
+                 in_use: Callable[[], set[str]]) -> None:
         assert config.registry is not None
         self.config = config
         self.where = database.describe(config.registry.database)
@@ -84,6 +92,73 @@ class DatabaseFeed:
         self._full = True
         self._copy_task: asyncio.Task[None] | None = None
         self._copy_again = False
+        self._in_use = in_use
+        self.blocks = self._read_blocks()
+        self._blocks_saved = set(self.blocks)
+
+    # -- dynamic lease blocks --------------------------------------------------------------------
+    @property
+    def blocks_file(self) -> str:
+        return os.path.join(self.config.state_dir, "lease-blocks.json")
+
+    def _read_blocks(self) -> set[int]:
+        """The blocks this member held when it last knew (a restart with the database away)."""
+        data = read_state_file(self.blocks_file)
+        if data is None:
+            return set()
+        try:
+            document = parse_versioned_json(data, self.blocks_file, BLOCKS_VERSION)
+        except AuraError as error:
+            log.warning("ignoring %s (rewritten once the database answers)", error)
+            return set()
+        return self._valid_blocks(document.get("blocks"))
+
+    def _valid_blocks(self, values: object) -> set[int]:
+        size = self.config.network.ipv4.num_addresses
+        if not isinstance(values, list):
+            return set()
+        return {v for v in values if isinstance(v, int) and not isinstance(v, bool)
+                and 0 <= v < size and v % BLOCK_SIZE == 0}
+
+    def lease_indices(self) -> list[int]:
+        """The host indices this member may lease from."""
+        return [i for block in sorted(self.blocks) for i in range(block, block + BLOCK_SIZE)]
+
+    def _free_in_blocks(self) -> int:
+        network = self.config.network.ipv4
+        used = self._in_use()
+        last = network.num_addresses - 1
+        return sum(1 for i in self.lease_indices()
+                   if 2 <= i < last and str(network.network_address + i) not in used)
+
+    async def _claim_blocks(self, query: psycopg.AsyncConnection[Any]) -> None:
+        if self.config.network.strategy != "dynamic":
+            return
+        assert self.config.registry is not None
+        member = self.config.registry.member
+        rows = await self._rows(query, "SELECT first_index FROM lease_blocks WHERE member = %s",
+                                (member,))
+        owned = self._valid_blocks([row[0] for row in rows])
+        if owned != self.blocks:
+            self.blocks = owned
+        if self._free_in_blocks() < LOW_WATER:
+            last = self.config.network.ipv4.num_addresses - 1
+            claimed = await self._rows(
+                query,
+                "INSERT INTO lease_blocks (first_index, member) SELECT b, %s "
+                "FROM generate_series(0, %s, %s) AS b WHERE NOT EXISTS "
+                "(SELECT 1 FROM lease_blocks WHERE first_index = b) ORDER BY b LIMIT 1 "
+                "ON CONFLICT DO NOTHING RETURNING first_index",
+                (member, last, BLOCK_SIZE))
+            if claimed:
+                self.blocks |= self._valid_blocks([claimed[0][0]])
+                log.info("claimed addresses %s.. of the pool for dynamic leases",
+                         self.config.network.ipv4.network_address + claimed[0][0])
+        if self.blocks != self._blocks_saved:
+            document = {"version": BLOCKS_VERSION, "blocks": sorted(self.blocks)}
+            await asyncio.to_thread(write_atomic, self.blocks_file,
+                                    (json.dumps(document) + "\n").encode(), 0o644)
+            self._blocks_saved = set(self.blocks)
 
     def initial(self) -> Registry:
         """The registry to start with: the last copy written (an empty one before any)."""
@@ -166,6 +241,7 @@ class DatabaseFeed:
                 log.info("following %s: %d peers", self.where, len(self._current()))
             if now >= next_flush:
                 await self._flush_usage(query)
+                await self._claim_blocks(query)
                 next_flush = now + USAGE_FLUSH_INTERVAL
             if listener.done():
                 listener.result()  # its error ends this connection; a clean end cannot happen

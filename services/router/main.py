@@ -101,7 +101,8 @@ class Router:
 
             usage = SharedUsage(config.usage_file, Usage.load(config.usage_file).totals())
             self.usage = usage
-            self.feed = DatabaseFeed(config, usage, lambda: self.registry, self.apply_registry)
+            self.feed = DatabaseFeed(config, usage, lambda: self.registry, self.apply_registry,
+                                     self._addresses_in_use)
             self.registry = self.feed.initial()
         self.leases = Leases(config.leases_file,
                              AddressPool(config.network.ipv4, config.network.ipv6))
@@ -235,8 +236,12 @@ class Router:
         """A provisioned address is sticky; without one (dynamic pool) lease one for now."""
         if peer.address_v4 or self.config.network.strategy == "static":
             return peer.addresses
-        v4, v6 = self.leases.lease(peer.name, reserved=self.registry.taken_addresses())
+        within = None if self.feed is None else self.feed.lease_indices()
+        v4, v6 = self.leases.lease(peer.name, self.registry.taken_addresses(), within)
         return [str(a) for a in (v4, v6) if a is not None]
+
+    def _addresses_in_use(self) -> set[str]:
+        return {*self.leases.taken(), *self.registry.taken_addresses()}
 
     def load_manifest(self) -> None:
         """The signer's manifest file, unless the cluster already gave us a newer one."""

@@ -15,8 +15,9 @@ import pytest
 
 from aura_common.cluster import database
 from aura_common.config import ServerConfig
+from aura_common.errors import AuraError
 from aura_common.keys import load_server_private_key
-from aura_common.registry import open_store
+from aura_common.registry import Peer, open_store
 from aura_common.wireguard import HandshakeAuthority
 from services.cli.main import main as aura
 from services.router.main import Router
@@ -207,5 +208,50 @@ def test_usage_adds_up_across_members_and_survives_the_database_away(
             assert open_store(first).load().get("alice") is not None
         finally:
             await stop(task)
+
+    asyncio.run(scenario())
+
+
+def test_dynamic_leases_never_collide_between_members(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    conninfo = postgres.new_database()
+    folder = tmp_path / "a"
+    assert aura(["--config", str(folder / "server.yaml"), "server", "init", "--database",
+                 conninfo, "--strategy", "dynamic", "--public-host", "a.example",
+                 "--member", "a", "--state-dir", str(folder / "state"), "--runtime-dir",
+                 str(folder / "run"), "--key-dir", str(folder / "keys"),
+                 "--database-password-file", postgres.password_file]) == 0
+    first = ServerConfig.load(folder / "server.yaml")
+    bundle = tmp_path / "bundle"
+    assert aura(["--config", str(first.path), "cluster", "export", "-o", str(bundle)]) == 0
+    second = init_member(tmp_path / "b", postgres, None, bundle, member="b")
+    assert second.network.strategy == "dynamic"
+    with open_store(first).edit() as registry:
+        for index in range(40):
+            registry.add(Peer(name=f"p{index}", public_key=bytes([index + 1]) * 32))
+
+    async def scenario() -> None:
+        a, a_task, _ = start(first)
+        b, b_task, _ = start(second)
+        try:
+            await eventually(lambda: len(a.registry) == len(b.registry) == 40, 10)
+            await eventually(lambda: bool(a.feed.blocks) and bool(b.feed.blocks), 10)  # type: ignore[union-attr]
+            leased: dict[str, str] = {}
+            for index in range(40):
+                router = a if index % 2 else b
+                name = f"p{index}"
+                for _ in range(400):  # a member claims another block every 2 s as it fills
+                    try:
+                        address = router._addresses_for(router.registry.get(name))[0]  # type: ignore[arg-type]
+                        break
+                    except AuraError:
+                        await asyncio.sleep(0.05)
+                assert address not in leased.values(), (name, address, leased)
+                leased[name] = address
+            assert a.feed.blocks.isdisjoint(b.feed.blocks)  # type: ignore[union-attr]
+            assert len(a.feed.blocks) >= 2  # type: ignore[union-attr]
+        finally:
+            await stop(a_task, b_task)
 
     asyncio.run(scenario())
