@@ -255,3 +255,31 @@ def test_dynamic_leases_never_collide_between_members(
             await stop(a_task, b_task)
 
     asyncio.run(scenario())
+
+
+def test_a_database_of_a_newer_schema_is_refused_and_the_copy_served(
+    tmp_path: Path, postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = init_member(tmp_path / "a", postgres, postgres.new_database())
+    assert provision(config, "alice") == 0
+    dbname = config.registry.database.split("dbname=")[1].split()[0]  # type: ignore[union-attr]
+
+    async def scenario() -> None:
+        router, task, _ = start(config)
+        try:
+            await eventually(lambda: connected(router), 10)
+            await eventually(lambda: Path(config.registry_copy_file).exists(), 3)
+        finally:
+            await stop(task)
+        with postgres.superuser(dbname) as conn:
+            conn.execute("UPDATE schema_version SET version = version + 1")
+        router, task, _ = start(config)
+        try:
+            await asyncio.sleep(1.5)
+            assert not connected(router) and "alice" in router.registry
+        finally:
+            await stop(task)
+
+    with caplog.at_level("WARNING", logger="aura-router"):
+        asyncio.run(scenario())
+    assert "newer than this Aura knows" in caplog.text
