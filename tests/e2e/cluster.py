@@ -3,7 +3,7 @@
     db (10.88.0.10; .11 holds no server) ─┐
     member a (10.88.1.2) ─────────────────┤
     member b (10.88.2.2) ─────────────────┼── hub (routes between them all)
-    client namespaces (10.88.1N.2) ───────┘
+    client namespaces (10.88.1N.2) ───────┘   (clients route only 10.88.0.0/16 to the hub)
 
 PostgreSQL is Debian's, run by tests/pg.py in its own namespace. Member a is initialised with
 `aura server init --database`, member b joins with a's `aura cluster export` bundle, and b's
@@ -82,7 +82,10 @@ class Cluster:
         n = self.clients
         self.clients += 1
         ns = self.lab.namespace(f"c{n}")
-        hub_link(self.lab, self.hub, ns, f"10.88.{10 + n}")
+        subnet = f"10.88.{10 + n}"
+        # Not a default route: a full tunnel's /1 routes would capture its own carrier.
+        self.lab.link(ns, f"{subnet}.2/24", self.hub, f"{subnet}.1/24")
+        self.lab.run(ns, f"ip route add 10.88.0.0/16 via {subnet}.1")
         return ns
 
     def stock_client(self, member: Member, name: str, endpoint: Member | None = None

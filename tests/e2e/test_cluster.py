@@ -34,7 +34,7 @@ def test_a_client_provisioned_on_a_connects_to_b_and_both_show_in_status(
     cluster: Cluster,
 ) -> None:
     ns, _ = cluster.stock_client(cluster.a, "stock-b", endpoint=cluster.b)
-    assert cluster.lab.ping(ns, SERVER_TUNNEL)
+    assert cluster.lab.ping(ns, SERVER_TUNNEL, timeout=6)  # a retried handshake at worst
     session = cluster.b.session_of("stock-b")
     assert session is not None and session["transport"] == "udp"
     members = cluster.members_json(cluster.a)
@@ -49,7 +49,7 @@ def test_a_client_provisioned_on_a_connects_to_b_and_both_show_in_status(
 
 def test_revoked_on_b_its_sessions_on_a_end_within_a_second(cluster: Cluster) -> None:
     ns, _ = cluster.stock_client(cluster.a, "stock-a")
-    assert cluster.lab.ping(ns, SERVER_TUNNEL)
+    assert cluster.lab.ping(ns, SERVER_TUNNEL, timeout=6)
     assert cluster.a.session_of("stock-a") is not None
     cluster.b.aura("revoke-client", "stock-a")
     revoked = time.monotonic()
@@ -102,7 +102,7 @@ def test_postgresql_stopped_members_keep_serving_refuse_changes_and_catch_up(
 ) -> None:
     a, b, lab = cluster.a, cluster.b, cluster.lab
     connected, _ = cluster.stock_client(a, "steady")
-    assert lab.ping(connected, SERVER_TUNNEL)
+    assert lab.ping(connected, SERVER_TUNNEL, timeout=6)
     known_conf = b.provision("known", "wireguard")  # known to both, not yet connected
     lab.wait_for(lambda: a.knows("known"), timeout=5, what="a learning of known")
     cluster.db.stop()
