@@ -41,6 +41,8 @@ MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS per send
 # (IPv6: 40, IPv4: 20 plus up to 40 of options) and the 8-byte UDP header.
 MAX_SEND_BYTES = 0xFFFF - 40 - 8 - 20
 _RECV_SIZE = 0x10000
+# As a plain int: `int & IntFlag` goes through the enum machinery, a microsecond per datagram.
+_MSG_TRUNC = int(socket.MSG_TRUNC)
 # Linux <asm-generic/socket.h>: the kernel's receive time of each datagram, a timespec.
 SO_TIMESTAMPNS = 35
 _TIMESPEC = struct.Struct("=qq")
@@ -143,7 +145,7 @@ def recv_batch_with_local(
             break
         except ConnectionError:  # an ICMP error queued for a connected socket
             continue
-        if flags & socket.MSG_TRUNC or (
+        if flags & _MSG_TRUNC or (
                 keep is not None and size and not keep(buffer[0], address[:2])):
             continue
         segment_size = size
