@@ -18,12 +18,11 @@ from typing import Any
 from aura_common import log as aura_log
 from aura_common.config import ClientConfig
 from aura_common.errors import AuraError, ConfigError
+from aura_common.service import EXIT_CONFIG
 from services.client.daemon import ClientDaemon
 from services.client.path import describe
 
 log = logging.getLogger("aura-client")
-
-EXIT_CONFIG = 78
 
 
 def log_stray_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
