@@ -14,20 +14,13 @@ import pytest
 
 from aura_common import runtime
 from aura_common.manifest import SignedManifest, parse_body
+from aura_lab import signer
 from aura_lab.netns import Lab
-from tests.e2e import test_signer_process
-from tests.e2e.test_signer_process import Server
+from aura_lab.signer import SignerServer
 
 pytestmark = pytest.mark.e2e
 
-server = test_signer_process.server  # the fixture: a fresh server config
-
-
-@pytest.fixture
-def running(server: Server) -> Server:
-    server.start_signer()
-    server.wait_for_socket()
-    return server
+server, running = signer.server, signer.running  # the fixtures
 
 
 @pytest.fixture
@@ -41,7 +34,7 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
         process.wait()
 
 
-def write_runtime(server: Server, transports: dict[str, dict[str, Any]]) -> None:
+def write_runtime(server: SignerServer, transports: dict[str, dict[str, Any]]) -> None:
     (server.state / "transports").mkdir(parents=True, exist_ok=True)
     doc = {"version": 1, "transports": transports}
     (server.state / "transports" / "runtime.json").write_text(json.dumps(doc))
@@ -53,7 +46,7 @@ def entry(pid: int, *bound: str) -> dict[str, Any]:
 
 
 def test_from_runtime_uses_public_host_and_bound_ports(
-    running: Server, sleeper: subprocess.Popen[bytes]
+    running: SignerServer, sleeper: subprocess.Popen[bytes]
 ) -> None:
     write_runtime(running, {
         "udp": entry(sleeper.pid, "0.0.0.0:8450", "[::]:8450"),
@@ -68,14 +61,14 @@ def test_from_runtime_uses_public_host_and_bound_ports(
     assert manifest.bridges == ("vpn.test:8450", "vpn.test:8443")
 
 
-def test_from_runtime_with_runtime_record_of_this_process(running: Server) -> None:
+def test_from_runtime_with_runtime_record_of_this_process(running: SignerServer) -> None:
     runtime_file = running.state / "transports" / "runtime.json"
     runtime.record_bound(runtime_file, "quic", ["[::]:9444"], activated=True)
     result = running.aura("sign-bridges", "--from-runtime")
     assert "endpoint vpn.test:quic=9444" in result.stdout
 
 
-def test_from_runtime_errors(server: Server) -> None:
+def test_from_runtime_errors(server: SignerServer) -> None:
     result = server.aura("sign-bridges", "--from-runtime", check=False)
     assert result.returncode == 1
     assert f"{server.state / 'transports' / 'runtime.json'}: no runtime file" in result.stderr
@@ -106,7 +99,7 @@ def test_from_runtime_errors(server: Server) -> None:
     ],
 )
 def test_operator_errors_name_the_option(
-    server: Server,
+    server: SignerServer,
     argv: list[str],
     complaint: str,
 ) -> None:
@@ -116,7 +109,7 @@ def test_operator_errors_name_the_option(
     assert "Traceback" not in result.stderr
 
 
-def test_router_is_told_to_push(running: Server, lab: Lab) -> None:
+def test_router_is_told_to_push(running: SignerServer, lab: Lab) -> None:
     ns = lab.namespace("srv")
     config = running.config.read_text().replace("name: aura0", f"name: {lab.prefix}t")
     running.config.write_text(config)

@@ -10,12 +10,8 @@ import json
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
-import sys
-import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,91 +22,12 @@ import pytest
 
 from aura_common import ipc, pki
 from aura_common.manifest import SignedManifest, verify
+from aura_lab import signer
+from aura_lab.signer import PYTHON, SignerServer
 
 pytestmark = pytest.mark.e2e
 
-PYTHON = sys.executable
-
-
-class Server:
-    """A server config made by `aura server init` in a private temp dir, and its signer."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.config = root / "server.yaml"
-        self.state = root / "state"
-        self.run_dir = root / "run"
-        self.socket = self.run_dir / "signer.sock"
-        self.signer: subprocess.Popen[bytes] | None = None
-        self.log = root / "signer.log"
-        self.log_start = 0
-        self.aura("server", "init", "--public-host", "vpn.test", "--state-dir", str(self.state),
-                  "--runtime-dir", str(self.run_dir))  # fmt: skip
-
-    def aura(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [PYTHON, "-m", "services.cli.main", "--config", str(self.config), *argv],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        if check and result.returncode != 0:
-            raise AssertionError(f"aura {' '.join(argv)}: {result.stdout}{result.stderr}")
-        return result
-
-    def start_signer(self, **popen: Any) -> subprocess.Popen[bytes]:
-        self.log_start = len(self.log.read_text()) if self.log.exists() else 0
-        with open(self.log, "ab") as log:
-            self.signer = subprocess.Popen(
-                popen.pop("argv", [PYTHON, "-m", "services.signer", "--config", str(self.config)]),
-                stdout=log, stderr=subprocess.STDOUT, **popen,
-            )  # fmt: skip
-        return self.signer
-
-    def wait_for_socket(self) -> None:
-        """Until the signer listens (the file appears at bind, before listen)."""
-        self.wait_for_log("signing bridge manifests on")
-
-    def wait_for_log(self, text: str) -> None:
-        """Until this run of the signer has logged `text`."""
-        deadline = time.monotonic() + 20
-        while text not in self.log.read_text()[self.log_start :]:
-            assert self.signer is not None and self.signer.poll() is None, self.log.read_text()
-            assert time.monotonic() < deadline, f"the signer never logged {text!r}"
-            time.sleep(0.05)
-
-    def stop_signer(self) -> None:
-        if self.signer is not None and self.signer.poll() is None:
-            self.signer.send_signal(signal.SIGTERM)
-            try:
-                self.signer.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.signer.kill()
-                self.signer.wait()
-        self.signer = None
-
-    def manifest(self) -> SignedManifest:
-        return SignedManifest.from_json((self.state / "signer" / "manifest.json").read_text())
-
-
-@pytest.fixture
-def server() -> Iterator[Server]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (socket ownership, a throw-away user)")
-    # Not under pytest's tmp_path, which is private to root: a test user must be able to reach
-    # the socket once the test opens the directories.
-    root = Path(tempfile.mkdtemp(prefix="aura-signer-"))
-    server = Server(root)
-    try:
-        yield server
-    finally:
-        server.stop_signer()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-def running(server: Server) -> Server:
-    server.start_signer()
-    server.wait_for_socket()
-    return server
+server, running = signer.server, signer.running  # the fixtures
 
 
 async def _ask(path: Path, frame: dict[str, Any]) -> dict[str, Any]:
@@ -122,11 +39,11 @@ async def _ask(path: Path, frame: dict[str, Any]) -> dict[str, Any]:
         channel.close()
 
 
-def ask(server: Server, frame: dict[str, Any]) -> dict[str, Any]:
+def ask(server: SignerServer, frame: dict[str, Any]) -> dict[str, Any]:
     return asyncio.run(_ask(server.socket, frame))
 
 
-def serial_of(server: Server, reply: dict[str, Any]) -> int:
+def serial_of(server: SignerServer, reply: dict[str, Any]) -> int:
     signed = SignedManifest.from_mapping(reply["manifest"])
     return verify(signed, pki.load_ca_public_key(server.root), now=None).serial
 
@@ -139,7 +56,7 @@ def sign_request(**changes: Any) -> dict[str, Any]:
 
 
 # -- signing --------------------------------------------------------------------------------------
-def test_root_signs_through_the_cli(running: Server) -> None:
+def test_root_signs_through_the_cli(running: SignerServer) -> None:
     out = running.root / "out.json"
     result = running.aura(
         "sign-bridges", "--endpoints", "vpn.test:tcp=443:udp=8443", "[2001:db8::1]:quic=8444",
@@ -159,7 +76,7 @@ def test_root_signs_through_the_cli(running: Server) -> None:
     assert (running.state / "signer" / "manifest.serial").read_text() == "1\n"
 
 
-def test_serial_persists_across_restarts_and_increases(server: Server) -> None:
+def test_serial_persists_across_restarts_and_increases(server: SignerServer) -> None:
     serials = []
     for _ in range(2):
         server.start_signer()
@@ -193,7 +110,7 @@ def test_serial_persists_across_restarts_and_increases(server: Server) -> None:
     ],
 )
 def test_bad_requests_get_a_clear_error(
-    running: Server, frame: dict[str, Any], complaint: str
+    running: SignerServer, frame: dict[str, Any], complaint: str
 ) -> None:
     reply = ask(running, frame)
     assert reply["t"] == "error"
@@ -203,7 +120,7 @@ def test_bad_requests_get_a_clear_error(
     assert ask(running, sign_request())["t"] == "signed"
 
 
-def test_garbage_frame_does_not_hurt_the_signer(running: Server) -> None:
+def test_garbage_frame_does_not_hurt_the_signer(running: SignerServer) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
         sock.settimeout(10)
         sock.connect(str(running.socket))
@@ -212,7 +129,7 @@ def test_garbage_frame_does_not_hurt_the_signer(running: Server) -> None:
     assert ask(running, sign_request())["t"] == "signed"
 
 
-def test_cli_says_how_to_start_a_missing_signer(server: Server) -> None:
+def test_cli_says_how_to_start_a_missing_signer(server: SignerServer) -> None:
     result = server.aura("sign-bridges", "--endpoints", "vpn.test:tcp=443", check=False)
     assert result.returncode == 1
     assert "signer is not running" in result.stderr
@@ -263,7 +180,9 @@ def connect_as(user: pwd.struct_passwd, path: Path) -> dict[str, Any]:
     return json.loads(data)
 
 
-def test_unauthorised_local_user_is_refused(running: Server, stranger: pwd.struct_passwd) -> None:
+def test_unauthorised_local_user_is_refused(
+    running: SignerServer, stranger: pwd.struct_passwd
+) -> None:
     # Lines of defence: the directories (0750), the socket file (0660, the admin group), and
     # the signer's SO_PEERCRED check. Open each in turn.
     assert connect_as(stranger, running.socket) == {"errno": 13}
@@ -280,7 +199,7 @@ def test_unauthorised_local_user_is_refused(running: Server, stranger: pwd.struc
 
 
 # -- systemd integration ---------------------------------------------------------------------
-def test_ready_notification_after_binding(server: Server) -> None:
+def test_ready_notification_after_binding(server: SignerServer) -> None:
     notify_path = server.root / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(str(notify_path))
@@ -292,7 +211,7 @@ def test_ready_notification_after_binding(server: Server) -> None:
     assert ask(server, sign_request())["t"] == "signed"
 
 
-def test_socket_activation(server: Server) -> None:
+def test_socket_activation(server: SignerServer) -> None:
     server.run_dir.mkdir(exist_ok=True)
     path = server.run_dir / "activated.sock"
     listening = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
