@@ -63,8 +63,10 @@ def wireguard_go_pair(lab: Lab, folder: Path, client_ns: str, server_ns: str) ->
     ):
         ifname = f"wgp{lab.prefix[2:8]}{side[0]}"
         lab.spawn(ns, ["wireguard-go", "-f", ifname], env={"WG_PROCESS_FOREGROUND": "1"})
-        lab.wait_for(lambda ns=ns, ifname=ifname:
-                     lab.run(ns, f"ip link show {ifname}", check=False).returncode == 0)
+        def link_up(ns: str = ns, ifname: str = ifname) -> bool:
+            return lab.run(ns, f"ip link show {ifname}", check=False).returncode == 0
+
+        lab.wait_for(link_up)
         key_file = folder / f"wg-pair-{side}.key"
         key_file.write_text(keys[mine][0])
         peer = ["peer", keys[theirs][1], "allowed-ips", "10.99.0.0/24"]

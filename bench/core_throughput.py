@@ -24,7 +24,7 @@ from aura_common.wireguard import (
 CLIENT, SERVER = ("192.0.2.1", 40000), ("192.0.2.2", 51820)
 
 
-def datagrams_of(events: list) -> list[bytes]:  # type: ignore[type-arg]
+def datagrams_of(events: list) -> list[bytes]:
     return [d for e in events if isinstance(e, Transmit) for d in e.datagrams]
 
 

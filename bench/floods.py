@@ -168,9 +168,9 @@ def flooder(setup: Setup, name: str, *args: str, family: int = 4, rate: float = 
     return process, log
 
 
-def flood_report(process: subprocess.Popen[bytes], log: Path, timeout: float) -> dict:  # type: ignore[type-arg]
+def flood_report(process: subprocess.Popen[bytes], log: Path, timeout: float) -> dict:
     process.wait(timeout)
-    return json.loads(log.read_text().strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return json.loads(log.read_text().strip().splitlines()[-1])
 
 
 # -- 2. one aura-udp on one core --------------------------------------------------------------
@@ -259,7 +259,7 @@ def measured_throughput(setup: Setup, pids: list[int], seconds: int) -> tuple[fl
 
 
 def flood_ratios(setup: Setup, floods: list[Flood], seconds: int, repeat: int
-                 ) -> list[dict]:  # type: ignore[type-arg]
+                 ) -> list[dict]:
     """Per flood: the client's throughput under it over its throughput just before, `repeat`
     times in turn (the machine's other load drifts; adjacent pairs share most of it).
 
@@ -271,7 +271,7 @@ def flood_ratios(setup: Setup, floods: list[Flood], seconds: int, repeat: int
     is limited by their CPU).
     """
     pids = [setup.server.service_pid("udp"), setup.server.service_pid("router")]
-    measured: dict[str, dict] = {f.__name__: {"ratios": [], "flood_cores": [], "cores": [],  # type: ignore[type-arg]
+    measured: dict[str, dict] = {f.__name__: {"ratios": [], "flood_cores": [], "cores": [],
                                               "sent": 0, "seconds": 0.0, "replies": {}}
                                  for f in floods}
     for _ in range(repeat):
@@ -370,9 +370,9 @@ STREAM_FLOODS: list[StreamFlood] = [
 
 
 def stream_flood_ratios(setup: StreamSetup, floods: list[StreamFlood], seconds: int,
-                        repeat: int) -> list[dict]:  # type: ignore[type-arg]
+                        repeat: int) -> list[dict]:
     """Per flood: its transport's client's throughput under it over just before it."""
-    measured: dict[str, dict] = {f.__name__: {"ratios": []} for f in floods}  # type: ignore[type-arg]
+    measured: dict[str, dict] = {f.__name__: {"ratios": []} for f in floods}
     for _ in range(repeat):
         for flood in floods:
             ns = setup.clients[flood.__name__.split("_")[0]]

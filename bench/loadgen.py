@@ -103,7 +103,7 @@ class Generator:
         assert server is not None
         self.handle(initiator, initiator.device.receive(datagrams, server, time.monotonic()))
 
-    def handle(self, initiator: Initiator, events: list) -> None:  # type: ignore[type-arg]
+    def handle(self, initiator: Initiator, events: list) -> None:
         for event in events:
             if type(event) is Transmit:
                 for datagram in event.datagrams:

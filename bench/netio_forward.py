@@ -130,9 +130,10 @@ def start_tunnel(lab: Lab, work: Path) -> Tunnel:
             env={"PYTHONPATH": str(REPOSITORY)},
         )
     for ns in (left, right):
-        log = work / f"{ns}.log"
-        lab.wait_for(lambda log=log: log.exists() and "ready" in log.read_text(),
-                     what=f"forwarder in {ns}")
+        def ready(log: Path = work / f"{ns}.log") -> bool:
+            return log.exists() and "ready" in log.read_text()
+
+        lab.wait_for(ready, what=f"forwarder in {ns}")
     return Tunnel(lab, left, right, work, processes)
 
 

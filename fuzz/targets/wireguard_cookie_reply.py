@@ -39,7 +39,7 @@ def new_server() -> Device:
 SERVER = [new_server()]
 
 
-def datagrams(events: list) -> list[bytes]:  # type: ignore[type-arg]
+def datagrams(events: list) -> list[bytes]:
     return [d for e in events if isinstance(e, Transmit) for d in e.datagrams]
 
 

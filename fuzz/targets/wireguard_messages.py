@@ -69,11 +69,11 @@ class Pair:
             self.__init__()  # type: ignore[misc]
 
 
-def first_datagram(events: list) -> bytes:  # type: ignore[type-arg]
+def first_datagram(events: list) -> bytes:
     return next(d for e in events if isinstance(e, Transmit) for d in e.datagrams)
 
 
-def check(events: list, datagrams: int) -> list:  # type: ignore[type-arg]
+def check(events: list, datagrams: int) -> list:
     assert isinstance(events, list)
     # A few per datagram, plus one work batch of handshakes queued by earlier reads.
     assert len(events) <= 3 * (datagrams + HANDSHAKE_WORK_BATCH) + 4, events

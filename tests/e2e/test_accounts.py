@@ -134,7 +134,7 @@ def as_user(user: pwd.struct_passwd, action: Callable[[], dict[str, Any]]) -> di
     with os.fdopen(read_end, "rb") as pipe:
         data = pipe.read()
     os.waitpid(pid, 0)
-    return json.loads(data)  # type: ignore[no-any-return]
+    return json.loads(data)
 
 
 def hello(path: str, role: str, *then: dict[str, Any]) -> Callable[[], dict[str, Any]]:
@@ -275,7 +275,7 @@ def status_of(path: str) -> dict[str, Any]:
         sock.send(msgpack.packb({"t": "hello", "v": 1, "role": "admin"}))
         msgpack.unpackb(sock.recv(1 << 20))
         sock.send(msgpack.packb({"t": "status"}))
-        return msgpack.unpackb(sock.recv(1 << 20))  # type: ignore[no-any-return]
+        return msgpack.unpackb(sock.recv(1 << 20))
 
 
 def test_a_transport_account_holds_no_key_and_cannot_claim_a_session(

@@ -27,7 +27,7 @@ ORIGINAL = "# the host's own\nnameserver 192.0.2.53\nsearch example.net\n"
 PUSHED = ["10.77.0.1", "fd77:7777::1"]
 
 
-def start_client(lab: Lab, ns: str, config: Path, resolv_conf: Path, log: Path):  # type: ignore[no-untyped-def]
+def start_client(lab: Lab, ns: str, config: Path, resolv_conf: Path, log: Path):
     script = " && ".join([
         "mount --make-rprivate /",
         "{ [ ! -d /run/systemd/resolve ] || mount -t tmpfs tmpfs /run/systemd/resolve; }",

@@ -91,9 +91,11 @@ def test_hostile_frames_cost_only_their_own_connection(
         kinds = hostile_transport(socket_path, payload)
         assert kinds[0] == "hello" and kinds[-1] == "error", (name, kinds)
         assert server.process is not None and server.process.poll() is None, name
-        lab.wait_for(lambda name=name: re.search(
-            rf"^aura-router WARNING .*{re.escape(WARNINGS[name])}", server.log.read_text(), re.M
-        ), timeout=5, what=f"the router's warning about the {name} frame")
+        def warned(name: str = name) -> bool:
+            return re.search(rf"^aura-router WARNING .*{re.escape(WARNINGS[name])}",
+                             server.log.read_text(), re.M) is not None
+
+        lab.wait_for(warned, timeout=5, what=f"the router's warning about the {name} frame")
         assert lab.ping(ns, SERVER_TUNNEL_V4, count=2), f"alice cut off by the {name} frame"
     alice = next(p for p in server.status()["peers"] if p["name"] == "alice")
     assert alice["connected"] and alice["transport"] == "udp"

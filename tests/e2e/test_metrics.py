@@ -86,7 +86,7 @@ class Prometheus:
             f"http://{PROMETHEUS}/api/v1/query"])
         answer = json.loads(result.stdout)
         assert answer["status"] == "success", answer
-        return answer["data"]["result"]  # type: ignore[no-any-return]
+        return answer["data"]["result"]
 
     def value(self, expression: str) -> float | None:
         """The single value of an instant query; None when it has no series."""
@@ -163,9 +163,9 @@ def test_prometheus_sees_traffic_sessions_handshake_drops_and_fallback(
     prometheus.wait_until(received, lambda v: v >= before_tx + 300 * 1028, "download counted")
     prometheus.wait_until('aura_peer_usage_bytes_total{peer="alice"}',
                           lambda v: v >= 2 * 300 * 1028, "usage counted")
-    assert prometheus.value('aura_transport_handshakes_total{transport="udp"}') >= 1  # type: ignore[operator]
-    assert prometheus.value('aura_transport_handshake_messages_sent_total'
-                            '{transport="udp",type="response"}') >= 1  # type: ignore[operator]
+    assert (prometheus.value('aura_transport_handshakes_total{transport="udp"}') or 0) >= 1
+    assert (prometheus.value('aura_transport_handshake_messages_sent_total'
+                             '{transport="udp",type="response"}') or 0) >= 1
 
     # A bounded flood from one address: under load every initiation is answered with a cookie
     # reply; with the cookie, the per-source rate limit drops all but its burst of 5.
@@ -180,8 +180,8 @@ def test_prometheus_sees_traffic_sessions_handshake_drops_and_fallback(
         'aura_transport_dropped_messages_total{transport="udp",reason="rate_limited"}',
         lambda v: v >= MAC2_FLOOD - 5, "rate-limited initiations counted")
     assert limited <= MAC2_FLOOD
-    assert prometheus.value('aura_transport_dropped_messages_total'
-                            '{transport="udp",reason="bad_handshake"}') >= 1  # type: ignore[operator]
+    assert (prometheus.value('aura_transport_dropped_messages_total'
+                             '{transport="udp",reason="bad_handshake"}') or 0) >= 1
 
     # A plain HTTP request to the TLS port goes to the fallback chain (reject by default).
     lab.run(client, ["curl", "-s", "-m", "5", f"http://{PUBLIC_HOST}:{server_tcp_port(server)}/"],

@@ -59,7 +59,7 @@ def flood(lab: Lab, attacker: str, tmp_path: Path, kind: str, port: int, *args: 
 
 def report(process: subprocess.Popen[bytes], log: Path) -> dict[str, float]:
     assert process.wait(FLOOD_SECONDS + 60) == 0, log.read_text()
-    return json.loads(log.read_text().strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return json.loads(log.read_text().strip().splitlines()[-1])
 
 
 def keeps_working_under(lab: Lab, server: AuraServer, tmp_path: Path, transport: str,

@@ -86,7 +86,7 @@ def run_driver(argv: list[str]) -> None:
     status.write("ready\n")
     start = time.monotonic()
 
-    def handle(events: list) -> None:  # type: ignore[type-arg]
+    def handle(events: list) -> None:
         for event in events:
             if isinstance(event, Transmit):
                 for datagram in event.datagrams:

@@ -213,7 +213,7 @@ print(json.dumps(out))
 def _as_udp_transport(box: containers.Container, path: str, role: str) -> dict[str, Any]:
     result = box.run(["setpriv", "--reuid=aura-udp", "--regid=aura", "--init-groups",
                       "/opt/aura/venv/bin/python", "-c", ADVERSARY, path, role, "mallory"])
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+    return json.loads(result.stdout)
 
 
 def test_a_compromised_transport_is_refused_every_other_role(setup: Setup) -> None:

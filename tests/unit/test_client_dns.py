@@ -161,4 +161,4 @@ def test_detect(tmp_path: Path) -> None:
     resolved.mkdir()
     assert detect(str(resolved), tools.get) == "resolvectl"
     assert detect(str(resolved), {"resolvconf": "/sbin/resolvconf"}.get) == "resolvconf"
-    assert detect(str(resolved), {}.get) == "file"
+    assert detect(str(resolved), lambda tool: None) == "file"

@@ -66,13 +66,14 @@ def test_provision_edit_revoke_and_list_go_to_the_database(
     alice = provision(config, "alice", "--quota", "1GiB")
     provision(config, "bob")
     with postgres.superuser(config.registry.database.split("dbname=")[1].split()[0]) as conn:  # type: ignore[union-attr]
-        rows = dict(conn.execute(
-            "SELECT name, host(address_v4) FROM peers ORDER BY name").fetchall())
+        rows = {name: address for name, address in conn.execute(
+            "SELECT name, host(address_v4) FROM peers ORDER BY name").fetchall()}
         sealed = conn.execute("SELECT preshared_key FROM peers WHERE name = 'alice'").fetchone()
     assert rows == {"alice": "10.77.0.2", "bob": "10.77.0.3"}
     # The database holds the preshared key sealed, not the one in the client's config.
     psk = decode_key(alice["server"]["preshared_key"])  # type: ignore[index]
-    assert sealed is not None and len(sealed[0]) == SEALED_SIZE and psk not in sealed[0]
+    assert sealed is not None and isinstance(sealed[0], bytes)
+    assert len(sealed[0]) == SEALED_SIZE and psk not in sealed[0]
     assert open_store(config).load().get("alice").preshared_key == psk  # type: ignore[union-attr]
 
     assert aura(["--config", str(config.path), "edit-client", "alice", "--quota", "2GiB"]) == 0

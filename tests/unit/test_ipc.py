@@ -454,7 +454,7 @@ def test_packets_that_keep_waiting_on_the_link_are_dropped_at_dequeue_but_not_co
         sender.send(ipc.packets_frame([("a", [control, ip]), ("b", [ip, ip])], late))
         sender.send(ipc.packets_frame([("a", [control]), ("b", [ip, ip])], late))
         sender.send(ipc.packets_frame([("a", [ip, ip])]))  # fresh: CoDel stops dropping
-        frames = []
+        frames: list[ipc.Frame] = []
         while len(frames) < 3:
             frames += await asyncio.wait_for(receiver.recv_many(), 5)
         assert [f["batches"] for f in frames] == [

@@ -222,8 +222,9 @@ class FakeTransport:
         self.frames.append({"t": "pkts", "batches": batches})
 
     def peers_listed(self) -> list[str]:
-        last = [f for f in self.frames if f["t"] == "peers"][-1]
-        return [p["name"] for p in last["peers"]]  # type: ignore[attr-defined, index]
+        peers = [f for f in self.frames if f["t"] == "peers"][-1]["peers"]
+        assert isinstance(peers, list)
+        return [p["name"] for p in peers]
 
 
 def ipv4_from(source: str, size: int) -> bytes:

@@ -68,7 +68,7 @@ def journal(tmp_path: Path) -> Iterator[tuple[socket.socket, logging.Logger, Jou
     receiver.close()
 
 
-def test_journal_entry_has_priority_identifier_code_and_fields(journal) -> None:  # type: ignore[no-untyped-def]
+def test_journal_entry_has_priority_identifier_code_and_fields(journal) -> None:
     receiver, logger, _ = journal
     logger.warning("handshake from %s", "alice",
                    extra=fields(peer="alice", transport="udp", endpoint="192.0.2.7:5000",
@@ -90,7 +90,7 @@ def test_journal_entry_has_priority_identifier_code_and_fields(journal) -> None:
         assert parse_journal_entry(receiver.recv(65536))["PRIORITY"] == priority
 
 
-def test_multiline_messages_and_tracebacks(journal) -> None:  # type: ignore[no-untyped-def]
+def test_multiline_messages_and_tracebacks(journal) -> None:
     receiver, logger, _ = journal
     try:
         raise ValueError("boom")
@@ -102,7 +102,7 @@ def test_multiline_messages_and_tracebacks(journal) -> None:  # type: ignore[no-
     assert entry["PRIORITY"] == "3"
 
 
-def test_oversized_entry_goes_as_a_sealed_memfd(journal) -> None:  # type: ignore[no-untyped-def]
+def test_oversized_entry_goes_as_a_sealed_memfd(journal) -> None:
     receiver, logger, handler = journal
     handler.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     logger.info("big %s", "x" * 100_000)

@@ -126,7 +126,9 @@ def test_transport_metrics_count_handshakes_sessions_and_drops() -> None:
 def test_cookie_replies_are_counted_under_load() -> None:
     hub, client, _ = hub_with_client()
     # Under load from a backlog of one handshake message: every initiation needs a cookie.
-    hub.device = Device(hub.device._static.private_bytes_raw(), under_load_after=1)
+    static = hub.device._static
+    assert static is not None
+    hub.device = Device(static.private_bytes_raw(), under_load_after=1)
     hub._names.clear()
     hub._by_name.clear()
     hub._apply_peers([{"name": "alice", "public_key": client.public_key}])

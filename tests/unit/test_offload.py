@@ -411,7 +411,7 @@ def test_a_checksum_of_zero_survives_coalesce_and_segment() -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(flow_streams(), min_size=1, max_size=3), st.randoms(use_true_random=False))
-def test_interleaved_flows_keep_each_flows_bytes(streams, rng) -> None:  # type: ignore[no-untyped-def]
+def test_interleaved_flows_keep_each_flows_bytes(streams, rng) -> None:
     flows = []
     for port, (flow, _) in enumerate(streams, start=1):  # distinct flows, any mix of families
         flow.sport = port

@@ -20,7 +20,7 @@ from aura_common.quic.link import (
     QUIC_PACKET_SIZE,
     datagram_configuration,
 )
-from services.client.carriers import CARRIERS
+from services.client.carriers import CARRIERS, quic, tcp, udp
 from services.client.carriers.base import WIREGUARD_OVERHEAD, tunnel_mtu_within
 from services.client.carriers.quic import TUNNEL_MTU
 from services.client.path import tunnel_mtu
@@ -114,9 +114,10 @@ def test_the_quic_tunnel_mtu_fits_a_1500_byte_path_under_ipv6() -> None:
 
 
 def test_each_carrier_declares_its_ceiling() -> None:
-    assert CARRIERS["quic"].tunnel_mtu == TUNNEL_MTU
-    assert CARRIERS["udp"].tunnel_mtu is None
-    assert CARRIERS["tcp"].tunnel_mtu is None
+    assert {"udp": udp.Carrier, "quic": quic.Carrier, "tcp": tcp.Carrier} == CARRIERS
+    assert quic.Carrier.tunnel_mtu == TUNNEL_MTU
+    assert udp.Carrier.tunnel_mtu is None
+    assert tcp.Carrier.tunnel_mtu is None
 
 
 @given(st.integers(min_value=WIREGUARD_OVERHEAD + 16, max_value=65535))

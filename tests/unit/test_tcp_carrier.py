@@ -94,14 +94,14 @@ class Initiator:
     def deliver(self, datagrams: list[bytes]) -> None:
         self.handle(self.device.receive(datagrams, ("127.0.0.1", 1), time.monotonic()))
 
-    def handle(self, events: list) -> None:  # type: ignore[type-arg]
+    def handle(self, events: list) -> None:
         for event in events:
             if isinstance(event, Transmit) and self.carrier is not None:
                 self.carrier.transmit(event.datagrams)
             elif isinstance(event, HandshakeCompleted):
                 self.completed.set()
 
-    async def handshake(self, carrier) -> None:  # type: ignore[no-untyped-def]
+    async def handshake(self, carrier) -> None:
         self.carrier = carrier
         self.handle(self.device.initiate(self.peer, time.monotonic()))
         async with asyncio.timeout(5):

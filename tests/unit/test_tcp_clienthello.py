@@ -107,7 +107,7 @@ def parse_steps(pieces: Sequence[bytes]) -> tuple[int, Verdict | None]:
     """Python lines run inside the reader while it is fed `pieces` one read at a time."""
     steps = 0
 
-    def trace(frame, event, arg):  # type: ignore[no-untyped-def]
+    def trace(frame, event, arg):
         nonlocal steps
         if frame.f_code.co_filename != clienthello.__file__:
             return None

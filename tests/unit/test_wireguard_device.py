@@ -54,7 +54,7 @@ def transmits(events: list[Event]) -> list[bytes]:
     return [d for e in events if isinstance(e, Transmit) for d in e.datagrams]
 
 
-def of_type(events: list[Event], kind: type) -> list:  # type: ignore[type-arg]
+def of_type(events: list[Event], kind: type) -> list:
     return [e for e in events if isinstance(e, kind)]
 
 

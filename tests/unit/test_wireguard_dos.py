@@ -43,7 +43,7 @@ from tests.unit.test_wireguard_device import (
 )
 
 
-def sizes(events: list) -> list[int]:  # type: ignore[type-arg]
+def sizes(events: list) -> list[int]:
     return [len(d) for d in transmits(events)]
 
 
@@ -216,7 +216,7 @@ def test_under_load_a_proven_source_is_limited_per_address_and_others_pass() -> 
     pair.server.add_peer(public_key(key))
     elsewhere = ("::ffff:192.0.2.67", 5555)
 
-    def at_server(events: list, now: float) -> list:  # type: ignore[type-arg]
+    def at_server(events: list, now: float) -> list:
         return pair.server.receive(transmits(events), elsewhere, now)
 
     other.receive(transmits(at_server(other.initiate(to_server, 1.0), 1.0)), SERVER_ADDR, 1.0)
