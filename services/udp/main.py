@@ -37,10 +37,12 @@ RECV_BATCH_BYTES = 4 << 20
 # (the kernel would then drop data and junk alike): the read goes on at the cost of the
 # receive call and a lookup per shed message, and data is never shed. Messages the core would
 # drop anyway (`Device.shed_first`: an endpoint just sent a cookie reply, a source out of its
-# rate limit) have a small share of their own, so a flood of them cannot crowd out a new
-# client's initiation or a retry carrying its cookie.
+# rate limit) have a small share of their own, in time rather than per read (reads come as
+# often as data does), so a flood of them can neither crowd out a new client's initiation or
+# a retry carrying its cookie, nor cost more than a few milliseconds of screening a second.
 HANDSHAKES_PER_READ = 64
-LIKELY_DROPPED_PER_READ = 8
+LIKELY_DROPPED_PER_SECOND = 200.0
+LIKELY_DROPPED_BURST = 8
 # Remote endpoints whose local address is remembered; the least recently heard go first, so
 # a flood of spoofed sources costs bounded memory.
 REPLY_ADDRESSES_LIMIT = 4096
@@ -59,6 +61,8 @@ class UdpCarrier:
         self.hub = hub
         hub.carrier = self
         self._reply_from: dict[Address, str] = {}
+        self._likely_dropped_tokens = float(LIKELY_DROPPED_BURST)
+        self._likely_dropped_at = time.monotonic()
         self.aqm = CoDel()  # bounds the time datagrams wait in the socket's large buffer
         udp_batch.enlarge_buffers(sock)
         udp_batch.enable_gro(sock)
@@ -71,16 +75,18 @@ class UdpCarrier:
     def _readable(self) -> None:
         reply_from = self._reply_from
         batches = []
-        handshakes = likely_dropped = shed = 0
+        handshakes = shed = 0
         shed_first, now = self.hub.device.shed_first, time.monotonic()
+        tokens = min(float(LIKELY_DROPPED_BURST), self._likely_dropped_tokens
+                     + (now - self._likely_dropped_at) * LIKELY_DROPPED_PER_SECOND)
 
         def keep(first_byte: int, source: Address) -> bool:
-            nonlocal handshakes, likely_dropped, shed
+            nonlocal handshakes, tokens, shed
             if first_byte not in HANDSHAKE_TYPES:
                 return True
             if shed_first(source, now):
-                likely_dropped += 1
-                kept = likely_dropped <= LIKELY_DROPPED_PER_READ
+                kept = tokens >= 1.0
+                tokens -= kept
             else:
                 handshakes += 1
                 kept = handshakes <= HANDSHAKES_PER_READ
@@ -95,6 +101,7 @@ class UdpCarrier:
                 if len(reply_from) > REPLY_ADDRESSES_LIMIT:
                     del reply_from[next(iter(reply_from))]
             batches.append((datagrams, source))
+        self._likely_dropped_tokens, self._likely_dropped_at = tokens, now
         if shed:
             self.hub.counters.shed(shed)
         if batches:
