@@ -116,10 +116,12 @@ def hub_link(lab: Lab, hub: str, ns: str, subnet: str) -> str:
 
 
 @contextlib.contextmanager
-def running_cluster(folder: Path, before_start: Callable[[Member], None] | None = None
-                    ) -> Iterator[Cluster]:
+def running_cluster(
+    folder: Path, before_start: Callable[[Member, pg.PostgresServer], None] | None = None,
+    network: str | None = None,
+) -> Iterator[Cluster]:
     """The cluster up, both members publishing; everything removed on exit, also on failure.
-    `before_start` may fill the registry through member a before the routers start."""
+    `before_start` may fill the registry before the routers start; `network` is the pool."""
     lab = Lab()
     database: pg.PostgresServer | None = None
     try:
@@ -138,7 +140,8 @@ def running_cluster(folder: Path, before_start: Callable[[Member], None] | None 
             members.append(Member(lab, ns, folder / name, hub, uplink,
                                   public_host=f"{subnet}.2"))
         a, b = members
-        password = ("--database-password-file", database.password_file)
+        password = ("--database-password-file", database.password_file,
+                    *(("--network", network) if network else ()))
         a.init_member("--database", database.conninfo(tcp=True), *password, "--member", "a")
         bundle = folder / "cluster.bundle"
         a.aura("cluster", "export", "--output", str(bundle))
@@ -149,7 +152,7 @@ def running_cluster(folder: Path, before_start: Callable[[Member], None] | None 
             "target_session_attrs=read-write")
         b.config.write_text(yaml.safe_dump(document))
         if before_start is not None:
-            before_start(a)
+            before_start(a, database)
         a.start()
         b.start()
         cluster = Cluster(lab, hub, database, a, b, folder)
