@@ -39,7 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from psycopg.types.json import Jsonb
 
+from aura_common.cluster.presence import HEARTBEAT, LiveSession, member_info
 from aura_common.cluster.store import DatabaseStore
 from aura_common.config import ServerConfig
 from aura_common.keys import read_key_file
@@ -209,10 +211,6 @@ def command_time(member: Member, *args: str, samples: int) -> float:
 
 def publish_full_row(cluster: Cluster, peers: int) -> None:
     """A third member row with `peers` live sessions, as a member with all connected writes."""
-    from psycopg.types.json import Jsonb
-
-    from aura_common.cluster.presence import HEARTBEAT, LiveSession, member_info
-
     sessions = [LiveSession(f"p{i}", "udp", f"198.51.100.{i % 250}:{10000 + i}", time.time())
                 for i in range(peers)]
     info = member_info("10.88.3.2", {"udp": ["[::]:8443"]}, sessions)
