@@ -140,9 +140,9 @@ def running_cluster(
             members.append(Member(lab, ns, folder / name, hub, uplink,
                                   public_host=f"{subnet}.2"))
         a, b = members
-        password = ("--database-password-file", database.password_file,
-                    *(("--network", network) if network else ()))
-        a.init_member("--database", database.conninfo(tcp=True), *password, "--member", "a")
+        password = ("--database-password-file", database.password_file)
+        a.init_member("--database", database.conninfo(tcp=True), *password, "--member", "a",
+                      *(("--network", network) if network else ()))  # b's comes in the bundle
         bundle = folder / "cluster.bundle"
         a.aura("cluster", "export", "--output", str(bundle))
         b.init_member("--join", str(bundle), *password, "--member", "b")
