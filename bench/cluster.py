@@ -1,31 +1,30 @@
-"""A two-member cluster with 10,000 peers in its registry: provisioning and revocation across
-members, and `aura status --cluster`, each against a reference measured in the same run.
+"""A two-member cluster with 10,000 peers in its registry: how fast a change reaches the
+members, and `aura status --cluster`, against references measured in the same run.
 
     python3 -m bench.cluster [--peers 10000] [--samples 5]
 
 The cluster is tests/e2e/cluster.py's (PostgreSQL and two members in namespaces); the peers
-go into the database before the members start. A probe (this module with `--probe`, in a
-client namespace) runs the WireGuard handshake with the project's core every 20 ms against
-one member and reports when that member first answers a peer (it accepts it) or last did (it
-dropped it). Figures, each a median over the samples:
+go into the database before the members start. Two probes (this module with `--probe`, each in
+a client namespace) run the WireGuard handshake with the project's core every 20 ms, one
+against each member, and report when their member first answers a peer (it accepts it) or
+first leaves it unanswered (it dropped it). Figures, medians over the samples:
 
-* provisioning: from `aura provision-client` on a returning until b answers the new peer
-  (across members), against until a answers it (the member that made the change);
-* revocation: from `aura revoke-client` on b returning until a stops answering the peer,
-  against revoking on a;
-* `aura status --cluster --json`: its run time, against `aura status --json` (the router's
-  own view of 10,000 peers) in the same run; once with the members' real rows and once with
-  a third row carrying 10,000 sessions (published by `presence.member_info`, the router's own
+* provisioning: from the commit that adds a peer (the transaction `aura provision-client`
+  makes, made here so its moment is known) until member a, and member b, answer it;
+* revocation: from the commit that removes it (as `aura revoke-client`) until a, and b, drop it;
+  the two members learn both only from the database's notification, as any member but the
+  one where the command ran does;
+* the reference for both: `aura provision-client` and `aura revoke-client` themselves, as an
+  operator types them (start-up, 10,000 peers read and checked, the commit);
+* `aura status --cluster --json`: its run time against `aura status --json` (the router's own
+  view of 10,000 peers) in the same run; once with the members' real rows and once with a
+  third row carrying 10,000 sessions (written by `presence.member_info`, the router's own
   code, as a member with every peer connected would).
-
-Commands run in the members' namespaces as an operator types them, so each time includes the
-CLI's start-up (reported as measured, and as ratios).
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import select
 import socket
@@ -70,8 +69,9 @@ def probe() -> None:
 
 
 def watch(request: dict[str, Any]) -> dict[str, Any]:
-    """Handshakes every PROBE_INTERVAL until the member answers ("answered": the first answer's
-    time) or has stopped answering ("silent": the last answer's time), or the timeout."""
+    """Handshakes every PROBE_INTERVAL until the member answers ("answered": the first
+    answer's time) or has stopped answering ("silent": when the first initiation it left
+    unanswered was sent), or the timeout. Both are upper bounds, PROBE_INTERVAL apart."""
     device = Device(bytes.fromhex(request["private_key"]))
     endpoint = (request["host"], request["port"])
     peer = device.add_peer(bytes.fromhex(request["server_key"]),
@@ -80,13 +80,16 @@ def watch(request: dict[str, Any]) -> dict[str, Any]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.connect(endpoint)
     deadline = time.monotonic() + request["timeout"]
-    last_answer: float | None = None
+    answered = False
+    unanswered_since: float | None = None  # send time of the oldest initiation not answered
     next_initiation = 0.0
     try:
         while time.monotonic() < deadline:
             now = time.monotonic()
             if now >= next_initiation:
                 next_initiation = now + PROBE_INTERVAL
+                if unanswered_since is None:
+                    unanswered_since = time.time()
                 for event in device.initiate(peer, now):
                     if isinstance(event, Transmit):
                         for datagram in event.datagrams:
@@ -99,12 +102,12 @@ def watch(request: dict[str, Any]) -> dict[str, Any]:
                     continue
                 events = device.receive([data], endpoint, time.monotonic())
                 if any(isinstance(e, HandshakeCompleted) for e in events):
-                    last_answer = time.time()
                     if request["until"] == "answered":
-                        return {"at": last_answer}
-            if (request["until"] == "silent" and last_answer is not None
-                    and time.time() - last_answer >= SILENT_AFTER):
-                return {"at": last_answer}
+                        return {"at": time.time()}
+                    answered, unanswered_since = True, None
+            if (request["until"] == "silent" and answered and unanswered_since is not None
+                    and time.time() - unanswered_since >= SILENT_AFTER):
+                return {"at": unanswered_since}
         return {"at": None}
     finally:
         sock.close()
@@ -153,51 +156,42 @@ def fill_registry(count: int) -> Callable[[Member, pg.PostgresServer], None]:
     return fill
 
 
-def provisioned_keys(path: Path) -> dict[str, str]:
-    fields = dict(line.split(" = ", 1) for line in path.read_text().splitlines() if " = " in line)
-    return {"private_key": base64.b64decode(fields["PrivateKey"]).hex(),
-            "preshared_key": base64.b64decode(fields["PresharedKey"]).hex()}
+def database_store(cluster: Cluster) -> DatabaseStore:
+    """The registry as `aura provision-client` / `revoke-client` change it, reached from
+    here through the database's Unix socket (fill_registry wrote that config)."""
+    return DatabaseStore(ServerConfig.load(cluster.a.folder / "bench-local.yaml"))
 
 
-def timed(member: Member, *args: str) -> tuple[float, float]:
-    """Run an `aura` command in the member's namespace: (started, returned), wall clock."""
-    started = time.time()
-    member.aura(*args)
-    return started, time.time()
-
-
-def provisioning(cluster: Cluster, probe: Probe, server_key: str, on: Member, name: str
-                 ) -> tuple[float, float]:
-    """Provision on a; (seconds from return until `on` answers, command seconds)."""
-    conf = cluster.folder / f"{name}.conf"
-    started, returned = timed(cluster.a, "provision-client", name, "--format", "wireguard",
-                              "-o", str(conf))
-    probe.start(until="answered", host=on.public_host, port=8443, server_key=server_key,
-                timeout=30, **provisioned_keys(conf))
-    at = probe.result()
-    if at is None:
-        raise RuntimeError(f"{on.public_host} never answered {name}")
-    return at - returned, returned - started
-
-
-def revocation(cluster: Cluster, probe: Probe, server_key: str, by: Member, name: str
-               ) -> float:
-    """Provision on a, connect to a, revoke on `by`; seconds from its return until a drops."""
-    conf = cluster.folder / f"{name}.conf"
-    cluster.a.aura("provision-client", name, "--format", "wireguard", "-o", str(conf))
-    keys = provisioned_keys(conf)
-    a = cluster.a.public_host
-    target = dict(host=a, port=8443, server_key=server_key, timeout=30, **keys)
-    probe.start(until="answered", **target)
-    if probe.result() is None:
-        raise RuntimeError(f"{a} never answered {name}")
-    probe.start(until="silent", **target)  # shaking hands while the peer is revoked elsewhere
-    time.sleep(0.3)
-    _, returned = timed(by, "revoke-client", name)
-    at = probe.result()
-    if at is None:
-        raise RuntimeError(f"{a} kept answering {name}")
-    return at - returned
+def change_latency(cluster: Cluster, probes: tuple[Probe, Probe], server_key: str,
+                   name: str, address: str) -> tuple[list[float], list[float]]:
+    """Add a peer in one transaction, then revoke it in another, while a probe on each member
+    shakes hands as it; seconds from each commit until (a, b) answered / dropped it."""
+    store = database_store(cluster)
+    private, psk = generate_private_key(), generate_private_key()
+    keys = {"private_key": private.hex(), "preshared_key": psk.hex(), "server_key": server_key,
+            "port": 8443, "timeout": 30}
+    members = (cluster.a, cluster.b)
+    for probe, member in zip(probes, members, strict=True):
+        probe.start(until="answered", host=member.public_host, **keys)
+    time.sleep(0.2)  # both probes knocking, unanswered
+    with store.edit() as registry:
+        registry.add(Peer(name=name, public_key=public_key(private), preshared_key=psk,
+                          address_v4=address))
+    committed = time.time()
+    answered = [probe.result() for probe in probes]
+    if None in answered:
+        raise RuntimeError(f"{name}: a member never answered: {answered}")
+    for probe, member in zip(probes, members, strict=True):
+        probe.start(until="silent", host=member.public_host, **keys)
+    time.sleep(0.3)  # answered handshakes on both
+    with store.edit() as registry:
+        registry.revoke(name)
+    revoked = time.time()
+    dropped = [probe.result() for probe in probes]
+    if None in dropped:
+        raise RuntimeError(f"{name}: a member kept answering: {dropped}")
+    return ([at - committed for at in answered if at is not None],
+            [at - revoked for at in dropped if at is not None])
 
 
 def command_time(member: Member, *args: str, samples: int) -> float:
@@ -223,26 +217,27 @@ def run(peers: int, samples: int) -> dict[str, Any]:
         folder = Path(tmp)
         with running_cluster(folder, fill_registry(peers), network=NETWORK) as cluster:
             server_key = read_key_file(str(cluster.a.folder / "server.pub")).hex()
-            probe = Probe(cluster)
+            probes = (Probe(cluster), Probe(cluster))
             try:
-                figures = measure(cluster, probe, server_key, peers, samples)
+                figures = measure(cluster, probes, server_key, peers, samples)
             finally:
-                probe.close()
+                for probe in probes:
+                    probe.close()
     return figures
 
 
-def measure(cluster: Cluster, probe: Probe, server_key: str, peers: int, samples: int
-            ) -> dict[str, Any]:
-    local, cross, commands, revoke_local, revoke_cross = [], [], [], [], []
+def measure(cluster: Cluster, probes: tuple[Probe, Probe], server_key: str, peers: int,
+            samples: int) -> dict[str, Any]:
+    provisioned: list[list[float]] = [[], []]
+    revoked: list[list[float]] = [[], []]
     for i in range(samples):
-        seconds, command = provisioning(cluster, probe, server_key, cluster.a, f"la{i}")
-        local.append(seconds)
-        commands.append(command)
-        seconds, command = provisioning(cluster, probe, server_key, cluster.b, f"xb{i}")
-        cross.append(seconds)
-        commands.append(command)
-        revoke_local.append(revocation(cluster, probe, server_key, cluster.a, f"ra{i}"))
-        revoke_cross.append(revocation(cluster, probe, server_key, cluster.b, f"rb{i}"))
+        added, dropped = change_latency(cluster, probes, server_key, f"x{i}", f"10.77.60.{i + 2}")
+        for member in (0, 1):
+            provisioned[member].append(added[member])
+            revoked[member].append(dropped[member])
+    provision_command = command_time(cluster.a, "provision-client", "cli", "--format",
+                                     "wireguard", samples=1)
+    revoke_command = command_time(cluster.b, "revoke-client", "cli", samples=1)
     status = command_time(cluster.a, "status", "--json", samples=samples)
     cluster_status = command_time(cluster.a, "status", "--cluster", "--json", samples=samples)
     publish_full_row(cluster, peers)
@@ -251,13 +246,12 @@ def measure(cluster: Cluster, probe: Probe, server_key: str, peers: int, samples
     median = statistics.median
     return {
         "peers": peers, "samples": samples,
-        "provision_command_s": median(commands),
-        "provision_to_same_member_s": median(local),
-        "provision_to_other_member_s": median(cross),
-        "provision_ratio": median(cross) / max(median(local), 1e-3),
-        "revoke_same_member_s": median(revoke_local),
-        "revoke_other_member_s": median(revoke_cross),
-        "revoke_ratio": median(revoke_cross) / max(median(revoke_local), 1e-3),
+        "provision_to_a_s": median(provisioned[0]), "provision_to_b_s": median(provisioned[1]),
+        "revoke_on_a_s": median(revoked[0]), "revoke_on_b_s": median(revoked[1]),
+        "provision_command_s": provision_command, "revoke_command_s": revoke_command,
+        "propagation_share_of_provision_command": max(median(provisioned[0]),
+                                                      median(provisioned[1]))
+        / provision_command,
         "status_s": status,
         "status_cluster_s": cluster_status,
         "status_cluster_all_connected_s": cluster_status_full,
