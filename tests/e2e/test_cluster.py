@@ -102,12 +102,17 @@ def test_postgresql_stopped_members_keep_serving_refuse_changes_and_catch_up(
 ) -> None:
     a, b, lab = cluster.a, cluster.b, cluster.lab
     connected, _ = cluster.stock_client(a, "steady")
-    assert lab.ping(connected, SERVER_TUNNEL, timeout=6)
+    connected_b, _ = cluster.stock_client(a, "steady-b", endpoint=b)
+    for ns in (connected, connected_b):
+        assert lab.ping(ns, SERVER_TUNNEL, timeout=6)
     known_conf = b.provision("known", "wireguard")  # known to both, not yet connected
     lab.wait_for(lambda: a.knows("known"), timeout=5, what="a learning of known")
     cluster.db.stop()
     try:
-        assert lab.ping(connected, SERVER_TUNNEL)  # connected peer, on a
+        assert lab.ping(connected, SERVER_TUNNEL)  # connected peers, on a and on b
+        assert lab.ping(connected_b, SERVER_TUNNEL)
+        lab.wait_for(lambda: not b.router_status()["registry"]["connected"], timeout=10,
+                     what="b noticing the database gone")
         ns = cluster.client_namespace()
         stock_wireguard_up(lab, ns, known_conf)  # known peer, connecting now, on b
         assert lab.ping(ns, SERVER_TUNNEL, count=3, timeout=6)
