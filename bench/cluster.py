@@ -236,7 +236,8 @@ def measure(cluster: Cluster, probes: tuple[Probe, Probe], server_key: str, peer
             provisioned[member].append(added[member])
             revoked[member].append(dropped[member])
     provision_command = command_time(cluster.a, "provision-client", "cli", "--format",
-                                     "wireguard", samples=1)
+                                     "wireguard", "-o", str(cluster.folder / "cli.conf"),
+                                     samples=1)
     revoke_command = command_time(cluster.b, "revoke-client", "cli", samples=1)
     status = command_time(cluster.a, "status", "--json", samples=samples)
     cluster_status = command_time(cluster.a, "status", "--cluster", "--json", samples=samples)

@@ -125,7 +125,7 @@ def test_postgresql_stopped_members_keep_serving_refuse_changes_and_catch_up(
     # reaches both within a second.
     lab.wait_for(lambda: all(m.router_status()["registry"]["connected"] for m in (a, b)),
                  timeout=30, what="both members on the database again")
-    b.aura("provision-client", "late", "--format", "wireguard")
+    b.provision("late", "wireguard")
     made = time.monotonic()
     lab.wait_for(lambda: a.knows("late") and b.knows("late"), timeout=5, interval=0.02,
                  what="both members knowing late")
@@ -147,7 +147,7 @@ def test_a_multi_host_connection_string_whose_first_host_is_down_still_works(
     failed = cluster.lab.run(b.ns, [*AURA, "--config", str(alone), "list-clients"], check=False)
     assert failed.returncode != 0 and f"host={DB_DOWN}" in failed.stderr
     # With both, b provisions, its router follows, and a hears of it.
-    b.aura("provision-client", "multi", "--format", "wireguard")
+    b.provision("multi", "wireguard")
     cluster.lab.wait_for(lambda: cluster.a.knows("multi") and b.knows("multi"), timeout=5,
                          what="both members knowing multi")
     assert cluster.members_json(b)["b"]["up"]
