@@ -60,6 +60,10 @@ MAX_UNAUTHENTICATED = 64
 # Bytes of frames read but not yet taken by `recv`; above this the channel stops reading, so
 # the sender's socket fills and its packet batches are dropped there (and counted).
 MAX_QUEUED_BYTES = 4 << 20
+# Bytes read from one channel per wakeup of the event loop (at least one frame): packets are
+# handled as they are read, so the loop's other readers (the router's TUN, where the replies
+# to those packets wait in a queue of 500) get their turn between bursts.
+READ_BUDGET = 256 << 10
 # Decoding limits. A list holds at most MAX_ITEMS entries and a map MAX_MAP_ITEMS; the whole
 # frame at most one object per BYTES_PER_OBJECT bytes (plus OBJECT_SLACK), so an empty map or
 # a small integer, one byte each, cannot become 64 bytes of Python object apiece. A decoded
@@ -348,7 +352,7 @@ class Channel:
             self._reading = False
 
     def _readable(self) -> None:
-        budget = MAX_QUEUED_BYTES  # read per wakeup, so that other callbacks get their turn
+        budget = READ_BUDGET
         while budget > 0:
             if self._queued_bytes >= MAX_QUEUED_BYTES:
                 self._stop_reading()  # resumes once `recv` has taken frames off the queue

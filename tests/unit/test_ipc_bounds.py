@@ -290,3 +290,23 @@ def test_chunk_parts_stay_within_chunk_bytes() -> None:
         assert len(sizes) > 1 and max(sizes) <= ipc.CHUNK_BYTES
 
     asyncio.run(scenario())
+
+
+def test_one_wakeup_reads_at_most_the_read_budget() -> None:
+    async def scenario() -> None:
+        sender, receiver = pair()
+        receiver.shapes = ipc.ROUTER_FRAMES
+        handled: list[list[tuple[str, list[bytes]]]] = []
+        receiver.on_packets = handled.append
+        receiver._stop_reading()  # this test plays the event loop
+        packet = b"\x45" + bytes(59_999)
+        for _ in range(10):
+            assert sender.send(ipc.packets_frame([("a", [packet])]))
+        receiver._readable()
+        assert 0 < len(handled) <= ipc.READ_BUDGET // len(packet) + 1 < 10
+        receiver._readable()  # the next wakeup goes on where the last stopped
+        assert len(handled) == min(10, 2 * (ipc.READ_BUDGET // len(packet) + 1))
+        sender.close()
+        receiver.close()
+
+    asyncio.run(scenario())
