@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
 
@@ -65,6 +66,8 @@ class Scale:
     ramp: list[dict[str, float]]
     router_received: int  # echo requests (and the ramp's keepalives) the router got
     router_sent: int  # echo replies the router sent towards the peers
+    cpu_solo: CpuShare  # while the bulk client uploaded alone
+    cpu_loaded: CpuShare  # while it uploaded under the load
 
     @property
     def loss(self) -> float:
@@ -88,18 +91,67 @@ def add_peers(config: ServerConfig, count: int) -> list[dict[str, str]]:
     return entries
 
 
-def process_rss_kib(lab: Lab, ns: str, words: tuple[str, ...]) -> int:
-    total = 0
+SERVER = ("services.udp", "services.router")
+LOAD_GENERATOR = ("bench.loadgen",)
+BULK_CLIENT = ("client up",)
+
+
+def processes(lab: Lab, ns: str, words: tuple[str, ...]) -> list[str]:
+    """Pids of the processes in `ns` whose command line contains one of `words`."""
+    found = []
     for pid in lab.run(ns, ["ip", "netns", "pids", ns]).stdout.split():
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if any(word in cmdline for word in words):
+            found.append(pid)
+    return found
+
+
+def process_rss_kib(lab: Lab, ns: str, words: tuple[str, ...]) -> int:
+    total = 0
+    for pid in processes(lab, ns, words):
+        try:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
             continue
-        if any(f"services.{word}" in cmdline for word in words):
-            total += int(next(line.split()[1] for line in status.splitlines()
-                              if line.startswith("VmRSS:")))
+        total += int(next(line.split()[1] for line in status.splitlines()
+                          if line.startswith("VmRSS:")))
     return total
+
+
+def cpu_seconds(lab: Lab, ns: str, words: tuple[str, ...]) -> float:
+    """User + system CPU time so far of those processes."""
+    ticks = 0
+    for pid in processes(lab, ns, words):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuShare:
+    """Cores each part used while the bulk client uploaded (CPU seconds per second)."""
+
+    server: float
+    load_generator: float
+    bulk_client: float
+
+
+def upload_with_cpu(lab: Lab, server: AuraServer, bulk_ns: str, load_ns: str, seconds: float,
+                    folder: Path) -> tuple[float, CpuShare]:
+    parts = ((server.ns, SERVER), (load_ns, LOAD_GENERATOR), (bulk_ns, BULK_CLIENT))
+    before = [cpu_seconds(lab, ns, words) for ns, words in parts]
+    start = time.monotonic()
+    bps = iperf_upload(lab, bulk_ns, server.internet_ns, seconds, folder)
+    elapsed = time.monotonic() - start
+    used = [(cpu_seconds(lab, ns, words) - spent) / elapsed
+            for (ns, words), spent in zip(parts, before, strict=True)]
+    return bps, CpuShare(*used)
 
 
 def status_time(config: ServerConfig) -> tuple[float, int]:
@@ -162,8 +214,8 @@ def run(peers: int, rate: float, seconds: float) -> Scale:
             load_ns = server.add_client_namespace()
             bulk_client = aura_client_on(lab, server, bulk_ns, "udp", folder)
             bulk_seconds = max(seconds - 4, 3)
-            solo = iperf_upload(lab, bulk_ns, server.internet_ns, bulk_seconds, folder)
-            rss_idle = process_rss_kib(lab, server.ns, ("udp", "router"))
+            solo, cpu_solo = upload_with_cpu(lab, server, bulk_ns, load_ns, bulk_seconds, folder)
+            rss_idle = process_rss_kib(lab, server.ns, SERVER)
             status_idle, status_idle_peers = status_time(config)
 
             peers_file, result_file = folder / "load-peers.json", folder / "load-result.json"
@@ -179,11 +231,12 @@ def run(peers: int, rate: float, seconds: float) -> Scale:
                 raise AssertionError((folder / "loadgen.log").read_text())
             connected_at = time.monotonic()
             time.sleep(1)
-            rss_connected = process_rss_kib(lab, server.ns, ("udp", "router"))
+            rss_connected = process_rss_kib(lab, server.ns, SERVER)
             status_connected, status_peers = status_time(config)
             router_before = router_packets(config)
             time.sleep(max(connected_at + HOLD + 1 - time.monotonic(), 0))
-            loaded = iperf_upload(lab, bulk_ns, server.internet_ns, bulk_seconds, folder)
+            loaded, cpu_loaded = upload_with_cpu(lab, server, bulk_ns, load_ns, bulk_seconds,
+                                                 folder)
             generator.wait(timeout=seconds + 120)
             router_after = router_packets(config)
             lab.stop(bulk_client)
@@ -195,7 +248,7 @@ def run(peers: int, rate: float, seconds: float) -> Scale:
                  steady["received"], steady["offered_per_s"], solo, loaded, rss_idle,
                  rss_connected, status_idle, status_connected, status_idle_peers, status_peers,
                  result["ramp"], router_after[0] - router_before[0],
-                 router_after[1] - router_before[1])
+                 router_after[1] - router_before[1], cpu_solo, cpu_loaded)
 
 
 def table(s: Scale) -> str:
@@ -220,6 +273,13 @@ def table(s: Scale) -> str:
         ("memory, aura-udp + aura-router", f"{s.rss_connected_kib / 1024:.1f} MiB with every "
          f"peer live, {s.rss_idle_kib / 1024:.1f} MiB with none",
          f"{per_peer:.1f} KiB per peer, x{s.rss_connected_kib / s.rss_idle_kib:.2f}"),
+        ("CPU while the bulk client uploads (cores)",
+         f"aura-udp + aura-router {s.cpu_loaded.server:.2f} under load, "
+         f"{s.cpu_solo.server:.2f} alone; load generator {s.cpu_loaded.load_generator:.2f}; "
+         f"bulk client {s.cpu_loaded.bulk_client:.2f} under load, "
+         f"{s.cpu_solo.bulk_client:.2f} alone",
+         f"bulk client x{s.cpu_loaded.bulk_client / max(s.cpu_solo.bulk_client, 1e-3):.2f} "
+         "of its CPU alone"),
         ("`aura status` request", f"{1e3 * s.status_connected_s:.1f} ms with {s.status_peers} "
          f"live, {1e3 * s.status_idle_s:.1f} ms with {s.status_idle_peers}",
          f"x{s.status_connected_s / s.status_idle_s:.1f}"),
@@ -240,7 +300,7 @@ def main() -> None:
                         help="replace the table between the bench:scale markers")
     args = parser.parse_args()
     result = run(args.peers, args.rate, args.seconds)
-    print(json.dumps(result.__dict__, indent=1), file=sys.stderr)
+    print(json.dumps(asdict(result), indent=1), file=sys.stderr)
     text = table(result)
     print(text)
     if args.write_readme:
