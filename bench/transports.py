@@ -50,7 +50,7 @@ def aura_client_on(lab: Lab, server: AuraServer, ns: str, transport: str, folder
                    ) -> subprocess.Popen[bytes]:
     config = server.provision(f"bench-{transport}", "aura")
     document = yaml.safe_load(config.read_text())
-    document["transports"]["order"] = [transport]
+    document["transports"]["order"] = [str(transport)]  # a Transport is no YAML type
     document["runtime_dir"] = str(folder / f"client-{transport}")
     config.write_text(yaml.safe_dump(document))
     client = lab.spawn(ns, [*AURA_CLIENT, "up", "--foreground", str(config)],
