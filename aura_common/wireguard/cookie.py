@@ -224,6 +224,11 @@ class Load:
             return True
         return now < self._until
 
+    def overflowed(self, now: float) -> None:
+        """Handshake messages were dropped before they could queue: the backlog is past any
+        mark, so this is load as much as a long queue is."""
+        self._until = now + UNDER_LOAD_STICKY
+
     def lasts(self, now: float) -> bool:
         """Whether the device is still under load from the backlog last seen (no new look)."""
         return now < self._until

@@ -295,6 +295,12 @@ class Device:
             datagram, source = queue.popleft()
             self._receive_other(datagram, source, now, events)
 
+    def handshakes_shed(self, now: float) -> None:
+        """A carrier dropped handshake messages unread (more than it screens per read): the
+        device is under load, as when its own queue reaches the mark, so the next ones must
+        carry a cookie. Call it before passing on what that read kept."""
+        self._load.overflowed(now)
+
     def shed_first(self, source: Endpoint, now: float) -> bool:
         """Whether a handshake message from `source` is among the first to drop, when a
         carrier reads more than it can screen: a lookup or two, before the message is read.

@@ -18,6 +18,7 @@ from aura_common.wireguard.constants import (
     MESSAGE_COOKIE_REPLY,
     RESPONSE_SIZE,
 )
+from aura_common.wireguard.limits import COOKIE_REPLY_INTERVAL
 
 MAX_LEN = 256
 CLIENT_ADDRESS = ("198.51.100.7", 40000)
@@ -26,7 +27,7 @@ SERVER_ADDRESS = ("192.0.2.1", 51820)
 CLIENT_KEY = generate_private_key()
 # A cookie secret lives 120 s: a cookie issued just before the server rotates it is refused
 # once, by design. A fresh server every SERVER_INPUTS inputs keeps the check below exact.
-SERVER_INPUTS = 50
+SERVER_INPUTS = 20
 CLOCK = [1000.0]
 
 
@@ -46,9 +47,11 @@ def datagrams(events: list) -> list[bytes]:
 def test_one_input(data: bytes) -> None:
     if not data:
         return
-    CLOCK[0] += 1.0  # past the initiation rate limit, so every input starts a handshake
+    # Past the initiation rate limit and the server's cookie-reply interval for the client's
+    # endpoint, so every input starts a handshake the server answers with a cookie.
+    CLOCK[0] += COOKIE_REPLY_INTERVAL + 1.0
     now = CLOCK[0]
-    if now % SERVER_INPUTS == 0:
+    if now % (SERVER_INPUTS * (COOKIE_REPLY_INTERVAL + 1.0)) == 0:
         SERVER[0] = new_server()
     server = SERVER[0]
     client = Device(CLIENT_KEY)  # holds no cookie yet

@@ -76,12 +76,13 @@ class UdpCarrier:
         reply_from = self._reply_from
         batches = []
         handshakes = shed = 0
+        overflowed = False
         shed_first, now = self.hub.device.shed_first, time.monotonic()
         tokens = min(float(LIKELY_DROPPED_BURST), self._likely_dropped_tokens
                      + (now - self._likely_dropped_at) * LIKELY_DROPPED_PER_SECOND)
 
         def keep(first_byte: int, source: Address) -> bool:
-            nonlocal handshakes, tokens, shed
+            nonlocal handshakes, tokens, shed, overflowed
             if first_byte not in HANDSHAKE_TYPES:
                 return True
             if shed_first(source, now):
@@ -90,6 +91,7 @@ class UdpCarrier:
             else:
                 handshakes += 1
                 kept = handshakes <= HANDSHAKES_PER_READ
+                overflowed |= not kept
             shed += not kept
             return kept
 
@@ -104,6 +106,8 @@ class UdpCarrier:
         self._likely_dropped_tokens, self._likely_dropped_at = tokens, now
         if shed:
             self.hub.counters.shed(shed)
+        if overflowed:  # more new handshakes than one read screens: that is load
+            self.hub.device.handshakes_shed(now)
         if batches:
             self.hub.received_batches(batches)
 

@@ -223,6 +223,20 @@ def test_under_load_a_proven_source_is_limited_per_address_and_others_pass() -> 
     assert sizes(at_server(other.initiate(to_server, 1.05), 1.05)) == [92]
 
 
+def test_handshakes_shed_unread_mean_load_and_the_read_they_came_in_is_screened_under_it(
+) -> None:
+    pair = Pair()
+    server_public = public_key(pair.server_key)
+    kept = [junk_initiation(server_public) for _ in range(10)]  # far below the mark
+    pair.server.handshakes_shed(1.0)  # the carrier dropped the rest of the read unread
+    assert sizes(pair.server.receive_batches(spoofed(kept), 1.0)) == [64] * len(kept)
+    assert pair.server.handshakes_pending == 0
+    sticky = 1.0 + UNDER_LOAD_STICKY - 0.01
+    assert sizes(pair.at_server(pair.client.initiate(pair.to_server, sticky), sticky)) == [64]
+    later = 1.0 + UNDER_LOAD_STICKY + 0.01
+    assert sizes(pair.at_server(pair.client.initiate(pair.to_server, later), later)) == [92]
+
+
 # -- the load mark --------------------------------------------------------------------------
 def test_load_is_sticky_for_a_second_after_the_backlog_last_reached_the_mark() -> None:
     load = Load(4)
