@@ -27,7 +27,7 @@ from aura_common.atomic import parse_versioned_json, read_state_file, write_atom
 from aura_common.cluster import database
 from aura_common.cluster.store import MAX_PEERS, SELECT_PEERS, peers_from_rows
 from aura_common.config import ServerConfig, is_peer_name
-from aura_common.errors import AuraError
+from aura_common.errors import AuraError, ConfigError
 from aura_common.keys import read_key_file
 from aura_common.limits import Usage
 from aura_common.registry import Peer, Registry, registry_document
@@ -161,8 +161,16 @@ class DatabaseFeed:
             self._blocks_saved = set(self.blocks)
 
     def initial(self) -> Registry:
-        """The registry to start with: the last copy written (an empty one before any)."""
-        return Registry.load(self.config.registry_copy_file)
+        """The registry to start with: the last copy written (an empty one before any).
+
+        A damaged copy must not keep the member from starting: the database fills it in.
+        """
+        try:
+            return Registry.load(self.config.registry_copy_file)
+        except ConfigError as error:
+            log.warning("ignoring the damaged registry copy (rewritten from the database): %s",
+                        error)
+            return Registry(self.config.registry_copy_file)
 
     def status(self) -> dict[str, Any]:
         return {"source": "database" if self.connected else "copy", "connected": self.connected,

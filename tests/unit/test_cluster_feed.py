@@ -283,3 +283,23 @@ def test_a_database_of_a_newer_schema_is_refused_and_the_copy_served(
     with caplog.at_level("WARNING", logger="aura-router"):
         asyncio.run(scenario())
     assert "newer than this Aura knows" in caplog.text
+
+
+def test_a_damaged_copy_does_not_keep_a_member_from_starting(
+    tmp_path: Path, postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = init_member(tmp_path / "a", postgres, postgres.new_database())
+    assert provision(config, "alice") == 0
+    Path(config.registry_copy_file).write_text('{"version": 1, "peers": [{"name": 5}]}')
+
+    async def scenario() -> None:
+        with caplog.at_level("WARNING", logger="aura-router"):
+            router, task, _ = start(config)
+        assert "ignoring the damaged registry copy" in caplog.text
+        try:
+            await eventually(lambda: "alice" in router.registry, 10)
+            await eventually(lambda: "alice" in Path(config.registry_copy_file).read_text(), 3)
+        finally:
+            await stop(task)
+
+    asyncio.run(scenario())
