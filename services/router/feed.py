@@ -227,8 +227,8 @@ class DatabaseFeed:
                 await self._serve(query, key, listener)
             finally:
                 listener.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await listener
+                # wait(), not await: our own cancellation must not be swallowed with its.
+                await asyncio.wait([listener])
 
     async def _serve(self, query: psycopg.AsyncConnection[Any], key: bytes,
                      listener: asyncio.Task[None]) -> None:
