@@ -3,7 +3,7 @@ members, and `aura status --cluster`, against references measured in the same ru
 
     python3 -m bench.cluster [--peers 10000] [--samples 5]
 
-The cluster is tests/e2e/cluster.py's (PostgreSQL and two members in namespaces); the peers
+The cluster is aura_lab/cluster.py's (PostgreSQL and two members in namespaces); the peers
 go into the database before the members start. Two probes (this module with `--probe`, each in
 a client namespace) run the WireGuard handshake with the project's core every 20 ms, one
 against each member, and report when their member first answers a peer (it accepts it) or
@@ -52,8 +52,8 @@ from aura_common.wireguard import (
     generate_private_key,
     public_key,
 )
-from tests import pg
-from tests.e2e.cluster import Cluster, Member, running_cluster
+from aura_lab import pg
+from aura_lab.cluster import Cluster, Member, running_cluster
 
 NETWORK = "10.77.0.0/18"  # room for 10,000 static addresses and more
 PROBE_INTERVAL = 0.02

@@ -13,13 +13,13 @@
    as a real client does, offered at increasing rates; responses and cookie replies per second
    come back. Above capacity the backlog puts the server under load: handshakes need a cookie,
    and each proven source meets the rate limit (20/s).
-3. Floods: each function below starts one flood (tests/e2e/flood.py) against the same server
+3. Floods: each function below starts one flood (aura_lab/flood.py) against the same server
    while a stock WireGuard client runs iperf3 through the tunnel; the result is its throughput
    as a ratio of its throughput without a flood, measured in the same run (before and after
    the floods), and what the flood itself cost aura-udp, in cores (`flood_ratios`). A last
    line sums up: handshake responses/s and the ratio for each flood. To add a flood (TCP,
    QUIC), write one more function and list it in FLOODS.
-4. TCP and QUIC floods (tests/e2e/stream_flood.py): a second server with both transports, an
+4. TCP and QUIC floods (aura_lab/stream_flood.py): a second server with both transports, an
    Aura client pinned to each; each function below floods one transport, and the result is
    that transport's client's iperf3 upload under the flood over just before it.
 
@@ -50,10 +50,10 @@ from aura_common.wireguard import (
     generate_private_key,
     public_key,
 )
+from aura_lab.flood import SERVER_V4, SERVER_V6, attacker_namespace, junk_initiation
 from aura_lab.netns import Lab
 from aura_lab.topology import INTERNET_HOST, AuraServer, build, iperf3, stock_wireguard_up
 from bench.transports import aura_client_on
-from tests.e2e.flood import SERVER_V4, SERVER_V6, attacker_namespace, junk_initiation
 
 LOAD_PEERS = 150  # each may initiate 50 times a second (INITIATION_MIN_INTERVAL)
 OFFERED_RATES = (1000, 2000, 4000, 8000)
@@ -162,7 +162,7 @@ def flooder(setup: Setup, name: str, *args: str, family: int = 4, rate: float = 
     target = f"{SERVER_V4}:8443" if family == 4 else f"[{SERVER_V6}]:8443"
     log = setup.folder / f"flood-{name}.json"
     process = setup.lab.spawn(setup.attacker, [
-        sys.executable, "-m", "tests.e2e.flood", "--target", target, "--server-public",
+        sys.executable, "-m", "aura_lab.flood", "--target", target, "--server-public",
         setup.server_public.hex(), "--rate", str(rate), "--seconds", str(seconds), *args,
     ], log=log)
     return process, log
@@ -326,7 +326,7 @@ def stream_flooder(setup: StreamSetup, kind: str, seconds: float, *args: str
     port = 8443 if kind.startswith("tcp") else 8444
     log = setup.folder / f"flood-{kind}.json"
     process = setup.lab.spawn(setup.attacker, [
-        sys.executable, "-m", "tests.e2e.stream_flood", kind, "--target", f"{SERVER_V4}:{port}",
+        sys.executable, "-m", "aura_lab.stream_flood", kind, "--target", f"{SERVER_V4}:{port}",
         "--rate", str(STREAM_FLOOD_RATE), "--seconds", str(seconds), *args], log=log)
     return process, log
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from aura_lab import pg
 from aura_lab.netns import Lab
-from tests import pg
 
 
 def _lab_unavailable() -> str | None:

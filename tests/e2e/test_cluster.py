@@ -1,5 +1,5 @@
 """Two Aura servers, one registry in a real PostgreSQL server: the cluster end to end
-(topology: tests/e2e/cluster.py). The tests run in order on one cluster (starting it costs
+(topology: aura_lab/cluster.py). The tests run in order on one cluster (starting it costs
 most of the time); each leaves it serving.
 """
 
@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from tests import pg
-from tests.e2e.cluster import DB, DB_DOWN, SERVER_TUNNEL, Cluster, running_cluster
-from tests.e2e.topology import AURA, client_is_up, client_status, stock_wireguard_up
+from aura_lab import pg
+from aura_lab.cluster import DB, DB_DOWN, SERVER_TUNNEL, Cluster, running_cluster
+from aura_lab.topology import AURA, client_is_up, client_status, stock_wireguard_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 

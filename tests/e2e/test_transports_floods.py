@@ -4,8 +4,8 @@ handshake and never WireGuard's, from one source port and from many addresses. A
 Aura client keeps its traffic flowing throughout, a new one connects in the middle of it, and
 the transport process is never replaced.
 
-Topology from aura_lab/topology.py; the attacker namespace from tests/e2e/flood.py (its
-addresses in 10.200.0.0/16 serve as many sources). Floods: tests/e2e/stream_flood.py, each
+Topology from aura_lab/topology.py; the attacker namespace from aura_lab/flood.py (its
+addresses in 10.200.0.0/16 serve as many sources). Floods: aura_lab/stream_flood.py, each
 bounded in connections, rate and time.
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from aura_lab.flood import SERVER_V4, attacker_namespace
 from aura_lab.netns import Lab
 from aura_lab.topology import (
     AURA,
@@ -29,7 +30,6 @@ from aura_lab.topology import (
     iperf3,
     wait_transport,
 )
-from tests.e2e.flood import SERVER_V4, attacker_namespace
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +52,7 @@ def flood(lab: Lab, attacker: str, tmp_path: Path, kind: str, port: int, *args: 
           ) -> tuple[subprocess.Popen[bytes], Path]:
     log = tmp_path / f"flood-{kind}.json"
     process = lab.spawn(attacker, [
-        sys.executable, "-m", "tests.e2e.stream_flood", kind, "--target", f"{SERVER_V4}:{port}",
+        sys.executable, "-m", "aura_lab.stream_flood", kind, "--target", f"{SERVER_V4}:{port}",
         "--seconds", str(FLOOD_SECONDS), *args], log=log)
     return process, log
 

@@ -2,7 +2,7 @@
 
 Floods of initiations with a valid mac1 at up to 10,000 per second, from one address (which
 also proves itself with cookies, so it meets the per-source rate limit) and from thousands of
-IPv4 and IPv6 sources (tests/e2e/flood.py). Meanwhile a connected stock WireGuard client
+IPv4 and IPv6 sources (aura_lab/flood.py). Meanwhile a connected stock WireGuard client
 keeps pinging, and a new stock client from another address must complete its handshake
 within one WireGuard retry: its first initiation may earn a cookie reply, the retry
 REKEY_TIMEOUT later carries mac2 and must be answered.
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from aura_lab.flood import SERVER_V4, SERVER_V6, attacker_namespace
 from aura_lab.netns import Lab
 from aura_lab.topology import SERVER_TUNNEL_V4, AuraServer, build, stock_wireguard_up
-from tests.e2e.flood import SERVER_V4, SERVER_V6, attacker_namespace
 
 pytestmark = pytest.mark.e2e
 
@@ -82,7 +82,7 @@ def test_initiation_flood_spares_connected_and_new_clients(
 
     target = f"{SERVER_V4}:8443" if family == 4 else f"[{SERVER_V6}]:8443"
     flood_log = tmp_path / "flood.json"
-    argv = [sys.executable, "-m", "tests.e2e.flood", "--target", target,
+    argv = [sys.executable, "-m", "aura_lab.flood", "--target", target,
             "--server-public", server_public.hex(), "--rate", str(rate),
             "--seconds", str(FLOOD_SECONDS), "--sources", str(sources)]
     flood = lab.spawn(attacker, [*argv, *(["--cookies"] if cookies else [])], log=flood_log)

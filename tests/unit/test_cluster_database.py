@@ -1,6 +1,6 @@
 """The registry database: connection strings, the password, schema versions and migrations.
 
-Tests marked `postgres` run against a real PostgreSQL server the test starts (tests/pg.py).
+Tests marked `postgres` run against a real PostgreSQL server the test starts (aura_lab/pg.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from aura_common.cluster import database
 from aura_common.cluster.schema import MIGRATIONS
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError, ConfigError
-from tests.pg import PASSWORD, PostgresServer
+from aura_lab.pg import PASSWORD, PostgresServer
 
 
 def cluster_config(tmp_path: Path, conninfo: str, password_file: str | None) -> ServerConfig:

@@ -1,7 +1,7 @@
 """A cluster member's router follows the shared database: changes made on any member reach
 every member within a second (LISTEN/NOTIFY), the database away changes nothing that is
 served, a member restarted meanwhile starts from its local copy, and usage counted on each
-member adds up in the database. Real PostgreSQL servers started by the test (tests/pg.py)."""
+member adds up in the database. Real PostgreSQL servers started by the test (aura_lab/pg.py)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from aura_common.errors import AuraError
 from aura_common.keys import load_server_private_key
 from aura_common.registry import Peer, open_store
 from aura_common.wireguard import HandshakeAuthority
+from aura_lab import pg
+from aura_lab.pg import PostgresServer
 from services.cli.main import main as aura
 from services.router.main import Router
-from tests import pg
-from tests.pg import PostgresServer
 from tests.unit.test_router_claims import claim
 
 pytestmark = pytest.mark.postgres

@@ -1,4 +1,4 @@
-"""Member heartbeats against a real PostgreSQL server (tests/pg.py): a router publishes, the
+"""Member heartbeats against a real PostgreSQL server (aura_lab/pg.py): a router publishes, the
 CLI reads every member back, a silent member shows as down, and the database away is a
 warning and a retry, never a crash."""
 
@@ -22,9 +22,9 @@ from aura_common.cluster.presence import LiveSession, cluster_members
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError
 from aura_common.manifest import Endpoint, Manifest, SignedManifest, sign
+from aura_lab.pg import PostgresServer
 from services.cli.main import main as aura
 from services.router import heartbeat
-from tests.pg import PostgresServer
 
 pytestmark = pytest.mark.postgres
 

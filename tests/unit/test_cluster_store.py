@@ -1,6 +1,6 @@
 """The registry in PostgreSQL: `aura server init --database`, provisioning from the CLI,
 sealed preshared keys, unique addresses under concurrent edits, notifications, and rows that
-must be validated like a file. Against a real server the test starts (tests/pg.py)."""
+must be validated like a file. Against a real server the test starts (aura_lab/pg.py)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from aura_common.config import ServerConfig, decode_key
 from aura_common.errors import AuraError, ConfigError
 from aura_common.pool import AddressPool
 from aura_common.registry import Peer, open_store
+from aura_lab.pg import PostgresServer
 from services.cli.main import main as aura
-from tests.pg import PostgresServer
 
 pytestmark = pytest.mark.postgres
 

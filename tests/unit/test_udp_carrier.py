@@ -8,13 +8,13 @@ import time
 
 from aura_common.transport import SessionHub
 from aura_common.wireguard import Device, generate_private_key, public_key
+from aura_lab.flood import junk_initiation
 from services.udp.main import (
     HANDSHAKES_PER_READ,
     LIKELY_DROPPED_BURST,
     LIKELY_DROPPED_PER_SECOND,
     UdpCarrier,
 )
-from tests.e2e.flood import junk_initiation
 
 
 def test_a_read_passes_on_its_share_of_handshakes_and_all_data_then_is_under_load() -> None:

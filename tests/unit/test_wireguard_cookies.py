@@ -6,7 +6,7 @@ from aura_common.wireguard import HandshakeCompleted, Transmit, public_key
 from aura_common.wireguard.constants import COOKIE_SECRET_MAX_AGE
 from aura_common.wireguard.cookie import cookie_key, unmapped
 from aura_common.wireguard.crypto import xaead_open
-from tests.e2e.flood import junk_initiation
+from aura_lab.flood import junk_initiation
 from tests.unit.test_wireguard_device import CLIENT_ADDR, Pair, drop_reasons, of_type, transmits
 
 

@@ -33,7 +33,7 @@ from aura_common.wireguard.limits import (
     UNDER_LOAD_BACKLOG,
     UNDER_LOAD_STICKY,
 )
-from tests.e2e.flood import junk_initiation
+from aura_lab.flood import junk_initiation
 from tests.unit.test_wireguard_device import (
     CLIENT_ADDR,
     SERVER_ADDR,

@@ -5,7 +5,7 @@
     member b (10.88.2.2) ─────────────────┼── hub (routes between them all)
     client namespaces (10.88.1N.2) ───────┘   (clients route only 10.88.0.0/16 to the hub)
 
-PostgreSQL is Debian's, run by tests/pg.py in its own namespace. Member a is initialised with
+PostgreSQL is Debian's, run by aura_lab/pg.py in its own namespace. Member a is initialised with
 `aura server init --database`, member b joins with a's `aura cluster export` bundle, and b's
 connection string names a host without a server first (`host=10.88.0.11,10.88.0.10`).
 Used by tests/e2e/test_cluster.py and bench/cluster.py.
@@ -25,10 +25,10 @@ from typing import Any
 import yaml
 
 from aura_common.config import ServerConfig
+from aura_lab import pg
+from aura_lab.netns import Lab
+from aura_lab.topology import AuraServer, stock_wireguard_up
 from services.cli.admin import request
-from tests import pg
-from tests.e2e.topology import AuraServer, stock_wireguard_up
-from tests.netns import Lab
 
 DB, DB_DOWN = "10.88.0.10", "10.88.0.11"
 SERVER_TUNNEL = "10.77.0.1"  # every member holds the pool's first address

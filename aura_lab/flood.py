@@ -1,6 +1,6 @@
 """Handshake floods against an Aura server in a test namespace, bounded in rate, count and time.
 
-    python3 -m tests.e2e.flood --target HOST:PORT --server-public HEX --rate 10000 \
+    python3 -m aura_lab.flood --target HOST:PORT --server-public HEX --rate 10000 \
         --seconds 10 [--sources N --family 4|6] [--cookies]
 
 Runs inside an attacker namespace made by `attacker_namespace()`: that namespace treats two

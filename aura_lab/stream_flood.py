@@ -1,7 +1,7 @@
 """TCP and QUIC floods against an Aura server in a test namespace, bounded in count, rate and
 time.
 
-    python3 -m tests.e2e.stream_flood KIND --target HOST:PORT [--connections 100]
+    python3 -m aura_lab.stream_flood KIND --target HOST:PORT [--connections 100]
         [--rate 50] [--seconds 20] [--sources N]
 
 Kinds (each connection holds on until the server closes it or the time is up):
@@ -15,7 +15,7 @@ Kinds (each connection holds on until the server closes it or the time is up):
 
 At most `--connections` are open at a time; a closed one is replaced, at most `--rate` new
 ones a second and at most MAX_OPENED in all. With `--sources N` connections take turns among N
-source addresses of the attacker namespace (tests.e2e.flood.attacker_namespace). Prints one
+source addresses of the attacker namespace (aura_lab.flood.attacker_namespace). Prints one
 JSON line: connections opened, closed by the server, failed to open, QUIC handshakes finished,
 bytes sent, seconds.
 """
@@ -39,7 +39,7 @@ from aioquic.quic.packet import pull_quic_header
 
 from aura_common.framing import ALPN
 from aura_common.quic.link import CONNECTION_ID_LENGTH, datagram_configuration
-from tests.e2e.flood import source_addresses
+from aura_lab.flood import source_addresses
 
 KINDS = ("tcp-dribble", "tcp-stall", "tcp-no-finish", "quic-one-port", "quic-many-ports")
 MAX_CONNECTIONS = 1000
