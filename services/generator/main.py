@@ -7,7 +7,12 @@ the generator directory:
     aura-udp.socket.d/50-aura-listen.conf   [Socket] ListenDatagram= (reset), ListenDatagram=PORT
 
 so `transports.<name>.listen` and `.port` in /etc/aura/server.yaml are the one source of truth
-for ports, also under socket activation. Generators run early and must never hold up boot: a
+for ports, also under socket activation. On a cluster member (`registry:` set) it also hands
+the router the secrets only root can read, as credentials:
+
+    aura-router.service.d/50-aura-registry.conf   [Service] LoadCredential=cluster.key:...
+                                                  (and registry-password: registry.password_file)
+ Generators run early and must never hold up boot: a
 missing file (before `aura server init`) writes nothing; a broken one writes nothing and leaves
 one line on stderr (the journal); the units' own defaults then apply.
 """
@@ -23,6 +28,7 @@ from aura_common.errors import AuraError
 
 CONFIG = "/etc/aura/server.yaml"
 DROP_IN = "50-aura-listen.conf"
+REGISTRY_DROP_IN = "aura-router.service.d/50-aura-registry.conf"
 # The socket units' listen directive per transport.
 DIRECTIVES = {"udp": "ListenDatagram", "tcp": "ListenStream", "quic": "ListenDatagram"}
 ANY_ADDRESS = ("::", "")
@@ -46,7 +52,22 @@ def drop_ins(config: ServerConfig) -> dict[str, str]:
             f"{directive}=\n"
             f"{directive}={listen_address(transport.listen, transport.port)}\n"
         )
+    if config.registry is not None:
+        credentials = [f"LoadCredential=cluster.key:{unit_path(config.cluster_key_file)}\n"]
+        if config.registry.password_file:
+            credentials.append(
+                f"LoadCredential=registry-password:{unit_path(config.registry.password_file)}\n")
+        files[REGISTRY_DROP_IN] = (
+            f"# Written by aura-generator from {config.path} (registry); "
+            "edit that file, then `systemctl daemon-reload`.\n"
+            "[Service]\n" + "".join(credentials)
+        )
     return files
+
+
+def unit_path(path: str) -> str:
+    """A path as a unit file value: `%` starts a specifier there."""
+    return path.replace("%", "%%")
 
 
 def generate(config_path: str, directory: str) -> None:

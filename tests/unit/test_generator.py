@@ -34,6 +34,17 @@ def test_drop_ins_reset_and_set_each_transport_port(tmp_path: Path) -> None:
         "[Socket]\nListenDatagram=\nListenDatagram=9003\n")
 
 
+def test_a_cluster_member_hands_the_router_its_registry_secrets(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    assert not any("aura-router" in name for name in generator.drop_ins(ServerConfig.load(path)))
+    with path.open("a") as f:
+        f.write('registry:\n  database: "host=db1,db2 dbname=aura user=aura"\n'
+                "  member: a\n  password_file: /etc/aura/registry%1.password\n")
+    text = generator.drop_ins(ServerConfig.load(path))["aura-router.service.d/50-aura-registry.conf"]
+    assert text.endswith("[Service]\nLoadCredential=cluster.key:/etc/aura/cluster.key\n"
+                         "LoadCredential=registry-password:/etc/aura/registry%%1.password\n")
+
+
 @pytest.mark.parametrize(("listen", "expected"), [
     ("::", "8443"), ("0.0.0.0", "0.0.0.0:8443"), ("192.0.2.7", "192.0.2.7:8443"),
     ("2001:db8::7", "[2001:db8::7]:8443"),
