@@ -40,7 +40,8 @@ def test_a_cluster_member_hands_the_router_its_registry_secrets(tmp_path: Path) 
     with path.open("a") as f:
         f.write('registry:\n  database: "host=db1,db2 dbname=aura user=aura"\n'
                 "  member: a\n  password_file: /etc/aura/registry%1.password\n")
-    text = generator.drop_ins(ServerConfig.load(path))["aura-router.service.d/50-aura-registry.conf"]
+    files = generator.drop_ins(ServerConfig.load(path))
+    text = files["aura-router.service.d/50-aura-registry.conf"]
     assert text.endswith("[Service]\nLoadCredential=cluster.key:/etc/aura/cluster.key\n"
                          "LoadCredential=registry-password:/etc/aura/registry%%1.password\n")
 
