@@ -80,6 +80,10 @@ class HandshakeAuthority:
         self._ticket_key = blake2s_hash(_TICKET_LABEL, private_key)
         self._rng = rng
         self._peers: dict[bytes, _Known] = {}
+        # The newest initiation timestamp seen per peer, kept across restarts by the caller
+        # (`replay_state`): a carrier that saw an initiation must not get keys for it again.
+        self._timestamps: dict[bytes, bytes] = {}
+        self.replay_state_changed = False
 
     # -- peers ----------------------------------------------------------------------------
     def add_peer(self, public: bytes, preshared_key: bytes | None = None) -> None:
@@ -91,7 +95,8 @@ class HandshakeAuthority:
             static_static = dh(self._static, public)
         except ValueError as error:
             raise AuraError(f"WireGuard public key {public.hex()} is unusable") from error
-        self._peers[public] = _Known(static_static, preshared_key)
+        known = self._peers[public] = _Known(static_static, preshared_key)
+        known.last_timestamp = self._timestamps.get(public, b"")
 
     def remove_peer(self, public: bytes) -> None:
         self._peers.pop(public, None)
@@ -119,6 +124,22 @@ class HandshakeAuthority:
     def __contains__(self, public: bytes) -> bool:
         return public in self._peers
 
+    # -- replay state ---------------------------------------------------------------------
+    def replay_state(self) -> dict[bytes, bytes]:
+        """The newest initiation timestamp answered per peer (public key -> TAI64N), for
+        `restore_replay_state` after a restart. Clears `replay_state_changed`."""
+        self.replay_state_changed = False
+        return dict(self._timestamps)
+
+    def restore_replay_state(self, timestamps: Mapping[bytes, bytes]) -> None:
+        """Timestamps saved before a restart: an initiation at or before them is a replay."""
+        for public, timestamp in timestamps.items():
+            if timestamp > self._timestamps.get(public, b""):
+                self._timestamps[public] = timestamp
+                known = self._peers.get(public)
+                if known is not None:
+                    known.last_timestamp = timestamp
+
     # -- handshakes -----------------------------------------------------------------------
     def answer(self, initiation: bytes, local_index: int, carrier: str, now: float,
                wall: float) -> Answer:
@@ -145,6 +166,8 @@ class HandshakeAuthority:
             raise HandshakeError("initiation flood")
         known.last_timestamp = consumed.timestamp
         known.last_initiation_at = now
+        self._timestamps[consumed.initiator_public] = consumed.timestamp
+        self.replay_state_changed = True
         ephemeral = X25519PrivateKey.from_private_bytes(self._rng(KEY_SIZE))
         response, keys = create_response(consumed, ephemeral=ephemeral,
                                          preshared_key=known.preshared_key,

@@ -14,6 +14,7 @@ import functools
 import ipaddress
 import json
 import logging
+import os
 import signal
 import time
 from collections import deque
@@ -38,7 +39,7 @@ from aura_common.service import run_service
 from aura_common.wireguard import HandshakeAuthority
 from aura_common.wireguard.messages import MessageError
 from aura_common.wireguard.noise import HandshakeError
-from services.router import nat
+from services.router import nat, replay
 from services.router.sessions import Session, SessionTable
 
 if TYPE_CHECKING:
@@ -114,6 +115,11 @@ class Router:
         self.gate = Gate()
         self.refused_since: dict[str, float] = {}  # when the gate refused each peer (Unix time)
         self.authority = authority  # the server's static key and the preshared keys
+        self.replay_file = os.path.join(config.state_dir, "handshake-timestamps.json")
+        try:
+            authority.restore_replay_state(replay.load(self.replay_file))
+        except AuraError as error:
+            log.warning("%s; initiations answered before this start may be replayed once", error)
         self._handshakes: dict[ipc.Channel, deque[tuple[int, bytes]]] = {}
         self._handshakes_scheduled = False
         self.handshakes_answered = 0
@@ -142,6 +148,7 @@ class Router:
     def close(self) -> None:
         self._account_usage()
         self._save_usage()
+        self._save_replay_state()
         if self.tun is not None:
             asyncio.get_running_loop().remove_reader(self.tun.fileno())
             self.tun.close()
@@ -219,6 +226,15 @@ class Router:
             self._save_usage()
         if push and (newly or lifted):
             self._push_peers()
+        if self.authority.replay_state_changed:
+            self._save_replay_state()
+
+    def _save_replay_state(self) -> None:
+        try:
+            replay.save(self.replay_file, self.authority.replay_state(),
+                        (peer.public_key for peer in self.registry))
+        except (OSError, AuraError) as error:
+            log.error("cannot save handshake timestamps to %s: %s", self.replay_file, error)
 
     def _save_usage(self) -> None:
         try:

@@ -14,6 +14,7 @@ import pytest
 
 from aura_common import ipc
 from aura_common.config import ServerConfig
+from aura_common.errors import AuraError
 from aura_common.registry import Peer, Registry
 from aura_common.transport import SessionHub
 from aura_common.wireguard import (
@@ -26,6 +27,7 @@ from aura_common.wireguard import (
     public_key,
 )
 from aura_common.wireguard.noise import TransportKeys
+from services.router import replay
 from services.router.main import HANDSHAKE_QUEUE, HANDSHAKES_PER_TURN, Router
 from tests.unit.test_router_claims import FakeTransport, new_router
 from tests.unit.test_wireguard_device import CLIENT_ADDR, SERVER_ADDR, of_type, transmits
@@ -85,6 +87,51 @@ def test_an_answer_goes_to_the_carrier_alone_and_its_ticket_claims_the_session(
         assert router.handshakes_answered == 1
 
     asyncio.run(scenario())
+
+
+def test_a_restarted_router_refuses_an_initiation_it_answered_before(tmp_path: Path) -> None:
+    config, client_key = setup(tmp_path)
+    server_key = generate_private_key()
+
+    async def scenario() -> None:
+        router = Router(config, HandshakeAuthority(server_key))
+        client = Device(client_key)
+        to_server = client.add_peer(router.authority.public_key,
+                                    preshared_key=bytes(range(32)), endpoint=SERVER_ADDR)
+        relay = Device(public_key=router.authority.public_key)
+        relay.add_peer(public_key(client_key))
+        [request] = of_type(relay.receive(transmits(client.initiate(to_server, 0.0)),
+                                          CLIENT_ADDR, 0.0), HandshakeRequested)
+        carried = [[request.local_index, request.initiation]]
+        udp = FakeTransport(1)
+        router.transports[udp] = "udp"  # type: ignore[index]
+        router._handshakes_from(udp, carried)  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+        assert router.handshakes_answered == 1
+        router.check_limits()  # saves what was answered; a crash after this loses nothing
+        restarted = Router(config, HandshakeAuthority(server_key))
+        again = FakeTransport(2)
+        restarted.transports[again] = "udp"  # type: ignore[index]
+        restarted._handshakes_from(again, carried)  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+        assert restarted.handshakes_answered == 0
+        [[_, reason]] = hs_done(again)[0]["refused"]
+        assert reason == "replayed initiation"
+
+    asyncio.run(scenario())
+
+
+def test_replay_file_round_trip_keeps_registered_peers_and_names_damage(tmp_path: Path) -> None:
+    path = str(tmp_path / "handshake-timestamps.json")
+    assert replay.load(path) == {}
+    kept, gone = bytes(range(32)), bytes(32)
+    replay.save(path, {kept: b"\x01" * 12, gone: b"\x02" * 12}, [kept])
+    assert replay.load(path) == {kept: b"\x01" * 12}
+    assert (tmp_path / "handshake-timestamps.json").stat().st_mode & 0o777 == 0o600
+    for damaged in ('{"version": 1, "timestamps": {"AAAA": "00"}}', '{"version": 1}', "[]"):
+        Path(path).write_text(damaged)
+        with pytest.raises(AuraError, match=r"handshake-timestamps\.json"):
+            replay.load(path)
 
 
 def test_forwarded_handshakes_are_bounded_per_transport_and_per_turn(tmp_path: Path) -> None:

@@ -102,6 +102,32 @@ def test_the_authority_refuses_a_replay_whichever_carrier_brings_it() -> None:
         pair.answer(too_soon, 5.01)
 
 
+def test_a_restarted_authority_given_the_replay_state_refuses_an_initiation_seen_before(
+) -> None:
+    pair = Relayed()
+    [request] = pair.requests(0.0)
+    pair.answer(request, 0.0)
+    assert pair.authority.replay_state_changed
+    saved = pair.authority.replay_state()
+    assert not pair.authority.replay_state_changed
+    # Restored before and after the peer is added: both refuse the replay.
+    for restore_first in (True, False):
+        restarted = HandshakeAuthority(pair.server_key)
+        if restore_first:
+            restarted.restore_replay_state(saved)
+        restarted.add_peer(public_key(pair.client_key))
+        if not restore_first:
+            restarted.restore_replay_state(saved)
+        with pytest.raises(HandshakeError, match="replayed initiation"):
+            restarted.answer(request.initiation, request.local_index, "tcp", 100.0, WALL)
+        [fresh] = pair.requests(100.0)
+        restarted.answer(fresh.initiation, fresh.local_index, "tcp", 100.0, WALL)
+    # Without it, the same initiation would be answered again.
+    forgetful = HandshakeAuthority(pair.server_key)
+    forgetful.add_peer(public_key(pair.client_key))
+    forgetful.answer(request.initiation, request.local_index, "tcp", 100.0, WALL)
+
+
 def test_the_authority_refuses_strangers_removed_peers_and_bad_mac1() -> None:
     pair = Relayed()
     [request] = pair.requests(0.0)
@@ -113,7 +139,7 @@ def test_the_authority_refuses_strangers_removed_peers_and_bad_mac1() -> None:
         pair.answer(request, 0.0)
 
 
-def test_set_peers_keeps_replay_state_of_unchanged_peers_only() -> None:
+def test_set_peers_keeps_replay_state_of_every_peer_it_keeps() -> None:
     pair = Relayed()
     client = public_key(pair.client_key)
     [request] = pair.requests(0.0)
@@ -121,8 +147,12 @@ def test_set_peers_keeps_replay_state_of_unchanged_peers_only() -> None:
     assert pair.authority.set_peers({client: None}) == []
     with pytest.raises(HandshakeError, match="replayed"):
         pair.answer(request, 1.0)
-    pair.authority.set_peers({client: bytes(range(32))})  # a new preshared key: a new peer
-    answer = pair.answer(request, 2.0)
+    # A new preshared key makes a new peer entry, but not a second chance for an old initiation.
+    pair.authority.set_peers({client: bytes(range(32))})
+    with pytest.raises(HandshakeError, match="replayed"):
+        pair.answer(request, 2.0)
+    [fresh] = pair.requests(2.0)
+    answer = pair.answer(fresh, 2.0)
     assert answer.peer_public == client
     assert pair.authority.set_peers({bytes(32): None}) == [bytes(32)]  # low-order point
     assert client not in pair.authority
