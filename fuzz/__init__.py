@@ -26,4 +26,5 @@ TARGETS = (
     "registry",
     "leases",
     "runtime",
+    "handshake_timestamps",
 )

@@ -26,8 +26,11 @@ TIMESTAMP_SIZE = 12  # TAI64N
 def load(path: str) -> dict[bytes, bytes]:
     """public key -> TAI64N timestamp; empty when the file does not exist yet."""
     data = read_state_file(path)
-    if data is None:
-        return {}
+    return {} if data is None else parse(data, path)
+
+
+def parse(data: bytes, path: str) -> dict[bytes, bytes]:
+    """The file's timestamps; raises only ConfigError, naming `path`."""
     document = parse_versioned_json(data, path, VERSION)
     stamps = document.get("timestamps")
     if not isinstance(stamps, dict):
