@@ -59,6 +59,22 @@ def test_dropping_stops_once_the_queue_drains() -> None:
     assert resumed and resumed[0] >= 2.0 + INTERVAL
 
 
+def wait_for_receive_timestamps(receiver: socket.socket, sender: socket.socket) -> None:
+    """The kernel turns receive timestamps on from a work queue after the first socket asks:
+    until then a datagram is stamped when it is read, and so never seems to have waited."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        sender.sendto(b"probe", receiver.getsockname())
+        time.sleep(0.01)
+        _, ancillary, _, _ = receiver.recvmsg(64, socket.CMSG_SPACE(16))
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == udp.SO_TIMESTAMPNS:
+                seconds, nanoseconds = udp._TIMESPEC.unpack(data[:16])
+                if time.time() - (seconds + nanoseconds * 1e-9) >= 0.005:
+                    return
+    raise AssertionError("receive timestamps never came on")
+
+
 def test_a_socket_queue_is_judged_by_the_kernels_receive_time() -> None:
     """recv_batch reads SO_TIMESTAMPNS: datagrams that waited in the socket past the target are
     dropped at dequeue (here with no grace interval), the first one of a stretch kept."""
@@ -67,6 +83,7 @@ def test_a_socket_queue_is_judged_by_the_kernels_receive_time() -> None:
     with receiver, sender:
         receiver.bind(("127.0.0.1", 0))
         udp.enable_timestamps(receiver)
+        wait_for_receive_timestamps(receiver, sender)
         for payload in (b"a", b"b", b"c", b"d"):
             sender.sendto(payload, receiver.getsockname())
         time.sleep(0.02)  # they wait in the socket's queue
