@@ -458,9 +458,31 @@ def test_aura_client_passes_traffic(setup: Setup) -> None:
 
 
 # -- without systemd ---------------------------------------------------------------------------
+SUITE_UNITS = ("aura-router.service", "aura-router.socket", "aura-signer.service",
+               "aura-signer.socket", "aura-udp.service", "aura-udp.socket", "aura-tcp.service",
+               "aura-tcp.socket", "aura-quic.service", "aura-quic.socket")
+
+
+def _stop_suite(setup: Setup) -> None:
+    """Stops every service and socket of the suite and waits until none is left listening on
+    /run/aura (`aura server run` refuses to start beside a router socket)."""
+    box = setup.box
+    box.run(["systemctl", "stop", "aura.target", *SUITE_UNITS], timeout=90)
+
+    def stopped() -> bool:
+        states = box.run(["systemctl", "is-active", *SUITE_UNITS], check=False).stdout.split()
+        return not {"active", "activating", "deactivating", "reloading"} & set(states)
+
+    try:
+        setup.lab.wait_for(stopped, timeout=60, interval=1, what="the suite stopped")
+    except AssertionError as failure:
+        status = box.run(["systemctl", "status", "--no-pager", *SUITE_UNITS], check=False)
+        raise AssertionError(f"{failure}\n{status.stdout}") from None
+
+
 def test_server_run_starts_each_service_as_its_own_user(setup: Setup) -> None:
     box = setup.box
-    box.run(["systemctl", "stop", "aura.target"], timeout=60)
+    _stop_suite(setup)
     try:
         box.run(["systemd-run", "--unit=aura-manual", "--collect", "aura", "server", "run"])
         try:
