@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from operator import itemgetter
 
@@ -25,6 +24,7 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import QuicEvent
 from aioquic.quic.packet_builder import PACKET_NUMBER_SEND_SIZE, QuicSentPacket
 
+from aura_common.bounded import ByteQueue
 from aura_common.framing import ALPN
 from aura_common.quic.datagram import Address, DatagramSocket
 
@@ -132,30 +132,16 @@ def datagram_configuration(*, is_client: bool, idle_timeout: float,
     )
 
 
-class MessageQueue:
+class MessageQueue(ByteQueue[bytes]):
     """WireGuard messages waiting to be handed to aioquic, bounded in bytes."""
 
     def __init__(self, limit: int = MAX_QUEUED_BYTES) -> None:
-        self.limit = limit
-        self.size = 0
-        self._messages: deque[bytes] = deque()
-
-    def __len__(self) -> int:
-        return len(self._messages)
+        super().__init__(limit)
 
     def put(self, message: bytes) -> bool:
         """Queue `message` if it fits; False if it is too large or there is no room."""
         length = len(message)
-        if length > MAX_MESSAGE or self.size + length > self.limit:
-            return False
-        self._messages.append(message)
-        self.size += length
-        return True
-
-    def take(self, count: int) -> list[bytes]:
-        taken = [self._messages.popleft() for _ in range(min(count, len(self._messages)))]
-        self.size -= sum(map(len, taken))
-        return taken
+        return length <= MAX_MESSAGE and self.offer(message, length)
 
 
 class QuicLink:
