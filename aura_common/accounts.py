@@ -65,6 +65,17 @@ class Accounts:
                 roles.setdefault(uid, set()).add(role)
         return cls({uid: frozenset(r) for uid, r in roles.items()}, config.admin_gid)
 
+    def admits(self, peer: Credentials, served: Collection[str]) -> bool:
+        """Whether `peer` may take any of the roles `served`: asked before its hello is read,
+        so a caller with no role here costs the listener an accept and a close."""
+        for role in served:
+            try:
+                self.role_of(peer, role, served)
+            except RoleRefused:
+                continue
+            return True
+        return False
+
     def role_of(self, peer: Credentials, claimed: str, served: Collection[str]) -> str:
         """The role `peer` acts in, which is `claimed`; RoleRefused when its uid says otherwise."""
         if claimed not in served:
@@ -92,8 +103,12 @@ def user_id(name: str) -> int | None:
         return None
 
 
-def own_account_only(peer: Credentials, claimed: str) -> str:
+def own_account_admits(peer: Credentials) -> bool:
     """For a process's private socket (the client's control socket): root and its own uid."""
-    if peer.uid in (0, os.getuid()):
+    return peer.uid in (0, os.getuid())
+
+
+def own_account_only(peer: Credentials, claimed: str) -> str:
+    if own_account_admits(peer):
         return claimed
     raise RoleRefused(f"uid {peer.uid} is neither root nor this process's user")

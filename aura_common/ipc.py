@@ -7,8 +7,9 @@ checks the caller's SO_PEERCRED and answers with its own hello (or an `error` fr
 closes).
 
 Who may connect, and in which role, is decided on the listening side from SO_PEERCRED by the
-listener's `authorize` callback (see aura_common.accounts); the role in the hello only has to
-agree with it.
+listener's `admits` and `authorize` callbacks (see aura_common.accounts): a caller whose uid
+may take no role there is closed as it is accepted, before anything of it is read; the role
+in the hello of the others only has to agree with what their uid allows.
 
 The data path runs through here, so a channel reads every frame the socket holds in one
 reader callback into a queue bounded in bytes (`recv_many` takes them all at once), one `pkts`
@@ -54,9 +55,15 @@ PROTOCOL_VERSION = 1
 MAX_FRAME = 1 << 20
 SOCKET_BUFFER = 4 << 20
 HELLO_TIMEOUT = 5.0
-# Connections that have not passed their hello yet; more are closed at once, so strangers
-# cannot use up the listener's descriptors.
+# Connections that have not passed their hello yet; more are closed at once, so callers cannot
+# use up the listener's descriptors. Each uid has its own share: a caller that sits on its
+# connections without a hello (a compromised transport, an operator's stuck script) delays
+# only itself, never another account (a transport reconnecting after a restart).
 MAX_UNAUTHENTICATED = 64
+MAX_UNAUTHENTICATED_PER_UID = 4
+# Callers turned away as they connect are logged at most this often (with their number), so
+# a local user looping on connect() cannot flood the journal.
+TURNED_AWAY_LOG_INTERVAL = 10.0
 # Bytes of frames read but not yet taken by `recv`; above this the channel stops reading, so
 # the sender's socket fills and its packet batches are dropped there (and counted).
 MAX_QUEUED_BYTES = 4 << 20
@@ -102,6 +109,8 @@ class NotPermitted(AuraError):
 # Decides the role of a caller from its credentials and the role its hello claims; raises
 # NotPermitted to refuse it.
 Authorize = Callable[["Credentials", str], str]
+# Whether a caller's uid may take any role at all on a listener: asked before its hello is read.
+Admits = Callable[["Credentials"], bool]
 
 
 class FrameTooLarge(ValueError):
@@ -712,6 +721,7 @@ class Listener:
         path: str | None,
         on_channel: Callable[[Channel], Awaitable[None]],
         authorize: Authorize,
+        admits: Admits,
         role: str,
     ) -> None:
         self.sock = sock
@@ -719,8 +729,11 @@ class Listener:
         self.role = role
         self._on_channel = on_channel
         self._authorize = authorize
-        self._unauthenticated = 0
+        self._admits = admits
+        self._unauthenticated: collections.Counter[int] = collections.Counter()  # by uid
         self.refused = 0
+        self._turned_away = 0  # since the last line about them
+        self._turned_away_logged = -TURNED_AWAY_LOG_INTERVAL
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop.add_reader(sock.fileno(), self._accept_ready)
@@ -731,6 +744,7 @@ class Listener:
         where: str | os.PathLike[str] | socket.socket,
         on_channel: Callable[[Channel], Awaitable[None]],
         authorize: Authorize,
+        admits: Admits,
         *,
         role: str = "router",
         group: int | None = None,
@@ -747,7 +761,7 @@ class Listener:
             path = os.fspath(where)
             sock = bind_path(path, group, mode)
         sock.setblocking(False)
-        return cls(sock, path, on_channel, authorize, role)
+        return cls(sock, path, on_channel, authorize, admits, role)
 
     def _accept_ready(self) -> None:
         while True:
@@ -759,20 +773,47 @@ class Listener:
                 # EMFILE and friends: log, and let the next readiness event retry.
                 log.error("accept on %s failed: %s", self.path or "activated socket", exc)
                 return
-            task = self._loop.create_task(self._serve(conn))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            try:
+                caller = peer_credentials(conn)
+            except OSError:
+                conn.close()
+                continue
+            if not self._admits(caller):
+                self._turn_away(conn, caller, "permission denied: this account may not "
+                                "connect here")
+            elif self._unauthenticated[caller.uid] >= MAX_UNAUTHENTICATED_PER_UID:
+                self._turn_away(conn, caller, f"uid {caller.uid} has "
+                                f"{MAX_UNAUTHENTICATED_PER_UID} connections waiting for "
+                                "their hello already")
+            elif self._unauthenticated.total() >= MAX_UNAUTHENTICATED:
+                self._turn_away(conn, caller, "too many connections waiting for their hello")
+            else:
+                self._unauthenticated[caller.uid] += 1
+                task = self._loop.create_task(self._serve(conn, caller.uid))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, conn: socket.socket) -> None:
-        if self._unauthenticated >= MAX_UNAUTHENTICATED:
-            self.refused += 1
-            conn.close()
-            return
-        self._unauthenticated += 1
+    def _turn_away(self, conn: socket.socket, caller: Credentials, why: str) -> None:
+        """Close a connection as it is accepted, nothing of it read; say why if it listens."""
+        self.refused += 1
+        with contextlib.suppress(OSError):
+            conn.send(encode({"t": "error", "message": why}), socket.MSG_DONTWAIT)
+        conn.close()
+        self._turned_away += 1
+        now = time.monotonic()
+        if now - self._turned_away_logged >= TURNED_AWAY_LOG_INTERVAL:
+            log.warning("turned away %d connection(s) on %s, the last from pid %d (uid %d, "
+                        "gid %d): %s", self._turned_away, self.path or self.role, caller.pid,
+                        caller.uid, caller.gid, why)
+            self._turned_away, self._turned_away_logged = 0, now
+
+    async def _serve(self, conn: socket.socket, uid: int) -> None:
         try:
             channel = await self._authenticate(conn)
         finally:
-            self._unauthenticated -= 1
+            self._unauthenticated[uid] -= 1
+            if not self._unauthenticated[uid]:
+                del self._unauthenticated[uid]
         if channel is None:
             return
         try:

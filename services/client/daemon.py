@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aura_common import ipc
-from aura_common.accounts import own_account_only
+from aura_common.accounts import own_account_admits, own_account_only
 from aura_common.config import ClientConfig, format_host_port
 from aura_common.control import ControlMessage
 from aura_common.errors import AuraError
@@ -60,7 +60,8 @@ class ClientDaemon:
         os.makedirs(self.config.runtime_dir, mode=0o700, exist_ok=True)
         control = ControlSocket(self.status, self.stop.set)
         listener = await ipc.Listener.start(
-            self.config.control_socket, control.serve, own_account_only, role="client")
+            self.config.control_socket, control.serve, own_account_only, own_account_admits,
+            role="client")
         loop = asyncio.get_running_loop()
         network: TunnelNetwork | None = None
         tasks: list[asyncio.Task[Any]] = []

@@ -548,10 +548,11 @@ async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
     activated = systemd.listen_fds().get("router")
     accounts = Accounts.from_config(config)
     # Transports (each its own account) and the admin group connect here, so the file is open
-    # to everyone: the role is decided by the caller's uid (SO_PEERCRED) at the hello.
+    # to everyone: the caller's uid (SO_PEERCRED) decides, a stranger is closed as accepted.
     listener = await ipc.Listener.start(
         activated[0] if activated else config.router_socket, router.on_channel,
-        lambda peer, claimed: accounts.role_of(peer, claimed, SERVED_ROLES), mode=0o666,
+        lambda peer, claimed: accounts.role_of(peer, claimed, SERVED_ROLES),
+        lambda peer: accounts.admits(peer, SERVED_ROLES), mode=0o666,
     )
     limits = loop.create_task(router.check_limits_forever())
     feed = None if router.feed is None else loop.create_task(router.feed.run())

@@ -71,6 +71,15 @@ def test_strangers_and_unserved_roles_are_refused() -> None:
         ACCOUNTS.role_of(as_uid(UDP), "udp", ("admin",))
 
 
+def test_only_callers_with_a_role_served_there_are_admitted_at_all() -> None:
+    for uid in (0, UDP, TCP, QUIC, OPERATOR):
+        assert ACCOUNTS.admits(as_uid(uid), ROUTER_SERVES)
+    for uid in (STRANGER, SIGNER, ROUTER):  # the router's own account is no caller's role
+        assert not ACCOUNTS.admits(as_uid(uid), ROUTER_SERVES)
+    assert ACCOUNTS.admits(as_uid(OPERATOR), ("admin",))  # the signer's socket
+    assert not ACCOUNTS.admits(as_uid(UDP, ADMIN_GID), ("admin",))
+
+
 def test_the_listeners_own_account_is_trusted_only_when_it_is_no_service_account() -> None:
     developer = Accounts({UDP: frozenset({"udp"})}, None, own_uid=OPERATOR, member=fake_member)
     assert developer.role_of(as_uid(OPERATOR), "tcp", ROUTER_SERVES) == "tcp"

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import os
 import pwd
+import shutil
 import socket
 import stat
 import tempfile
@@ -38,11 +39,16 @@ def anyone(peer: ipc.Credentials, claimed: str) -> str:
     return claimed
 
 
+def everyone(peer: ipc.Credentials) -> bool:
+    return True
+
+
 @asynccontextmanager
 async def listening(
-    path: Path, handler: Handler = echo, authorize: ipc.Authorize = anyone
+    path: Path, handler: Handler = echo, authorize: ipc.Authorize = anyone,
+    admits: ipc.Admits = everyone,
 ) -> AsyncIterator[ipc.Listener]:
-    listener = await ipc.Listener.start(path, handler, authorize)
+    listener = await ipc.Listener.start(path, handler, authorize, admits)
     try:
         yield listener
     finally:
@@ -332,13 +338,13 @@ def test_stale_socket_is_replaced_but_live_one_is_not(tmp_path: Path) -> None:
         dead.close()  # leaves the socket file behind, as a crashed process would
         async with listening(path):
             with pytest.raises(AuraError, match="already listening"):
-                await ipc.Listener.start(path, echo, anyone)
+                await ipc.Listener.start(path, echo, anyone, everyone)
             channel = await ipc.connect(path, "udp")  # the first listener still works
             channel.close()
         assert not path.exists()  # removed on close
         path.write_text("not a socket")
         with pytest.raises(AuraError, match="not a socket"):
-            await ipc.Listener.start(path, echo, anyone)
+            await ipc.Listener.start(path, echo, anyone, everyone)
 
     asyncio.run(scenario())
 
@@ -358,7 +364,7 @@ def test_listener_on_an_activated_socket_and_failing_handlers(tmp_path: Path) ->
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sock.bind(str(path))
         sock.listen(8)
-        listener = await ipc.Listener.start(sock, flaky, anyone, role="signer")
+        listener = await ipc.Listener.start(sock, flaky, anyone, everyone, role="signer")
         first = await ipc.connect(path, "admin")
         with pytest.raises(ipc.ChannelClosed):
             await asyncio.wait_for(first.recv(), 5)  # the handler failed: channel closed
@@ -378,7 +384,7 @@ def test_listener_creates_its_directory_and_hands_the_socket_to_a_group(tmp_path
 
     async def scenario() -> None:
         path = tmp_path / "run" / "aura" / "router.sock"
-        listener = await ipc.Listener.start(path, echo, anyone, group=group)
+        listener = await ipc.Listener.start(path, echo, anyone, everyone, group=group)
         info = os.stat(path)
         assert stat.S_ISSOCK(info.st_mode) and info.st_gid == group
         assert stat.S_IMODE(info.st_mode) == 0o660
@@ -432,6 +438,8 @@ def test_callers_waiting_for_their_hello_are_bounded(
             silent = [raw_client(path) for _ in range(2)]  # connected, never say hello
             await asyncio.sleep(0.2)
             extra = raw_client(path)
+            turned_away = msgpack.unpackb(await loop.run_in_executor(None, extra.recv, 100))
+            assert turned_away["t"] == "error"
             assert await loop.run_in_executor(None, extra.recv, 100) == b""  # closed at once
             assert listener.refused == 1
             for sock in (*silent, extra):
@@ -439,6 +447,67 @@ def test_callers_waiting_for_their_hello_are_bounded(
             await asyncio.sleep(0.2)
             channel = await ipc.connect(path, "udp")  # room again once they are gone
             channel.close()
+
+    asyncio.run(scenario())
+
+
+TRANSPORT_UID, OPERATOR_UID, STRANGER_UID = 61001, 61002, 61003
+
+
+def _connected_as(uid: int, path: str) -> socket.socket:
+    """A socket connected to `path` while this process's effective uid is `uid`: SO_PEERCRED
+    records the connecting process's credentials at connect()."""
+    os.seteuid(uid)
+    try:
+        return raw_client(Path(path))
+    finally:
+        os.seteuid(0)
+
+
+def _first_reply(sock: socket.socket, role: str) -> str:
+    sock.send(msgpack.packb({"t": "hello", "v": ipc.PROTOCOL_VERSION, "role": role}))
+    try:
+        data = sock.recv(65536)
+    except ConnectionResetError:
+        return "reset"
+    return "closed" if not data else msgpack.unpackb(data)["t"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as other uids")
+def test_no_caller_can_hold_the_hello_slots_of_another_account() -> None:
+    """A stranger (no role here) is closed as accepted; an admitted account sitting on its
+    connections without a hello holds only its own share: the transport still gets in."""
+    accounts = Accounts({TRANSPORT_UID: frozenset({"udp"})}, admin_gid=4242, own_uid=0,
+                        member=lambda uid, gid, group: uid == OPERATOR_UID)
+    served = ("udp", "admin")
+
+    async def scenario() -> None:
+        directory = tempfile.mkdtemp(prefix="aura-ipc-")
+        os.chmod(directory, 0o755)
+        path = os.path.join(directory, "router.sock")
+        loop = asyncio.get_running_loop()
+        try:
+            async with listening(
+                Path(path), authorize=functools.partial(accounts.role_of, served=served),
+                admits=functools.partial(accounts.admits, served=served),
+            ) as listener:
+                os.chmod(path, 0o666)
+                for holder in (STRANGER_UID, OPERATOR_UID):
+                    held = [_connected_as(holder, path) for _ in range(ipc.MAX_UNAUTHENTICATED + 8)]
+                    await asyncio.sleep(0.3)  # every one accepted (or turned away)
+                    transport = _connected_as(TRANSPORT_UID, path)
+                    reply = await loop.run_in_executor(None, _first_reply, transport, "udp")
+                    assert reply == "hello", f"the transport was locked out by uid {holder}"
+                    transport.close()
+                    for sock in held:
+                        sock.close()
+                stranger = _connected_as(STRANGER_UID, path)
+                assert await loop.run_in_executor(None, _first_reply, stranger, "admin") in (
+                    "error", "reset")  # turned away before its hello was read
+                stranger.close()
+                assert listener.refused >= ipc.MAX_UNAUTHENTICATED + 8
+        finally:
+            shutil.rmtree(directory)
 
     asyncio.run(scenario())
 
