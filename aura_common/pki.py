@@ -3,7 +3,7 @@
 The CA is an Ed25519 key pair: the private half (`ca.key`, PEM, mode 0600) is read only by
 `aura-signer`; the public half (`ca.pub`, the raw 32-byte key in base64) goes into every
 client config. The CA also signs the TLS server certificate used by the TCP and QUIC
-transports: an ECDSA P-256 leaf (accepted by Python's ssl and by aioquic alike) with the
+transports: an ECDSA P-256 leaf (accepted by Python's ssl and by qh3 alike) with the
 public host as subject alternative name, and `ca.crt`, a self-signed CA certificate, so TLS
 clients can verify the chain.
 """

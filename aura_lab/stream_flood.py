@@ -32,10 +32,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from aioquic.buffer import Buffer
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted
-from aioquic.quic.packet import pull_quic_header
+from qh3._hazmat import Buffer
+from qh3.quic.connection import QuicConnection
+from qh3.quic.events import ConnectionTerminated, HandshakeCompleted
+from qh3.quic.packet import pull_quic_header
 
 from aura_common.framing import ALPN
 from aura_common.quic.link import CONNECTION_ID_LENGTH, datagram_configuration

@@ -27,4 +27,5 @@ TARGETS = (
     "leases",
     "runtime",
     "handshake_timestamps",
+    "quic_admission",
 )

@@ -1,15 +1,15 @@
-"""The QUIC carrier: aioquic with ALPN aura/1, one WireGuard message per DATAGRAM frame.
+"""The QUIC carrier: qh3 with ALPN aura/1, one WireGuard message per DATAGRAM frame.
 
 Each QUIC connection stands for one client. The hub knows it by a stable address, the remote
 address the connection started from, so a client whose address changes (NAT rebinding, a new
-network) keeps its WireGuard session: aioquic follows the migration and the hub never notices.
+network) keeps its WireGuard session: qh3 follows the migration and the hub never notices.
 
-aioquic is driven through its sans-I/O API (`aura_common.quic.link`). The listener side admits
+qh3 is driven through its sans-I/O API (`aura_common.quic.link`). The listener side admits
 new connections (version negotiation, Retry, the connection bound); the data path routes each
 packet by its destination connection id, read straight from the header.
 
 Python pays per call, so the data path moves bursts: everything one socket read returns is fed
-to aioquic first, then each connection's WireGuard messages go to the hub in one call, and each
+to qh3 first, then each connection's WireGuard messages go to the hub in one call, and each
 connection packs and sends what is due (acknowledgements, replies) in one `transmit`.
 """
 
@@ -22,10 +22,10 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from aioquic.buffer import Buffer
-from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import (
+from qh3._hazmat import Buffer
+from qh3.quic.configuration import QuicConfiguration
+from qh3.quic.connection import QuicConnection
+from qh3.quic.events import (
     ConnectionIdIssued,
     ConnectionIdRetired,
     ConnectionTerminated,
@@ -33,7 +33,8 @@ from aioquic.quic.events import (
     HandshakeCompleted,
     StreamDataReceived,
 )
-from aioquic.quic.packet import (
+from qh3.quic.packet import (
+    SMALLEST_MAX_DATAGRAM_SIZE,
     QuicErrorCode,
     QuicHeader,
     QuicPacketType,
@@ -41,7 +42,6 @@ from aioquic.quic.packet import (
     encode_quic_version_negotiation,
     pull_quic_header,
 )
-from aioquic.quic.retry import QuicRetryTokenHandler
 
 from aura_common.config import QuicConfig
 from aura_common.errors import ConfigError
@@ -50,14 +50,13 @@ from aura_common.quic.datagram import Burst, DatagramSocket
 from aura_common.quic.link import CONNECTION_ID_LENGTH, QuicLink, datagram_configuration
 from aura_common.transport import Address, SessionHub, format_endpoint
 from aura_common.wireguard.cookie import unmapped
+from services.quic.retry import RetryTokens
 
 log = logging.getLogger("aura-quic")
-# aioquic logs every connection's version and ALPN at INFO, without the fields ours carry.
-logging.getLogger("quic").setLevel(logging.WARNING)
 
 # What a client may send before a WireGuard handshake completes over its connection: the QUIC
-# handshake and a few initiations take 5 to 10 KiB. It also bounds what aioquic buffers for
-# such a connection (out-of-order CRYPTO data, up to 512 KiB per epoch otherwise).
+# handshake and a few initiations take 5 to 10 KiB. It also bounds what qh3 buffers for such
+# a connection (out-of-order CRYPTO data).
 MAX_UNAUTHENTICATED_BYTES = 64 << 10
 
 
@@ -86,7 +85,7 @@ def destination_cid(data: bytes) -> bytes:
 
     Read straight from the header (RFC 9000 section 17): a short header carries ours, of
     CONNECTION_ID_LENGTH bytes, after the flags; a long header gives its length. Routing
-    needs nothing more, and aioquic checks the whole header when it takes the packet.
+    needs nothing more, and qh3 checks the whole header when it takes the packet.
     """
     if not data:
         return b""
@@ -123,14 +122,14 @@ class _Unauthenticated:
 
 
 class QuicCarrier:
-    """aioquic connections on one UDP socket, bound to the session hub.
+    """qh3 connections on one UDP socket, bound to the session hub.
 
     Retry makes a client prove its address before it may hold a connection. Connections are
     counted one by one (a client may open many from one UDP port). A connection is
     unauthenticated until a WireGuard handshake with a known peer completes over it; it is
     closed if that takes longer than `handshake_timeout` or MAX_UNAUTHENTICATED_BYTES. Beyond
     `max_pending_per_source` unauthenticated connections from one IP address, a packet that
-    would open another is dropped before aioquic spends anything on it; at `max_connections`
+    would open another is dropped before qh3 spends anything on it; at `max_connections`
     the oldest unauthenticated connection is closed to admit a new one (refused only when all
     are authenticated).
     """
@@ -153,7 +152,7 @@ class QuicCarrier:
         self._by_cid: dict[bytes, ServerConnection] = {}
         self._by_link: dict[QuicLink, ServerConnection] = {}
         self._by_address: dict[Address, ServerConnection] = {}
-        self._retry = QuicRetryTokenHandler()
+        self._retry = RetryTokens()
         self._receiving = False
         self._log = RateLimitedLog(log)
 
@@ -172,6 +171,8 @@ class QuicCarrier:
         try:
             for datagrams, source, local in burst:
                 self.local_address = local
+                # Each connection takes its share of the run in one call.
+                shares: dict[ServerConnection, list[bytes]] = {}
                 for data in datagrams:
                     connection = self._by_cid.get(destination_cid(data))
                     if connection is None:
@@ -181,9 +182,16 @@ class QuicCarrier:
                     if connection in self.unauthenticated and not self._charge(connection,
                                                                                len(data)):
                         continue
-                    connection.link.local_address = local
-                    connection.link.receive((data,), source)
-                    touched[connection] = None
+                    share = shares.get(connection)
+                    if share is None:
+                        shares[connection] = [data]
+                    else:
+                        share.append(data)
+                for connection, share in shares.items():
+                    if connection.link in self._by_link:  # not closed to make room meanwhile
+                        connection.link.local_address = local
+                        connection.link.receive(share, source)
+                        touched[connection] = None
             for connection in list(touched):
                 self._take_events(connection)
         finally:
@@ -360,7 +368,7 @@ class QuicCarrier:
 
     def _refuse(self, connection: ServerConnection, reason: str) -> None:
         """Close an unauthenticated connection. It keeps its place in the counts until
-        aioquic has drained it, so its client gets the slot back no sooner."""
+        qh3 has drained it, so its client gets the slot back no sooner."""
         self.unauthenticated[connection].deadline.cancel()
         self._log.log(connection.address[0], logging.INFO, "%s: %s; closed",
                       connection.endpoint, reason,

@@ -44,7 +44,7 @@ def test_rpm_carries_units_environment_and_system_entries(rpm: Path) -> None:
     ):
         assert path in files, path
     site = "/opt/aura/venv/lib/python3.11/site-packages"
-    for package in ("cryptography", "aioquic", "msgpack", "yaml", "pyroute2", "aura_common",
+    for package in ("cryptography", "qh3", "msgpack", "yaml", "pyroute2", "aura_common",
                     "services"):
         assert f"{site}/{package}/__init__.py" in files, package
 

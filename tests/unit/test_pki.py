@@ -9,9 +9,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from aioquic.tls import AlertBadCertificate, verify_certificate
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from qh3.quic.connection import X509Certificate
+from qh3.tls import AlertBadCertificate, verify_certificate
 
 from aura_common import pki
 from aura_common.errors import AuraError
@@ -62,9 +64,10 @@ def test_ca_certificate_for_another_key_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("host", ["vpn.example.com", "127.0.0.1"])
-def test_aioquic_accepts_the_chain(tmp_path: Path, host: str) -> None:
+def test_qh3_accepts_the_chain(tmp_path: Path, host: str) -> None:
     pki.create_ca(tmp_path)
-    leaf = pki.issue_tls_certificate(pki.load_ca_private_key(tmp_path), [host], tmp_path)
+    issued = pki.issue_tls_certificate(pki.load_ca_private_key(tmp_path), [host], tmp_path)
+    leaf = X509Certificate(issued.public_bytes(Encoding.DER))
     cadata = (tmp_path / "ca.crt").read_bytes()
     verify_certificate(leaf, server_name=host, cadata=cadata)
     with pytest.raises(AlertBadCertificate):

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from aura_common.config import QuicConfig
-from aura_common.quic.link import MAX_QUEUED_BYTES, QUIC_PACKET_SIZE
+from aura_common.quic.link import MAX_MESSAGE, QUIC_PACKET_SIZE
 from services.client.carriers.quic import TUNNEL_MTU
 from services.client.carriers.quic import Carrier as QuicClient
 from services.quic.carrier import QuicCarrier, server_configuration
@@ -248,7 +248,7 @@ def recording_sizes(send: Callable[..., None], sizes: list[int]) -> Callable[...
 
 
 def test_closing_stops_every_timer(keys: Keys) -> None:
-    """A failed or closed attempt leaves nothing behind that still fires (aioquic's timer
+    """A failed or closed attempt leaves nothing behind that still fires (the QUIC timer
     used to send through a closed transport and log an exception)."""
     errors: list[dict[str, Any]] = []
 
@@ -267,7 +267,7 @@ def test_closing_stops_every_timer(keys: Keys) -> None:
             await client.open("127.0.0.1", port, lambda datagrams: None)
             client.close()
             assert await client.wait_closed() == "closed by the client"
-        await asyncio.sleep(1.5)  # past aioquic's retransmission and closing timers
+        await asyncio.sleep(1.5)  # past the retransmission and closing timers
         silent.close()
         pending = [task for task in asyncio.all_tasks()
                    if task is not asyncio.current_task()]
@@ -277,9 +277,10 @@ def test_closing_stops_every_timer(keys: Keys) -> None:
     assert errors == []
 
 
-def test_a_batch_larger_than_the_queue_leaves_whole(keys: Keys) -> None:
-    """One TUN read can hand the carrier more than its queue holds: the queue spills into
-    aioquic as it fills instead of dropping the rest of the batch."""
+def test_a_whole_tun_read_leaves_and_an_oversized_message_is_dropped_alone(keys: Keys) -> None:
+    """One TUN read can hand the carrier hundreds of full-sized messages: all of them leave.
+    A message no QUIC packet fits is dropped and counted; it must not reach qh3, which would
+    fail every later transmit of the connection."""
     received: list[int] = []
 
     async def scenario() -> None:
@@ -295,14 +296,38 @@ def test_a_batch_larger_than_the_queue_leaves_whole(keys: Keys) -> None:
             carrier.hub.received = (  # type: ignore[method-assign]
                 lambda datagrams, source: received.append(len(datagrams)))
             message = bytes(TUNNEL_MTU + 32)
-            batch = MAX_QUEUED_BYTES // len(message) * 2
-            client.transmit([message] * batch)
+            batch = 400  # 560 KB, more than the old 256 KiB queue held
+            client.transmit([bytes(MAX_MESSAGE + 1)] + [message] * batch)
+            client.transmit([message])
             for _ in range(50):
                 await asyncio.sleep(0.05)
-                if sum(received) == batch:
+                if sum(received) == batch + 1:
                     break
-            assert client.dropped == 0
-            assert sum(received) == batch
+            assert client.dropped == 1
+            assert sum(received) == batch + 1
             client.close()
+
+    run(scenario)
+
+
+def test_messages_before_the_quic_handshake_are_dropped(keys: Keys) -> None:
+    """The client's WireGuard may retransmit an initiation while the QUIC handshake is still
+    under way: qh3 takes no DATAGRAM frame before it, so the message is dropped and counted
+    instead of ending the client with an exception."""
+
+    async def scenario() -> None:
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # never answers
+        silent.bind(("127.0.0.1", 0))
+        client = QuicClient(keys.client_config())
+        opening = asyncio.create_task(client.open("127.0.0.1", silent.getsockname()[1],
+                                                  lambda datagrams: None))
+        await asyncio.sleep(0.1)
+        client.transmit([bytes(148)])
+        assert client.dropped == 1
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        client.close()
+        silent.close()
 
     run(scenario)

@@ -8,10 +8,10 @@ import ssl
 from collections.abc import Iterator
 
 import pytest
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import DatagramFrameReceived, HandshakeCompleted
 from hypothesis import given
 from hypothesis import strategies as st
+from qh3.quic.connection import QuicConnection
+from qh3.quic.events import DatagramFrameReceived, HandshakeCompleted
 
 from aura_common.config import QuicConfig
 from aura_common.quic.link import (

@@ -1,4 +1,4 @@
-"""The QUIC carrier: WireGuard messages in DATAGRAM frames over aioquic, ALPN aura/1.
+"""The QUIC carrier: WireGuard messages in DATAGRAM frames over qh3, ALPN aura/1.
 
 The server certificate is checked against the Aura CA key from the config once the QUIC
 handshake completes. A PING every second, each expected to be acknowledged within a few
@@ -6,7 +6,7 @@ seconds, tells a broken path from a quiet one; an ICMP error (nothing listens on
 more) or the server closing the connection is reported at once.
 
 Like the server, the carrier works in bursts: every QUIC packet one socket read returns is
-fed to aioquic, the WireGuard messages they carried go to the client in one `deliver` call,
+fed to qh3, the WireGuard messages they carried go to the client in one `deliver` call,
 and then one `transmit` sends the acknowledgements and whatever the client queued meanwhile.
 """
 
@@ -19,14 +19,14 @@ import socket
 import ssl
 from collections.abc import Sequence
 
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import (
+from cryptography import x509
+from qh3.quic.connection import QuicConnection
+from qh3.quic.events import (
     ConnectionTerminated,
     DatagramFrameReceived,
     HandshakeCompleted,
     PingAcknowledged,
 )
-from cryptography import x509
 
 from aura_common.config import ClientConfig
 from aura_common.quic.datagram import Burst, DatagramSocket
@@ -48,9 +48,11 @@ TUNNEL_MTU = tunnel_mtu_within(QUIC_PACKET_SIZE - DATAGRAM_OVERHEAD)
 
 
 def peer_certificate(quic: QuicConnection) -> x509.Certificate | None:
-    """The server's certificate. aioquic keeps it on its TLS context without a public name;
-    this is the one place that reaches for it."""
-    return quic.tls._peer_certificate
+    """The server's certificate, as the handshake presented it (qh3 has already checked the
+    server's proof that it holds the certificate's key)."""
+    certificate = quic.get_peercert()
+    return None if certificate is None else x509.load_der_x509_certificate(
+        certificate.public_bytes())
 
 
 class Carrier(CarrierLifecycle):
@@ -185,7 +187,7 @@ class Carrier(CarrierLifecycle):
         super().close()
 
     def _release(self) -> None:
-        """Stop everything that could still send: the pings, aioquic's timer, the socket."""
+        """Stop everything that could still send: the pings, qh3's timer, the socket."""
         if self._keepalive is not None and self._keepalive is not asyncio.current_task():
             self._keepalive.cancel()
         self._keepalive = None
