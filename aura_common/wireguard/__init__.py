@@ -5,7 +5,7 @@ Datagrams and time go in, events come out; drivers own sockets, TUN devices and 
 
 from .authority import Answer, HandshakeAuthority
 from .crypto import generate_private_key, public_key
-from .device import Device, Peer
+from .device import Device
 from .events import (
     Dropped,
     Endpoint,
@@ -16,6 +16,7 @@ from .events import (
     SessionExpired,
     Transmit,
 )
+from .peer import Peer
 
 __all__ = [
     "Answer",

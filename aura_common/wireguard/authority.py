@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from ..errors import AuraError
-from .constants import INITIATION_MIN_INTERVAL, KEY_SIZE, REJECT_AFTER_TIME
+from .constants import KEY_SIZE, REJECT_AFTER_TIME
 from .cookie import mac1_key
 from .crypto import blake2s_hash, dh, keyed_mac, public_key
+from .limits import INITIATION_MIN_INTERVAL
 from .messages import INITIATION_MAC1_OFFSET, MAC_SIZE, Initiation
 from .noise import (
     HandshakeError,

@@ -1,4 +1,8 @@
-"""WireGuard protocol constants: names, labels, message sizes, timers and limits."""
+"""The protocol's own constants (the whitepaper's): names, labels, message sizes, timers.
+
+What this implementation chooses (table sizes, queue bounds, the replay window, the MTU) is in
+`limits.py`.
+"""
 
 from __future__ import annotations
 
@@ -34,10 +38,3 @@ REKEY_ON_RECEIVE_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
 ZERO_KEYS_AFTER = 3 * REJECT_AFTER_TIME
 
 COOKIE_SECRET_MAX_AGE = 120.0
-# A stored cookie is trusted a little less long than the responder keeps its secret.
-COOKIE_REFRESH_TIME = COOKIE_SECRET_MAX_AGE - 5.0
-INITIATION_MIN_INTERVAL = 1.0 / 50
-
-REPLAY_WINDOW = 8128
-
-DEFAULT_MTU = 1420

@@ -21,14 +21,10 @@ from collections.abc import Callable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from .constants import (
-    COOKIE_REFRESH_TIME,
-    COOKIE_SECRET_MAX_AGE,
-    LABEL_COOKIE,
-    LABEL_MAC1,
-)
+from .constants import COOKIE_SECRET_MAX_AGE, LABEL_COOKIE, LABEL_MAC1
 from .crypto import blake2s_hash, hchacha20, keyed_mac, xaead_open
 from .limits import (
+    COOKIE_REFRESH_TIME,
     COOKIE_REPLY_INTERVAL,
     COOKIE_REPLY_TABLE_SIZE,
     HANDSHAKE_BURST,

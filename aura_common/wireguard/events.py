@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .device import Peer
-
-Endpoint = tuple[str, int]
+from .peer import Endpoint, Peer
 
 
 @dataclass(slots=True)

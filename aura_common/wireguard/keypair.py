@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from .constants import REJECT_AFTER_MESSAGES, REPLAY_WINDOW
-
-if TYPE_CHECKING:
-    from .device import Peer
-    from .noise import TransportKeys
+from .constants import REJECT_AFTER_MESSAGES
+from .limits import REPLAY_WINDOW
+from .noise import TransportKeys
 
 # The window is a ring of 64-bit blocks (as in the kernel and wireguard-go): updating it touches
 # one small int per packet, where one big bitmap int would be copied whole on every change.
@@ -25,7 +21,6 @@ class Keypair:
         "highest_counter",
         "is_initiator",
         "local_index",
-        "peer",
         "receiver",
         "remote_index",
         "send_counter",
@@ -34,9 +29,8 @@ class Keypair:
         "window_ring",
     )
 
-    def __init__(self, peer: Peer, keys: TransportKeys, *, local_index: int, remote_index: int,
+    def __init__(self, keys: TransportKeys, *, local_index: int, remote_index: int,
                  is_initiator: bool, created: float) -> None:
-        self.peer = peer
         self.sender: ChaCha20Poly1305 | None = ChaCha20Poly1305(keys.send)
         self.receiver: ChaCha20Poly1305 | None = ChaCha20Poly1305(keys.receive)
         self.local_index = local_index

@@ -7,6 +7,16 @@ rate limiter and of being under load), we use theirs.
 
 from __future__ import annotations
 
+from .constants import COOKIE_SECRET_MAX_AGE
+
+DEFAULT_MTU = 1420
+# Counters accepted behind the highest one seen (the kernel's window: 8192 bits less one block).
+REPLAY_WINDOW = 8128
+# A stored cookie is trusted a little less long than the responder keeps its secret.
+COOKIE_REFRESH_TIME = COOKIE_SECRET_MAX_AGE - 5.0
+# Initiations from one peer closer together than this are refused (a replayed or flooding one).
+INITIATION_MIN_INTERVAL = 1.0 / 50
+
 # Handshake messages (initiation, response, cookie reply) that passed the cheap checks and
 # wait for their key exchange; more are dropped.
 HANDSHAKE_QUEUE_SIZE = 1024

@@ -30,10 +30,10 @@ from aura_common.wireguard.constants import (
     REKEY_ATTEMPT_TIME,
     REKEY_ON_RECEIVE_AGE,
     REKEY_TIMEOUT,
-    REPLAY_WINDOW,
     ZERO_KEYS_AFTER,
 )
 from aura_common.wireguard.keypair import Keypair
+from aura_common.wireguard.limits import REPLAY_WINDOW
 from aura_common.wireguard.noise import TransportKeys
 
 CLIENT_ADDR = ("192.0.2.10", 40000)
@@ -250,7 +250,7 @@ def test_initiator_rekeys_on_receive_near_reject_after_time() -> None:
 def test_rekey_after_messages_and_reject_after_messages() -> None:
     pair = Pair()
     pair.connect(0.0)
-    keypair = pair.to_server._current
+    keypair = pair.to_server.current
     assert keypair is not None
     keypair.send_counter = REKEY_AFTER_MESSAGES
     assert sorted(len(d) for d in transmits(
@@ -339,7 +339,7 @@ def test_sessions_expire_and_keys_are_erased() -> None:
         Dropped("session expired", CLIENT_ADDR)
     ]
     pair.server.tick(ZERO_KEYS_AFTER)
-    assert pair.to_client._current is None and pair.to_client._previous is None
+    assert pair.to_client.current is None  # the stale keys' index is forgotten too:
     assert drop_reasons(pair.server.receive(stale, CLIENT_ADDR, ZERO_KEYS_AFTER)) == [
         "unknown receiver index"
     ]
@@ -417,8 +417,30 @@ class _ReplayModel:
 
 @given(st.lists(st.one_of(st.integers(0, 20_000), st.integers(0, 2**64 - 1)), max_size=200))
 def test_replay_window_matches_its_definition(counters: list[int]) -> None:
-    keypair = Keypair(None, TransportKeys(bytes(32), bytes(32)), local_index=1,  # type: ignore[arg-type]
-                      remote_index=2, is_initiator=True, created=0.0)
+    keypair = Keypair(TransportKeys(bytes(32), bytes(32)), local_index=1, remote_index=2,
+                      is_initiator=True, created=0.0)
     model = _ReplayModel()
     for counter in counters:
         assert keypair.accept_counter(counter) == model.accept(counter), counter
+
+
+def test_initiation_timestamps_come_from_the_injected_wall_clock() -> None:
+    """A restarted client numbers its initiations from its wall clock: one set behind the
+    timestamp the server last accepted is refused as a replay, one ahead of it is answered."""
+    client_key, server_key = generate_private_key(), generate_private_key()
+    server = Device(server_key)
+    server.add_peer(public_key(client_key))
+    wall = 1_800_000_000 * 10**9
+
+    def client_at(wall_ns: int) -> tuple[Device, Peer]:
+        client = Device(client_key, wall_ns=lambda: wall_ns)
+        return client, client.add_peer(public_key(server_key), endpoint=SERVER_ADDR)
+
+    client, peer = client_at(wall)
+    assert transmits(server.receive(transmits(client.initiate(peer, 0.0)), CLIENT_ADDR, 0.0))
+    client, peer = client_at(wall - 10**9)
+    events = server.receive(transmits(client.initiate(peer, 1.0)), CLIENT_ADDR, 1.0)
+    assert drop_reasons(events) == ["handshake rejected: replayed initiation"]
+    client, peer = client_at(wall + 10**9)
+    assert [len(d) for d in transmits(
+        server.receive(transmits(client.initiate(peer, 2.0)), CLIENT_ADDR, 2.0))] == [92]

@@ -192,7 +192,7 @@ def test_spoofed_sources_get_cookies_and_leave_no_state() -> None:
         events += pair.server.process_handshakes(0.0)
     assert [(e.destination, len(e.datagrams[0])) for e in events if isinstance(e, Transmit)] == [
         (source, 64) for _, source in batches]
-    assert len(pair.server._rate_limiter) == 0  # no mac2, no rate-limiter entry
+    assert len(pair.server._screen.rate_limiter) == 0  # no mac2, no rate-limiter entry
 
 
 def test_under_load_a_proven_source_is_limited_per_address_and_others_pass() -> None:

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 from cryptography.exceptions import InvalidTag
 
-from aura_common.wireguard import constants, crypto, generate_private_key, public_key
+from aura_common.wireguard import constants, crypto, generate_private_key, limits, public_key
 from aura_common.wireguard.noise import INITIAL_CHAINING_KEY, INITIAL_HASH
 
 
@@ -25,7 +25,7 @@ def test_message_sizes_and_limits() -> None:
     assert (constants.COOKIE_REPLY_SIZE, constants.KEEPALIVE_SIZE) == (64, 32)
     assert constants.REJECT_AFTER_MESSAGES == 2**64 - 2**13 - 1
     assert constants.REKEY_AFTER_MESSAGES == 2**60
-    assert constants.REPLAY_WINDOW == 8128
+    assert limits.REPLAY_WINDOW == 8128
 
 
 def test_blake2s_known_answers() -> None:

@@ -1,0 +1,78 @@
+"""Handshake messages screened before their key exchange, and the queue of those that pass.
+
+A key exchange is the dear part of a handshake, so a flood must not reach it cheaply: every
+initiation and response has its mac1 checked (a keyed hash, proof the sender knows our public
+key); under load (the queue, plus the initiations the authority has not answered, past a mark)
+it must also carry a valid mac2 (proof it can receive at its source address), else it gets a
+cookie reply (paced per source), and sources that prove themselves are rate limited. What
+passes waits in a bounded queue; the device works it a few at a time. The pieces themselves
+(cookies, pacing, load, rate limit) are in `cookie.py`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from .constants import MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION
+from .cookie import CookieChecker, CookiePacer, Load, RateLimiter
+from .events import Dropped, Event, Transmit
+from .limits import HANDSHAKE_QUEUE_SIZE
+from .messages import INITIATION_MAC1_OFFSET, RESPONSE_MAC1_OFFSET, TYPE_WORD
+from .peer import Endpoint
+
+
+class HandshakeScreen:
+    __slots__ = ("_checker", "_load", "_pacer", "queue", "rate_limiter")
+
+    def __init__(self, public_key: bytes, rng: Callable[[int], bytes], under_load_after: int
+                 ) -> None:
+        self._checker = CookieChecker(public_key, rng)
+        self._load = Load(under_load_after)
+        self._pacer = CookiePacer()
+        self.rate_limiter = RateLimiter()
+        self.queue: deque[tuple[bytes, Endpoint]] = deque()  # at most HANDSHAKE_QUEUE_SIZE
+
+    def screen(self, datagram: bytes, source: Endpoint, now: float, awaiting: int,
+               events: list[Event]) -> None:
+        """Queues a handshake message (of its type's size) that passes the checks; `awaiting`
+        initiations wait for the authority's answer elsewhere."""
+        kind = datagram[0]
+        if kind != MESSAGE_COOKIE_REPLY:  # a reply to us is checked by its own AEAD
+            if TYPE_WORD.unpack_from(datagram)[0] != kind:
+                events.append(Dropped("handshake with nonzero reserved bytes", source))
+                return
+            mac1_offset = INITIATION_MAC1_OFFSET if kind == MESSAGE_INITIATION \
+                else RESPONSE_MAC1_OFFSET
+            checker = self._checker
+            if not checker.mac1_valid(datagram, mac1_offset):
+                events.append(Dropped("bad mac1", source))
+                return
+            # Waiting: the queue, initiations the authority has not answered yet, and this one.
+            if self._load.under_load(len(self.queue) + awaiting + 1, now):
+                if not checker.mac2_valid(datagram, mac1_offset, source, now):
+                    if self._pacer.allow(source, now):
+                        sender = TYPE_WORD.unpack_from(datagram, 4)[0]
+                        events.append(Transmit(source, [
+                            checker.cookie_reply(datagram, mac1_offset, sender, source)]))
+                    else:
+                        events.append(Dropped("no mac2, and a cookie was sent there just now",
+                                              source))
+                    return
+                if not self.rate_limiter.allow(source[0], now):
+                    events.append(Dropped("handshake rate limit", source))
+                    return
+        if len(self.queue) < HANDSHAKE_QUEUE_SIZE:
+            self.queue.append((datagram, source))
+        else:
+            events.append(Dropped("handshake queue full", source))
+
+    def shed(self, now: float) -> None:
+        """Handshake messages were dropped unread: under load, as when the queue is long."""
+        self._load.overflowed(now)
+
+    def shed_first(self, source: Endpoint, now: float) -> bool:
+        """See `Device.shed_first`."""
+        if self._pacer.answered_recently(source, now):
+            return True
+        return self._load.lasts(now) and self.rate_limiter.exhausted(source[0], now)
