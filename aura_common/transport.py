@@ -15,7 +15,6 @@ accepts a `session_up` only with the ticket of a handshake it answered for this 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -25,6 +24,17 @@ from typing import Protocol
 
 from aura_common import ipc, metrics, runtime, systemd
 from aura_common.config import ServerConfig
+from aura_common.ipc.frames import (
+    FROM_ROUTER,
+    Error,
+    HandshakeRequest,
+    Handshakes,
+    HandshakesDone,
+    PeerKey,
+    Peers,
+    SessionDown,
+    SessionUp,
+)
 from aura_common.keys import load_server_public_key
 from aura_common.log import fields
 from aura_common.ports import bind_with_scan
@@ -77,7 +87,7 @@ class SessionHub:
         self._live: set[str] = set()  # peers with a session the router knows of
         self.counters = metrics.TransportCounters()
         self._handshake_work_scheduled = False
-        self._requests: list[tuple[int, bytes]] = []  # (local index, initiation) for the router
+        self._requests: list[HandshakeRequest] = []  # for the router, sent once per turn
         self._requests_scheduled = False
         self._drop_logged_at: dict[str, float] = {}  # by metrics.drop_reason() kind
         self._drops_unlogged: Counter[str] = Counter()
@@ -164,7 +174,7 @@ class SessionHub:
             self._handle(self.device.refuse_handshake(request.local_index,
                                                       "router not connected"))
             return
-        self._requests.append((request.local_index, request.initiation))
+        self._requests.append(HandshakeRequest(request.local_index, request.initiation))
         if not self._requests_scheduled:
             self._requests_scheduled = True
             asyncio.get_running_loop().call_soon(self._send_requests)
@@ -175,19 +185,21 @@ class SessionHub:
         router = self._router
         # A full socket drops the batch, as it would packets: the router is behind, and the
         # initiators retry.
-        if router is None or not router.send({"t": "hs", "items": requests}):
-            for index, _ in requests:
-                self._handle(self.device.refuse_handshake(index, "router link full or down"))
+        if router is None or not router.send(Handshakes(requests)):
+            for request in requests:
+                self._handle(self.device.refuse_handshake(request.local_index,
+                                                          "router link full or down"))
 
-    def _router_answered(self, frame: ipc.Frame) -> None:
+    def _router_answered(self, frame: HandshakesDone) -> None:
         now = time.monotonic()
         device = self.device
-        for index, peer, response, send, receive, remote_index, ticket in frame["answers"]:
-            answer = Answer(peer, response, TransportKeys(send=send, receive=receive),
-                            remote_index, ticket)
-            self._handle(device.complete_handshake(index, answer, now))
-        for index, reason in frame["refused"]:
-            self._handle(device.refuse_handshake(index, reason))
+        for a in frame.answers:
+            answer = Answer(a.peer_public_key, a.response,
+                            TransportKeys(send=a.sending_key, receive=a.receiving_key),
+                            a.initiator_index, a.ticket)
+            self._handle(device.complete_handshake(a.local_index, answer, now))
+        for refusal in frame.refused:
+            self._handle(device.refuse_handshake(refusal.local_index, refusal.reason))
 
     def _log_drop(self, event: Dropped) -> None:
         """One debug line per kind of drop and second: the sender decides how many there are."""
@@ -215,8 +227,7 @@ class SessionHub:
             "handshake with %s from %s", name, endpoint,
             extra=fields(peer=name, transport=self.role, endpoint=endpoint),
         )
-        self._tell_router({"t": "session_up", "peer": name, "endpoint": endpoint,
-                           "handshake_at": time.time(), "ticket": peer.session_ticket})
+        self._tell_router(SessionUp(name, endpoint, time.time(), peer.session_ticket))
 
     def _session_down(self, peer: Peer) -> None:
         name = self._names.get(peer.public_key)
@@ -224,21 +235,16 @@ class SessionHub:
             return
         self._live.discard(name)
         log.info("session with %s ended", name, extra=fields(peer=name, transport=self.role))
-        self._tell_router({"t": "session_down", "peer": name})
+        self._tell_router(SessionDown(name))
 
-    def _tell_router(self, frame: ipc.Frame) -> None:
-        if self._router is not None:
-            asyncio.get_running_loop().create_task(self._send_reliable(self._router, frame))
-
-    @staticmethod
-    async def _send_reliable(channel: ipc.Channel, frame: ipc.Frame) -> None:
+    def _tell_router(self, frame: SessionUp | SessionDown) -> None:
         # A broken link is noticed (and re-established) by the router link loop.
-        with contextlib.suppress(OSError, ipc.ChannelClosed):
-            await channel.send_reliable(frame)
+        if self._router is not None:
+            self._router.post(frame)
 
     # -- router side --------------------------------------------------------------------
-    def _apply_peers(self, peers: list[ipc.Frame]) -> None:
-        wanted = {bytes(p["public_key"]): p for p in peers}
+    def _apply_peers(self, peers: list[PeerKey]) -> None:
+        wanted = {p.public_key: p for p in peers}
         for key in list(self._names):
             if key not in wanted or self._changed(key, wanted[key]):
                 name = self._names.pop(key)
@@ -249,16 +255,16 @@ class SessionHub:
                     # Revoked, disabled, or past its expiry or quota: the router decides.
                     log.info("peer %s withdrawn: session closed", name,
                              extra=fields(peer=name, transport=self.role))
-                    self._tell_router({"t": "session_down", "peer": name})
+                    self._tell_router(SessionDown(name))
                 del peer
         for key, entry in wanted.items():
             if key not in self._names:
                 peer = self.device.add_peer(key)
-                self._names[key] = entry["name"]
-                self._by_name[entry["name"]] = peer
+                self._names[key] = entry.name
+                self._by_name[entry.name] = peer
 
-    def _changed(self, key: bytes, entry: ipc.Frame) -> bool:
-        return self.device.peer(key) is None or self._names[key] != entry["name"]
+    def _changed(self, key: bytes, entry: PeerKey) -> bool:
+        return self.device.peer(key) is None or self._names[key] != entry.name
 
     def _from_router(self, batches: list[tuple[str, list[bytes]]]) -> None:
         for name, packets in batches:
@@ -288,7 +294,7 @@ class SessionHub:
         announced_down = False
         while True:
             try:
-                channel = await ipc.connect(self.router_socket, self.role)
+                channel = await ipc.connect(self.router_socket, self.role, FROM_ROUTER)
             except (OSError, ipc.ChannelClosed) as error:
                 if not announced_down:
                     log.warning("router not reachable at %s (%s); retrying",
@@ -298,7 +304,6 @@ class SessionHub:
                 delay = min(delay * 2, ROUTER_RETRY_MAX)
                 continue
             delay, announced_down = 0.1, False
-            channel.shapes = ipc.ROUTER_FRAMES
             channel.on_packets = self._from_router
             log.info("connected to the router")
             self._router = channel
@@ -314,17 +319,16 @@ class SessionHub:
         first_peers = True
         while True:
             for frame in await channel.recv_many():
-                kind = frame.get("t")
-                if kind == "hs_done":
+                if isinstance(frame, HandshakesDone):
                     self._router_answered(frame)
-                elif kind == "peers":
-                    self._apply_peers(frame["peers"])
+                elif isinstance(frame, Peers):
+                    self._apply_peers(frame.peers)
                     if first_peers:
                         first_peers = False
                         await self._reregister(channel)
-                elif kind == "error":
-                    log.error("router refused us: %s", frame.get("message"))
-                    raise ipc.ChannelClosed(str(frame.get("message")))
+                elif isinstance(frame, Error):
+                    log.error("router refused us: %s", frame.message)
+                    raise ipc.ChannelClosed(frame.message)
 
     async def _reregister(self, channel: ipc.Channel) -> None:
         """After (re)connecting, tell the router about sessions that survived its restart."""
@@ -332,11 +336,11 @@ class SessionHub:
             peer = self._by_name.get(name)
             if peer is None or peer.endpoint is None:
                 continue
-            await channel.send_reliable({
-                "t": "session_up", "peer": name, "endpoint": format_endpoint(peer.endpoint),
-                "handshake_at": time.time() - (time.monotonic() - (peer.last_handshake or 0)),
-                "ticket": peer.session_ticket,
-            })
+            await channel.send_reliable(SessionUp(
+                name, format_endpoint(peer.endpoint),
+                time.time() - (time.monotonic() - (peer.last_handshake or 0)),
+                peer.session_ticket,
+            ))
 
 
 # -- what every transport process does around its carrier ---------------------------------

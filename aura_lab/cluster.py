@@ -28,7 +28,7 @@ from aura_common.config import ServerConfig
 from aura_lab import pg
 from aura_lab.netns import Lab
 from aura_lab.topology import AuraServer, stock_wireguard_up
-from services.cli.admin import request
+from services.cli.admin import router_status
 
 DB, DB_DOWN = "10.88.0.10", "10.88.0.11"
 SERVER_TUNNEL = "10.77.0.1"  # every member holds the pool's first address
@@ -56,7 +56,7 @@ class Member(AuraServer):
 
     def router_status(self) -> dict[str, Any]:
         """Straight from the router's admin socket (no CLI start-up in the measurement)."""
-        return request(ServerConfig.load(self.config), {"t": "status"})
+        return router_status(ServerConfig.load(self.config))
 
     def session_of(self, peer: str) -> dict[str, Any] | None:
         for entry in self.router_status()["peers"]:

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
 from aura_common import metrics
+from aura_common.ipc.frames import PeerKey
 from aura_common.registry import Peer as RegistryPeer
 from aura_common.transport import SessionHub
 from aura_common.wireguard import Device, Transmit, generate_private_key, public_key
@@ -40,7 +41,7 @@ class Discard:
 def connected_hub() -> SessionHub:
     server_key, client_key = generate_private_key(), generate_private_key()
     hub = SessionHub("udp", Device(server_key), "/nonexistent")
-    hub._apply_peers([{"name": "alice", "public_key": public_key(client_key)}])
+    hub._apply_peers([PeerKey("alice", public_key(client_key))])
     client = Device(client_key)
     peer = client.add_peer(public_key(server_key), endpoint=("192.0.2.2", 51820))
     sent: list[list[bytes]] = []

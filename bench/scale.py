@@ -40,7 +40,7 @@ from aura_lab.netns import Lab
 from aura_lab.topology import INTERNET_HOST, PUBLIC_HOST, SERVER_TUNNEL_V4, AuraServer, build
 from bench import readme
 from bench.transports import aura_client_on
-from services.cli.admin import request
+from services.cli.admin import router_status
 
 NETWORK = "10.77.0.0/20"
 HOLD = 6.0  # seconds the load generator idles after connecting: memory and status then
@@ -159,7 +159,7 @@ def status_time(config: ServerConfig) -> tuple[float, int]:
     times, live = [], 0
     for _ in range(STATUS_SAMPLES):
         start = time.perf_counter()
-        reply = request(config, {"t": "status"})
+        reply = router_status(config)
         times.append(time.perf_counter() - start)
         live = sum(1 for p in reply.get("peers", []) if p.get("connected"))
     return statistics.median(times), live
@@ -167,7 +167,7 @@ def status_time(config: ServerConfig) -> tuple[float, int]:
 
 def router_packets(config: ServerConfig) -> tuple[int, int]:
     """Packets the router received from and sent to the load peers (its counters)."""
-    peers = request(config, {"t": "status"}).get("peers", [])
+    peers = router_status(config).get("peers", [])
     load = [p for p in peers if p["name"].startswith("load")]
     return (sum(p.get("rx_packets") or 0 for p in load),
             sum(p.get("tx_packets") or 0 for p in load))

@@ -1,17 +1,21 @@
-"""IPC frames (aura_common/ipc.py): what one process reads from another's socket.
+"""IPC frames (aura_common/ipc/frames.py): what one process reads from another's socket.
 
-Contract: `decode` raises only ValueError; a frame it accepts is a map with a string `t` and
-takes at most DECODE_EXPANSION times its encoded size in memory; `shape_problem` never raises
-and answers None or a description.
+Contract: `read_map` raises only ProtocolError; a map it accepts has a string `t` and takes
+at most DECODE_EXPANSION times its encoded size in memory; `Joiner.add` raises only
+ProtocolError; `from_map`, for every direction of every socket, raises only ProtocolError or
+returns a frame that direction accepts, which encodes to a frame that decodes to the same
+encoding again.
 """
 
 from __future__ import annotations
 
 import sys
 
-from aura_common import ipc
+from aura_common.ipc import frames
 
 MAX_LEN = 70_000
+PROTOCOLS = (frames.TO_ROUTER, frames.FROM_ROUTER, frames.TO_SIGNER, frames.FROM_SIGNER,
+             frames.TO_CLIENT, frames.FROM_CLIENT)
 
 
 def deep_size(value: object) -> int:
@@ -33,10 +37,22 @@ def deep_size(value: object) -> int:
 
 def test_one_input(data: bytes) -> None:
     try:
-        frame = ipc.decode(data)
-    except ValueError:
+        mapping = frames.read_map(data)
+    except frames.ProtocolError:
         return
-    assert isinstance(frame, dict) and isinstance(frame["t"], str)
-    assert deep_size(frame) <= ipc.DECODE_EXPANSION * len(data) + 8192, len(data)
-    problem = ipc.shape_problem(frame, ipc.ROUTER_FRAMES)
-    assert problem is None or isinstance(problem, str)
+    assert isinstance(mapping, dict) and isinstance(mapping["t"], str)
+    assert deep_size(mapping) <= frames.DECODE_EXPANSION * len(data) + 8192, len(data)
+    try:
+        joined = frames.Joiner().add(mapping)  # a chunked frame's only part, or no part
+    except frames.ProtocolError:
+        return
+    if joined is None:
+        return
+    for protocol in PROTOCOLS:
+        try:
+            frame = frames.from_map(joined, protocol)
+        except frames.ProtocolError:
+            continue
+        assert protocol.frames[frame.TAG] is type(frame)
+        encoded = frames.encode(frame)
+        assert frames.encode(frames.decode(encoded, protocol)) == encoded

@@ -2,56 +2,47 @@
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 from typing import Any
 
 from aura_common import ipc
 from aura_common.config import ServerConfig
-from aura_common.errors import AuraError
+from aura_common.ipc.frames import (
+    FROM_ROUTER,
+    Frame,
+    ManifestPushed,
+    ManifestUpdated,
+    Reload,
+    Reloaded,
+    RouterStatus,
+    Status,
+)
+from aura_common.ipc.oneshot import Reply
 
-TIMEOUT = 10.0
+RouterNotRunning = ipc.NotRunning
 
 
-class RouterNotRunning(AuraError):
-    pass
-
-
-def request(config: ServerConfig, frame: dict[str, Any]) -> dict[str, Any]:
+def request(config: ServerConfig, frame: Frame, reply: type[Reply]) -> Reply:
     """Send one admin request and return the reply; RouterNotRunning if nobody listens."""
-
-    async def exchange() -> dict[str, Any]:
-        try:
-            channel = await ipc.connect(config.router_socket, "admin")
-        except (FileNotFoundError, ConnectionRefusedError) as error:
-            raise RouterNotRunning(
-                f"the router is not running (no answer on {config.router_socket}): "
-                "start it with `systemctl start aura-router` or `aura server run`"
-            ) from error
-        channel.shapes = ipc.ROUTER_FRAMES
-        try:
-            await channel.send_reliable(frame)
-            reply = await channel.recv()
-        finally:
-            channel.close()
-        if reply.get("t") == "error":
-            raise AuraError(f"the router refused {frame['t']}: {reply.get('message')}")
-        return reply
-
-    try:
-        return asyncio.run(asyncio.wait_for(exchange(), TIMEOUT))
-    except TimeoutError:
-        raise AuraError(f"the router did not answer within {TIMEOUT:.0f}s") from None
-    except PermissionError:
-        raise AuraError(
-            f"not allowed on {config.router_socket}: run as root or a member of the "
-            f"'{config.admin_group}' group"
-        ) from None
+    return ipc.request(
+        config.router_socket, frame, reply, FROM_ROUTER, service="the router",
+        start="start it with `systemctl start aura-router` or `aura server run`",
+        allowed=f"run as root or a member of the '{config.admin_group}' group",
+    )
 
 
-def tell_router(config: ServerConfig, kind: str) -> bool:
+def router_status(config: ServerConfig) -> dict[str, Any]:
+    """The router's status report, as `aura status --json` prints it."""
+    report = dataclasses.asdict(request(config, Status(), RouterStatus))
+    if report["registry"] is None:  # no cluster
+        del report["registry"]
+    return report
+
+
+def tell_router(config: ServerConfig, frame: Reload | ManifestUpdated) -> bool:
     """Ask a running router to act now; False (not an error) when it is not running."""
     try:
-        request(config, {"t": kind})
+        request(config, frame, Reloaded if isinstance(frame, Reload) else ManifestPushed)
     except RouterNotRunning:
         return False
     return True

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import datetime
 import os
@@ -17,6 +16,7 @@ from aura_common.atomic import write_atomic
 from aura_common.cluster.presence import Member, cluster_members
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError
+from aura_common.ipc.frames import FROM_SIGNER, ManifestUpdated, Sign, Signed
 from aura_common.keys import read_key_file
 from aura_common.manifest import (
     MAX_ENDPOINTS,
@@ -32,7 +32,6 @@ from aura_common.runtime import ports_of, read_runtime
 from services.cli.admin import tell_router
 
 DEFAULT_EXPIRES_DAYS = 365
-TIMEOUT = 10.0
 
 
 def register(commands: Any) -> None:
@@ -118,7 +117,7 @@ def handler(args: argparse.Namespace) -> int:
             raise AuraError(f"-o {args.output}: cannot write: {error.strerror}") from None
         print(f"written to {args.output}")
     try:
-        pushed = tell_router(config, "manifest_updated")
+        pushed = tell_router(config, ManifestUpdated())
     except AuraError as error:
         print(f"aura: warning: could not tell the router to push it: {error}", file=sys.stderr)
     else:
@@ -238,44 +237,14 @@ def request_signature(
     serial_above: int = 0,
 ) -> SignedManifest:
     """One `sign` exchange with aura-signer; AuraError says what went wrong and what to do."""
-    request: dict[str, Any] = {
-        "t": "sign",
-        "endpoints": [endpoint.to_mapping() for endpoint in endpoints],
-        "expires_days": expires_days,
-        "server_public_key": server_key,
-    }
-    if serial_above:
-        request["serial_above"] = serial_above
-    path = config.signer_socket
+    request = Sign([endpoint.to_mapping() for endpoint in endpoints], expires_days, server_key,
+                   serial_above)
+    reply = ipc.request(
+        config.signer_socket, request, Signed, FROM_SIGNER, service="the signer",
+        start="start it with `systemctl start aura-signer` or `aura server run`",
+        allowed=f"run as root or a member of the '{config.admin_group}' group",
+    )
     try:
-        reply = asyncio.run(asyncio.wait_for(_exchange(path, request), TIMEOUT))
-    except (FileNotFoundError, ConnectionRefusedError):
-        raise AuraError(
-            f"the signer is not running (no answer on {path}): start it with "
-            "`systemctl start aura-signer` or `aura server run`"
-        ) from None
-    except PermissionError:
-        raise AuraError(
-            f"not allowed on {path}: run as root or a member of the '{config.admin_group}' group"
-        ) from None
-    except ipc.HelloRejected as error:
-        raise AuraError(f"the signer refused the connection: {error}") from None
-    except ipc.ChannelClosed as error:
-        raise AuraError(f"the signer closed the connection: {error}") from None
-    except TimeoutError:
-        raise AuraError(f"the signer did not answer within {TIMEOUT:.0f}s") from None
-    if reply.get("t") == "error":
-        raise AuraError(f"the signer refused: {reply.get('message')}")
-    try:
-        return SignedManifest.from_mapping(reply.get("manifest"))
+        return SignedManifest.from_mapping(reply.manifest)
     except ManifestError as error:
         raise AuraError(f"the signer sent a bad reply: {error.detail}") from None
-
-
-async def _exchange(path: str, request: dict[str, Any]) -> dict[str, Any]:
-    channel = await ipc.connect(path, "admin")
-    try:
-        await channel.send_reliable(request)
-        return await channel.recv()
-    finally:
-        channel.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import subprocess
@@ -15,6 +14,8 @@ import services
 from aura_common import ipc
 from aura_common.config import ClientConfig
 from aura_common.errors import AuraError
+from aura_common.ipc.frames import FROM_CLIENT, ClientStatus, Down, DownDone, Status
+from aura_common.ipc.oneshot import Reply
 from aura_common.limits import format_size
 from aura_common.log import JOURNAL_SOCKET
 from services.cli.status import human_duration
@@ -59,37 +60,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 # -- talking to the running client -----------------------------------------------------------
 
 
-async def _request(path: str, frame: dict[str, Any]) -> dict[str, Any]:
-    channel = await ipc.connect(path, "admin")
-    try:
-        await channel.send_reliable(frame)
-        reply = await asyncio.wait_for(channel.recv(), 10)
-    finally:
-        channel.close()
-    if reply.get("t") == "error":
-        raise AuraError(f"the client refused: {reply.get('message')}")
-    return reply
-
-
-def request(config: ClientConfig, frame: dict[str, Any]) -> dict[str, Any]:
-    path = config.control_socket
-    try:
-        return asyncio.run(_request(path, frame))
-    except (FileNotFoundError, ConnectionRefusedError):
-        raise AuraError(
-            f"no client running for {config.path} (nothing listens on {path})"
-        ) from None
-    except PermissionError:
-        raise AuraError(f"{path}: permission denied (run as root)") from None
-    except ipc.ChannelClosed as error:
-        raise AuraError(f"{path}: {error} (run as root)") from None
-    except TimeoutError:
-        raise AuraError(f"{path}: the client did not answer") from None
+def request(config: ClientConfig, frame: Status | Down, reply: type[Reply]) -> Reply:
+    return ipc.request(
+        config.control_socket, frame, reply, FROM_CLIENT, service="the client",
+        start=f"no client runs for {config.path}; start it with `aura client up {config.path}`",
+        allowed="run as root",
+    )
 
 
 def _status_or_none(config: ClientConfig) -> dict[str, Any] | None:
     try:
-        status: dict[str, Any] = request(config, {"t": "status"})["status"]
+        status: dict[str, Any] = request(config, Status(), ClientStatus).status
         return status
     except AuraError:
         return None
@@ -166,7 +147,7 @@ def _print_tail(path: str, lines: int = 10) -> None:
 
 def client_status(args: argparse.Namespace) -> int:
     config = ClientConfig.load(args.config)
-    status = request(config, {"t": "status"})["status"]
+    status = request(config, Status(), ClientStatus).status
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
@@ -201,7 +182,7 @@ def render(name: str, status: dict[str, Any], now: float) -> str:
 
 def client_down(args: argparse.Namespace) -> int:
     config = ClientConfig.load(args.config)
-    request(config, {"t": "down"})
+    request(config, Down(), DownDone)
     _wait_gone(config)
     print(f"client {config.name} stopped; its tunnel device and routes are removed")
     return 0

@@ -17,6 +17,7 @@ from aura_common import runtime
 from aura_common.atomic import write_atomic
 from aura_common.config import ServerConfig, encode_key, format_host_port
 from aura_common.errors import AuraError
+from aura_common.ipc.frames import Reload
 from aura_common.keys import new_key_pair, read_key_file, server_public_key
 from aura_common.limits import (
     EXPIRY_EXAMPLE,
@@ -31,7 +32,7 @@ from aura_common.pool import AddressPool
 from aura_common.registry import Peer, open_store
 from aura_common.roles import CLIENT_ORDER, Transport
 from aura_common.wireguard import generate_private_key
-from services.cli.admin import RouterNotRunning, request, tell_router
+from services.cli.admin import RouterNotRunning, router_status, tell_router
 from services.client.routes import subtract
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -228,7 +229,7 @@ def provision_client(args: argparse.Namespace) -> int:
     if args.format != "aura" and not args.address and config.network.strategy == "dynamic":
         raise AuraError("stock WireGuard clients need a fixed address: pass --address")
     peer, private = _register_peer(config, args.name, args.address, _limit_changes(args))
-    live = tell_router(config, "reload")
+    live = tell_router(config, Reload())
     if args.format == "aura":
         _write_private(args.output or f"{peer.name}.yaml",
                        aura_config(config, peer, private, vpn, direct))
@@ -267,7 +268,7 @@ def edit_client(args: argparse.Namespace) -> int:
     config = ServerConfig.load(args.config)
     with open_store(config).edit() as registry:
         peer = registry.replace(args.name, **changes)
-    if not tell_router(config, "reload"):
+    if not tell_router(config, Reload()):
         print(f"{peer.name}: {describe_limits(peer)}; router not running, applies when it starts")
         return 0
     refused = _usage_and_refusals(config)[1].get(peer.name)
@@ -280,7 +281,7 @@ def revoke_client(args: argparse.Namespace) -> int:
     config = ServerConfig.load(args.config)
     with open_store(config).edit() as registry:
         registry.revoke(args.name)
-    live = tell_router(config, "reload")
+    live = tell_router(config, Reload())
     print(f"revoked {args.name}" + (": its sessions are closed" if live else ""))
     return 0
 
@@ -288,7 +289,7 @@ def revoke_client(args: argparse.Namespace) -> int:
 def _usage_and_refusals(config: ServerConfig) -> tuple[dict[str, int], dict[str, str]]:
     """Live usage and refusals from the router; else usage as last saved (no refusals known)."""
     try:
-        status = request(config, {"t": "status"})
+        status = router_status(config)
     except RouterNotRunning:
         return _saved_usage(config), {}
     peers = status.get("peers", [])

@@ -12,7 +12,7 @@ from aura_common.cluster.presence import DOWN_AFTER, Member, cluster_members
 from aura_common.config import ServerConfig
 from aura_common.limits import format_size
 from aura_common.runtime import ports_of
-from services.cli.admin import request
+from services.cli.admin import router_status
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -102,8 +102,7 @@ def show_status(args: argparse.Namespace) -> int:
     config = ServerConfig.load(args.config)
     if args.cluster:
         return show_cluster(config, args.json)
-    reply = request(config, {"t": "status"})
-    reply.pop("t", None)
+    reply = router_status(config)
     reply["config_differences"] = port_differences(config, reply["transports"])
     if args.json:
         print(json.dumps(reply, indent=2))

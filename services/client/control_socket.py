@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aura_common import ipc
+from aura_common.ipc.frames import ClientStatus, Down, DownDone, Error, Status
 
 log = logging.getLogger("aura-client")
 
@@ -23,12 +24,11 @@ class ControlSocket:
     async def serve(self, channel: ipc.Channel) -> None:
         while True:
             frame = await channel.recv()
-            kind = frame.get("t")
-            if kind == "status":
-                await channel.send_reliable({"t": "status_reply", "status": self.status()})
-            elif kind == "down":
+            if isinstance(frame, Status):
+                await channel.send_reliable(ClientStatus(self.status()))
+            elif isinstance(frame, Down):
                 log.info("stopping: down requested over the control socket")
-                await channel.send_reliable({"t": "down_reply"})
+                await channel.send_reliable(DownDone())
                 self.stop()
             else:
-                await channel.send_reliable({"t": "error", "message": f"unknown request {kind!r}"})
+                await channel.send_reliable(Error(f"unknown request {frame.TAG!r}"))

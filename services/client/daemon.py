@@ -24,6 +24,7 @@ from aura_common.accounts import own_account_admits, own_account_only
 from aura_common.config import ClientConfig, format_host_port
 from aura_common.control import ControlMessage
 from aura_common.errors import AuraError
+from aura_common.ipc.frames import TO_CLIENT
 from services.client.carriers import CARRIERS
 from services.client.carriers.base import CarrierFactory
 from services.client.control_socket import ControlSocket
@@ -61,6 +62,7 @@ class ClientDaemon:
         control = ControlSocket(self.status, self.stop.set)
         listener = await ipc.Listener.start(
             self.config.control_socket, control.serve, own_account_only, own_account_admits,
+            protocol=TO_CLIENT,
             role="client")
         loop = asyncio.get_running_loop()
         network: TunnelNetwork | None = None

@@ -26,6 +26,27 @@ from aura_common.accounts import ADMIN, Accounts
 from aura_common.cluster.presence import LiveSession
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError, ConfigError
+from aura_common.ipc.frames import (
+    TO_ROUTER,
+    Error,
+    HandshakeAnswer,
+    HandshakeRefusal,
+    HandshakeRequest,
+    Handshakes,
+    HandshakesDone,
+    ManifestPushed,
+    ManifestUpdated,
+    Packets,
+    PeerKey,
+    Peers,
+    Reload,
+    Reloaded,
+    RouterStatus,
+    SessionDown,
+    SessionUp,
+    Status,
+    TransportState,
+)
 from aura_common.keys import load_server_private_key
 from aura_common.limits import SAVE_INTERVAL, Gate, Usage
 from aura_common.log import NOTICE, fields
@@ -63,20 +84,6 @@ LEASE_FLUSH_INTERVAL = 2.0
 # counts unanswered ones as its load and asks for cookies when they pile up.
 HANDSHAKE_QUEUE = 256
 HANDSHAKES_PER_TURN = 4
-
-
-def send_later(channel: ipc.Channel, frame: dict[str, Any], chunked: str | None = None) -> None:
-    """Queue a control frame that must not be dropped like a packet batch may be; one whose
-    list `frame[chunked]` may outgrow a frame goes in parts (`Channel.send_chunked`)."""
-
-    async def send() -> None:
-        with contextlib.suppress(ipc.ChannelClosed, OSError):
-            if chunked is None:
-                await channel.send_reliable(frame)
-            else:
-                await channel.send_chunked(frame, chunked)
-
-    asyncio.get_running_loop().create_task(send())
 
 
 def serial_of(signed: SignedManifest | None) -> int:
@@ -120,7 +127,7 @@ class Router:
             authority.restore_replay_state(replay.load(self.replay_file))
         except AuraError as error:
             log.warning("%s; initiations answered before this start may be replayed once", error)
-        self._handshakes: dict[ipc.Channel, deque[tuple[int, bytes]]] = {}
+        self._handshakes: dict[ipc.Channel, deque[HandshakeRequest]] = {}
         self._handshakes_scheduled = False
         self.handshakes_answered = 0
         self.handshakes_refused = 0  # did not authenticate, replayed, or peer may not connect
@@ -178,16 +185,14 @@ class Router:
     def _may_connect(self, peer: Peer) -> bool:
         return peer.enabled and peer.name not in self.gate.refused
 
-    def _peers_frame(self) -> dict[str, Any]:
+    def _peers_frame(self) -> Peers:
         """The peers transports accept handshakes from: not those revoked, disabled or limited.
 
         A peer left out loses its sessions on every transport at once. Public keys only: the
         preshared keys stay here, with the authority.
         """
-        return {"t": "peers", "peers": [
-            {"name": p.name, "public_key": p.public_key}
-            for p in self.registry if self._may_connect(p)
-        ]}
+        return Peers([PeerKey(p.name, p.public_key)
+                      for p in self.registry if self._may_connect(p)])
 
     def _authorize_peers(self) -> None:
         """The authority answers exactly the peers that may connect now."""
@@ -201,7 +206,7 @@ class Router:
     def _push_peers(self) -> None:
         self._authorize_peers()
         for channel in self.transports:
-            send_later(channel, self._peers_frame(), chunked="peers")
+            channel.post(self._peers_frame())
 
     # -- client limits ------------------------------------------------------------------
     def _account_usage(self) -> None:
@@ -281,7 +286,7 @@ class Router:
             routes=tuple(n for n in (network.ipv4, network.ipv6) if n is not None),
             manifest=self.manifest,
         ))
-        send_later(session.link, ipc.packets_frame([(session.peer, [payload])]))
+        session.link.post(Packets(time.monotonic(), [(session.peer, [payload])]))
 
     def adopt_manifest(self, signed: SignedManifest) -> None:
         """A manifest another member of the cluster published: pushed if it is newer and
@@ -309,7 +314,6 @@ class Router:
 
     # -- transports ---------------------------------------------------------------------
     async def on_channel(self, channel: ipc.Channel) -> None:
-        channel.shapes = ipc.ROUTER_FRAMES
         if is_transport(channel.role):
             await self._serve_transport(channel)
         elif channel.role == ADMIN:
@@ -320,17 +324,16 @@ class Router:
         self.transports[channel] = role
         channel.on_packets = functools.partial(self._from_transport, channel)
         log.info("transport %s connected", role, extra=fields(transport=role))
-        await channel.send_chunked(self._peers_frame(), "peers")
+        await channel.send_reliable(self._peers_frame())
         try:
             while True:
                 frame = await channel.recv()
-                kind = frame.get("t")
-                if kind == "hs":
-                    self._handshakes_from(channel, frame["items"])
-                elif kind == "session_up":
+                if isinstance(frame, Handshakes):
+                    self._handshakes_from(channel, frame.items)
+                elif isinstance(frame, SessionUp):
                     self._session_up(channel, frame)
-                elif kind == "session_down":
-                    self._end_session(frame["peer"], channel, "ended")
+                elif isinstance(frame, SessionDown):
+                    self._end_session(frame.peer, channel, "ended")
         except ipc.ChannelClosed:
             log.warning("transport %s disconnected", role, extra=fields(transport=role))
         finally:
@@ -343,15 +346,16 @@ class Router:
                 self._release(session.peer)
 
     # -- handshakes ---------------------------------------------------------------------
-    def _handshakes_from(self, channel: ipc.Channel, items: list[list[Any]]) -> None:
+    def _handshakes_from(self, channel: ipc.Channel, items: list[HandshakeRequest]) -> None:
         queue = self._handshakes.setdefault(channel, deque())
         room = HANDSHAKE_QUEUE - len(queue)
-        queue.extend((index, initiation) for index, initiation in items[:room])
+        queue.extend(items[:room])
         if len(items) > room:
             overflow = items[room:]
             self.handshakes_dropped += len(overflow)
-            send_later(channel, {"t": "hs_done", "answers": [], "refused": [
-                [index, "router handshake queue full"] for index, _ in overflow]})
+            channel.post(HandshakesDone([], [
+                HandshakeRefusal(item.local_index, "router handshake queue full")
+                for item in overflow]))
         if not self._handshakes_scheduled:
             self._handshakes_scheduled = True
             asyncio.get_running_loop().call_soon(self._answer_handshakes)
@@ -365,31 +369,33 @@ class Router:
             role = self.transports.get(channel)
             answers, refused = [], []
             for _ in range(min(len(queue), HANDSHAKES_PER_TURN)):
-                index, initiation = queue.popleft()
+                request = queue.popleft()
+                index = request.local_index
                 try:
-                    answer = authority.answer(initiation, index, role or "", now, wall)
+                    answer = authority.answer(request.initiation, index, role or "", now, wall)
                 except (HandshakeError, MessageError) as error:
-                    refused.append([index, str(error)])
+                    refused.append(HandshakeRefusal(index, str(error)))
                     continue
-                answers.append([index, answer.peer_public, answer.response, answer.keys.send,
-                                answer.keys.receive, answer.remote_index, answer.ticket])
+                answers.append(HandshakeAnswer(
+                    index, answer.peer_public, answer.response, answer.keys.send,
+                    answer.keys.receive, answer.remote_index, answer.ticket))
             self.handshakes_answered += len(answers)
             self.handshakes_refused += len(refused)
             if not queue:
                 del self._handshakes[channel]
             if role is not None:
-                send_later(channel, {"t": "hs_done", "answers": answers, "refused": refused})
+                channel.post(HandshakesDone(answers, refused))
         if self._handshakes and not self._handshakes_scheduled:
             self._handshakes_scheduled = True
             asyncio.get_running_loop().call_soon(self._answer_handshakes)
 
-    def _session_up(self, channel: ipc.Channel, frame: dict[str, Any]) -> None:
-        name, endpoint = frame["peer"], frame.get("endpoint", "")
+    def _session_up(self, channel: ipc.Channel, frame: SessionUp) -> None:
+        name, endpoint = frame.peer, frame.endpoint
         peer = self.registry.get(name)
         if peer is None or not self._may_connect(peer):
             return  # the transport learns from the next peers frame
         role = self.transports.get(channel, "?")
-        if not self.authority.ticket_valid(frame["ticket"], role, peer.public_key, time.time()):
+        if not self.authority.ticket_valid(frame.ticket, role, peer.public_key, time.time()):
             self._misdirected(channel, "session", f"session_up for {name} without the ticket "
                               "of a handshake the router answered for it")
             return
@@ -399,7 +405,7 @@ class Router:
             log.error("no address for %s: %s", name, error, extra=fields(peer=name))
             return
         session, new = self.sessions.up(
-            name, channel, role, endpoint, addresses, float(frame.get("handshake_at", 0))
+            name, channel, role, endpoint, addresses, frame.handshake_at
         )
         if new:
             log.info("%s connected over %s from %s as %s", name, role, endpoint,
@@ -482,26 +488,22 @@ class Router:
         with contextlib.suppress(ipc.ChannelClosed):
             while True:
                 frame = await channel.recv()
-                kind = frame.get("t")
-                if kind == "status":
-                    await channel.send_chunked({"t": "status_reply", **self.status()}, "peers")
-                elif kind == "reload":
+                if isinstance(frame, Status):
+                    await channel.send_reliable(self.status())
+                elif isinstance(frame, Reload):
                     self.reload()
-                    await channel.send_reliable({"t": "reload_reply"})
-                elif kind == "manifest_updated":
+                    await channel.send_reliable(Reloaded())
+                elif isinstance(frame, ManifestUpdated):
                     self.push_manifest()
-                    await channel.send_reliable({"t": "manifest_updated_reply"})
+                    await channel.send_reliable(ManifestPushed())
                 else:
-                    await channel.send_reliable(
-                        {"t": "error", "message": f"unknown request {kind}"}
-                    )
+                    await channel.send_reliable(Error(f"unknown request {frame.TAG}"))
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> RouterStatus:
         bound = runtime.read_runtime_for_service(self.config.runtime_file)["transports"]
         connected = set(self.transports.values())
         transports = [
-            {"name": name, "connected": name in connected,
-             "bound": bound.get(name, {}).get("bound", [])}
+            TransportState(name, name in connected, bound.get(name, {}).get("bound", []))
             for name in Transport
             if name in connected or name in bound
         ]
@@ -525,18 +527,15 @@ class Router:
                     tx_packets=session.tx_packets, tx_bytes=session.tx_bytes,
                 )
             peers.append(entry)
-        reply = {
-            "uptime": time.time() - self.started, "tun": self.config.tun.name,
-            "transports": transports, "peers": peers,
-            "dropped": {"unroutable": self.sessions.unroutable,
-                        "spoofed": self.sessions.spoofed},
-            "handshakes": {"answered": self.handshakes_answered,
-                           "refused": self.handshakes_refused,
-                           "dropped": self.handshakes_dropped},
-        }
-        if self.feed is not None:
-            reply["registry"] = self.feed.status()
-        return reply
+        return RouterStatus(
+            uptime=time.time() - self.started, tun=self.config.tun.name,
+            transports=transports, peers=peers,
+            dropped={"unroutable": self.sessions.unroutable, "spoofed": self.sessions.spoofed},
+            handshakes={"answered": self.handshakes_answered,
+                        "refused": self.handshakes_refused,
+                        "dropped": self.handshakes_dropped},
+            registry=None if self.feed is None else self.feed.status(),
+        )
 
 
 async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
@@ -552,7 +551,7 @@ async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
     listener = await ipc.Listener.start(
         activated[0] if activated else config.router_socket, router.on_channel,
         lambda peer, claimed: accounts.role_of(peer, claimed, SERVED_ROLES),
-        lambda peer: accounts.admits(peer, SERVED_ROLES), mode=0o666,
+        lambda peer: accounts.admits(peer, SERVED_ROLES), protocol=TO_ROUTER, mode=0o666,
     )
     limits = loop.create_task(router.check_limits_forever())
     feed = None if router.feed is None else loop.create_task(router.feed.run())

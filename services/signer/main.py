@@ -1,12 +1,9 @@
 """aura-signer: the only process that reads the CA private key. It signs bridge manifests on
 request and does nothing else.
 
-Protocol on `signer.sock` (SOCK_SEQPACKET msgpack frames after the `hello`, see aura_common.ipc):
-
-    {"t": "sign", "endpoints": [{"host", "udp"?, "tcp"?, "quic"?}...],
-     "expires_days": N, "server_public_key": <32 bytes>, "serial_above": N?}
-      -> {"t": "signed", "manifest": <serialised signed manifest>}
-    anything else -> {"t": "error", "message": ...}, then the signer closes the channel
+Protocol on `signer.sock` (aura_common.ipc.frames, `TO_SIGNER` and `FROM_SIGNER`): a `Sign`
+request is answered by `Signed`; anything else, or a request the signer refuses, by an `Error`
+frame, after which the signer closes the channel.
 
 Every signing takes the next serial, persisted in `manifest.serial` before the signature is
 made, so a serial is never used twice and never goes down, even across crashes. A cluster
@@ -31,6 +28,7 @@ from aura_common.accounts import ADMIN, Accounts
 from aura_common.atomic import LockBusy, locked, write_atomic
 from aura_common.config import ServerConfig
 from aura_common.errors import ConfigError
+from aura_common.ipc.frames import TO_SIGNER, Error, Sign, Signed, encode
 from aura_common.log import fields
 from aura_common.manifest import (
     MAX_ENDPOINTS,
@@ -47,7 +45,6 @@ from aura_common.service import run_service
 log = logging.getLogger("aura-signer")
 
 MAX_REQUEST_BYTES = 8192
-_SIGN_KEYS = {"t", "endpoints", "expires_days", "server_public_key", "serial_above"}
 MAX_SERIAL = 1 << 53  # the JSON numbers of a manifest stay exact
 
 
@@ -65,28 +62,28 @@ class Signer:
         while True:
             frame = await channel.recv()
             try:
+                if not isinstance(frame, Sign):
+                    raise RequestError(f"unknown request {frame.TAG!r}; the signer only signs")
                 reply = self.handle(frame, caller)
             except RequestError as error:
                 log.warning(
                     "refused a request from uid %d: %s", caller.uid, error,
                     extra=fields(uid=caller.uid, pid=caller.pid),
                 )  # fmt: skip
-                await channel.send_reliable({"t": "error", "message": str(error)})
+                await channel.send_reliable(Error(str(error)))
                 return
             await channel.send_reliable(reply)
 
-    def handle(self, frame: dict[str, Any], caller: ipc.Credentials) -> dict[str, Any]:
-        if len(ipc.encode(frame)) > MAX_REQUEST_BYTES:
+    def handle(self, frame: Sign, caller: ipc.Credentials) -> Signed:
+        if len(encode(frame)) > MAX_REQUEST_BYTES:
             raise RequestError(f"request over {MAX_REQUEST_BYTES} bytes")
-        if frame["t"] != "sign":
-            raise RequestError(f"unknown request {frame['t']!r}; the signer only signs")
         signed, manifest = self.sign(*parse_sign_request(frame))
         log.info(
             "signed bridge manifest serial %d for uid %d: %s",
             manifest.serial, caller.uid, ", ".join(manifest.bridges),
             extra=fields(serial=manifest.serial, uid=caller.uid),
         )  # fmt: skip
-        return {"t": "signed", "manifest": signed.to_mapping()}
+        return Signed(signed.to_mapping())
 
     def sign(
         self, endpoints: list[Any], expires_days: int, server_public_key: bytes,
@@ -147,27 +144,22 @@ class Signer:
         return 0
 
 
-def parse_sign_request(frame: dict[str, Any]) -> tuple[list[Any], int, bytes, int]:
-    unknown = set(frame) - _SIGN_KEYS
-    if unknown:
-        raise RequestError(f"sign: unknown field {sorted(unknown)[0]!r}")
-    endpoints = frame.get("endpoints")
-    if not isinstance(endpoints, list) or not 1 <= len(endpoints) <= MAX_ENDPOINTS:
+def parse_sign_request(frame: Sign) -> tuple[list[Any], int, bytes, int]:
+    """The request's values, checked beyond their types (which decoding checked)."""
+    endpoints = frame.endpoints
+    if not 1 <= len(endpoints) <= MAX_ENDPOINTS:
         raise RequestError(f"sign: endpoints: expected a list of 1..{MAX_ENDPOINTS} endpoints")
     try:
         parsed = [endpoint_from_mapping(e, f"endpoints[{i}]") for i, e in enumerate(endpoints)]
     except ManifestError as error:
         raise RequestError(f"sign: {error.detail}") from None
-    days = frame.get("expires_days")
-    if type(days) is not int or not 1 <= days <= MAX_EXPIRES_DAYS:
+    days = frame.expires_days
+    if not 1 <= days <= MAX_EXPIRES_DAYS:
         raise RequestError(f"sign: expires_days: expected 1..{MAX_EXPIRES_DAYS}, found {days!r}")
-    key = frame.get("server_public_key")
-    if not isinstance(key, bytes) or len(key) != 32:
-        raise RequestError("sign: server_public_key: expected 32 bytes")
-    above = frame.get("serial_above", 0)
-    if type(above) is not int or not 0 <= above < MAX_SERIAL:
+    above = frame.serial_above
+    if not 0 <= above < MAX_SERIAL:
         raise RequestError(f"sign: serial_above: expected 0..{MAX_SERIAL - 1}, found {above!r}")
-    return parsed, days, key, above
+    return parsed, days, frame.server_public_key, above
 
 
 async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
@@ -185,6 +177,7 @@ async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
         # Root and the admin group only: no service account may ask for a manifest.
         lambda peer, claimed: accounts.role_of(peer, claimed, (ADMIN,)),
         lambda peer: accounts.admits(peer, (ADMIN,)),
+        protocol=TO_SIGNER,
         role="signer",
         group=gid if may_chown and not activated else None,
     )

@@ -48,9 +48,9 @@ WARNINGS = {
     "undecodable": "sent a bad frame",
     "expanding": "sent a bad frame",
     "deep": "sent a bad frame",
-    "wrong shape": "sent a pkts frame with a malformed",
+    "wrong shape": "sent a bad frame: pkts.batches[0]: expected a [peer, [bytes, ...]] pair",
     "bad part": "malformed part of a chunked session_up frame",
-    "bad handshake time": "sent a session_up frame with a malformed 'handshake_at'",
+    "bad handshake time": "sent a bad frame: session_up.handshake_at: expected a finite number",
 }
 
 

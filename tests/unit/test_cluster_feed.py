@@ -9,13 +9,13 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from aura_common.cluster import database
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError
+from aura_common.ipc.frames import Frame, Peers
 from aura_common.keys import load_server_private_key
 from aura_common.registry import Peer, open_store
 from aura_common.wireguard import HandshakeAuthority
@@ -30,12 +30,12 @@ pytestmark = pytest.mark.postgres
 
 class FakeTransport:
     def __init__(self) -> None:
-        self.frames: list[dict[str, Any]] = []
+        self.frames: list[Frame] = []
 
-    async def send_reliable(self, frame: dict[str, Any]) -> None:
+    async def send_reliable(self, frame: Frame) -> None:
         self.frames.append(frame)
 
-    async def send_chunked(self, frame: dict[str, Any], field: str) -> None:
+    def post(self, frame: Frame) -> None:
         self.frames.append(frame)
 
 
@@ -130,12 +130,13 @@ def test_changes_on_one_member_reach_the_other_within_a_second(
             assert "alice" not in b.registry
 
             def last_peers() -> list[str] | None:
-                frames = [f for f in b_transport.frames if f["t"] == "peers"]
-                return None if not frames else [p["name"] for p in frames[-1]["peers"]]
+                pushed = [f for f in b_transport.frames if isinstance(f, Peers)]
+                return None if not pushed else [p.name for p in pushed[-1].peers]
 
             # The transport is told too (pushes queued before the revocation may come first).
             await eventually(lambda: last_peers() == [], 1.0)
-            assert b.status()["registry"]["connected"] is True
+            registry = b.status().registry
+            assert registry is not None and registry["connected"] is True
         finally:
             await stop(a_task, b_task)
 
@@ -156,7 +157,8 @@ def test_database_away_serves_what_is_known_refuses_changes_and_catches_up(
             await asyncio.to_thread(own_postgres.stop)
             await eventually(lambda: not connected(router), 10)
             assert "alice" in router.registry
-            assert router.status()["registry"]["source"] == "copy"
+            registry = router.status().registry
+            assert registry is not None and registry["source"] == "copy"
             with pytest.raises(database.DatabaseUnavailable, match=r"^the registry database"):
                 open_store(config).load()
             assert await asyncio.to_thread(provision, config, "bob") != 0

@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
@@ -23,16 +24,54 @@ from hypothesis import strategies as st
 from aura_common import ipc
 from aura_common.accounts import Accounts
 from aura_common.errors import AuraError
+from aura_common.ipc import frames, listener
+from aura_common.ipc.frames import (
+    MAX_FRAME,
+    PROTOCOL_VERSION,
+    Frame,
+    Packets,
+    Protocol,
+    SessionDown,
+    Sign,
+    Status,
+)
 from aura_common.netio.codel import CoDel
 
 REPO = str(Path(__file__).resolve().parents[2])
 Handler = Callable[[ipc.Channel], Awaitable[None]]
 
 
+@frames.frame("echo")
+@dataclass(frozen=True, slots=True)
+class Echo(Frame):
+    """What the test listener answers: the frame it got, as its map, and the caller's role."""
+
+    frame: frames.Report
+    role: str
+
+
+# What the test listener takes, and what its callers take back.
+TO_ECHO = Protocol("to echo", Packets, SessionDown, Status, Sign)
+FROM_ECHO = Protocol("from echo", Echo, Packets, SessionDown)
+
+
 async def echo(channel: ipc.Channel) -> None:
     while True:
         frame = await channel.recv()
-        await channel.send_reliable({"t": "echo", "frame": frame, "role": channel.role})
+        await channel.send_reliable(Echo(frames.to_map(frame), channel.role))
+
+
+async def connect(path: Path | str, role: str) -> ipc.Channel:
+    return await ipc.connect(path, role, FROM_ECHO)
+
+
+def pair() -> tuple[ipc.Channel, ipc.Channel]:
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    return ipc.Channel(left, FROM_ECHO, "router"), ipc.Channel(right, TO_ECHO, "udp")
+
+
+def packets(batches: list[tuple[str, list[bytes]]], at: float | None = None) -> Packets:
+    return Packets(time.monotonic() if at is None else at, batches)
 
 
 def anyone(peer: ipc.Credentials, claimed: str) -> str:
@@ -48,11 +87,11 @@ async def listening(
     path: Path, handler: Handler = echo, authorize: ipc.Authorize = anyone,
     admits: ipc.Admits = everyone,
 ) -> AsyncIterator[ipc.Listener]:
-    listener = await ipc.Listener.start(path, handler, authorize, admits)
+    started = await ipc.Listener.start(path, handler, authorize, admits, protocol=TO_ECHO)
     try:
-        yield listener
+        yield started
     finally:
-        await listener.close()
+        await started.close()
 
 
 def raw_client(path: Path) -> socket.socket:
@@ -67,14 +106,14 @@ def test_hello_and_round_trip_keep_bytes_and_strings(tmp_path: Path) -> None:
         path = tmp_path / "router.sock"
         async with listening(path):
             assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
-            channel = await ipc.connect(path, "udp")
+            channel = await connect(path, "udp")
             assert channel.role == "router"
             assert channel.peer_credentials.pid == os.getpid()
-            frame = {"t": "pkts", "batches": [["alice", [b"\x45\x00", b""]]], "psk": None}
+            frame = packets([("alice", [b"\x45\x00", b""])], 1.0)
             assert channel.send(frame)
             reply = await asyncio.wait_for(channel.recv(), 5)
-            assert reply == {"t": "echo", "frame": frame, "role": "udp"}
-            assert isinstance(reply["frame"]["batches"][0][1][0], bytes)
+            sent = {"t": "pkts", "at": 1.0, "batches": [["alice", [b"\x45\x00", b""]]]}
+            assert reply == Echo(sent, "udp")  # bytes stay bytes, strings strings
             channel.close()
             assert not channel.send(frame)
             with pytest.raises(ipc.ChannelClosed):
@@ -116,7 +155,7 @@ def test_connect_raises_on_listener_with_other_version(tmp_path: Path) -> None:
 
         answering = loop.run_in_executor(None, answer_with_v2)
         with pytest.raises(ipc.HelloRejected, match="version mismatch: ours 1, theirs 2"):
-            await ipc.connect(path, "udp")
+            await connect(path, "udp")
         await answering
         server.close()
 
@@ -136,7 +175,7 @@ def _connect_as(uid: int, gid: int, path: str) -> str:
             os.setgid(gid)
             os.setuid(uid)
             sock = raw_client(Path(path))
-            sock.send(msgpack.packb({"t": "hello", "v": ipc.PROTOCOL_VERSION, "role": "admin"}))
+            sock.send(msgpack.packb({"t": "hello", "v": PROTOCOL_VERSION, "role": "admin"}))
             reply = msgpack.unpackb(sock.recv(65536))
             if reply["t"] == "hello":
                 sock.send(msgpack.packb({"t": "status"}))
@@ -188,28 +227,32 @@ def test_peer_credentials_are_checked() -> None:
 @pytest.mark.parametrize(
     "bad_frame",
     [
-        b"\x00" * (ipc.MAX_FRAME + 100),  # oversized
+        b"\x00" * (MAX_FRAME + 100),  # oversized
         b"\xc1",  # a msgpack byte that is never valid
         msgpack.packb([1, 2, 3]),  # valid msgpack, but not a frame
         msgpack.packb({"no_t": 1}),
         msgpack.packb({"t": 1}),
         msgpack.packb({1: 2, "t": "x"}),  # non-string map key
+        msgpack.packb({"t": "session_down", "peer": 7}),  # a field of the wrong type
+        msgpack.packb({"t": "session_down"}),  # a field missing
+        msgpack.packb({"t": "hs", "items": []}),  # a frame this socket does not take
     ],
-    ids=["oversized", "invalid", "list", "no-t", "int-t", "int-key"],
+    ids=["oversized", "invalid", "list", "no-t", "int-t", "int-key", "field-type",
+         "field-missing", "other-frame"],
 )
 def test_bad_frame_closes_only_that_channel(tmp_path: Path, bad_frame: bytes) -> None:
     async def scenario() -> None:
         path = tmp_path / "router.sock"
         async with listening(path):
-            good = await ipc.connect(path, "udp")
-            bad = await ipc.connect(path, "tcp")
+            good = await connect(path, "udp")
+            bad = await connect(path, "tcp")
             bad.sock.send(bad_frame)
             with pytest.raises(ipc.ChannelClosed):
                 while True:  # an error frame may come first; then the channel ends
                     frame = await asyncio.wait_for(bad.recv(), 5)
-                    assert frame["t"] == "error"
-            await good.send_reliable({"t": "ping"})
-            assert (await asyncio.wait_for(good.recv(), 5))["frame"] == {"t": "ping"}
+                    assert isinstance(frame, frames.Error)
+            await good.send_reliable(Status())
+            assert (await asyncio.wait_for(good.recv(), 5)) == Echo({"t": "status"}, "udp")
             good.close()
 
     asyncio.run(scenario())
@@ -219,9 +262,9 @@ def test_sending_too_large_a_frame_is_refused_locally(tmp_path: Path) -> None:
     async def scenario() -> None:
         path = tmp_path / "router.sock"
         async with listening(path):
-            channel = await ipc.connect(path, "udp")
+            channel = await connect(path, "udp")
             with pytest.raises(ipc.FrameTooLarge):
-                channel.send({"t": "pkts", "batches": [["a", [b"x" * ipc.MAX_FRAME]]]})
+                channel.send(packets([("a", [b"x" * MAX_FRAME])]))
             channel.close()
 
     asyncio.run(scenario())
@@ -229,26 +272,27 @@ def test_sending_too_large_a_frame_is_refused_locally(tmp_path: Path) -> None:
 
 def test_full_socket_drops_and_counts_batches_but_loses_no_accepted_frame() -> None:
     async def scenario() -> None:
-        left_sock, right_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sender, receiver = ipc.Channel(left_sock, "router"), ipc.Channel(right_sock, "udp")
+        sender, receiver = pair()
         # The receiver's task does not run while we send, so nothing is taken off the socket.
         packet = b"p" * 60_000
         accepted = rejected = 0
         for index in range(5000):
-            if sender.send({"t": "pkts", "batches": [["a", [packet]]], "n": index}):
+            if sender.send(packets([("a", [packet])], float(index))):
                 accepted += 1
             else:
                 rejected += 1
         assert rejected > 0 and accepted > 0
         assert sender.dropped == rejected
         # A control frame waits for room instead of being dropped.
-        reliable = asyncio.ensure_future(sender.send_reliable({"t": "session_down", "peer": "a"}))
+        reliable = asyncio.ensure_future(sender.send_reliable(SessionDown("a")))
+        receiver.aqm = CoDel(target=1e9)  # the numbers ride in `at`: no dropping for delay
         numbers = []
         while True:
             for frame in await asyncio.wait_for(receiver.recv_many(), 5):
-                if frame["t"] == "session_down":
+                if isinstance(frame, SessionDown):
                     break
-                numbers.append(frame["n"])
+                assert isinstance(frame, Packets)
+                numbers.append(frame.at)
             else:
                 continue
             break
@@ -266,25 +310,24 @@ async def received_batches(
 ) -> tuple[list[tuple[str, bytes]], int]:
     """(peer, packet) pairs of `pkts` frames until `count` packets came, and the frames."""
     received: list[tuple[str, bytes]] = []
-    frames = 0
+    count_frames = 0
     while len(received) < count:
         frame = await asyncio.wait_for(receiver.recv(), 5)
-        assert frame["t"] == "pkts"
-        frames += 1
-        received += [(peer, packet) for peer, packets in frame["batches"] for packet in packets]
-    return received, frames
+        assert isinstance(frame, Packets)
+        count_frames += 1
+        received += [(peer, packet) for peer, batch in frame.batches for packet in batch]
+    return received, count_frames
 
 
 def test_send_packets_splits_batches_to_the_frame_limit() -> None:
     async def scenario() -> None:
-        left_sock, right_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sender, receiver = ipc.Channel(left_sock), ipc.Channel(right_sock)
+        sender, receiver = pair()
         sender.max_frame = 10_000
-        packets = [bytes([i]) * 3000 for i in range(10)]
-        assert sender.send_packets([("alice", packets)])
-        received, frames = await received_batches(receiver, len(packets))
-        assert received == [("alice", p) for p in packets]
-        assert frames == 4  # three packets per 10 000-byte frame
+        batch = [bytes([i]) * 3000 for i in range(10)]
+        assert sender.send_packets([("alice", batch)])
+        received, count = await received_batches(receiver, len(batch))
+        assert received == [("alice", p) for p in batch]
+        assert count == 4  # three packets per 10 000-byte frame
         sender.close()
         receiver.close()
 
@@ -293,20 +336,19 @@ def test_send_packets_splits_batches_to_the_frame_limit() -> None:
 
 def test_send_packets_puts_many_peers_in_one_frame_in_order() -> None:
     async def scenario() -> None:
-        left_sock, right_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sender, receiver = ipc.Channel(left_sock), ipc.Channel(right_sock)
+        sender, receiver = pair()
         batches = [(f"peer{i}", [bytes([i % 256]) * 84] * (1 + i % 3)) for i in range(1000)]
         assert sender.send_packets(batches)
-        expected = [(peer, p) for peer, packets in batches for p in packets]
-        received, frames = await received_batches(receiver, len(expected))
+        expected = [(peer, p) for peer, batch in batches for p in batch]
+        received, count = await received_batches(receiver, len(expected))
         assert received == expected
-        assert frames == 1
+        assert count == 1
         # More peers than a list may hold: split at MAX_ITEMS pairs, nothing lost or reordered.
-        many = [(f"p{i}", [b"x" * 20]) for i in range(ipc.MAX_ITEMS + 10)]
+        many = [(f"p{i}", [b"x" * 20]) for i in range(frames.MAX_ITEMS + 10)]
         assert sender.send_packets(many)
-        received, frames = await received_batches(receiver, len(many))
-        assert received == [(peer, packets[0]) for peer, packets in many]
-        assert frames == 2
+        received, count = await received_batches(receiver, len(many))
+        assert received == [(peer, batch[0]) for peer, batch in many]
+        assert count == 2
         sender.close()
         receiver.close()
 
@@ -315,17 +357,16 @@ def test_send_packets_puts_many_peers_in_one_frame_in_order() -> None:
 
 def test_peer_close_ends_recv_after_queued_frames() -> None:
     async def scenario() -> None:
-        left_sock, right_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        left, right = ipc.Channel(left_sock), ipc.Channel(right_sock)
-        assert left.send({"t": "a"}) and left.send({"t": "b"})
+        left, right = pair()
+        assert left.send(SessionDown("a")) and left.send(SessionDown("b"))
         left.close()
-        assert (await right.recv())["t"] == "a"
-        assert (await right.recv())["t"] == "b"
+        assert await right.recv() == SessionDown("a")
+        assert await right.recv() == SessionDown("b")
         with pytest.raises(ipc.ChannelClosed, match="closed by the other side"):
             await asyncio.wait_for(right.recv(), 5)
-        assert not right.send({"t": "c"})
+        assert not right.send(SessionDown("c"))
         with pytest.raises(ipc.ChannelClosed):
-            await right.send_reliable({"t": "c"})
+            await right.send_reliable(SessionDown("c"))
 
     asyncio.run(scenario())
 
@@ -338,13 +379,13 @@ def test_stale_socket_is_replaced_but_live_one_is_not(tmp_path: Path) -> None:
         dead.close()  # leaves the socket file behind, as a crashed process would
         async with listening(path):
             with pytest.raises(AuraError, match="already listening"):
-                await ipc.Listener.start(path, echo, anyone, everyone)
-            channel = await ipc.connect(path, "udp")  # the first listener still works
+                await ipc.Listener.start(path, echo, anyone, everyone, protocol=TO_ECHO)
+            channel = await connect(path, "udp")  # the first listener still works
             channel.close()
         assert not path.exists()  # removed on close
         path.write_text("not a socket")
         with pytest.raises(AuraError, match="not a socket"):
-            await ipc.Listener.start(path, echo, anyone, everyone)
+            await ipc.Listener.start(path, echo, anyone, everyone, protocol=TO_ECHO)
 
     asyncio.run(scenario())
 
@@ -364,16 +405,17 @@ def test_listener_on_an_activated_socket_and_failing_handlers(tmp_path: Path) ->
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sock.bind(str(path))
         sock.listen(8)
-        listener = await ipc.Listener.start(sock, flaky, anyone, everyone, role="signer")
-        first = await ipc.connect(path, "admin")
+        activated = await ipc.Listener.start(sock, flaky, anyone, everyone, protocol=TO_ECHO,
+                                             role="signer")
+        first = await connect(path, "admin")
         with pytest.raises(ipc.ChannelClosed):
             await asyncio.wait_for(first.recv(), 5)  # the handler failed: channel closed
-        second = await ipc.connect(path, "admin")
+        second = await connect(path, "admin")
         assert second.role == "signer"
-        await second.send_reliable({"t": "sign"})
-        assert (await asyncio.wait_for(second.recv(), 5))["frame"] == {"t": "sign"}
+        await second.send_reliable(Status())
+        assert (await asyncio.wait_for(second.recv(), 5)) == Echo({"t": "status"}, "admin")
         second.close()
-        await listener.close()
+        await activated.close()
         assert path.exists()  # systemd owns an activated socket's file
 
     asyncio.run(scenario())
@@ -384,11 +426,12 @@ def test_listener_creates_its_directory_and_hands_the_socket_to_a_group(tmp_path
 
     async def scenario() -> None:
         path = tmp_path / "run" / "aura" / "router.sock"
-        listener = await ipc.Listener.start(path, echo, anyone, everyone, group=group)
+        started = await ipc.Listener.start(path, echo, anyone, everyone, protocol=TO_ECHO,
+                                           group=group)
         info = os.stat(path)
         assert stat.S_ISSOCK(info.st_mode) and info.st_gid == group
         assert stat.S_IMODE(info.st_mode) == 0o660
-        await listener.close()
+        await started.close()
 
     asyncio.run(scenario())
 
@@ -396,56 +439,42 @@ def test_listener_creates_its_directory_and_hands_the_socket_to_a_group(tmp_path
 def test_connect_to_nothing_raises_oserror(tmp_path: Path) -> None:
     async def scenario() -> None:
         with pytest.raises(OSError):
-            await ipc.connect(tmp_path / "missing.sock", "udp")
+            await connect(tmp_path / "missing.sock", "udp")
 
     asyncio.run(scenario())
 
 
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=200))
-def test_decode_garbage_raises_only_value_error(data: bytes) -> None:
-    try:
-        frame = ipc.decode(data)
-    except ValueError:
-        return
-    assert isinstance(frame, dict) and isinstance(frame["t"], str)
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    st.dictionaries(
-        st.text(max_size=5),
-        st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.binary(max_size=50)
-        | st.text(max_size=20) | st.lists(st.binary(max_size=20), max_size=5),
-        max_size=5,
-    ),
-    st.text(min_size=1, max_size=10),
-)  # fmt: skip
-def test_encode_decode_round_trip(fields: dict[str, object], kind: str) -> None:
-    frame = {**fields, "t": kind}
-    assert ipc.decode(ipc.encode(frame)) == frame
+def test_decode_garbage_raises_only_protocol_error(data: bytes) -> None:
+    for protocol in (frames.TO_ROUTER, frames.FROM_ROUTER, frames.TO_SIGNER, TO_ECHO):
+        try:
+            frame = frames.decode(data, protocol)
+        except frames.ProtocolError:
+            continue
+        assert type(frame) is protocol.frames[frame.TAG]
 
 
 def test_callers_waiting_for_their_hello_are_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ipc, "MAX_UNAUTHENTICATED", 2)
+    monkeypatch.setattr(listener, "MAX_UNAUTHENTICATED", 2)
 
     async def scenario() -> None:
         path = tmp_path / "router.sock"
         loop = asyncio.get_running_loop()
-        async with listening(path) as listener:
+        async with listening(path) as started:
             silent = [raw_client(path) for _ in range(2)]  # connected, never say hello
             await asyncio.sleep(0.2)
             extra = raw_client(path)
             turned_away = msgpack.unpackb(await loop.run_in_executor(None, extra.recv, 100))
             assert turned_away["t"] == "error"
             assert await loop.run_in_executor(None, extra.recv, 100) == b""  # closed at once
-            assert listener.refused == 1
+            assert started.refused == 1
             for sock in (*silent, extra):
                 sock.close()
             await asyncio.sleep(0.2)
-            channel = await ipc.connect(path, "udp")  # room again once they are gone
+            channel = await connect(path, "udp")  # room again once they are gone
             channel.close()
 
     asyncio.run(scenario())
@@ -465,7 +494,7 @@ def _connected_as(uid: int, path: str) -> socket.socket:
 
 
 def _first_reply(sock: socket.socket, role: str) -> str:
-    sock.send(msgpack.packb({"t": "hello", "v": ipc.PROTOCOL_VERSION, "role": role}))
+    sock.send(msgpack.packb({"t": "hello", "v": PROTOCOL_VERSION, "role": role}))
     try:
         data = sock.recv(65536)
     except ConnectionResetError:
@@ -490,10 +519,11 @@ def test_no_caller_can_hold_the_hello_slots_of_another_account() -> None:
             async with listening(
                 Path(path), authorize=functools.partial(accounts.role_of, served=served),
                 admits=functools.partial(accounts.admits, served=served),
-            ) as listener:
+            ) as started:
                 os.chmod(path, 0o666)
                 for holder in (STRANGER_UID, OPERATOR_UID):
-                    held = [_connected_as(holder, path) for _ in range(ipc.MAX_UNAUTHENTICATED + 8)]
+                    held = [_connected_as(holder, path)
+                            for _ in range(listener.MAX_UNAUTHENTICATED + 8)]
                     await asyncio.sleep(0.3)  # every one accepted (or turned away)
                     transport = _connected_as(TRANSPORT_UID, path)
                     reply = await loop.run_in_executor(None, _first_reply, transport, "udp")
@@ -505,7 +535,7 @@ def test_no_caller_can_hold_the_hello_slots_of_another_account() -> None:
                 assert await loop.run_in_executor(None, _first_reply, stranger, "admin") in (
                     "error", "reset")  # turned away before its hello was read
                 stranger.close()
-                assert listener.refused >= ipc.MAX_UNAUTHENTICATED + 8
+                assert started.refused >= listener.MAX_UNAUTHENTICATED + 8
         finally:
             shutil.rmtree(directory)
 
@@ -514,22 +544,20 @@ def test_no_caller_can_hold_the_hello_slots_of_another_account() -> None:
 
 def test_packets_that_keep_waiting_on_the_link_are_dropped_at_dequeue_but_not_control() -> None:
     async def scenario() -> None:
-        left_sock, right_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sender, receiver = ipc.Channel(left_sock), ipc.Channel(right_sock)
-        receiver.shapes = ipc.ROUTER_FRAMES
+        sender, receiver = pair()
         receiver.aqm = CoDel(target=0.005, interval=0.0)  # drop from the second late frame
         ip, control = b"\x45" + bytes(19), b"\xa7control"
         late = time.monotonic() - 1.0
-        sender.send(ipc.packets_frame([("a", [control, ip]), ("b", [ip, ip])], late))
-        sender.send(ipc.packets_frame([("a", [control]), ("b", [ip, ip])], late))
-        sender.send(ipc.packets_frame([("a", [ip, ip])]))  # fresh: CoDel stops dropping
-        frames: list[ipc.Frame] = []
-        while len(frames) < 3:
-            frames += await asyncio.wait_for(receiver.recv_many(), 5)
-        assert [f["batches"] for f in frames] == [
-            [["a", [control, ip]], ["b", [ip, ip]]],  # waiting over target starts the clock
-            [["a", [control]], ["b", [ip]]],  # the head IP packet goes, the control stays
-            [["a", [ip, ip]]],
+        sender.send(packets([("a", [control, ip]), ("b", [ip, ip])], late))
+        sender.send(packets([("a", [control]), ("b", [ip, ip])], late))
+        sender.send(packets([("a", [ip, ip])]))  # fresh: CoDel stops dropping
+        received: list[Frame] = []
+        while len(received) < 3:
+            received += await asyncio.wait_for(receiver.recv_many(), 5)
+        assert [f.batches for f in received if isinstance(f, Packets)] == [
+            [("a", [control, ip]), ("b", [ip, ip])],  # waiting over target starts the clock
+            [("a", [control]), ("b", [ip])],  # the head IP packet goes, the control stays
+            [("a", [ip, ip])],
         ]
         assert receiver.delay_dropped == 1
         sender.close()
@@ -540,24 +568,22 @@ def test_packets_that_keep_waiting_on_the_link_are_dropped_at_dequeue_but_not_co
 
 def test_packets_reach_their_handler_from_the_reader_and_keep_their_place_after_control() -> None:
     async def scenario() -> None:
-        left_sock, right_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sender, receiver = ipc.Channel(left_sock), ipc.Channel(right_sock)
-        receiver.shapes = ipc.ROUTER_FRAMES
+        sender, receiver = pair()
         handled: list[list[tuple[str, list[bytes]]]] = []
         receiver.on_packets = handled.append
         ip = b"\x45" + bytes(19)
-        assert sender.send(ipc.packets_frame([("a", [ip])]))
+        assert sender.send(packets([("a", [ip])]))
         await asyncio.sleep(0.05)  # the reader runs; nobody waits in recv
-        assert handled == [[["a", [ip]]]]
+        assert handled == [[("a", [ip])]]
         # Packets sent after a control frame that is not taken yet wait behind it.
-        await sender.send_reliable({"t": "session_down", "peer": "a"})
-        assert sender.send(ipc.packets_frame([("b", [ip])]))
+        await sender.send_reliable(SessionDown("a"))
+        assert sender.send(packets([("b", [ip])]))
         await asyncio.sleep(0.05)
         assert len(handled) == 1
-        assert (await asyncio.wait_for(receiver.recv(), 5))["t"] == "session_down"
+        assert await asyncio.wait_for(receiver.recv(), 5) == SessionDown("a")
         with pytest.raises(TimeoutError):  # the next recv hands the packets over, returns none
             await asyncio.wait_for(receiver.recv(), 0.2)
-        assert handled[1] == [["b", [ip]]]
+        assert handled[1] == [("b", [ip])]
         sender.close()
         receiver.close()
 

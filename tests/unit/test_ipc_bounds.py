@@ -11,6 +11,7 @@ import ipaddress
 import json
 import socket
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -22,6 +23,18 @@ from hypothesis import strategies as st
 
 from aura_common import ipc
 from aura_common.config import NetworkConfig, ServerConfig
+from aura_common.ipc import channel, frames
+from aura_common.ipc.frames import (
+    FROM_ROUTER,
+    MAX_FRAME,
+    TO_ROUTER,
+    Packets,
+    PeerKey,
+    Peers,
+    RouterStatus,
+    Status,
+    TransportState,
+)
 from services.router.main import Router
 from tests.unit.test_router_claims import new_router
 
@@ -30,9 +43,10 @@ PEERS = 20_000
 LINK = cast(ipc.Channel, object())
 
 
-def pair() -> tuple[ipc.Channel, ipc.Channel]:
+def pair(receives: frames.Protocol = TO_ROUTER) -> tuple[ipc.Channel, ipc.Channel]:
+    """The router's end (left) and a transport's, which accepts the frames of `receives`."""
     left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    return ipc.Channel(left, "router"), ipc.Channel(right, "udp")
+    return ipc.Channel(left, FROM_ROUTER, "router"), ipc.Channel(right, receives, "udp")
 
 
 def deep_size(value: object) -> int:
@@ -78,18 +92,18 @@ def test_a_frame_never_decodes_beyond_the_expansion_bound(
 ) -> None:
     for count in (100, 4000, 16_000, 200_000):
         data = frame_with(build(count), pad)
-        if len(data) > ipc.MAX_FRAME:
+        if len(data) > MAX_FRAME:
             continue
         try:
-            frame = ipc.decode(data)
+            frame = frames.read_map(data)
         except ValueError:
             continue
-        assert deep_size(frame) <= ipc.DECODE_EXPANSION * len(data) + 8192, (count, pad)
+        assert deep_size(frame) <= frames.DECODE_EXPANSION * len(data) + 8192, (count, pad)
 
 
 def test_nesting_is_bounded() -> None:
     with pytest.raises(ValueError):
-        ipc.decode(b"\x82\xa1t\xa1x\xa1x" + b"\x91" * 100_000 + b"\x90")
+        frames.read_map(b"\x82\xa1t\xa1x\xa1x" + b"\x91" * 100_000 + b"\x90")
 
 
 msgpack_values = st.recursive(
@@ -106,36 +120,37 @@ msgpack_values = st.recursive(
 def test_any_decodable_frame_stays_within_the_expansion_bound(value: object) -> None:
     data = frame_with(value)
     try:
-        frame = ipc.decode(data)
+        frame = frames.read_map(data)
     except ValueError:
         return
-    assert deep_size(frame) <= ipc.DECODE_EXPANSION * len(data) + 8192
+    assert deep_size(frame) <= frames.DECODE_EXPANSION * len(data) + 8192
 
 
 def test_legitimate_frames_fit_the_object_budget() -> None:
-    packets = [bytes(20)] * ipc.MAX_ITEMS  # the smallest IP packets, as many as a frame holds
-    frame = {"t": "pkts", "batches": [["a", packets]]}
-    assert ipc.decode(ipc.encode(frame)) == frame
+    packets = [bytes(20)] * frames.MAX_ITEMS  # the smallest IP packets, as many as fit a list
+    frame = Packets(1.0, [("a", packets)])
+    assert frames.decode(frames.encode(frame), TO_ROUTER) == frame
     # One packet for each of as many peers as a frame holds.
-    frame = {"t": "pkts", "batches": [["a", [bytes(20)]]] * ipc.MAX_ITEMS}
-    assert ipc.decode(ipc.encode(frame)) == frame
+    frame = Packets(1.0, [("a", [bytes(20)])] * frames.MAX_ITEMS)
+    assert frames.decode(frames.encode(frame), TO_ROUTER) == frame
     entry = {"name": "a", "enabled": True, "address": ["10.77.0.2"], "connected": False,
              "refused": None, "quota": None, "expires": None, "rx_bytes": 0, "tx_bytes": 0}
-    status = {"t": "status_reply", "uptime": 1.0, "transports": [], "peers": [entry] * 500}
-    assert ipc.decode(ipc.encode(status)) == status
+    status = RouterStatus(1.0, "aura0", [TransportState("udp", True, ["[::]:8443"])],
+                          [entry] * 500, {"spoofed": 0}, {"answered": 0})
+    assert frames.decode(frames.encode(status), FROM_ROUTER) == status
 
 
 # -- queue bound in bytes ------------------------------------------------------------------
 def test_the_receive_queue_is_bounded_in_bytes() -> None:
     async def scenario() -> None:
         sender, receiver = pair()
-        frame = {"t": "pkts", "batches": [["a", [bytes(200_000)]]]}
+        frame = Packets(time.monotonic(), [("a", [bytes(200_000)])])
         for _ in range(200):  # the receiver takes nothing; its reader runs between rounds
             while sender.send(frame):
                 pass
             await asyncio.sleep(0)
-        held = receiver.queued * len(ipc.encode(frame))
-        assert held <= ipc.MAX_QUEUED_BYTES + ipc.MAX_FRAME
+        held = receiver.queued * len(frames.encode(frame))
+        assert held <= channel.MAX_QUEUED_BYTES + MAX_FRAME
         assert receiver.queued_bytes == held
         # Taking frames resumes reading; nothing accepted by the socket is lost.
         taken = 0
@@ -175,20 +190,30 @@ def test_the_receive_queue_is_bounded_in_bytes() -> None:
         {"t": "peers", "peers": 1, "chunk": "peers", "end": True},
         {"t": "peers", "peers": [], "chunk": "peers", "end": "yes"},
         {"t": "peers", "peers": [], "chunk": 5, "end": True},
+        {"t": "hs", "items": [], "extra": 1},  # a field no frame of the kind has
+        {"t": "peers", "peers": [{"name": "a", "public_key": bytes(32), "psk": bytes(32)}]},
+        {"t": "session_up", "peer": "a", "endpoint": "x", "handshake_at": float("nan"),
+         "ticket": bytes(24)},
+        {"t": "session_up", "peer": "a", "endpoint": "x", "handshake_at": 1.0,
+         "ticket": bytes(25)},
+        {"t": "pkts", "at": True, "batches": []},  # a boolean is no time
+        {"t": "hs_done", "answers": [], "refused": [[-1, "no"]]},
+        {"t": "status_reply", "uptime": 1.0},  # admin frames go to the router, not transports
+        {"t": "signed", "manifest": {}},  # a frame of another socket
+        {"t": "no such frame"},
     ],
 )
 def test_a_frame_of_the_wrong_shape_closes_the_channel_with_a_warning(
     frame: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     async def scenario() -> None:
-        sender, receiver = pair()
-        receiver.shapes = ipc.ROUTER_FRAMES
+        sender, receiver = pair(FROM_ROUTER if frame["t"] in ("peers", "hs_done") else TO_ROUTER)
         sender.sock.send(msgpack.packb(frame, use_bin_type=True))
         with pytest.raises(ipc.ChannelClosed):
             await asyncio.wait_for(receiver.recv(), 5)
         assert receiver.closed
         error = await asyncio.wait_for(sender.recv(), 5)  # told why, then closed
-        assert error["t"] == "error"
+        assert isinstance(error, frames.Error)
         sender.close()
 
     asyncio.run(scenario())
@@ -198,10 +223,10 @@ def test_a_frame_of_the_wrong_shape_closes_the_channel_with_a_warning(
 
 def test_parts_of_another_frame_may_not_interleave() -> None:
     async def scenario() -> None:
-        sender, receiver = pair()
+        sender, receiver = pair(FROM_ROUTER)
         for part in ({"t": "peers", "peers": [], "chunk": "peers", "end": False},
                      {"t": "status_reply", "peers": [], "chunk": "peers", "end": True}):
-            sender.sock.send(ipc.encode(part))
+            sender.sock.send(msgpack.packb(part))
         with pytest.raises(ipc.ChannelClosed, match="malformed part"):
             await asyncio.wait_for(receiver.recv(), 5)
 
@@ -231,18 +256,17 @@ def router(tmp_path: Path) -> Router:
 def test_20000_peers_reach_a_transport_in_one_joined_peers_frame(router: Router) -> None:
     async def scenario() -> None:
         left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        transport = ipc.Channel(left, "router")
-        transport.shapes = ipc.ROUTER_FRAMES
-        serving = asyncio.ensure_future(router.on_channel(ipc.Channel(right, "udp")))
+        transport = ipc.Channel(left, FROM_ROUTER, "router")
+        serving = asyncio.ensure_future(router.on_channel(ipc.Channel(right, TO_ROUTER, "udp")))
         frame = await asyncio.wait_for(transport.recv(), 30)
-        assert frame["t"] == "peers" and "chunk" not in frame and "end" not in frame
-        assert len(frame["peers"]) == PEERS
-        assert frame["peers"][-1]["name"] == f"peer-{PEERS - 1:05d}"
-        assert len(ipc.encode(frame)) > ipc.MAX_FRAME  # one frame could never have held it
+        assert isinstance(frame, Peers)
+        assert len(frame.peers) == PEERS
+        assert frame.peers[-1].name == f"peer-{PEERS - 1:05d}"
+        assert len(frames.encode(frame)) > MAX_FRAME  # one frame could never have held it
         # A registry change pushes the whole list again, still joined as one.
         router.reload()
         again = await asyncio.wait_for(transport.recv(), 30)
-        assert [p["name"] for p in again["peers"]] == [p["name"] for p in frame["peers"]]
+        assert isinstance(again, Peers) and again.peers == frame.peers
         serving.cancel()
         transport.close()
 
@@ -255,14 +279,13 @@ def test_status_of_20000_connected_peers_reaches_the_admin(router: Router) -> No
             router.sessions.up(peer.name, LINK, "udp", f"198.51.100.{i % 250}:{1024 + i}",
                                peer.addresses, 1_700_000_000.0)
         left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        admin = ipc.Channel(left, "router")
-        admin.shapes = ipc.ROUTER_FRAMES
-        serving = asyncio.ensure_future(router.on_channel(ipc.Channel(right, "admin")))
-        await admin.send_reliable({"t": "status"})
+        admin = ipc.Channel(left, FROM_ROUTER, "router")
+        serving = asyncio.ensure_future(router.on_channel(ipc.Channel(right, TO_ROUTER, "admin")))
+        await admin.send_reliable(Status())
         reply = await asyncio.wait_for(admin.recv(), 60)
-        assert reply["t"] == "status_reply" and len(reply["peers"]) == PEERS
-        assert all(p["connected"] for p in reply["peers"])
-        assert len(ipc.encode(reply)) > ipc.MAX_FRAME
+        assert isinstance(reply, RouterStatus) and len(reply.peers) == PEERS
+        assert all(p["connected"] for p in reply.peers)
+        assert len(frames.encode(reply)) > MAX_FRAME
         serving.cancel()
         admin.close()
 
@@ -271,23 +294,23 @@ def test_status_of_20000_connected_peers_reaches_the_admin(router: Router) -> No
 
 def test_chunk_parts_stay_within_chunk_bytes() -> None:
     async def scenario() -> None:
-        sender, receiver = pair()
-        items = [{"name": f"p{i}", "blob": bytes(i % 700)} for i in range(5000)]
-        task = asyncio.ensure_future(sender.send_chunked({"t": "peers", "peers": items}, "peers"))
+        sender, receiver = pair(FROM_ROUTER)
+        items = [PeerKey("p" * (i % 700), bytes(32)) for i in range(5000)]
+        task = asyncio.ensure_future(sender.send_reliable(Peers(items)))
         sizes = []
         raw = receiver.sock
         receiver._stop_reading()  # read the parts by hand to see their sizes
         while True:
             await asyncio.sleep(0)
             try:
-                data = raw.recv(ipc.MAX_FRAME + 1)
+                data = raw.recv(MAX_FRAME + 1)
             except BlockingIOError:
                 continue
             sizes.append(len(data))
-            if ipc.decode(data)["end"]:
+            if frames.read_map(data)["end"]:
                 break
         await task
-        assert len(sizes) > 1 and max(sizes) <= ipc.CHUNK_BYTES
+        assert len(sizes) > 1 and max(sizes) <= frames.CHUNK_BYTES
 
     asyncio.run(scenario())
 
@@ -295,17 +318,16 @@ def test_chunk_parts_stay_within_chunk_bytes() -> None:
 def test_one_wakeup_reads_at_most_the_read_budget() -> None:
     async def scenario() -> None:
         sender, receiver = pair()
-        receiver.shapes = ipc.ROUTER_FRAMES
         handled: list[list[tuple[str, list[bytes]]]] = []
         receiver.on_packets = handled.append
         receiver._stop_reading()  # this test plays the event loop
         packet = b"\x45" + bytes(59_999)
         for _ in range(10):
-            assert sender.send(ipc.packets_frame([("a", [packet])]))
+            assert sender.send(Packets(time.monotonic(), [("a", [packet])]))
         receiver._readable()
-        assert 0 < len(handled) <= ipc.READ_BUDGET // len(packet) + 1 < 10
+        assert 0 < len(handled) <= channel.READ_BUDGET // len(packet) + 1 < 10
         receiver._readable()  # the next wakeup goes on where the last stopped
-        assert len(handled) == min(10, 2 * (ipc.READ_BUDGET // len(packet) + 1))
+        assert len(handled) == min(10, 2 * (channel.READ_BUDGET // len(packet) + 1))
         sender.close()
         receiver.close()
 

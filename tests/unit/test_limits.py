@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError, ConfigError
+from aura_common.ipc.frames import Frame, Packets, Peers
 from aura_common.limits import (
     SAVE_INTERVAL,
     Gate,
@@ -209,22 +210,21 @@ class FakeTransport:
     role = "udp"
 
     def __init__(self) -> None:
-        self.frames: list[dict[str, object]] = []
+        self.frames: list[Frame] = []
         self.peer_credentials = type("Credentials", (), {"pid": 4242})()
 
-    async def send_reliable(self, frame: dict[str, object]) -> None:
+    async def send_reliable(self, frame: Frame) -> None:
         self.frames.append(frame)
 
-    async def send_chunked(self, frame: dict[str, object], key: str) -> None:
-        self.frames.append(frame)  # the parts, joined again as the transport sees them
+    def post(self, frame: Frame) -> None:
+        self.frames.append(frame)
 
     def send_packets(self, batches: list[tuple[str, list[bytes]]]) -> None:
-        self.frames.append({"t": "pkts", "batches": batches})
+        self.frames.append(Packets(0.0, batches))
 
     def peers_listed(self) -> list[str]:
-        peers = [f for f in self.frames if f["t"] == "peers"][-1]["peers"]
-        assert isinstance(peers, list)
-        return [p["name"] for p in peers]
+        peers = [f for f in self.frames if isinstance(f, Peers)][-1].peers
+        return [p.name for p in peers]
 
 
 def ipv4_from(source: str, size: int) -> bytes:
@@ -276,7 +276,7 @@ def test_router_cuts_off_a_peer_at_its_quota_and_remembers_usage(
         # a transport with a stale list cannot bring the session back
         claim(router, link, "alice", handshake_at=2)
         assert router.sessions.get("alice") is None
-        status = {p["name"]: p for p in router.status()["peers"]}
+        status = {p["name"]: p for p in router.status().peers}
         assert status["alice"]["usage_bytes"] == 1000 and status["alice"]["refused"]
         assert status["bob"]["refused"] is None and status["bob"]["quota_bytes"] is None
         router.close()
@@ -301,7 +301,7 @@ def test_router_refuses_an_expired_peer_from_the_start(tmp_path: Path) -> None:
     with Registry.edit(config.peers_file) as registry:
         registry.add(Peer("alice", bytes(range(32)), address_v4="10.77.0.2", expires=past))
     router = new_router(config)
-    assert router._peers_frame()["peers"] == []
+    assert router._peers_frame().peers == []
     assert router.gate.refused == {"alice": f"expired at {past}"}
 
 

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from aura_common import ipc, metrics
 from aura_common.config import MetricsConfig, ServerConfig
 from aura_common.errors import ConfigError
+from aura_common.ipc.frames import TO_ROUTER, Packets, PeerKey, encode
 from aura_common.limits import Gate, Usage
 from aura_common.registry import Peer as RegistryPeer
 from aura_common.transport import SessionHub
@@ -80,7 +81,7 @@ def hub_with_client() -> tuple[SessionHub, Device, RecordingCarrier]:
     hub = SessionHub("udp", Device(server_key), "/nonexistent/router.sock")
     carrier = RecordingCarrier()
     hub.carrier = carrier
-    hub._apply_peers([{"name": "alice", "public_key": public_key(client_key)}])
+    hub._apply_peers([PeerKey("alice", public_key(client_key))])
     client = Device(client_key)
     client.add_peer(public_key(server_key), endpoint=("203.0.113.1", 8443))
     return hub, client, carrier
@@ -131,7 +132,7 @@ def test_cookie_replies_are_counted_under_load() -> None:
     hub.device = Device(static.private_bytes_raw(), under_load_after=1)
     hub._names.clear()
     hub._by_name.clear()
-    hub._apply_peers([{"name": "alice", "public_key": client.public_key}])
+    hub._apply_peers([PeerKey("alice", client.public_key)])
     registry = registry_of(metrics.TransportCollector(hub))
     peer = next(iter(client.peers))
     for attempt in range(3):
@@ -339,7 +340,7 @@ def test_the_dashboard_asks_only_for_metrics_the_services_export() -> None:
         router.sessions.up("bob", "link", "udp", "192.0.2.1:5000", ["10.77.0.3"], 1.0)
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with a, b:
-            router.transports = {ipc.Channel(a, "udp"): "udp"}
+            router.transports = {ipc.Channel(a, TO_ROUTER, "udp"): "udp"}
             registry = CollectorRegistry(auto_describe=False)
             for collector in (metrics.RouterCollector(router),
                               metrics.TransportCollector(tcp_hub), metrics.ProcessCollector()):
@@ -356,11 +357,11 @@ def test_ipc_link_metrics_show_queues_and_drops() -> None:
         registry = registry_of(metrics.RouterCollector(router))
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with a, b:
-            channel = ipc.Channel(a, "udp")
+            channel = ipc.Channel(a, TO_ROUTER, "udp")
             router.transports = {channel: "udp"}
             b.setblocking(False)
             for _ in range(3):
-                b.send(ipc.encode({"t": "pkts", "batches": [["alice", [b"x"]]]}))
+                b.send(encode(Packets(0.0, [("alice", [b"x"])])))
             await asyncio.sleep(0.05)  # the channel reads them into its queue
             udp = {"link": "udp"}
             assert registry.get_sample_value("aura_ipc_queued_frames", udp) == 3

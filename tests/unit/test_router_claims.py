@@ -12,6 +12,7 @@ import pytest
 
 from aura_common.config import ServerConfig
 from aura_common.ipc import Credentials
+from aura_common.ipc.frames import Frame, SessionUp
 from aura_common.registry import Peer, Registry
 from aura_common.wireguard import HandshakeAuthority, generate_private_key
 from services.router.main import Router
@@ -29,16 +30,18 @@ def claim(router: Router, link: Any, peer: str, endpoint: str = "192.0.2.1:5",
         assert registered is not None
         ticket = router.authority.ticket(router.transports[link], registered.public_key,
                                          time.time())
-    router._session_up(link, {"peer": peer, "endpoint": endpoint,
-                              "handshake_at": handshake_at, "ticket": ticket})
+    router._session_up(link, SessionUp(peer, endpoint, handshake_at, ticket))
 
 
 class FakeTransport:
     def __init__(self, pid: int) -> None:
         self.peer_credentials = Credentials(pid, 900 + pid, 900)
-        self.sent: list[dict[str, Any]] = []
+        self.sent: list[Frame] = []
 
-    async def send_reliable(self, frame: dict[str, Any]) -> None:
+    async def send_reliable(self, frame: Frame) -> None:
+        self.sent.append(frame)
+
+    def post(self, frame: Frame) -> None:
         self.sent.append(frame)
 
 

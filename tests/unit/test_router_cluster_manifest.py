@@ -13,6 +13,7 @@ from aura_common import pki
 from aura_common.atomic import write_atomic
 from aura_common.config import ServerConfig
 from aura_common.control import decode_control
+from aura_common.ipc.frames import Packets
 from aura_common.manifest import Endpoint, Manifest, SignedManifest, sign
 from aura_common.registry import Peer, Registry
 from services.router.main import Router, serial_of
@@ -57,6 +58,6 @@ def test_the_newest_verified_manifest_from_the_cluster_is_pushed_and_kept(
 
     router, link = asyncio.run(scenario())
     assert serial_of(router.manifest) == 7
-    welcomes = [decode_control(f["batches"][0][1][0]) for f in link.frames if f["t"] == "pkts"]  # type: ignore[index]
+    welcomes = [decode_control(f.batches[0][1][0]) for f in link.frames if isinstance(f, Packets)]
     # The welcome (no manifest yet), then the adopted one.
     assert [serial_of(w.manifest) for w in welcomes if w is not None] == [0, 7]

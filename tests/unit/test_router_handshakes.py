@@ -15,6 +15,13 @@ import pytest
 from aura_common import ipc
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError
+from aura_common.ipc.frames import (
+    FROM_ROUTER,
+    TO_ROUTER,
+    HandshakeRequest,
+    HandshakesDone,
+    SessionUp,
+)
 from aura_common.registry import Peer, Registry
 from aura_common.transport import SessionHub
 from aura_common.wireguard import (
@@ -43,8 +50,8 @@ def setup(tmp_path: Path) -> tuple[Any, bytes]:
     return config, client_key
 
 
-def hs_done(link: FakeTransport) -> list[dict[str, Any]]:
-    return [f for f in link.sent if f["t"] == "hs_done"]
+def hs_done(link: FakeTransport) -> list[HandshakesDone]:
+    return [f for f in link.sent if isinstance(f, HandshakesDone)]
 
 
 def test_an_answer_goes_to_the_carrier_alone_and_its_ticket_claims_the_session(
@@ -64,18 +71,20 @@ def test_an_answer_goes_to_the_carrier_alone_and_its_ticket_claims_the_session(
         router.transports.update({udp: "udp", tcp: "tcp"})  # type: ignore[dict-item]
         [request] = of_type(relay.receive(transmits(client.initiate(to_server, 0.0)),
                                           CLIENT_ADDR, 0.0), HandshakeRequested)
-        router._handshakes_from(udp, [[request.local_index, request.initiation]])  # type: ignore[arg-type]
+        router._handshakes_from(udp, [HandshakeRequest(request.local_index, request.initiation)])  # type: ignore[arg-type]
         await asyncio.sleep(0.01)
         assert hs_done(tcp) == [] and len(hs_done(udp)) == 1
-        [[index, peer, response, send, receive, remote, ticket]] = hs_done(udp)[0]["answers"]
-        answer = Answer(peer, response, TransportKeys(send, receive), remote, ticket)
-        reply = relay.complete_handshake(index, answer, 0.0)
+        [answered] = hs_done(udp)[0].answers
+        ticket = answered.ticket
+        answer = Answer(answered.peer_public_key, answered.response,
+                        TransportKeys(answered.sending_key, answered.receiving_key),
+                        answered.initiator_index, ticket)
+        reply = relay.complete_handshake(answered.local_index, answer, 0.0)
         confirmation = client.receive(transmits(reply), SERVER_ADDR, 0.0)
         assert of_type(relay.receive(transmits(confirmation), CLIENT_ADDR, 0.0),
                        HandshakeCompleted)
         assert to_client.session_ticket == ticket
-        frame = {"peer": "alice", "endpoint": "192.0.2.1:5", "handshake_at": 1.0,
-                 "ticket": ticket}
+        frame = SessionUp("alice", "192.0.2.1:5", 1.0, ticket)
         with caplog.at_level(logging.WARNING, logger="aura-router"):
             router._session_up(tcp, frame)  # type: ignore[arg-type]
             assert router.sessions.get("alice") is None
@@ -102,7 +111,7 @@ def test_a_restarted_router_refuses_an_initiation_it_answered_before(tmp_path: P
         relay.add_peer(public_key(client_key))
         [request] = of_type(relay.receive(transmits(client.initiate(to_server, 0.0)),
                                           CLIENT_ADDR, 0.0), HandshakeRequested)
-        carried = [[request.local_index, request.initiation]]
+        carried = [HandshakeRequest(request.local_index, request.initiation)]
         udp = FakeTransport(1)
         router.transports[udp] = "udp"  # type: ignore[index]
         router._handshakes_from(udp, carried)  # type: ignore[arg-type]
@@ -115,8 +124,8 @@ def test_a_restarted_router_refuses_an_initiation_it_answered_before(tmp_path: P
         restarted._handshakes_from(again, carried)  # type: ignore[arg-type]
         await asyncio.sleep(0.01)
         assert restarted.handshakes_answered == 0
-        [[_, reason]] = hs_done(again)[0]["refused"]
-        assert reason == "replayed initiation"
+        [refusal] = hs_done(again)[0].refused
+        assert refusal.reason == "replayed initiation"
 
     asyncio.run(scenario())
 
@@ -142,18 +151,19 @@ def test_forwarded_handshakes_are_bounded_per_transport_and_per_turn(tmp_path: P
         udp = FakeTransport(1)
         router.transports[udp] = "udp"  # type: ignore[index]
         offered = HANDSHAKE_QUEUE + 44
-        router._handshakes_from(udp, [[n, b"\x01" + bytes(147)] for n in range(offered)])  # type: ignore[arg-type]
+        router._handshakes_from(udp, [HandshakeRequest(n, b"\x01" + bytes(147))  # type: ignore[arg-type]
+                                      for n in range(offered)])
         assert router.handshakes_dropped == 44
         router._answer_handshakes()  # one turn: one batch answered (here: refused, bad mac1)
         assert router.handshakes_refused == HANDSHAKES_PER_TURN
         await asyncio.sleep(0)
-        [overflow, _] = hs_done(udp)
-        assert [r[1] for r in overflow["refused"]] == ["router handshake queue full"] * 44
+        overflow = hs_done(udp)[0]
+        assert [r.reason for r in overflow.refused] == ["router handshake queue full"] * 44
         for _ in range(4 * HANDSHAKE_QUEUE // HANDSHAKES_PER_TURN):
             await asyncio.sleep(0)
         assert router.handshakes_refused == HANDSHAKE_QUEUE
-        refused = [r for f in hs_done(udp)[1:] for r in f["refused"]]
-        assert {r[1] for r in refused} == {"bad mac1"} and len(refused) == HANDSHAKE_QUEUE
+        refused = [r for f in hs_done(udp)[1:] for r in f.refused]
+        assert {r.reason for r in refused} == {"bad mac1"} and len(refused) == HANDSHAKE_QUEUE
 
     asyncio.run(scenario())
 
@@ -183,7 +193,7 @@ def test_a_transport_without_the_key_forwards_one_turn_in_one_frame_and_claims_i
         forwarded: list[int] = []
         handshakes_from = router._handshakes_from
 
-        def counting(channel: Any, items: list[list[Any]]) -> None:
+        def counting(channel: Any, items: list[HandshakeRequest]) -> None:
             forwarded.append(len(items))
             handshakes_from(channel, items)
 
@@ -192,8 +202,8 @@ def test_a_transport_without_the_key_forwards_one_turn_in_one_frame_and_claims_i
         carrier = RecordingCarrier()
         hub.carrier = carrier
         left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        link, served = ipc.Channel(left, "router"), ipc.Channel(right, "udp")
-        link.shapes = served.shapes = ipc.ROUTER_FRAMES
+        link = ipc.Channel(left, FROM_ROUTER, "router")
+        served = ipc.Channel(right, TO_ROUTER, "udp")
         hub._router = link
         tasks = [asyncio.ensure_future(router.on_channel(served)),
                  asyncio.ensure_future(hub._serve_router(link))]

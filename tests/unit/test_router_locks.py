@@ -11,9 +11,9 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from aura_common.config import ServerConfig
+from aura_common.ipc.frames import Frame
 from aura_common.registry import Peer, Registry
 from tests.unit.test_router_claims import claim, new_router
 
@@ -29,9 +29,12 @@ HOLD = (
 
 class FakeTransport:
     def __init__(self) -> None:
-        self.sent: list[dict[str, Any]] = []
+        self.sent: list[Frame] = []
 
-    async def send_reliable(self, frame: dict[str, Any]) -> None:
+    async def send_reliable(self, frame: Frame) -> None:
+        self.sent.append(frame)
+
+    def post(self, frame: Frame) -> None:
         self.sent.append(frame)
 
 

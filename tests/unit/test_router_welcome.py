@@ -7,6 +7,7 @@ from pathlib import Path
 
 from aura_common.config import ServerConfig
 from aura_common.control import decode_control
+from aura_common.ipc.frames import Packets
 from aura_common.registry import Peer, Registry
 from tests.unit.test_limits import FakeTransport
 from tests.unit.test_router_claims import claim, new_router
@@ -27,7 +28,7 @@ def test_a_client_that_restarts_within_its_old_session_is_welcomed_again(tmp_pat
         for at in (1.0, 2.0):  # the second: same transport, the old session still listed
             claim(router, link, "alice", handshake_at=at)
         await asyncio.sleep(0)
-        return [decode_control(f["batches"][0][1][0]) for f in link.frames if f["t"] == "pkts"]  # type: ignore[index]
+        return [decode_control(f.batches[0][1][0]) for f in link.frames if isinstance(f, Packets)]
 
     welcomes = asyncio.run(scenario())
     assert len(welcomes) == 2

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from aura_common import pki
 from aura_common.config import ServerConfig
+from aura_common.ipc.frames import TO_SIGNER, ProtocolError, Sign, from_map
 from aura_common.manifest import Endpoint, SignedManifest, verify
 from services.signer.main import RequestError, Signer, parse_sign_request
 
@@ -32,11 +33,12 @@ def make_signer(tmp_path: Path) -> Signer:
     return Signer(config)
 
 
-def request(**changes: Any) -> dict[str, Any]:
-    return {
+def request(**changes: Any) -> Sign:
+    """A `sign` request as the signer's channel hands it over: decoded, its types checked."""
+    return cast(Sign, from_map({
         "t": "sign", "endpoints": [{"host": "vpn.test", "udp": 8443}], "expires_days": 3,
         "server_public_key": bytes(32), **changes,
-    }  # fmt: skip
+    }, TO_SIGNER))  # fmt: skip
 
 
 def test_sign_stores_manifest_and_serial(tmp_path: Path) -> None:
@@ -71,9 +73,12 @@ def test_valid_request_parses() -> None:
     endpoints, days, key, above = parse_sign_request(request())
     assert endpoints == [Endpoint("vpn.test", udp=8443)] and days == 3 and key == bytes(32)
     assert above == 0 and parse_sign_request(request(serial_above=41))[3] == 41
-    for bad in (-1, 1 << 53, True, "7"):
+    for bad in (-1, 1 << 53):
         with pytest.raises(RequestError, match="serial_above"):
             parse_sign_request(request(serial_above=bad))
+    for wrong_type in (True, "7", 1.0):
+        with pytest.raises(ProtocolError, match=r"^sign\.serial_above: expected an integer"):
+            request(serial_above=wrong_type)
 
 
 def test_a_serial_above_another_members_goes_past_it_and_never_back(tmp_path: Path) -> None:
@@ -97,8 +102,8 @@ def test_a_serial_above_another_members_goes_past_it_and_never_back(tmp_path: Pa
 def test_fuzz_requests_are_parsed_or_refused(changes: dict[str, Any]) -> None:
     try:
         parse_sign_request(request(**changes))
-    except RequestError as error:
-        assert str(error).startswith("sign: ")
+    except (RequestError, ProtocolError) as error:
+        assert str(error).startswith("sign")
 
 
 def test_a_held_serial_lock_is_refused_at_once_not_waited_for(tmp_path: Path) -> None:
