@@ -259,7 +259,9 @@ class Channel:
         return frame
 
     def _police(self, frame: Packets) -> Packets:
-        """CoDel at dequeue: while frames keep waiting over its target, drop the head packet.
+        """CoDel at dequeue: while frames keep waiting over its target, drop a head packet:
+        the one of the peer with the most packets in the frame, as fq_codel drops from its
+        fattest flow (a bulk flow backs off, the many light peers lose nothing).
 
         An in-tunnel control payload (first byte no IP version) is never dropped: it carries
         a client's address and manifest, sent once per handshake.
@@ -267,13 +269,16 @@ class Channel:
         now = time.monotonic()
         if not self.aqm.should_drop(now - frame.at, now):
             return frame
-        for position, (peer, packets) in enumerate(frame.batches):
-            if packets and packets[0][:1] and packets[0][0] >> 4 in (4, 6):
-                self.delay_dropped += 1
-                batches = list(frame.batches)
-                batches[position] = (peer, packets[1:])
-                return Packets(frame.at, batches)
-        return frame
+        droppable = [position for position, (_, packets) in enumerate(frame.batches)
+                     if packets and packets[0][:1] and packets[0][0] >> 4 in (4, 6)]
+        if not droppable:
+            return frame
+        position = max(droppable, key=lambda p: len(frame.batches[p][1]))
+        self.delay_dropped += 1
+        batches = list(frame.batches)
+        peer, packets = batches[position]
+        batches[position] = (peer, packets[1:])
+        return Packets(frame.at, batches)
 
     # -- sending -----------------------------------------------------------------------
 

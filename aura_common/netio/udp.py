@@ -133,6 +133,7 @@ def recv_batch_with_local(
     buffer = bytearray(_RECV_SIZE)
     view = memoryview(buffer)
     batches: dict[tuple[str, int, str | None], list[bytes]] = {}
+    bytes_read: dict[tuple[str, int, str | None], int] = {}  # kept, by source
     total = 0
     for _ in range(limit):
         if max_bytes is not None and total >= max_bytes:
@@ -162,14 +163,21 @@ def recv_batch_with_local(
                 seconds, nanoseconds = _TIMESPEC.unpack(data[:_TIMESPEC.size])
                 received_at = seconds + nanoseconds * 1e-9
         total += size
+        key = (address[0], address[1], local)
         received = view[:size]
-        # One timestamp for a GRO train: CoDel drops its head, as a qdisc dequeuing it.
+        # One timestamp for a GRO train. CoDel's drop goes to the source that brought the most
+        # bytes in this read (as fq_codel drops from its fattest flow): a bulk flow, not the
+        # many small peers whose datagrams make most of the dequeues, is told to back off.
         if (aqm is not None and received_at is not None
                 and aqm.should_drop(time.time() - received_at, time.monotonic())):
-            if segment_size >= size:
+            heaviest = max(bytes_read, key=bytes_read.__getitem__, default=key)
+            if heaviest != key and bytes_read[heaviest] > size and batches[heaviest]:
+                bytes_read[heaviest] -= len(batches[heaviest].pop(0))
+            elif segment_size >= size:
                 continue
-            received = view[segment_size:size]
-            size -= segment_size
+            else:
+                received = view[segment_size:size]
+                size -= segment_size
         if segment_size >= size:
             datagrams = [bytes(received)]
         else:
@@ -177,12 +185,13 @@ def recv_batch_with_local(
                 bytes(received[start:start + segment_size])
                 for start in range(0, size, segment_size)
             ]
-        key = (address[0], address[1], local)
+        bytes_read[key] = bytes_read.get(key, 0) + size
         if key in batches:
             batches[key].extend(datagrams)
         else:
             batches[key] = datagrams
-    return [(datagrams, (host, port), local) for (host, port, local), datagrams in batches.items()]
+    return [(datagrams, (host, port), local)
+            for (host, port, local), datagrams in batches.items() if datagrams]
 
 
 def send_batch(

@@ -94,3 +94,24 @@ def test_a_socket_queue_is_judged_by_the_kernels_receive_time() -> None:
         sender.sendto(b"fresh", receiver.getsockname())
         time.sleep(0.001)
         assert udp.recv_batch(receiver, aqm=CoDel()) != []
+
+
+def test_a_drop_goes_to_the_source_that_brought_the_most_bytes() -> None:
+    """Each dequeue of a small peer's datagram may trigger CoDel, but the datagram dropped is
+    the heaviest source's: here the light peer's one datagram comes last, after CoDel has
+    started dropping, and survives while the bulk source pays."""
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    bulk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    light = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with receiver, bulk, light:
+        receiver.bind(("127.0.0.1", 0))
+        udp.enable_timestamps(receiver)
+        wait_for_receive_timestamps(receiver, bulk)
+        for payload in (b"b1" * 500, b"b2" * 500, b"b3" * 500):
+            bulk.sendto(payload, receiver.getsockname())
+        light.sendto(b"light", receiver.getsockname())
+        time.sleep(0.02)  # they wait in the socket's queue
+        codel = CoDel(target=0.005, interval=0.0)  # drops from the second dequeue on
+        batches = udp.recv_batch(receiver, aqm=codel)
+        assert batches == [([b"light"], ("127.0.0.1", light.getsockname()[1]))]
+        assert codel.dropped == 3

@@ -566,6 +566,27 @@ def test_packets_that_keep_waiting_on_the_link_are_dropped_at_dequeue_but_not_co
     asyncio.run(scenario())
 
 
+def test_a_packet_dropped_for_waiting_is_the_busiest_peers() -> None:
+    async def scenario() -> None:
+        sender, receiver = pair()
+        receiver.aqm = CoDel(target=0.005, interval=0.0)  # drop from the second late frame
+        light, heavy = b"\x45light" + bytes(14), b"\x45heavy" + bytes(14)
+        late = time.monotonic() - 1.0
+        for _ in range(2):
+            sender.send(packets([("a", [light]), ("b", [heavy] * 3)], late))
+        received: list[Frame] = []
+        while len(received) < 2:
+            received += await asyncio.wait_for(receiver.recv_many(), 5)
+        assert [f.batches for f in received if isinstance(f, Packets)] == [
+            [("a", [light]), ("b", [heavy] * 3)],
+            [("a", [light]), ("b", [heavy] * 2)],
+        ]
+        sender.close()
+        receiver.close()
+
+    asyncio.run(scenario())
+
+
 def test_packets_reach_their_handler_from_the_reader_and_keep_their_place_after_control() -> None:
     async def scenario() -> None:
         sender, receiver = pair()
