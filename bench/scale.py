@@ -10,7 +10,9 @@ address for `--seconds`, then ramps re-handshakes until cookies appear. An Aura 
 another namespace is the bulk client: iperf3 upload alone first (the reference), then during
 the steady phase. Figures:
 
-* loss: echo requests without a reply during the steady phase (the target: < 0.1%);
+* loss: echo requests without a reply during the steady phase (the target: < 0.1%), and
+  where the kernel dropped meanwhile: full UDP sockets (server, load generator) and the
+  router's full TUN queue (the bulk client's traffic included);
 * bulk share: the bulk client's throughput under the load / alone (the target: >= 0.8);
 * handshakes/s: completed per second at each ramp step, up to the first cookie reply;
 * memory per peer: (RSS of aura-udp + aura-router with every peer connected - RSS before
@@ -66,6 +68,7 @@ class Scale:
     ramp: list[dict[str, float]]
     router_received: int  # echo requests (and the ramp's keepalives) the router got
     router_sent: int  # echo replies the router sent towards the peers
+    kernel: KernelDrops  # over the same stretch as router_received and router_sent
     cpu_solo: CpuShare  # while the bulk client uploaded alone
     cpu_loaded: CpuShare  # while it uploaded under the load
 
@@ -131,6 +134,32 @@ def cpu_seconds(lab: Lab, ns: str, words: tuple[str, ...]) -> float:
             continue
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class KernelDrops:
+    server_socket: int  # datagrams the server's full UDP sockets dropped
+    tun_queue: int  # packets dropped because the router had not read its TUN queue
+    load_socket: int  # datagrams the load generator's full sockets dropped
+
+    def __sub__(self, earlier: KernelDrops) -> KernelDrops:
+        return KernelDrops(self.server_socket - earlier.server_socket,
+                           self.tun_queue - earlier.tun_queue,
+                           self.load_socket - earlier.load_socket)
+
+
+def udp_socket_drops(lab: Lab, ns: str) -> int:
+    """The namespace's UDP RcvbufErrors (/proc/net/snmp): datagrams a full socket dropped."""
+    rows = [line.split()[1:] for line in lab.run(ns, ["cat", "/proc/net/snmp"]).stdout
+            .splitlines() if line.startswith("Udp:")]
+    return int(dict(zip(rows[0], rows[1], strict=True))["RcvbufErrors"])
+
+
+def kernel_drops(lab: Lab, server: AuraServer, config: ServerConfig, load_ns: str
+                 ) -> KernelDrops:
+    tun = lab.run(server.ns, ["cat", f"/sys/class/net/{config.tun.name}/statistics/tx_dropped"])
+    return KernelDrops(udp_socket_drops(lab, server.ns), int(tun.stdout),
+                       udp_socket_drops(lab, load_ns))
 
 
 @dataclass
@@ -234,11 +263,13 @@ def run(peers: int, rate: float, seconds: float) -> Scale:
             rss_connected = process_rss_kib(lab, server.ns, SERVER)
             status_connected, status_peers = status_time(config)
             router_before = router_packets(config)
+            kernel_before = kernel_drops(lab, server, config, load_ns)
             time.sleep(max(connected_at + HOLD + 1 - time.monotonic(), 0))
             loaded, cpu_loaded = upload_with_cpu(lab, server, bulk_ns, load_ns, bulk_seconds,
                                                  folder)
             generator.wait(timeout=seconds + 120)
             router_after = router_packets(config)
+            kernel = kernel_drops(lab, server, config, load_ns) - kernel_before
             lab.stop(bulk_client)
             result = json.loads(result_file.read_text())
     finally:
@@ -248,7 +279,7 @@ def run(peers: int, rate: float, seconds: float) -> Scale:
                  steady["received"], steady["offered_per_s"], solo, loaded, rss_idle,
                  rss_connected, status_idle, status_connected, status_idle_peers, status_peers,
                  result["ramp"], router_after[0] - router_before[0],
-                 router_after[1] - router_before[1], cpu_solo, cpu_loaded)
+                 router_after[1] - router_before[1], kernel, cpu_solo, cpu_loaded)
 
 
 def table(s: Scale) -> str:
@@ -262,6 +293,11 @@ def table(s: Scale) -> str:
         ("echo requests, steady phase", f"{s.sent} at {s.offered_per_s:.0f}/s, "
          f"{s.sent - s.received} unanswered: {s.sent - s.router_received} before the router, "
          f"{s.router_sent - s.received} after it", f"loss {100 * s.loss:.3f}%"),
+        ("kernel drops meanwhile", f"server: {s.kernel.server_socket} datagrams by its full "
+         f"UDP socket, {s.kernel.tun_queue} packets by the router's full TUN queue; load "
+         f"generator: {s.kernel.load_socket} datagrams by its full sockets",
+         f"x{s.kernel.tun_queue / max(s.router_received, 1):.4f} of the requests the router "
+         "got (TUN queue)"),
         ("bulk client upload (Aura UDP)", f"{s.bulk_loaded_bps / 1e9:.3f} Gb/s under load, "
          f"{s.bulk_solo_bps / 1e9:.3f} Gb/s alone",
          f"x{s.bulk_loaded_bps / max(s.bulk_solo_bps, 1):.2f} of alone"),

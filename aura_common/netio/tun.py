@@ -24,6 +24,7 @@ _TUNSETIFF = 0x400454CA
 _TUNSETOFFLOAD = 0x400454D0
 _TUNSETVNETHDRSZ = 0x400454D8
 _SIOCSIFMTU = 0x8922
+_SIOCSIFTXQLEN = 0x8943
 
 _IFF_TUN = 0x0001
 _IFF_NO_PI = 0x1000
@@ -37,6 +38,14 @@ _OFFLOADS = _TUN_F_CSUM | _TUN_F_TSO4 | _TUN_F_TSO6 | _TUN_F_TSO_ECN
 # The largest frame a read can return: header, then an IPv6 packet whose 16-bit payload
 # length is at its maximum.
 _READ_SIZE = VNET_HDR_LEN + 40 + 0xFFFF
+
+# Packets the kernel routes into the device wait for our reads in a ring of this many, and are
+# dropped when it is full (`ip -s link`: TX dropped). The default, 500, is 50 ms of 10,000
+# small packets a second: less than a busy host can keep the reading process from running,
+# so pings and acknowledgements were lost there. A TCP flow holds at most its window in it,
+# in 64 KiB super-packets (a hundred or so), so the deeper ring makes room for small packets
+# rather than a standing queue for bulk ones.
+QUEUE_PACKETS = 2048
 
 
 @dataclass(slots=True)
@@ -73,10 +82,13 @@ class Tun:
             fcntl.ioctl(fd, _TUNSETOFFLOAD, _OFFLOADS)
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as control:
                 fcntl.ioctl(control, _SIOCSIFMTU, struct.pack("16si20x", actual.encode(), mtu))
+                fcntl.ioctl(control, _SIOCSIFTXQLEN,
+                            struct.pack("16si20x", actual.encode(), QUEUE_PACKETS))
         except OSError as error:
             os.close(fd)
             raise AuraError(
-                f"cannot set up TUN device {name!r} (mtu {mtu}): {error.strerror}"
+                f"cannot set up TUN device {name!r} (mtu {mtu}, queue {QUEUE_PACKETS}): "
+                f"{error.strerror}"
             ) from error
         return cls(fd, actual)
 

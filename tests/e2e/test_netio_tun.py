@@ -16,7 +16,7 @@ SCRIPT = r"""
 import json, socket, struct, time
 from aura_common.errors import AuraError
 from aura_common.netio import link
-from aura_common.netio.tun import Tun
+from aura_common.netio.tun import QUEUE_PACKETS, Tun
 
 def verify(data):  # textbook ones' complement sum, independent of offload.py
     if len(data) % 2:
@@ -44,6 +44,8 @@ def wait_for(tun, match):
 result = {}
 tun = Tun.open("aurt0", mtu=1400)
 result["name"] = tun.name
+with open(f"/sys/class/net/{tun.name}/tx_queue_len") as queue:
+    result["queue_is_deep"] = int(queue.read()) == QUEUE_PACKETS > 500
 link.configure(tun.name, ["10.9.0.1/24", "fd09::1/64"], 1400)
 link.add_routes(tun.name, ["10.10.0.0/16"])
 try:
@@ -84,6 +86,7 @@ def test_tun_device_round_trips_with_the_kernel(lab: Lab) -> None:
     output = lab.run(ns, [sys.executable, "-c", SCRIPT], timeout=60).stdout
     result = json.loads(output.strip().splitlines()[-1])
     assert result["name"] == "aurt0"
+    assert result["queue_is_deep"]  # the kernel's ring for our reads, not the default 500
     assert "missing0" in result["missing"]
     assert result["echo_reply_payload"] == "ping-through-tun"
     assert result["echo_reply_checksum_ok"]
