@@ -92,6 +92,8 @@ def segment(header: bytes, packet: bytes) -> list[bytes]:
 
     Malformed input is dropped (empty list); so are GSO types this device never negotiates.
     """
+    if header == _PLAIN_HEADER:  # no offload: most small packets, a lone ping's included
+        return [packet]
     vnet = parse_vnet_header(header)
     if vnet is None:
         return []
@@ -207,6 +209,8 @@ def coalesce(packets: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
     the same bytes with a right one. The kernel's own WireGuard marks decrypted packets as
     checksum-verified for the same reason.
     """
+    if len(packets) == 1:  # nothing to merge with (a run of one is written as it came)
+        return [(_PLAIN_HEADER, packets[0])]
     order: list[_Run | bytes] = []
     open_runs: dict[bytes, _Run] = {}
     for packet in packets:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -60,6 +61,18 @@ _SOURCE_REFUSED = frozenset({errno.EINVAL, errno.EADDRNOTAVAIL, errno.ENETUNREAC
 Address = tuple[str, int]
 
 _sockets_without_gso: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+
+class _ReceiveBuffer(threading.local):
+    """One receive buffer per thread, reused by every read: a fresh 64 KiB costs more than
+    reading a small datagram (what an idle ping is). Reads copy out what they keep."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray(_RECV_SIZE)
+        self.view = memoryview(self.buffer)
+
+
+_receive = _ReceiveBuffer()
 
 
 def enlarge_buffers(sock: socket.socket, size: int = TUNNEL_SOCKET_BUFFER) -> None:
@@ -130,8 +143,7 @@ def recv_batch_with_local(
     anything else is spent on it; False drops it (a carrier sheds the kind of datagram a
     flood is made of, at the cost of the receive call and a lookup).
     """
-    buffer = bytearray(_RECV_SIZE)
-    view = memoryview(buffer)
+    buffer, view = _receive.buffer, _receive.view
     batches: dict[tuple[str, int, str | None], list[bytes]] = {}
     bytes_read: dict[tuple[str, int, str | None], int] = {}  # kept, by source
     total = 0

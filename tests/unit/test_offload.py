@@ -444,3 +444,13 @@ def test_coalesce_never_raises_on_tcp_looking_bytes(packets: list[bytes], first:
     ]
     for header, packet in coalesce(tcp_like):
         segment(header, packet)
+
+
+@settings(max_examples=200)
+@given(st.binary(min_size=40, max_size=120), st.sampled_from([0x45, 0x60]))
+def test_a_lone_packet_goes_through_both_ways_as_it_came(packet: bytes, first: int) -> None:
+    """What an idle ping is: written with a plain header, and read back unchanged."""
+    tcp_like = bytes([first]) + packet[1:6] + b"\x06" + packet[7:9] + b"\x06" + packet[10:]
+    for lone in (packet, tcp_like, tcp_packet(V4, 5, b"hello")):
+        assert coalesce([lone]) == [(bytes(10), lone)]
+        assert segment(bytes(10), lone) == [lone]
