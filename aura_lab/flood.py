@@ -10,14 +10,18 @@ Every initiation carries a valid mac1 (the server's public key is public) and ga
 the initiator's keys would be. With `--cookies` the flooder answers each cookie reply by
 proving its source address: later initiations from that address carry a valid mac2, so they
 pass the cookie check and meet the per-source rate limit. With `--messages`, it sends real
-initiations (made elsewhere, for peers the server knows) instead of junk. Prints one JSON
-line: datagrams sent, replies received by message type, seconds spent.
+initiations (made elsewhere, for peers the server knows) instead of junk; `--rest` makes each
+source pause after a cookie reply as a real client does. Prints one JSON line: datagrams
+sent, replies received by message type, seconds spent and the flooder's own CPU seconds.
+
+The flooder shares the machine with the server it measures, so it costs as little as it can:
+every datagram is built before the clock starts and the kernel gets them in batches.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import ctypes
 import hashlib
 import ipaddress
 import json
@@ -26,7 +30,6 @@ import socket
 import struct
 import sys
 import time
-from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -39,6 +42,7 @@ ATTACKER_V4, SERVER_V4 = "198.51.200.2", "198.51.200.1"
 ATTACKER_V6, SERVER_V6 = "fd00:a77::2", "fd00:a77::1"
 MAX_RATE = 10_000  # initiations per second
 MAX_SECONDS = 60.0
+CATCH_UP = 0.02  # seconds of sending that a stalled flooder may make up in one burst
 IP_FREEBIND = 15
 IP_PKTINFO = 8
 _IN_PKTINFO = struct.Struct("=i4s4s")
@@ -73,57 +77,165 @@ def source_addresses(family: int, count: int) -> list[str]:
     return [str(ipaddress.IPv6Address(base + (n << 64) + 1)) for n in range(count)]
 
 
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
+
+
+class _MsgHdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
+                ("iov", ctypes.POINTER(_IoVec)), ("iovlen", ctypes.c_size_t),
+                ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+
+
+class _MMsgHdr(ctypes.Structure):
+    _fields_ = [("hdr", _MsgHdr), ("len", ctypes.c_uint)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+
+
 class Flooder:
+    """Sends initiations at a bounded rate, as cheaply as it can: the flood must cost the
+    machine it shares with the server (and the client measured) as little as possible.
+
+    Every datagram is built before the clock starts, in memory the kernel reads from directly:
+    a pool of junk initiations (each source address its own few), or the real ones given. The
+    send loop hands the kernel a batch per wakeup (`sendmmsg`), each datagram with its source
+    address as ancillary data. A cookie reply writes mac2 into that source's datagrams once,
+    not per send.
+    """
+
+    POOL = 1024  # junk initiations at least, cycled; every source has at least one
+
     def __init__(self, target: tuple[str, int], server_public: bytes, sources: list[str],
-                 cookies: bool, messages: list[bytes] | None = None) -> None:
-        self.target = target
+                 cookies: bool, messages: list[bytes] | None = None,
+                 rest: float = 0.0) -> None:
         self.family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
         self.sock = socket.socket(self.family, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         self.sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
         self.sock.bind(("::" if self.family == socket.AF_INET6 else "0.0.0.0", 0))
         self.sock.setblocking(False)
-        self.mac1_key = hashlib.blake2s(b"mac1----" + server_public).digest()
         self.cookie_key = hashlib.blake2s(b"cookie--" + server_public).digest()
-        self.sources = sources
-        self.cmsgs = [self._pktinfo(s) for s in sources] if sources else [[]]
+        self.sources = sources or [""]
         self.answer_cookies = cookies
-        self.messages = messages  # real initiations to send in order, instead of junk
-        self.cookies: dict[str, bytes] = {}
-        self.pending: OrderedDict[int, tuple[str, bytes]] = OrderedDict()  # index -> (src, mac1)
+        # A source that got a cookie reply sends nothing for this long (a real client tries
+        # again REKEY_TIMEOUT later); 0: it goes on at once, as a flood does.
+        self.rest = rest
+        self.resting: dict[int, float] = {}  # source slot -> until
+        self.cookies: dict[int, bytes] = {}  # source slot -> cookie
         self.sent = 0
         self.replies: dict[int, int] = {}
-
-    def _pktinfo(self, source: str) -> list[tuple[int, int, bytes]]:
-        if self.family == socket.AF_INET:
-            return [(socket.IPPROTO_IP, IP_PKTINFO,
-                     _IN_PKTINFO.pack(0, socket.inet_aton(source), bytes(4)))]
-        return [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO,
-                 _IN6_PKTINFO.pack(socket.inet_pton(socket.AF_INET6, source), 0))]
-
-    def send_one(self) -> None:
-        slot = self.sent % len(self.cmsgs)
-        source = self.sources[slot] if self.sources else ""
-        if self.messages is not None:
-            message = self.messages[self.sent]
-            body, mac1 = message[:116], message[116:132]
-            index = struct.unpack_from("<I", body, 4)[0]
+        self._destination = self._sockaddr(target)
+        self._controls = [self._pktinfo(s) if s else None for s in self.sources]
+        self._next_slot = 0
+        if messages is None:
+            mac1_key = hashlib.blake2s(b"mac1----" + server_public).digest()
+            per_source = -(-self.POOL // len(self.sources))
+            messages = []
+            for _ in range(per_source):
+                for _ in self.sources:
+                    body = struct.pack("<I", 1) + os.urandom(112)
+                    messages.append(
+                        body + hashlib.blake2s(body, digest_size=16, key=mac1_key).digest()
+                        + bytes(16))
+            self.cycle = True
         else:
-            index = int.from_bytes(os.urandom(4), "little")
-            body = struct.pack("<II", 1, index) + os.urandom(108)
-            mac1 = hashlib.blake2s(body, digest_size=16, key=self.mac1_key).digest()
-        cookie = self.cookies.get(source)
-        mac2 = (hashlib.blake2s(body + mac1, digest_size=16, key=cookie).digest()
+            self.cycle = False
+        self.count = len(messages)
+        # Each datagram's slot, as long as one keeps its source (junk): sender index -> slot.
+        self.slot_of = [n % len(self.sources) for n in range(self.count)]
+        self.buffer = ctypes.create_string_buffer(b"".join(messages), self.count * 148)
+        base = ctypes.addressof(self.buffer)
+        self.iovecs = (_IoVec * self.count)(*(_IoVec(base + 148 * n, 148)
+                                               for n in range(self.count)))
+        self.headers = (_MMsgHdr * self.count)()
+        for n, header in enumerate(self.headers):
+            header.hdr.name = ctypes.addressof(self._destination)
+            header.hdr.namelen = ctypes.sizeof(self._destination)
+            header.hdr.iov = ctypes.pointer(self.iovecs[n])
+            header.hdr.iovlen = 1
+            self._set_source(n, self.slot_of[n])
+        self.by_index = {struct.unpack_from("<I", message, 4)[0]: n
+                         for n, message in enumerate(messages)}
+
+    def _sockaddr(self, target: tuple[str, int]) -> ctypes.Array[ctypes.c_char]:
+        host, port = target
+        if self.family == socket.AF_INET:
+            raw = struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) \
+                + socket.inet_aton(host) + bytes(8)
+        else:
+            raw = struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", port, 0) \
+                + socket.inet_pton(socket.AF_INET6, host) + bytes(4)
+        return ctypes.create_string_buffer(raw, len(raw))
+
+    def _pktinfo(self, source: str) -> ctypes.Array[ctypes.c_char]:
+        """The ancillary data that sends a datagram from `source`."""
+        if self.family == socket.AF_INET:
+            level, kind = socket.IPPROTO_IP, IP_PKTINFO
+            data = _IN_PKTINFO.pack(0, socket.inet_aton(source), bytes(4))
+        else:
+            level, kind = socket.IPPROTO_IPV6, socket.IPV6_PKTINFO
+            data = _IN6_PKTINFO.pack(socket.inet_pton(socket.AF_INET6, source), 0)
+        raw = struct.pack("@Nii", socket.CMSG_LEN(len(data)), level, kind) + data
+        raw = raw.ljust(socket.CMSG_SPACE(len(data)), b"\0")
+        return ctypes.create_string_buffer(raw, len(raw))
+
+    def _set_source(self, n: int, slot: int) -> None:
+        control = self._controls[slot]
+        header = self.headers[n].hdr
+        header.control = None if control is None else ctypes.addressof(control)
+        header.controllen = 0 if control is None else ctypes.sizeof(control)
+
+    def _message(self, n: int) -> bytes:
+        return self.buffer.raw[148 * n:148 * n + 148]
+
+    def _sign(self, n: int, slot: int) -> None:
+        """Writes mac2 for the cookie `slot` holds (zeros if none) into datagram `n`."""
+        cookie = self.cookies.get(slot)
+        message = self._message(n)
+        mac2 = (hashlib.blake2s(message[:132], digest_size=16, key=cookie).digest()
                 if cookie is not None else bytes(16))
-        try:
-            self.sock.sendmsg([body + mac1 + mac2], self.cmsgs[slot], 0, self.target)
-        except (BlockingIOError, OSError):
-            return
-        self.sent += 1
-        if self.answer_cookies:
-            self.pending[index] = (source, mac1)
-            if len(self.pending) > 65536:
-                self.pending.popitem(last=False)
+        ctypes.memmove(ctypes.addressof(self.buffer) + 148 * n + 132, mac2, 16)
+
+    def send(self, due: int) -> None:
+        """Sends datagrams until `due` in all have gone (fewer if the socket is full)."""
+        while self.sent < due:
+            n = self.sent % self.count
+            batch = min(due - self.sent, self.count - n)
+            if not self.cycle:  # each real initiation goes once, from a source not resting
+                for m in range(n, n + batch):
+                    slot = self._free_slot()
+                    if slot is None:
+                        batch = m - n
+                        break
+                    self._set_source(m, slot)
+                    self.slot_of[m] = slot
+                    self._sign(m, slot)
+                if not batch:
+                    return
+            done = _libc.sendmmsg(self.sock.fileno(),
+                                  ctypes.addressof(self.headers) + n * ctypes.sizeof(_MMsgHdr),
+                                  batch, 0)
+            if done <= 0:
+                return  # the socket buffer is full: what is due goes in a later batch
+            self.sent += done
+            if done < batch:
+                return
+
+    def _free_slot(self) -> int | None:
+        """The next source in turn that is not resting after a cookie reply."""
+        now, count = time.monotonic(), len(self.sources)
+        for _ in range(count):
+            slot = self._next_slot
+            self._next_slot = (slot + 1) % count
+            until = self.resting.get(slot)
+            if until is None or until <= now:
+                return slot
+        return None
 
     def drain(self) -> None:
         while True:
@@ -142,33 +254,52 @@ class Flooder:
 
         from aura_common.wireguard.crypto import xaead_open
 
-        index = struct.unpack_from("<I", reply, 4)[0]
-        pending = self.pending.pop(index, None)
-        if pending is None:
+        n = self.by_index.get(struct.unpack_from("<I", reply, 4)[0])
+        if n is None:
             return
-        source, mac1 = pending
-        with contextlib.suppress(InvalidTag):  # a reply we cannot read proves nothing
-            self.cookies[source] = xaead_open(self.cookie_key, reply[8:32], reply[32:64], mac1)
+        slot, mac1 = self.slot_of[n], self._message(n)[116:132]
+        try:
+            self.cookies[slot] = xaead_open(self.cookie_key, reply[8:32], reply[32:64], mac1)
+        except InvalidTag:  # a reply we cannot read proves nothing
+            return
+        if self.rest:
+            self.resting[slot] = time.monotonic() + self.rest
+        if self.cycle:  # the slot's datagrams carry the cookie from now on
+            for m in range(slot, self.count, len(self.sources)):
+                self._sign(m, slot)
 
-    def run(self, rate: float, seconds: float, count: int) -> dict[str, object]:
-        rate, seconds = min(rate, MAX_RATE), min(seconds, MAX_SECONDS)
-        if self.messages is not None:
-            count = min(count, len(self.messages))
+    def run(self, rate: float, seconds: float, count: int, warmup: float = 0.0
+            ) -> dict[str, object]:
+        """Sends for `warmup` + `seconds` (at most MAX_SECONDS in all); the report (datagrams
+        sent, replies by type, seconds, the flooder's own CPU seconds) counts after the
+        warm-up only."""
+        rate = min(rate, MAX_RATE)
+        warmup = min(warmup, MAX_SECONDS)
+        seconds = min(seconds, MAX_SECONDS - warmup)
+        if not self.cycle:
+            count = min(count, self.count)
         started = time.monotonic()
-        deadline = started + seconds
+        measured_from, deadline = started + warmup, started + warmup + seconds
+        counting, counted_from, cpu = not warmup, 0, time.process_time()
         while self.sent < count:
             now = time.monotonic()
             if now >= deadline:
                 break
-            due = min(count, int((now - started) * rate) + 1)
-            while self.sent < due:
-                self.send_one()
+            if not counting and now >= measured_from:
+                counting, counted_from, cpu = True, self.sent, time.process_time()
+                self.replies.clear()
+            due = int((now - started) * rate) + 1
+            if due - self.sent > rate * CATCH_UP:  # what it could not send is not owed
+                started += (due - self.sent - rate * CATCH_UP) / rate
+            self.send(min(count, int((now - started) * rate) + 1))
             self.drain()
-            time.sleep(0.001)
-        elapsed = time.monotonic() - started
+            time.sleep(0.002)
+        elapsed = time.monotonic() - measured_from if counting else 0.0
+        cpu = time.process_time() - cpu
         time.sleep(0.3)
         self.drain()
-        return {"sent": self.sent, "seconds": round(elapsed, 3),
+        return {"sent": self.sent - counted_from, "seconds": round(elapsed, 3),
+                "cpu_seconds": round(cpu, 3),
                 "replies": {str(k): v for k, v in sorted(self.replies.items())}}
 
 
@@ -184,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cookies", action="store_true")
     parser.add_argument("--messages", type=argparse.FileType("rb"),
                         help="initiations (148 bytes each, back to back) to send instead of junk")
+    parser.add_argument("--rest", type=float, default=0.0,
+                        help="seconds a source sends nothing after a cookie reply (--messages)")
+    parser.add_argument("--warmup", type=float, default=0.0,
+                        help="seconds sent before the report starts counting")
     args = parser.parse_args(argv)
     host, port = args.target.rsplit(":", 1)
     host = host.strip("[]")
@@ -194,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         data = args.messages.read()
         messages = [data[i:i + 148] for i in range(0, len(data) - 147, 148)]
     flooder = Flooder((host, int(port)), bytes.fromhex(args.server_public), sources,
-                      args.cookies, messages)
-    print(json.dumps(flooder.run(args.rate, args.seconds, args.count)))
+                      args.cookies, messages, rest=args.rest)
+    print(json.dumps(flooder.run(args.rate, args.seconds, args.count, args.warmup)))
     return 0
 
 

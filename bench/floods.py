@@ -8,11 +8,14 @@
    The same through the split the server runs: a device without the static key hands each
    initiation to a `HandshakeAuthority` (the router's part), in-process, no IPC.
 2. One aura-udp and the router that answers its handshakes, both pinned to one CPU
-   (`taskset`), in a namespace: real initiations from
-   LOAD_PEERS registered peers, each from its own source address and answering cookie replies
-   as a real client does, offered at increasing rates; responses and cookie replies per second
-   come back. Above capacity the backlog puts the server under load: handshakes need a cookie,
-   and each proven source meets the rate limit (20/s).
+   (`taskset`), in a namespace: real initiations of LOAD_PEERS registered peers from
+   LOAD_SOURCES source addresses, offered at increasing rates; responses and cookie replies
+   per second come back. Above capacity the backlog puts the server under load: handshakes
+   need a cookie, and each proven source meets the rate limit (20/s). A source answers a
+   cookie reply as a real client does: it proves itself with the cookie in its next
+   initiation, REKEY_TIMEOUT later (sooner, the server drops it as a flood would be). So
+   each step sends CAPACITY_WARMUP seconds before it counts, time for every source to earn
+   its cookie under load.
 3. Floods: each function below starts one flood (aura_lab/flood.py) against the same server
    while a stock WireGuard client runs iperf3 through the tunnel; the result is its throughput
    as a ratio of its throughput without a flood, measured in the same run (before and after
@@ -23,6 +26,9 @@
    Aura client pinned to each; each function below floods one transport, and the result is
    that transport's client's iperf3 upload under the flood over just before it.
 
+The flood generator shares the machine with the server and the client (on two cores, with
+both of them): it builds every datagram before it starts and hands the kernel a batch per
+wakeup, and each flood line gives the CPU it used, so that the ratio measures the server.
 The machine is shared and noisy: compare ratios within one run, not figures across runs.
 """
 
@@ -50,14 +56,17 @@ from aura_common.wireguard import (
     generate_private_key,
     public_key,
 )
+from aura_common.wireguard.constants import REKEY_TIMEOUT
 from aura_lab.flood import SERVER_V4, SERVER_V6, attacker_namespace, junk_initiation
 from aura_lab.netns import Lab
 from aura_lab.topology import INTERNET_HOST, AuraServer, build, iperf3, stock_wireguard_up
 from bench.transports import aura_client_on
 
 LOAD_PEERS = 150  # each may initiate 50 times a second (INITIATION_MIN_INTERVAL)
+LOAD_SOURCES = 1024  # each may start 20 handshakes a second once proven
 OFFERED_RATES = (1000, 2000, 4000, 8000)
 STEP_SECONDS = 3.0
+CAPACITY_WARMUP = REKEY_TIMEOUT + 1.0
 FLOOD_RATE = 10_000
 SERVER_CPU = 0
 
@@ -177,7 +186,7 @@ def flood_report(process: subprocess.Popen[bytes], log: Path, timeout: float) ->
 def process_capacity(setup: Setup) -> list[dict[str, float]]:
     results = []
     for offered in OFFERED_RATES:
-        rounds = int(offered * STEP_SECONDS) // LOAD_PEERS + 1
+        rounds = int(offered * (CAPACITY_WARMUP + STEP_SECONDS)) // LOAD_PEERS + 1
         messages = b"".join(
             device.initiate(peer, 0.0)[0].datagrams[0]  # type: ignore[arg-type,union-attr]
             for _ in range(rounds) for device, peer in setup.load_peers
@@ -185,14 +194,16 @@ def process_capacity(setup: Setup) -> list[dict[str, float]]:
         path = setup.folder / f"initiations-{offered}.bin"
         path.write_bytes(messages)
         process, log = flooder(setup, f"capacity-{offered}", "--messages", str(path),
-                               "--sources", str(LOAD_PEERS), "--cookies", rate=offered,
-                               seconds=STEP_SECONDS)
-        report = flood_report(process, log, STEP_SECONDS + 60)
+                               "--sources", str(LOAD_SOURCES), "--cookies",
+                               "--rest", str(REKEY_TIMEOUT), "--warmup", str(CAPACITY_WARMUP),
+                               rate=offered, seconds=STEP_SECONDS)
+        report = flood_report(process, log, CAPACITY_WARMUP + STEP_SECONDS + 60)
         seconds = report["seconds"] or STEP_SECONDS
         results.append({
             "offered": offered, "sent_per_s": report["sent"] / seconds,
             "responses_per_s": report["replies"].get("2", 0) / seconds,
             "cookie_replies_per_s": report["replies"].get("3", 0) / seconds,
+            "flooder_core": report["cpu_seconds"] / seconds,
         })
         time.sleep(1.5)  # out of the sticky "under load" second before the next step
     return results
@@ -272,7 +283,8 @@ def flood_ratios(setup: Setup, floods: list[Flood], seconds: int, repeat: int
     """
     pids = [setup.server.service_pid("udp"), setup.server.service_pid("router")]
     measured: dict[str, dict] = {f.__name__: {"ratios": [], "flood_cores": [], "cores": [],
-                                              "sent": 0, "seconds": 0.0, "replies": {}}
+                                              "sent": 0, "seconds": 0.0, "cpu": 0.0,
+                                              "replies": {}}
                                  for f in floods}
     for _ in range(repeat):
         for flood in floods:
@@ -288,6 +300,7 @@ def flood_ratios(setup: Setup, floods: list[Flood], seconds: int, repeat: int
             entry["baseline"] = baseline
             entry["sent"] += report["sent"]
             entry["seconds"] += report["seconds"]
+            entry["cpu"] += report["cpu_seconds"]
             for kind, count in report["replies"].items():
                 entry["replies"][kind] = entry["replies"].get(kind, 0) + count
             time.sleep(1.5)  # out of the sticky "under load" second
@@ -442,13 +455,15 @@ def main() -> None:
             setup = start(lab, Path(folder))
             if not args.skip_capacity:
                 print(f"aura-udp and aura-router on CPU {SERVER_CPU}, {LOAD_PEERS} peers from "
-                      "as many addresses, answering cookies:")
+                      f"{LOAD_SOURCES} addresses, answering cookies as clients do, after "
+                      f"{CAPACITY_WARMUP:.0f} s of each rate:")
                 steps = process_capacity(setup)
                 capacity = max(step["responses_per_s"] for step in steps)
                 for step in steps:
                     print(f"  offered {step['offered']:>5}/s (sent {step['sent_per_s']:.0f}/s):"
                           f" {step['responses_per_s']:.0f} responses/s,"
-                          f" {step['cookie_replies_per_s']:.0f} cookie replies/s")
+                          f" {step['cookie_replies_per_s']:.0f} cookie replies/s"
+                          f" (the sender used {step['flooder_core']:.2f} core)")
             print(f"floods at {FLOOD_RATE}/s; client iperf3 upload under the flood / just "
                   f"before it, median of {args.repeat}; the flood's own cost to aura-udp and "
                   "aura-router in cores, and the share of a core they had under it:")
@@ -460,7 +475,8 @@ def main() -> None:
                       f"ratio {entry['ratio']:.2f} ({ratios}; last baseline "
                       f"{entry['baseline'] / 1e6:.0f} Mbit/s), flood cost "
                       f"{entry['flood_core']:.2f} core (they had "
-                      f"{statistics.median(entry['cores']):.2f}), responses "
+                      f"{statistics.median(entry['cores']):.2f}; the flooder used "
+                      f"{entry['cpu'] / entry['seconds']:.2f}), responses "
                       f"{replies.get('2', 0)}, cookie replies {replies.get('3', 0)}")
             summary = ", ".join(f"{entry['flood']} {entry['ratio']:.2f}" for entry in results)
             print(f"summary: handshake responses/s {capacity:.0f}; client throughput ratio "
