@@ -200,6 +200,7 @@ class SessionHub:
             self._handle(device.complete_handshake(a.local_index, answer, now))
         for refusal in frame.refused:
             self._handle(device.refuse_handshake(refusal.local_index, refusal.reason))
+        self._work_handshakes_soon()  # answers make room for initiations still waiting
 
     def _log_drop(self, event: Dropped) -> None:
         """One debug line per kind of drop and second: the sender decides how many there are."""

@@ -44,7 +44,13 @@ from .events import (
 )
 from .indextable import IndexTable
 from .keypair import Keypair
-from .limits import DEFAULT_MTU, HANDSHAKE_QUEUE_SIZE, HANDSHAKE_WORK_BATCH, UNDER_LOAD_BACKLOG
+from .limits import (
+    AUTHORITY_WINDOW,
+    DEFAULT_MTU,
+    HANDSHAKE_QUEUE_SIZE,
+    HANDSHAKE_WORK_BATCH,
+    UNDER_LOAD_BACKLOG,
+)
 from .messages import TYPE_WORD, CookieReply, Initiation, MessageError, Response
 from .noise import HandshakeError, consume_response
 from .peer import Endpoint, Peer
@@ -141,7 +147,7 @@ class Device:
         Data is handled at once. Handshake messages are screened at once too, with nothing
         dearer than a keyed hash: mac1, and under load mac2 (else a cookie reply) and the
         per-source rate limit. Those that pass join the handshake queue (at most
-        HANDSHAKE_QUEUE_SIZE; more are dropped), whose key exchanges are the dear part:
+        HANDSHAKE_QUEUE_SIZE, new sources first: backlog.py), whose key exchanges are the dear part:
         HANDSHAKE_WORK_BATCH of them are done now, the rest by `process_handshakes`. The
         queue's length is the load that decides whether a handshake must carry a cookie, and
         the batch bounds what handshakes cost each read, so data keeps moving however many
@@ -186,7 +192,12 @@ class Device:
 
     @property
     def handshakes_pending(self) -> int:
-        """Handshake messages waiting: call `process_handshakes` soon while there are any."""
+        """Handshake messages waiting that can be worked now: call `process_handshakes` soon
+        while there are any. Not while AUTHORITY_WINDOW initiations await their answers: the
+        rest wait here, where new sources go first (backlog.py), not in the authority's
+        FIFO; each answer makes room for one more."""
+        if self._authority is None and self._index.awaiting >= AUTHORITY_WINDOW:
+            return 0
         return len(self._screen.queue)
 
     def process_handshakes(self, now: float) -> list[Event]:
@@ -218,8 +229,11 @@ class Device:
 
     def _work_handshakes(self, now: float, events: list[Event]) -> None:
         queue = self._screen.queue
-        for _ in range(min(len(queue), HANDSHAKE_WORK_BATCH)):
-            datagram, source = queue.popleft()
+        work = min(len(queue), HANDSHAKE_WORK_BATCH)
+        if self._authority is None:
+            work = min(work, AUTHORITY_WINDOW - self._index.awaiting)
+        for _ in range(work):
+            datagram, source = queue.pop()
             self._receive_other(datagram, source, now, events)
 
     # -- handshakes -----------------------------------------------------------------------

@@ -25,6 +25,14 @@ HANDSHAKE_QUEUE_SIZE = 1024
 # 0.1-0.3 ms each, a few keep the time between reads well under CoDel's 5 ms target, so data
 # never waits in the socket long enough to be dropped because handshakes were worked.
 HANDSHAKE_WORK_BATCH = 4
+# Handshake messages from a source (IPv4 address, IPv6 /64) with none queued for this long
+# go ahead of the others (backlog.py): a real initiator retries REKEY_TIMEOUT (5 s) apart.
+# Sources remembered for it, the one queued longest ago forgotten first.
+FRESH_AFTER = 5.0
+BACKLOG_SOURCES = 16384
+# Initiations a device without the static key hands its authority at once; the rest wait
+# in its own backlog, where new sources go first, rather than in the authority's FIFO.
+AUTHORITY_WINDOW = 64
 # "Under load" while this many handshake messages wait, and for UNDER_LOAD_STICKY seconds after.
 UNDER_LOAD_BACKLOG = HANDSHAKE_QUEUE_SIZE // 8
 UNDER_LOAD_STICKY = 1.0

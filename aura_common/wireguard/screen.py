@@ -5,19 +5,19 @@ initiation and response has its mac1 checked (a keyed hash, proof the sender kno
 key); under load (the queue, plus the initiations the authority has not answered, past a mark)
 it must also carry a valid mac2 (proof it can receive at its source address), else it gets a
 cookie reply (paced per source), and sources that prove themselves are rate limited. What
-passes waits in a bounded queue; the device works it a few at a time. The pieces themselves
+passes waits in a bounded queue, where sources with nothing queued lately go first
+(`backlog.py`); the device works it a few at a time. The pieces themselves
 (cookies, pacing, load, rate limit) are in `cookie.py`.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 
+from .backlog import HandshakeBacklog
 from .constants import MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION
 from .cookie import CookieChecker, CookiePacer, Load, RateLimiter
 from .events import Dropped, Event, Transmit
-from .limits import HANDSHAKE_QUEUE_SIZE
 from .messages import INITIATION_MAC1_OFFSET, RESPONSE_MAC1_OFFSET, TYPE_WORD
 from .peer import Endpoint
 
@@ -31,7 +31,7 @@ class HandshakeScreen:
         self._load = Load(under_load_after)
         self._pacer = CookiePacer()
         self.rate_limiter = RateLimiter()
-        self.queue: deque[tuple[bytes, Endpoint]] = deque()  # at most HANDSHAKE_QUEUE_SIZE
+        self.queue = HandshakeBacklog()
 
     def screen(self, datagram: bytes, source: Endpoint, now: float, awaiting: int,
                events: list[Event]) -> None:
@@ -62,10 +62,9 @@ class HandshakeScreen:
                 if not self.rate_limiter.allow(source[0], now):
                     events.append(Dropped("handshake rate limit", source))
                     return
-        if len(self.queue) < HANDSHAKE_QUEUE_SIZE:
-            self.queue.append((datagram, source))
-        else:
-            events.append(Dropped("handshake queue full", source))
+        dropped = self.queue.add(datagram, source, now)
+        if dropped is not None:
+            events.append(Dropped("handshake queue full", dropped))
 
     def shed(self, now: float) -> None:
         """Handshake messages were dropped unread: under load, as when the queue is long."""

@@ -77,13 +77,14 @@ LIMITS_INTERVAL = 0.25  # a peer past its quota or expiry is cut off within this
 # How often leases a busy lock kept in memory are written again.
 LEASE_FLUSH_INTERVAL = 2.0
 # Handshakes forwarded by one transport wait in a queue of at most this many (more are
-# refused at once and counted), and at most HANDSHAKES_PER_TURN of them are answered per
-# transport per turn of the event loop (up to four X25519 operations each, 0.1 to 0.3 ms),
-# so TUN reads and packets from the transports are never more than a millisecond or two
-# apart, as in the transports' own handshake work (HANDSHAKE_WORK_BATCH). The transport
-# counts unanswered ones as its load and asks for cookies when they pile up.
+# refused at once and counted). One turn of the event loop answers them for at most
+# HANDSHAKE_TURN_SECONDS in all (up to four X25519 operations each, 0.1 to 0.3 ms), shared
+# by the transports waiting, so TUN reads and packets from the transports are never more
+# than a millisecond or two apart; within that, the more answered per turn, the fewer
+# `hs_done` frames. The transport counts unanswered ones as its load and asks for cookies
+# when they pile up.
 HANDSHAKE_QUEUE = 256
-HANDSHAKES_PER_TURN = 4
+HANDSHAKE_TURN_SECONDS = 0.002
 
 
 def serial_of(signed: SignedManifest | None) -> int:
@@ -361,24 +362,29 @@ class Router:
             asyncio.get_running_loop().call_soon(self._answer_handshakes)
 
     def _answer_handshakes(self) -> None:
-        """Up to HANDSHAKES_PER_TURN of each transport's queue; the rest next turn."""
+        """Each transport's queue for its share of HANDSHAKE_TURN_SECONDS (one at least);
+        the rest next turn."""
         self._handshakes_scheduled = False
         now, wall = time.monotonic(), time.time()
         authority = self.authority
+        share = HANDSHAKE_TURN_SECONDS / len(self._handshakes)
         for channel, queue in list(self._handshakes.items()):
             role = self.transports.get(channel)
             answers, refused = [], []
-            for _ in range(min(len(queue), HANDSHAKES_PER_TURN)):
+            until = time.perf_counter() + share
+            while queue:
                 request = queue.popleft()
                 index = request.local_index
                 try:
                     answer = authority.answer(request.initiation, index, role or "", now, wall)
                 except (HandshakeError, MessageError) as error:
                     refused.append(HandshakeRefusal(index, str(error)))
-                    continue
-                answers.append(HandshakeAnswer(
-                    index, answer.peer_public, answer.response, answer.keys.send,
-                    answer.keys.receive, answer.remote_index, answer.ticket))
+                else:
+                    answers.append(HandshakeAnswer(
+                        index, answer.peer_public, answer.response, answer.keys.send,
+                        answer.keys.receive, answer.remote_index, answer.ticket))
+                if time.perf_counter() >= until:
+                    break
             self.handshakes_answered += len(answers)
             self.handshakes_refused += len(refused)
             if not queue:

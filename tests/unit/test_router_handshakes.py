@@ -34,8 +34,9 @@ from aura_common.wireguard import (
     public_key,
 )
 from aura_common.wireguard.noise import TransportKeys
+from services.router import main as router_main
 from services.router import replay
-from services.router.main import HANDSHAKE_QUEUE, HANDSHAKES_PER_TURN, Router
+from services.router.main import HANDSHAKE_QUEUE, Router
 from tests.unit.test_router_claims import FakeTransport, new_router
 from tests.unit.test_wireguard_device import CLIENT_ADDR, SERVER_ADDR, of_type, transmits
 
@@ -143,8 +144,12 @@ def test_replay_file_round_trip_keeps_registered_peers_and_names_damage(tmp_path
             replay.load(path)
 
 
-def test_forwarded_handshakes_are_bounded_per_transport_and_per_turn(tmp_path: Path) -> None:
+def test_forwarded_handshakes_are_bounded_per_transport_and_per_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config, _ = setup(tmp_path)
+    # A turn answers until its time is spent: with none to spend, one handshake per turn.
+    monkeypatch.setattr(router_main, "HANDSHAKE_TURN_SECONDS", 0.0)
 
     async def scenario() -> None:
         router = new_router(config)
@@ -154,12 +159,12 @@ def test_forwarded_handshakes_are_bounded_per_transport_and_per_turn(tmp_path: P
         router._handshakes_from(udp, [HandshakeRequest(n, b"\x01" + bytes(147))  # type: ignore[arg-type]
                                       for n in range(offered)])
         assert router.handshakes_dropped == 44
-        router._answer_handshakes()  # one turn: one batch answered (here: refused, bad mac1)
-        assert router.handshakes_refused == HANDSHAKES_PER_TURN
+        router._answer_handshakes()  # one turn: one answered (here: refused, bad mac1)
+        assert router.handshakes_refused == 1
         await asyncio.sleep(0)
         overflow = hs_done(udp)[0]
         assert [r.reason for r in overflow.refused] == ["router handshake queue full"] * 44
-        for _ in range(4 * HANDSHAKE_QUEUE // HANDSHAKES_PER_TURN):
+        for _ in range(4 * HANDSHAKE_QUEUE):
             await asyncio.sleep(0)
         assert router.handshakes_refused == HANDSHAKE_QUEUE
         refused = [r for f in hs_done(udp)[1:] for r in f.refused]

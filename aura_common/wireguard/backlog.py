@@ -1,0 +1,66 @@
+"""The handshake messages that passed screening and wait for their key exchange.
+
+WireGuard keeps them in one FIFO. Under a flood of initiations that carry a valid mac2 from
+thousands of sources, each within its per-source rate limit (a source is an IPv4 address or
+an IPv6 /64; one IPv6 /48 holds 65,536 of them), the FIFO stays full: a new client's
+initiation, even its retry with a cookie, finds no room or waits behind the whole flood.
+
+So sources are served in two classes. A message from a source that has had none queued for
+FRESH_AFTER seconds goes first; the others wait behind, in arrival order. When the backlog
+is full, a first-class message takes the place of the newest one behind. A client connecting
+then gets its key exchange ahead of the flood's sources, which have all had theirs lately;
+the flood is left the rest of the capacity. Bounded: at most `capacity` messages and
+`sources` remembered sources (the one queued longest ago is forgotten first; an attacker
+rotating through more proven sources than that makes every one of them look new, and is
+served in arrival order along with the new client, as in a single FIFO).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from .cookie import RateLimiter, Source
+from .limits import (
+    BACKLOG_SOURCES,
+    FRESH_AFTER,
+    HANDSHAKE_QUEUE_SIZE,
+)
+
+Waiting = tuple[bytes, Source]
+
+
+class HandshakeBacklog:
+    def __init__(self, capacity: int = HANDSHAKE_QUEUE_SIZE,
+                 sources: int = BACKLOG_SOURCES, fresh_after: float = FRESH_AFTER) -> None:
+        self._capacity, self._sources, self._fresh_after = capacity, sources, fresh_after
+        self._first: deque[Waiting] = deque()
+        self._behind: deque[Waiting] = deque()
+        self._queued_at: dict[bytes, float] = {}  # source key -> last queued, oldest first
+
+    def add(self, datagram: bytes, source: Source, now: float) -> Source | None:
+        """Queues a message; returns the source of the message dropped for want of room
+        (this one, or one queued behind that it displaced), or None."""
+        try:
+            key = RateLimiter.key(source[0])
+        except OSError:  # not an IP address: an endpoint a carrier named otherwise
+            key = source[0].encode()
+        queued_at = self._queued_at
+        last = queued_at.get(key)
+        fresh = last is None or now - last >= self._fresh_after
+        dropped = None
+        if len(self._first) + len(self._behind) >= self._capacity:
+            if not fresh or not self._behind:
+                return source
+            dropped = self._behind.pop()[1]
+        (self._first if fresh else self._behind).append((datagram, source))
+        queued_at.pop(key, None)
+        queued_at[key] = now  # re-inserted last: dicts keep insertion order
+        if len(queued_at) > self._sources:
+            del queued_at[next(iter(queued_at))]
+        return dropped
+
+    def pop(self) -> Waiting:
+        return self._first.popleft() if self._first else self._behind.popleft()
+
+    def __len__(self) -> int:
+        return len(self._first) + len(self._behind)
