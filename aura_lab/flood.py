@@ -30,6 +30,7 @@ import socket
 import struct
 import sys
 import time
+from collections import deque
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -125,13 +126,13 @@ class Flooder:
         # A source that got a cookie reply sends nothing for this long (a real client tries
         # again REKEY_TIMEOUT later); 0: it goes on at once, as a flood does.
         self.rest = rest
-        self.resting: dict[int, float] = {}  # source slot -> until
+        self.ready = deque(range(len(self.sources)))  # source slots in turn
+        self.resting: deque[tuple[float, int]] = deque()  # (until, slot), soonest first
         self.cookies: dict[int, bytes] = {}  # source slot -> cookie
         self.sent = 0
         self.replies: dict[int, int] = {}
         self._destination = self._sockaddr(target)
         self._controls = [self._pktinfo(s) if s else None for s in self.sources]
-        self._next_slot = 0
         if messages is None:
             mac1_key = hashlib.blake2s(b"mac1----" + server_public).digest()
             per_source = -(-self.POOL // len(self.sources))
@@ -228,14 +229,15 @@ class Flooder:
 
     def _free_slot(self) -> int | None:
         """The next source in turn that is not resting after a cookie reply."""
-        now, count = time.monotonic(), len(self.sources)
-        for _ in range(count):
-            slot = self._next_slot
-            self._next_slot = (slot + 1) % count
-            until = self.resting.get(slot)
-            if until is None or until <= now:
-                return slot
-        return None
+        resting, ready = self.resting, self.ready
+        now = time.monotonic()
+        while resting and resting[0][0] <= now:
+            ready.append(resting.popleft()[1])
+        if not ready:
+            return None
+        slot = ready.popleft()
+        ready.append(slot)
+        return slot
 
     def drain(self) -> None:
         while True:
@@ -262,8 +264,9 @@ class Flooder:
             self.cookies[slot] = xaead_open(self.cookie_key, reply[8:32], reply[32:64], mac1)
         except InvalidTag:  # a reply we cannot read proves nothing
             return
-        if self.rest:
-            self.resting[slot] = time.monotonic() + self.rest
+        if self.rest and slot in self.ready:
+            self.ready.remove(slot)
+            self.resting.append((time.monotonic() + self.rest, slot))
         if self.cycle:  # the slot's datagrams carry the cookie from now on
             for m in range(slot, self.count, len(self.sources)):
                 self._sign(m, slot)
