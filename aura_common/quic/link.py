@@ -5,7 +5,7 @@ qh3's `QuicConnection` takes datagrams and time in and gives packets, events and
 its packet processing (protection, framing, acknowledgements, loss recovery) is native code,
 so a tunnel packet costs a few microseconds where a pure-Python QUIC stack spends tens.
 `QuicLink` is the thin wiring around it: packets leave in GSO batches through a
-`DatagramSocket` and one asyncio timer follows `get_timer`.
+`DatagramSocket` and one asyncio timer follows `get_timer`, within TIMER_SLACK.
 
 Python still pays per call, so the owner feeds a whole socket burst with `receive`, takes the
 events, and calls `transmit` once: the acknowledgements for the burst and every message
@@ -49,6 +49,12 @@ DATAGRAM_OVERHEAD = 1 + CONNECTION_ID_LENGTH + PACKET_NUMBER_SIZE + AEAD_TAG_SIZ
 # qh3 fail every later `datagrams_to_send` of the connection. The client's tunnel MTU keeps
 # its messages within it.
 MAX_MESSAGE = QUIC_PACKET_SIZE - 1 - 20 - 4 - AEAD_TAG_SIZE - 3
+# How late the connection's timer may fire: RFC 9002's timer granularity (kGranularity).
+# qh3 moves its deadline with nearly every call (a pacing deadline microseconds after each
+# send, the idle deadline after each receive); re-arming asyncio's timer for each costs about
+# what building a packet does. An armed timer that fires within this slack of the new
+# deadline stays; one that fires early only finds nothing due and follows the timer again.
+TIMER_SLACK = 0.001
 
 
 def datagram_configuration(*, is_client: bool, idle_timeout: float,
@@ -128,15 +134,20 @@ class QuicLink:
         self._follow_timer()
 
     def _follow_timer(self) -> None:
-        timer_at = self.quic.get_timer()
-        if timer_at == self._timer_at:
+        deadline = self.quic.get_timer()
+        if deadline is None:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._timer_at = None
             return
+        latest = deadline + TIMER_SLACK
         if self._timer is not None:
+            assert self._timer_at is not None
+            if self._timer_at <= latest:
+                return
             self._timer.cancel()
-            self._timer = None
-        self._timer_at = timer_at
-        if timer_at is not None:
-            self._timer = self._loop.call_at(timer_at, self._fire)
+        self._timer_at = latest
+        self._timer = self._loop.call_at(latest, self._fire)
 
     def _fire(self) -> None:
         self._timer = None

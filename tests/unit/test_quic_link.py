@@ -3,21 +3,26 @@ Retry tokens, and that qh3 sends every queued message in one call."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+from collections.abc import Sequence
+from typing import Any, cast
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from qh3._hazmat import Buffer
 from qh3.quic.connection import QuicConnection
-from qh3.quic.events import DatagramFrameReceived
+from qh3.quic.events import ConnectionTerminated, DatagramFrameReceived, HandshakeCompleted
 from qh3.quic.packet import pull_quic_header
 
 from aura_common.config import QuicConfig
+from aura_common.quic.datagram import DatagramSocket
 from aura_common.quic.link import (
     CONNECTION_ID_LENGTH,
     MAX_MESSAGE,
     QUIC_PACKET_SIZE,
+    QuicLink,
     datagram_configuration,
 )
 from services.quic.carrier import destination_cid, server_configuration
@@ -42,11 +47,9 @@ def test_destination_cid_is_read_from_either_header() -> None:
     assert destination_cid(b"") == b"" and destination_cid(b"\xc0\0\0") == b""
 
 
-def test_every_queued_message_leaves_in_one_call(keys: Keys) -> None:
-    """What QuicLink.transmit relies on: qh3 neither paces nor windows DATAGRAM frames, so one
-    `datagrams_to_send` sends all that is queued, at LAN and at loaded-tunnel round trips,
-    each in a packet that crosses a 1500-byte path."""
-    client_configuration = datagram_configuration(is_client=True, idle_timeout=30,
+def unconnected_pair(keys: Keys, idle_timeout: float = 30) -> tuple[QuicConnection,
+                                                                     QuicConnection]:
+    client_configuration = datagram_configuration(is_client=True, idle_timeout=idle_timeout,
                                                   server_name="aura")
     client_configuration.verify_mode = ssl.CERT_NONE
     client = QuicConnection(configuration=client_configuration)
@@ -54,6 +57,14 @@ def test_every_queued_message_leaves_in_one_call(keys: Keys) -> None:
         configuration=server_configuration(QuicConfig(), str(keys.directory / "tls.crt"),
                                            str(keys.directory / "tls.key")),
         original_destination_connection_id=client.original_destination_connection_id)
+    return client, server
+
+
+def test_every_queued_message_leaves_in_one_call(keys: Keys) -> None:
+    """What QuicLink.transmit relies on: qh3 neither paces nor windows DATAGRAM frames, so one
+    `datagrams_to_send` sends all that is queued, at LAN and at loaded-tunnel round trips,
+    each in a packet that crosses a 1500-byte path."""
+    client, server = unconnected_pair(keys)
     now = 0.0
     client.connect(SERVER, now=now)
     for rtt in (0.0003, 0.02):
@@ -99,3 +110,73 @@ def test_a_forged_retry_token_is_refused(token: bytes, cid: bytes) -> None:
     with pytest.raises(ValueError):
         RetryTokens().validate_token(address=CLIENT, destination_cid=cid, token=token,
                                      now=1.0)
+
+
+class Wire:
+    """Stands in for the DatagramSocket under a client QuicLink: hands its packets straight to
+    a server connection and the server's answers back, on the event loop's clock."""
+
+    def __init__(self, server: QuicConnection) -> None:
+        self.server = server
+        self.link: QuicLink | None = None
+        self.loop = asyncio.get_running_loop()
+
+    def send(self, datagrams: Sequence[bytes], destination: Any, source: Any = None) -> None:
+        now = self.loop.time()
+        self.server.receive_many_datagrams(list(datagrams), CLIENT, now)
+        while self.server.next_event() is not None:
+            pass
+        answers = [data for data, _ in self.server.datagrams_to_send(now=now)]
+        if answers and self.link is not None:
+            self.loop.call_soon(self.link.receive, answers, SERVER)
+
+
+def test_the_timer_is_armed_once_per_slack_not_per_send(keys: Keys) -> None:
+    """qh3 moves its deadline with every send and receive; the link keeps one armed asyncio
+    timer while the new deadline is within TIMER_SLACK of it, yet still fires: the idle
+    timeout ends a connection that falls silent."""
+    terminated: list[float] = []
+
+    def on_timer_events(link: QuicLink) -> None:
+        for event in link.events():
+            if isinstance(event, ConnectionTerminated):
+                terminated.append(loop.time())
+
+    async def scenario() -> None:
+        client, server = unconnected_pair(keys, idle_timeout=0.5)
+        wire = Wire(server)
+        link = QuicLink(client, cast(DatagramSocket, wire), on_timer_events)
+        wire.link = link
+        client.connect(SERVER, now=loop.time())
+        link.transmit()
+        for _ in range(50):
+            await asyncio.sleep(0.002)
+            if any(isinstance(event, HandshakeCompleted) for event in link.events()):
+                break
+        arms = 0
+        call_at = loop.call_at
+
+        def counting_call_at(when: float, callback: Any, *args: Any,
+                             **kwargs: Any) -> asyncio.TimerHandle:
+            nonlocal arms
+            arms += callback == link._fire
+            return call_at(when, callback, *args, **kwargs)
+
+        loop.call_at = counting_call_at  # type: ignore[method-assign, assignment]
+        for _ in range(100):  # a send every 0.1 ms, each moving qh3's deadline
+            link.send([bytes(1000)])
+            await asyncio.sleep(0.0001)
+        loop.call_at = call_at  # type: ignore[method-assign]
+        assert client.get_timer() is not None and arms > 0
+        assert arms <= 100 // 4, f"{arms} timers armed for 100 sends"
+        silent_from = loop.time()
+        await asyncio.sleep(0.5 + 1.5)
+        assert terminated, "the idle timeout fired"
+        assert terminated[0] - silent_from < 0.5 + 1.0
+        link.stop()
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
