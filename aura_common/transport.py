@@ -268,14 +268,14 @@ class SessionHub:
         return self.device.peer(key) is None or self._names[key] != entry.name
 
     def _from_router(self, batches: list[tuple[str, list[bytes]]]) -> None:
+        """Encrypt every peer's packets of a frame, then handle all the events at once (a
+        frame may carry a packet for each of a thousand peers)."""
+        now, events = time.monotonic(), []
         for name, packets in batches:
-            self._send_to_peer(name, packets)
-
-    def _send_to_peer(self, name: str, packets: list[bytes]) -> None:
-        peer = self._by_name.get(name)
-        if peer is None or peer.endpoint is None:
-            return
-        self._handle(self.device.send(peer, packets, time.monotonic()))
+            peer = self._by_name.get(name)
+            if peer is not None and peer.endpoint is not None:
+                events += self.device.send(peer, packets, now)
+        self._handle(events)
 
     async def run(self) -> None:
         """Keep the router link up and the timers ticking, forever."""

@@ -63,7 +63,7 @@ def send_path(batches: int) -> float:
     packets = [packet] * BATCH
     start = time.perf_counter()
     for _ in range(batches):
-        hub._send_to_peer("alice", packets)
+        hub._from_router([("alice", packets)])
     return (time.perf_counter() - start) / batches
 
 
