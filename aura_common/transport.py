@@ -83,6 +83,7 @@ class SessionHub:
         self.on_authenticated: Callable[[Address], None] | None = None
         self._router: ipc.Channel | None = None
         self._names: dict[bytes, str] = {}  # public key -> peer name
+        self._keys: dict[bytes, bytes] = {}  # public key -> the router's tag of its keys
         self._by_name: dict[str, Peer] = {}
         self._live: set[str] = set()  # peers with a session the router knows of
         self.counters = metrics.TransportCounters()
@@ -249,11 +250,13 @@ class SessionHub:
         for key in list(self._names):
             if key not in wanted or self._changed(key, wanted[key]):
                 name = self._names.pop(key)
+                del self._keys[key]
                 peer = self._by_name.pop(name, None)
                 self.device.remove_peer(key)
                 if name in self._live:
                     self._live.discard(name)
-                    # Revoked, disabled, or past its expiry or quota: the router decides.
+                    # Revoked, disabled, past its expiry or quota, or given a new preshared
+                    # key: the router decides.
                     log.info("peer %s withdrawn: session closed", name,
                              extra=fields(peer=name, transport=self.role))
                     self._tell_router(SessionDown(name))
@@ -262,10 +265,12 @@ class SessionHub:
             if key not in self._names:
                 peer = self.device.add_peer(key)
                 self._names[key] = entry.name
+                self._keys[key] = entry.keys
                 self._by_name[entry.name] = peer
 
     def _changed(self, key: bytes, entry: PeerKey) -> bool:
-        return self.device.peer(key) is None or self._names[key] != entry.name
+        return (self.device.peer(key) is None or self._names[key] != entry.name
+                or self._keys[key] != entry.keys)
 
     def _from_router(self, batches: list[tuple[str, list[bytes]]]) -> None:
         """Encrypt every peer's packets of a frame, then handle all the events at once (a

@@ -41,7 +41,7 @@ class Discard:
 def connected_hub() -> SessionHub:
     server_key, client_key = generate_private_key(), generate_private_key()
     hub = SessionHub("udp", Device(server_key), "/nonexistent")
-    hub._apply_peers([PeerKey("alice", public_key(client_key))])
+    hub._apply_peers([PeerKey("alice", public_key(client_key), b"")])
     client = Device(client_key)
     peer = client.add_peer(public_key(server_key), endpoint=("192.0.2.2", 51820))
     sent: list[list[bytes]] = []

@@ -136,6 +136,9 @@ class Error(Frame):
 class PeerKey:
     name: str
     public_key: Key
+    # The authority's MAC over the peer's keys (`HandshakeAuthority.keys_tag`): a transport
+    # drops the peer's session keys when it changes. Empty for a key the authority refused.
+    keys: Annotated[bytes, Size(16, exact=False)]
 
 
 @frame("peers", chunked="peers")
@@ -567,8 +570,9 @@ def encode_parts(frame: Frame, limit: int) -> list[bytes]:
         return [encode(frame)]
     mapping = to_map(frame)
     entries = mapping.pop(key)
-    budget = limit - len(msgpack.packb({**mapping, key: [], "chunk": key, "end": False},
-                                       use_bin_type=True))
+    # Less 4: the list's header, 1 byte while it is empty, takes up to 5 with entries.
+    budget = limit - 4 - len(msgpack.packb({**mapping, key: [], "chunk": key, "end": False},
+                                           use_bin_type=True))
     parts: list[list[Any]] = [[]]
     size = 0
     for entry in entries:

@@ -8,9 +8,10 @@ answers with the response message and the session keys for the device that asked
 (`Device.complete_handshake`). A device with the private key runs one in-process.
 
 Each answer carries a ticket: a MAC, under a key derived from the static key, over the carrier
-that asked, the peer and the time. A carrier later claiming the session shows it, so only a
-handshake the authority itself answered for that carrier can be claimed, also after the
-authority restarted (the static key, and with it the ticket key, stays).
+that asked, the peer, the peer's keys (`keys_tag`) and the time. A carrier later claiming the
+session shows it, so only a handshake the authority itself answered for that carrier, with the
+keys the peer has now, can be claimed, also after the authority restarted (the static key, and
+with it the ticket key, stays).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .noise import (
 )
 
 _TICKET_LABEL = b"aura session ticket"
+_KEYS_LABEL = b"aura peer keys"
 _TICKET_TIME = struct.Struct("!Q")  # milliseconds since the Unix epoch
 TICKET_SIZE = _TICKET_TIME.size + 16
 # A ticket is shown when the session's first data arrives, or again after the authority
@@ -58,11 +60,14 @@ class Answer:
 
 
 class _Known:
-    __slots__ = ("last_initiation_at", "last_timestamp", "preshared_key", "static_static")
+    __slots__ = ("keys_tag", "last_initiation_at", "last_timestamp", "preshared_key",
+                 "static_static")
 
-    def __init__(self, static_static: bytes, preshared_key: bytes | None) -> None:
+    def __init__(self, static_static: bytes, preshared_key: bytes | None,
+                 keys_tag: bytes) -> None:
         self.static_static = static_static
         self.preshared_key = preshared_key
+        self.keys_tag = keys_tag
         self.last_timestamp = b""
         self.last_initiation_at = float("-inf")
 
@@ -79,6 +84,7 @@ class HandshakeAuthority:
         self._initial_hash = initial_hash_for(self.public_key)
         self._mac1_key = mac1_key(self.public_key)
         self._ticket_key = blake2s_hash(_TICKET_LABEL, private_key)
+        self._keys_key = blake2s_hash(_KEYS_LABEL, private_key)
         self._rng = rng
         self._peers: dict[bytes, _Known] = {}
         # The newest initiation timestamp seen per peer, kept across restarts by the caller
@@ -96,7 +102,9 @@ class HandshakeAuthority:
             static_static = dh(self._static, public)
         except ValueError as error:
             raise AuraError(f"WireGuard public key {public.hex()} is unusable") from error
-        known = self._peers[public] = _Known(static_static, preshared_key)
+        # No preshared key is the all-zero one (Noise_IKpsk2): the same keys, the same tag.
+        tag = keyed_mac(self._keys_key, public + (preshared_key or bytes(KEY_SIZE)))
+        known = self._peers[public] = _Known(static_static, preshared_key, tag)
         known.last_timestamp = self._timestamps.get(public, b"")
 
     def remove_peer(self, public: bytes) -> None:
@@ -124,6 +132,14 @@ class HandshakeAuthority:
 
     def __contains__(self, public: bytes) -> bool:
         return public in self._peers
+
+    def keys_tag(self, public: bytes) -> bytes:
+        """A MAC over the keys `public` completes handshakes with (its public and preshared
+        key), empty for a peer refused: it changes exactly when they do, so a carrier told it
+        drops the peer's session keys when the operator replaces either key, and it says
+        nothing about the preshared key to whoever reads it."""
+        known = self._peers.get(public)
+        return b"" if known is None else known.keys_tag
 
     # -- replay state ---------------------------------------------------------------------
     def replay_state(self) -> dict[bytes, bytes]:
@@ -188,8 +204,9 @@ class HandshakeAuthority:
     def ticket_valid(self, ticket: bytes, carrier: str, peer_public: bytes,
                      wall: float) -> bool:
         """Whether `ticket` is one this authority issued to `carrier` for `peer_public`, for
-        a handshake whose keys may still be in use at `wall`."""
-        if len(ticket) != TICKET_SIZE:
+        a handshake with the peer's present keys whose session keys may still be in use at
+        `wall`."""
+        if len(ticket) != TICKET_SIZE or peer_public not in self._peers:
             return False
         issued = ticket[: _TICKET_TIME.size]
         if not hmac.compare_digest(ticket[_TICKET_TIME.size :],
@@ -200,5 +217,5 @@ class HandshakeAuthority:
 
     def _ticket_mac(self, carrier: str, peer_public: bytes, issued: bytes) -> bytes:
         carrier_bytes = carrier.encode()
-        return keyed_mac(self._ticket_key,
-                         bytes([len(carrier_bytes)]) + carrier_bytes + peer_public + issued)
+        return keyed_mac(self._ticket_key, bytes([len(carrier_bytes)]) + carrier_bytes
+                         + peer_public + self.keys_tag(peer_public) + issued)

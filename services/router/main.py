@@ -87,6 +87,11 @@ HANDSHAKE_QUEUE = 256
 HANDSHAKE_TURN_SECONDS = 0.002
 
 
+def _keys(peer: Peer | None) -> tuple[bytes, bytes] | None:
+    """What a peer's handshakes are made with; no preshared key is the all-zero one."""
+    return None if peer is None else (peer.public_key, peer.preshared_key or bytes(32))
+
+
 def serial_of(signed: SignedManifest | None) -> int:
     """The serial a manifest claims (0 for none); its signature is checked where it enters."""
     if signed is None:
@@ -172,14 +177,19 @@ class Router:
         self.apply_registry(Registry.load(self.config.peers_file))
 
     def apply_registry(self, registry: Registry) -> None:
-        """Serve `registry` from now on: sessions of peers no longer allowed end at once."""
-        self.registry = registry
+        """Serve `registry` from now on: sessions of peers no longer allowed end at once, and
+        so do those of peers with a new public or preshared key (the operator replaced a key
+        that leaked: the session made with it must not outlive it). The peers frame tells
+        the transports, which drop those peers' session keys."""
+        previous, self.registry = self.registry, registry
         self.usage.retain(peer.name for peer in self.registry)
         self.check_limits(push=False)
         allowed = {peer.name for peer in self.registry if self._may_connect(peer)}
         for session in list(self.sessions):
             if session.peer not in allowed:
                 self._end_session(session.peer, None, "revoked")
+            elif _keys(previous.get(session.peer)) != _keys(registry.get(session.peer)):
+                self._end_session(session.peer, None, "its keys changed")
         self._push_peers()
         log.info("peer registry loaded: %d peers", len(self.registry))
 
@@ -189,10 +199,10 @@ class Router:
     def _peers_frame(self) -> Peers:
         """The peers transports accept handshakes from: not those revoked, disabled or limited.
 
-        A peer left out loses its sessions on every transport at once. Public keys only: the
-        preshared keys stay here, with the authority.
+        A peer left out loses its sessions on every transport at once, and so does one whose
+        `keys` tag changed. Public keys only: the preshared keys stay here, with the authority.
         """
-        return Peers([PeerKey(p.name, p.public_key)
+        return Peers([PeerKey(p.name, p.public_key, self.authority.keys_tag(p.public_key))
                       for p in self.registry if self._may_connect(p)])
 
     def _authorize_peers(self) -> None:

@@ -295,7 +295,7 @@ def test_status_of_20000_connected_peers_reaches_the_admin(router: Router) -> No
 def test_chunk_parts_stay_within_chunk_bytes() -> None:
     async def scenario() -> None:
         sender, receiver = pair(FROM_ROUTER)
-        items = [PeerKey("p" * (i % 700), bytes(32)) for i in range(5000)]
+        items = [PeerKey("p" * (i % 700), bytes(32), bytes(16)) for i in range(5000)]
         task = asyncio.ensure_future(sender.send_reliable(Peers(items)))
         sizes = []
         raw = receiver.sock

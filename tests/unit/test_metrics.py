@@ -81,7 +81,7 @@ def hub_with_client() -> tuple[SessionHub, Device, RecordingCarrier]:
     hub = SessionHub("udp", Device(server_key), "/nonexistent/router.sock")
     carrier = RecordingCarrier()
     hub.carrier = carrier
-    hub._apply_peers([PeerKey("alice", public_key(client_key))])
+    hub._apply_peers([PeerKey("alice", public_key(client_key), b"")])
     client = Device(client_key)
     client.add_peer(public_key(server_key), endpoint=("203.0.113.1", 8443))
     return hub, client, carrier
@@ -132,7 +132,7 @@ def test_cookie_replies_are_counted_under_load() -> None:
     hub.device = Device(static.private_bytes_raw(), under_load_after=1)
     hub._names.clear()
     hub._by_name.clear()
-    hub._apply_peers([PeerKey("alice", client.public_key)])
+    hub._apply_peers([PeerKey("alice", client.public_key, b"")])
     registry = registry_of(metrics.TransportCollector(hub))
     peer = next(iter(client.peers))
     for attempt in range(3):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import time
@@ -235,6 +236,92 @@ def test_a_transport_without_the_key_forwards_one_turn_in_one_frame_and_claims_i
             await asyncio.sleep(0.01)
         assert {s.peer for s in router.sessions} == {"peer0", "peer1", "peer2"}
         assert router.handshakes_answered == 3
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        link.close()
+        served.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_new_preshared_or_public_key_ends_the_peers_session_on_the_router_and_transport(
+    tmp_path: Path,
+) -> None:
+    """The operator replaces a leaked key: the session made with the old one ends at once,
+    its session keys leave the transport, its ticket no longer claims it, and the peer
+    connects again with the new key. Other peers keep their sessions."""
+    config = ServerConfig.default("vpn.example", state_dir=str(tmp_path),
+                                  runtime_dir=str(tmp_path), key_dir=str(tmp_path))
+    server_key = generate_private_key()
+    alice_key, bob_key, carol_key = (generate_private_key() for _ in range(3))
+    with Registry.edit(config.peers_file) as registry:
+        registry.add(Peer("alice", public_key(alice_key), preshared_key=bytes(32),
+                          address_v4="10.77.0.2"))
+        registry.add(Peer("bob", public_key(bob_key), address_v4="10.77.0.3"))
+        registry.add(Peer("carol", public_key(carol_key), address_v4="10.77.0.4"))
+
+    async def scenario() -> None:
+        router = Router(config, HandshakeAuthority(server_key))
+        hub = SessionHub("udp", Device(public_key=public_key(server_key)), "/unused")
+        carrier = RecordingCarrier()
+        hub.carrier = carrier
+        left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        link = ipc.Channel(left, FROM_ROUTER, "router")
+        served = ipc.Channel(right, TO_ROUTER, "udp")
+        hub._router = link
+        tasks = [asyncio.ensure_future(router.on_channel(served)),
+                 asyncio.ensure_future(hub._serve_router(link))]
+
+        async def until(condition: Any) -> None:
+            while not condition():
+                await asyncio.sleep(0.01)
+
+        async def connect(key: bytes, preshared_key: bytes | None, port: int) -> bool:
+            """Whether a client with these keys completes a handshake (and sends its first
+            data, which makes the session)."""
+            device = Device(key)
+            peer = device.add_peer(public_key(server_key), preshared_key=preshared_key,
+                                   endpoint=SERVER_ADDR)
+            sent, refused = len(carrier.sent), router.handshakes_refused
+            hub.received(transmits(device.initiate(peer, time.monotonic())),
+                         ("192.0.2.1", port))
+            await until(lambda: len(carrier.sent) > sent or router.handshakes_refused > refused)
+            if router.handshakes_refused > refused:
+                return False
+            confirmation = device.receive(carrier.sent[-1][1], SERVER_ADDR, time.monotonic())
+            if not of_type(confirmation, HandshakeCompleted):
+                return False
+            hub.received(transmits(confirmation), ("192.0.2.1", port))
+            return True
+
+        await until(lambda: len(list(hub.device.peers)) == 3)
+        assert await connect(alice_key, bytes(32), 1000)
+        assert await connect(bob_key, None, 1001)
+        assert await connect(carol_key, None, 1002)
+        await until(lambda: len(list(router.sessions)) == 3)
+        alice, carol = public_key(alice_key), public_key(carol_key)
+        ticket = hub.device.peer(alice).session_ticket  # type: ignore[union-attr]
+        new_carol_key = generate_private_key()
+
+        with Registry.edit(config.peers_file) as registry:
+            registry.add(dataclasses.replace(registry.revoke("alice"),
+                                             preshared_key=bytes([7]) * 32))
+            registry.add(dataclasses.replace(registry.revoke("carol"),
+                                             public_key=public_key(new_carol_key)))
+        router.reload()
+        assert {s.peer for s in router.sessions} == {"bob"}  # ended at once, here
+        now = time.monotonic()
+        await until(lambda: not hub.device.peer(alice).has_session(now))  # type: ignore[union-attr]
+        assert hub.device.peer(carol) is None
+        assert hub.device.peer(public_key(bob_key)).has_session(now)  # type: ignore[union-attr]
+        assert not router.authority.ticket_valid(ticket, "udp", alice, time.time())
+        assert not await connect(alice_key, bytes(32), 1003)  # the old preshared key
+        assert not await connect(carol_key, None, 1004)  # the old public key
+        await until(lambda: hub.device.peer(public_key(new_carol_key)) is not None)
+        assert await connect(alice_key, bytes([7]) * 32, 1005)
+        assert await connect(new_carol_key, None, 1006)
+        await until(lambda: len(list(router.sessions)) == 3)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -158,12 +158,14 @@ def test_set_peers_keeps_replay_state_of_every_peer_it_keeps() -> None:
     assert client not in pair.authority
 
 
-def test_tickets_bind_carrier_peer_and_time_and_survive_a_restart() -> None:
-    pair = Relayed()
+def test_tickets_bind_carrier_peer_keys_and_time_and_survive_a_restart() -> None:
+    pair = Relayed(psk=bytes(range(32)))
     client = public_key(pair.client_key)
     [request] = pair.requests(0.0)
     ticket = pair.answer(request, 0.0, "udp").ticket
     restarted = HandshakeAuthority(pair.server_key)
+    assert not restarted.ticket_valid(ticket, "udp", client, WALL)  # not a peer of it (yet)
+    restarted.set_peers({client: bytes(range(32))})
     assert restarted.ticket_valid(ticket, "udp", client, WALL + TICKET_LIFETIME)
     assert not restarted.ticket_valid(ticket, "tcp", client, WALL)
     assert not restarted.ticket_valid(ticket, "udp", public_key(generate_private_key()), WALL)
@@ -171,7 +173,25 @@ def test_tickets_bind_carrier_peer_and_time_and_survive_a_restart() -> None:
     assert not restarted.ticket_valid(ticket[:-1] + bytes([ticket[-1] ^ 1]), "udp", client, WALL)
     assert not restarted.ticket_valid(b"", "udp", client, WALL)
     other = HandshakeAuthority(generate_private_key())
+    other.set_peers({client: bytes(range(32))})
     assert not other.ticket_valid(ticket, "udp", client, WALL)
+    restarted.set_peers({client: bytes(32)})  # a new preshared key: a new session needed
+    assert not restarted.ticket_valid(ticket, "udp", client, WALL)
+
+
+def test_the_keys_tag_changes_with_either_key_and_only_then() -> None:
+    server_key = generate_private_key()
+    authority, again = HandshakeAuthority(server_key), HandshakeAuthority(server_key)
+    client, other = public_key(generate_private_key()), public_key(generate_private_key())
+    authority.set_peers({client: None, other: bytes(range(32))})
+    tag = authority.keys_tag(client)
+    again.set_peers({client: bytes(32), other: bytes(range(32))})  # zero psk is no psk
+    assert again.keys_tag(client) == tag and len(tag) == 16  # also after a restart
+    assert authority.keys_tag(other) not in (tag, b"")
+    again.set_peers({client: bytes([1]) * 32})
+    assert again.keys_tag(client) != tag
+    assert again.keys_tag(other) == b""  # no longer a peer
+    assert HandshakeAuthority(generate_private_key()).keys_tag(client) == b""
 
 
 def test_answers_the_device_did_not_ask_for_are_dropped() -> None:
