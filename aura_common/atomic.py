@@ -142,15 +142,37 @@ def _open_lock_file(dir_fd: int, name: str, shown: str) -> int:
         return fd
 
 
-def read_state_file(path: str) -> bytes | None:
-    """The bytes of a state file; None when it does not exist yet. Errors name the file."""
+# State files are read whole: the registry of a large server is a few MiB (about 300 bytes
+# a peer); anything larger is not ours, and must not cost its reader (root, for the CLI) more.
+STATE_FILE_LIMIT = 64 << 20
+# O_NONBLOCK: opening a FIFO planted under the file's name must not hang its reader.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+def read_state_file(path: str, limit: int = STATE_FILE_LIMIT) -> bytes | None:
+    """The bytes of a state file; None when it does not exist yet. Errors name the file.
+
+    Several state files live in a directory a service account owns, and root reads them (the
+    CLI): a symlink in the file's place is refused, not followed; so is anything but a
+    regular file, and a file over `limit` bytes.
+    """
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, _READ_FLAGS)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise ConfigError(path, "", f"a readable file ({exc.strerror})") from None
+        why = "a symlink is refused" if exc.errno == errno.ELOOP else exc.strerror
+        raise ConfigError(path, "", f"a readable file ({why})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(path, "", "a regular file")
+        try:
+            data = f.read(limit + 1)
+        except OSError as exc:
+            raise ConfigError(path, "", f"a readable file ({exc.strerror})") from None
+    if len(data) > limit:
+        raise ConfigError(path, "", f"a file of at most {limit} bytes")
+    return data
 
 
 def parse_versioned_json(data: bytes, path: str, version: int) -> dict[str, Any]:

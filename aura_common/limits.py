@@ -6,7 +6,7 @@ WireGuard, UDP, TLS and QUIC overhead is not counted; it is the traffic the user
 
 The decision (`refusal`) is a pure function of the peer, its usage and the time, so the router
 applies it with the real clock and tests with any. The `Usage` ledger is the router's alone:
-it keeps the running totals in memory and writes `state_dir/usage.json` atomically, at most
+it keeps the running totals in memory and writes `state_dir/router/usage.json` atomically, at most
 once per `SAVE_INTERVAL` while something changed, when a peer crosses its quota, and on
 shutdown. A crash loses at most that interval of counting.
 """

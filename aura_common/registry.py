@@ -1,7 +1,7 @@
 """The peer registry: who may connect, with which keys and addresses.
 
 It lives in one of two places behind one interface (`RegistryStore`, from `open_store`): the
-file `state_dir/peers.json` (one server, the default) or a cluster's PostgreSQL database
+file `state_dir/router/peers.json` (one server, the default) or a cluster's PostgreSQL database
 (`registry:` in server.yaml, `aura_common.cluster.store`). The CLI changes it with
 `store.edit()` (load, change, save: under the file lock, or in one database transaction) and
 then asks the router to reload; the router reads it with `store.load()` (a cluster member

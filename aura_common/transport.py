@@ -355,7 +355,7 @@ def disabled(config: ServerConfig, role: str) -> bool:
     if getattr(config.transports, role).enabled:
         return False
     log.info("the %s transport is disabled in %s", role, config.path)
-    runtime.forget(config.runtime_file, role)
+    runtime.forget(config.transports_dir, role)
     systemd.ready("disabled")
     return True
 
@@ -393,7 +393,7 @@ async def serve_sessions(
 ) -> None:
     """Record where the transport listens, report ready, and keep its sessions until stopped."""
     address = format_endpoint(sock.getsockname()[:2])
-    runtime.record_bound(config.runtime_file, hub.role, [address], activated)
+    runtime.record_bound(config.transports_dir, hub.role, [address], activated)
     how = " (socket activation)" if activated else ""
     log.info("listening on %s %s%s%s", hub.role, address, how, f"; {detail}" if detail else "",
              extra=fields(transport=hub.role))
@@ -402,6 +402,6 @@ async def serve_sessions(
     try:
         await hub.run()
     finally:
-        runtime.forget(config.runtime_file, hub.role)
+        runtime.forget(config.transports_dir, hub.role)
         if exporter is not None:
             exporter.close()

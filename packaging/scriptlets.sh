@@ -9,6 +9,7 @@ aura_configure() {
     systemd-sysusers aura.conf
     systemd-tmpfiles --create aura.conf
     aura_migrate_shared_account
+    aura_migrate_role_folders
     if systemd_running; then
         systemctl daemon-reload
     fi
@@ -35,6 +36,22 @@ aura_migrate_shared_account() {
         if [ -f "/etc/aura/$key" ]; then chown -h root:root "/etc/aura/$key"; chmod 600 "/etc/aura/$key"; fi
     done
     if [ -f /etc/aura/server.yaml ]; then chmod 644 /etc/aura/server.yaml; fi
+}
+
+# Versions before one folder per role kept the router's files in /var/lib/aura itself (then
+# the router's) and one runtime.json shared by the transports. tmpfiles has made the directory
+# root's by now, so nothing can be swapped under us: move the router's regular files (never a
+# link) into its folder, drop the shared runtime file (each transport writes its own at start).
+aura_migrate_role_folders() {
+    state=/var/lib/aura
+    for name in peers.json leases.json usage.json handshake-timestamps.json registry-copy.json \
+                lease-blocks.json; do
+        if [ -f "$state/$name" ] && [ ! -L "$state/$name" ] && [ ! -e "$state/router/$name" ]; then
+            mv "$state/$name" "$state/router/$name"
+        fi
+    done
+    find "$state" -maxdepth 1 \( -type f -o -type l \) -name '*.lock' -delete
+    rm -f "$state/transports/runtime.json" "$state/transports/runtime.json.lock"
 }
 
 aura_restart_after_upgrade() {

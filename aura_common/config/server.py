@@ -178,32 +178,35 @@ class ServerConfig:
     def signer_socket(self) -> str:
         return os.path.join(self.runtime_dir, "signer.sock")
 
+    # The state directory is root's; each role writes only in its own folder in it, so no
+    # account can replace another's folder or a file root reads or writes there.
+    @property
+    def router_dir(self) -> str:
+        """The router's own folder: the registry (written by root's CLI), leases, usage."""
+        return os.path.join(self.state_dir, "router")
+
     @property
     def peers_file(self) -> str:
-        return os.path.join(self.state_dir, "peers.json")
+        return os.path.join(self.router_dir, "peers.json")
 
     @property
     def registry_copy_file(self) -> str:
         """A cluster member's last copy of the database registry (served while it is away)."""
-        return os.path.join(self.state_dir, "registry-copy.json")
+        return os.path.join(self.router_dir, "registry-copy.json")
 
     @property
     def leases_file(self) -> str:
-        return os.path.join(self.state_dir, "leases.json")
+        return os.path.join(self.router_dir, "leases.json")
 
     @property
     def usage_file(self) -> str:
         """Bytes each peer moved through the tunnel (client limits); the router's alone."""
-        return os.path.join(self.state_dir, "usage.json")
+        return os.path.join(self.router_dir, "usage.json")
 
     @property
     def transports_dir(self) -> str:
-        """Where the transports (and only services) write: each has its own account."""
+        """Root's; in it each transport's own folder (`runtime.runtime_file`)."""
         return os.path.join(self.state_dir, "transports")
-
-    @property
-    def runtime_file(self) -> str:
-        return os.path.join(self.transports_dir, "runtime.json")
 
     @property
     def signer_dir(self) -> str:

@@ -28,7 +28,7 @@ from aura_common.manifest import (
     verify,
 )
 from aura_common.roles import Transport
-from aura_common.runtime import ports_of, read_runtime
+from aura_common.runtime import ports_of, read_runtime, runtime_file
 from services.cli.admin import tell_router
 
 DEFAULT_EXPIRES_DAYS = 365
@@ -159,36 +159,33 @@ def renewal_due(
 
 
 def endpoint_from_runtime(config: ServerConfig) -> Endpoint:
-    """`public_host` with the port each live transport bound, from the runtime file."""
-    path = config.runtime_file
-    if not os.path.exists(path):
+    """`public_host` with the port each live transport bound, from the runtime files."""
+    transports = read_runtime(config.transports_dir)
+    if not transports:
         raise AuraError(
-            f"{path}: no runtime file, so no transport has bound a port yet; start the server "
-            "(`systemctl start aura-router` or `aura server run`) or give --endpoints"
+            f"{config.transports_dir}: no runtime file, so no transport has bound a port yet; "
+            "start the server (`systemctl start aura-router` or `aura server run`) or give "
+            "--endpoints"
         )
-    transports = read_runtime(path)["transports"]
     ports: dict[str, int] = {}
     for name in Transport:
         entry = transports.get(name)
+        path = runtime_file(config.transports_dir, name)
         if entry is None:
             if getattr(config.transports, name).enabled:
-                print(f"aura: warning: {name} is enabled but not in {path}", file=sys.stderr)
+                print(f"aura: warning: {name} is enabled but has no {path}", file=sys.stderr)
             continue
         if not process_alive(entry["pid"]):
             raise AuraError(
-                f"{path}: transports.{name}: process {entry['pid']} is not running, so the "
-                f"entry is stale; start aura-{name} again (it rewrites its entry) or give "
-                "--endpoints"
+                f"{path}: pid: process {entry['pid']} is not running, so the entry is stale; "
+                f"start aura-{name} again (it rewrites its entry) or give --endpoints"
             )
         bound_ports = ports_of(entry["bound"])
         if len(bound_ports) != 1:
             raise AuraError(
-                f"{path}: transports.{name}.bound: expected addresses on one port, found "
-                f"{entry['bound']!r}"
+                f"{path}: bound: expected addresses on one port, found {entry['bound']!r}"
             )
         ports[name] = bound_ports.pop()
-    if not ports:
-        raise AuraError(f"{path}: no transport is listening; start the server or give --endpoints")
     return Endpoint(config.public_host, **ports)
 
 

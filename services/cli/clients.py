@@ -119,7 +119,7 @@ def _endpoint_ports(config: ServerConfig) -> dict[str, int]:
     # Plain strings: the ports go into the client's YAML file.
     ports = {t.value: getattr(config.transports, t).port for t in Transport}
     try:
-        bound = runtime.read_runtime(config.runtime_file)["transports"]
+        bound = runtime.read_runtime(config.transports_dir)
     except AuraError:
         return ports
     return ports | runtime.listening_ports({n: e["bound"] for n, e in bound.items()})

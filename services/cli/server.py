@@ -151,22 +151,22 @@ def _owned_by(path: str | Path, mode: int, uid: int = -1, gid: int = -1) -> None
 
 
 def _prepare_directories(config: ServerConfig) -> None:
-    """The state folders, each writable by the one account that writes it (when it exists).
-
-    The registry's folder is the router's; `transports/` (runtime.json) is shared by the
-    transports through their common group; `signer/` (the manifest serial) is the signer's.
+    """The state folders: the state directory is root's, and in it each role's own folder,
+    writable by that role's account alone (when it exists): `router/` (the registry, leases,
+    usage), `transports/<name>/` (its runtime.json; `transports/` itself is root's) and
+    `signer/` (the manifest serial). No account can rename another's folder, nor one root
+    writes in.
     """
     users = {role: _account(getattr(config.users, role)) for role in SERVICE_ROLES}
-    router, udp, signer = users["router"], users["udp"], users["signer"]
-    for directory in (config.state_dir, config.runtime_dir, config.transports_dir,
-                      config.signer_dir):
+    own = {config.router_dir: users["router"], config.signer_dir: users["signer"],
+           **{os.path.join(config.transports_dir, t): users[t] for t in Transport}}
+    for directory in (config.state_dir, config.runtime_dir, config.transports_dir, *own):
         Path(directory).mkdir(parents=True, exist_ok=True, mode=0o755)
-    # Sockets live here: root's, so no service can replace another's socket.
-    _owned_by(config.runtime_dir, 0o755, 0, 0)
-    _owned_by(config.state_dir, 0o755, *(router or (-1, -1)))
-    if udp is not None:
-        _owned_by(config.transports_dir, 0o775, 0, udp[1])
-    _owned_by(config.signer_dir, 0o755, *(signer or (-1, -1)))
+    # Root's: sockets (no service can replace another's), and the folders of the folders.
+    for directory in (config.runtime_dir, config.state_dir, config.transports_dir):
+        _owned_by(directory, 0o755, 0, 0)
+    for directory, account in own.items():
+        _owned_by(directory, 0o755, *(account or (-1, -1)))
 
 
 def _account(name: str) -> tuple[int, int] | None:
@@ -493,12 +493,12 @@ class Supervisor:
             time.sleep(0.05)
 
     def _wait_for_bound(self, name: str, timeout: float = 30) -> None:
-        """Until the `name` transport just started has recorded its address in runtime.json
+        """Until the `name` transport just started has recorded its address in its runtime.json
         (or has exited: then there is no port to skip)."""
         child = self.children[name]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and child.poll() is None:
-            entry = runtime.read_runtime_for_service(self.config.runtime_file)["transports"]
+            entry = runtime.read_runtime_for_service(self.config.transports_dir)
             if entry.get(name, {}).get("pid") == child.pid:
                 return
             time.sleep(0.05)

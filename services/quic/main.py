@@ -18,7 +18,7 @@ def ports_of_udp_transport(config: ServerConfig) -> set[int]:
     ports = set()
     if config.transports.udp.enabled:
         ports.add(config.transports.udp.port)
-    entry = runtime.read_runtime_for_service(config.runtime_file)["transports"].get("udp")
+    entry = runtime.read_runtime_for_service(config.transports_dir).get("udp")
     return ports | runtime.ports_of(entry["bound"] if entry else ())
 
 

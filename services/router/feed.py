@@ -1,6 +1,6 @@
 """A cluster member's registry, kept current from the shared database.
 
-The router starts from the last copy it wrote (`state_dir/registry-copy.json`), then follows
+The router starts from the last copy it wrote (`state_dir/router/registry-copy.json`), then follows
 the database on two connections of its own: one only LISTENs (`aura_registry`, a payload per
 changed peer), the other reads the peers named, re-reads everything every FULL_READ_INTERVAL
 and after each reconnect (the safety net for anything a notification missed), and adds the
@@ -99,7 +99,7 @@ class DatabaseFeed:
     # -- dynamic lease blocks --------------------------------------------------------------------
     @property
     def blocks_file(self) -> str:
-        return os.path.join(self.config.state_dir, "lease-blocks.json")
+        return os.path.join(self.config.router_dir, "lease-blocks.json")
 
     def _read_blocks(self) -> set[int]:
         """The blocks this member held when it last knew (a restart with the database away)."""

@@ -41,7 +41,7 @@ class Member(Protocol):
 
 
 def snapshot(config: ServerConfig, router: Member) -> dict[str, Any]:
-    bound = runtime.read_runtime_for_service(config.runtime_file)["transports"]
+    bound = runtime.read_runtime_for_service(config.transports_dir)
     live = router.live_transports()
     return presence.member_info(
         config.public_host,

@@ -128,7 +128,7 @@ class Router:
         self.gate = Gate()
         self.refused_since: dict[str, float] = {}  # when the gate refused each peer (Unix time)
         self.authority = authority  # the server's static key and the preshared keys
-        self.replay_file = os.path.join(config.state_dir, "handshake-timestamps.json")
+        self.replay_file = os.path.join(config.router_dir, "handshake-timestamps.json")
         try:
             authority.restore_replay_state(replay.load(self.replay_file))
         except AuraError as error:
@@ -516,7 +516,7 @@ class Router:
                     await channel.send_reliable(Error(f"unknown request {frame.TAG}"))
 
     def status(self) -> RouterStatus:
-        bound = runtime.read_runtime_for_service(self.config.runtime_file)["transports"]
+        bound = runtime.read_runtime_for_service(self.config.transports_dir)
         connected = set(self.transports.values())
         transports = [
             TransportState(name, name in connected, bound.get(name, {}).get("bound", []))

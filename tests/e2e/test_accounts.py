@@ -288,11 +288,12 @@ def test_a_transport_account_holds_no_key_and_cannot_claim_a_session(
     for secret in (running.folder / "server.key", running.folder / "state" / "peers.json"):
         assert as_user(udp, readable(secret)) == {"errno": 13}, secret
     assert as_user(udp, readable(running.folder / "server.pub")) == {"read": True}
-    # ... nor sent to it: the peers frame carries public keys only.
+    # ... nor sent to it: the peers frame carries public keys, and a MAC over each peer's
+    # keys (which changes when they do).
     forged = {"t": "session_up", "peer": "alice", "endpoint": "192.0.2.66:51820",
               "handshake_at": time.time(), "ticket": bytes(24)}
     outcome = as_user(udp, transport_session(running.router_socket, forged))
-    assert outcome["peer_fields"] == ["name", "public_key"]
+    assert outcome["peer_fields"] == ["keys", "name", "public_key"]
     # A session it did not carry a handshake for is refused: no welcome, no route to alice.
     assert "pkts" not in outcome["frames"]
     wait_for_text(running.router_log, "session_up for alice without the ticket of a handshake "

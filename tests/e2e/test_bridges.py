@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from aura_common import runtime
 from aura_lab.netns import Lab
 from aura_lab.topology import (
     AURA,
@@ -56,8 +57,7 @@ def test_moved_ports_reach_connected_clients_through_a_signed_manifest(
                  timeout=30, what="the blocker holding UDP 8443")
     assert blocker.poll() is None, blocker_log.read_text()
     server.start()
-    runtime_file = tmp_path / "state" / "transports" / "runtime.json"
-    bound = json.loads(runtime_file.read_text())["transports"]
+    bound = runtime.read_runtime(tmp_path / "state" / "transports")
     assert bound["udp"]["bound"][0].endswith(":8444")
     assert bound["quic"]["bound"][0].endswith(":8445")
 

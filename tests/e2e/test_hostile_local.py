@@ -140,8 +140,9 @@ def test_services_keep_running_on_a_full_or_read_only_state_directory(
     conf = server.provision("alice", "wireguard")
     state = server.folder / "state"
     # What an earlier run wrote: it must survive every failed write.
-    runtime.record_bound(state / "runtime.json", "udp", ["[::]:1"], activated=False)
-    written = {name: (state / name).read_bytes() for name in ("peers.json", "runtime.json")}
+    runtime.record_bound(state / "transports", "udp", ["[::]:1"], activated=False)
+    written = {name: (state / name).read_bytes()
+               for name in ("router/peers.json", "transports/udp/runtime.json")}
     start_on_small_state_dir(server, how)
     ns = server.add_client_namespace()
     stock_wireguard_up(lab, ns, conf)

@@ -157,8 +157,8 @@ def test_busy_port_moves_the_transport_and_is_recorded(lab: Lab, tmp_path: Path)
                                   "socket.SOCK_DGRAM); s.bind(('::', 8443)); time.sleep(120)"])
     time.sleep(0.5)
     aura.start()
-    runtime = json.loads((tmp_path / "state" / "transports" / "runtime.json").read_text())
-    assert runtime["transports"]["udp"]["bound"][0].endswith(":8444")
+    udp = json.loads((tmp_path / "state" / "transports" / "udp" / "runtime.json").read_text())
+    assert udp["bound"][0].endswith(":8444")
     conf = aura.provision("alice", "wireguard")
     assert "Endpoint = 198.51.100.1:8444" in conf.read_text()
     ns = aura.add_client_namespace()
@@ -252,8 +252,8 @@ def test_handshake_flood_gets_cookie_replies_and_spares_a_connected_client(
                        log=tmp_path / "ping.log")
     # Initiations with a valid mac1 (the server's public key is public) from an unknown key:
     # each costs the server a DH unless the cookie mechanism steps in.
-    runtime = json.loads((tmp_path / "state" / "transports" / "runtime.json").read_text())
-    udp_pid = str(runtime["transports"]["udp"]["pid"])
+    udp = json.loads((tmp_path / "state" / "transports" / "udp" / "runtime.json").read_text())
+    udp_pid = str(udp["pid"])
     flood = lab.run(attacker, [sys.executable, "-c", FLOOD_SCRIPT, server_public.hex(), udp_pid],
                     timeout=60)
     responses, cookies = map(int, flood.stdout.split())

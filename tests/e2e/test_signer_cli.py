@@ -25,7 +25,7 @@ server, running = signer.server, signer.running  # the fixtures
 
 @pytest.fixture
 def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    """A live process to stand for a transport in runtime.json."""
+    """A live process to stand for a transport in its runtime.json."""
     process = subprocess.Popen(["sleep", "60"])
     try:
         yield process
@@ -35,9 +35,10 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
 
 
 def write_runtime(server: SignerServer, transports: dict[str, dict[str, Any]]) -> None:
-    (server.state / "transports").mkdir(parents=True, exist_ok=True)
-    doc = {"version": 1, "transports": transports}
-    (server.state / "transports" / "runtime.json").write_text(json.dumps(doc))
+    for name, entry in transports.items():
+        (server.state / "transports" / name).mkdir(parents=True, exist_ok=True)
+        doc = {"version": 2, "transport": name, **entry}
+        (server.state / "transports" / name / "runtime.json").write_text(json.dumps(doc))
 
 
 def entry(pid: int, *bound: str) -> dict[str, Any]:
@@ -54,7 +55,7 @@ def test_from_runtime_uses_public_host_and_bound_ports(
     })  # fmt: skip
     result = running.aura("sign-bridges", "--from-runtime")
     assert "endpoint vpn.test:udp=8450:tcp=8443" in result.stdout
-    assert "quic is enabled but not in" in result.stderr
+    assert "quic is enabled but has no" in result.stderr
     manifest = parse_body(
         SignedManifest.from_json((running.state / "signer" / "manifest.json").read_text()).body
     )
@@ -62,8 +63,7 @@ def test_from_runtime_uses_public_host_and_bound_ports(
 
 
 def test_from_runtime_with_runtime_record_of_this_process(running: SignerServer) -> None:
-    runtime_file = running.state / "transports" / "runtime.json"
-    runtime.record_bound(runtime_file, "quic", ["[::]:9444"], activated=True)
+    runtime.record_bound(running.state / "transports", "quic", ["[::]:9444"], activated=True)
     result = running.aura("sign-bridges", "--from-runtime")
     assert "endpoint vpn.test:quic=9444" in result.stdout
 
@@ -71,23 +71,19 @@ def test_from_runtime_with_runtime_record_of_this_process(running: SignerServer)
 def test_from_runtime_errors(server: SignerServer) -> None:
     result = server.aura("sign-bridges", "--from-runtime", check=False)
     assert result.returncode == 1
-    assert f"{server.state / 'transports' / 'runtime.json'}: no runtime file" in result.stderr
+    assert f"{server.state / 'transports'}: no runtime file" in result.stderr
 
     dead = subprocess.Popen(["true"])
     dead.wait()
     write_runtime(server, {"tcp": entry(dead.pid, "[::]:8443")})
     result = server.aura("sign-bridges", "--from-runtime", check=False)
     assert result.returncode == 1
-    assert f"transports.tcp: process {dead.pid} is not running" in result.stderr
+    assert f"tcp/runtime.json: pid: process {dead.pid} is not running" in result.stderr
     assert "stale" in result.stderr
 
     write_runtime(server, {"tcp": {"bound": "nope"}})
     result = server.aura("sign-bridges", "--from-runtime", check=False)
-    assert "transports.tcp.bound" in result.stderr
-
-    write_runtime(server, {})
-    result = server.aura("sign-bridges", "--from-runtime", check=False)
-    assert "no transport is listening" in result.stderr
+    assert "tcp/runtime.json: bound" in result.stderr
 
 
 @pytest.mark.parametrize(

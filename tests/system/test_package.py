@@ -104,12 +104,18 @@ def test_install_creates_user_and_directories_but_starts_nothing(setup: Setup) -
     for user in ACCOUNTS:
         assert box.run(["id", "-gn", user]).stdout.strip() == "aura", user
     assert box.run(["getent", "group", "aura-admin"]).returncode == 0
-    listing = box.run(["stat", "-c", "%n %U:%G %a", "/run/aura", "/var/lib/aura",
-                       "/var/lib/aura/transports", "/var/lib/aura/signer", "/etc/aura"])
-    assert listing.stdout.split("\n")[:5] == [
-        "/run/aura root:root 755", "/var/lib/aura aura-router:aura 755",
-        "/var/lib/aura/transports root:aura 775", "/var/lib/aura/signer aura-signer:aura 755",
-        "/etc/aura root:root 755"]
+    folders = ["/run/aura", "/var/lib/aura", "/var/lib/aura/router", "/var/lib/aura/transports",
+               *(f"/var/lib/aura/transports/{t}" for t in ("udp", "tcp", "quic")),
+               "/var/lib/aura/signer", "/etc/aura"]
+    listing = box.run(["stat", "-c", "%n %U:%G %a", *folders])
+    # The state directory is root's; each role writes only in its own folder.
+    assert listing.stdout.split("\n")[:len(folders)] == [
+        "/run/aura root:root 755", "/var/lib/aura root:root 755",
+        "/var/lib/aura/router aura-router:aura 755", "/var/lib/aura/transports root:root 755",
+        "/var/lib/aura/transports/udp aura-udp:aura 755",
+        "/var/lib/aura/transports/tcp aura-tcp:aura 755",
+        "/var/lib/aura/transports/quic aura-quic:aura 755",
+        "/var/lib/aura/signer aura-signer:aura 755", "/etc/aura root:root 755"]
     for unit in ("aura.target", "aura-router.service", "aura-udp.socket", "aura-router.socket",
                  RENEW_TIMER):
         assert box.run(["systemctl", "is-enabled", unit]).stdout.strip() == "enabled", unit
@@ -228,7 +234,8 @@ def test_a_compromised_transport_is_refused_every_other_role(setup: Setup) -> No
     assert _as_udp_transport(box, "/run/aura/signer.sock", "admin") == {"errno": 13}
     outcome = _as_udp_transport(box, "/run/aura/router.sock", "udp")
     assert outcome["t"] == "hello" and "mallory" in outcome["peers"]
-    assert outcome["peer_fields"] == ["name", "public_key"]  # no preshared key
+    # No preshared key: `keys` is a MAC over the keys, which changes when they do.
+    assert outcome["peer_fields"] == ["keys", "name", "public_key"]
     deadline = time.monotonic() + 10
     while True:
         journal = box.run(["journalctl", "-u", "aura-router", "-p", "warning", "--no-pager"]).stdout
@@ -241,7 +248,7 @@ def test_a_compromised_transport_is_refused_every_other_role(setup: Setup) -> No
     for transport in TRANSPORTS:
         listing = box.run(["ls", f"/run/credentials/{transport}.service"], check=False).stdout
         assert "server.key" not in listing, (transport, listing)
-    for secret in ("/etc/aura/server.key", "/var/lib/aura/peers.json"):
+    for secret in ("/etc/aura/server.key", "/var/lib/aura/router/peers.json"):
         assert box.run(["setpriv", "--reuid=aura-udp", "--regid=aura", "--init-groups", "cat",
                         secret], check=False).returncode != 0, secret
     for role in ("tcp", "quic", "admin"):

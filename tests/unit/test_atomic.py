@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from aura_common.atomic import LockBusy, locked, write_atomic
-from aura_common.errors import AuraError
+from aura_common.atomic import LockBusy, locked, read_state_file, write_atomic
+from aura_common.errors import AuraError, ConfigError
 
 REPO = str(Path(__file__).resolve().parents[2])
 
@@ -100,6 +100,29 @@ def test_a_symlink_at_the_target_is_replaced_not_followed(tmp_path: Path) -> Non
     write_atomic(tmp_path / "peers.json", b"{}")
     assert victim.read_bytes() == b"keep"
     assert not (tmp_path / "peers.json").is_symlink()
+
+
+def test_a_state_file_is_read_only_when_it_is_a_small_regular_file_not_a_link(
+    tmp_path: Path,
+) -> None:
+    """What a service account can plant in its folder for root to read: a link to a file it
+    may not read, a FIFO nobody writes, an endless or huge file. Each is one error naming
+    the file, at once and without reading more than the bound."""
+    folder = _service_folder(tmp_path)
+    secret = tmp_path / "shadow"
+    secret.write_bytes(b"root:secret\n")
+    (folder / "linked.json").symlink_to(secret)
+    (folder / "zero.json").symlink_to("/dev/zero")
+    os.mkfifo(folder / "fifo.json")
+    (folder / "huge.json").write_bytes(b" " * 2049)
+    (folder / "fits.json").write_bytes(b" " * 2048)
+    for name, why in (("linked.json", "symlink"), ("zero.json", "symlink"),
+                      ("fifo.json", "regular file"), ("huge.json", "at most 2048 bytes")):
+        with pytest.raises(ConfigError, match=why) as error:
+            read_state_file(str(folder / name), limit=2048)
+        assert str(folder / name) in str(error.value)
+    assert read_state_file(str(folder / "fits.json"), limit=2048) == b" " * 2048
+    assert read_state_file(str(folder / "missing.json")) is None
 
 
 def test_without_waiting_a_held_lock_raises_at_once(tmp_path: Path) -> None:

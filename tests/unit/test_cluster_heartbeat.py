@@ -67,8 +67,8 @@ def members(tmp_path: Path, postgres: PostgresServer) -> Iterator[list[ServerCon
                      "--database", conninfo, "--database-password-file",
                      postgres.password_file, "--member", name]) == 0
         config = ServerConfig.load(path)
-        runtime.record_bound(config.runtime_file, "udp", [f"[::]:{port}"], False)
-        runtime.record_bound(config.runtime_file, "tcp", [f"[::]:{port}"], False)
+        runtime.record_bound(config.transports_dir, "udp", [f"[::]:{port}"], False)
+        runtime.record_bound(config.transports_dir, "tcp", [f"[::]:{port}"], False)
         configs.append(config)
     yield configs
 

@@ -1,4 +1,4 @@
-"""runtime.json: bound addresses per transport, written under a lock, validated on read."""
+"""runtime.json: bound addresses, one file per transport in its own folder, validated on read."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import datetime
 import errno
 import json
 import logging
-import multiprocessing
 import os
 import stat
 import subprocess
@@ -28,73 +27,93 @@ from services.quic.main import ports_of_udp_transport
 REPO = str(Path(__file__).resolve().parents[2])
 
 
-def test_missing_file_reads_as_nothing_bound(tmp_path: Path) -> None:
-    assert runtime.read_runtime(tmp_path / "runtime.json") == {"version": 1, "transports": {}}
+def test_missing_files_read_as_nothing_bound(tmp_path: Path) -> None:
+    assert runtime.read_runtime(tmp_path / "transports") == {}
 
 
 def test_record_and_forget(tmp_path: Path) -> None:
-    path = tmp_path / "state" / "runtime.json"
-    runtime.record_bound(path, "udp", ["0.0.0.0:8443", "[::]:8443"], activated=False)
-    runtime.record_bound(path, "quic", ["[::]:8445"], activated=True)
-    doc = runtime.read_runtime(path)
-    udp = doc["transports"]["udp"]
+    folder = tmp_path / "state" / "transports"
+    runtime.record_bound(folder, "udp", ["0.0.0.0:8443", "[::]:8443"], activated=False)
+    runtime.record_bound(folder, "quic", ["[::]:8445"], activated=True)
+    assert (folder / "udp" / "runtime.json").is_file()  # each in its own folder
+    entries = runtime.read_runtime(folder)
+    udp = entries["udp"]
     assert udp["bound"] == ["0.0.0.0:8443", "[::]:8443"]
     assert udp["pid"] == os.getpid()
     assert udp["activated"] is False
     bound_at = datetime.datetime.fromisoformat(udp["bound_at"])
     assert bound_at.tzinfo is not None
     assert abs((datetime.datetime.now(datetime.UTC) - bound_at).total_seconds()) < 60
-    assert doc["transports"]["quic"]["activated"] is True
-    runtime.forget(path, "udp")
-    runtime.forget(path, "tcp")  # never recorded: nothing happens
-    assert set(runtime.read_runtime(path)["transports"]) == {"quic"}
+    assert entries["quic"]["activated"] is True
+    runtime.forget(folder, "udp")
+    runtime.forget(folder, "tcp")  # never recorded: nothing happens
+    assert set(runtime.read_runtime(folder)) == {"quic"}
 
 
-def _record(path: str, transport: str) -> None:
-    for port in range(100):
-        runtime.record_bound(path, transport, [f"[::]:{port + 1}"], activated=False)
+def test_a_file_in_one_transports_folder_speaks_for_that_transport_only(tmp_path: Path) -> None:
+    """A transport that writes another's entry into its own file is not believed: readers take
+    each transport's entry from its own folder, which only its account may write."""
+    folder = tmp_path / "transports"
+    runtime.record_bound(folder, "udp", ["[::]:8443"], activated=False)
+    runtime.record_bound(folder, "tcp", ["[::]:8443"], activated=False)
+    lie = json.loads((folder / "tcp" / "runtime.json").read_text()) | {"transport": "udp"}
+    (folder / "tcp" / "runtime.json").write_text(json.dumps(lie))
+    with pytest.raises(ConfigError) as info:
+        runtime.read_runtime(folder)
+    assert info.value.key == "transport"
+    assert set(runtime.read_runtime_for_service(folder)) == {"udp"}
 
 
-def test_concurrent_writers_keep_each_others_entries(tmp_path: Path) -> None:
-    path = str(tmp_path / "runtime.json")
-    context = multiprocessing.get_context("fork")
-    workers = [context.Process(target=_record, args=(path, t)) for t in ("udp", "tcp", "quic")]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(60)
-        assert w.exitcode == 0
-    doc = runtime.read_runtime(path)
-    assert {t: e["bound"] for t, e in doc["transports"].items()} == {
-        "udp": ["[::]:100"], "tcp": ["[::]:100"], "quic": ["[::]:100"],
-    }  # fmt: skip
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to plant files as another account")
+def test_root_reads_a_transports_file_bounded_and_never_through_a_link(tmp_path: Path) -> None:
+    """What a compromised transport can leave in its folder for root (`aura status`,
+    `sign-bridges --from-runtime`) to read: a huge file, a link to a file only root may
+    read, a FIFO. Each is refused at once, naming the file."""
+    folder = tmp_path / "transports"
+    for transport in ("udp", "tcp", "quic"):
+        (folder / transport).mkdir(parents=True)
+        os.chown(folder / transport, 65534, 65534)
+    (folder / "udp" / "runtime.json").write_bytes(b" " * (runtime.RUNTIME_FILE_LIMIT + 1))
+    shadow = tmp_path / "shadow"
+    shadow.write_text('{"version": 2}')
+    shadow.chmod(0o600)
+    (folder / "tcp" / "runtime.json").symlink_to(shadow)
+    os.mkfifo(folder / "quic" / "runtime.json")
+    for transport, why in (("udp", "at most"), ("tcp", "symlink"), ("quic", "regular file")):
+        with pytest.raises(ConfigError, match=why) as info:
+            runtime.read_entry(folder, transport)
+        assert runtime.runtime_file(folder, transport) in str(info.value)
+    assert runtime.read_runtime_for_service(folder) == {}
 
 
 def test_damaged_file_is_named_on_read_and_replaced_on_write(tmp_path: Path) -> None:
-    path = tmp_path / "runtime.json"
-    path.write_text('{"version": 1, "transports": {"udp": {"bound": ["nowhere"]}}}')
+    folder = tmp_path / "transports"
+    (folder / "udp").mkdir(parents=True)
+    path = folder / "udp" / "runtime.json"
+    path.write_text('{"version": 2, "transport": "udp", "bound": ["nowhere"]}')
     with pytest.raises(ConfigError) as info:
-        runtime.read_runtime(path)
-    assert info.value.key == "transports.udp.bound"
+        runtime.read_runtime(folder)
+    assert info.value.key == "bound"
     assert str(path) in str(info.value)
-    runtime.record_bound(path, "tcp", ["[::]:8443"], activated=False)
-    assert set(runtime.read_runtime(path)["transports"]) == {"tcp"}
+    runtime.record_bound(folder, "udp", ["[::]:8443"], activated=False)
+    assert set(runtime.read_runtime(folder)) == {"udp"}
 
 
 @pytest.mark.parametrize(
     ("entry", "key"),
     [
-        ({"bound": "x"}, "transports.udp.bound"),
-        ({"bound": [], "bound_at": "yesterday"}, "transports.udp.bound_at"),
-        ({"bound": [], "bound_at": "2024-01-01T00:00:00Z", "pid": -1}, "transports.udp.pid"),
+        ({"transport": "tcp"}, "transport"),
+        ({"bound": "x"}, "bound"),
+        ({"bound": [], "bound_at": "yesterday"}, "bound_at"),
+        ({"bound": [], "bound_at": "2024-01-01T00:00:00Z", "pid": -1}, "pid"),
         ({"bound": [], "bound_at": "2024-01-01T00:00:00Z", "pid": 5, "activated": 1},
-         "transports.udp.activated"),
+         "activated"),
     ],
 )  # fmt: skip
 def test_bad_entries_name_the_key(entry: dict[str, object], key: str) -> None:
-    data = json.dumps({"version": 1, "transports": {"udp": entry}}).encode()
+    data = json.dumps({"version": 2, "transport": "udp", **entry}).encode()
     with pytest.raises(ConfigError) as info:
-        runtime.parse_runtime(data, "runtime.json")
+        runtime.parse_runtime(data, "runtime.json", "udp")
     assert info.value.key == key
 
 
@@ -110,15 +129,14 @@ json_values = st.recursive(
 @settings(max_examples=150, deadline=None)
 @given(
     json_values
-    | st.fixed_dictionaries({"version": st.just(1), "transports": json_values})
-    | st.fixed_dictionaries(
-        {"version": st.just(1),
-         "transports": st.dictionaries(st.sampled_from(["udp", "tcp", "quic"]), json_values)}
-    )
+    | st.fixed_dictionaries({"version": st.just(2), "transport": st.just("udp"),
+                             "bound": json_values, "bound_at": json_values})
+    | st.dictionaries(st.sampled_from(["version", "transport", "bound", "bound_at", "pid",
+                                       "activated"]), json_values)
 )  # fmt: skip
 def test_garbage_raises_only_config_error(doc: object) -> None:
     with contextlib.suppress(ConfigError):
-        runtime.parse_runtime(json.dumps(doc).encode(), "runtime.json")
+        runtime.parse_runtime(json.dumps(doc).encode(), "runtime.json", "udp")
 
 
 def test_write_atomic_sets_mode_and_owner_and_leaves_no_temp_files(tmp_path: Path) -> None:
@@ -163,20 +181,21 @@ def test_a_damaged_runtime_file_does_not_stop_aura_quic(
     tmp_path: Path, damage: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = _quic_config(tmp_path)
-    Path(config.transports_dir).mkdir()
-    Path(config.runtime_file).write_bytes(damage)
+    udp_file = runtime.runtime_file(config.transports_dir, "udp")
+    Path(udp_file).parent.mkdir(parents=True)
+    Path(udp_file).write_bytes(damage)
     with caplog.at_level(logging.WARNING, logger="aura_common.runtime"):
         assert ports_of_udp_transport(config) == {config.transports.udp.port}
     [record] = [r for r in caplog.records if r.name == "aura_common.runtime"]
     assert record.levelno == logging.WARNING
-    assert config.runtime_file in record.getMessage()
-    runtime.record_bound(config.runtime_file, "quic", ["[::]:8444"], activated=False)
-    assert set(runtime.read_runtime(config.runtime_file)["transports"]) == {"quic"}
+    assert udp_file in record.getMessage()
+    runtime.record_bound(config.transports_dir, "udp", ["[::]:8444"], activated=False)
+    assert set(runtime.read_runtime(config.transports_dir)) == {"udp"}
 
 
 def test_ports_of_udp_transport_reads_a_sound_runtime_file(tmp_path: Path) -> None:
     config = _quic_config(tmp_path)
-    runtime.record_bound(config.runtime_file, "udp", ["[::]:8450"], activated=False)
+    runtime.record_bound(config.transports_dir, "udp", ["[::]:8450"], activated=False)
     assert ports_of_udp_transport(config) == {config.transports.udp.port, 8450}
 
 
@@ -184,17 +203,19 @@ def test_ports_of_udp_transport_reads_a_sound_runtime_file(tmp_path: Path) -> No
 def test_a_failed_runtime_write_is_logged_not_raised(
     tmp_path: Path, errno_: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = tmp_path / "runtime.json"
-    runtime.record_bound(path, "udp", ["[::]:8443"], activated=False)
+    folder = tmp_path / "transports"
+    runtime.record_bound(folder, "udp", ["[::]:8443"], activated=False)
+    path = Path(runtime.runtime_file(folder, "udp"))
     before = path.read_bytes()
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise OSError(errno_, os.strerror(errno_))
 
     monkeypatch.setattr(runtime, "write_atomic", refuse)
+    monkeypatch.setattr(runtime.os, "unlink", refuse)
     with caplog.at_level(logging.ERROR, logger="aura_common.runtime"):
-        runtime.record_bound(path, "tcp", ["[::]:8443"], activated=False)
-        runtime.forget(path, "udp")
+        runtime.record_bound(folder, "udp", ["[::]:8444"], activated=False)
+        runtime.forget(folder, "udp")
     assert [r.levelno for r in caplog.records] == [logging.ERROR, logging.ERROR]
     assert all(str(path) in r.getMessage() and os.strerror(errno_) in r.getMessage()
                for r in caplog.records)
@@ -209,7 +230,6 @@ def test_listening_ports_keep_transports_whose_addresses_agree_on_one_port() -> 
 
 
 def test_bound_at_is_spelled_as_the_registry_spells_times(tmp_path: Path) -> None:
-    path = tmp_path / "runtime.json"
-    runtime.record_bound(path, "udp", ["[::]:8443"], activated=False)
-    bound_at = runtime.read_runtime(path)["transports"]["udp"]["bound_at"]
+    runtime.record_bound(tmp_path, "udp", ["[::]:8443"], activated=False)
+    bound_at = runtime.read_runtime(tmp_path)["udp"]["bound_at"]
     assert bound_at.endswith("Z") and len(bound_at) == len("2026-01-01T00:00:00Z"), bound_at

@@ -16,13 +16,13 @@ from services.cli.server import Supervisor
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def late_binder(runtime_file: str, name: str, delay: float) -> list[str]:
+def late_binder(transports_dir: str, name: str, delay: float) -> list[str]:
     """A process that records its port only after `delay`, as a slow start on a loaded host."""
     return [sys.executable, "-c", (
         "import sys, time\n"
         "from aura_common import runtime\n"
         f"time.sleep({delay})\n"
-        f"runtime.record_bound({runtime_file!r}, {name!r}, ['[::]:8444'], False)\n"
+        f"runtime.record_bound({transports_dir!r}, {name!r}, ['[::]:8444'], False)\n"
         "sys.stdin.read()\n"
     )]
 
@@ -39,14 +39,14 @@ def supervisor(tmp_path: Path) -> Supervisor:
 
 def run_start_all(supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch,
                   exits_early: bool = False) -> dict[str, set[str]]:
-    """Start every service as a late binder; what runtime.json held as each one started."""
-    runtime_file = supervisor.config.runtime_file
+    """Start every service as a late binder; what the runtime files held as each started."""
+    transports_dir = supervisor.config.transports_dir
     seen: dict[str, set[str]] = {}
 
     def start(name: str) -> None:
-        seen[name] = set(runtime.read_runtime(runtime_file)["transports"])
+        seen[name] = set(runtime.read_runtime(transports_dir))
         argv = [sys.executable, "-c", "pass"] if exits_early else late_binder(
-            runtime_file, name, 0.5)
+            transports_dir, name, 0.5)
         supervisor.children[name] = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE)
 
     monkeypatch.setattr(supervisor, "start", start)
