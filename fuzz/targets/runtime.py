@@ -1,13 +1,12 @@
-"""runtime.json in the state directory (aura_common/runtime.py).
+"""A transport's runtime.json in the state directory (aura_common/runtime.py).
 
-Contract: `parse_runtime` raises only ConfigError, and what it accepts names only known
-transports with well-formed entries.
+Contract: `parse_runtime` raises only ConfigError, and what it accepts is the named
+transport's well-formed entry.
 """
 
 from __future__ import annotations
 
 from aura_common.errors import ConfigError
-from aura_common.roles import is_transport
 from aura_common.runtime import parse_runtime
 
 MAX_LEN = 4096
@@ -15,9 +14,9 @@ MAX_LEN = 4096
 
 def test_one_input(data: bytes) -> None:
     try:
-        doc = parse_runtime(data, "runtime.json")
+        entry = parse_runtime(data, "runtime.json", "udp")
     except ConfigError:
         return
-    assert all(map(is_transport, doc["transports"]))
-    for entry in doc["transports"].values():
-        assert all(isinstance(address, str) for address in entry["bound"])
+    assert entry["transport"] == "udp"
+    assert all(isinstance(address, str) for address in entry["bound"])
+    assert isinstance(entry["activated"], bool)
