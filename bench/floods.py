@@ -138,7 +138,7 @@ def register_load_peers(server: AuraServer) -> list[tuple[Device, object]]:
     """LOAD_PEERS peers written straight into the registry (the CLI takes a second each)."""
     server_public = base64.b64decode((server.folder / "server.pub").read_text())
     peers: list[tuple[Device, object]] = []
-    with Registry.edit(server.folder / "state" / "peers.json") as registry:
+    with Registry.edit(server.folder / "state" / "router" / "peers.json") as registry:
         for n in range(LOAD_PEERS):
             key = generate_private_key()
             registry.add(RegisteredPeer(f"load{n}", public_key(key),

@@ -44,6 +44,8 @@ MAX_UNAUTHENTICATED_PER_UID = 4
 # Callers turned away as they connect are logged at most this often (with their number), so
 # a local user looping on connect() cannot flood the journal.
 TURNED_AWAY_LOG_INTERVAL = 10.0
+# Frames a turned-away caller sent before we accepted it, dropped unread (MSG_TRUNC).
+TURNED_AWAY_DISCARDED = 4
 
 
 class HelloRejected(ChannelClosed):
@@ -182,6 +184,11 @@ class Listener:
     def _turn_away(self, conn: socket.socket, caller: Credentials, why: str) -> None:
         """Close a connection as it is accepted, nothing of it read; say why if it listens."""
         self.refused += 1
+        with contextlib.suppress(OSError):
+            # Discard what it sent already (its hello) unread: closed with data in its queue,
+            # the socket would answer with a reset instead of the error frame.
+            for _ in range(TURNED_AWAY_DISCARDED):
+                conn.recv(1, socket.MSG_DONTWAIT | socket.MSG_TRUNC)
         with contextlib.suppress(OSError):
             conn.send(encode(Error(why)), socket.MSG_DONTWAIT)
         conn.close()

@@ -34,7 +34,7 @@ KEEPALIVE = 2  # the clients' keepalive: shorter than IDLE, so a live client is 
 
 
 def leases(server: AuraServer) -> dict[str, str]:
-    document = json.loads((server.folder / "state" / "leases.json").read_text())
+    document = json.loads((server.folder / "state" / "router" / "leases.json").read_text())
     return {name: lease["v4"] for name, lease in document["leases"].items()}
 
 
