@@ -290,7 +290,8 @@ def test_a_transport_account_holds_no_key_and_cannot_claim_a_session(
     registry = json.loads((running.folder / "state" / "router" / "peers.json").read_text())
     assert registry["peers"][0]["preshared_key"]  # alice has one: it must not leak
     # Neither the static key nor the registry (preshared keys) is readable by the account...
-    for secret in (running.folder / "server.key", running.folder / "state" / "router" / "peers.json"):
+    registry_file = running.folder / "state" / "router" / "peers.json"
+    for secret in (running.folder / "server.key", registry_file):
         assert as_user(udp, readable(secret)) == {"errno": 13}, secret
     assert as_user(udp, readable(running.folder / "server.pub")) == {"read": True}
     # ... nor sent to it: the peers frame carries public keys, and a MAC over each peer's

@@ -532,8 +532,8 @@ def test_no_caller_can_hold_the_hello_slots_of_another_account() -> None:
                 stranger = _connected_as(STRANGER_UID, path)
                 stranger.send(msgpack.packb({"t": "hello", "v": PROTOCOL_VERSION,
                                              "role": "admin"}))
-                reply = await loop.run_in_executor(None, stranger.recv, 65536)
-                assert msgpack.unpackb(reply)["t"] == "error"
+                answer = await loop.run_in_executor(None, stranger.recv, 65536)
+                assert msgpack.unpackb(answer)["t"] == "error"
                 stranger.close()
                 assert started.refused >= listener.MAX_UNAUTHENTICATED + 8
         finally:
