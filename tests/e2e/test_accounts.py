@@ -14,6 +14,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -220,6 +221,51 @@ def test_a_transport_account_is_refused_every_other_role_and_peer(
     assert outcome["t"] == "hello" and outcome["peers"] == ["alice"]
     wait_for_text(running.router_log, "transport udp (pid ")
     wait_for_text(running.router_log, "sent packets for 'alice', which has no session there")
+
+
+def test_no_local_user_can_hold_the_router_socket_against_a_transport(
+    running: Running, accounts: Accounts
+) -> None:
+    """router.sock is open to every local user (the uid decides): neither a stranger nor an
+    operator sitting on more connections than the router keeps waiting for a hello locks
+    the transport out."""
+    nobody = pwd.getpwnam("nobody")
+    read_end, write_end = os.pipe()
+    holders = []
+    for user in (nobody, accounts.operator):
+        pid = os.fork()
+        if pid == 0:  # hold 80 silent connections until the parent closes the pipe
+            os.close(read_end)
+            os.initgroups(user.pw_name, user.pw_gid)
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+            held = []
+            for _ in range(80):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                with contextlib.suppress(OSError):
+                    sock.connect(running.router_socket)
+                held.append(sock)
+            os.write(write_end, b"x")
+            time.sleep(30)  # killed by the parent
+            os._exit(0)
+        holders.append(pid)
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as ready:
+            assert ready.read(2) == b"xx"
+        time.sleep(0.5)  # the router has accepted (or turned away) all of them
+        outcome = as_user(accounts.udp, hello(running.router_socket, "udp"))
+        assert outcome["t"] == "hello" and outcome["peers"] == ["alice"]
+        # The operator's stuck connections cost it alone its share (4), for 5 s each.
+        outcome = as_user(accounts.operator, hello(running.router_socket, "admin"))
+        assert outcome["t"] == "error" and "waiting for their hello already" in (
+            outcome["message"])
+        wait_for_text(running.router_log, f"(uid {nobody.pw_uid}, gid {nobody.pw_gid}): "
+                      "permission denied: this account may not connect here")
+    finally:
+        for pid in holders:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
 
 
 def test_an_admin_group_member_may_ask_for_status_and_a_manifest(

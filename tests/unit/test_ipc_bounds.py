@@ -242,6 +242,7 @@ def registry_file(path: Path, count: int) -> None:
          "address_v6": None, "enabled": True, "created": "2026-01-01T00:00:00Z"}
         for i in range(count)
     ]
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"version": 1, "peers": peers}))
 
 
