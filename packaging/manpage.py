@@ -81,11 +81,13 @@ Server configuration; keys live beside it, the private ones readable by root alo
 hands each service the keys it uses).
 .TP
 .I /var/lib/aura
-Peer registry and leases (the router's);
-.I transports/runtime.json
-(the transports');
+Root's; in it one folder per service, which only that service writes:
+.I router/
+the peer registry, leases and usage;
+.I transports/udp/runtime.json
+(and tcp, quic) the address each transport bound;
 .I signer/
-the manifest serial and the latest manifest (the signer's).
+the manifest serial and the latest manifest.
 .TP
 .I /run/aura
 Unix sockets of the router and the signer.

@@ -6,8 +6,8 @@ load, it also needs a valid mac2, which proves that its source address receives 
 replies; only then is the source rate limited, per IPv4 address and per IPv6 /64. Spoofed
 sources therefore earn a cheap cookie reply and leave no state behind.
 
-Beyond WireGuard: a source endpoint gets at most one cookie reply every few seconds
-(`CookiePacer`), fewer than a flood asks for and as many as a real initiator needs.
+Beyond WireGuard: one message (its mac1) from one source endpoint gets at most one cookie
+reply every few seconds (`CookiePacer`): a message sent again unchanged is a replay.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import ipaddress
 import socket
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -134,38 +135,56 @@ class CookieChecker:
 
 
 class CookiePacer:
-    """At most one cookie reply per source endpoint (address and port) every `interval`.
+    """At most one cookie reply per message (its mac1) from one source endpoint every
+    `interval`.
 
-    A cookie is good as long as our secret (two minutes), and a WireGuard initiator sends its
-    next initiation REKEY_TIMEOUT (5 s) or more after the last, so an interval below that
-    answers every attempt of a real client; replying more often to one endpoint only feeds
-    a flood from it, and each reply costs a send. Bounded: at most `capacity` endpoints, the
+    A cookie reply is sealed with the mac1 of the message it answers as additional data, so
+    only the sender of that very message can open it. Paced per endpoint alone, anyone able to
+    send from a client's address and port (no need to see its traffic) could take each
+    interval's one reply with a message of its own and leave the client's unanswered, its
+    next try again without mac2, for as long as it kept that up. So each message is answered
+    once, as in WireGuard, and only the same message again (a replay: a real initiator makes
+    a new one for every try) is paced. A flood of distinct messages from one endpoint costs
+    as much as one from many: a reply each (64 bytes to its 148, no amplification), bounded
+    by what a read passes on. Bounded: at most `capacity` messages and as many endpoints, the
     one answered longest ago makes room (it may then be answered again early).
     """
 
     def __init__(self, interval: float = COOKIE_REPLY_INTERVAL,
                  capacity: int = COOKIE_REPLY_TABLE_SIZE) -> None:
         self._interval, self._capacity = interval, capacity
-        self._replied: dict[Source, float] = {}  # in the order answered
+        self._replied: dict[tuple[Source, bytes], float] = {}  # in the order answered
+        self._endpoints: dict[Source, float] = {}  # the last reply to each, in that order
 
-    def allow(self, source: Source, now: float) -> bool:
-        replied = self._replied
-        last = replied.pop(source, None)
-        if last is not None and now - last < self._interval:
-            replied[source] = last
+    def allow(self, source: Source, mac1: bytes, now: float) -> bool:
+        if not _paced(self._replied, (source, mac1), now, self._interval, self._capacity):
             return False
-        if len(replied) >= self._capacity:
-            del replied[next(iter(replied))]
-        replied[source] = now
+        self._endpoints.pop(source, None)
+        _paced(self._endpoints, source, now, 0.0, self._capacity)
         return True
 
     def answered_recently(self, source: Source, now: float) -> bool:
-        """Whether `source` got a cookie reply less than the interval ago."""
-        last = self._replied.get(source)
+        """Whether `source` got a cookie reply less than the interval ago (a hint for whom to
+        shed first when a read holds more than can be screened, not a refusal)."""
+        last = self._endpoints.get(source)
         return last is not None and now - last < self._interval
 
     def __len__(self) -> int:
         return len(self._replied)
+
+
+def _paced(table: dict[Any, float], key: object, now: float, interval: float,
+           capacity: int) -> bool:
+    """Record `key` at `now` unless it was less than `interval` ago; bounded to `capacity`
+    keys, the one recorded longest ago making room."""
+    last = table.pop(key, None)
+    if last is not None and now - last < interval:
+        table[key] = last
+        return False
+    if len(table) >= capacity:
+        del table[next(iter(table))]
+    table[key] = now
+    return True
 
 
 class CookieJar:

@@ -4,7 +4,7 @@ A key exchange is the dear part of a handshake, so a flood must not reach it che
 initiation and response has its mac1 checked (a keyed hash, proof the sender knows our public
 key); under load (the queue, plus the initiations the authority has not answered, past a mark)
 it must also carry a valid mac2 (proof it can receive at its source address), else it gets a
-cookie reply (paced per source), and sources that prove themselves are rate limited. What
+cookie reply (paced per message), and sources that prove themselves are rate limited. What
 passes waits in a bounded queue, where sources with nothing queued lately go first
 (`backlog.py`); the device works it a few at a time. The pieces themselves
 (cookies, pacing, load, rate limit) are in `cookie.py`.
@@ -18,7 +18,7 @@ from .backlog import HandshakeBacklog
 from .constants import MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION
 from .cookie import CookieChecker, CookiePacer, Load, RateLimiter
 from .events import Dropped, Event, Transmit
-from .messages import INITIATION_MAC1_OFFSET, RESPONSE_MAC1_OFFSET, TYPE_WORD
+from .messages import INITIATION_MAC1_OFFSET, MAC_SIZE, RESPONSE_MAC1_OFFSET, TYPE_WORD
 from .peer import Endpoint
 
 
@@ -51,7 +51,8 @@ class HandshakeScreen:
             # Waiting: the queue, initiations the authority has not answered yet, and this one.
             if self._load.under_load(len(self.queue) + awaiting + 1, now):
                 if not checker.mac2_valid(datagram, mac1_offset, source, now):
-                    if self._pacer.allow(source, now):
+                    mac1 = datagram[mac1_offset:mac1_offset + MAC_SIZE]
+                    if self._pacer.allow(source, mac1, now):
                         sender = TYPE_WORD.unpack_from(datagram, 4)[0]
                         events.append(Transmit(source, [
                             checker.cookie_reply(datagram, mac1_offset, sender, source)]))

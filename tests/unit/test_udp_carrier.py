@@ -27,8 +27,9 @@ def test_a_read_passes_on_its_share_of_handshakes_and_all_data_then_is_under_loa
         server.setblocking(False)
         carrier = UdpCarrier(server, hub)
         extra = 36
+        junk = junk_initiation(public_key(key))  # one message, replayed
         for n in range(HANDSHAKES_PER_READ + extra):
-            flooder.sendto(junk_initiation(public_key(key)), server.getsockname())
+            flooder.sendto(junk, server.getsockname())
             if n % 10 == 0:  # data for no session among them: never shed, each reaches the core
                 flooder.sendto(b"\x04" + bytes(47), server.getsockname())
         time.sleep(0.05)
@@ -41,7 +42,7 @@ def test_a_read_passes_on_its_share_of_handshakes_and_all_data_then_is_under_loa
     assert dropped["handshake_queue_full"] == extra  # shed by their first byte
     assert dropped["unknown_session"] == 10
     # A read that sheds puts the device under load, so what it kept is screened under load:
-    # one source endpoint, one cookie reply; the rest from there are dropped as answered.
+    # one message, one cookie reply; its replays are dropped as answered.
     assert hub.counters.sent[3] == 1
     assert dropped["cookie_already_sent"] == HANDSHAKES_PER_READ - 1
     assert hub.device.handshakes_pending == 0
@@ -64,11 +65,12 @@ def test_a_new_client_is_read_through_a_flood_from_sources_just_answered() -> No
             time.sleep(0.05)
             carrier._readable()
 
-        flooder.sendto(junk_initiation(public_key(key)), server.getsockname())
+        junk = junk_initiation(public_key(key))  # one message, replayed
+        flooder.sendto(junk, server.getsockname())
         asyncio.run(read())  # answered with a cookie: the flooder's endpoint is paced now
         flood = 2 * HANDSHAKES_PER_READ
         for _ in range(flood):
-            flooder.sendto(junk_initiation(public_key(key)), server.getsockname())
+            flooder.sendto(junk, server.getsockname())
         client.sendto(junk_initiation(public_key(key)), server.getsockname())  # read last
         asyncio.run(read())
         assert len(client.recv(100)) == 64  # its cookie reply
@@ -90,14 +92,16 @@ def test_what_the_core_would_drop_anyway_is_screened_at_a_bounded_rate_over_many
         carrier = UdpCarrier(server, hub)
         reads, per_read = 20, 20
 
+        junk = junk_initiation(public_key(key))  # one message, replayed
+
         async def flood() -> float:
-            flooder.sendto(junk_initiation(public_key(key)), server.getsockname())
+            flooder.sendto(junk, server.getsockname())
             await asyncio.sleep(0.01)
             carrier._readable()  # answered: the endpoint is paced from now on
             started = time.monotonic()
             for _ in range(reads):  # frequent reads, as data brings them
                 for _ in range(per_read):
-                    flooder.sendto(junk_initiation(public_key(key)), server.getsockname())
+                    flooder.sendto(junk, server.getsockname())
                 await asyncio.sleep(0.01)
                 carrier._readable()
             return time.monotonic() - started

@@ -118,24 +118,42 @@ def test_under_load_junk_costs_a_cookie_reply_at_once_and_data_behind_it_goes_th
     assert pair.server.handshakes_pending == queued - HANDSHAKE_WORK_BATCH
 
 
-def test_under_load_one_endpoint_gets_one_cookie_reply_per_interval() -> None:
+def test_under_load_one_message_gets_one_cookie_reply_per_interval() -> None:
     pair = Pair(under_load_after=0)
     server_public = public_key(pair.server_key)
     attacker = ("::ffff:192.0.2.66", 5555)
+    junk = junk_initiation(server_public)
     replies = []
-    for step in range(100):  # ten seconds of junk from one endpoint, ten per second
+    for step in range(100):  # ten seconds of one message replayed, ten per second
         now = step / 10
-        events = pair.server.receive([junk_initiation(server_public)], attacker, now)
+        events = pair.server.receive([junk], attacker, now)
         replies += [now for _ in sizes(events)]
     assert replies == [0.0, COOKIE_REPLY_INTERVAL, 2 * COOKIE_REPLY_INTERVAL]
     # Meanwhile another endpoint, even at the same address, gets its own reply at once.
     same_address = ("::ffff:192.0.2.66", 5556)
-    assert sizes(pair.server.receive([junk_initiation(server_public)], same_address, 9.95)) == [64]
+    assert sizes(pair.server.receive([junk], same_address, 9.95)) == [64]
     # A real client retries after REKEY_TIMEOUT, more than the interval: each try is answered.
     assert COOKIE_REPLY_INTERVAL < REKEY_TIMEOUT
     for attempt in range(3):
         now = 20.0 + attempt * REKEY_TIMEOUT
         assert sizes(pair.at_server(pair.client.initiate(pair.to_server, now), now)) == [64]
+
+
+def test_a_spoofer_holding_a_clients_endpoint_does_not_keep_its_cookie_from_it() -> None:
+    """Someone who can send from the client's address and port, without seeing its traffic,
+    sends junk from there all the time: the client's own initiation is still answered, with
+    a cookie reply it can open, and its next try, carrying mac2, gets through."""
+    pair = Pair(under_load_after=0)
+    server_public = public_key(pair.server_key)
+    for step in range(20):  # ten per second, from just before the client's try
+        now = 9.0 + step / 10
+        assert sizes(pair.server.receive([junk_initiation(server_public)], CLIENT_ADDR,
+                                         now)) == [64]  # a reply the client cannot open
+    reply = pair.at_server(pair.client.initiate(pair.to_server, 10.0), 10.05)
+    assert sizes(reply) == [64]
+    pair.at_client(reply, 10.05)  # the client takes the cookie
+    retry = pair.client.initiate(pair.to_server, 10.0 + REKEY_TIMEOUT)
+    assert sizes(pair.at_server(retry, 10.0 + REKEY_TIMEOUT)) == [92]  # the response
 
 
 def test_shed_first_names_endpoints_just_answered_and_sources_out_of_tokens() -> None:
@@ -161,12 +179,16 @@ def test_shed_first_names_endpoints_just_answered_and_sources_out_of_tokens() ->
 
 def test_cookie_pacer_is_bounded_and_forgets_the_longest_answered_first() -> None:
     pacer = CookiePacer(interval=4.0, capacity=3)
-    assert [pacer.allow(("10.0.0.1", 1), 0.0), pacer.allow(("10.0.0.1", 1), 1.0)] == [True, False]
-    for n in (2, 3, 4):
-        assert pacer.allow((f"10.0.0.{n}", 1), 1.0)
+    mac1, other = bytes(16), bytes([1]) * 16
+    assert [pacer.allow(("10.0.0.1", 1), mac1, 0.0),
+            pacer.allow(("10.0.0.1", 1), mac1, 1.0)] == [True, False]
+    assert pacer.allow(("10.0.0.1", 1), other, 1.0)  # another message from there
+    assert pacer.answered_recently(("10.0.0.1", 1), 4.5)
+    for n in (2, 3):
+        assert pacer.allow((f"10.0.0.{n}", 1), mac1, 1.0)
     assert len(pacer) == 3
-    assert pacer.allow(("10.0.0.1", 1), 1.5)  # forgotten to make room: answered again early
-    assert not pacer.allow(("10.0.0.4", 1), 1.5)
+    assert pacer.allow(("10.0.0.1", 1), mac1, 1.5)  # forgotten to make room: answered again
+    assert not pacer.allow(("10.0.0.3", 1), mac1, 1.5)
 
 
 def test_the_handshake_queue_is_bounded_and_work_per_read_too() -> None:
@@ -332,12 +354,13 @@ def test_cookie_pacer_is_bounded_in_entries_and_bytes() -> None:
         before = tracemalloc.get_traced_memory()[0]
         for n in range(3 * COOKIE_REPLY_TABLE_SIZE):  # distinct IPv6 endpoints in one second
             address = str(ipaddress.IPv6Address((0x20010DB8 << 96) | (n << 64) | 1))
-            pacer.allow((address, 40000 + n % 1000), n / 1e5)
+            pacer.allow((address, 40000 + n % 1000), n.to_bytes(16, "big"), n / 1e5)
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
     assert len(pacer) == COOKIE_REPLY_TABLE_SIZE
-    assert held < COOKIE_REPLY_TABLE_SIZE * 320, held  # about 2 MiB at most
+    # Messages and endpoints: about 5 MiB at most.
+    assert held < COOKIE_REPLY_TABLE_SIZE * 640, held
 
 
 def test_the_hub_logs_one_line_per_kind_of_drop_a_second(
