@@ -30,7 +30,6 @@ import socket
 import struct
 import sys
 import time
-from collections import deque
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -126,10 +125,10 @@ class Flooder:
         # A source that got a cookie reply sends nothing for this long (a real client tries
         # again REKEY_TIMEOUT later); 0: it goes on at once, as a flood does.
         self.rest = rest
-        self.ready = deque(range(len(self.sources)))  # source slots in turn
-        self.resting: deque[tuple[float, int]] = deque()  # (until, slot), soonest first
+        self.resting: dict[int, float] = {}  # source slot -> until
         self.cookies: dict[int, bytes] = {}  # source slot -> cookie
         self.sent = 0
+        self.position = 0  # datagrams sent or passed over (resting sources skip theirs)
         self.replies: dict[int, int] = {}
         self._destination = self._sockaddr(target)
         self._controls = [self._pktinfo(s) if s else None for s in self.sources]
@@ -192,7 +191,7 @@ class Flooder:
         header.controllen = 0 if control is None else ctypes.sizeof(control)
 
     def _message(self, n: int) -> bytes:
-        return self.buffer.raw[148 * n:148 * n + 148]
+        return ctypes.string_at(ctypes.addressof(self.buffer) + 148 * n, 148)
 
     def _sign(self, n: int, slot: int) -> None:
         """Writes mac2 for the cookie `slot` holds (zeros if none) into datagram `n`."""
@@ -203,41 +202,31 @@ class Flooder:
         ctypes.memmove(ctypes.addressof(self.buffer) + 148 * n + 132, mac2, 16)
 
     def send(self, due: int) -> None:
-        """Sends datagrams until `due` in all have gone (fewer if the socket is full)."""
-        while self.sent < due:
-            n = self.sent % self.count
-            batch = min(due - self.sent, self.count - n)
-            if not self.cycle:  # each real initiation goes once, from a source not resting
+        """Sends the datagrams due (up to position `due`), each from its own source (datagram
+        n from source n modulo their number, so a peer's real initiations all leave from the
+        sources of that peer, in order); those of a resting source are passed over."""
+        while self.position < due:
+            n = self.position % self.count
+            batch = min(due - self.position, self.count - n)
+            if self.resting:
+                now = time.monotonic()
                 for m in range(n, n + batch):
-                    slot = self._free_slot()
-                    if slot is None:
+                    until = self.resting.get(self.slot_of[m])
+                    if until is not None and until > now:
                         batch = m - n
                         break
-                    self._set_source(m, slot)
-                    self.slot_of[m] = slot
-                    self._sign(m, slot)
                 if not batch:
-                    return
+                    self.position += 1
+                    continue
             done = _libc.sendmmsg(self.sock.fileno(),
                                   ctypes.addressof(self.headers) + n * ctypes.sizeof(_MMsgHdr),
                                   batch, 0)
             if done <= 0:
                 return  # the socket buffer is full: what is due goes in a later batch
+            self.position += done
             self.sent += done
             if done < batch:
                 return
-
-    def _free_slot(self) -> int | None:
-        """The next source in turn that is not resting after a cookie reply."""
-        resting, ready = self.resting, self.ready
-        now = time.monotonic()
-        while resting and resting[0][0] <= now:
-            ready.append(resting.popleft()[1])
-        if not ready:
-            return None
-        slot = ready.popleft()
-        ready.append(slot)
-        return slot
 
     def drain(self) -> None:
         while True:
@@ -264,12 +253,10 @@ class Flooder:
             self.cookies[slot] = xaead_open(self.cookie_key, reply[8:32], reply[32:64], mac1)
         except InvalidTag:  # a reply we cannot read proves nothing
             return
-        if self.rest and slot in self.ready:
-            self.ready.remove(slot)
-            self.resting.append((time.monotonic() + self.rest, slot))
-        if self.cycle:  # the slot's datagrams carry the cookie from now on
-            for m in range(slot, self.count, len(self.sources)):
-                self._sign(m, slot)
+        if self.rest:
+            self.resting[slot] = time.monotonic() + self.rest
+        for m in range(slot, self.count, len(self.sources)):  # with the cookie from now on
+            self._sign(m, slot)
 
     def run(self, rate: float, seconds: float, count: int, warmup: float = 0.0
             ) -> dict[str, object]:
@@ -284,7 +271,7 @@ class Flooder:
         started = time.monotonic()
         measured_from, deadline = started + warmup, started + warmup + seconds
         counting, counted_from, cpu = not warmup, 0, time.process_time()
-        while self.sent < count:
+        while self.position < count:
             now = time.monotonic()
             if now >= deadline:
                 break
@@ -292,8 +279,8 @@ class Flooder:
                 counting, counted_from, cpu = True, self.sent, time.process_time()
                 self.replies.clear()
             due = int((now - started) * rate) + 1
-            if due - self.sent > rate * CATCH_UP:  # what it could not send is not owed
-                started += (due - self.sent - rate * CATCH_UP) / rate
+            if due - self.position > rate * CATCH_UP:  # what it could not send is not owed
+                started += (due - self.position - rate * CATCH_UP) / rate
             self.send(min(count, int((now - started) * rate) + 1))
             self.drain()
             time.sleep(0.002)

@@ -9,7 +9,8 @@
    initiation to a `HandshakeAuthority` (the router's part), in-process, no IPC.
 2. One aura-udp and the router that answers its handshakes, both pinned to one CPU
    (`taskset`), in a namespace: real initiations of LOAD_PEERS registered peers from
-   LOAD_SOURCES source addresses, offered at increasing rates; responses and cookie replies
+   LOAD_SOURCES source addresses (each peer from seven of its own, so that its initiations
+   arrive in the order they were made), offered at increasing rates; responses and cookie replies
    per second come back. Above capacity the backlog puts the server under load: handshakes
    need a cookie, and each proven source meets the rate limit (20/s). A source answers a
    cookie reply as a real client does: it proves itself with the cookie in its next
@@ -63,7 +64,7 @@ from aura_lab.topology import INTERNET_HOST, AuraServer, build, iperf3, stock_wi
 from bench.transports import aura_client_on
 
 LOAD_PEERS = 150  # each may initiate 50 times a second (INITIATION_MIN_INTERVAL)
-LOAD_SOURCES = 1024  # each may start 20 handshakes a second once proven
+LOAD_SOURCES = 7 * LOAD_PEERS  # each may start 20 handshakes a second once proven
 OFFERED_RATES = (1000, 2000, 4000, 8000)
 STEP_SECONDS = 3.0
 CAPACITY_WARMUP = REKEY_TIMEOUT + 1.0
