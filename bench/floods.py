@@ -467,7 +467,9 @@ def main() -> None:
                           f" (the sender used {step['flooder_core']:.2f} core)")
             print(f"floods at {FLOOD_RATE}/s; client iperf3 upload under the flood / just "
                   f"before it, median of {args.repeat}; the flood's own cost to aura-udp and "
-                  "aura-router in cores, and the share of a core they had under it:")
+                  "aura-router in cores, the share of a core they had under it, and the "
+                  "generator's own CPU (it builds every datagram in advance and sends them "
+                  "in sendmmsg batches, so that the ratio measures the server):")
             results = flood_ratios(setup, floods, args.seconds, args.repeat)
             for entry in results:
                 replies = entry["replies"]
