@@ -40,13 +40,9 @@ class HandshakeBacklog:
     def add(self, datagram: bytes, source: Source, now: float) -> Source | None:
         """Queues a message; returns the source of the message dropped for want of room
         (this one, or one queued behind that it displaced), or None."""
-        try:
-            key = RateLimiter.key(source[0])
-        except OSError:  # not an IP address: an endpoint a carrier named otherwise
-            key = source[0].encode()
+        key = _key(source)
         queued_at = self._queued_at
-        last = queued_at.get(key)
-        fresh = last is None or now - last >= self._fresh_after
+        fresh = self._fresh(key, now)
         dropped = None
         if len(self._first) + len(self._behind) >= self._capacity:
             if not fresh or not self._behind:
@@ -59,8 +55,26 @@ class HandshakeBacklog:
             del queued_at[next(iter(queued_at))]
         return dropped
 
+    def would_drop(self, source: Source, now: float) -> bool:
+        """Whether `add` would drop a message from `source` now (full, and the source had
+        one queued lately): a carrier sheds such messages before it reads them."""
+        if len(self._first) + len(self._behind) < self._capacity:
+            return False
+        return not self._behind or not self._fresh(_key(source), now)
+
+    def _fresh(self, key: bytes, now: float) -> bool:
+        last = self._queued_at.get(key)
+        return last is None or now - last >= self._fresh_after
+
     def pop(self) -> Waiting:
         return self._first.popleft() if self._first else self._behind.popleft()
 
     def __len__(self) -> int:
         return len(self._first) + len(self._behind)
+
+
+def _key(source: Source) -> bytes:
+    try:
+        return RateLimiter.key(source[0])
+    except OSError:  # not an IP address: an endpoint a carrier named otherwise
+        return source[0].encode()

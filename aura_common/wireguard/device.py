@@ -218,8 +218,9 @@ class Device:
 
         True for an endpoint sent a cookie reply within COOKIE_REPLY_INTERVAL (a real
         initiator tries again only REKEY_TIMEOUT later: a flood, or a spoofer, sends so soon)
-        and, under load, for a source out of rate-limit tokens (dropped after screening
-        anyway). A new client, or one retrying with its cookie, is neither.
+        and, under load, for a source out of rate-limit tokens, or while the handshake queue
+        is full for one that had a message queued lately (dropped after screening anyway). A
+        new client, or one retrying with its cookie, is none of these.
         """
         return self._screen.shed_first(source, now)
 

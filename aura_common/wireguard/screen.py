@@ -73,6 +73,6 @@ class HandshakeScreen:
 
     def shed_first(self, source: Endpoint, now: float) -> bool:
         """See `Device.shed_first`."""
-        if self._pacer.answered_recently(source, now):
+        if self._pacer.answered_recently(source, now) or self.queue.would_drop(source, now):
             return True
         return self._load.lasts(now) and self.rate_limiter.exhausted(source[0], now)

@@ -80,11 +80,10 @@ LEASE_FLUSH_INTERVAL = 2.0
 # refused at once and counted). One turn of the event loop answers them for at most
 # HANDSHAKE_TURN_SECONDS in all (up to four X25519 operations each, 0.1 to 0.3 ms), shared
 # by the transports waiting, so TUN reads and packets from the transports are never more
-# than a millisecond or two apart; within that, the more answered per turn, the fewer
-# `hs_done` frames. The transport counts unanswered ones as its load and asks for cookies
-# when they pile up.
+# than a millisecond apart and a handshake flood leaves the data path most of the router.
+# The transport counts unanswered ones as its load and asks for cookies when they pile up.
 HANDSHAKE_QUEUE = 256
-HANDSHAKE_TURN_SECONDS = 0.002
+HANDSHAKE_TURN_SECONDS = 0.0005
 
 
 def _keys(peer: Peer | None) -> tuple[bytes, bytes] | None:

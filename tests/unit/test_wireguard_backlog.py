@@ -13,7 +13,7 @@ from aura_common.wireguard import (
     public_key,
 )
 from aura_common.wireguard.backlog import HandshakeBacklog
-from aura_common.wireguard.limits import AUTHORITY_WINDOW, FRESH_AFTER
+from aura_common.wireguard.limits import AUTHORITY_WINDOW, FRESH_AFTER, HANDSHAKE_QUEUE_SIZE
 from aura_lab.flood import junk_initiation
 from tests.unit.test_wireguard_authority import Relayed
 from tests.unit.test_wireguard_device import CLIENT_ADDR, of_type, transmits
@@ -144,3 +144,29 @@ def test_the_hub_asks_the_router_for_more_as_its_answers_come() -> None:
         return [*asked, len(router.asked)]
 
     assert asyncio.run(flood_then_answers()) == [AUTHORITY_WINDOW, 2 * AUTHORITY_WINDOW]
+
+
+def test_a_full_backlog_names_what_it_would_drop_before_it_is_read() -> None:
+    backlog = HandshakeBacklog(capacity=2)
+    attacker = ("192.0.2.66", 5555)
+    assert not backlog.would_drop(attacker, 0.0)
+    backlog.add(b"a", attacker, 0.0)
+    backlog.add(b"b", attacker, 0.0)
+    assert backlog.would_drop(attacker, 0.0)  # full, and queued lately: shed unread
+    assert not backlog.would_drop(CLIENT_ADDR, 0.0)  # a new source still gets in
+    assert backlog.add(b"new", CLIENT_ADDR, 0.0) == attacker
+    assert backlog.would_drop(("198.51.100.9", 1), 0.0)  # nothing behind left to displace
+
+
+def test_while_the_queue_is_full_a_carrier_sheds_a_lately_queued_source_first() -> None:
+    pair = Relayed(under_load_after=10_000)  # never under load: only the full queue sheds
+    relay, server_public = pair.relay, public_key(pair.server_key)
+    attacker = ("2001:db8:a000::1", 1000)
+    for _ in range(2):  # the second fills the queue again behind the window handed out
+        relay.receive([junk_initiation(server_public) for _ in range(HANDSHAKE_QUEUE_SIZE)],
+                      attacker, 0.0)
+        while relay.handshakes_pending:
+            relay.process_handshakes(0.0)
+    assert relay.awaiting_authority == AUTHORITY_WINDOW
+    assert relay.shed_first(attacker, 0.0)
+    assert not relay.shed_first(CLIENT_ADDR, 0.0)
