@@ -9,8 +9,8 @@ answer. Such a device never initiates: its peers (clients) rekey by themselves.
 The device ties the parts together, as wireguard-go's device/ does: `peer` (a peer's keys,
 handshake and staged packets), `timers` (when to retransmit, keep alive, rekey and erase),
 `indextable` (what the index a message carries names), `send` and `receive` (the data path)
-and `screen` (what a handshake message must pass before its key exchange). Handshake
-messages are worked here.
+`screen` (what a handshake message must pass before its key exchange) and `handshake` (the
+messages that pass, and our initiations).
 """
 
 from __future__ import annotations
@@ -23,36 +23,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from ..errors import AuraError
 from .authority import Answer, HandshakeAuthority
-from .constants import (
-    KEY_SIZE,
-    MESSAGE_COOKIE_REPLY,
-    MESSAGE_INITIATION,
-    MESSAGE_RESPONSE,
-    MESSAGE_TRANSPORT,
-    REKEY_ATTEMPT_TIME,
-    REKEY_TIMEOUT,
-    REKEY_TIMEOUT_JITTER,
-)
+from .constants import KEY_SIZE, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER
 from .crypto import dh
-from .events import (
-    Dropped,
-    Event,
-    HandshakeCompleted,
-    HandshakeRequested,
-    SessionExpired,
-    Transmit,
-)
+from .events import Dropped, Event, HandshakeCompleted, SessionExpired
+from .handshake import Handshakes
 from .indextable import IndexTable
-from .keypair import Keypair
-from .limits import (
-    AUTHORITY_WINDOW,
-    DEFAULT_MTU,
-    HANDSHAKE_QUEUE_SIZE,
-    HANDSHAKE_WORK_BATCH,
-    UNDER_LOAD_BACKLOG,
-)
-from .messages import TYPE_WORD, CookieReply, Initiation, MessageError, Response
-from .noise import HandshakeError, consume_response
+from .limits import AUTHORITY_WINDOW, DEFAULT_MTU, HANDSHAKE_WORK_BATCH, UNDER_LOAD_BACKLOG
 from .peer import Endpoint, Peer
 from .receive import Receiver
 from .screen import HandshakeScreen
@@ -92,13 +68,16 @@ class Device:
         # (data, keepalive or handshake); None: only key expiry ends it.
         self.idle_timeout = idle_timeout
         self._rng = rng
-        self._wall_ns = wall_ns
         self._peers: dict[bytes, Peer] = {}
         self._index = IndexTable(rng)
-        self._screen = HandshakeScreen(public_key, rng, under_load_after)
-        self._receiver = Receiver(self._index, screen=self._screen_handshake,
-                                  other=self._receive_other, confirmed=self._handshake_completed,
-                                  rekey=self._initiate_unless_pending)
+        self._screen = HandshakeScreen(public_key, rng, under_load_after, self._index)
+        self._handshakes = Handshakes(public_key, self._static, self._authority, self._peers,
+                                      self._index, rng=rng, wall_ns=wall_ns,
+                                      completed=self._handshake_completed)
+        self._receiver = Receiver(self._index, screen=self._screen.screen,
+                                  other=self._handshakes.receive,
+                                  confirmed=self._handshake_completed,
+                                  rekey=self._handshakes.initiate_unless_pending)
 
     # -- peers ----------------------------------------------------------------------------
     def add_peer(self, public_key: bytes, *, preshared_key: bytes | None = None,
@@ -182,7 +161,7 @@ class Device:
         """After `send` returned STAGED or REKEY."""
         if wanted == STAGED and peer.answered_recently(now):
             return  # we answered an initiation; its first data packet will confirm the keys
-        self._initiate_unless_pending(peer, now, events)
+        self._handshakes.initiate_unless_pending(peer, now, events)
 
     # -- screening ------------------------------------------------------------------------
     @property
@@ -224,10 +203,6 @@ class Device:
         """
         return self._screen.shed_first(source, now)
 
-    def _screen_handshake(self, datagram: bytes, source: Endpoint, now: float,
-                          events: list[Event]) -> None:
-        self._screen.screen(datagram, source, now, self._index.awaiting, events)
-
     def _work_handshakes(self, now: float, events: list[Event]) -> None:
         queue = self._screen.queue
         work = min(len(queue), HANDSHAKE_WORK_BATCH)
@@ -235,7 +210,7 @@ class Device:
             work = min(work, AUTHORITY_WINDOW - self._index.awaiting)
         for _ in range(work):
             datagram, source = queue.pop()
-            self._receive_other(datagram, source, now, events)
+            self._handshakes.receive(datagram, source, now, events)
 
     # -- handshakes -----------------------------------------------------------------------
     def initiate(self, peer: Peer, now: float) -> list[Event]:
@@ -249,114 +224,20 @@ class Device:
         elif peer.endpoint is None:
             events.append(Dropped("peer has no endpoint to initiate to", None))
         else:
-            self._send_initiation(peer, now, events, retry=False)
+            self._handshakes.initiate(peer, now, events, retry=False)
         return events
-
-    def _initiate_unless_pending(self, peer: Peer, now: float, events: list[Event]) -> None:
-        # Without the private key, data waits (bounded) for the peer's own handshake.
-        if self._static is not None and peer.handshake is None and peer.endpoint is not None:
-            self._send_initiation(peer, now, events, retry=False)
-
-    def _send_initiation(self, peer: Peer, now: float, events: list[Event], *, retry: bool) -> None:
-        assert peer.endpoint is not None
-        local_index = self._index.new_index()
-        message = peer.create_initiation(
-            local_public=self.public_key,
-            ephemeral=X25519PrivateKey.from_private_bytes(self._rng(KEY_SIZE)),
-            wall_ns=self._wall_ns(),
-            local_index=local_index,
-            now=now,
-            retry=retry,
-        )
-        self._index.add_handshake(local_index, peer)
-        events.append(Transmit(peer.endpoint, [message]))
-
-    def _receive_other(self, datagram: bytes, source: Endpoint, now: float,
-                       events: list[Event]) -> None:
-        """A screened handshake message, or garbage."""
-        message_type = TYPE_WORD.unpack_from(datagram)[0] if len(datagram) >= 4 else -1
-        try:
-            if message_type == MESSAGE_INITIATION:
-                self._receive_initiation(datagram, source, now, events)
-            elif message_type == MESSAGE_RESPONSE:
-                self._receive_response(datagram, source, now, events)
-            elif message_type == MESSAGE_COOKIE_REPLY:
-                self._receive_cookie_reply(datagram, source, now, events)
-            elif message_type == MESSAGE_TRANSPORT:
-                events.append(Dropped("data message too short", source))
-            else:
-                events.append(Dropped("not a WireGuard message", source))
-        except MessageError as error:
-            events.append(Dropped(str(error), source))
-        except HandshakeError as error:
-            events.append(Dropped(f"handshake rejected: {error}", source))
-
-    def _receive_initiation(self, datagram: bytes, source: Endpoint, now: float,
-                            events: list[Event]) -> None:
-        Initiation.unpack(datagram)  # its size, type and reserved bytes
-        authority = self._authority
-        if authority is None:
-            if self._index.awaiting >= HANDSHAKE_QUEUE_SIZE:
-                events.append(Dropped("handshake authority backlog full", source))
-                return
-            local_index = self._index.await_answer(source, now)
-            events.append(HandshakeRequested(datagram, local_index, source))
-            return
-        local_index = self._index.new_index()
-        answer = authority.answer(datagram, local_index, "", now, self._wall_ns() / 1e9)
-        self._install_answer(answer, local_index, source, now, events)
 
     def complete_handshake(self, local_index: int, answer: Answer, now: float) -> list[Event]:
         """The authority's answer to the initiation handed out with `local_index`."""
         events: list[Event] = []
-        source = self._index.answered(local_index)
-        if source is None:
-            events.append(Dropped("handshake answer for no initiation awaiting one", None))
-        elif answer.peer_public not in self._peers:
-            events.append(Dropped("handshake answer for an unknown peer", source))
-        else:
-            self._install_answer(answer, local_index, source, now, events)
+        self._handshakes.complete(local_index, answer, now, events)
         return events
 
     def refuse_handshake(self, local_index: int, reason: str) -> list[Event]:
         """The authority refused the initiation handed out with `local_index`."""
-        return [Dropped(f"handshake rejected: {reason}", self._index.answered(local_index))]
-
-    def _install_answer(self, answer: Answer, local_index: int, source: Endpoint, now: float,
-                        events: list[Event]) -> None:
-        peer = self._peers[answer.peer_public]
-        keypair = Keypair(answer.keys, local_index=local_index, remote_index=answer.remote_index,
-                          is_initiator=False, created=now)
-        keypair.ticket = answer.ticket
-        peer.answered(keypair, source, now)
-        self._index.add_keypair(keypair, peer)
-        events.append(Transmit(source, [peer.add_macs(answer.response, now)]))
-
-    def _receive_response(self, datagram: bytes, source: Endpoint, now: float,
-                          events: list[Event]) -> None:
-        message = Response.unpack(datagram)
-        peer = self._index.initiator(message.receiver)
-        state = peer.handshake if peer is not None else None
-        if peer is None or state is None:
-            events.append(Dropped("response to no pending initiation", source))
-            return
-        assert self._static is not None  # only a device with its private key initiates
-        keys = consume_response(message, state, local_static=self._static,
-                                preshared_key=peer.preshared_key)
-        keypair = Keypair(keys, local_index=state.local_index, remote_index=message.sender,
-                          is_initiator=True, created=now)
-        peer.response_accepted(keypair, source, now)
-        self._index.add_keypair(keypair, peer)
-        self._handshake_completed(peer, now, events)
-
-    def _receive_cookie_reply(self, datagram: bytes, source: Endpoint, now: float,
-                              events: list[Event]) -> None:
-        message = CookieReply.unpack(datagram)
-        peer = self._index.addressee(message.receiver)
-        if peer is None:
-            events.append(Dropped("cookie reply for unknown index", source))
-        elif not peer.consume_cookie_reply(message, now):
-            events.append(Dropped("cookie reply did not authenticate", source))
+        events: list[Event] = []
+        self._handshakes.refuse(local_index, reason, events)
+        return events
 
     def _handshake_completed(self, peer: Peer, now: float, events: list[Event]) -> None:
         staged = peer.handshake_completed(now)
@@ -378,11 +259,11 @@ class Device:
                     events.append(Dropped("handshake did not complete; queued packets dropped",
                                           peer.endpoint))
                 else:
-                    self._send_initiation(peer, now, events, retry=True)
+                    self._handshakes.initiate(peer, now, events, retry=True)
             if timers.rehandshake_due is not None and now >= timers.rehandshake_due:
                 # We sent data and heard nothing back: the session may be dead.
                 timers.rehandshake_due = None
-                self._initiate_unless_pending(peer, now, events)
+                self._handshakes.initiate_unless_pending(peer, now, events)
             if timers.keepalive_due is not None and now >= timers.keepalive_due:
                 timers.keepalive_due = None
                 if peer.has_session(now):

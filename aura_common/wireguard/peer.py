@@ -1,8 +1,8 @@
 """A remote peer: its key slots, pending handshake, staged packets, timers and counters.
 
-The peer changes its own state; the device and the send and receive paths call its methods.
-Its local indices live in the device's `IndexTable`: the device registers them, and the peer
-gives back (`forget`) each one whose keys or handshake it drops.
+The peer changes its own state; the device, the handshake side and the data paths call its
+methods. Its local indices live in the device's `IndexTable`: the handshake side registers
+them, and the peer gives back (`forget`) each one whose keys or handshake it drops.
 """
 
 from __future__ import annotations

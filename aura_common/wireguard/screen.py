@@ -18,25 +18,25 @@ from .backlog import HandshakeBacklog
 from .constants import MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION
 from .cookie import CookieChecker, CookiePacer, Load, RateLimiter
 from .events import Dropped, Event, Transmit
+from .indextable import IndexTable
 from .messages import INITIATION_MAC1_OFFSET, MAC_SIZE, RESPONSE_MAC1_OFFSET, TYPE_WORD
 from .peer import Endpoint
 
 
 class HandshakeScreen:
-    __slots__ = ("_checker", "_load", "_pacer", "queue", "rate_limiter")
+    __slots__ = ("_checker", "_index", "_load", "_pacer", "queue", "rate_limiter")
 
-    def __init__(self, public_key: bytes, rng: Callable[[int], bytes], under_load_after: int
-                 ) -> None:
+    def __init__(self, public_key: bytes, rng: Callable[[int], bytes], under_load_after: int,
+                 index: IndexTable) -> None:
+        self._index = index  # its initiations awaiting the authority count as load
         self._checker = CookieChecker(public_key, rng)
         self._load = Load(under_load_after)
         self._pacer = CookiePacer()
         self.rate_limiter = RateLimiter()
         self.queue = HandshakeBacklog()
 
-    def screen(self, datagram: bytes, source: Endpoint, now: float, awaiting: int,
-               events: list[Event]) -> None:
-        """Queues a handshake message (of its type's size) that passes the checks; `awaiting`
-        initiations wait for the authority's answer elsewhere."""
+    def screen(self, datagram: bytes, source: Endpoint, now: float, events: list[Event]) -> None:
+        """Queues a handshake message (of its type's size) that passes the checks."""
         kind = datagram[0]
         if kind != MESSAGE_COOKIE_REPLY:  # a reply to us is checked by its own AEAD
             if TYPE_WORD.unpack_from(datagram)[0] != kind:
@@ -49,7 +49,7 @@ class HandshakeScreen:
                 events.append(Dropped("bad mac1", source))
                 return
             # Waiting: the queue, initiations the authority has not answered yet, and this one.
-            if self._load.under_load(len(self.queue) + awaiting + 1, now):
+            if self._load.under_load(len(self.queue) + self._index.awaiting + 1, now):
                 if not checker.mac2_valid(datagram, mac1_offset, source, now):
                     mac1 = datagram[mac1_offset:mac1_offset + MAC_SIZE]
                     if self._pacer.allow(source, mac1, now):
