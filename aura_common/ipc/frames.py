@@ -222,13 +222,37 @@ class TransportState:
     bound: list[str]  # host:port
 
 
+@record(as_list=False)
+@dataclass(frozen=True, slots=True)
+class PeerState:
+    """A peer as `aura status` shows it; the session's fields are set while it is connected."""
+
+    name: str
+    enabled: bool
+    address: list[str]
+    connected: bool
+    usage_bytes: int
+    quota_bytes: int | None
+    expires: str | None  # ISO 8601 UTC
+    refused: str | None  # why the router refuses it now
+    refused_since: float | None  # Unix time
+    transport: str | None = None
+    endpoint: str | None = None  # host:port
+    last_handshake: float | None = None  # Unix time
+    connected_since: float | None = None  # Unix time
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    tx_packets: int = 0
+    tx_bytes: int = 0
+
+
 @frame("status_reply", chunked="peers")
 @dataclass(frozen=True, slots=True)
 class RouterStatus(Frame):
     uptime: float
     tun: str
     transports: list[TransportState]
-    peers: list[Report]
+    peers: list[PeerState]
     dropped: dict[str, int]
     handshakes: dict[str, int]
     registry: Report | None = None  # a cluster's registry database

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import ipaddress
 import json
@@ -19,7 +20,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aura_common import control, ipc, metrics, pki, runtime, systemd
 from aura_common.accounts import ADMIN, Accounts
@@ -39,6 +40,7 @@ from aura_common.ipc.frames import (
     Packets,
     PeerKey,
     Peers,
+    PeerState,
     Reload,
     Reloaded,
     RouterStatus,
@@ -525,23 +527,23 @@ class Router:
         self._account_usage()
         peers = []
         for peer in self.registry:
+            state = PeerState(
+                name=peer.name, enabled=peer.enabled, address=peer.addresses, connected=False,
+                usage_bytes=self.usage.get(peer.name), quota_bytes=peer.quota_bytes,
+                expires=peer.expires, refused=self.gate.refused.get(peer.name),
+                refused_since=self.refused_since.get(peer.name),
+            )
             session = self.sessions.get(peer.name)
-            entry: dict[str, Any] = {
-                "name": peer.name, "enabled": peer.enabled, "address": peer.addresses,
-                "connected": session is not None, "usage_bytes": self.usage.get(peer.name),
-                "quota_bytes": peer.quota_bytes, "expires": peer.expires,
-                "refused": self.gate.refused.get(peer.name),
-                "refused_since": self.refused_since.get(peer.name),
-            }
             if session is not None:
-                entry.update(
+                state = dataclasses.replace(
+                    state, connected=True,
                     address=[str(ipaddress.ip_address(a)) for a in session.addresses],
                     transport=session.transport, endpoint=session.endpoint,
                     last_handshake=session.handshake_at, connected_since=session.connected_at,
                     rx_packets=session.rx_packets, rx_bytes=session.rx_bytes,
                     tx_packets=session.tx_packets, tx_bytes=session.tx_bytes,
                 )
-            peers.append(entry)
+            peers.append(state)
         return RouterStatus(
             uptime=time.time() - self.started, tun=self.config.tun.name,
             transports=transports, peers=peers,

@@ -31,6 +31,7 @@ from aura_common.ipc.frames import (
     Packets,
     PeerKey,
     Peers,
+    PeerState,
     RouterStatus,
     Status,
     TransportState,
@@ -133,8 +134,7 @@ def test_legitimate_frames_fit_the_object_budget() -> None:
     # One packet for each of as many peers as a frame holds.
     frame = Packets(1.0, [("a", [bytes(20)])] * frames.MAX_ITEMS)
     assert frames.decode(frames.encode(frame), TO_ROUTER) == frame
-    entry = {"name": "a", "enabled": True, "address": ["10.77.0.2"], "connected": False,
-             "refused": None, "quota": None, "expires": None, "rx_bytes": 0, "tx_bytes": 0}
+    entry = PeerState("a", True, ["10.77.0.2"], False, 0, None, None, None, None)
     status = RouterStatus(1.0, "aura0", [TransportState("udp", True, ["[::]:8443"])],
                           [entry] * 500, {"spoofed": 0}, {"answered": 0})
     assert frames.decode(frames.encode(status), FROM_ROUTER) == status
@@ -285,7 +285,7 @@ def test_status_of_20000_connected_peers_reaches_the_admin(router: Router) -> No
         await admin.send_reliable(Status())
         reply = await asyncio.wait_for(admin.recv(), 60)
         assert isinstance(reply, RouterStatus) and len(reply.peers) == PEERS
-        assert all(p["connected"] for p in reply.peers)
+        assert all(p.connected for p in reply.peers)
         assert len(frames.encode(reply)) > MAX_FRAME
         serving.cancel()
         admin.close()

@@ -276,9 +276,9 @@ def test_router_cuts_off_a_peer_at_its_quota_and_remembers_usage(
         # a transport with a stale list cannot bring the session back
         claim(router, link, "alice", handshake_at=2)
         assert router.sessions.get("alice") is None
-        status = {p["name"]: p for p in router.status().peers}
-        assert status["alice"]["usage_bytes"] == 1000 and status["alice"]["refused"]
-        assert status["bob"]["refused"] is None and status["bob"]["quota_bytes"] is None
+        status = {p.name: p for p in router.status().peers}
+        assert status["alice"].usage_bytes == 1000 and status["alice"].refused
+        assert status["bob"].refused is None and status["bob"].quota_bytes is None
         router.close()
 
         restarted = Router(config, router.authority)
