@@ -10,6 +10,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -28,6 +29,7 @@ from aura_common.ipc import frames, listener
 from aura_common.ipc.frames import (
     MAX_FRAME,
     PROTOCOL_VERSION,
+    Down,
     Frame,
     Packets,
     Protocol,
@@ -609,3 +611,35 @@ def test_packets_reach_their_handler_from_the_reader_and_keep_their_place_after_
         receiver.close()
 
     asyncio.run(scenario())
+
+
+def ask(path: Path, frame: Frame, reply: type[Frame]) -> Frame:
+    return ipc.request(path, frame, reply, FROM_ECHO, service="the echo", start="start it",
+                       allowed="run as root")
+
+
+def test_one_request_gets_its_reply_or_one_line_saying_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "service.sock"
+    ready, stop = threading.Event(), threading.Event()
+
+    async def serve() -> None:
+        async with listening(path):
+            ready.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.01)
+
+    server = threading.Thread(target=asyncio.run, args=(serve(),))
+    server.start()
+    try:
+        assert ready.wait(10)
+        assert ask(path, Status(), Echo) == Echo({"t": "status"}, "admin")
+        with pytest.raises(AuraError, match=r"^the echo answered status with echo$"):
+            ask(path, Status(), SessionDown)
+        with pytest.raises(AuraError, match=r"^the echo refused down: unexpected frame 'down'"):
+            ask(path, Down(), Echo)  # not a frame it takes
+    finally:
+        stop.set()
+        server.join(10)
+    with pytest.raises(ipc.NotRunning, match=r"^the echo is not running \(no answer on "
+                                             r".*service\.sock\): start it$"):
+        ask(path, Status(), Echo)
