@@ -41,7 +41,7 @@ SOCKET_BUFFER = 4 << 20
 MAX_QUEUED_BYTES = 4 << 20
 # Bytes read from one channel per wakeup of the event loop (at least one frame): packets are
 # handled as they are read, so the loop's other readers (the router's TUN, where the replies
-# to those packets wait in a queue of 500) get their turn between bursts.
+# to those packets wait in the device's queue, `tun.QUEUE_PACKETS`) get their turn between bursts.
 READ_BUDGET = 256 << 10
 # Linux socket options Python does not name (asm-generic/socket.h): root may exceed wmem_max.
 SO_SNDBUFFORCE = 32
