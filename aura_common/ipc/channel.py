@@ -19,7 +19,6 @@ the channel's `Protocol`; a frame that fails is a protocol error that closes the
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import socket
@@ -27,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from aura_common.bounded import ByteQueue
 from aura_common.errors import AuraError
 from aura_common.ipc import frames
 from aura_common.ipc.credentials import peer_credentials
@@ -92,8 +92,7 @@ class Channel:
         self._fd = sock.fileno()
         self._buffer = bytearray(MAX_FRAME + 1)
         self._view = memoryview(self._buffer)
-        self._queue: collections.deque[tuple[dict[str, Any], int]] = collections.deque()
-        self._queued_bytes = 0
+        self._queue: ByteQueue[dict[str, Any]] = ByteQueue(MAX_QUEUED_BYTES)
         # Set by a receiver of packets: `pkts` frames' batches go here, from the reader
         # callback itself while no other frame waits before them (no turn of the event loop
         # between socket and handler), else in order from `recv`.
@@ -127,7 +126,7 @@ class Channel:
     @property
     def queued_bytes(self) -> int:
         """Encoded bytes of those frames (at most MAX_QUEUED_BYTES + MAX_FRAME)."""
-        return self._queued_bytes
+        return self._queue.size
 
     # -- receiving ---------------------------------------------------------------------
 
@@ -144,7 +143,7 @@ class Channel:
     def _readable(self) -> None:
         budget = READ_BUDGET
         while budget > 0:
-            if self._queued_bytes >= MAX_QUEUED_BYTES:
+            if self._queue.full:
                 self._stop_reading()  # resumes once `recv` has taken frames off the queue
                 break
             try:
@@ -175,8 +174,7 @@ class Channel:
                 if self.closed:
                     break
                 continue
-            self._queue.append((mapping, size))
-            self._queued_bytes += size
+            self._queue.push(mapping, size)
         self._wake()
 
     def _deliver_now(self, mapping: dict[str, Any]) -> None:
@@ -208,9 +206,8 @@ class Channel:
                 self._waiter = None
 
     def _take(self) -> dict[str, Any]:
-        mapping, size = self._queue.popleft()
-        self._queued_bytes -= size
-        if self._queued_bytes < MAX_QUEUED_BYTES // 2:
+        mapping = self._queue.pop()
+        if self._queue.size < MAX_QUEUED_BYTES // 2:
             self._start_reading()
         return mapping
 
