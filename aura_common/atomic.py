@@ -142,6 +142,18 @@ def _open_lock_file(dir_fd: int, name: str, shown: str) -> int:
         return fd
 
 
+def read_bounded(path: str, limit: int, expected: str) -> bytes:
+    """At most `limit` + 1 bytes of the file at `path` (more than `limit` says it is too
+    large), never through a symlink and never waiting on a FIFO; a file that cannot be read is
+    a ConfigError naming it and `expected`."""
+    try:
+        fd = os.open(path, _READ_FLAGS)
+        with os.fdopen(fd, "rb") as file:
+            return file.read(limit + 1)
+    except OSError as error:
+        raise ConfigError(path, "", f"{expected} ({error.strerror})") from None
+
+
 # State files are read whole: the registry of a large server is a few MiB (about 300 bytes
 # a peer); anything larger is not ours, and must not cost its reader (root, for the CLI) more.
 STATE_FILE_LIMIT = 64 << 20

@@ -15,6 +15,7 @@ import json
 import os
 from typing import Any
 
+from aura_common.atomic import read_bounded
 from aura_common.config import ServerConfig
 from aura_common.errors import ConfigError
 
@@ -63,12 +64,7 @@ def build(config: ServerConfig) -> bytes:
 
 def read(path: str) -> tuple[dict[str, bytes], dict[str, Any], str]:
     """(files by name, the `network` section, the database connection string) of a bundle."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as file:
-            data = file.read(SIZE_LIMIT + 1)
-    except OSError as error:
-        raise ConfigError(path, "", f"a readable cluster bundle ({error.strerror})") from None
+    data = read_bounded(path, SIZE_LIMIT, "a readable cluster bundle")
     if len(data) > SIZE_LIMIT:
         raise ConfigError(path, "", f"a cluster bundle of at most {SIZE_LIMIT} bytes")
     try:

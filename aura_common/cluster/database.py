@@ -7,11 +7,10 @@ connection string's hosts and database name, never by anything secret.
 
 from __future__ import annotations
 
-import os
-
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from aura_common.atomic import read_bounded
 from aura_common.cluster.schema import MIGRATIONS
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError, ConfigError
@@ -51,12 +50,7 @@ def describe(database: str) -> str:
 
 def read_password(path: str) -> str:
     """The password in `path`: its first line, without the newline."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as file:
-            data = file.read(PASSWORD_LIMIT + 1)
-    except OSError as error:
-        raise ConfigError(path, "", f"a readable password file ({error.strerror})") from None
+    data = read_bounded(path, PASSWORD_LIMIT, "a readable password file")
     text = data.split(b"\n", 1)[0].rstrip(b"\r")
     if len(data) > PASSWORD_LIMIT or not text:
         raise ConfigError(path, "", f"one line of 1 to {PASSWORD_LIMIT} bytes (the password)")
