@@ -1,7 +1,8 @@
 """The client process: `python -m services.client.process CONFIG` (what `aura client up` starts).
 
-Logging (to journald when detached), signals, the handler for errors nobody awaited, and exit
-statuses: 78 for a config error, 1 for any other reason to stop, 0 after `down` or a signal.
+Logging (to journald when detached) and the handler for errors nobody awaited; signals and exit
+statuses come from the common shell (aura_common/service.py): 78 for a config error, 1 for any
+other reason to stop, 0 after `down` or a signal.
 """
 
 from __future__ import annotations
@@ -10,15 +11,13 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from aura_common import log as aura_log
 from aura_common.config import ClientConfig
-from aura_common.errors import AuraError, ConfigError
-from aura_common.service import EXIT_CONFIG
+from aura_common.service import exit_status, supervise
 from services.client.daemon import ClientDaemon
 from services.client.path import describe
 
@@ -38,12 +37,10 @@ def log_stray_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]
 
 
 async def _run(config: ClientConfig) -> None:
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(log_stray_exception)
+    asyncio.get_running_loop().set_exception_handler(log_stray_exception)
     daemon = ClientDaemon(config)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, daemon.stop.set)
-    await daemon.run()
+    # A signal stops the daemon as `down` does: it takes its routes and DNS back itself.
+    await supervise(daemon.run(), stop=daemon.stop.set)
 
 
 def run(config_path: str, *, verbose: bool = False, journal: bool = False) -> int:
@@ -55,17 +52,11 @@ def run(config_path: str, *, verbose: bool = False, journal: bool = False) -> in
         root = logging.getLogger()
         root.removeHandler(handler)
         root.addHandler(aura_log.JournalHandler("aura-client"))
-    try:
-        config = ClientConfig.load(config_path)
-        asyncio.run(_run(config))
-    except ConfigError as error:
-        log.critical("configuration error: %s", error)
-        return EXIT_CONFIG
-    except AuraError as error:
-        log.critical("stopping: %s", error)
-        return 1
-    log.info("stopped")
-    return 0
+    status = exit_status(log, lambda: asyncio.run(_run(ClientConfig.load(config_path))),
+                         failure="stopping: ")
+    if status == 0:
+        log.info("stopped")
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:

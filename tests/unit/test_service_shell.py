@@ -1,9 +1,13 @@
-"""The service shell's exit on a missing config: status 78 and a line saying what to run."""
+"""The process shell shared by the services and the client: status 78 and a line saying what
+to run on a config error, and signals that stop the work the way it asks."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +16,7 @@ import pytest
 from aura_common import log as aura_log
 from aura_common import service
 from aura_common.config import ServerConfig
+from services.client import process
 
 
 @pytest.fixture
@@ -50,3 +55,30 @@ def test_a_broken_config_gets_no_init_hint(
     assert code == service.EXIT_CONFIG
     err = capsys.readouterr().err
     assert "valid YAML" in err and "aura server init" not in err, err
+
+
+def test_the_client_process_exits_78_on_a_config_error(
+    tmp_path: Path, stderr_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "client.yaml"
+    broken.write_text("version: [\n")
+    assert process.run(str(broken)) == service.EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "configuration error" in err and str(broken) in err, err
+
+
+def test_a_signal_calls_the_work_s_own_stop_instead_of_cancelling_it() -> None:
+    finished = []
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+
+        async def work() -> None:
+            await stop.wait()
+            finished.append("cleaned up")  # a cancelled work would not get here
+
+        asyncio.get_running_loop().call_later(0.01, os.kill, os.getpid(), signal.SIGTERM)
+        await service.supervise(work(), stop=stop.set)
+
+    asyncio.run(scenario())
+    assert finished == ["cleaned up"]
