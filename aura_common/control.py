@@ -36,7 +36,7 @@ MAX_TEXT = 4096  # longest string: the manifest body
 _KEYS = ("address", "dns", "routes", "manifest")
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _T = TypeVar("_T")
 
@@ -48,7 +48,7 @@ class ControlError(ValueError):
 @dataclass(frozen=True, slots=True)
 class ControlMessage:
     address: tuple[Interface, ...] = ()
-    dns: tuple[Address, ...] = ()
+    dns: tuple[IPAddress, ...] = ()
     routes: tuple[Network, ...] = ()
     manifest: SignedManifest | None = None
 

@@ -46,7 +46,7 @@ EXPIRY_EXAMPLE = ("a duration such as 30d, 12h or 2w, a date such as 2027-01-31 
 
 
 class Limited(Protocol):
-    """What the decision needs of a peer (`registry.Peer` has it), read-only."""
+    """What the decision needs of a peer (`registry.RegisteredPeer` has it), read-only."""
 
     @property
     def name(self) -> str: ...

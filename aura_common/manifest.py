@@ -67,7 +67,9 @@ class ManifestError(AuraError):
 
 
 @dataclass(frozen=True, slots=True)
-class Endpoint:
+class HostPorts:
+    """A host and the port of each transport it serves (at least one)."""
+
     host: str
     udp: int | None = None
     tcp: int | None = None
@@ -108,7 +110,7 @@ class Manifest:
     expires: datetime.datetime
     server_public_key: bytes
     bridges: tuple[str, ...]
-    endpoints: tuple[Endpoint, ...] | None  # None: an older manifest with only `bridges`
+    endpoints: tuple[HostPorts, ...] | None  # None: an older manifest with only `bridges`
     version: int = MANIFEST_VERSION
 
     @classmethod
@@ -119,7 +121,7 @@ class Manifest:
         issued: datetime.datetime,
         expires_days: int,
         server_public_key: bytes,
-        endpoints: Sequence[Endpoint],
+        endpoints: Sequence[HostPorts],
     ) -> Manifest:
         """A new manifest, `bridges` synthesised from `endpoints`; ValueError on bad input."""
         if not 1 <= expires_days <= MAX_EXPIRES_DAYS:
@@ -309,7 +311,7 @@ def parse_body(body: bytes) -> Manifest:
     for index, bridge in enumerate(bridges):
         if not isinstance(bridge, str) or not _is_bridge(bridge):
             raise _malformed(f"bridges[{index}]", "HOST:PORT (IPv6 host in brackets)")
-    endpoints: tuple[Endpoint, ...] | None = None
+    endpoints: tuple[HostPorts, ...] | None = None
     if "endpoints" in value:
         endpoints = _parse_endpoints(value["endpoints"])
         if list(synthesise_bridges(endpoints)) != bridges:
@@ -327,7 +329,7 @@ def parse_body(body: bytes) -> Manifest:
     return manifest
 
 
-def synthesise_bridges(endpoints: Iterable[Endpoint]) -> tuple[str, ...]:
+def synthesise_bridges(endpoints: Iterable[HostPorts]) -> tuple[str, ...]:
     bridges: list[str] = []
     for endpoint in endpoints:
         for port in endpoint.ports().values():
@@ -338,7 +340,7 @@ def synthesise_bridges(endpoints: Iterable[Endpoint]) -> tuple[str, ...]:
 
 
 # -- endpoints as the operator types them ---------------------------------------------------
-def parse_endpoint_spec(spec: str) -> Endpoint:
+def parse_endpoint_spec(spec: str) -> HostPorts:
     """Parse `HOST:tcp=N:quic=N:udp=N` (any non-empty subset; IPv6 host in brackets).
 
     Errors are AuraErrors naming `--endpoints`, the bad part and what was expected.
@@ -382,10 +384,10 @@ def parse_endpoint_spec(spec: str) -> Endpoint:
         if not number.isascii() or not number.isdigit() or not 1 <= int(number) <= 65535:
             raise fail(f"{name} port {number!r}", "a port number 1..65535")
         ports[name] = int(number)
-    return Endpoint(_normalise_host(host), **ports)
+    return HostPorts(_normalise_host(host), **ports)
 
 
-def endpoint_from_mapping(value: object, field: str = "endpoint") -> Endpoint:
+def endpoint_from_mapping(value: object, field: str = "endpoint") -> HostPorts:
     """An endpoint from its mapping form (manifest body, signer request)."""
     if not isinstance(value, Mapping):
         raise _malformed(field, "a mapping with host and ports")
@@ -400,13 +402,13 @@ def endpoint_from_mapping(value: object, field: str = "endpoint") -> Endpoint:
         if transport in value and not is_port(port):
             raise _malformed(f"{field}.{transport}", "a port number 1..65535")
     try:
-        return Endpoint(host, value.get("udp"), value.get("tcp"), value.get("quic"))
+        return HostPorts(host, value.get("udp"), value.get("tcp"), value.get("quic"))
     except ValueError as error:
         raise _malformed(field, str(error)) from None
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def _parse_endpoints(value: object) -> tuple[Endpoint, ...]:
+def _parse_endpoints(value: object) -> tuple[HostPorts, ...]:
     if not isinstance(value, list) or not 1 <= len(value) <= MAX_ENDPOINTS:
         raise _malformed("endpoints", f"a list of 1..{MAX_ENDPOINTS} endpoints")
     return tuple(endpoint_from_mapping(item, f"endpoints[{i}]") for i, item in enumerate(value))

@@ -32,7 +32,7 @@ KEY_SIZE = 32
 
 
 @dataclass(frozen=True)
-class Peer:
+class RegisteredPeer:
     name: str
     public_key: bytes
     preshared_key: bytes | None = None
@@ -56,7 +56,7 @@ def _encode_key(key: bytes | None) -> str | None:
     return None if key is None else base64.b64encode(key).decode("ascii")
 
 
-def _peer_to_json(peer: Peer) -> dict[str, Any]:
+def _peer_to_json(peer: RegisteredPeer) -> dict[str, Any]:
     return {
         "name": peer.name,
         "public_key": _encode_key(peer.public_key),
@@ -70,18 +70,19 @@ def _peer_to_json(peer: Peer) -> dict[str, Any]:
     }
 
 
-def registry_document(peers: Iterable[Peer]) -> bytes:
+def registry_document(peers: Iterable[RegisteredPeer]) -> bytes:
     """The file's bytes for `peers` (also a cluster member's local copy)."""
     doc = {"version": REGISTRY_VERSION, "peers": [_peer_to_json(p) for p in peers]}
     return (json.dumps(doc, indent=2) + "\n").encode()
 
 
 class Registry:
-    def __init__(self, path: str | os.PathLike[str], peers: list[Peer] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str],
+                 peers: list[RegisteredPeer] | None = None) -> None:
         self.path = os.fspath(path)
-        self._by_name: dict[str, Peer] = {}
-        self._by_key: dict[bytes, Peer] = {}
-        self._by_address: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, Peer] = {}
+        self._by_name: dict[str, RegisteredPeer] = {}
+        self._by_key: dict[bytes, RegisteredPeer] = {}
+        self._by_address: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, RegisteredPeer] = {}
         for peer in peers or []:
             self.add(peer)
 
@@ -111,7 +112,7 @@ class Registry:
         """
         write_atomic(self.path, registry_document(self), mode=0o600)
 
-    def add(self, peer: Peer) -> None:
+    def add(self, peer: RegisteredPeer) -> None:
         if not is_peer_name(peer.name):
             raise AuraError(
                 f"invalid peer name {peer.name!r}: use 1-32 of a-z 0-9 _ . - "
@@ -136,7 +137,7 @@ class Registry:
         for ip in ips:
             self._by_address[ip] = peer
 
-    def revoke(self, name: str) -> Peer:
+    def revoke(self, name: str) -> RegisteredPeer:
         """Remove the peer; it can no longer connect once the router reloads."""
         peer = self._by_name.pop(name, None)
         if peer is None:
@@ -146,7 +147,7 @@ class Registry:
             del self._by_address[ipaddress.ip_address(address)]
         return peer
 
-    def replace(self, name: str, **changes: Any) -> Peer:
+    def replace(self, name: str, **changes: Any) -> RegisteredPeer:
         """Change fields of a peer other than its name, keys and addresses (limits, enabled)."""
         current = self._by_name.get(name)
         if current is None:
@@ -157,19 +158,19 @@ class Registry:
             self._by_address[ipaddress.ip_address(address)] = peer
         return peer
 
-    def get(self, name: str) -> Peer | None:
+    def get(self, name: str) -> RegisteredPeer | None:
         return self._by_name.get(name)
 
-    def by_key(self, public_key: bytes) -> Peer | None:
+    def by_key(self, public_key: bytes) -> RegisteredPeer | None:
         return self._by_key.get(public_key)
 
-    def by_address(self, address: str) -> Peer | None:
+    def by_address(self, address: str) -> RegisteredPeer | None:
         return self._by_address.get(ipaddress.ip_address(address))
 
     def taken_addresses(self) -> set[str]:
         return {a for peer in self for a in peer.addresses}
 
-    def __iter__(self) -> Iterator[Peer]:
+    def __iter__(self) -> Iterator[RegisteredPeer]:
         return iter(list(self._by_name.values()))
 
     def __len__(self) -> int:
@@ -208,7 +209,7 @@ def open_store(config: ServerConfig) -> RegistryStore:
     return DatabaseStore(config)
 
 
-def parse_peers(data: bytes, path: str) -> list[Peer]:
+def parse_peers(data: bytes, path: str) -> list[RegisteredPeer]:
     """Validate a registry file; every problem names the file and `peers[i].key`."""
     doc = parse_versioned_json(data, path, REGISTRY_VERSION)
     items = doc.get("peers")
@@ -228,7 +229,7 @@ def parse_peers(data: bytes, path: str) -> list[Peer]:
     return peers
 
 
-def parse_peer(item: dict[str, Any], path: str, key: str) -> Peer:
+def parse_peer(item: dict[str, Any], path: str, key: str) -> RegisteredPeer:
     """One peer as the file spells it (keys in base64); errors name `path` and `key`."""
     known = ("name", "public_key", "preshared_key", "address_v4", "address_v6", "enabled",
              "created", "expires", "quota_bytes")  # fmt: skip
@@ -284,7 +285,7 @@ def parse_peer(item: dict[str, Any], path: str, key: str) -> Peer:
         raise ConfigError(path, f"{key}.quota_bytes", "a byte count (integer >= 1), or null", quota)
     public_key = key_field("public_key", optional=False)
     assert public_key is not None
-    return Peer(
+    return RegisteredPeer(
         name=name,
         public_key=public_key,
         preshared_key=key_field("preshared_key", optional=True),

@@ -37,6 +37,7 @@ from aura_common.ipc.frames import (
 )
 from aura_common.keys import load_server_public_key
 from aura_common.log import fields
+from aura_common.netio.udp import Endpoint
 from aura_common.ports import bind_with_scan
 from aura_common.wireguard import (
     Answer,
@@ -56,18 +57,17 @@ from aura_common.wireguard.noise import TransportKeys
 
 log = logging.getLogger(__name__)
 
-Address = tuple[str, int]
 TICK_INTERVAL = 0.25
 ROUTER_RETRY_MAX = 2.0
 DROP_LOG_INTERVAL = 1.0  # seconds between debug lines about one kind of dropped message
 
 
 class Carrier(Protocol):
-    def transmit(self, destination: Address, datagrams: Sequence[bytes]) -> None:
+    def transmit(self, destination: Endpoint, datagrams: Sequence[bytes]) -> None:
         """Send WireGuard messages to one remote endpoint; drop them if it is gone."""
 
 
-def format_endpoint(address: Address) -> str:
+def format_endpoint(address: Endpoint) -> str:
     host, port = str(source_address(address[0])), address[1]  # IPv4 as IPv4 on dual stack
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -80,7 +80,7 @@ class SessionHub:
         self.carrier: Carrier | None = None
         # Told the outer address of each completed handshake with a known peer: carriers that
         # hold per-connection state keep it unauthenticated (and bounded) until then.
-        self.on_authenticated: Callable[[Address], None] | None = None
+        self.on_authenticated: Callable[[Endpoint], None] | None = None
         self._router: ipc.Channel | None = None
         self._names: dict[bytes, str] = {}  # public key -> peer name
         self._keys: dict[bytes, bytes] = {}  # public key -> the router's tag of its keys
@@ -102,11 +102,11 @@ class SessionHub:
         return self._router
 
     # -- carrier side -------------------------------------------------------------------
-    def received(self, datagrams: Sequence[bytes], source: Address) -> None:
+    def received(self, datagrams: Sequence[bytes], source: Endpoint) -> None:
         self._handle(self.device.receive(datagrams, source, time.monotonic()))
         self._work_handshakes_soon()
 
-    def received_batches(self, batches: Sequence[tuple[Sequence[bytes], Address]]) -> None:
+    def received_batches(self, batches: Sequence[tuple[Sequence[bytes], Endpoint]]) -> None:
         """All a carrier read at once, as (datagrams, source) runs."""
         self._handle(self.device.receive_batches(batches, time.monotonic()))
         self._work_handshakes_soon()
@@ -123,7 +123,7 @@ class SessionHub:
         self._handle(self.device.process_handshakes(time.monotonic()))
         self._work_handshakes_soon()
 
-    def endpoint_closed(self, source: Address) -> None:
+    def endpoint_closed(self, source: Endpoint) -> None:
         """A connection (TLS stream, QUIC connection) is gone, and the sessions it carried.
 
         Nothing can reach those peers any more: they reconnect with a new handshake, on this

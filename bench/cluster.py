@@ -44,7 +44,7 @@ from aura_common.cluster.presence import HEARTBEAT, LiveSession, member_info
 from aura_common.cluster.store import DatabaseStore
 from aura_common.config import ServerConfig
 from aura_common.keys import read_key_file
-from aura_common.registry import Peer
+from aura_common.registry import RegisteredPeer
 from aura_common.wireguard import (
     Device,
     HandshakeCompleted,
@@ -150,8 +150,10 @@ def fill_registry(count: int) -> Callable[[Member, pg.PostgresServer], None]:
         with DatabaseStore(config).edit() as registry:
             free = (f"10.77.{i // 250}.{i % 250 + 2}" for i in range(count))
             for index in range(count):
-                registry.add(Peer(name=f"p{index}", public_key=public_key(generate_private_key()),
-                                  preshared_key=generate_private_key(), address_v4=next(free)))
+                registry.add(RegisteredPeer(name=f"p{index}",
+                                            public_key=public_key(generate_private_key()),
+                                            preshared_key=generate_private_key(),
+                                            address_v4=next(free)))
 
     return fill
 
@@ -175,7 +177,7 @@ def change_latency(cluster: Cluster, probes: tuple[Probe, Probe], server_key: st
         probe.start(until="answered", host=member.public_host, **keys)
     time.sleep(0.2)  # both probes knocking, unanswered
     with store.edit() as registry:
-        registry.add(Peer(name=name, public_key=public_key(private), preshared_key=psk,
+        registry.add(RegisteredPeer(name=name, public_key=public_key(private), preshared_key=psk,
                           address_v4=address))
     committed = time.time()
     answered = [probe.result() for probe in probes]

@@ -48,8 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aura_common.registry import Peer as RegisteredPeer
-from aura_common.registry import Registry
+from aura_common.registry import RegisteredPeer, Registry
 from aura_common.wireguard import (
     Device,
     HandshakeAuthority,

@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from aura_common import metrics
 from aura_common.ipc.frames import PeerKey
-from aura_common.registry import Peer as RegistryPeer
+from aura_common.registry import RegisteredPeer
 from aura_common.transport import SessionHub
 from aura_common.wireguard import Device, Transmit, generate_private_key, public_key
 from aura_common.wireguard.constants import MESSAGE_TRANSPORT
@@ -96,7 +96,7 @@ def router_collectors(peers: int) -> list[Collector]:
     registry = []
     for n in range(peers):
         name, address = f"peer{n}", f"10.{n // 65536}.{n // 256 % 256}.{n % 256}"
-        registry.append(RegistryPeer(name, n.to_bytes(32, "big"), address_v4=address,
+        registry.append(RegisteredPeer(name, n.to_bytes(32, "big"), address_v4=address,
                                      quota_bytes=1 << 30))
         sessions.up(name, "link", "udp", "192.0.2.1:5000", [address], time.time())
     router = SimpleNamespace(registry=registry, sessions=sessions, transports={},

@@ -41,7 +41,8 @@ import qh3.quic.connection
 from aura_common import pki
 from aura_common.config import QuicConfig
 from aura_common.framing import ALPN
-from aura_common.quic.datagram import Address, DatagramSocket
+from aura_common.netio.udp import Endpoint
+from aura_common.quic.datagram import DatagramSocket
 from aura_common.quic.link import (
     CONNECTION_ID_LENGTH,
     MAX_MESSAGE,
@@ -142,8 +143,8 @@ def measure_library(pair: Callable[[Path], tuple[Any, Any]], packets_wanted: int
     client, server, now = connected(pair, folder)
     message = bytes(MESSAGE_SIZE)
     build, unseal = Timer(), Timer()
-    built: list[tuple[bytes, Address]] = []
-    acks: list[tuple[bytes, Address]] = []
+    built: list[tuple[bytes, Endpoint]] = []
+    acks: list[tuple[bytes, Endpoint]] = []
     sent = received = 0
     many = getattr(server, "receive_many_datagrams", None)
 
@@ -190,7 +191,7 @@ class CountingSocket:
         self.sends = 0
         self.packets: list[bytes] = []
 
-    def send(self, datagrams: Sequence[bytes], destination: Address,
+    def send(self, datagrams: Sequence[bytes], destination: Endpoint,
              source: str | None = None) -> None:
         self.sends += 1
         self.packets.extend(datagrams)
@@ -203,7 +204,7 @@ async def measure_link(packets: int, folder: Path) -> tuple[float, int, int]:
     build = Timer()
     message = bytes(MESSAGE_SIZE)
     loop = asyncio.get_running_loop()
-    acks: list[tuple[bytes, Address]] = []
+    acks: list[tuple[bytes, Endpoint]] = []
 
     def read_acks() -> None:
         for data, _ in acks:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from aura_common.config import ServerConfig
 from aura_common.keys import load_server_private_key
-from aura_common.registry import Peer, Registry
+from aura_common.registry import RegisteredPeer, Registry
 from aura_common.wireguard import generate_private_key, public_key
 from aura_lab.netns import Lab
 from aura_lab.topology import INTERNET_HOST, PUBLIC_HOST, SERVER_TUNNEL_V4, AuraServer, build
@@ -87,7 +87,7 @@ def add_peers(config: ServerConfig, count: int) -> list[dict[str, str]]:
         for index in range(count):
             address = next(h for h in hosts if str(h) not in taken)
             private, psk = generate_private_key(), generate_private_key()
-            registry.add(Peer(name=f"load{index}", public_key=public_key(private),
+            registry.add(RegisteredPeer(name=f"load{index}", public_key=public_key(private),
                               preshared_key=psk, address_v4=str(address)))
             entries.append({"private_key": private.hex(), "preshared_key": psk.hex(),
                             "address": str(address)})

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from aura_common.config import ServerConfig
 from aura_common.manifest import (
-    Endpoint,
+    HostPorts,
     ManifestError,
     SignedManifest,
     endpoint_from_mapping,
@@ -72,7 +72,7 @@ class Member:
     silent_for: float  # seconds since its last heartbeat, by the database's clock
     started_at: float | None
     public_host: str
-    endpoint: Endpoint | None  # None: no transport of it is listening (or its row is damaged)
+    endpoint: HostPorts | None  # None: no transport of it is listening (or its row is damaged)
     transports: Mapping[str, tuple[str, ...]]  # transport -> bound addresses
     sessions: tuple[LiveSession, ...]
     sessions_total: int
@@ -102,7 +102,7 @@ def member_info(
                            "endpoint": session.endpoint, "handshake_at": session.handshake_at})
     return {
         "public_host": public_host,
-        "endpoint": Endpoint(public_host, **ports).to_mapping() if ports else None,
+        "endpoint": HostPorts(public_host, **ports).to_mapping() if ports else None,
         "transports": transports,
         "sessions": listed,
         "sessions_total": total,

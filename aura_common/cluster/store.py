@@ -22,7 +22,7 @@ from aura_common.cluster.seal import seal, unseal
 from aura_common.config import ServerConfig, is_peer_name
 from aura_common.errors import AuraError, ConfigError
 from aura_common.keys import read_key_file
-from aura_common.registry import Peer, Registry, parse_peer
+from aura_common.registry import RegisteredPeer, Registry, parse_peer
 
 MAX_PEERS = 1 << 20  # more rows than any pool holds: a database not to be trusted
 REGISTRY_LOCK = 0x41555242  # advisory lock: one registry edit at a time, cluster-wide
@@ -35,7 +35,7 @@ _WRITE_COLUMNS = ("public_key = %(public_key)s, preshared_key = %(preshared_key)
 Row = Sequence[Any]
 
 
-def peer_from_row(row: Row, key: bytes, where: str) -> Peer:
+def peer_from_row(row: Row, key: bytes, where: str) -> RegisteredPeer:
     """A validated peer from a `SELECT_PEERS` row (the preshared key unsealed)."""
     if len(row) != 9:
         raise ConfigError(where, "peers", "rows of 9 columns", len(row))
@@ -55,8 +55,8 @@ def peer_from_row(row: Row, key: bytes, where: str) -> Peer:
     return parse_peer(item, where, f"peers[{name}]")
 
 
-def peers_from_rows(rows: Iterable[Row], key: bytes, where: str) -> list[Peer]:
-    peers: list[Peer] = []
+def peers_from_rows(rows: Iterable[Row], key: bytes, where: str) -> list[RegisteredPeer]:
+    peers: list[RegisteredPeer] = []
     for row in rows:
         if len(peers) == MAX_PEERS:
             raise ConfigError(where, "peers", f"at most {MAX_PEERS} rows")
@@ -64,7 +64,7 @@ def peers_from_rows(rows: Iterable[Row], key: bytes, where: str) -> list[Peer]:
     return peers
 
 
-def _row_values(peer: Peer, key: bytes) -> dict[str, Any]:
+def _row_values(peer: RegisteredPeer, key: bytes) -> dict[str, Any]:
     sealed = None if peer.preshared_key is None else seal(
         key, peer.name, peer.public_key, peer.preshared_key
     )
@@ -104,7 +104,7 @@ class DatabaseStore:
                                 (MAX_PEERS + 1,)).fetchall()
         return self._registry(peers_from_rows(rows, key, self.where))
 
-    def _registry(self, peers: list[Peer]) -> Registry:
+    def _registry(self, peers: list[RegisteredPeer]) -> Registry:
         try:
             return Registry(self.config.registry_copy_file, peers)
         except AuraError as error:
@@ -127,7 +127,7 @@ class DatabaseStore:
                 detail = error.diag.message_detail or str(error)
                 raise AuraError(f"{self.where} refused the change: {detail}") from None
 
-    def _write(self, conn: psycopg.Connection[tuple[Any, ...]], before: dict[str, Peer],
+    def _write(self, conn: psycopg.Connection[tuple[Any, ...]], before: dict[str, RegisteredPeer],
                after: Registry, key: bytes) -> None:
         gone = [name for name in before if name not in after]
         if gone:

@@ -58,7 +58,7 @@ _GSO_REFUSED = frozenset({errno.EIO, errno.EINVAL, errno.ENOPROTOOPT})
 # Errors for a source address the host no longer has (IPv4 reports it as unreachable).
 _SOURCE_REFUSED = frozenset({errno.EINVAL, errno.EADDRNOTAVAIL, errno.ENETUNREACH})
 
-Address = tuple[str, int]
+Endpoint = tuple[str, int]
 
 _sockets_without_gso: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 
@@ -112,7 +112,7 @@ def enable_timestamps(sock: socket.socket) -> None:
 
 
 def recv_batch(sock: socket.socket, limit: int = 64, aqm: CoDel | None = None
-               ) -> list[tuple[list[bytes], Address]]:
+               ) -> list[tuple[list[bytes], Endpoint]]:
     """Datagrams waiting on `sock`, grouped by source, from at most `limit` receive calls.
 
     All the datagrams one source sent share one entry, in the order they came, even when
@@ -121,7 +121,7 @@ def recv_batch(sock: socket.socket, limit: int = 64, aqm: CoDel | None = None
     With `aqm` (and `enable_timestamps`), it decides by the time each datagram waited which
     to drop.
     """
-    batches: dict[Address, list[bytes]] = {}
+    batches: dict[Endpoint, list[bytes]] = {}
     for datagrams, source, _local in recv_batch_with_local(sock, limit, aqm=aqm):
         if source in batches:
             batches[source].extend(datagrams)
@@ -133,7 +133,7 @@ def recv_batch(sock: socket.socket, limit: int = 64, aqm: CoDel | None = None
 def recv_batch_with_local(
     sock: socket.socket, limit: int = 64, max_bytes: int | None = None,
     aqm: CoDel | None = None, keep: Callable[[int, tuple[str, int]], bool] | None = None,
-) -> list[tuple[list[bytes], Address, str | None]]:
+) -> list[tuple[list[bytes], Endpoint, str | None]]:
     """Like `recv_batch`, grouped by source and the local address each datagram was sent to
     (entries in the order of each one's first datagram).
 
@@ -207,7 +207,7 @@ def recv_batch_with_local(
 
 
 def send_batch(
-    sock: socket.socket, datagrams: Sequence[bytes], destination: Address,
+    sock: socket.socket, datagrams: Sequence[bytes], destination: Endpoint,
     source: str | None = None,
 ) -> int:
     """Send `datagrams` to `destination`; returns how many the kernel accepted.

@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 
 from aura_common.netio import udp as udp_batch
 from aura_common.netio.codel import CoDel
+from aura_common.netio.udp import Endpoint
 
-Address = tuple[str, int]
 # (datagrams, remote address, local address) for runs of datagrams sharing both addresses.
-Burst = list[tuple[list[bytes], Address, "str | None"]]
+Burst = list[tuple[list[bytes], Endpoint, "str | None"]]
 
 # recvmsg calls per event-loop turn: with GRO each may return dozens of datagrams.
 RECV_CALLS_PER_BURST = 64
@@ -64,7 +64,7 @@ class DatagramSocket:
         if burst:
             self.on_burst(burst)
 
-    def send(self, datagrams: Sequence[bytes], destination: Address,
+    def send(self, datagrams: Sequence[bytes], destination: Endpoint,
              source: str | None = None) -> None:
         """Send now, from `source` if given; what the kernel refuses is dropped and counted."""
         if self.closed:

@@ -25,7 +25,8 @@ from qh3.quic.connection import QuicConnection, QuicConnectionError
 from qh3.quic.events import QuicEvent
 
 from aura_common.framing import ALPN
-from aura_common.quic.datagram import Address, DatagramSocket
+from aura_common.netio.udp import Endpoint
+from aura_common.quic.datagram import DatagramSocket
 
 # qh3 logs every close a peer sends and every protocol error at WARNING, as tracebacks of its
 # own: the carriers report what matters, with the fields the journal needs.
@@ -92,7 +93,7 @@ class QuicLink:
         self._timer_at: float | None = None
         self._stopped = False
 
-    def receive(self, datagrams: list[bytes], source: Address) -> None:
+    def receive(self, datagrams: list[bytes], source: Endpoint) -> None:
         self.quic.receive_many_datagrams(datagrams, source, self._loop.time())
 
     def send(self, messages: Iterable[bytes], *, now: bool = True) -> int:

@@ -21,7 +21,7 @@ from aura_common.keys import read_key_file
 from aura_common.manifest import (
     MAX_ENDPOINTS,
     MAX_EXPIRES_DAYS,
-    Endpoint,
+    HostPorts,
     ManifestError,
     SignedManifest,
     parse_endpoint_spec,
@@ -158,7 +158,7 @@ def renewal_due(
     return expires - now <= window
 
 
-def endpoint_from_runtime(config: ServerConfig) -> Endpoint:
+def endpoint_from_runtime(config: ServerConfig) -> HostPorts:
     """`public_host` with the port each live transport bound, from the runtime files."""
     transports = read_runtime(config.transports_dir)
     if not transports:
@@ -186,10 +186,10 @@ def endpoint_from_runtime(config: ServerConfig) -> Endpoint:
                 f"{path}: bound: expected addresses on one port, found {entry['bound']!r}"
             )
         ports[name] = bound_ports.pop()
-    return Endpoint(config.public_host, **ports)
+    return HostPorts(config.public_host, **ports)
 
 
-def endpoints_from_cluster(members: list[Member]) -> list[Endpoint]:
+def endpoints_from_cluster(members: list[Member]) -> list[HostPorts]:
     """The endpoint of every member that is up, in name order; down ones are named."""
     live = []
     for member in members:
@@ -230,7 +230,7 @@ def process_alive(pid: int) -> bool:
 
 
 def request_signature(
-    config: ServerConfig, endpoints: list[Endpoint], expires_days: int, server_key: bytes,
+    config: ServerConfig, endpoints: list[HostPorts], expires_days: int, server_key: bytes,
     serial_above: int = 0,
 ) -> SignedManifest:
     """One `sign` exchange with aura-signer; AuraError says what went wrong and what to do."""

@@ -29,7 +29,7 @@ from aura_common.limits import (
     parse_size,
 )
 from aura_common.pool import AddressPool
-from aura_common.registry import Peer, open_store
+from aura_common.registry import RegisteredPeer, open_store
 from aura_common.roles import CLIENT_ORDER, Transport
 from aura_common.wireguard import generate_private_key
 from services.cli.admin import RouterNotRunning, router_status, tell_router
@@ -96,7 +96,7 @@ def _limit_changes(args: argparse.Namespace) -> dict[str, Any]:
     return changes
 
 
-def describe_limits(peer: Peer) -> str:
+def describe_limits(peer: RegisteredPeer) -> str:
     quota = "no quota" if peer.quota_bytes is None else f"quota {format_size(peer.quota_bytes)}"
     expires = "never expires" if peer.expires is None else f"expires {peer.expires}"
     return f"{quota}, {expires}"
@@ -136,7 +136,7 @@ def _current_manifest(config: ServerConfig) -> dict[str, Any] | None:
 
 def _register_peer(
     config: ServerConfig, name: str, address: str | None, limits: dict[str, Any]
-) -> tuple[Peer, bytes]:
+) -> tuple[RegisteredPeer, bytes]:
     private, public = new_key_pair()
     preshared = generate_private_key()
     pool = AddressPool(config.network.ipv4, config.network.ipv6)
@@ -152,7 +152,7 @@ def _register_peer(
                 raise AuraError(f"--address {address}: already used by another client")
         elif config.network.strategy == "static":
             v4, v6 = pool.next_free(taken)
-        peer = Peer(
+        peer = RegisteredPeer(
             name=name, public_key=public, preshared_key=preshared,
             address_v4=str(v4) if v4 else None, address_v6=str(v6) if v6 else None,
             enabled=True, **limits,
@@ -162,7 +162,7 @@ def _register_peer(
 
 
 def wireguard_config(
-    config: ServerConfig, peer: Peer, private: bytes, routes: list[Network]
+    config: ServerConfig, peer: RegisteredPeer, private: bytes, routes: list[Network]
 ) -> str:
     if not peer.address_v4:
         raise AuraError(
@@ -190,7 +190,8 @@ def wireguard_config(
 
 
 def aura_config(
-    config: ServerConfig, peer: Peer, private: bytes, vpn: list[Network], direct: list[Network]
+    config: ServerConfig, peer: RegisteredPeer, private: bytes, vpn: list[Network],
+    direct: list[Network],
 ) -> str:
     ports = _endpoint_ports(config)
     addresses = [f"{peer.address_v4}/32"] if peer.address_v4 else []

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import json
 import logging
 import os
@@ -28,11 +27,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aura_common.atomic import write_atomic
+from aura_common.control import IPAddress
 from aura_common.errors import AuraError
 
 log = logging.getLogger("aura-client")
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Record = dict[str, Any]
 Runner = Callable[[Sequence[str], str | None], None]
 RESOLV_CONF = "/etc/resolv.conf"
@@ -43,7 +42,7 @@ RECORD_VERSION = 1
 class Strategy(Protocol):
     name: str
 
-    def prepare(self, interface: str, servers: Sequence[Address]) -> Record:
+    def prepare(self, interface: str, servers: Sequence[IPAddress]) -> Record:
         """What `apply` will change and what `restore` needs to undo it; changes nothing."""
 
     def apply(self, record: Record) -> None:
@@ -71,7 +70,7 @@ class Resolvectl:
     def __init__(self, run: Runner = run_command) -> None:
         self.run = run
 
-    def prepare(self, interface: str, servers: Sequence[Address]) -> Record:
+    def prepare(self, interface: str, servers: Sequence[IPAddress]) -> Record:
         return {"interface": interface, "servers": [str(s) for s in servers]}
 
     def apply(self, record: Record) -> None:
@@ -89,7 +88,7 @@ class Resolvconf:
     def __init__(self, run: Runner = run_command) -> None:
         self.run = run
 
-    def prepare(self, interface: str, servers: Sequence[Address]) -> Record:
+    def prepare(self, interface: str, servers: Sequence[IPAddress]) -> Record:
         return {"interface": interface, "servers": [str(s) for s in servers]}
 
     def apply(self, record: Record) -> None:
@@ -106,7 +105,7 @@ class ResolvConfFile:
     def __init__(self, path: str = RESOLV_CONF) -> None:
         self.path = path
 
-    def prepare(self, interface: str, servers: Sequence[Address]) -> Record:
+    def prepare(self, interface: str, servers: Sequence[IPAddress]) -> Record:
         record: Record = {"path": self.path}
         try:
             if os.path.islink(self.path):
@@ -182,7 +181,7 @@ class SystemDns:
         self.record_path = record_path
         self.strategies = dict(available) if available is not None else strategies()
         self.strategy = self.strategies[chosen]
-        self.applied: tuple[Address, ...] = ()
+        self.applied: tuple[IPAddress, ...] = ()
 
     def recover(self) -> None:
         """Undo what a client that did not stop cleanly left behind."""
@@ -192,7 +191,7 @@ class SystemDns:
                         record.get("strategy"))
             self._replay(record)
 
-    def apply(self, interface: str, servers: Sequence[Address]) -> None:
+    def apply(self, interface: str, servers: Sequence[IPAddress]) -> None:
         servers = tuple(servers)
         if servers == self.applied:
             return

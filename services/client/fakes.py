@@ -25,9 +25,10 @@ import socket
 from collections.abc import Iterable, Mapping, Sequence
 
 from aura_common.config import ClientConfig
+from aura_common.control import IPAddress
 from aura_common.wireguard import Device, Event, HandshakeCompleted, Received, Transmit
 from services.client.carriers.base import CarrierFactory, CarrierLifecycle, Deliver
-from services.client.dns import Address, Record
+from services.client.dns import Record
 from services.client.routes import TunnelPlan
 
 TRANSPORTS = ("udp", "quic", "tcp")
@@ -115,7 +116,7 @@ class MemoryResolver:
     def __init__(self) -> None:
         self.servers: list[str] = []
 
-    def prepare(self, interface: str, servers: Sequence[Address]) -> Record:
+    def prepare(self, interface: str, servers: Sequence[IPAddress]) -> Record:
         return {"interface": interface, "servers": [str(s) for s in servers]}
 
     def apply(self, record: Record) -> None:

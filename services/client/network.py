@@ -14,11 +14,11 @@ import logging
 from collections.abc import Iterable
 
 from aura_common.config import ClientConfig
-from aura_common.control import ControlMessage
+from aura_common.control import ControlMessage, IPAddress
 from aura_common.errors import AuraError
 from services.client.dns import SystemDns
 from services.client.path import Path
-from services.client.routes import Address, plan_tunnel
+from services.client.routes import plan_tunnel
 from services.client.tunnel import TunnelDevice
 
 log = logging.getLogger("aura-client")
@@ -30,7 +30,7 @@ class TunnelNetwork:
         self.tun = tun
         self.dns = dns
         self.control: ControlMessage | None = None
-        self.bypass: tuple[Address, ...] = ()
+        self.bypass: tuple[IPAddress, ...] = ()
         self._lock = asyncio.Lock()  # one change to the kernel at a time
 
     async def apply_control(self, message: ControlMessage) -> None:

@@ -14,11 +14,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from aura_common.config import ClientConfig
-from aura_common.control import ControlMessage
+from aura_common.control import ControlMessage, IPAddress
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def subtract(networks: Iterable[Network], removed: Iterable[Network]) -> list[Network]:
@@ -39,7 +38,7 @@ def subtract(networks: Iterable[Network], removed: Iterable[Network]) -> list[Ne
 
 
 def tunnel_routes(
-    vpn: Iterable[Network], direct: Iterable[Network], bypass: Iterable[Address]
+    vpn: Iterable[Network], direct: Iterable[Network], bypass: Iterable[IPAddress]
 ) -> list[Network]:
     """Routes through the TUN: `vpn` minus `direct` minus the `bypass` hosts, /0 split in two."""
     hosts = [ipaddress.ip_network(address) for address in bypass]
@@ -66,7 +65,7 @@ class TunnelPlan:
 
     addresses: tuple[Interface, ...]
     routes: tuple[Network, ...]
-    dns: tuple[Address, ...] = ()
+    dns: tuple[IPAddress, ...] = ()
 
     def changes(self, new: TunnelPlan) -> tuple[list[Interface], list[Interface],
                                                 list[Network], list[Network]]:
@@ -80,7 +79,7 @@ class TunnelPlan:
 
 
 def plan_tunnel(
-    config: ClientConfig, control: ControlMessage | None, bypass: Sequence[Address]
+    config: ClientConfig, control: ControlMessage | None, bypass: Sequence[IPAddress]
 ) -> TunnelPlan:
     """The TUN's addresses and routes from the config and the server's latest control message.
 

@@ -46,9 +46,10 @@ from qh3.quic.packet import (
 from aura_common.config import QuicConfig
 from aura_common.errors import ConfigError
 from aura_common.log import RateLimitedLog, fields
+from aura_common.netio.udp import Endpoint
 from aura_common.quic.datagram import Burst, DatagramSocket
 from aura_common.quic.link import CONNECTION_ID_LENGTH, QuicLink, datagram_configuration
-from aura_common.transport import Address, SessionHub, format_endpoint
+from aura_common.transport import SessionHub, format_endpoint
 from aura_common.wireguard.cookie import unmapped
 from services.quic.retry import RetryTokens
 
@@ -76,7 +77,7 @@ def server_configuration(settings: QuicConfig, cert_file: str, key_file: str
     return configuration
 
 
-def plain_address(addr: Any) -> Address:
+def plain_address(addr: Any) -> Endpoint:
     return unmapped(addr[0]), addr[1]
 
 
@@ -99,7 +100,7 @@ def destination_cid(data: bytes) -> bytes:
 class ServerConnection:
     """One client's QUIC connection: its link, its stable address, the messages of a burst."""
 
-    def __init__(self, quic: QuicConnection, carrier: QuicCarrier, address: Address) -> None:
+    def __init__(self, quic: QuicConnection, carrier: QuicCarrier, address: Endpoint) -> None:
         self.link = QuicLink(quic, carrier.socket, carrier.handle_events)
         self.carrier = carrier
         self.address = address
@@ -151,7 +152,7 @@ class QuicCarrier:
         self.touched: dict[ServerConnection, None] = {}
         self._by_cid: dict[bytes, ServerConnection] = {}
         self._by_link: dict[QuicLink, ServerConnection] = {}
-        self._by_address: dict[Address, ServerConnection] = {}
+        self._by_address: dict[Endpoint, ServerConnection] = {}
         self._retry = RetryTokens()
         self._receiving = False
         self._log = RateLimitedLog(log)
@@ -229,7 +230,7 @@ class QuicCarrier:
             connection.batch = []
             self.hub.received(batch, connection.address)
 
-    def transmit(self, destination: Address, datagrams: Sequence[bytes]) -> None:
+    def transmit(self, destination: Endpoint, datagrams: Sequence[bytes]) -> None:
         connection = self._by_address.get(destination)
         if connection is None:
             return
@@ -344,7 +345,7 @@ class QuicCarrier:
         else:
             del self._unauthenticated_by_host[state.host]
 
-    def _authenticated(self, address: Address) -> None:
+    def _authenticated(self, address: Endpoint) -> None:
         """The hub completed a WireGuard handshake with a known peer over `address`."""
         connection = self._by_address.get(address)
         if connection is not None:

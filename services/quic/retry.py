@@ -17,7 +17,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from aura_common.transport import Address
+from aura_common.netio.udp import Endpoint
 
 NONCE_LENGTH = 12
 # Clients answer a Retry at once (RFC 9000 section 8.1.4 lets servers keep this short).
@@ -25,7 +25,7 @@ TOKEN_LIFETIME = 10.0
 MAX_CID_LENGTH = 20
 
 
-def _associated_data(address: Address, retry_source_connection_id: bytes) -> bytes:
+def _associated_data(address: Endpoint, retry_source_connection_id: bytes) -> bytes:
     return (ipaddress.ip_address(address[0]).packed + address[1].to_bytes(2, "big")
             + retry_source_connection_id)
 
@@ -34,14 +34,14 @@ class RetryTokens:
     def __init__(self) -> None:
         self._aead = AESGCM(AESGCM.generate_key(bit_length=128))
 
-    def create_token(self, *, address: Address, original_destination_connection_id: bytes,
+    def create_token(self, *, address: Endpoint, original_destination_connection_id: bytes,
                      retry_source_connection_id: bytes, now: float) -> bytes:
         nonce = os.urandom(NONCE_LENGTH)
         plaintext = struct.pack("!d", now) + original_destination_connection_id
         return nonce + self._aead.encrypt(
             nonce, plaintext, _associated_data(address, retry_source_connection_id))
 
-    def validate_token(self, *, address: Address, destination_cid: bytes, token: bytes,
+    def validate_token(self, *, address: Endpoint, destination_cid: bytes, token: bytes,
                        now: float) -> bytes:
         """The original destination connection id; ValueError for a forged or stale token."""
         if len(token) < NONCE_LENGTH or len(destination_cid) > MAX_CID_LENGTH:

@@ -30,7 +30,7 @@ from aura_common.config import ServerConfig, is_peer_name
 from aura_common.errors import AuraError, ConfigError
 from aura_common.keys import read_key_file
 from aura_common.limits import Usage
-from aura_common.registry import Peer, Registry, registry_document
+from aura_common.registry import RegisteredPeer, Registry, registry_document
 
 log = logging.getLogger("aura-router")
 
@@ -364,7 +364,7 @@ class DatabaseFeed:
                 return
 
 
-def _write_copy(path: str, peers: list[Peer]) -> None:
+def _write_copy(path: str, peers: list[RegisteredPeer]) -> None:
     write_atomic(path, registry_document(peers), mode=0o600)
 
 

@@ -56,7 +56,7 @@ from aura_common.manifest import ManifestError, SignedManifest, parse_body, veri
 from aura_common.netio import link
 from aura_common.netio.tun import Tun
 from aura_common.pool import AddressPool, Leases
-from aura_common.registry import Peer, Registry
+from aura_common.registry import RegisteredPeer, Registry
 from aura_common.roles import Transport, is_transport
 from aura_common.service import run_service
 from aura_common.wireguard import HandshakeAuthority
@@ -88,7 +88,7 @@ HANDSHAKE_QUEUE = 256
 HANDSHAKE_TURN_SECONDS = 0.0005
 
 
-def _keys(peer: Peer | None) -> tuple[bytes, bytes] | None:
+def _keys(peer: RegisteredPeer | None) -> tuple[bytes, bytes] | None:
     """What a peer's handshakes are made with; no preshared key is the all-zero one."""
     return None if peer is None else (peer.public_key, peer.preshared_key or bytes(32))
 
@@ -194,7 +194,7 @@ class Router:
         self._push_peers()
         log.info("peer registry loaded: %d peers", len(self.registry))
 
-    def _may_connect(self, peer: Peer) -> bool:
+    def _may_connect(self, peer: RegisteredPeer) -> bool:
         return peer.enabled and peer.name not in self.gate.refused
 
     def _peers_frame(self) -> Peers:
@@ -265,7 +265,7 @@ class Router:
             await asyncio.sleep(LIMITS_INTERVAL)
             self.check_limits()
 
-    def _addresses_for(self, peer: Peer) -> list[str]:
+    def _addresses_for(self, peer: RegisteredPeer) -> list[str]:
         """A provisioned address is sticky; without one (dynamic pool) lease one for now."""
         if peer.address_v4 or self.config.network.strategy == "static":
             return peer.addresses

@@ -27,7 +27,8 @@ from aura_common.errors import ConfigError
 from aura_common.fallback import FallbackChain, Flow
 from aura_common.framing import ALPN, FrameDecoder, encode
 from aura_common.log import RateLimitedLog, fields
-from aura_common.transport import Address, SessionHub, format_endpoint
+from aura_common.netio.udp import Endpoint
+from aura_common.transport import SessionHub, format_endpoint
 from aura_common.wireguard.cookie import unmapped
 from services.tcp.clienthello import ClientHello, ClientHelloReader
 
@@ -62,7 +63,7 @@ def is_wireguard_message(frame: bytes) -> bool:
     return len(frame) >= 4 and frame[0] in WIREGUARD_TYPES and frame[1:4] == b"\0\0\0"
 
 
-def remote_address(writer: asyncio.StreamWriter) -> Address:
+def remote_address(writer: asyncio.StreamWriter) -> Endpoint:
     """The peer's (host, port), IPv4-mapped IPv6 shown as plain IPv4."""
     host, port = writer.get_extra_info("peername")[:2]
     return unmapped(host), port
@@ -110,7 +111,7 @@ class TcpCarrier:
         hub.on_authenticated = self._authenticated
         self._pending: dict[_Connection, None] = {}  # ordered: the oldest first
         self._pending_by_host: dict[str, dict[_Connection, None]] = {}  # the same, per address
-        self._live: dict[Address, _Connection] = {}
+        self._live: dict[Endpoint, _Connection] = {}
         self.dropped = 0
         self._log = RateLimitedLog(log)
 
@@ -188,7 +189,7 @@ class TcpCarrier:
                        conn.endpoint, self.settings.handshake_timeout)
             conn.writer.transport.abort()
 
-    def _authenticated(self, source: Address) -> None:
+    def _authenticated(self, source: Endpoint) -> None:
         """The hub completed a WireGuard handshake with a known peer over `source`."""
         conn = self._live.get(source)
         if conn is not None:
@@ -256,7 +257,7 @@ class TcpCarrier:
             async with asyncio.timeout(idle):
                 conn.incoming.write(await conn.read())
 
-    def transmit(self, destination: Address, datagrams: Sequence[bytes]) -> None:
+    def transmit(self, destination: Endpoint, datagrams: Sequence[bytes]) -> None:
         conn = self._live.get(destination)
         if conn is None or conn.tls is None or conn.writer.is_closing():
             return

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from aura_common.config import ServerConfig
 from aura_common.netio import udp as udp_batch
 from aura_common.netio.codel import CoDel
+from aura_common.netio.udp import Endpoint
 from aura_common.service import run_service
 from aura_common.transport import (
-    Address,
     SessionHub,
     disabled,
     listening_socket,
@@ -60,7 +60,7 @@ class UdpCarrier:
         self.sock = sock
         self.hub = hub
         hub.carrier = self
-        self._reply_from: dict[Address, str] = {}
+        self._reply_from: dict[Endpoint, str] = {}
         self._likely_dropped_tokens = float(LIKELY_DROPPED_BURST)
         self._likely_dropped_at = time.monotonic()
         self.aqm = CoDel()  # bounds the time datagrams wait in the socket's large buffer
@@ -81,7 +81,7 @@ class UdpCarrier:
         tokens = min(float(LIKELY_DROPPED_BURST), self._likely_dropped_tokens
                      + (now - self._likely_dropped_at) * LIKELY_DROPPED_PER_SECOND)
 
-        def keep(first_byte: int, source: Address) -> bool:
+        def keep(first_byte: int, source: Endpoint) -> bool:
             nonlocal handshakes, tokens, shed, overflowed
             if first_byte not in HANDSHAKE_TYPES:
                 return True
@@ -111,7 +111,7 @@ class UdpCarrier:
         if batches:
             self.hub.received_batches(batches)
 
-    def transmit(self, destination: Address, datagrams: Sequence[bytes]) -> None:
+    def transmit(self, destination: Endpoint, datagrams: Sequence[bytes]) -> None:
         udp_batch.send_batch(self.sock, datagrams, destination,
                              self._reply_from.get(destination))
 

@@ -7,7 +7,7 @@ import datetime
 import pytest
 
 from aura_common.config import ClientConfig
-from aura_common.manifest import Endpoint, Manifest
+from aura_common.manifest import HostPorts, Manifest
 from services.client.schedule import (
     BACKOFF_MAX,
     PROBE_INTERVAL,
@@ -31,7 +31,7 @@ def config(**transports: object) -> ClientConfig:
     })
 
 
-def manifest(*endpoints: Endpoint) -> Manifest:
+def manifest(*endpoints: HostPorts) -> Manifest:
     return Manifest.create(serial=2, issued=datetime.datetime.now(datetime.UTC), expires_days=30,
                            server_public_key=bytes(32), endpoints=endpoints)
 
@@ -51,7 +51,7 @@ def test_configured_order_and_missing_carriers() -> None:
 
 
 def test_manifest_ports_for_the_server_host_win_and_other_hosts_follow() -> None:
-    signed = manifest(Endpoint("other.example.net", udp=1), Endpoint("VPN.example.net", udp=9000,
+    signed = manifest(HostPorts("other.example.net", udp=1), HostPorts("VPN.example.net", udp=9000,
                                                                     tcp=9443))
     assert targets(config(), signed, ALL) == [
         Target("udp", "vpn.example.net", 9000),
@@ -59,16 +59,16 @@ def test_manifest_ports_for_the_server_host_win_and_other_hosts_follow() -> None
         Target("udp", "other.example.net", 1),
     ]
     # No endpoint for our host: the config's ports stand, and the other host comes after.
-    assert targets(config(), manifest(Endpoint("other.example.net", udp=1)), ALL) == [
+    assert targets(config(), manifest(HostPorts("other.example.net", udp=1)), ALL) == [
         *targets(config(), None, ALL), Target("udp", "other.example.net", 1),
     ]
 
 
 def test_cluster_members_come_after_the_home_server_each_in_transport_order() -> None:
-    signed = manifest(Endpoint("10.0.0.2", udp=8443, tcp=8443),
-                      Endpoint("vpn.example.net", udp=8443, quic=8444),
-                      Endpoint("10.0.0.3", quic=7000, udp=7001),
-                      Endpoint("10.0.0.2", udp=1))  # listed twice: the first one counts
+    signed = manifest(HostPorts("10.0.0.2", udp=8443, tcp=8443),
+                      HostPorts("vpn.example.net", udp=8443, quic=8444),
+                      HostPorts("10.0.0.3", quic=7000, udp=7001),
+                      HostPorts("10.0.0.2", udp=1))  # listed twice: the first one counts
     order = targets(config(order=["udp", "tcp", "quic"]), signed, ALL)
     assert [str(t) for t in order] == [
         "udp vpn.example.net:8443", "quic vpn.example.net:8444",
@@ -78,7 +78,7 @@ def test_cluster_members_come_after_the_home_server_each_in_transport_order() ->
 
 
 def test_a_client_on_another_member_probes_its_home_server_and_moves_back() -> None:
-    signed = manifest(Endpoint("vpn.example.net", udp=8443), Endpoint("10.0.0.2", udp=8443))
+    signed = manifest(HostPorts("vpn.example.net", udp=8443), HostPorts("10.0.0.2", udp=8443))
     home, member = targets(config(order=["udp"]), signed, ALL)
     schedule = Schedule([home, member], rng=lambda: 0.5)
     schedule.connected(now=0.0)

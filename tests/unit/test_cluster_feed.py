@@ -17,7 +17,7 @@ from aura_common.config import ServerConfig
 from aura_common.errors import AuraError
 from aura_common.ipc.frames import Frame, Peers
 from aura_common.keys import load_server_private_key
-from aura_common.registry import Peer, open_store
+from aura_common.registry import RegisteredPeer, open_store
 from aura_common.wireguard import HandshakeAuthority
 from aura_lab import pg
 from aura_lab.pg import PostgresServer
@@ -231,7 +231,7 @@ def test_dynamic_leases_never_collide_between_members(
     assert second.network.strategy == "dynamic"
     with open_store(first).edit() as registry:
         for index in range(40):
-            registry.add(Peer(name=f"p{index}", public_key=bytes([index + 1]) * 32))
+            registry.add(RegisteredPeer(name=f"p{index}", public_key=bytes([index + 1]) * 32))
 
     async def scenario() -> None:
         a, a_task, _ = start(first)

@@ -21,7 +21,7 @@ from aura_common.cluster import database, presence
 from aura_common.cluster.presence import LiveSession, cluster_members
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError
-from aura_common.manifest import Endpoint, Manifest, SignedManifest, sign
+from aura_common.manifest import HostPorts, Manifest, SignedManifest, sign
 from aura_lab.pg import PostgresServer
 from services.cli.main import main as aura
 from services.router import heartbeat
@@ -131,7 +131,7 @@ def test_every_member_is_handed_the_newest_manifest_any_member_published(
     key = ed25519.Ed25519PrivateKey.generate()
     newest = sign(Manifest.create(serial=5, issued=datetime.datetime.now(datetime.UTC),
                                   expires_days=3, server_public_key=bytes(32),
-                                  endpoints=[Endpoint("a.example", udp=8443)]), key)
+                                  endpoints=[HostPorts("a.example", udp=8443)]), key)
     router_a, router_b = FakeRouter(newest), FakeRouter()
 
     async def scenario() -> None:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from aura_common.cluster import presence
 from aura_common.cluster.presence import DOWN_AFTER, LiveSession, Member, member_info, parse_member
 from aura_common.errors import AuraError
-from aura_common.manifest import Endpoint, Manifest, sign
+from aura_common.manifest import HostPorts, Manifest, sign
 from services.cli.bridges import endpoints_from_cluster, newest_serial
 from services.cli.status import member_mapping, render_cluster
 
@@ -50,7 +50,7 @@ def test_a_row_reads_back_as_published() -> None:
     member = parse_member("a", 1.5, 100.0, info)
     assert member == Member(
         name="a", silent_for=1.5, started_at=100.0, public_host="10.0.0.1",
-        endpoint=Endpoint("10.0.0.1", udp=8443), transports={"udp": ("[::]:8443",)},
+        endpoint=HostPorts("10.0.0.1", udp=8443), transports={"udp": ("[::]:8443",)},
         sessions=(SESSION,), sessions_total=1,
     )
     assert member.up and not parse_member("a", DOWN_AFTER + 0.1, 100.0, info).up
@@ -115,7 +115,7 @@ def members_list() -> list[Member]:
 def test_bridges_from_the_cluster_list_the_members_that_are_up_and_listening(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert endpoints_from_cluster(members_list()) == [Endpoint("10.0.0.1", udp=8443)]
+    assert endpoints_from_cluster(members_list()) == [HostPorts("10.0.0.1", udp=8443)]
     out = capsys.readouterr().out
     assert "leaving out b: down (silent for 60 s)" in out
     assert "leaving out c: no transport listening" in out
@@ -137,7 +137,7 @@ def test_a_published_manifest_reads_back_and_only_verified_serials_count() -> No
     def with_manifest(name: str, serial: int, key: ed25519.Ed25519PrivateKey) -> Member:
         manifest = sign(Manifest.create(
             serial=serial, issued=datetime.datetime.now(datetime.UTC), expires_days=3,
-            server_public_key=bytes(32), endpoints=[Endpoint("10.0.0.1", udp=1)]), key)
+            server_public_key=bytes(32), endpoints=[HostPorts("10.0.0.1", udp=1)]), key)
         info = json.loads(json.dumps(member_info("10.0.0.1", {}, [], manifest)))
         assert info["manifest_serial"] == serial
         member = parse_member(name, 0.0, 0.0, info)

@@ -17,7 +17,7 @@ from aura_common.cluster.store import DatabaseStore
 from aura_common.config import ServerConfig, decode_key
 from aura_common.errors import AuraError, ConfigError
 from aura_common.pool import AddressPool
-from aura_common.registry import Peer, open_store
+from aura_common.registry import RegisteredPeer, open_store
 from aura_lab.pg import PostgresServer
 from services.cli.main import main as aura
 
@@ -102,7 +102,7 @@ def test_concurrent_provisioning_from_members_never_shares_an_address(
         try:
             with store.edit() as registry:
                 v4, v6 = pool.next_free(registry.taken_addresses())
-                registry.add(Peer(name=f"p{index}", public_key=bytes([index + 1]) * 32,
+                registry.add(RegisteredPeer(name=f"p{index}", public_key=bytes([index + 1]) * 32,
                                   address_v4=v4, address_v6=v6))
         except BaseException as error:
             errors.append(error)
@@ -126,7 +126,7 @@ def test_the_database_refuses_a_duplicate_address_itself(
                r"Key \(address_v4\)=\(10\.77\.0\.2\) already exists")
     with pytest.raises(AuraError, match=refused), DatabaseStore(config).edit() as registry:
         # What a member working from a stale view would write: the constraint still holds.
-        registry.add(Peer(name="bob", public_key=b"\x02" * 32))
+        registry.add(RegisteredPeer(name="bob", public_key=b"\x02" * 32))
         registry.replace("bob", address_v4="10.77.0.2")
 
 

@@ -23,7 +23,7 @@ SIGNED = m.sign(
         issued=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
         expires_days=30,
         server_public_key=bytes(32),
-        endpoints=[m.Endpoint("vpn.example.com", udp=8443, tcp=443)],
+        endpoints=[m.HostPorts("vpn.example.com", udp=8443, tcp=443)],
     ),
     CA,
 )
@@ -136,7 +136,8 @@ def test_fuzz_structured_maps(changes: dict[str, object]) -> None:
     st.booleans(),
 )
 def test_fuzz_round_trip(
-    addresses: list[c.Address], dns: list[c.Address], routes: list[c.Address], with_manifest: bool
+    addresses: list[c.IPAddress], dns: list[c.IPAddress], routes: list[c.IPAddress],
+    with_manifest: bool,
 ) -> None:
     message = c.ControlMessage(
         address=tuple(ipaddress.ip_interface(a) for a in addresses),

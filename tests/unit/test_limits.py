@@ -27,7 +27,7 @@ from aura_common.limits import (
     parse_size,
     refusal,
 )
-from aura_common.registry import Peer, Registry
+from aura_common.registry import RegisteredPeer, Registry
 
 NOW = datetime.datetime(2026, 11, 29, 12, 0, 0, tzinfo=datetime.UTC)
 GIB = 1024**3
@@ -100,8 +100,8 @@ def test_sizes_scale_by_their_unit(count: int, unit: str) -> None:
 
 
 # -- the decision, with an injected clock ---------------------------------------------------
-def limited(expires: datetime.datetime | None = None, quota: int | None = None) -> Peer:
-    return Peer("alice", bytes(range(32)), expires=None if expires is None else
+def limited(expires: datetime.datetime | None = None, quota: int | None = None) -> RegisteredPeer:
+    return RegisteredPeer("alice", bytes(range(32)), expires=None if expires is None else
                 format_time(expires), quota_bytes=quota)  # fmt: skip
 
 
@@ -173,7 +173,7 @@ def test_damaged_usage_file_names_the_key(tmp_path: Path, text: str, key: str) -
 def test_registry_round_trips_and_edits_limits(tmp_path: Path) -> None:
     path = tmp_path / "peers.json"
     with Registry.edit(path) as registry:
-        registry.add(Peer("alice", bytes(range(32)), address_v4="10.77.0.2",
+        registry.add(RegisteredPeer("alice", bytes(range(32)), address_v4="10.77.0.2",
                           expires="2027-01-31T00:00:00Z", quota_bytes=50 * GIB))
     assert Registry.load(path).get("alice").quota_bytes == 50 * GIB  # type: ignore[union-attr]
     with Registry.edit(path) as registry:
@@ -194,7 +194,7 @@ def test_registry_round_trips_and_edits_limits(tmp_path: Path) -> None:
 def test_registry_rejects_bad_limits(tmp_path: Path, field: str, value: object) -> None:
     path = tmp_path / "peers.json"
     with Registry.edit(path) as registry:
-        registry.add(Peer("alice", bytes(range(32))))
+        registry.add(RegisteredPeer("alice", bytes(range(32))))
     doc = json.loads(path.read_text())
     doc["peers"][0][field] = value
     path.write_text(json.dumps(doc))
@@ -248,8 +248,9 @@ def test_router_cuts_off_a_peer_at_its_quota_and_remembers_usage(
 
     config = ServerConfig.default("vpn.example", state_dir=str(tmp_path))
     with Registry.edit(config.peers_file) as registry:
-        registry.add(Peer("alice", bytes(range(32)), address_v4="10.77.0.2", quota_bytes=1000))
-        registry.add(Peer("bob", bytes(range(1, 33)), address_v4="10.77.0.3"))
+        registry.add(RegisteredPeer("alice", bytes(range(32)), address_v4="10.77.0.2",
+                                    quota_bytes=1000))
+        registry.add(RegisteredPeer("bob", bytes(range(1, 33)), address_v4="10.77.0.3"))
 
     async def scenario() -> None:
         router = new_router(config)
@@ -299,7 +300,8 @@ def test_router_refuses_an_expired_peer_from_the_start(tmp_path: Path) -> None:
     config = ServerConfig.default("vpn.example", state_dir=str(tmp_path))
     past = format_time(datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1))
     with Registry.edit(config.peers_file) as registry:
-        registry.add(Peer("alice", bytes(range(32)), address_v4="10.77.0.2", expires=past))
+        registry.add(RegisteredPeer("alice", bytes(range(32)), address_v4="10.77.0.2",
+                                    expires=past))
     router = new_router(config)
     assert router._peers_frame().peers == []
     assert router.gate.refused == {"alice": f"expired at {past}"}

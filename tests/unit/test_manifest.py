@@ -22,8 +22,8 @@ NOW = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=datetime.UTC)
 CA = ed25519.Ed25519PrivateKey.generate()
 SERVER_KEY = bytes(range(32))
 ENDPOINTS = (
-    m.Endpoint("vpn.example.com", udp=8443, tcp=8443, quic=8444),
-    m.Endpoint("2001:db8::1", tcp=443),
+    m.HostPorts("vpn.example.com", udp=8443, tcp=8443, quic=8444),
+    m.HostPorts("2001:db8::1", tcp=443),
 )
 
 
@@ -196,13 +196,13 @@ def test_bad_serialised_forms_are_malformed(mapping: object) -> None:
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
-        ("vpn.example.com:tcp=443", m.Endpoint("vpn.example.com", tcp=443)),
-        ("VPN.Example.com:udp=1:quic=2:tcp=3", m.Endpoint("vpn.example.com", 1, 3, 2)),
-        ("192.0.2.1:quic=8444", m.Endpoint("192.0.2.1", quic=8444)),
-        ("[2001:DB8::1]:udp=8443", m.Endpoint("2001:db8::1", udp=8443)),
+        ("vpn.example.com:tcp=443", m.HostPorts("vpn.example.com", tcp=443)),
+        ("VPN.Example.com:udp=1:quic=2:tcp=3", m.HostPorts("vpn.example.com", 1, 3, 2)),
+        ("192.0.2.1:quic=8444", m.HostPorts("192.0.2.1", quic=8444)),
+        ("[2001:DB8::1]:udp=8443", m.HostPorts("2001:db8::1", udp=8443)),
     ],
 )
-def test_endpoint_spec_parses(spec: str, expected: m.Endpoint) -> None:
+def test_endpoint_spec_parses(spec: str, expected: m.HostPorts) -> None:
     assert m.parse_endpoint_spec(spec) == expected
     assert m.parse_endpoint_spec(str(expected)) == expected
 
@@ -289,7 +289,7 @@ def test_fuzz_endpoint_spec(spec: str) -> None:
 @given(
     st.lists(
         st.builds(
-            m.Endpoint,
+            m.HostPorts,
             st.sampled_from(["a.example", "192.0.2.9", "2001:db8::7", "x-1.y"]),
             st.none() | st.integers(1, 65535),
             st.integers(1, 65535),
@@ -300,7 +300,7 @@ def test_fuzz_endpoint_spec(spec: str) -> None:
     ),
     st.integers(1, m.MAX_SERIAL),
 )
-def test_fuzz_round_trip(endpoints: list[m.Endpoint], serial: int) -> None:
+def test_fuzz_round_trip(endpoints: list[m.HostPorts], serial: int) -> None:
     manifest = m.Manifest.create(
         serial=serial,
         issued=NOW,

@@ -10,7 +10,7 @@ import pytest
 from aura_common import pki
 from aura_common.atomic import write_atomic
 from aura_common.config import ServerConfig
-from aura_common.manifest import Endpoint, Manifest, sign
+from aura_common.manifest import HostPorts, Manifest, sign
 from services.cli.bridges import renewal_due, renewal_reason
 
 NOW = datetime.datetime(2026, 6, 1, 12, 0, tzinfo=datetime.UTC)
@@ -39,7 +39,7 @@ def make_config(tmp_path: Path) -> ServerConfig:
 
 def store(config: ServerConfig, issued: datetime.datetime, days: int, serial: int = 4) -> None:
     manifest = Manifest.create(serial=serial, issued=issued, expires_days=days,
-                               server_public_key=bytes(32), endpoints=[Endpoint("vpn.test", 8443)])
+                               server_public_key=bytes(32), endpoints=[HostPorts("vpn.test", 8443)])
     signed = sign(manifest, pki.load_ca_private_key(config.key_dir))
     write_atomic(config.manifest_file, signed.to_json().encode(), 0o644)
 

@@ -22,7 +22,7 @@ from aura_common.config import MetricsConfig, ServerConfig
 from aura_common.errors import ConfigError
 from aura_common.ipc.frames import TO_ROUTER, Packets, PeerKey, encode
 from aura_common.limits import Gate, Usage
-from aura_common.registry import Peer as RegistryPeer
+from aura_common.registry import RegisteredPeer
 from aura_common.transport import SessionHub
 from aura_common.wireguard import Device, Transmit, generate_private_key, public_key
 from services.router.sessions import SessionTable
@@ -160,10 +160,10 @@ def test_carrier_and_fallback_state_is_read_at_scrape_time() -> None:
 # -- the router ------------------------------------------------------------------------------
 def router_state() -> SimpleNamespace:
     sessions: SessionTable[str] = SessionTable()
-    registry = [RegistryPeer("alice", b"a" * 32, address_v4="10.77.0.2"),
-                RegistryPeer("bob", b"b" * 32, address_v4="10.77.0.3", quota_bytes=1000,
+    registry = [RegisteredPeer("alice", b"a" * 32, address_v4="10.77.0.2"),
+                RegisteredPeer("bob", b"b" * 32, address_v4="10.77.0.3", quota_bytes=1000,
                              expires="2030-01-01T00:00:00Z"),
-                RegistryPeer("carol", b"c" * 32, address_v4="10.77.0.4", enabled=False)]
+                RegisteredPeer("carol", b"c" * 32, address_v4="10.77.0.4", enabled=False)]
     return SimpleNamespace(registry=registry, sessions=sessions, transports={},
                            usage=Usage("/nonexistent/usage.json", {"alice": 5, "bob": 2000}),
                            gate=Gate(), handshakes_answered=7, handshakes_refused=2,

@@ -15,11 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aura_common.errors import AuraError, ConfigError
-from aura_common.registry import Peer, Registry, parse_peers
+from aura_common.registry import RegisteredPeer, Registry, parse_peers
 
 
-def peer(name: str, index: int, psk: bool = False) -> Peer:
-    return Peer(
+def peer(name: str, index: int, psk: bool = False) -> RegisteredPeer:
+    return RegisteredPeer(
         name=name,
         public_key=bytes([index]) * 32,
         preshared_key=bytes([100 + index]) * 32 if psk else None,
@@ -63,14 +63,14 @@ def test_duplicates_are_refused_with_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(AuraError, match="named 'alice' already exists"):
         registry.add(peer("alice", 2))
     with pytest.raises(AuraError, match="'alice' already uses this public key"):
-        registry.add(Peer("carol", bytes([1]) * 32))
+        registry.add(RegisteredPeer("carol", bytes([1]) * 32))
     with pytest.raises(AuraError, match=r"address 10\.77\.0\.2 already belongs to peer 'alice'"):
-        registry.add(Peer("dave", bytes([9]) * 32, address_v4="10.77.0.2"))
+        registry.add(RegisteredPeer("dave", bytes([9]) * 32, address_v4="10.77.0.2"))
     for bad in ("Alice", "-x", "a" * 33, "", "a b"):
         with pytest.raises(AuraError, match="invalid peer name"):
-            registry.add(Peer(bad, bytes([7]) * 32))
+            registry.add(RegisteredPeer(bad, bytes([7]) * 32))
     with pytest.raises(AuraError, match="32 bytes"):
-        registry.add(Peer("short", b"x" * 31))
+        registry.add(RegisteredPeer("short", b"x" * 31))
 
 
 def test_revoke_removes_everything_about_the_peer(tmp_path: Path) -> None:
@@ -88,7 +88,7 @@ def test_revoke_removes_everything_about_the_peer(tmp_path: Path) -> None:
     assert "alice" not in path.read_text()
     # The freed key and address can be used again.
     with Registry.edit(path) as registry:
-        registry.add(Peer("alice2", bytes([1]) * 32, address_v4="10.77.0.2"))
+        registry.add(RegisteredPeer("alice2", bytes([1]) * 32, address_v4="10.77.0.2"))
     with pytest.raises(AuraError, match="no peer named 'zed'"):
         Registry.load(path).revoke("zed")
 
@@ -106,7 +106,7 @@ def test_edit_saves_nothing_when_the_block_fails(tmp_path: Path) -> None:
 def _add_many(path: str, start: int) -> None:
     for i in range(start, start + 10):
         with Registry.edit(path) as registry:
-            registry.add(Peer(f"p{i}", bytes([i]) * 32))
+            registry.add(RegisteredPeer(f"p{i}", bytes([i]) * 32))
 
 
 def test_concurrent_edits_from_processes_lose_nothing(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 from aura_common.config import ServerConfig
 from aura_common.ipc import Credentials
 from aura_common.ipc.frames import Frame, SessionUp
-from aura_common.registry import Peer, Registry
+from aura_common.registry import RegisteredPeer, Registry
 from aura_common.wireguard import HandshakeAuthority, generate_private_key
 from services.router.main import Router
 
@@ -67,8 +67,8 @@ def test_packets_for_another_transports_session_or_with_foreign_sources_are_drop
     config = ServerConfig.default("vpn.example", state_dir=str(tmp_path),
                                   runtime_dir=str(tmp_path), key_dir=str(tmp_path))
     with Registry.edit(config.peers_file) as registry:
-        registry.add(Peer("alice", b"a" * 32, address_v4="10.77.0.2"))
-        registry.add(Peer("bob", b"b" * 32, address_v4="10.77.0.3"))
+        registry.add(RegisteredPeer("alice", b"a" * 32, address_v4="10.77.0.2"))
+        registry.add(RegisteredPeer("bob", b"b" * 32, address_v4="10.77.0.3"))
 
     async def scenario() -> None:
         router = new_router(config)

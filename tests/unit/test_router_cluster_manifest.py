@@ -14,8 +14,8 @@ from aura_common.atomic import write_atomic
 from aura_common.config import ServerConfig
 from aura_common.control import decode_control
 from aura_common.ipc.frames import Packets
-from aura_common.manifest import Endpoint, Manifest, SignedManifest, sign
-from aura_common.registry import Peer, Registry
+from aura_common.manifest import HostPorts, Manifest, SignedManifest, sign
+from aura_common.registry import RegisteredPeer, Registry
 from services.router.main import Router, serial_of
 from tests.unit.test_limits import FakeTransport
 from tests.unit.test_router_claims import claim, new_router
@@ -24,8 +24,8 @@ from tests.unit.test_router_claims import claim, new_router
 def signed(serial: int, key: ed25519.Ed25519PrivateKey) -> SignedManifest:
     return sign(Manifest.create(serial=serial, issued=datetime.datetime.now(datetime.UTC),
                                 expires_days=30, server_public_key=bytes(32),
-                                endpoints=[Endpoint("10.88.1.2", udp=8443),
-                                           Endpoint("10.88.2.2", udp=8443)]), key)
+                                endpoints=[HostPorts("10.88.1.2", udp=8443),
+                                           HostPorts("10.88.2.2", udp=8443)]), key)
 
 
 def test_the_newest_verified_manifest_from_the_cluster_is_pushed_and_kept(
@@ -39,7 +39,7 @@ def test_the_newest_verified_manifest_from_the_cluster_is_pushed_and_kept(
     Path(config.manifest_file).parent.mkdir(parents=True)
     ca = pki.load_ca_private_key_file(config.ca_key_file)
     with Registry.edit(config.peers_file) as registry:
-        registry.add(Peer("alice", bytes(range(32)), address_v4="10.77.0.2"))
+        registry.add(RegisteredPeer("alice", bytes(range(32)), address_v4="10.77.0.2"))
 
     async def scenario() -> tuple[Router, FakeTransport]:
         router = new_router(config)

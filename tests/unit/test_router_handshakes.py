@@ -23,7 +23,7 @@ from aura_common.ipc.frames import (
     HandshakesDone,
     SessionUp,
 )
-from aura_common.registry import Peer, Registry
+from aura_common.registry import RegisteredPeer, Registry
 from aura_common.transport import SessionHub
 from aura_common.wireguard import (
     Answer,
@@ -47,7 +47,7 @@ def setup(tmp_path: Path) -> tuple[Any, bytes]:
                                   runtime_dir=str(tmp_path), key_dir=str(tmp_path))
     client_key = generate_private_key()
     with Registry.edit(config.peers_file) as registry:
-        registry.add(Peer("alice", public_key(client_key), preshared_key=bytes(range(32)),
+        registry.add(RegisteredPeer("alice", public_key(client_key), preshared_key=bytes(range(32)),
                           address_v4="10.77.0.2"))
     return config, client_key
 
@@ -191,7 +191,7 @@ def test_a_transport_without_the_key_forwards_one_turn_in_one_frame_and_claims_i
     clients = [generate_private_key() for _ in range(3)]
     with Registry.edit(config.peers_file) as registry:
         for n, key in enumerate(clients):
-            registry.add(Peer(f"peer{n}", public_key(key), preshared_key=bytes([n]) * 32,
+            registry.add(RegisteredPeer(f"peer{n}", public_key(key), preshared_key=bytes([n]) * 32,
                               address_v4=f"10.77.0.{n + 2}"))
 
     async def scenario() -> None:
@@ -256,10 +256,10 @@ def test_a_new_preshared_or_public_key_ends_the_peers_session_on_the_router_and_
     server_key = generate_private_key()
     alice_key, bob_key, carol_key = (generate_private_key() for _ in range(3))
     with Registry.edit(config.peers_file) as registry:
-        registry.add(Peer("alice", public_key(alice_key), preshared_key=bytes(32),
+        registry.add(RegisteredPeer("alice", public_key(alice_key), preshared_key=bytes(32),
                           address_v4="10.77.0.2"))
-        registry.add(Peer("bob", public_key(bob_key), address_v4="10.77.0.3"))
-        registry.add(Peer("carol", public_key(carol_key), address_v4="10.77.0.4"))
+        registry.add(RegisteredPeer("bob", public_key(bob_key), address_v4="10.77.0.3"))
+        registry.add(RegisteredPeer("carol", public_key(carol_key), address_v4="10.77.0.4"))
 
     async def scenario() -> None:
         router = Router(config, HandshakeAuthority(server_key))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aura_common.config import ServerConfig
 from aura_common.ipc.frames import Frame
-from aura_common.registry import Peer, Registry
+from aura_common.registry import RegisteredPeer, Registry
 from tests.unit.test_router_claims import claim, new_router
 
 REPO = str(Path(__file__).resolve().parents[2])
@@ -47,7 +47,7 @@ def dynamic_config(tmp_path: Path) -> ServerConfig:
 def test_a_held_leases_lock_does_not_stall_a_session(tmp_path: Path) -> None:
     config = dynamic_config(tmp_path)
     with Registry.edit(config.peers_file) as registry:
-        registry.add(Peer("alice", b"a" * 32))
+        registry.add(RegisteredPeer("alice", b"a" * 32))
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD, config.leases_file], stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": REPO},

@@ -8,7 +8,7 @@ from pathlib import Path
 from aura_common.config import ServerConfig
 from aura_common.control import decode_control
 from aura_common.ipc.frames import Packets
-from aura_common.registry import Peer, Registry
+from aura_common.registry import RegisteredPeer, Registry
 from tests.unit.test_limits import FakeTransport
 from tests.unit.test_router_claims import claim, new_router
 
@@ -19,7 +19,7 @@ def test_a_client_that_restarts_within_its_old_session_is_welcomed_again(tmp_pat
         "network": {"dns": ["10.77.0.1"]},
     })
     with Registry.edit(config.peers_file) as registry:
-        registry.add(Peer("alice", bytes(range(32)), address_v4="10.77.0.2"))
+        registry.add(RegisteredPeer("alice", bytes(range(32)), address_v4="10.77.0.2"))
 
     async def scenario() -> list[object]:
         router = new_router(config)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from aura_common import pki
 from aura_common.config import ServerConfig
 from aura_common.ipc.frames import TO_SIGNER, ProtocolError, Sign, from_map
-from aura_common.manifest import Endpoint, SignedManifest, verify
+from aura_common.manifest import HostPorts, SignedManifest, verify
 from services.signer.main import RequestError, Signer, parse_sign_request
 
 REPO = str(Path(__file__).resolve().parents[2])
@@ -43,21 +43,21 @@ def request(**changes: Any) -> Sign:
 
 def test_sign_stores_manifest_and_serial(tmp_path: Path) -> None:
     signer = make_signer(tmp_path)
-    signed, manifest = signer.sign([Endpoint("vpn.test", tcp=443)], 3, bytes(32))
+    signed, manifest = signer.sign([HostPorts("vpn.test", tcp=443)], 3, bytes(32))
     assert manifest.serial == 1
     assert (tmp_path / "state" / "signer" / "manifest.serial").read_text() == "1\n"
     stored = SignedManifest.from_json((tmp_path / "state" / "signer" / "manifest.json").read_text())
     assert stored == signed
     now = datetime.datetime.now(datetime.UTC)
     assert verify(stored, pki.load_ca_public_key(tmp_path / "keys"), now=now) == manifest
-    assert signer.sign([Endpoint("vpn.test", tcp=443)], 3, bytes(32))[1].serial == 2
+    assert signer.sign([HostPorts("vpn.test", tcp=443)], 3, bytes(32))[1].serial == 2
 
 
 def test_damaged_serial_file_stops_signing(tmp_path: Path) -> None:
     signer = make_signer(tmp_path)
     (tmp_path / "state" / "signer" / "manifest.serial").write_text("garbage\n")
     with pytest.raises(RequestError, match="damaged"):
-        signer.sign([Endpoint("vpn.test", tcp=443)], 3, bytes(32))
+        signer.sign([HostPorts("vpn.test", tcp=443)], 3, bytes(32))
     assert not (tmp_path / "state" / "signer" / "manifest.json").exists()
 
 
@@ -65,13 +65,13 @@ def test_oversized_manifest_is_refused_without_using_a_serial(tmp_path: Path) ->
     signer = make_signer(tmp_path)
     host = ".".join(["a" * 60] * 4)
     with pytest.raises(RequestError, match="more than 4096"):
-        signer.sign([Endpoint(host, 1, 2, 3)] * 16, 3, bytes(32))
+        signer.sign([HostPorts(host, 1, 2, 3)] * 16, 3, bytes(32))
     assert not (tmp_path / "state" / "signer" / "manifest.serial").exists()
 
 
 def test_valid_request_parses() -> None:
     endpoints, days, key, above = parse_sign_request(request())
-    assert endpoints == [Endpoint("vpn.test", udp=8443)] and days == 3 and key == bytes(32)
+    assert endpoints == [HostPorts("vpn.test", udp=8443)] and days == 3 and key == bytes(32)
     assert above == 0 and parse_sign_request(request(serial_above=41))[3] == 41
     for bad in (-1, 1 << 53):
         with pytest.raises(RequestError, match="serial_above"):
@@ -83,7 +83,7 @@ def test_valid_request_parses() -> None:
 
 def test_a_serial_above_another_members_goes_past_it_and_never_back(tmp_path: Path) -> None:
     signer = make_signer(tmp_path)
-    endpoint = [Endpoint("vpn.test", tcp=443)]
+    endpoint = [HostPorts("vpn.test", tcp=443)]
     assert signer.sign(endpoint, 3, bytes(32), serial_above=40)[1].serial == 41
     assert signer.sign(endpoint, 3, bytes(32), serial_above=7)[1].serial == 42
     assert signer.sign(endpoint, 3, bytes(32))[1].serial == 43
@@ -123,9 +123,9 @@ def test_a_held_serial_lock_is_refused_at_once_not_waited_for(tmp_path: Path) ->
         assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
         started = time.monotonic()
         with pytest.raises(RequestError, match="locked by another process"):
-            signer.sign([Endpoint("vpn.test", tcp=443)], 3, bytes(32))
+            signer.sign([HostPorts("vpn.test", tcp=443)], 3, bytes(32))
         assert time.monotonic() - started < 1
     finally:
         holder.kill()
         holder.wait()
-    assert signer.sign([Endpoint("vpn.test", tcp=443)], 3, bytes(32))[1].serial == 1
+    assert signer.sign([HostPorts("vpn.test", tcp=443)], 3, bytes(32))[1].serial == 1
