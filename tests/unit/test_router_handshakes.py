@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,30 @@ class RecordingCarrier:
         self.sent.append((destination, list(datagrams)))
 
 
+@contextlib.asynccontextmanager
+async def udp_transport(
+    router: Router, server_key: bytes
+) -> AsyncIterator[tuple[SessionHub, RecordingCarrier]]:
+    """A keyless UDP transport's hub served by `router` over a socket pair, its sends recorded."""
+    hub = SessionHub("udp", Device(public_key=public_key(server_key)), "/unused")
+    carrier = RecordingCarrier()
+    hub.carrier = carrier
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    link = ipc.Channel(left, FROM_ROUTER, "router")
+    served = ipc.Channel(right, TO_ROUTER, "udp")
+    hub._router = link
+    tasks = [asyncio.ensure_future(router.on_channel(served)),
+             asyncio.ensure_future(hub._serve_router(link))]
+    try:
+        yield hub, carrier
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        link.close()
+        served.close()
+
+
 def test_a_transport_without_the_key_forwards_one_turn_in_one_frame_and_claims_its_sessions(
     tmp_path: Path,
 ) -> None:
@@ -204,43 +229,30 @@ def test_a_transport_without_the_key_forwards_one_turn_in_one_frame_and_claims_i
             handshakes_from(channel, items)
 
         router._handshakes_from = counting  # type: ignore[method-assign]
-        hub = SessionHub("udp", Device(public_key=public_key(server_key)), "/unused")
-        carrier = RecordingCarrier()
-        hub.carrier = carrier
-        left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        link = ipc.Channel(left, FROM_ROUTER, "router")
-        served = ipc.Channel(right, TO_ROUTER, "udp")
-        hub._router = link
-        tasks = [asyncio.ensure_future(router.on_channel(served)),
-                 asyncio.ensure_future(hub._serve_router(link))]
-        while len(list(hub.device.peers)) < 3:
-            await asyncio.sleep(0.01)
-        devices = []
-        batches = []
-        for n, key in enumerate(clients):
-            device = Device(key)
-            peer = device.add_peer(public_key(server_key), preshared_key=bytes([n]) * 32,
-                                   endpoint=SERVER_ADDR)
-            devices.append((device, peer))
-            batches.append((transmits(device.initiate(peer, time.monotonic())),
-                            ("192.0.2.1", 1000 + n)))
-        hub.received_batches(batches)
-        while len(carrier.sent) < 3:
-            await asyncio.sleep(0.01)
-        assert forwarded == [3]  # one frame for the turn's three initiations
-        for (device, _), (destination, responses) in zip(devices, carrier.sent, strict=True):
-            confirmation = device.receive(responses, SERVER_ADDR, time.monotonic())
-            assert of_type(confirmation, HandshakeCompleted)
-            hub.received(transmits(confirmation), destination)
-        while len(list(router.sessions)) < 3:
-            await asyncio.sleep(0.01)
-        assert {s.peer for s in router.sessions} == {"peer0", "peer1", "peer2"}
-        assert router.handshakes_answered == 3
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        link.close()
-        served.close()
+        async with udp_transport(router, server_key) as (hub, carrier):
+            while len(list(hub.device.peers)) < 3:
+                await asyncio.sleep(0.01)
+            devices = []
+            batches = []
+            for n, key in enumerate(clients):
+                device = Device(key)
+                peer = device.add_peer(public_key(server_key), preshared_key=bytes([n]) * 32,
+                                       endpoint=SERVER_ADDR)
+                devices.append((device, peer))
+                batches.append((transmits(device.initiate(peer, time.monotonic())),
+                                ("192.0.2.1", 1000 + n)))
+            hub.received_batches(batches)
+            while len(carrier.sent) < 3:
+                await asyncio.sleep(0.01)
+            assert forwarded == [3]  # one frame for the turn's three initiations
+            for (device, _), (destination, responses) in zip(devices, carrier.sent, strict=True):
+                confirmation = device.receive(responses, SERVER_ADDR, time.monotonic())
+                assert of_type(confirmation, HandshakeCompleted)
+                hub.received(transmits(confirmation), destination)
+            while len(list(router.sessions)) < 3:
+                await asyncio.sleep(0.01)
+            assert {s.peer for s in router.sessions} == {"peer0", "peer1", "peer2"}
+            assert router.handshakes_answered == 3
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
 
@@ -263,69 +275,56 @@ def test_a_new_preshared_or_public_key_ends_the_peers_session_on_the_router_and_
 
     async def scenario() -> None:
         router = Router(config, HandshakeAuthority(server_key))
-        hub = SessionHub("udp", Device(public_key=public_key(server_key)), "/unused")
-        carrier = RecordingCarrier()
-        hub.carrier = carrier
-        left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        link = ipc.Channel(left, FROM_ROUTER, "router")
-        served = ipc.Channel(right, TO_ROUTER, "udp")
-        hub._router = link
-        tasks = [asyncio.ensure_future(router.on_channel(served)),
-                 asyncio.ensure_future(hub._serve_router(link))]
+        async with udp_transport(router, server_key) as (hub, carrier):
 
-        async def until(condition: Any) -> None:
-            while not condition():
-                await asyncio.sleep(0.01)
+            async def until(condition: Any) -> None:
+                while not condition():
+                    await asyncio.sleep(0.01)
 
-        async def connect(key: bytes, preshared_key: bytes | None, port: int) -> bool:
-            """Whether a client with these keys completes a handshake (and sends its first
-            data, which makes the session)."""
-            device = Device(key)
-            peer = device.add_peer(public_key(server_key), preshared_key=preshared_key,
-                                   endpoint=SERVER_ADDR)
-            sent, refused = len(carrier.sent), router.handshakes_refused
-            hub.received(transmits(device.initiate(peer, time.monotonic())),
-                         ("192.0.2.1", port))
-            await until(lambda: len(carrier.sent) > sent or router.handshakes_refused > refused)
-            if router.handshakes_refused > refused:
-                return False
-            confirmation = device.receive(carrier.sent[-1][1], SERVER_ADDR, time.monotonic())
-            if not of_type(confirmation, HandshakeCompleted):
-                return False
-            hub.received(transmits(confirmation), ("192.0.2.1", port))
-            return True
+            async def connect(key: bytes, preshared_key: bytes | None, port: int) -> bool:
+                """Whether a client with these keys completes a handshake (and sends its first
+                data, which makes the session)."""
+                device = Device(key)
+                peer = device.add_peer(public_key(server_key), preshared_key=preshared_key,
+                                       endpoint=SERVER_ADDR)
+                sent, refused = len(carrier.sent), router.handshakes_refused
+                hub.received(transmits(device.initiate(peer, time.monotonic())),
+                             ("192.0.2.1", port))
+                await until(lambda: len(carrier.sent) > sent or router.handshakes_refused > refused)
+                if router.handshakes_refused > refused:
+                    return False
+                confirmation = device.receive(carrier.sent[-1][1], SERVER_ADDR, time.monotonic())
+                if not of_type(confirmation, HandshakeCompleted):
+                    return False
+                hub.received(transmits(confirmation), ("192.0.2.1", port))
+                return True
 
-        await until(lambda: len(list(hub.device.peers)) == 3)
-        assert await connect(alice_key, bytes(32), 1000)
-        assert await connect(bob_key, None, 1001)
-        assert await connect(carol_key, None, 1002)
-        await until(lambda: len(list(router.sessions)) == 3)
-        alice, carol = public_key(alice_key), public_key(carol_key)
-        ticket = hub.device.peer(alice).session_ticket  # type: ignore[union-attr]
-        new_carol_key = generate_private_key()
+            await until(lambda: len(list(hub.device.peers)) == 3)
+            assert await connect(alice_key, bytes(32), 1000)
+            assert await connect(bob_key, None, 1001)
+            assert await connect(carol_key, None, 1002)
+            await until(lambda: len(list(router.sessions)) == 3)
+            alice, carol = public_key(alice_key), public_key(carol_key)
+            ticket = hub.device.peer(alice).session_ticket  # type: ignore[union-attr]
+            new_carol_key = generate_private_key()
 
-        with Registry.edit(config.peers_file) as registry:
-            registry.add(dataclasses.replace(registry.revoke("alice"),
-                                             preshared_key=bytes([7]) * 32))
-            registry.add(dataclasses.replace(registry.revoke("carol"),
-                                             public_key=public_key(new_carol_key)))
-        router.reload()
-        assert {s.peer for s in router.sessions} == {"bob"}  # ended at once, here
-        now = time.monotonic()
-        await until(lambda: not hub.device.peer(alice).has_session(now))  # type: ignore[union-attr]
-        assert hub.device.peer(carol) is None
-        assert hub.device.peer(public_key(bob_key)).has_session(now)  # type: ignore[union-attr]
-        assert not router.authority.ticket_valid(ticket, "udp", alice, time.time())
-        assert not await connect(alice_key, bytes(32), 1003)  # the old preshared key
-        assert not await connect(carol_key, None, 1004)  # the old public key
-        await until(lambda: hub.device.peer(public_key(new_carol_key)) is not None)
-        assert await connect(alice_key, bytes([7]) * 32, 1005)
-        assert await connect(new_carol_key, None, 1006)
-        await until(lambda: len(list(router.sessions)) == 3)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        link.close()
-        served.close()
+            with Registry.edit(config.peers_file) as registry:
+                registry.add(dataclasses.replace(registry.revoke("alice"),
+                                                 preshared_key=bytes([7]) * 32))
+                registry.add(dataclasses.replace(registry.revoke("carol"),
+                                                 public_key=public_key(new_carol_key)))
+            router.reload()
+            assert {s.peer for s in router.sessions} == {"bob"}  # ended at once, here
+            now = time.monotonic()
+            await until(lambda: not hub.device.peer(alice).has_session(now))  # type: ignore[union-attr]
+            assert hub.device.peer(carol) is None
+            assert hub.device.peer(public_key(bob_key)).has_session(now)  # type: ignore[union-attr]
+            assert not router.authority.ticket_valid(ticket, "udp", alice, time.time())
+            assert not await connect(alice_key, bytes(32), 1003)  # the old preshared key
+            assert not await connect(carol_key, None, 1004)  # the old public key
+            await until(lambda: hub.device.peer(public_key(new_carol_key)) is not None)
+            assert await connect(alice_key, bytes([7]) * 32, 1005)
+            assert await connect(new_carol_key, None, 1006)
+            await until(lambda: len(list(router.sessions)) == 3)
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
