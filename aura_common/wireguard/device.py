@@ -34,6 +34,12 @@ from .receive import Receiver
 from .screen import HandshakeScreen
 from .send import SENT, STAGED, send
 
+# Timer jitter is drawn from the random source this many values at a time: a timer is armed
+# for nearly every data packet sent (`Timers.sent`), and one call to the source each time
+# (a getrandom system call with os.urandom) cost more than the rest of the timer update.
+JITTER_DRAW = 256
+_JITTER_STEPS = round(REKEY_TIMEOUT_JITTER * 1000) + 1
+
 
 class Device:
     """One local static key and the peers allowed to talk to it.
@@ -68,6 +74,7 @@ class Device:
         # (data, keepalive or handshake); None: only key expiry ends it.
         self.idle_timeout = idle_timeout
         self._rng = rng
+        self._jitters: list[float] = []
         self._peers: dict[bytes, Peer] = {}
         self._index = IndexTable(rng)
         self._screen = HandshakeScreen(public_key, rng, under_load_after, self._index)
@@ -284,5 +291,9 @@ class Device:
 
     def _jitter(self) -> float:
         """0 to REKEY_TIMEOUT_JITTER seconds, in whole milliseconds."""
-        steps = round(REKEY_TIMEOUT_JITTER * 1000) + 1
-        return int.from_bytes(self._rng(2), "little") % steps / 1000
+        jitters = self._jitters
+        if not jitters:
+            drawn = self._rng(2 * JITTER_DRAW)
+            jitters += (int.from_bytes(drawn[i:i + 2], "little") % _JITTER_STEPS / 1000
+                        for i in range(0, len(drawn), 2))
+        return jitters.pop()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import struct
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -30,6 +32,7 @@ from aura_common.wireguard.constants import (
     REKEY_ATTEMPT_TIME,
     REKEY_ON_RECEIVE_AGE,
     REKEY_TIMEOUT,
+    REKEY_TIMEOUT_JITTER,
     ZERO_KEYS_AFTER,
 )
 from aura_common.wireguard.keypair import Keypair
@@ -66,10 +69,11 @@ class Pair:
     """A client core (initiator, knows the server's address) and a server core."""
 
     def __init__(self, psk: bytes | None = None, *, client_psk: bytes | None = None,
-                 under_load_after: int = 128, keepalive: float | None = None) -> None:
+                 under_load_after: int = 128, keepalive: float | None = None,
+                 server_rng: Callable[[int], bytes] = os.urandom) -> None:
         self.client_key, self.server_key = generate_private_key(), generate_private_key()
         self.client = Device(self.client_key)
-        self.server = Device(self.server_key, under_load_after=under_load_after)
+        self.server = Device(self.server_key, under_load_after=under_load_after, rng=server_rng)
         self.to_server: Peer = self.client.add_peer(
             public_key(self.server_key), preshared_key=client_psk or psk, endpoint=SERVER_ADDR,
             keepalive=keepalive,
@@ -268,6 +272,30 @@ def test_rotation_keeps_the_previous_keypair_for_data_in_flight() -> None:
     assert of_type(pair.at_server(in_flight, 10.2), Received)[0].packets == [ipv4_packet(b"old")]
     fresh = pair.at_server(pair.client.send(pair.to_server, [ipv4_packet(b"new")], 10.3), 10.3)
     assert of_type(fresh, Received)[0].packets == [ipv4_packet(b"new")]
+
+
+def test_timer_jitter_is_drawn_in_bulk_not_per_packet() -> None:
+    """Request and reply, 1,000 times: each reply arms the server's "no answer" timer with
+    fresh jitter, which comes from a few large draws from the random source."""
+    draws: list[int] = []
+
+    def rng(size: int) -> bytes:
+        draws.append(size)
+        return os.urandom(size)
+
+    pair = Pair(server_rng=rng)
+    pair.connect(0.0)
+    before = len(draws)
+    deadlines = set()
+    for step in range(1000):
+        now = 1.0 + step / 1000
+        pair.at_client(pair.server.send(pair.to_client, [ipv4_packet(b"reply")], now), now)
+        deadlines.add(round(pair.to_client.timers.rehandshake_due - now, 6))
+        pair.at_server(pair.client.send(pair.to_server, [ipv4_packet(b"request")], now), now)
+    assert len(draws) - before <= 5
+    base = KEEPALIVE_TIMEOUT + REKEY_TIMEOUT
+    assert all(base <= d <= base + REKEY_TIMEOUT_JITTER + 1e-6 for d in deadlines)
+    assert len(deadlines) > 100  # still jittered, one value per arming
 
 
 def test_retransmit_with_jitter_then_give_up_and_drop_the_queue() -> None:
