@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import socket
 import struct
@@ -33,10 +32,10 @@ from aura_common.wireguard import Device, HandshakeCompleted, Peer, Received, Tr
 
 CONNECT_RATE = 200  # initiations/s while connecting: below the knee, so all peers get in
 RAMP_RATES = (50, 100, 200, 400, 800, 1600)
-COOKIE_REPLY = 3
-TICK = 0.25
+COOKIE_REPLY = bytes([3])
+# The peers' timers (retransmits, keepalives) are checked this often: they are whole seconds.
+TICK = 1.0
 SEND_SLOT = 0.01  # echo requests go out in slots of this many seconds
-RECV_LIMIT = 64
 ICMP_ECHO, ICMP_ECHO_REPLY = 8, 0
 
 
@@ -90,25 +89,27 @@ class Generator:
     handshake_times: list[float] = field(default_factory=list)
 
     def readable(self, initiator: Initiator) -> None:
-        datagrams = []
-        for _ in range(RECV_LIMIT):
-            try:
-                datagrams.append(initiator.sock.recv(65535))
-            except (BlockingIOError, ConnectionError):
-                break
-        if not datagrams:
+        # One datagram per wakeup: a peer gets about one reply at a time, and the selector
+        # (level-triggered) reports the socket again if more wait, so no second receive
+        # call is spent to learn that the socket is empty.
+        try:
+            datagram = initiator.sock.recv(65535)
+        except (BlockingIOError, ConnectionError):
             return
-        self.cookie_replies += sum(1 for d in datagrams if d[:1] == bytes([COOKIE_REPLY]))
+        if datagram[:1] == COOKIE_REPLY:
+            self.cookie_replies += 1
         server = initiator.peer.endpoint
         assert server is not None
-        self.handle(initiator, initiator.device.receive(datagrams, server, time.monotonic()))
+        self.handle(initiator, initiator.device.receive((datagram,), server, time.monotonic()))
 
     def handle(self, initiator: Initiator, events: list) -> None:
         for event in events:
             if type(event) is Transmit:
                 for datagram in event.datagrams:
-                    with contextlib.suppress(OSError):  # a full buffer drops, as a network
+                    try:
                         initiator.sock.send(datagram)
+                    except OSError:  # a full buffer drops, as a network would
+                        continue
             elif type(event) is Received:
                 initiator.replies += sum(1 for p in event.packets
                                          if echo_reply_ident(p) == initiator.index)
