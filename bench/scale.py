@@ -124,15 +124,24 @@ def process_rss_kib(lab: Lab, ns: str, words: tuple[str, ...]) -> int:
     return total
 
 
-def cpu_seconds(lab: Lab, ns: str, words: tuple[str, ...]) -> float:
-    """User + system CPU time so far of those processes."""
-    ticks = 0
+def cpu_ticks(lab: Lab, ns: str, words: tuple[str, ...]) -> dict[str, int]:
+    """User + system CPU time so far (clock ticks) of each of those processes, by pid."""
+    ticks = {}
     for pid in processes(lab, ns, words):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        ticks[pid] = int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks
+
+
+def cpu_used(before: dict[str, int], after: dict[str, int]) -> float:
+    """CPU seconds used between two `cpu_ticks` samples. Only what a process used in between
+    counts: one that started meanwhile counts from zero, and one that was gone (or a zombie,
+    whose command line reads empty) at the second sample drops out of both, where a
+    difference of totals would subtract its whole lifetime's time."""
+    ticks = sum(spent - before.get(pid, 0) for pid, spent in after.items())
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -174,12 +183,12 @@ class CpuShare:
 def upload_with_cpu(lab: Lab, server: AuraServer, bulk_ns: str, load_ns: str, seconds: float,
                     folder: Path) -> tuple[float, CpuShare]:
     parts = ((server.ns, SERVER), (load_ns, LOAD_GENERATOR), (bulk_ns, BULK_CLIENT))
-    before = [cpu_seconds(lab, ns, words) for ns, words in parts]
+    before = [cpu_ticks(lab, ns, words) for ns, words in parts]
     start = time.monotonic()
     bps = iperf_upload(lab, bulk_ns, server.internet_ns, seconds, folder)
     elapsed = time.monotonic() - start
-    used = [(cpu_seconds(lab, ns, words) - spent) / elapsed
-            for (ns, words), spent in zip(parts, before, strict=True)]
+    used = [cpu_used(ticks, cpu_ticks(lab, ns, words)) / elapsed
+            for (ns, words), ticks in zip(parts, before, strict=True)]
     return bps, CpuShare(*used)
 
 
