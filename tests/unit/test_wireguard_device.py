@@ -290,7 +290,9 @@ def test_timer_jitter_is_drawn_in_bulk_not_per_packet() -> None:
     for step in range(1000):
         now = 1.0 + step / 1000
         pair.at_client(pair.server.send(pair.to_client, [ipv4_packet(b"reply")], now), now)
-        deadlines.add(round(pair.to_client.timers.rehandshake_due - now, 6))
+        due = pair.to_client.timers.rehandshake_due
+        assert due is not None
+        deadlines.add(round(due - now, 6))
         pair.at_server(pair.client.send(pair.to_server, [ipv4_packet(b"request")], now), now)
     assert len(draws) - before <= 5
     base = KEEPALIVE_TIMEOUT + REKEY_TIMEOUT
