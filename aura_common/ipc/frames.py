@@ -22,12 +22,19 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, TypeVar, Union
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union
 
 import msgpack
 
+from aura_common.manifest import (
+    MAX_BODY_BYTES,
+    MAX_ENDPOINTS,
+    MAX_EXPIRES_DAYS,
+    MAX_SERIAL,
+    HostPorts,
+)
 from aura_common.wireguard.authority import TICKET_SIZE
 from aura_common.wireguard.constants import INITIATION_SIZE, RESPONSE_SIZE
 
@@ -56,7 +63,7 @@ class ProtocolError(ValueError):
 # -- bounds, written into the field types ---------------------------------------------------
 @dataclass(frozen=True)
 class Size:
-    """bytes of exactly this length, or of at most it."""
+    """bytes, a string (in characters) or a list of exactly this length, or of at most it."""
 
     length: int
     exact: bool = True
@@ -79,9 +86,8 @@ Ticket = Annotated[bytes, Size(TICKET_SIZE)]
 HeldTicket = Annotated[bytes, Size(TICKET_SIZE, exact=False)]
 # (peer, IP packets) pairs of a `pkts` frame.
 Batches = list[tuple[str, list[bytes]]]
-# Free-form parts of a status report (printed or shown as JSON, never acted upon): a map
-# whose values msgpack's own limits bound.
-Report = dict[str, Any]
+Count = Annotated[int, Range(0, 1 << 64)]
+Text = Annotated[str, Size(256, exact=False)]  # a name or address shown to the operator
 
 
 # -- frames ---------------------------------------------------------------------------------
@@ -246,6 +252,32 @@ class PeerState:
     tx_bytes: int = 0
 
 
+@record(as_list=False)
+@dataclass(frozen=True, slots=True)
+class DroppedPackets:
+    unroutable: Count  # to no peer's address
+    spoofed: Count  # from an address not the sending peer's
+
+
+@record(as_list=False)
+@dataclass(frozen=True, slots=True)
+class HandshakeCounts:
+    answered: Count
+    refused: Count
+    dropped: Count
+
+
+@record(as_list=False)
+@dataclass(frozen=True, slots=True)
+class RegistryState:
+    """A cluster's registry database as the router follows it."""
+
+    source: Literal["database", "copy"]  # where the peers served now came from
+    connected: bool
+    since: float  # Unix time the present state began
+    database: str  # the database, without its password
+
+
 @frame("status_reply", chunked="peers")
 @dataclass(frozen=True, slots=True)
 class RouterStatus(Frame):
@@ -253,9 +285,9 @@ class RouterStatus(Frame):
     tun: str
     transports: list[TransportState]
     peers: list[PeerState]
-    dropped: dict[str, int]
-    handshakes: dict[str, int]
-    registry: Report | None = None  # a cluster's registry database
+    dropped: DroppedPackets
+    handshakes: HandshakeCounts
+    registry: RegistryState | None = None  # None: no cluster
 
 
 @frame("reload")
@@ -282,25 +314,65 @@ class ManifestPushed(Frame):
     pass
 
 
+# A manifest's endpoint: its own checks (host, at least one port, each 1..65535) run as it
+# is decoded. An absent port travels as nil (and may be left out).
+record(as_list=False)(HostPorts)
+
+
 @frame("sign")
 @dataclass(frozen=True, slots=True)
 class Sign(Frame):
-    endpoints: list[Report]  # {host, udp?, tcp?, quic?}: checked by aura_common.manifest
-    expires_days: int
+    endpoints: Annotated[list[HostPorts], Size(MAX_ENDPOINTS, exact=False)]
+    expires_days: Annotated[int, Range(1, MAX_EXPIRES_DAYS + 1)]
     server_public_key: Key
-    serial_above: int = 0
+    serial_above: Annotated[int, Range(0, MAX_SERIAL + 1)] = 0
+
+
+@record(as_list=False)
+@dataclass(frozen=True, slots=True)
+class ManifestText:
+    """A signed manifest as `manifest.json` holds it (`SignedManifest.to_mapping`); the
+    receiver still parses and verifies it."""
+
+    body: Annotated[str, Size(MAX_BODY_BYTES, exact=False)]  # canonical JSON
+    signature: Annotated[str, Size(88)]  # base64 of 64 bytes
+    key_id: Annotated[str, Size(16)] | None = None
 
 
 @frame("signed")
 @dataclass(frozen=True, slots=True)
 class Signed(Frame):
-    manifest: Report  # a serialised signed manifest (aura_common.manifest)
+    manifest: ManifestText
+
+
+@record(as_list=False)
+@dataclass(frozen=True, slots=True)
+class ClientState:
+    """The Linux client as `aura client status` shows it."""
+
+    state: Text  # connecting, backoff or up
+    transport: Text | None  # of the live path
+    endpoint: Text | None  # host:port of the live path
+    last_handshake: float | None  # Unix time
+    rx_packets: Count
+    rx_bytes: Count
+    tx_packets: Count
+    tx_bytes: Count
+    addresses: list[Text]
+    routes: list[Text]
+    dns: list[Text]
+    dns_applied_with: Text | None  # the resolver strategy, while DNS is applied
+    manifest_serial: Count
+    tun: Text | None
+    mtu: Annotated[int, Range(0, 1 << 16)] | None
+    last_error: str | None
+    pid: Annotated[int, Range(1, 1 << 32)]
 
 
 @frame("status_reply")
 @dataclass(frozen=True, slots=True)
 class ClientStatus(Frame):
-    status: Report
+    status: ClientState
 
 
 @frame("down")
@@ -370,18 +442,18 @@ def _check_for(hint: Any) -> Check:
     if hint is float:
         return _float
     if hint is str:
-        return _scalar(str, "a string")
+        return _text(bound)
     if hint is bool:
         return _scalar(bool, "a boolean")
+    if origin is Literal:
+        return _one_of(args)
     if origin in (Union, types.UnionType) and len(args) == 2 and type(None) in args:
         inner = _check_for(next(a for a in args if a is not type(None)))
         return lambda value: None if value is None else inner(value)
     if hint == Batches:
         return _batches
     if origin is list:
-        return _list(args[0])
-    if origin is dict:
-        return _map(args[1])
+        return _list(args[0], bound)
     if dataclasses.is_dataclass(hint) and hint in _RECORD_AS_LIST:
         return _nested(hint)
     raise TypeError(f"no wire form for {hint!r}")
@@ -396,16 +468,37 @@ def _scalar(kind: type, expected: str) -> Check:
     return check
 
 
-def _bytes(bound: Size | None) -> Check:
+def _sized(kind: type[Sized], plain: str, bounded: str, bound: Size | None) -> Check:
+    """A `kind` value whose length `bound` limits (else only msgpack's limits); `plain` and
+    `bounded` (a format of the length) say what is expected."""
     if bound is None:
-        expected, low, high = "bytes", 0, MAX_FRAME
+        expected, low, high = plain, 0, MAX_FRAME
     elif bound.exact:
-        expected, low, high = f"{bound.length} bytes", bound.length, bound.length
+        expected, low, high = bounded.format(bound.length), bound.length, bound.length
     else:
-        expected, low, high = f"at most {bound.length} bytes", 0, bound.length
+        expected, low, high = bounded.format(f"at most {bound.length}"), 0, bound.length
 
-    def check(value: Any) -> bytes:
-        if type(value) is not bytes or not low <= len(value) <= high:
+    def check(value: Any) -> Any:
+        if type(value) is not kind or not low <= len(value) <= high:
+            raise _Bad(expected)
+        return value
+
+    return check
+
+
+def _bytes(bound: Size | None) -> Check:
+    return _sized(bytes, "bytes", "{} bytes", bound)
+
+
+def _text(bound: Size | None) -> Check:
+    return _sized(str, "a string", "a string of {} characters", bound)
+
+
+def _one_of(values: tuple[Any, ...]) -> Check:
+    expected = "one of " + ", ".join(map(repr, values))
+
+    def check(value: Any) -> Any:
+        if type(value) is not str or value not in values:
             raise _Bad(expected)
         return value
 
@@ -430,12 +523,12 @@ def _float(value: Any) -> float:
     return float(value)
 
 
-def _list(item: Any) -> Check:
+def _list(item: Any, bound: Size | None) -> Check:
     inner = _check_for(item)
+    within = _sized(list, "a list", "a list of {} entries", bound)
 
     def check(value: Any) -> list[Any]:
-        if type(value) is not list:
-            raise _Bad("a list")
+        within(value)
         out = []
         for index, entry in enumerate(value):
             try:
@@ -465,23 +558,6 @@ def _batches(value: Any) -> Batches:
     return pairs
 
 
-def _map(values: Any) -> Check:
-    inner = None if values is Any else _check_for(values)
-
-    def check(value: Any) -> dict[str, Any]:
-        if type(value) is not dict:
-            raise _Bad("a map")
-        if inner is not None:
-            for key, entry in value.items():
-                try:
-                    inner(entry)
-                except _Bad as bad:
-                    raise _Bad(bad.expected, f".{key}{bad.where}", bad.unknown) from None
-        return value
-
-    return check
-
-
 class _Fields:
     """How one dataclass's fields are checked and encoded."""
 
@@ -509,7 +585,7 @@ class _Fields:
         for name in mapping:
             if name not in self.names and name != "t":
                 raise _Bad(name, unknown=True)
-        return self.cls(**values)
+        return self.build(values)
 
     def from_list(self, items: list[Any]) -> Any:
         if len(items) != len(self.fields):
@@ -520,7 +596,15 @@ class _Fields:
                 values[name] = check(item)
             except _Bad as bad:
                 raise _Bad(bad.expected, f".{name}{bad.where}", bad.unknown) from None
-        return self.cls(**values)
+        return self.build(values)
+
+    def build(self, values: dict[str, Any]) -> Any:
+        """The record; a record's own checks (its `__post_init__`) refuse with ValueError."""
+        try:
+            return self.cls(**values)
+        except ValueError as error:
+            # The reason may quote the value: cut it to keep a hostile one out of the log.
+            raise _Bad(f"a valid {self.cls.__name__} ({str(error)[:200]})") from None
 
 
 def _holds_record(hint: Any) -> bool:

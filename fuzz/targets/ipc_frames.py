@@ -4,14 +4,18 @@ Contract: `read_map` raises only ProtocolError; a map it accepts has a string `t
 at most DECODE_EXPANSION times its encoded size in memory; `Joiner.add` raises only
 ProtocolError; `from_map`, for every direction of every socket, raises only ProtocolError or
 returns a frame that direction accepts, which encodes to a frame that decodes to the same
-encoding again.
+encoding again; a `signed` frame's manifest, read as the CLI reads it, raises only
+ManifestError.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import sys
 
 from aura_common.ipc import frames
+from aura_common.manifest import ManifestError, SignedManifest
 
 MAX_LEN = 70_000
 PROTOCOLS = (frames.TO_ROUTER, frames.FROM_ROUTER, frames.TO_SIGNER, frames.FROM_SIGNER,
@@ -56,3 +60,6 @@ def test_one_input(data: bytes) -> None:
         assert protocol.frames[frame.TAG] is type(frame)
         encoded = frames.encode(frame)
         assert frames.encode(frames.decode(encoded, protocol)) == encoded
+        if isinstance(frame, frames.Signed):
+            with contextlib.suppress(ManifestError):
+                SignedManifest.from_mapping(dataclasses.asdict(frame.manifest))

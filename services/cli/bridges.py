@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import os
 import sys
@@ -234,14 +235,13 @@ def request_signature(
     serial_above: int = 0,
 ) -> SignedManifest:
     """One `sign` exchange with aura-signer; AuraError says what went wrong and what to do."""
-    request = Sign([endpoint.to_mapping() for endpoint in endpoints], expires_days, server_key,
-                   serial_above)
+    request = Sign(list(endpoints), expires_days, server_key, serial_above)
     reply = ipc.request(
         config.signer_socket, request, Signed, FROM_SIGNER, service="the signer",
         start="start it with `systemctl start aura-signer` or `aura server run`",
         allowed=f"run as root or a member of the '{config.admin_group}' group",
     )
     try:
-        return SignedManifest.from_mapping(reply.manifest)
+        return SignedManifest.from_mapping(dataclasses.asdict(reply.manifest))
     except ManifestError as error:
         raise AuraError(f"the signer sent a bad reply: {error.detail}") from None

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
-from typing import Any
 
 import services
 from aura_common import ipc
 from aura_common.config import ClientConfig
 from aura_common.errors import AuraError
-from aura_common.ipc.frames import FROM_CLIENT, ClientStatus, Down, DownDone, Status
+from aura_common.ipc.frames import FROM_CLIENT, ClientState, ClientStatus, Down, DownDone, Status
 from aura_common.ipc.oneshot import Reply
 from aura_common.limits import format_size
 from aura_common.log import JOURNAL_SOCKET
@@ -68,10 +68,9 @@ def request(config: ClientConfig, frame: Status | Down, reply: type[Reply]) -> R
     )
 
 
-def _status_or_none(config: ClientConfig) -> dict[str, Any] | None:
+def _status_or_none(config: ClientConfig) -> ClientState | None:
     try:
-        status: dict[str, Any] = request(config, Status(), ClientStatus).status
-        return status
+        return request(config, Status(), ClientStatus).status
     except AuraError:
         return None
 
@@ -88,8 +87,8 @@ def client_up(args: argparse.Namespace) -> int:
     running = _status_or_none(config)
     if running is not None:
         raise AuraError(
-            f"a client for {config.path} is already running (pid {running['pid']}, "
-            f"{running['state']}); `aura client down {config.path}` stops it"
+            f"a client for {config.path} is already running (pid {running.pid}, "
+            f"{running.state}); `aura client down {config.path}` stops it"
         )
     os.makedirs(config.runtime_dir, mode=0o700, exist_ok=True)
     log_file = os.path.join(config.runtime_dir, f"{config.name}.log")
@@ -112,7 +111,7 @@ def client_up(args: argparse.Namespace) -> int:
         )
     where = "the journal (journalctl -t aura-client)" if journal else log_file
     deadline = time.monotonic() + UP_TIMEOUT
-    status: dict[str, Any] | None = None
+    status: ClientState | None = None
     while time.monotonic() < deadline:
         code = process.poll()
         if code is not None:
@@ -121,12 +120,12 @@ def client_up(args: argparse.Namespace) -> int:
                 _print_tail(log_file)
             return 1
         status = _status_or_none(config)
-        if status is not None and status["state"] == "up" and status["addresses"]:
-            print(f"connected over {status['transport']} to {status['endpoint']}; "
-                  f"{status['tun']} has {', '.join(status['addresses'])}")
+        if status is not None and status.state == "up" and status.addresses:
+            print(f"connected over {status.transport} to {status.endpoint}; "
+                  f"{status.tun} has {', '.join(status.addresses)}")
             return 0
         time.sleep(POLL_INTERVAL)
-    why = status["last_error"] if status and status["last_error"] else "no handshake yet"
+    why = status.last_error if status and status.last_error else "no handshake yet"
     print(f"aura: not up after {UP_TIMEOUT:.0f} s ({why}); the client keeps trying in the "
           f"background (pid {process.pid}); see {where}, or stop it with "
           f"`aura client down {config.path}`", file=sys.stderr)
@@ -149,34 +148,34 @@ def client_status(args: argparse.Namespace) -> int:
     config = ClientConfig.load(args.config)
     status = request(config, Status(), ClientStatus).status
     if args.json:
-        print(json.dumps(status, indent=2, sort_keys=True))
+        print(json.dumps(dataclasses.asdict(status), indent=2, sort_keys=True))
     else:
         print(render(config.name, status, time.time()))
     return 0
 
 
-def render(name: str, status: dict[str, Any], now: float) -> str:
-    headline = status["state"]
+def render(name: str, status: ClientState, now: float) -> str:
+    headline: str = status.state
     if headline == "up":
-        headline = f"up over {status['transport']} to {status['endpoint']}"
+        headline = f"up over {status.transport} to {status.endpoint}"
     lines = [f"aura client {name}: {headline} "
-             f"(tunnel {status['tun']}, mtu {status['mtu']}, pid {status['pid']})"]
-    lines.append(f"  addresses:      {', '.join(status['addresses']) or 'none yet'}")
-    if status["last_handshake"] is not None:
-        ago = human_duration(max(0.0, now - status["last_handshake"]))
+             f"(tunnel {status.tun}, mtu {status.mtu}, pid {status.pid})"]
+    lines.append(f"  addresses:      {', '.join(status.addresses) or 'none yet'}")
+    if status.last_handshake is not None:
+        ago = human_duration(max(0.0, now - status.last_handshake))
         lines.append(f"  last handshake: {ago} ago")
-    lines.append(f"  received:       {status['rx_packets']} packets, "
-                 f"{format_size(status['rx_bytes'])}")
-    lines.append(f"  sent:           {status['tx_packets']} packets, "
-                 f"{format_size(status['tx_bytes'])}")
-    lines.append(f"  routes:         {len(status['routes'])} through the tunnel")
-    if status["dns"]:
-        applied = status.get("dns_applied_with")
+    lines.append(f"  received:       {status.rx_packets} packets, "
+                 f"{format_size(status.rx_bytes)}")
+    lines.append(f"  sent:           {status.tx_packets} packets, "
+                 f"{format_size(status.tx_bytes)}")
+    lines.append(f"  routes:         {len(status.routes)} through the tunnel")
+    if status.dns:
+        applied = status.dns_applied_with
         how = f" (system resolver, through {applied})" if applied else " (not applied)"
-        lines.append(f"  dns:            {', '.join(status['dns'])}{how}")
-    lines.append(f"  manifest:       serial {status['manifest_serial'] or 'none'}")
-    if status["last_error"]:
-        lines.append(f"  last problem:   {status['last_error']}")
+        lines.append(f"  dns:            {', '.join(status.dns)}{how}")
+    lines.append(f"  manifest:       serial {status.manifest_serial or 'none'}")
+    if status.last_error:
+        lines.append(f"  last problem:   {status.last_error}")
     return "\n".join(lines)
 
 

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from aura_common import ipc
-from aura_common.ipc.frames import ClientStatus, Down, DownDone, Error, Status
+from aura_common.ipc.frames import ClientState, ClientStatus, Down, DownDone, Error, Status
 
 log = logging.getLogger("aura-client")
 
 
 class ControlSocket:
-    def __init__(self, status: Callable[[], dict[str, Any]], stop: Callable[[], None]) -> None:
+    def __init__(self, status: Callable[[], ClientState], stop: Callable[[], None]) -> None:
         self.status = status
         self.stop = stop
 

@@ -24,7 +24,7 @@ from aura_common.accounts import own_account_admits, own_account_only
 from aura_common.config import ClientConfig, format_host_port
 from aura_common.control import ControlMessage
 from aura_common.errors import AuraError
-from aura_common.ipc.frames import TO_CLIENT
+from aura_common.ipc.frames import TO_CLIENT, ClientState
 from services.client.carriers import CARRIERS
 from services.client.carriers.base import CarrierFactory
 from services.client.control_socket import ControlSocket
@@ -129,23 +129,23 @@ class ClientDaemon:
         if not self._fatal.done():
             self._fatal.set_result(reason)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ClientState:
         plan = self.tun.plan if self.tun is not None else None
         live = self.failover.live if self.failover is not None else None
         counters = self.datapath.counters if self.datapath is not None else new_counters()
-        return {
-            "state": self.failover.state if self.failover is not None else "connecting",
-            "transport": live.target.transport if live else None,
-            "endpoint": format_host_port(*live.endpoint) if live else None,
-            "last_handshake": self.last_handshake,
+        return ClientState(
+            state=self.failover.state if self.failover is not None else "connecting",
+            transport=live.target.transport if live else None,
+            endpoint=format_host_port(*live.endpoint) if live else None,
+            last_handshake=self.last_handshake,
             **counters,
-            "addresses": [str(a) for a in plan.addresses] if plan else [],
-            "routes": [str(r) for r in plan.routes] if plan else [],
-            "dns": [str(a) for a in plan.dns] if plan else [],
-            "dns_applied_with": self.dns.strategy.name if self.dns.applied else None,
-            "manifest_serial": self.order.manifest_serial,
-            "tun": self.tun.name if self.tun else None,
-            "mtu": self.tun.mtu if self.tun else None,
-            "last_error": self.failover.last_error if self.failover is not None else None,
-            "pid": os.getpid(),
-        }
+            addresses=[str(a) for a in plan.addresses] if plan else [],
+            routes=[str(r) for r in plan.routes] if plan else [],
+            dns=[str(a) for a in plan.dns] if plan else [],
+            dns_applied_with=self.dns.strategy.name if self.dns.applied else None,
+            manifest_serial=self.order.manifest_serial,
+            tun=self.tun.name if self.tun else None,
+            mtu=self.tun.mtu if self.tun else None,
+            last_error=self.failover.last_error if self.failover is not None else None,
+            pid=os.getpid(),
+        )

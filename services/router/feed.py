@@ -28,6 +28,7 @@ from aura_common.cluster import database
 from aura_common.cluster.store import MAX_PEERS, SELECT_PEERS, peers_from_rows
 from aura_common.config import ServerConfig, is_peer_name
 from aura_common.errors import AuraError, ConfigError
+from aura_common.ipc.frames import RegistryState
 from aura_common.keys import read_key_file
 from aura_common.limits import Usage
 from aura_common.registry import RegisteredPeer, Registry, registry_document
@@ -172,9 +173,9 @@ class DatabaseFeed:
                         error)
             return Registry(self.config.registry_copy_file)
 
-    def status(self) -> dict[str, Any]:
-        return {"source": "database" if self.connected else "copy", "connected": self.connected,
-                "since": self.since, "database": self.where}
+    def status(self) -> RegistryState:
+        return RegistryState("database" if self.connected else "copy", self.connected,
+                             self.since, self.where)
 
     def refresh(self) -> None:
         """Re-read everything soon (SIGHUP, `reload`)."""

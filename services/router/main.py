@@ -29,8 +29,10 @@ from aura_common.config import ServerConfig
 from aura_common.errors import AuraError, ConfigError
 from aura_common.ipc.frames import (
     TO_ROUTER,
+    DroppedPackets,
     Error,
     HandshakeAnswer,
+    HandshakeCounts,
     HandshakeRefusal,
     HandshakeRequest,
     Handshakes,
@@ -547,10 +549,9 @@ class Router:
         return RouterStatus(
             uptime=time.time() - self.started, tun=self.config.tun.name,
             transports=transports, peers=peers,
-            dropped={"unroutable": self.sessions.unroutable, "spoofed": self.sessions.spoofed},
-            handshakes={"answered": self.handshakes_answered,
-                        "refused": self.handshakes_refused,
-                        "dropped": self.handshakes_dropped},
+            dropped=DroppedPackets(self.sessions.unroutable, self.sessions.spoofed),
+            handshakes=HandshakeCounts(self.handshakes_answered, self.handshakes_refused,
+                                       self.handshakes_dropped),
             registry=None if self.feed is None else self.feed.status(),
         )
 

@@ -21,22 +21,19 @@ import datetime
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any
 
 from aura_common import ipc, pki, systemd
 from aura_common.accounts import ADMIN, Accounts
 from aura_common.atomic import LockBusy, locked, write_atomic
 from aura_common.config import ServerConfig
 from aura_common.errors import ConfigError
-from aura_common.ipc.frames import TO_SIGNER, Error, Sign, Signed, encode
+from aura_common.ipc.frames import TO_SIGNER, Error, ManifestText, Sign, Signed, encode
 from aura_common.log import fields
 from aura_common.manifest import (
-    MAX_ENDPOINTS,
-    MAX_EXPIRES_DAYS,
+    HostPorts,
     Manifest,
     ManifestError,
     SignedManifest,
-    endpoint_from_mapping,
     sign,
     verify,
 )
@@ -45,7 +42,6 @@ from aura_common.service import run_service
 log = logging.getLogger("aura-signer")
 
 MAX_REQUEST_BYTES = 8192
-MAX_SERIAL = 1 << 53  # the JSON numbers of a manifest stay exact
 
 
 class RequestError(ValueError):
@@ -77,16 +73,17 @@ class Signer:
     def handle(self, frame: Sign, caller: ipc.Credentials) -> Signed:
         if len(encode(frame)) > MAX_REQUEST_BYTES:
             raise RequestError(f"request over {MAX_REQUEST_BYTES} bytes")
-        signed, manifest = self.sign(*parse_sign_request(frame))
+        signed, manifest = self.sign(frame.endpoints, frame.expires_days,
+                                     frame.server_public_key, frame.serial_above)
         log.info(
             "signed bridge manifest serial %d for uid %d: %s",
             manifest.serial, caller.uid, ", ".join(manifest.bridges),
             extra=fields(serial=manifest.serial, uid=caller.uid),
         )  # fmt: skip
-        return Signed(signed.to_mapping())
+        return Signed(ManifestText(**signed.to_mapping()))
 
     def sign(
-        self, endpoints: list[Any], expires_days: int, server_public_key: bytes,
+        self, endpoints: list[HostPorts], expires_days: int, server_public_key: bytes,
         serial_above: int = 0,
     ) -> tuple[SignedManifest, Manifest]:
         try:
@@ -99,7 +96,7 @@ class Signer:
                                "try again") from None
 
     def _sign_locked(
-        self, endpoints: list[Any], expires_days: int, server_public_key: bytes,
+        self, endpoints: list[HostPorts], expires_days: int, server_public_key: bytes,
         serial_above: int,
     ) -> tuple[SignedManifest, Manifest]:
         serial = max(self.last_serial(), serial_above) + 1
@@ -142,24 +139,6 @@ class Signer:
                 signed = SignedManifest.from_json(file.read())
             return verify(signed, self.ca_key.public_key(), now=None).serial
         return 0
-
-
-def parse_sign_request(frame: Sign) -> tuple[list[Any], int, bytes, int]:
-    """The request's values, checked beyond their types (which decoding checked)."""
-    endpoints = frame.endpoints
-    if not 1 <= len(endpoints) <= MAX_ENDPOINTS:
-        raise RequestError(f"sign: endpoints: expected a list of 1..{MAX_ENDPOINTS} endpoints")
-    try:
-        parsed = [endpoint_from_mapping(e, f"endpoints[{i}]") for i, e in enumerate(endpoints)]
-    except ManifestError as error:
-        raise RequestError(f"sign: {error.detail}") from None
-    days = frame.expires_days
-    if not 1 <= days <= MAX_EXPIRES_DAYS:
-        raise RequestError(f"sign: expires_days: expected 1..{MAX_EXPIRES_DAYS}, found {days!r}")
-    above = frame.serial_above
-    if not 0 <= above < MAX_SERIAL:
-        raise RequestError(f"sign: serial_above: expected 0..{MAX_SERIAL - 1}, found {above!r}")
-    return parsed, days, frame.server_public_key, above
 
 
 async def serve(config: ServerConfig, args: argparse.Namespace) -> None:

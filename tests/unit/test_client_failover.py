@@ -21,6 +21,7 @@ import pytest
 
 from aura_common.config import ClientConfig, encode_key
 from aura_common.errors import AuraError
+from aura_common.ipc.frames import ClientState
 from aura_common.wireguard import generate_private_key, public_key
 from services.client.daemon import ClientDaemon
 from services.client.dns import SystemDns
@@ -91,7 +92,7 @@ class Client:
     def tun(self) -> MemoryTun:
         return self.tuns[-1]
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ClientState:
         return self.daemon.status()
 
 
@@ -132,8 +133,8 @@ async def carries_traffic(client: Client, transport: str) -> None:
 
 
 async def up_over(client: Client, transport: str, within: float) -> None:
-    await until(lambda: client.status()["state"] == "up"
-                and client.status()["transport"] == transport, within, f"up over {transport}")
+    await until(lambda: client.status().state == "up"
+                and client.status().transport == transport, within, f"up over {transport}")
     await carries_traffic(client, transport)
 
 
@@ -181,9 +182,9 @@ def test_up_over_udp_with_the_config_mtu(tmp_path: Path) -> None:
     async def scenario(client: Client) -> None:
         await up_over(client, "udp", within=1)
         status = client.status()
-        assert status["mtu"] == CONFIG_MTU and client.tun.is_up
-        assert status["endpoint"] == "127.0.0.1:8443"
-        assert status["tx_packets"] == 1 and status["rx_packets"] == 1
+        assert status.mtu == CONFIG_MTU and client.tun.is_up
+        assert status.endpoint == "127.0.0.1:8443"
+        assert status.tx_packets == 1 and status.rx_packets == 1
         # the server's address stays out of the tunnel routes
         server = ipaddress.ip_network("127.0.0.1/32")
         routes = client.tun.plan.routes
@@ -196,8 +197,8 @@ def test_udp_blocked_falls_back_to_quic_at_its_mtu(tmp_path: Path) -> None:
     async def scenario(client: Client) -> None:
         # UDP gets its two handshake attempts (5 s), then QUIC
         await up_over(client, "quic", within=6)
-        assert client.status()["mtu"] == QUIC_MTU
-        assert "udp 127.0.0.1:8443: no handshake response" in client.status()["last_error"]
+        assert client.status().mtu == QUIC_MTU
+        assert "udp 127.0.0.1:8443: no handshake response" in str(client.status().last_error)
         assert client.hub.servers["udp"].handshakes == 0
 
     run_client(tmp_path, scenario, blocked=("udp",))
@@ -207,17 +208,17 @@ def test_udp_and_quic_blocked_tcp_then_back_to_quic_then_to_udp(tmp_path: Path) 
     async def scenario(client: Client) -> None:
         # UDP's handshake times out (5 s), QUIC's connection never opens (5 s): TCP
         await up_over(client, "tcp", within=11)
-        assert client.status()["mtu"] == CONFIG_MTU
+        assert client.status().mtu == CONFIG_MTU
 
         client.hub.unblock("quic")
         # the next round probes UDP (5 s, still blocked), then QUIC, which takes over
         await up_over(client, "quic", within=PROBE_DUE + 6)
-        assert client.status()["mtu"] == QUIC_MTU
+        assert client.status().mtu == QUIC_MTU
         assert not client.hub.servers["tcp"].connections  # the old path was let go
 
         client.hub.unblock("udp")
         await up_over(client, "udp", within=PROBE_DUE + 1)
-        assert client.status()["mtu"] == CONFIG_MTU
+        assert client.status().mtu == CONFIG_MTU
         assert not client.hub.servers["quic"].connections
 
     run_client(tmp_path, scenario, blocked=("udp", "quic"))
@@ -231,7 +232,7 @@ def test_a_stopped_transport_breaks_the_path_and_the_client_comes_back(tmp_path:
         # was young, the client backs off (1 s) before starting over at UDP, refused again
         client.tun.inject(ipv4_packet("10.77.0.2", "10.77.0.1", b"bounces"))
         await up_over(client, "quic", within=2)
-        assert "Connection refused" in client.status()["last_error"]
+        assert "Connection refused" in str(client.status().last_error)
         client.hub.start("udp")
         await up_over(client, "udp", within=PROBE_DUE + 1)
 
@@ -244,9 +245,9 @@ def test_a_silent_server_breaks_the_path_after_the_liveness_limit(tmp_path: Path
         client.hub.block("udp")
         loop = asyncio.get_running_loop()
         silent_since = loop.time()
-        await until(lambda: client.status()["state"] != "up", 60, "path broke")
+        await until(lambda: client.status().state != "up", 60, "path broke")
         assert loop.time() - silent_since >= DEFAULT_LIVENESS + LIVENESS_GRACE - 1
-        assert "nothing from the server for" in client.status()["last_error"]
+        assert "nothing from the server for" in str(client.status().last_error)
         # a path that lived this long starts over at UDP (5 s, still silent), then QUIC
         await up_over(client, "quic", within=6)
 

@@ -136,7 +136,7 @@ def test_changes_on_one_member_reach_the_other_within_a_second(
             # The transport is told too (pushes queued before the revocation may come first).
             await eventually(lambda: last_peers() == [], 1.0)
             registry = b.status().registry
-            assert registry is not None and registry["connected"] is True
+            assert registry is not None and registry.connected is True
         finally:
             await stop(a_task, b_task)
 
@@ -158,7 +158,7 @@ def test_database_away_serves_what_is_known_refuses_changes_and_catches_up(
             await eventually(lambda: not connected(router), 10)
             assert "alice" in router.registry
             registry = router.status().registry
-            assert registry is not None and registry["source"] == "copy"
+            assert registry is not None and registry.source == "copy"
             with pytest.raises(database.DatabaseUnavailable, match=r"^the registry database"):
                 open_store(config).load()
             assert await asyncio.to_thread(provision, config, "bob") != 0

@@ -46,10 +46,14 @@ Handler = Callable[[ipc.Channel], Awaitable[None]]
 @frames.frame("echo")
 @dataclass(frozen=True, slots=True)
 class Echo(Frame):
-    """What the test listener answers: the frame it got, as its map, and the caller's role."""
+    """What the test listener answers: the frame it got, encoded again, and the caller's role."""
 
-    frame: frames.Report
+    frame: bytes
     role: str
+
+
+def echoed(mapping: dict[str, object], role: str) -> Echo:
+    return Echo(msgpack.packb(mapping, use_bin_type=True), role)
 
 
 # What the test listener takes, and what its callers take back.
@@ -60,7 +64,7 @@ FROM_ECHO = Protocol("from echo", Echo, Packets, SessionDown)
 async def echo(channel: ipc.Channel) -> None:
     while True:
         frame = await channel.recv()
-        await channel.send_reliable(Echo(frames.to_map(frame), channel.role))
+        await channel.send_reliable(Echo(frames.encode(frame), channel.role))
 
 
 async def connect(path: Path | str, role: str) -> ipc.Channel:
@@ -115,7 +119,7 @@ def test_hello_and_round_trip_keep_bytes_and_strings(tmp_path: Path) -> None:
             assert channel.send(frame)
             reply = await asyncio.wait_for(channel.recv(), 5)
             sent = {"t": "pkts", "at": 1.0, "batches": [["alice", [b"\x45\x00", b""]]]}
-            assert reply == Echo(sent, "udp")  # bytes stay bytes, strings strings
+            assert reply == echoed(sent, "udp")  # bytes stay bytes, strings strings
             channel.close()
             assert not channel.send(frame)
             with pytest.raises(ipc.ChannelClosed):
@@ -254,7 +258,7 @@ def test_bad_frame_closes_only_that_channel(tmp_path: Path, bad_frame: bytes) ->
                     frame = await asyncio.wait_for(bad.recv(), 5)
                     assert isinstance(frame, frames.Error)
             await good.send_reliable(Status())
-            assert (await asyncio.wait_for(good.recv(), 5)) == Echo({"t": "status"}, "udp")
+            assert (await asyncio.wait_for(good.recv(), 5)) == echoed({"t": "status"}, "udp")
             good.close()
 
     asyncio.run(scenario())
@@ -415,7 +419,7 @@ def test_listener_on_an_activated_socket_and_failing_handlers(tmp_path: Path) ->
         second = await connect(path, "admin")
         assert second.role == "signer"
         await second.send_reliable(Status())
-        assert (await asyncio.wait_for(second.recv(), 5)) == Echo({"t": "status"}, "admin")
+        assert (await asyncio.wait_for(second.recv(), 5)) == echoed({"t": "status"}, "admin")
         second.close()
         await activated.close()
         assert path.exists()  # systemd owns an activated socket's file
@@ -635,7 +639,7 @@ def test_one_request_gets_its_reply_or_one_line_saying_what_to_do(tmp_path: Path
     server.start()
     try:
         assert ready.wait(10)
-        assert ask(path, Status(), Echo) == Echo({"t": "status"}, "admin")
+        assert ask(path, Status(), Echo) == echoed({"t": "status"}, "admin")
         with pytest.raises(AuraError, match=r"^the echo answered status with echo$"):
             ask(path, Status(), SessionDown)
         with pytest.raises(AuraError, match=r"^the echo refused down: unexpected frame 'down'"):

@@ -25,17 +25,29 @@ from aura_common import ipc
 from aura_common.config import NetworkConfig, ServerConfig
 from aura_common.ipc import channel, frames
 from aura_common.ipc.frames import (
+    FROM_CLIENT,
     FROM_ROUTER,
+    FROM_SIGNER,
     MAX_FRAME,
     TO_ROUTER,
+    TO_SIGNER,
+    ClientState,
+    ClientStatus,
+    DroppedPackets,
+    HandshakeCounts,
+    ManifestText,
     Packets,
     PeerKey,
     Peers,
     PeerState,
+    RegistryState,
     RouterStatus,
+    Sign,
+    Signed,
     Status,
     TransportState,
 )
+from aura_common.manifest import HostPorts
 from services.router.main import Router
 from tests.unit.test_router_claims import new_router
 
@@ -136,7 +148,7 @@ def test_legitimate_frames_fit_the_object_budget() -> None:
     assert frames.decode(frames.encode(frame), TO_ROUTER) == frame
     entry = PeerState("a", True, ["10.77.0.2"], False, 0, None, None, None, None)
     status = RouterStatus(1.0, "aura0", [TransportState("udp", True, ["[::]:8443"])],
-                          [entry] * 500, {"spoofed": 0}, {"answered": 0})
+                          [entry] * 500, DroppedPackets(0, 0), HandshakeCounts(0, 0, 0))
     assert frames.decode(frames.encode(status), FROM_ROUTER) == status
 
 
@@ -219,6 +231,93 @@ def test_a_frame_of_the_wrong_shape_closes_the_channel_with_a_warning(
     asyncio.run(scenario())
     [record] = [r for r in caplog.records if r.name == "aura_common.ipc"]
     assert record.levelname == "WARNING"
+
+
+# The records of status and signing, as their peers send them, and the side that reads each.
+SIGNATURE = base64.b64encode(bytes(64)).decode()
+RECORDS = {
+    "registry": (RouterStatus(1.0, "aura0", [], [], DroppedPackets(1, 2),
+                              HandshakeCounts(3, 4, 5),
+                              RegistryState("database", True, 1.7e9, "db.test/aura")),
+                 FROM_ROUTER, ("registry",)),
+    "dropped": (RouterStatus(1.0, "aura0", [], [], DroppedPackets(1, 2), HandshakeCounts(3, 4, 5)),
+                FROM_ROUTER, ("dropped",)),
+    "client": (ClientStatus(ClientState("up", "udp", "192.0.2.1:8443", 1.7e9, 1, 2, 3, 4,
+                                        ["10.77.0.2/32"], ["0.0.0.0/0"], [], None, 3, "aura-a",
+                                        1420, None, 42)),
+               FROM_CLIENT, ("status",)),
+    "endpoint": (Sign([HostPorts("vpn.test", udp=8443, quic=8444)], 30, bytes(32)), TO_SIGNER,
+                 ("endpoints", 0)),
+    "manifest": (Signed(ManifestText("{}", SIGNATURE, "0123456789abcdef")), FROM_SIGNER,
+                 ("manifest",)),
+}
+
+
+def record_map(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The map of RECORDS[name]'s frame, and the record's map in it."""
+    frame, _, path = RECORDS[name]
+    mapping = frames.to_map(frame)
+    record: Any = mapping
+    for step in path:
+        record = record[step]
+    return mapping, record
+
+
+def with_field(name: str, field: str, value: object) -> dict[str, Any]:
+    """The map of RECORDS[name]'s frame, `field` of its record set to `value`."""
+    mapping, record = record_map(name)
+    record[field] = value
+    return mapping
+
+
+@pytest.mark.parametrize(("name", "field", "value", "message"), [
+    ("registry", "source", "elsewhere",
+     "status_reply.registry.source: expected one of 'database', 'copy'"),
+    ("dropped", "spoofed", -1, "status_reply.dropped.spoofed: expected an integer in 0.."),
+    ("client", "endpoint", "x" * 257,
+     "status_reply.status.endpoint: expected a string of at most 256 characters"),
+    ("client", "addresses", ["10.77.0.2/32", 7],
+     "status_reply.status.addresses[1]: expected a string of at most 256"),
+    ("client", "pid", 0, "status_reply.status.pid: expected an integer in 1.."),
+    ("endpoint", "udp", 0, "sign.endpoints[0]: expected a valid HostPorts (udp port: expected"),
+    ("endpoint", "host", "no such host!", "sign.endpoints[0]: expected a valid HostPorts (host"),
+    ("endpoint", "quic", "8444", "sign.endpoints[0].quic: expected an integer"),
+    ("manifest", "signature", "AA", "signed.manifest.signature: expected a string of 88 "),
+    ("manifest", "body", "x" * 4097, "signed.manifest.body: expected a string of at most 4096 "),
+    ("manifest", "key_id", "0" * 17, "signed.manifest.key_id: expected a string of 16 "),
+])
+def test_a_record_field_out_of_bounds_is_refused_by_name(
+    name: str, field: str, value: object, message: str
+) -> None:
+    with pytest.raises(frames.ProtocolError) as refused:
+        frames.from_map(with_field(name, field, value), RECORDS[name][1])
+    assert str(refused.value).startswith(message)
+
+
+hostile_values: st.SearchStrategy[object] = (
+    msgpack_values | st.text(min_size=250, max_size=5000)
+    | st.sampled_from([-1, 0, 1 << 64, 65536, True, 1.5, float("nan"), "", "x" * 89, [], {}, None])
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(RECORDS)), st.data())
+def test_a_record_field_of_any_value_decodes_checked_or_is_refused_by_name(
+    name: str, data: st.DataObject
+) -> None:
+    frame, protocol, path = RECORDS[name]
+    field = data.draw(st.sampled_from(sorted(record_map(name)[1])))
+    mapping = with_field(name, field, data.draw(hostile_values))
+    where = "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path)
+    try:
+        decoded = frames.from_map(mapping, protocol)
+    except frames.ProtocolError as error:
+        assert str(error).startswith(f"{frame.TAG}{where}"), error
+        return
+    # Accepted: it is what its peer could have sent, and travels on unchanged.
+    assert type(decoded) is type(frame)
+    assert frames.encode(frames.decode(frames.encode(decoded), protocol)) == frames.encode(decoded)
+    assert len(frames.encode(decoded)) <= len(msgpack.packb(mapping, use_bin_type=True)) + 64
 
 
 def test_parts_of_another_frame_may_not_interleave() -> None:

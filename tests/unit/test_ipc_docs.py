@@ -98,8 +98,8 @@ def test_record_table_matches_the_code() -> None:
             for cls in protocol.frames.values() for record in frames.records_in(cls)}
     code = {record.__name__: (frames.wire_form(record), frames.fields_of(record))
             for record in used}
-    documented = {name.strip("`"): (form, names(fields))
-                  for name, form, fields in tables("## IPC: router socket")["record"]}
+    documented = {name.strip("`"): (form, names(fields)) for section in SOCKETS
+                  for name, form, fields in tables(section).get("record", [])}
     assert documented == code
 
 

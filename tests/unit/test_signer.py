@@ -17,8 +17,15 @@ from hypothesis import strategies as st
 from aura_common import pki
 from aura_common.config import ServerConfig
 from aura_common.ipc.frames import TO_SIGNER, ProtocolError, Sign, from_map
-from aura_common.manifest import HostPorts, SignedManifest, verify
-from services.signer.main import RequestError, Signer, parse_sign_request
+from aura_common.manifest import (
+    MAX_ENDPOINTS,
+    MAX_EXPIRES_DAYS,
+    MAX_SERIAL,
+    HostPorts,
+    SignedManifest,
+    verify,
+)
+from services.signer.main import RequestError, Signer
 
 REPO = str(Path(__file__).resolve().parents[2])
 
@@ -69,16 +76,27 @@ def test_oversized_manifest_is_refused_without_using_a_serial(tmp_path: Path) ->
     assert not (tmp_path / "state" / "signer" / "manifest.serial").exists()
 
 
-def test_valid_request_parses() -> None:
-    endpoints, days, key, above = parse_sign_request(request())
-    assert endpoints == [HostPorts("vpn.test", udp=8443)] and days == 3 and key == bytes(32)
-    assert above == 0 and parse_sign_request(request(serial_above=41))[3] == 41
+def test_a_request_is_checked_as_it_is_decoded() -> None:
+    frame = request()
+    assert frame.endpoints == [HostPorts("vpn.test", udp=8443)] and frame.expires_days == 3
+    assert frame.server_public_key == bytes(32) and frame.serial_above == 0
+    assert request(serial_above=41).serial_above == 41
     for bad in (-1, 1 << 53):
-        with pytest.raises(RequestError, match="serial_above"):
-            parse_sign_request(request(serial_above=bad))
+        with pytest.raises(ProtocolError, match=r"^sign\.serial_above: expected an integer in"):
+            request(serial_above=bad)
     for wrong_type in (True, "7", 1.0):
         with pytest.raises(ProtocolError, match=r"^sign\.serial_above: expected an integer"):
             request(serial_above=wrong_type)
+    with pytest.raises(ProtocolError, match=r"^sign\.expires_days: expected an integer in 1\."):
+        request(expires_days=0)
+    with pytest.raises(ProtocolError, match=r"^sign\.endpoints\[0\]: expected a valid HostPorts "
+                                            r"\(udp port: expected 1\.\.65535, found 0\)"):
+        request(endpoints=[{"host": "vpn.test", "udp": 0}])
+    with pytest.raises(ProtocolError, match=r"^sign\.endpoints: expected a list of at most 16 "):
+        request(endpoints=[{"host": "vpn.test", "udp": 8443}] * 17)
+    # An absent port may travel as nil, as the CLI sends it, or be left out.
+    assert request(endpoints=[{"host": "vpn.test", "udp": None, "tcp": 443}]).endpoints == [
+        HostPorts("vpn.test", tcp=443)]
 
 
 def test_a_serial_above_another_members_goes_past_it_and_never_back(tmp_path: Path) -> None:
@@ -99,11 +117,15 @@ def test_a_serial_above_another_members_goes_past_it_and_never_back(tmp_path: Pa
                                    st.integers(-1, 70000) | st.text(max_size=12)), max_size=3),
     )
 )  # fmt: skip
-def test_fuzz_requests_are_parsed_or_refused(changes: dict[str, Any]) -> None:
+def test_fuzz_requests_are_decoded_whole_or_refused(changes: dict[str, Any]) -> None:
     try:
-        parse_sign_request(request(**changes))
-    except (RequestError, ProtocolError) as error:
+        frame = request(**changes)
+    except ProtocolError as error:
         assert str(error).startswith("sign")
+        return
+    assert all(isinstance(endpoint, HostPorts) for endpoint in frame.endpoints)
+    assert len(frame.endpoints) <= MAX_ENDPOINTS and 1 <= frame.expires_days <= MAX_EXPIRES_DAYS
+    assert 0 <= frame.serial_above <= MAX_SERIAL and len(frame.server_public_key) == 32
 
 
 def test_a_held_serial_lock_is_refused_at_once_not_waited_for(tmp_path: Path) -> None:
