@@ -15,7 +15,7 @@ import pytest
 from aura_common.cluster import database
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError
-from aura_common.ipc.frames import Frame, Peers
+from aura_common.ipc.frames import Peers
 from aura_common.keys import load_server_private_key
 from aura_common.registry import RegisteredPeer, open_store
 from aura_common.wireguard import HandshakeAuthority
@@ -23,20 +23,9 @@ from aura_lab import pg
 from aura_lab.pg import PostgresServer
 from services.cli.main import main as aura
 from services.router.main import Router
-from tests.unit.test_router_claims import claim
+from tests.unit.router_fakes import FakeTransport, claim
 
 pytestmark = pytest.mark.postgres
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.frames: list[Frame] = []
-
-    async def send_reliable(self, frame: Frame) -> None:
-        self.frames.append(frame)
-
-    def post(self, frame: Frame) -> None:
-        self.frames.append(frame)
 
 
 @pytest.fixture(scope="module")

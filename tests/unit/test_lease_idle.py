@@ -17,7 +17,7 @@ from aura_common.wireguard import (
     SessionExpired,
     public_key,
 )
-from tests.unit.test_wireguard_device import Pair, ipv4_packet, of_type, transmits
+from tests.unit.wireguard_pair import Pair, ipv4_packet, of_type, transmits
 
 IDLE = 30.0  # the loop below stays inside REKEY_AFTER_TIME
 

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError, ConfigError
-from aura_common.ipc.frames import Frame, Packets, Peers
 from aura_common.limits import (
     SAVE_INTERVAL,
     Gate,
@@ -28,6 +27,7 @@ from aura_common.limits import (
     refusal,
 )
 from aura_common.registry import RegisteredPeer, Registry
+from tests.unit.router_fakes import FakeTransport, claim, new_router
 
 NOW = datetime.datetime(2026, 11, 29, 12, 0, 0, tzinfo=datetime.UTC)
 GIB = 1024**3
@@ -204,29 +204,6 @@ def test_registry_rejects_bad_limits(tmp_path: Path, field: str, value: object) 
 
 
 # -- the router: refuse, cut off, let back in, remember -------------------------------------
-class FakeTransport:
-    """The router's view of a transport connection: what it was sent."""
-
-    role = "udp"
-
-    def __init__(self) -> None:
-        self.frames: list[Frame] = []
-        self.peer_credentials = type("Credentials", (), {"pid": 4242})()
-
-    async def send_reliable(self, frame: Frame) -> None:
-        self.frames.append(frame)
-
-    def post(self, frame: Frame) -> None:
-        self.frames.append(frame)
-
-    def send_packets(self, batches: list[tuple[str, list[bytes]]]) -> None:
-        self.frames.append(Packets(0.0, batches))
-
-    def peers_listed(self) -> list[str]:
-        peers = [f for f in self.frames if isinstance(f, Peers)][-1].peers
-        return [p.name for p in peers]
-
-
 def ipv4_from(source: str, size: int) -> bytes:
     import ipaddress
     import struct
@@ -244,7 +221,6 @@ def test_router_cuts_off_a_peer_at_its_quota_and_remembers_usage(
 
     from aura_common.log import NOTICE
     from services.router.main import Router
-    from tests.unit.test_router_claims import claim, new_router
 
     config = ServerConfig.default("vpn.example", state_dir=str(tmp_path))
     with Registry.edit(config.peers_file) as registry:
@@ -295,7 +271,6 @@ def test_router_cuts_off_a_peer_at_its_quota_and_remembers_usage(
 
 
 def test_router_refuses_an_expired_peer_from_the_start(tmp_path: Path) -> None:
-    from tests.unit.test_router_claims import new_router
 
     config = ServerConfig.default("vpn.example", state_dir=str(tmp_path))
     past = format_time(datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1))

@@ -26,7 +26,7 @@ from aura_common.registry import RegisteredPeer
 from aura_common.transport import SessionHub
 from aura_common.wireguard import Device, Transmit, generate_private_key, public_key
 from services.router.sessions import SessionTable
-from tests.unit.test_router_sessions import ipv4
+from tests.unit.router_fakes import ipv4
 
 LABELS = {label for _, label in metrics.DROP_REASONS} | {metrics.OTHER_DROP}
 CLIENT = ("198.51.100.2", 40000)

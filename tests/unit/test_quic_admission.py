@@ -17,8 +17,7 @@ from aura_common.config import QuicConfig
 from aura_common.quic.link import CONNECTION_ID_LENGTH, datagram_configuration
 from services.client.carriers.quic import Carrier as QuicClient
 from services.quic.carrier import MAX_UNAUTHENTICATED_BYTES
-from tests.unit.test_quic_carrier import quic_server
-from tests.unit.test_tcp_carrier import Initiator, Keys, keys, run
+from tests.unit.carrier_kit import Initiator, Keys, keys, quic_server, run
 
 __all__ = ["keys"]
 

@@ -5,10 +5,9 @@ address the client wrote to, bulk traffic in both directions, and clean closes."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -17,27 +16,18 @@ from aura_common.config import QuicConfig
 from aura_common.quic.link import MAX_MESSAGE, QUIC_PACKET_SIZE
 from services.client.carriers.quic import TUNNEL_MTU
 from services.client.carriers.quic import Carrier as QuicClient
-from services.quic.carrier import QuicCarrier, server_configuration
-from tests.unit.test_tcp_carrier import Initiator, Keys, ipv4_packet, keys, new_hub, run
+from services.quic.carrier import QuicCarrier
+from tests.unit.carrier_kit import (
+    Initiator,
+    Keys,
+    ipv4_packet,
+    keys,
+    quic_server,
+    raw_key,
+    run,
+)
 
-__all__ = ["keys"]  # the module-scoped key fixture, shared with the TCP tests
-
-
-@contextlib.asynccontextmanager
-async def quic_server(keys: Keys, settings: QuicConfig, listen: str = "127.0.0.1"
-                      ) -> AsyncIterator[tuple[QuicCarrier, int]]:
-    configuration = server_configuration(settings, str(keys.directory / "tls.crt"),
-                                         str(keys.directory / "tls.key"))
-    sock = socket.socket(socket.AF_INET6 if ":" in listen else socket.AF_INET, socket.SOCK_DGRAM)
-    if ":" in listen:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    sock.bind((listen, 0))
-    carrier = QuicCarrier(new_hub(keys), sock, configuration=configuration,
-                          settings=settings)
-    try:
-        yield carrier, sock.getsockname()[1]
-    finally:
-        carrier.close()
+__all__ = ["keys"]  # the module-scoped key fixture
 
 
 class RebindingRelay(asyncio.DatagramProtocol):
@@ -163,7 +153,6 @@ def test_server_gone_is_reported_within_seconds(keys: Keys) -> None:
 
 def test_client_refuses_another_ca(keys: Keys, tmp_path: Any) -> None:
     from aura_common import pki
-    from tests.unit.test_tcp_carrier import raw_key
 
     other = raw_key(pki.create_ca(tmp_path))
 

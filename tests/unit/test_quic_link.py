@@ -27,7 +27,7 @@ from aura_common.quic.link import (
 )
 from services.quic.carrier import destination_cid, server_configuration
 from services.quic.retry import TOKEN_LIFETIME, RetryTokens
-from tests.unit.test_tcp_carrier import Keys, keys
+from tests.unit.carrier_kit import Keys, keys
 
 __all__ = ["keys"]
 

@@ -25,7 +25,7 @@ from services.client.carriers.base import WIREGUARD_OVERHEAD, tunnel_mtu_within
 from services.client.carriers.quic import TUNNEL_MTU
 from services.client.path import tunnel_mtu
 from services.quic.carrier import server_configuration
-from tests.unit.test_tcp_carrier import Keys, keys
+from tests.unit.carrier_kit import Keys, keys
 
 __all__ = ["keys"]
 

@@ -4,45 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from aura_common.config import ServerConfig
-from aura_common.ipc import Credentials
-from aura_common.ipc.frames import Frame, SessionUp
 from aura_common.registry import RegisteredPeer, Registry
-from aura_common.wireguard import HandshakeAuthority, generate_private_key
-from services.router.main import Router
-
-
-def new_router(config: ServerConfig) -> Router:
-    return Router(config, HandshakeAuthority(generate_private_key()))
-
-
-def claim(router: Router, link: Any, peer: str, endpoint: str = "192.0.2.1:5",
-          handshake_at: float = 1.0, ticket: bytes | None = None) -> None:
-    """`session_up` as a transport sends it after a handshake the router answered for it."""
-    if ticket is None:
-        registered = router.registry.get(peer)
-        assert registered is not None
-        ticket = router.authority.ticket(router.transports[link], registered.public_key,
-                                         time.time())
-    router._session_up(link, SessionUp(peer, endpoint, handshake_at, ticket))
-
-
-class FakeTransport:
-    def __init__(self, pid: int) -> None:
-        self.peer_credentials = Credentials(pid, 900 + pid, 900)
-        self.sent: list[Frame] = []
-
-    async def send_reliable(self, frame: Frame) -> None:
-        self.sent.append(frame)
-
-    def post(self, frame: Frame) -> None:
-        self.sent.append(frame)
+from tests.unit.router_fakes import FakeTransport, claim, new_router
 
 
 def ipv4_from(source: str) -> bytes:

@@ -17,8 +17,7 @@ from aura_common.ipc.frames import Packets
 from aura_common.manifest import HostPorts, Manifest, SignedManifest, sign
 from aura_common.registry import RegisteredPeer, Registry
 from services.router.main import Router, serial_of
-from tests.unit.test_limits import FakeTransport
-from tests.unit.test_router_claims import claim, new_router
+from tests.unit.router_fakes import FakeTransport, claim, new_router
 
 
 def signed(serial: int, key: ed25519.Ed25519PrivateKey) -> SignedManifest:

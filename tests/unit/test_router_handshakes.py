@@ -39,8 +39,8 @@ from aura_common.wireguard.noise import TransportKeys
 from services.router import main as router_main
 from services.router import replay
 from services.router.main import HANDSHAKE_QUEUE, Router
-from tests.unit.test_router_claims import FakeTransport, new_router
-from tests.unit.test_wireguard_device import CLIENT_ADDR, SERVER_ADDR, of_type, transmits
+from tests.unit.router_fakes import FakeTransport, new_router
+from tests.unit.wireguard_pair import CLIENT_ADDR, SERVER_ADDR, of_type, transmits
 
 
 def setup(tmp_path: Path) -> tuple[Any, bytes]:
@@ -54,7 +54,7 @@ def setup(tmp_path: Path) -> tuple[Any, bytes]:
 
 
 def hs_done(link: FakeTransport) -> list[HandshakesDone]:
-    return [f for f in link.sent if isinstance(f, HandshakesDone)]
+    return [f for f in link.frames if isinstance(f, HandshakesDone)]
 
 
 def test_an_answer_goes_to_the_carrier_alone_and_its_ticket_claims_the_session(

@@ -13,9 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from aura_common.config import ServerConfig
-from aura_common.ipc.frames import Frame
 from aura_common.registry import RegisteredPeer, Registry
-from tests.unit.test_router_claims import claim, new_router
+from tests.unit.router_fakes import FakeTransport, claim, new_router
 
 REPO = str(Path(__file__).resolve().parents[2])
 HOLD = (
@@ -25,17 +24,6 @@ HOLD = (
     "    print('held', flush=True)\n"
     "    time.sleep(60)\n"
 )
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.sent: list[Frame] = []
-
-    async def send_reliable(self, frame: Frame) -> None:
-        self.sent.append(frame)
-
-    def post(self, frame: Frame) -> None:
-        self.sent.append(frame)
 
 
 def dynamic_config(tmp_path: Path) -> ServerConfig:

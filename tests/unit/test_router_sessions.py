@@ -9,12 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.router.sessions import SessionTable, destination_of, source_of
-
-
-def ipv4(src: str, dst: str, payload: bytes = b"x" * 20) -> bytes:
-    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, 17, 0,
-                         ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed)
-    return header + payload
+from tests.unit.router_fakes import ipv4
 
 
 def ipv6(src: str, dst: str, payload: bytes = b"y" * 8) -> bytes:

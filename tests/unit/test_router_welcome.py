@@ -9,8 +9,7 @@ from aura_common.config import ServerConfig
 from aura_common.control import decode_control
 from aura_common.ipc.frames import Packets
 from aura_common.registry import RegisteredPeer, Registry
-from tests.unit.test_limits import FakeTransport
-from tests.unit.test_router_claims import claim, new_router
+from tests.unit.router_fakes import FakeTransport, claim, new_router
 
 
 def test_a_client_that_restarts_within_its_old_session_is_welcomed_again(tmp_path: Path) -> None:

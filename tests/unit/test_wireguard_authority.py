@@ -6,7 +6,6 @@ import pytest
 
 from aura_common.errors import AuraError
 from aura_common.wireguard import (
-    Answer,
     Device,
     Event,
     HandshakeAuthority,
@@ -19,40 +18,16 @@ from aura_common.wireguard import (
 from aura_common.wireguard.authority import TICKET_LIFETIME
 from aura_common.wireguard.constants import REKEY_TIMEOUT
 from aura_common.wireguard.noise import HandshakeError
-from tests.unit.test_wireguard_device import (
+from tests.unit.wireguard_pair import (
     CLIENT_ADDR,
     SERVER_ADDR,
+    WALL,
+    Relayed,
     drop_reasons,
     ipv4_packet,
     of_type,
     transmits,
 )
-
-WALL = 1_800_000_000.0
-
-
-class Relayed:
-    """A client, a server transport's device without the static key, and the authority."""
-
-    def __init__(self, psk: bytes | None = None, under_load_after: int = 128) -> None:
-        self.server_key, self.client_key = generate_private_key(), generate_private_key()
-        self.authority = HandshakeAuthority(self.server_key)
-        self.authority.add_peer(public_key(self.client_key), psk)
-        self.relay = Device(public_key=public_key(self.server_key),
-                            under_load_after=under_load_after)
-        self.to_client = self.relay.add_peer(public_key(self.client_key))
-        self.client = Device(self.client_key)
-        self.to_server = self.client.add_peer(public_key(self.server_key), preshared_key=psk,
-                                              endpoint=SERVER_ADDR)
-
-    def requests(self, now: float) -> list[HandshakeRequested]:
-        events = self.relay.receive(transmits(self.client.initiate(self.to_server, now)),
-                                    CLIENT_ADDR, now)
-        assert not transmits(events)  # nothing goes back before the authority answered
-        return of_type(events, HandshakeRequested)
-
-    def answer(self, request: HandshakeRequested, now: float, carrier: str = "udp") -> Answer:
-        return self.authority.answer(request.initiation, request.local_index, carrier, now, WALL)
 
 
 @pytest.mark.parametrize("psk", [None, bytes(range(32))], ids=["no-psk", "psk"])

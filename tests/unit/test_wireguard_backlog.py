@@ -15,8 +15,7 @@ from aura_common.wireguard import (
 from aura_common.wireguard.backlog import HandshakeBacklog
 from aura_common.wireguard.limits import AUTHORITY_WINDOW, FRESH_AFTER, HANDSHAKE_QUEUE_SIZE
 from aura_lab.flood import junk_initiation
-from tests.unit.test_wireguard_authority import Relayed
-from tests.unit.test_wireguard_device import CLIENT_ADDR, of_type, transmits
+from tests.unit.wireguard_pair import CLIENT_ADDR, Relayed, of_type, transmits
 
 
 def flood_sources(count: int) -> list[tuple[str, int]]:

@@ -7,7 +7,7 @@ from aura_common.wireguard.constants import COOKIE_SECRET_MAX_AGE
 from aura_common.wireguard.cookie import cookie_key, unmapped
 from aura_common.wireguard.crypto import xaead_open
 from aura_lab.flood import junk_initiation
-from tests.unit.test_wireguard_device import CLIENT_ADDR, Pair, drop_reasons, of_type, transmits
+from tests.unit.wireguard_pair import CLIENT_ADDR, Pair, drop_reasons, of_type, transmits
 
 
 def test_under_load_a_cookie_reply_and_a_retry_with_mac2_succeeds() -> None:

@@ -34,13 +34,7 @@ from aura_common.wireguard.limits import (
     UNDER_LOAD_STICKY,
 )
 from aura_lab.flood import junk_initiation
-from tests.unit.test_wireguard_device import (
-    CLIENT_ADDR,
-    SERVER_ADDR,
-    Pair,
-    drop_reasons,
-    transmits,
-)
+from tests.unit.wireguard_pair import CLIENT_ADDR, SERVER_ADDR, Pair, drop_reasons, transmits
 
 
 def sizes(events: list) -> list[int]:

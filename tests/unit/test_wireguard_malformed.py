@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aura_common.wireguard import Dropped, Received
-from tests.unit.test_wireguard_device import CLIENT_ADDR, Pair, ipv4_packet, transmits
+from tests.unit.wireguard_pair import CLIENT_ADDR, Pair, ipv4_packet, transmits
 
 
 def valid_messages() -> dict[str, bytes]:
