@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from aura_lab.netns import Lab
+from aura_lab.users import as_user
 
 pytestmark = pytest.mark.e2e
 
@@ -114,28 +115,6 @@ def running(lab: Lab, accounts: Accounts) -> Iterator[Running]:
         yield result
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def as_user(user: pwd.struct_passwd, action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run `action` in a forked child that has become `user` (with its groups)."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: drop, act, report, exit without cleanup
-        try:
-            os.close(read_end)
-            os.initgroups(user.pw_name, user.pw_gid)
-            os.setgid(user.pw_gid)
-            os.setuid(user.pw_uid)
-            outcome = action()
-        except BaseException as error:  # reported to the parent
-            outcome = {"unexpected": repr(error)}
-        os.write(write_end, json.dumps(outcome).encode())
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        data = pipe.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)
 
 
 def hello(path: str, role: str, *then: dict[str, Any]) -> Callable[[], dict[str, Any]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import os
 import pwd
 import shutil
@@ -26,6 +25,7 @@ from aura_common.ipc.frames import FROM_SIGNER, to_map
 from aura_common.manifest import SignedManifest, verify
 from aura_lab import signer
 from aura_lab.signer import PYTHON, SignerServer
+from aura_lab.users import as_user
 
 pytestmark = pytest.mark.e2e
 
@@ -154,16 +154,10 @@ def stranger() -> Iterator[pwd.struct_passwd]:
 
 
 def connect_as(user: pwd.struct_passwd, path: Path) -> dict[str, Any]:
-    """Connect from a forked child running as `user`; what happened, as a mapping."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: drop to the user, say hello, report, exit without cleanup
-        outcome: dict[str, Any]
+    """Connect as `user` and say hello; what happened, as a mapping."""
+
+    def hello() -> dict[str, Any]:
         try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(user.pw_gid)
-            os.setuid(user.pw_uid)
             with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
                 sock.settimeout(10)
                 sock.connect(str(path))
@@ -172,18 +166,11 @@ def connect_as(user: pwd.struct_passwd, path: Path) -> dict[str, Any]:
                 with contextlib.suppress(BrokenPipeError):
                     sock.send(msgpack.packb({"t": "hello", "v": 1, "role": "admin"}))
                 reply = sock.recv(4096)
-                outcome = {"reply": msgpack.unpackb(reply) if reply else None}
+                return {"reply": msgpack.unpackb(reply) if reply else None}
         except OSError as error:
-            outcome = {"errno": error.errno}
-        except BaseException as error:  # reported to the parent
-            outcome = {"unexpected": repr(error)}
-        os.write(write_end, json.dumps(outcome).encode())
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        data = pipe.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)
+            return {"errno": error.errno}
+
+    return as_user(user, hello)
 
 
 def test_unauthorised_local_user_is_refused(

@@ -10,7 +10,6 @@ import base64
 import ipaddress
 import json
 import socket
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +47,7 @@ from aura_common.ipc.frames import (
     TransportState,
 )
 from aura_common.manifest import HostPorts
+from fuzz.targets.ipc_frames import deep_size
 from services.router.main import Router
 from tests.unit.router_fakes import new_router
 
@@ -60,25 +60,6 @@ def pair(receives: frames.Protocol = TO_ROUTER) -> tuple[ipc.Channel, ipc.Channe
     """The router's end (left) and a transport's, which accepts the frames of `receives`."""
     left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     return ipc.Channel(left, FROM_ROUTER, "router"), ipc.Channel(right, receives, "udp")
-
-
-def deep_size(value: object) -> int:
-    """Memory held by a decoded frame: every object once (small ints and the like are shared,
-    so counting them again only overstates)."""
-    seen: set[int] = set()
-    total, stack = 0, [value]
-    while stack:
-        item = stack.pop()
-        if id(item) in seen:
-            continue
-        seen.add(id(item))
-        total += sys.getsizeof(item)
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return total
 
 
 # -- decoding ------------------------------------------------------------------------------
@@ -296,7 +277,8 @@ def test_a_record_field_out_of_bounds_is_refused_by_name(
 
 hostile_values: st.SearchStrategy[object] = (
     msgpack_values | st.text(min_size=250, max_size=5000)
-    | st.sampled_from([-1, 0, (1 << 64) - 1, 65536, True, 1.5, float("nan"), "", "x" * 89, [], {}, None])
+    | st.sampled_from([-1, 0, (1 << 64) - 1, 65536, True, 1.5, float("nan"), "", "x" * 89, [],
+                      {}, None])
 )
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
+from collections.abc import Iterator
 
 from aura_common.transport import SessionHub
 from aura_common.wireguard import Device, generate_private_key, public_key
@@ -17,15 +19,23 @@ from services.udp.main import (
 )
 
 
-def test_a_read_passes_on_its_share_of_handshakes_and_all_data_then_is_under_load() -> None:
-    key = generate_private_key()
-    hub = SessionHub("udp", Device(key, mtu=1420), "/nonexistent/router.sock")
+@contextlib.contextmanager
+def carrier_on_loopback(device: Device) -> Iterator[tuple[UdpCarrier, socket.socket]]:
+    """The carrier of a hub with no router, on a loopback socket, and a flooder's socket; the
+    test calls the carrier's reader itself."""
+    hub = SessionHub("udp", device, "/nonexistent/router.sock")
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     flooder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with server, flooder:
         server.bind(("127.0.0.1", 0))
         server.setblocking(False)
-        carrier = UdpCarrier(server, hub)
+        yield UdpCarrier(server, hub), flooder
+
+
+def test_a_read_passes_on_its_share_of_handshakes_and_all_data_then_is_under_load() -> None:
+    key = generate_private_key()
+    with carrier_on_loopback(Device(key, mtu=1420)) as (carrier, flooder):
+        hub, server = carrier.hub, carrier.sock
         extra = 36
         junk = junk_initiation(public_key(key))  # one message, replayed
         for n in range(HANDSHAKES_PER_READ + extra):
@@ -51,15 +61,10 @@ def test_a_read_passes_on_its_share_of_handshakes_and_all_data_then_is_under_loa
 def test_a_new_client_is_read_through_a_flood_from_sources_just_answered() -> None:
     key = generate_private_key()
     # Under load from the start: every message needs a cookie.
-    hub = SessionHub("udp", Device(key, under_load_after=0), "/nonexistent/router.sock")
-    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    flooder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with server, flooder, client:
-        server.bind(("127.0.0.1", 0))
-        server.setblocking(False)
+    with carrier_on_loopback(Device(key, under_load_after=0)) as (carrier, flooder), \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        hub, server = carrier.hub, carrier.sock
         client.settimeout(2)
-        carrier = UdpCarrier(server, hub)
 
         async def read() -> None:
             time.sleep(0.05)
@@ -83,13 +88,8 @@ def test_a_new_client_is_read_through_a_flood_from_sources_just_answered() -> No
 def test_what_the_core_would_drop_anyway_is_screened_at_a_bounded_rate_over_many_reads(
 ) -> None:
     key = generate_private_key()
-    hub = SessionHub("udp", Device(key, under_load_after=0), "/nonexistent/router.sock")
-    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    flooder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with server, flooder:
-        server.bind(("127.0.0.1", 0))
-        server.setblocking(False)
-        carrier = UdpCarrier(server, hub)
+    with carrier_on_loopback(Device(key, under_load_after=0)) as (carrier, flooder):
+        hub, server = carrier.hub, carrier.sock
         reads, per_read = 20, 20
 
         junk = junk_initiation(public_key(key))  # one message, replayed
