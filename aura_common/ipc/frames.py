@@ -54,6 +54,8 @@ DECODE_EXPANSION = 24
 # joined in all.
 CHUNK_BYTES = 64 << 10
 MAX_JOINED_ITEMS = 1 << 20
+# A record's own check may quote the value it refused; this much of its reason is kept.
+MAX_REASON = 200
 
 
 class ProtocolError(ValueError):
@@ -604,7 +606,9 @@ class _Fields:
             return self.cls(**values)
         except ValueError as error:
             # The reason may quote the value: cut it to keep a hostile one out of the log.
-            raise _Bad(f"a valid {self.cls.__name__} ({str(error)[:200]})") from None
+            reason = str(error)
+            reason = reason if len(reason) <= MAX_REASON else reason[:MAX_REASON] + "..."
+            raise _Bad(f"a valid {self.cls.__name__} ({reason})") from None
 
 
 def _holds_record(hint: Any) -> bool:

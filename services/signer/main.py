@@ -27,7 +27,7 @@ from aura_common.accounts import ADMIN, Accounts
 from aura_common.atomic import LockBusy, locked, write_atomic
 from aura_common.config import ServerConfig
 from aura_common.errors import ConfigError
-from aura_common.ipc.frames import TO_SIGNER, Error, ManifestText, Sign, Signed, encode
+from aura_common.ipc.frames import TO_SIGNER, Error, ManifestText, Sign, Signed
 from aura_common.log import fields
 from aura_common.manifest import (
     HostPorts,
@@ -41,7 +41,6 @@ from aura_common.service import run_service
 
 log = logging.getLogger("aura-signer")
 
-MAX_REQUEST_BYTES = 8192
 
 
 class RequestError(ValueError):
@@ -71,8 +70,6 @@ class Signer:
             await channel.send_reliable(reply)
 
     def handle(self, frame: Sign, caller: ipc.Credentials) -> Signed:
-        if len(encode(frame)) > MAX_REQUEST_BYTES:
-            raise RequestError(f"request over {MAX_REQUEST_BYTES} bytes")
         signed, manifest = self.sign(frame.endpoints, frame.expires_days,
                                      frame.server_public_key, frame.serial_above)
         log.info(

@@ -262,6 +262,7 @@ def with_field(name: str, field: str, value: object) -> dict[str, Any]:
     ("client", "pid", 0, "status_reply.status.pid: expected an integer in 1.."),
     ("endpoint", "udp", 0, "sign.endpoints[0]: expected a valid HostPorts (udp port: expected"),
     ("endpoint", "host", "no such host!", "sign.endpoints[0]: expected a valid HostPorts (host"),
+    ("endpoint", "host", "h" * 60_000, "sign.endpoints[0]: expected a valid HostPorts (host"),
     ("endpoint", "quic", "8444", "sign.endpoints[0].quic: expected an integer"),
     ("manifest", "signature", "AA", "signed.manifest.signature: expected a string of 88 "),
     ("manifest", "body", "x" * 4097, "signed.manifest.body: expected a string of at most 4096 "),
@@ -273,6 +274,7 @@ def test_a_record_field_out_of_bounds_is_refused_by_name(
     with pytest.raises(frames.ProtocolError) as refused:
         frames.from_map(with_field(name, field, value), RECORDS[name][1])
     assert str(refused.value).startswith(message)
+    assert len(str(refused.value)) < 300  # a hostile value is not quoted whole
 
 
 hostile_values: st.SearchStrategy[object] = (
