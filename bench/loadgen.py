@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aura_common.wireguard import Device, HandshakeCompleted, Peer, Received, Transmit
+from aura_lab.icmp import ECHO_REPLY, echo_request
 
 CONNECT_RATE = 200  # initiations/s while connecting: below the knee, so all peers get in
 RAMP_RATES = (50, 100, 200, 400, 800, 1600)
@@ -36,27 +37,6 @@ COOKIE_REPLY = bytes([3])
 # The peers' timers (retransmits, keepalives) are checked this often: they are whole seconds.
 TICK = 1.0
 SEND_SLOT = 0.01  # echo requests go out in slots of this many seconds
-ICMP_ECHO, ICMP_ECHO_REPLY = 8, 0
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def echo_request(source: str, destination: str, ident: int, sequence: int,
-                 payload: bytes = bytes(56)) -> bytes:
-    """An IPv4 ICMP echo request (64 bytes of ICMP, as ping sends by default)."""
-    icmp = struct.pack("!BBHHH", ICMP_ECHO, 0, 0, ident, sequence) + payload
-    icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
-    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0x4000, 64, 1, 0,
-                         socket.inet_aton(source), socket.inet_aton(destination))
-    header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
-    return header + icmp
 
 
 def echo_reply_ident(packet: bytes) -> int | None:
@@ -64,7 +44,7 @@ def echo_reply_ident(packet: bytes) -> int | None:
     if len(packet) < 28 or packet[0] >> 4 != 4 or packet[9] != 1:
         return None
     start = (packet[0] & 0x0F) * 4
-    if len(packet) < start + 8 or packet[start] != ICMP_ECHO_REPLY:
+    if len(packet) < start + 8 or packet[start] != ECHO_REPLY:
         return None
     return int(struct.unpack_from("!H", packet, start + 4)[0])
 

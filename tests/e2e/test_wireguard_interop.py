@@ -1,7 +1,7 @@
 """Byte compatibility with stock WireGuard: the core against wireguard-go, in namespaces.
 
 Two namespaces joined by a veth. One runs wireguard-go configured with `wg`; the other runs this
-file as a small driver: the core plus a plain UDP socket, answering ICMP echo requests that
+module as a small driver: the core plus a plain UDP socket, answering ICMP echo requests that
 arrive through the tunnel and pinging wireguard-go's tunnel address itself.
 """
 
@@ -12,13 +12,14 @@ import os
 import select
 import shutil
 import socket
-import struct
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from aura_lab import icmp
 
 if TYPE_CHECKING:
     from aura_lab.netns import Lab
@@ -29,37 +30,8 @@ WG_TUNNEL, CORE_TUNNEL = "10.9.0.1", "10.9.0.2"
 
 
 # -- the driver (runs inside the core's namespace) ------------------------------------------
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def _ipv4_icmp(source: bytes, destination: bytes, icmp: bytes) -> bytes:
-    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0, 64, 1, 0,
-                         source, destination)
-    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
-    return header + icmp
-
-
-def _icmp(icmp_type: int, rest: bytes) -> bytes:
-    body = struct.pack("!BBH", icmp_type, 0, 0) + rest
-    return body[:2] + struct.pack("!H", _checksum(body)) + body[4:]
-
-
-def echo_reply(request: bytes) -> bytes | None:
-    """The reply to an IPv4 ICMP echo request, or None for anything else."""
-    if len(request) < 28 or request[0] != 0x45 or request[9] != 1 or request[20] != 8:
-        return None
-    return _ipv4_icmp(request[16:20], request[12:16], _icmp(0, request[24:]))
-
-
 def echo_request(source: str, destination: str, sequence: int) -> bytes:
-    rest = struct.pack("!HH", 0x4155, sequence) + b"aura-interop-payload" * 3
-    return _ipv4_icmp(socket.inet_aton(source), socket.inet_aton(destination), _icmp(8, rest))
+    return icmp.echo_request(source, destination, 0x4155, sequence, b"aura-interop-payload" * 3)
 
 
 def run_driver(argv: list[str]) -> None:
@@ -102,7 +74,7 @@ def run_driver(argv: list[str]) -> None:
                         WG_TUNNEL
                     ):
                         status.write("pong\n")
-                    reply = echo_reply(packet)
+                    reply = icmp.echo_reply(packet)
                     if reply is not None:
                         replies.append(reply)
                 if replies:
@@ -160,7 +132,8 @@ def _run_interop(lab: Lab, tmp_path: Path, *, core_initiates: bool, with_psk: bo
     status = tmp_path / "status"
     status.touch()
     driver = [
-        sys.executable, __file__, "--private", core_private.hex(),
+        # As a module, as the services run: the code of this tree, aura_lab included.
+        sys.executable, "-m", "tests.e2e.test_wireguard_interop", "--private", core_private.hex(),
         "--peer", public_key(wg_private).hex(), "--status", str(status),
     ]
     if psk:

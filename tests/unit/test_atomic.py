@@ -12,6 +12,7 @@ import pytest
 
 from aura_common.atomic import LockBusy, locked, read_state_file, write_atomic
 from aura_common.errors import AuraError, ConfigError
+from tests.unit.held_lock import held_elsewhere
 
 REPO = str(Path(__file__).resolve().parents[2])
 
@@ -127,26 +128,11 @@ def test_a_state_file_is_read_only_when_it_is_a_small_regular_file_not_a_link(
 
 def test_without_waiting_a_held_lock_raises_at_once(tmp_path: Path) -> None:
     path = tmp_path / "leases.json"
-    script = (
-        "import sys, time\n"
-        "from aura_common.atomic import locked\n"
-        "with locked(sys.argv[1]):\n"
-        "    print('held', flush=True)\n"
-        "    time.sleep(30)\n"
-    )
-    holder = subprocess.Popen(
-        [sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": REPO},
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+    with held_elsewhere(path):
         started = time.monotonic()
         with pytest.raises(LockBusy), locked(path, wait=False):
             pass
         assert time.monotonic() - started < 1
-    finally:
-        holder.kill()
-        holder.wait()
     with locked(path, wait=False):
         pass
 

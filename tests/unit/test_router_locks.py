@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import replace
@@ -14,16 +11,8 @@ from pathlib import Path
 
 from aura_common.config import ServerConfig
 from aura_common.registry import RegisteredPeer, Registry
+from tests.unit.held_lock import held_elsewhere
 from tests.unit.router_fakes import FakeTransport, claim, new_router
-
-REPO = str(Path(__file__).resolve().parents[2])
-HOLD = (
-    "import sys, time\n"
-    "from aura_common.atomic import locked\n"
-    "with locked(sys.argv[1]):\n"
-    "    print('held', flush=True)\n"
-    "    time.sleep(60)\n"
-)
 
 
 def dynamic_config(tmp_path: Path) -> ServerConfig:
@@ -36,12 +25,7 @@ def test_a_held_leases_lock_does_not_stall_a_session(tmp_path: Path) -> None:
     config = dynamic_config(tmp_path)
     with Registry.edit(config.peers_file) as registry:
         registry.add(RegisteredPeer("alice", b"a" * 32))
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD, config.leases_file], stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": REPO},
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+    with held_elsewhere(config.leases_file) as holder:
 
         async def scenario() -> float:
             router = new_router(config)
@@ -66,6 +50,3 @@ def test_a_held_leases_lock_does_not_stall_a_session(tmp_path: Path) -> None:
         assert result and result[0] < 1
         leases = json.loads(Path(config.leases_file).read_text())["leases"]
         assert leases["alice"]["v4"] == "10.77.0.2"
-    finally:
-        holder.kill()
-        holder.wait()

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -26,8 +23,7 @@ from aura_common.manifest import (
     verify,
 )
 from services.signer.main import RequestError, Signer
-
-REPO = str(Path(__file__).resolve().parents[2])
+from tests.unit.held_lock import held_elsewhere
 
 
 def make_signer(tmp_path: Path) -> Signer:
@@ -130,24 +126,9 @@ def test_fuzz_requests_are_decoded_whole_or_refused(changes: dict[str, Any]) -> 
 
 def test_a_held_serial_lock_is_refused_at_once_not_waited_for(tmp_path: Path) -> None:
     signer = make_signer(tmp_path)
-    script = (
-        "import sys, time\n"
-        "from aura_common.atomic import locked\n"
-        "with locked(sys.argv[1]):\n"
-        "    print('held', flush=True)\n"
-        "    time.sleep(30)\n"
-    )
-    holder = subprocess.Popen(
-        [sys.executable, "-c", script, signer.config.manifest_serial_file],
-        stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": REPO},
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+    with held_elsewhere(signer.config.manifest_serial_file):
         started = time.monotonic()
         with pytest.raises(RequestError, match="locked by another process"):
             signer.sign([HostPorts("vpn.test", tcp=443)], 3, bytes(32))
         assert time.monotonic() - started < 1
-    finally:
-        holder.kill()
-        holder.wait()
     assert signer.sign([HostPorts("vpn.test", tcp=443)], 3, bytes(32))[1].serial == 1
