@@ -16,6 +16,7 @@ from aura_common.errors import AuraError
 from aura_common.manifest import HostPorts, Manifest, sign
 from services.cli.bridges import endpoints_from_cluster, newest_serial
 from services.cli.status import member_mapping, render_cluster
+from tests.unit.strategies import json_values
 
 SESSION = LiveSession("alice", "udp", "10.9.0.2:40000", 1_000.0)
 
@@ -75,12 +76,6 @@ def test_a_damaged_row_is_a_member_without_endpoint_and_with_the_problem_named(
     assert member.problem.startswith("unreadable info")
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner,
-                                                                 max_size=6),
-    max_leaves=20,
-)
 info_like = st.fixed_dictionaries({}, optional={
     "public_host": st.text(max_size=10) | json_values,
     "endpoint": st.none() | st.dictionaries(st.sampled_from(["host", "udp", "tcp", "quic"]),

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from aura_common import manifest as m
 from aura_common.errors import AuraError
 from aura_common.manifest_store import ManifestStore
+from tests.unit.strategies import json_values
 
 NOW = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=datetime.UTC)
 CA = ed25519.Ed25519PrivateKey.generate()
@@ -246,13 +247,6 @@ def test_fuzz_signed_random_bodies_never_crash(body: bytes) -> None:
         assert error.reason == "malformed"
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
-    ),
-    max_leaves=20,
-)
 
 
 @settings(max_examples=300, deadline=None)

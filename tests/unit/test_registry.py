@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from aura_common.errors import AuraError, ConfigError
 from aura_common.registry import RegisteredPeer, Registry, parse_peers
+from tests.unit.strategies import json_values
 
 
 def peer(name: str, index: int, psk: bool = False) -> RegisteredPeer:
@@ -169,13 +170,6 @@ def test_duplicate_entries_in_the_file_are_reported(tmp_path: Path) -> None:
         Registry.load(path)
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=50),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=6)
-    ),
-    max_leaves=25,
-)
 
 
 @settings(max_examples=150, deadline=None)

@@ -23,6 +23,7 @@ from aura_common.atomic import locked, write_atomic
 from aura_common.config import ServerConfig
 from aura_common.errors import ConfigError
 from services.quic.main import ports_of_udp_transport
+from tests.unit.strategies import json_values
 
 REPO = str(Path(__file__).resolve().parents[2])
 
@@ -117,13 +118,6 @@ def test_bad_entries_name_the_key(entry: dict[str, object], key: str) -> None:
     assert info.value.key == key
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=30),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=5)
-    ),
-    max_leaves=25,
-)
 
 
 @settings(max_examples=150, deadline=None)
