@@ -1,6 +1,8 @@
 """Loading and validating `server.yaml` and the Aura client config: `values` (checks
-shared with the CLI and the manifest), `reader` (a YAML mapping read key by key),
-`server` and `client` (the two schemas). Import from here.
+shared with the CLI and the manifest), `reader` (a schema's keys read from YAML and dumped
+back, from their declarations), `checks` (the kinds of value a key declares), `server` and
+`client` (the two schemas: each key one line with its default, check and comment). Import
+from here.
 
 Every problem raises `ConfigError(path, "dotted.key", "what was expected", found)`, so a bad
 file stops a service at start with one line the operator can act on.

@@ -1,134 +1,146 @@
-"""Reading a YAML config key by key: every problem raises `ConfigError(path, "dotted.key",
-"what was expected", found)`, so a bad file stops a service at start with one line the operator
-can act on."""
+"""Reading and writing a config through its schema.
+
+A schema is a frozen dataclass whose fields are declared with `key(default, check, doc)`: the
+default, the check a value from the file must pass and the comment `dump_section` writes stand
+in one place, so a new key is one line. `read_section` walks the fields of a YAML mapping and
+`dump_section` writes them back as commented YAML that reads back to an equal config.
+
+Every problem raises `ConfigError(path, "dotted.key", "what was expected", found)`, so a bad
+file stops a service at start with one line the operator can act on.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
-import os
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
 import yaml
 
-from aura_common.config.values import decode_key, is_host
 from aura_common.errors import ConfigError
 
 CONFIG_VERSION = 1
-_REQUIRED: Any = object()
+T = TypeVar("T")
+_NO_DEFAULT: Any = dataclasses.MISSING
 
 
-def keys_of(schema: type) -> tuple[str, ...]:
-    """The YAML keys of a section: its dataclass's fields, in order."""
-    return tuple(f.name for f in dataclasses.fields(schema))
+@dataclasses.dataclass(frozen=True)
+class Place:
+    """Where a value stands: the file and the dotted key ("" for the whole file)."""
+
+    path: str
+    key: str = ""
+
+    def at(self, name: str) -> Place:
+        return Place(self.path, f"{self.key}.{name}" if self.key else name)
+
+    def item(self, index: int) -> Place:
+        return Place(self.path, f"{self.key}[{index}]")
+
+    def error(self, expected: str, found: object = None) -> ConfigError:
+        return ConfigError(self.path, self.key, expected, found)
 
 
-class Section:
-    """One mapping of a config file; every error names the file and the dotted key."""
+class Check(Generic[T]):
+    """What a key's value must be. `read` turns a value from the file into the field's value
+    or raises `at.error(...)`; `dump` turns a field's value back into plain YAML data."""
 
-    def __init__(self, path: str, prefix: str, raw: object, known: tuple[str, ...]) -> None:
-        if not isinstance(raw, dict):
-            raise ConfigError(path, prefix, "a mapping", raw)
-        unknown = sorted(str(k) for k in raw if k not in known)
-        if unknown:
-            raise ConfigError(
-                path, self._join(prefix, unknown[0]), f"one of the known keys: {', '.join(known)}"
-            )
-        self.path, self.prefix, self.raw = path, prefix, raw
+    def read(self, value: object, at: Place) -> T:
+        raise NotImplementedError
 
-    @staticmethod
-    def _join(prefix: str, name: str) -> str:
-        return f"{prefix}.{name}" if prefix else name
-
-    def key(self, name: str) -> str:
-        return self._join(self.prefix, name)
-
-    def error(self, name: str, expected: str, found: object = None) -> ConfigError:
-        return ConfigError(self.path, self.key(name), expected, found)
-
-    def get(self, name: str, default: Any = _REQUIRED) -> Any:
-        if name in self.raw:
-            return self.raw[name]
-        if default is _REQUIRED:
-            raise ConfigError(self.path, self.key(name), "a value (the key is required)")
-        return default
-
-    def section(self, name: str, known: tuple[str, ...]) -> Section:
-        return Section(self.path, self.key(name), self.get(name, {}), known)
-
-    def string(self, name: str, default: Any = _REQUIRED) -> str:
-        value = self.get(name, default)
-        if not isinstance(value, str) or not value:
-            raise self.error(name, "a non-empty string", value)
+    def dump(self, value: T) -> object:
         return value
 
-    def optional_string(self, name: str) -> str | None:
-        return None if self.get(name, None) is None else self.string(name)
-
-    def integer(self, name: str, low: int, high: int, default: Any = _REQUIRED) -> int:
-        value = self.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self.error(name, f"an integer from {low} to {high}", value)
-        return value
-
-    def seconds(self, name: str, default: float) -> float:
-        value = self.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e6:
-            raise self.error(name, "a positive number of seconds", value)
-        return float(value)
-
-    def boolean(self, name: str, default: bool) -> bool:
-        value = self.get(name, default)
-        if not isinstance(value, bool):
-            raise self.error(name, "true or false", value)
-        return value
-
-    def choice(self, name: str, choices: tuple[str, ...], default: Any = _REQUIRED) -> str:
-        value = self.get(name, default)
-        if value not in choices:
-            raise self.error(name, " | ".join(choices), value)
-        return str(value)
-
-    def listing(self, name: str, default: Any = _REQUIRED) -> list[Any]:
-        value = self.get(name, default)
-        if not isinstance(value, list):
-            raise self.error(name, "a list", value)
-        return value
-
-    def absolute_path(self, name: str, default: Any = _REQUIRED) -> str:
-        value = self.string(name, default)
-        if not os.path.isabs(value):
-            raise self.error(name, "an absolute path", value)
-        return os.path.normpath(value)
-
-    def host(self, name: str, default: Any = _REQUIRED) -> str:
-        value = self.string(name, default)
-        if not is_host(value):
-            raise self.error(name, "a host name or IP address", value)
-        return value
-
-    def key_bytes(self, name: str) -> bytes:
-        value = self.get(name)
-        try:
-            return decode_key(value) if isinstance(value, str) else decode_key("")
-        except ValueError:
-            raise self.error(name, "a base64 key of 32 bytes", value) from None
-
-    def ip_addresses(self, name: str) -> tuple[str, ...]:
-        result = []
-        for index, item in enumerate(self.listing(name, [])):
-            try:
-                result.append(str(ipaddress.ip_address(text_of(item))))
-            except ValueError:
-                raise self.error(f"{name}[{index}]", "an IP address", item) from None
-        return tuple(result)
+    def section(self) -> Nested[Any] | None:
+        """The schema this check reads a section with, if it does."""
+        return None
 
 
-def text_of(value: object) -> str:
-    """`value` if it is a string: ipaddress would read an integer as an address."""
-    if not isinstance(value, str):
-        raise ValueError(value)
+def key(default: Any = _NO_DEFAULT, check: Check[Any] | None = None, doc: str = "", *,
+        stated: bool = False, hash: bool | None = None) -> Any:
+    """A config key: its default (none: the file must have it), its check and the comment the
+    dump writes beside it. `stated`: the file must have it although code gets the default."""
+    return dataclasses.field(default=default, hash=hash,
+                             metadata={"check": check, "doc": doc, "stated": stated})
+
+
+def keys(schema: type) -> Iterator[dataclasses.Field[Any]]:
+    """The config keys of a schema, in file order (fields not declared with `key` are not)."""
+    return (f for f in dataclasses.fields(schema) if f.metadata.get("check") is not None)
+
+
+def mapping(value: object, at: Place, known: tuple[str, ...]) -> Mapping[Any, Any]:
+    """`value` as a mapping with no key outside `known`."""
+    if not isinstance(value, dict):
+        raise at.error("a mapping", value)
+    unknown = sorted(str(k) for k in value if k not in known)
+    if unknown:
+        raise at.at(unknown[0]).error(f"one of the known keys: {', '.join(known)}")
     return value
+
+
+def read_section(schema: type[T], value: object, at: Place, **extra: Any) -> T:
+    """A schema's instance from a YAML mapping: each key checked, absent keys defaulted; then
+    the schema's `checked(at, raw)` where its keys must agree with each other."""
+    fields = list(keys(schema))
+    raw = mapping(value, at, tuple(f.name for f in fields))
+    values = dict(extra)
+    for f in fields:
+        if f.name in raw:
+            values[f.name] = f.metadata["check"].read(raw[f.name], at.at(f.name))
+        elif f.default is _NO_DEFAULT or f.metadata["stated"]:
+            raise at.at(f.name).error("a value (the key is required)")
+    result = schema(**values)
+    checked = getattr(result, "checked", None)
+    return checked(at, raw) if checked is not None else result
+
+
+def dump_section(section: object, indent: int = 0) -> list[str]:
+    """The lines of a schema's instance in block style, each key with its comment."""
+    lines, pad = [], " " * indent
+    for f in keys(type(section)):
+        check, value = f.metadata["check"], getattr(section, f.name)
+        comment = f"  # {f.metadata['doc']}" if f.metadata["doc"] else ""
+        inner = check.section()
+        if inner is not None and value is not None:
+            lines.append(f"{pad}{f.name}:{comment}")
+            if inner.under:
+                lines.append(f"{pad}  {inner.under}:")
+            lines += dump_section(value, indent + (4 if inner.under else 2))
+            continue
+        if inner is not None:
+            continue  # an absent optional section: none of its keys exist
+        data = check.dump(value)
+        if isinstance(data, dict) and data:
+            lines.append(f"{pad}{f.name}:{comment}")
+            block = yaml.safe_dump(data, default_flow_style=False, sort_keys=False)
+            lines += [f"{pad}  {line}" for line in block.splitlines()]
+        else:
+            lines.append(f"{pad}{f.name}: {yaml_value(data)}{comment}")
+    return lines
+
+
+class Nested(Check[T]):
+    """A section of its own, read by its schema; `under` a further level of the file that the
+    schema does not have (`tunnel: {split: {...}}`)."""
+
+    def __init__(self, schema: type[T], under: str = "") -> None:
+        self.schema, self.under = schema, under
+
+    def read(self, value: object, at: Place) -> T:
+        if self.under:
+            value = mapping(value, at, (self.under,)).get(self.under, {})
+            at = at.at(self.under)
+        return read_section(self.schema, value, at)
+
+    def section(self) -> Nested[Any] | None:
+        return self
+
+    def dump(self, value: T) -> object:
+        """Flow form (inside a list): the keys that differ from their default."""
+        data = {f.name: f.metadata["check"].dump(getattr(value, f.name))
+                for f in keys(self.schema) if getattr(value, f.name) != f.default}
+        return {self.under: data} if self.under else data
 
 
 # libyaml's parser where PyYAML was built with it: a few times faster, same documents.
@@ -155,14 +167,7 @@ def read_yaml(path: str) -> object:
         raise ConfigError(path, "", "valid YAML (nested too deeply)") from None
 
 
-def check_version(top: Section) -> int:
-    version = top.get("version")
-    if version != CONFIG_VERSION or isinstance(version, bool):
-        raise top.error("version", str(CONFIG_VERSION), version)
-    return CONFIG_VERSION
-
-
 def yaml_value(value: object) -> str:
-    """One value in YAML flow style, for templates with comments."""
+    """One value in YAML flow style, for lines with comments."""
     text = yaml.safe_dump(value, default_flow_style=True, width=1 << 20, sort_keys=False)
     return text.removesuffix("\n").removesuffix("\n...")
