@@ -36,7 +36,14 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from aura_common.config.values import decode_key, is_port
+from aura_common.config.values import (
+    decode_key,
+    format_host_port,
+    host_problem,
+    is_port,
+    parse_host_port,
+    parse_port,
+)
 from aura_common.errors import AuraError
 from aura_common.pki import key_id
 from aura_common.roles import Transport, is_transport
@@ -51,7 +58,6 @@ CLOCK_SKEW = datetime.timedelta(minutes=10)
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _TIME_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
-_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
 _BODY_KEYS = {"version", "serial", "issued", "expires", "server_public_key", "bridges"}
 
@@ -76,7 +82,7 @@ class HostPorts:
     quic: int | None = None
 
     def __post_init__(self) -> None:
-        problem = _host_problem(self.host)
+        problem = host_problem(self.host)
         if problem:
             raise ValueError(f"host {self.host!r}: {problem}")
         ports = self.ports()
@@ -93,7 +99,7 @@ class HostPorts:
 
     def address(self, port: int) -> str:
         """`HOST:PORT`, an IPv6 host in brackets."""
-        return f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
+        return format_host_port(self.host, port)
 
     def to_mapping(self) -> dict[str, object]:
         return {"host": self.host, **self.ports()}
@@ -367,7 +373,7 @@ def parse_endpoint_spec(spec: str) -> HostPorts:
             before_ports = spec.split("=")[0].rsplit(":", 1)[0]
             if _is_ipv6(before_ports) or _is_ipv6(spec):
                 raise fail(f"host {before_ports!r}", "an IPv6 address in brackets, as in [::1]")
-    problem = _host_problem(host)
+    problem = host_problem(host)
     if problem:
         raise fail(f"host {host!r}", problem)
     if not rest:
@@ -381,9 +387,10 @@ def parse_endpoint_spec(spec: str) -> HostPorts:
             raise fail(f"transport {name!r}", "udp, tcp or quic")
         if name in ports:
             raise fail(f"transport {name!r}", "each transport at most once")
-        if not number.isascii() or not number.isdigit() or not 1 <= int(number) <= 65535:
-            raise fail(f"{name} port {number!r}", "a port number 1..65535")
-        ports[name] = int(number)
+        try:
+            ports[name] = parse_port(number)
+        except ValueError:
+            raise fail(f"{name} port {number!r}", "a port number 1..65535") from None
     return HostPorts(_normalise_host(host), **ports)
 
 
@@ -438,35 +445,12 @@ def _parse_key(value: object) -> bytes:
 
 
 def _is_bridge(text: str) -> bool:
-    if text.startswith("["):
-        host, _, port = text[1:].partition("]:")
-        valid_host = _is_ipv6(host)
-    else:
-        host, _, port = text.rpartition(":")
-        valid_host = ":" not in host and _host_problem(host) is None
-    return (
-        valid_host
-        and port.isascii()
-        and port.isdigit()
-        and 1 <= int(port) <= 65535
-        and str(int(port)) == port
-    )
-
-
-def _host_problem(host: object) -> str | None:
-    """Why `host` is neither an IP address nor a DNS name; None when it is fine."""
-    if not isinstance(host, str) or not host:
-        return "a host name or IP address"
+    """`HOST:PORT` as the manifest writes it: no final dot, no leading zeros."""
     try:
-        ipaddress.ip_address(host)
-        return None
+        host, port = parse_host_port(text)
     except ValueError:
-        pass
-    if len(host) > 253 or not host.isascii():
-        return "a DNS name of at most 253 ASCII characters, or an IP address"
-    if not all(_DNS_LABEL.fullmatch(label) for label in host.split(".")):
-        return "a DNS name (letters, digits, hyphens, dot-separated labels) or an IP address"
-    return None
+        return False
+    return host_problem(host) is None and format_host_port(host, port) == text
 
 
 def _is_ipv6(text: str) -> bool:

@@ -46,10 +46,13 @@ from aura_common.config.values import (
     decode_key,
     encode_key,
     format_host_port,
+    host_problem,
     is_host,
     is_interface_name,
     is_peer_name,
+    is_port,
     parse_host_port,
+    parse_port,
 )
 
 __all__ = [
@@ -82,8 +85,11 @@ __all__ = [
     "decode_key",
     "encode_key",
     "format_host_port",
+    "host_problem",
     "is_host",
     "is_interface_name",
     "is_peer_name",
+    "is_port",
     "parse_host_port",
+    "parse_port",
 ]

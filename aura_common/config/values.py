@@ -13,15 +13,31 @@ _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _PEER_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
 
 
-def is_host(text: str) -> bool:
-    """A DNS host name or an IP address literal."""
+def host_problem(text: object) -> str | None:
+    """Why `text` is not a host as a bridge manifest carries it (an IP address literal, or a
+    DNS name without a final dot), as an "expected ..." phrase; None when it is one."""
+    if not isinstance(text, str) or not text:
+        return "a host name or IP address"
     try:
         ipaddress.ip_address(text)
-        return True
+        return None
     except ValueError:
-        pass
-    name = text[:-1] if text.endswith(".") else text
-    return 0 < len(name) <= 253 and all(_HOST_LABEL.fullmatch(p) for p in name.split("."))
+        return _name_problem(text)
+
+
+def _name_problem(name: str) -> str | None:
+    if len(name) > 253 or not name.isascii():
+        return "a DNS name of at most 253 ASCII characters, or an IP address"
+    if not all(_HOST_LABEL.fullmatch(label) for label in name.split(".")):
+        return "a DNS name (letters, digits, hyphens, dot-separated labels) or an IP address"
+    return None
+
+
+def is_host(text: str) -> bool:
+    """A DNS host name (fully qualified with a final dot, or not) or an IP address literal."""
+    if host_problem(text) is None:
+        return True
+    return len(text) > 1 and text.endswith(".") and _name_problem(text[:-1]) is None
 
 
 def is_interface_name(text: str) -> bool:
@@ -38,6 +54,13 @@ def is_port(value: object) -> bool:
     return type(value) is int and 1 <= value <= 65535
 
 
+def parse_port(text: str) -> int:
+    """A port number in ASCII decimal digits, 1..65535; ValueError otherwise."""
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
+        raise ValueError(text)
+    return int(text)
+
+
 def parse_host_port(text: str) -> tuple[str, int]:
     """Split `HOST:PORT` or `[V6]:PORT`; ValueError when it is not that."""
     if text.startswith("["):
@@ -49,9 +72,7 @@ def parse_host_port(text: str) -> tuple[str, int]:
         host, sep, port = text.rpartition(":")
         if not sep or ":" in host or not is_host(host):
             raise ValueError(text)
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(text)
-    return host, int(port)
+    return host, parse_port(port)
 
 
 def format_host_port(host: str, port: int) -> str:

@@ -21,7 +21,13 @@ from typing import Any
 
 from aura_common import ipc, pki, runtime, systemd
 from aura_common.atomic import write_atomic
-from aura_common.config import RegistryConfig, ServerConfig, TransportsConfig, encode_key
+from aura_common.config import (
+    RegistryConfig,
+    ServerConfig,
+    TransportsConfig,
+    encode_key,
+    parse_port,
+)
 from aura_common.errors import AuraError
 from aura_common.keys import new_key_pair
 from aura_common.registry import Registry
@@ -100,9 +106,10 @@ def _new_config(args: argparse.Namespace, config_path: Path) -> ServerConfig:
 
 
 def port_number(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port 1..65535, found {text!r}")
-    return int(text)
+    try:
+        return parse_port(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port 1..65535, found {text!r}") from None
 
 
 def reload_systemd(config_path: Path) -> None:

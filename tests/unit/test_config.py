@@ -22,8 +22,10 @@ from aura_common.config import (
     ClientTunnel,
     FallbackHandler,
     ServerConfig,
+    is_host,
     parse_host_port,
 )
+from aura_common.config.values import host_problem
 from aura_common.errors import ConfigError
 
 KEY = base64.b64encode(bytes(range(32))).decode()
@@ -244,6 +246,21 @@ def test_parse_host_port() -> None:
     for bad in ("example.org", "example.org:0", "2001:db8::1:80", "[zz]:1", ":80", "a:b"):
         with pytest.raises(ValueError):
             parse_host_port(bad)
+
+
+def test_ports_are_ascii_digits_everywhere() -> None:
+    # int() reads other scripts' digits too; a port in a file or a manifest is ASCII.
+    for bad in ("example.org:\u0663", "[::1]:8\u0660", "example.org:\uff18\uff10"):
+        with pytest.raises(ValueError):
+            parse_host_port(bad)
+
+
+def test_a_final_dot_is_a_config_host_but_not_a_manifest_host() -> None:
+    assert is_host("vpn.example.org.") and is_host("vpn.example.org")
+    assert host_problem("vpn.example.org") is None and host_problem("192.0.2.1") is None
+    assert host_problem("vpn.example.org.") == (
+        "a DNS name (letters, digits, hyphens, dot-separated labels) or an IP address")
+    assert not is_host(".") and not is_host("") and not is_host("::1.")
 
 
 # -- client config ------------------------------------------------------------------------
