@@ -5,11 +5,14 @@
 One lab: the bare veth, a wireguard-go pair, and one Aura server with UDP, TCP and QUIC
 enabled, reached by one Aura client pinned to each transport in turn. For every path: ping
 RTT while idle, then while iperf3 TCP saturates the tunnel upload and then download (ping
-starts once iperf3 is past its ramp-up), with the throughput of those iperf3 runs. Each RTT
-figure is the median of its pings. Printed as ratios against the wireguard-go pair measured
-in the same run: idle *added* latency (over the bare veth) and loaded RTT. The machine is
-shared and noisy: compare ratios within one run; `--repeat` runs it again and reports
-medians of the ratios. `--write-readme` puts the table into README.md.
+starts once iperf3 is past its ramp-up), with the throughput of those iperf3 runs and the
+segments their TCP sender retransmitted (what the path dropped: a path that drops nothing
+leaves the sender's congestion window, and with it the queue, to the congestion control,
+which is named too). Each RTT figure is the median of its pings. Printed as ratios against
+the wireguard-go pair measured in the same run: idle *added* latency (over the bare veth)
+and loaded RTT. The machine is shared and noisy: compare ratios within one run; `--repeat`
+runs it again and reports medians of the ratios. `--write-readme` puts the table into
+README.md. `python3 -m bench.hops` splits an idle ping's round trip into its hops.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ class Latency:
     download_ms: float
     upload_bps: float  # iperf3 throughput during those pings
     download_bps: float
+    upload_retransmits: int = 0  # segments the iperf3 sender retransmitted meanwhile
+    download_retransmits: int = 0
 
 
 def ping_rtts(lab: Lab, ns: str, address: str, count: int) -> list[float]:
@@ -57,8 +62,9 @@ def ping_rtts(lab: Lab, ns: str, address: str, count: int) -> list[float]:
 
 
 def loaded(lab: Lab, ns: str, server_ns: str, address: str, seconds: int, *, reverse: bool,
-           folder: Path) -> tuple[float, float]:
-    """Median ping RTT (ms) while iperf3 TCP saturates the path, and iperf3's throughput."""
+           folder: Path) -> tuple[float, float, int]:
+    """Median ping RTT (ms) while iperf3 TCP saturates the path, iperf3's throughput and the
+    segments its sender retransmitted."""
     port = 5201 + int(time.monotonic_ns() % 1000)
     server = lab.spawn(server_ns, ["iperf3", "-s", "-1", "-p", str(port)])
     report = folder / f"iperf3-{port}.json"
@@ -75,7 +81,8 @@ def loaded(lab: Lab, ns: str, server_ns: str, address: str, seconds: int, *, rev
         result = json.loads(report.read_text())
         if "error" in result:
             raise AssertionError(f"iperf3 to {address}: {result['error']}")
-        return statistics.median(rtts), float(result["end"]["sum_received"]["bits_per_second"])
+        return (statistics.median(rtts), float(result["end"]["sum_received"]["bits_per_second"]),
+                int(result["end"]["sum_sent"].get("retransmits", 0)))
     finally:
         lab.stop(server)
 
@@ -84,11 +91,12 @@ def measure(lab: Lab, name: str, ns: str, server_ns: str, address: str, seconds:
             folder: Path) -> Latency:
     lab.ping(ns, address)  # warm up: handshakes, ARP, route caches
     idle = statistics.median(ping_rtts(lab, ns, address, 40))
-    upload_ms, upload = loaded(lab, ns, server_ns, address, seconds, reverse=False,
-                               folder=folder)
-    download_ms, download = loaded(lab, ns, server_ns, address, seconds, reverse=True,
-                                   folder=folder)
-    result = Latency(name, idle, upload_ms, download_ms, upload, download)
+    upload_ms, upload, upload_lost = loaded(lab, ns, server_ns, address, seconds,
+                                            reverse=False, folder=folder)
+    download_ms, download, download_lost = loaded(lab, ns, server_ns, address, seconds,
+                                                  reverse=True, folder=folder)
+    result = Latency(name, idle, upload_ms, download_ms, upload, download, upload_lost,
+                     download_lost)
     print(f"measured {result}", flush=True)
     return result
 
@@ -178,9 +186,18 @@ def table(results: list[Latency], summary: list[Ratios], repeats: int) -> str:
             f"{r.download_ms:.2f} ms (x{ratio.download_rtt:.2f}) | "
             f"{r.upload_bps / 1e9:.2f} Gb/s (x{ratio.upload_bps:.2f}) | "
             f"{r.download_bps / 1e9:.2f} Gb/s (x{ratio.download_bps:.2f}) |")
+    lost = "; ".join(f"{r.path} {r.upload_retransmits} / {r.download_retransmits}"
+                     for r in results if r.path != "bare veth")
+    lines.append(f"\nTCP segments the iperf3 sender retransmitted in the loaded runs (upload / "
+                 f"download; congestion control {congestion_control()}): {lost}.")
     if repeats > 1:
-        lines.append(f"\nRatios (x) are medians of {repeats} runs; figures are the last run's.")
+        lines.append(f"Ratios (x) are medians of {repeats} runs; figures are the last run's.")
     return "\n".join(lines)
+
+
+def congestion_control() -> str:
+    """The TCP congestion control iperf3 runs with (the host's default)."""
+    return Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
 
 
 def main() -> None:
