@@ -217,6 +217,18 @@ def client_is_up(lab: Lab, ns: str, config: Path) -> bool:
     return result.returncode == 0 and json.loads(result.stdout)["state"] == "up"
 
 
+def aura_client_up(lab: Lab, server: AuraServer, name: str, log: Path, timeout: float
+                   ) -> tuple[str, Path]:
+    """A new peer `name` and the Aura client with its config (logging to `log`) in a new
+    namespace, once it is up: the namespace and the config."""
+    ns = server.add_client_namespace()
+    config = server.provision(name, "aura")
+    lab.spawn(ns, [*AURA, "client", "up", "--foreground", str(config)], log=log)
+    lab.wait_for(lambda: client_is_up(lab, ns, config), timeout=timeout,
+                 what=f"{name}'s client up")
+    return ns, config
+
+
 def iperf3(lab: Lab, client_ns: str, server_ns: str, server_ip: str, *, reverse: bool = False,
            seconds: int = 3) -> float:
     """Run a bounded iperf3 TCP test and return the received throughput in bits/s."""

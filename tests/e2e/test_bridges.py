@@ -12,8 +12,8 @@ import yaml
 from aura_common import runtime
 from aura_lab.netns import Lab
 from aura_lab.topology import (
-    AURA,
     INTERNET_HOST,
+    aura_client_up,
     build,
     client_is_up,
     client_status,
@@ -41,11 +41,7 @@ def test_moved_ports_reach_connected_clients_through_a_signed_manifest(
     server = build(lab, tmp_path)
     server.init(transports=("udp", "tcp", "quic"))
     server.start()
-    ns = server.add_client_namespace()
-    config = server.provision("alice", "aura")
-    lab.spawn(ns, [*AURA, "client", "up", "--foreground", str(config)],
-              log=tmp_path / "client.log")
-    lab.wait_for(lambda: client_is_up(lab, ns, config), timeout=30, what="client up")
+    ns, config = aura_client_up(lab, server, "alice", tmp_path / "client.log", timeout=30)
     assert client_status(lab, ns, config)["transport"] == "udp"
 
     # While the server is down, another program takes UDP 8443: on restart the UDP transport

@@ -13,8 +13,8 @@ from aura_lab.netns import Lab
 from aura_lab.topology import (
     AURA,
     SERVER_TUNNEL_V4,
+    aura_client_up,
     build,
-    client_is_up,
     stock_wireguard_up,
 )
 
@@ -59,11 +59,7 @@ def test_a_closed_tls_connection_ends_its_session_at_once(lab: Lab, tmp_path: Pa
     server = build(lab, tmp_path)
     server.init(transports=("tcp",))
     server.start()
-    ns = server.add_client_namespace()
-    config = server.provision("alice", "aura")
-    lab.spawn(ns, [*AURA, "client", "up", "--foreground", str(config)],
-              log=tmp_path / "client.log")
-    lab.wait_for(lambda: client_is_up(lab, ns, config), timeout=60, what="client up over TLS")
+    ns, config = aura_client_up(lab, server, "alice", tmp_path / "client.log", timeout=60)
     alice = server.status()["peers"][0]
     assert alice["connected"] and alice["transport"] == "tcp"
 

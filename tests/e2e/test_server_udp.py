@@ -218,6 +218,17 @@ try:
 finally:
     os.kill(udp_pid, signal.SIGCONT)
 replies = {}
+
+
+def count_replies():
+    while True:
+        try:
+            reply = s.recv(2048)
+        except BlockingIOError:
+            return
+        replies[reply[0]] = replies.get(reply[0], 0) + 1
+
+
 deadline = time.monotonic() + 10
 for i in range(3000):
     try:
@@ -226,21 +237,11 @@ for i in range(3000):
         time.sleep(0.001)
     if i % 100 == 0:
         time.sleep(0.01)
-    while True:
-        try:
-            reply = s.recv(2048)
-        except BlockingIOError:
-            break
-        replies[reply[0]] = replies.get(reply[0], 0) + 1
+    count_replies()
     if time.monotonic() > deadline:
         break
 time.sleep(0.5)
-while True:
-    try:
-        reply = s.recv(2048)
-    except BlockingIOError:
-        break
-    replies[reply[0]] = replies.get(reply[0], 0) + 1
+count_replies()
 print(replies.get(2, 0), replies.get(3, 0))
 """
 

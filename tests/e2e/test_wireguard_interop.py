@@ -157,23 +157,12 @@ def _b64(key: bytes) -> str:
 
 
 @pytest.mark.e2e
-def test_core_as_responder_to_wireguard_go(lab: Lab, tmp_path: Path) -> None:
-    _run_interop(lab, tmp_path, core_initiates=False, with_psk=False)
-
-
-@pytest.mark.e2e
-def test_core_as_initiator_to_wireguard_go(lab: Lab, tmp_path: Path) -> None:
-    _run_interop(lab, tmp_path, core_initiates=True, with_psk=False)
-
-
-@pytest.mark.e2e
-def test_core_as_responder_with_preshared_key(lab: Lab, tmp_path: Path) -> None:
-    _run_interop(lab, tmp_path, core_initiates=False, with_psk=True)
-
-
-@pytest.mark.e2e
-def test_core_as_initiator_with_preshared_key(lab: Lab, tmp_path: Path) -> None:
-    _run_interop(lab, tmp_path, core_initiates=True, with_psk=True)
+@pytest.mark.parametrize("with_psk", [False, True], ids=["no-psk", "psk"])
+@pytest.mark.parametrize("core_initiates", [False, True], ids=["responder", "initiator"])
+def test_core_with_wireguard_go(
+    lab: Lab, tmp_path: Path, core_initiates: bool, with_psk: bool
+) -> None:
+    _run_interop(lab, tmp_path, core_initiates=core_initiates, with_psk=with_psk)
 
 
 if __name__ == "__main__":
