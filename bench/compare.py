@@ -12,7 +12,6 @@ README.md.
 
 from __future__ import annotations
 
-import argparse
 import re
 import statistics
 import tempfile
@@ -151,11 +150,7 @@ def markdown(results: list[Result]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=int, default=5, help="per iperf3 run (default 5)")
-    parser.add_argument("--write-readme", action="store_true",
-                        help="replace the table between the bench:compare markers")
-    args = parser.parse_args()
+    args = readme.arguments(__doc__, "compare", seconds=5).parse_args()
     results = run(args.seconds)
     print(report(results))
     if args.write_readme:

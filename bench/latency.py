@@ -17,7 +17,6 @@ README.md. `python3 -m bench.hops` splits an idle ping's round trip into its hop
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import statistics
@@ -201,17 +200,10 @@ def congestion_control() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=int, default=8, help="per iperf3 run (default 8)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs (default 1)")
-    parser.add_argument("--write-readme", action="store_true",
-                        help="replace the table between the bench:latency markers")
-    args = parser.parse_args()
+    args = readme.arguments(__doc__, "latency", seconds=8, repeat=True).parse_args()
     runs = [run(args.seconds) for _ in range(args.repeat)]
-    text = table(runs[-1], median_ratios([ratios(r) for r in runs]), args.repeat)
-    print(text)
-    if args.write_readme:
-        readme.write("latency", text)
+    readme.publish("latency", table(runs[-1], median_ratios([ratios(r) for r in runs]),
+                                    args.repeat), args.write_readme)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ with `--write-readme`.
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -25,3 +26,31 @@ def replace_block(document: str, name: str, text: str) -> str:
 def write(name: str, text: str, readme: Path = README) -> None:
     readme.write_text(replace_block(readme.read_text(), name, text))
     print(f"wrote the {name} table into {readme}")
+
+
+def arguments(doc: str, name: str, *, seconds: int | None = None, repeat: bool = False
+              ) -> argparse.ArgumentParser:
+    """The parser of bench `name` (described by the first line of `doc`): `--write-readme`,
+    and `--seconds` per iperf3 run (default `seconds`) and `--repeat` where asked for."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    if seconds is not None:
+        parser.add_argument("--seconds", type=int, default=seconds,
+                            help=f"per iperf3 run (default {seconds})")
+    if repeat:
+        parser.add_argument("--repeat", type=int, default=1, help="runs (default 1)")
+    parser.add_argument("--write-readme", action="store_true",
+                        help=f"replace the table between the bench:{name} markers")
+    return parser
+
+
+def publish(name: str, table: str, write_readme: bool) -> None:
+    """Print bench `name`'s table and, with `--write-readme`, put it into README.md."""
+    print(table)
+    if write_readme:
+        write(name, table)
+
+
+def medians_note(runs: int) -> list[str]:
+    """The lines that end a table whose ratios are the medians of `runs` runs (none for one)."""
+    return ["", f"Ratios are medians of {runs} runs; figures are the last run's."] if runs > 1 \
+        else []

@@ -22,7 +22,6 @@ the steady phase. Figures:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -337,19 +336,14 @@ def table(s: Scale) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = readme.arguments(__doc__, "scale")
     parser.add_argument("--peers", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=10, help="echo requests/s per peer")
     parser.add_argument("--seconds", type=float, default=20, help="steady phase length")
-    parser.add_argument("--write-readme", action="store_true",
-                        help="replace the table between the bench:scale markers")
     args = parser.parse_args()
     result = run(args.peers, args.rate, args.seconds)
     print(json.dumps(asdict(result), indent=1), file=sys.stderr)
-    text = table(result)
-    print(text)
-    if args.write_readme:
-        readme.write("scale", text)
+    readme.publish("scale", table(result), args.write_readme)
 
 
 if __name__ == "__main__":

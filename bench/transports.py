@@ -19,7 +19,6 @@ process a transport's cost falls on.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -216,27 +215,18 @@ def markdown(runs: list[list[Result]]) -> str:
         lines.append(f"| {r.path} | {r.upload / 1e9:.3f} Gb/s | {r.download / 1e9:.3f} Gb/s | "
                      f"{r.rtt_ms:.2f} ms | x{medians[0]:.2f} / x{medians[1]:.2f} | "
                      f"x{medians[2]:.2f} / x{medians[3]:.2f} |")
-    if len(runs) > 1:
-        lines.append(f"\nRatios are medians of {len(runs)} runs; figures are the last run's.")
+    lines += readme.medians_note(len(runs))
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=int, default=5, help="per iperf3 run (default 5)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs (default 1)")
-    parser.add_argument("--write-readme", action="store_true",
-                        help="replace the table between the bench:transports markers")
-    args = parser.parse_args()
+    args = readme.arguments(__doc__, "transports", seconds=5, repeat=True).parse_args()
     runs = []
     for _ in range(args.repeat):
         results, cpu = run(args.seconds)
         runs.append(results)
         print(report(results), cpu_report(cpu), sep="\n", flush=True)
-    table = markdown(runs)
-    print(table)
-    if args.write_readme:
-        readme.write("transports", table)
+    readme.publish("transports", markdown(runs), args.write_readme)
 
 
 if __name__ == "__main__":
