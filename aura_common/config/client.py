@@ -27,12 +27,10 @@ from aura_common.config.checks import (
 from aura_common.config.reader import (
     CONFIG_VERSION,
     Check,
+    ConfigFile,
     Nested,
     Place,
-    dump_section,
     key,
-    read_section,
-    read_yaml,
 )
 from aura_common.config.values import MTU_MAX, MTU_MIN, is_host, is_peer_name
 from aura_common.errors import ConfigError
@@ -96,7 +94,9 @@ class ClientTunnel:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClientConfig:
+class ClientConfig(ConfigFile):
+    UNNAMED = "<client config>"
+
     version: int = key(CONFIG_VERSION, Version(), stated=True)
     name: str = key(check=Text(is_peer_name, "a name matching [a-z0-9][a-z0-9_.-]{0,31}"))
     interface: ClientInterface = key(check=Nested(ClientInterface))
@@ -136,19 +136,6 @@ class ClientConfig:
         """The record of the system DNS change the client made, replayed on down or restart."""
         return os.path.splitext(self.manifest_state_file)[0] + ".dns.json"
 
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> ClientConfig:
-        path = os.fspath(path)
-        return cls.from_mapping(read_yaml(path), path)
-
-    @classmethod
-    def from_mapping(cls, raw: object, path: str = "<client config>") -> ClientConfig:
-        return read_section(cls, raw, Place(path), path=path)
-
-    def dump(self) -> str:
-        """YAML with short comments; `load` of the text gives an equal config."""
-        return "\n".join([
-            f"# Aura client configuration for {self.name}. Keep it secret: it holds a private key.",
-            *dump_section(self),
-            "",
-        ])
+    def header(self) -> str:
+        return (f"# Aura client configuration for {self.name}. "
+                "Keep it secret: it holds a private key.")

@@ -12,8 +12,9 @@ file stops a service at start with one line the operator can act on.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import yaml
 
@@ -118,6 +119,30 @@ def dump_section(section: object, indent: int = 0) -> list[str]:
         else:
             lines.append(f"{pad}{f.name}: {yaml_value(data)}{comment}")
     return lines
+
+
+class ConfigFile:
+    """A schema that is a whole file: read from a path or a mapping (its `path` field set to
+    where it came from), dumped under a header comment."""
+
+    UNNAMED: ClassVar[str]  # how messages name a config that came from no file
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Self:
+        path = os.fspath(path)
+        return cls.from_mapping(read_yaml(path), path)
+
+    @classmethod
+    def from_mapping(cls, raw: object, path: str | None = None) -> Self:
+        path = cls.UNNAMED if path is None else path
+        return read_section(cls, raw, Place(path), path=path)
+
+    def header(self) -> str:
+        raise NotImplementedError
+
+    def dump(self) -> str:
+        """YAML with short comments; `load` of the text gives an equal config."""
+        return "\n".join([self.header(), *dump_section(self), ""])
 
 
 class Nested(Check[T]):

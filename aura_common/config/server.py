@@ -27,12 +27,11 @@ from aura_common.config.checks import (
 )
 from aura_common.config.reader import (
     CONFIG_VERSION,
+    ConfigFile,
     Nested,
     Place,
-    dump_section,
     key,
     read_section,
-    read_yaml,
 )
 from aura_common.config.values import MTU_MAX, MTU_MIN, is_host, is_interface_name
 from aura_common.roles import METRICS_SERVICES
@@ -205,7 +204,9 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ServerConfig:
+class ServerConfig(ConfigFile):
+    UNNAMED = "<server config>"
+
     version: int = key(CONFIG_VERSION, Version(), stated=True)
     public_host: str = key(check=Text(is_host, "a host name or IP address"),
                            doc="host name or IP clients use")
@@ -356,15 +357,6 @@ class ServerConfig:
     # -- reading and writing -------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> ServerConfig:
-        path = os.fspath(path)
-        return cls.from_mapping(read_yaml(path), path)
-
-    @classmethod
-    def from_mapping(cls, raw: object, path: str = "<server config>") -> ServerConfig:
-        return read_section(cls, raw, Place(path), path=path)
-
-    @classmethod
     def default(
         cls,
         public_host: str,
@@ -390,6 +382,5 @@ class ServerConfig:
         }
         return read_section(cls, raw, Place("<command line>"))
 
-    def dump(self) -> str:
-        """YAML with short comments; `load` of the text gives an equal config."""
-        return "\n".join(["# Aura server configuration.", *dump_section(self), ""])
+    def header(self) -> str:
+        return "# Aura server configuration."
