@@ -1,10 +1,12 @@
 """UDP datagrams in batches: GSO (UDP_SEGMENT) sends and GRO (UDP_GRO) receives.
 
 One `sendmsg` with a UDP_SEGMENT control message sends up to 64 equal-sized datagrams (the last
-may be shorter); with UDP_GRO enabled, one `recvmsg` may return many datagrams of one source
-back to back, with their size in a control message. Python pays per call, so this is what lets
-a transport move hundreds of megabits. Works for IPv4 and IPv6 sockets, blocking or not (every
-call here is non-blocking).
+may be shorter); with UDP_GRO enabled, one receive may return many datagrams of one source
+back to back, with their size in a control message; and one `recvmmsg` returns up to
+MMSG_SLOTS such receives, from any sources. Python pays per call, so this is what lets a
+transport move hundreds of megabits, and what keeps a flood of small datagrams from many
+sources (no GRO for those) from costing a system call and a wakeup's Python each. Works for
+IPv4 and IPv6 sockets, blocking or not (every call here is non-blocking).
 
 A server bound to a wildcard address must answer from the address each client wrote to, not
 from whichever address the kernel's route lookup picks: a client's connected socket, a NAT or a
@@ -14,7 +16,9 @@ that local address, and `send_batch(..., source=...)` sends from it.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import mmap
 import socket
 import struct
 import threading
@@ -63,16 +67,127 @@ Endpoint = tuple[str, int]
 _sockets_without_gso: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 
 
-class _ReceiveBuffer(threading.local):
-    """One receive buffer per thread, reused by every read: a fresh 64 KiB costs more than
-    reading a small datagram (what an idle ping is). Reads copy out what they keep."""
+# One recvmmsg call fills up to this many slots, each a receive of up to 64 KiB (a GRO train).
+MMSG_SLOTS = 64
+# What a call asks for is sized by the last call's receives to hold about this many bytes:
+# all the slots for small datagrams, a few for GRO trains, whose bytes are then copied out
+# while the cache still holds them (64 full trains would not fit, and cost more than the
+# system calls saved).
+CALL_BYTES = 256 << 10
+_SLOT_SIZE = _RECV_SIZE
+_NAME_SIZE = 28  # sockaddr_in6, the larger of the two families
+# struct mmsghdr on 64-bit Linux: a msghdr (name, namelen, iov, iovlen, control, controllen,
+# flags) then the received length. Read back: namelen, controllen, flags, length.
+_MMSGHDR = struct.Struct("@PI4xPNPNi4xI4x")
+_MMSGHDR_RESULT = struct.Struct("@8xI4x16x8xNi4xI4x")
+_IOVEC = struct.Struct("@PN")
+_CMSGHDR = struct.Struct("@Nii")  # cmsg_len, level, type; the data follows, aligned
+_CMSG_ALIGN = struct.calcsize("N")
+_CMSG_HEADER = _CMSGHDR.size  # a multiple of the alignment: where the data starts
+_INT = struct.Struct("i")
+_SOL_SOCKET, _IPPROTO_IP, _IPPROTO_IPV6 = socket.SOL_SOCKET, socket.IPPROTO_IP, socket.IPPROTO_IPV6
+_IPV6_PKTINFO = socket.IPV6_PKTINFO
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int,
+                           ctypes.c_void_p]
+_libc.recvmmsg.restype = ctypes.c_int
+_MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
+# Errors a receive reports for an earlier send (an ICMP error queued for a connected socket):
+# the datagrams behind it are still there.
+_SEND_ERRORS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH,
+                          errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN})
+
+
+class _ReceiveSlots(threading.local):
+    """One set of recvmmsg slots per thread, reused by every read (reads copy out what they
+    keep). The payload area is an anonymous mapping: pages cost memory only once a receive
+    has written to them, so a socket that only ever gets small datagrams holds little."""
 
     def __init__(self) -> None:
-        self.buffer = bytearray(_RECV_SIZE)
-        self.view = memoryview(self.buffer)
+        self.payloads = mmap.mmap(-1, MMSG_SLOTS * _SLOT_SIZE)
+        self.names = bytearray(MMSG_SLOTS * _NAME_SIZE)
+        self.controls = bytearray(MMSG_SLOTS * _CMSG_SPACE)
+        self.iovecs = bytearray(MMSG_SLOTS * _IOVEC.size)
+        self.headers = bytearray(MMSG_SLOTS * _MMSGHDR.size)
+        self.view = memoryview(self.payloads)
+        payloads, names, controls, iovecs = (
+            ctypes.addressof(ctypes.c_char.from_buffer(area))
+            for area in (self.payloads, self.names, self.controls, self.iovecs))
+        for slot in range(MMSG_SLOTS):
+            _IOVEC.pack_into(self.iovecs, slot * _IOVEC.size, payloads + slot * _SLOT_SIZE,
+                             _SLOT_SIZE)
+            _MMSGHDR.pack_into(self.headers, slot * _MMSGHDR.size,
+                               names + slot * _NAME_SIZE, _NAME_SIZE,
+                               iovecs + slot * _IOVEC.size, 1,
+                               controls + slot * _CMSG_SPACE, _CMSG_SPACE, 0, 0)
+        # The kernel writes each header's name and control lengths back: every call starts
+        # from this copy.
+        self.fresh_headers = bytes(self.headers)
+        self.headers_address = ctypes.addressof(ctypes.c_char.from_buffer(self.headers))
+        self.next_count = MMSG_SLOTS  # see CALL_BYTES
+
+    def receive(self, sock: socket.socket, count: int) -> list[tuple[int, int, int, int]]:
+        """Up to `count` receives (at most MMSG_SLOTS) in one call, without blocking: per
+        slot filled, (name length, control length, flags, datagram length)."""
+        self.headers[:] = self.fresh_headers
+        while True:
+            received = _libc.recvmmsg(sock.fileno(), self.headers_address, count,
+                                      _MSG_DONTWAIT, None)
+            if received >= 0:
+                return list(_MMSGHDR_RESULT.iter_unpack(
+                    memoryview(self.headers)[:received * _MMSGHDR.size]))
+            error = ctypes.get_errno()
+            if error in (errno.EAGAIN, errno.EWOULDBLOCK):
+                return []
+            if error not in _SEND_ERRORS and error != errno.EINTR:
+                raise OSError(error, f"recvmmsg: {errno.errorcode.get(error, error)}")
 
 
-_receive = _ReceiveBuffer()
+# Source addresses as the kernel wrote them -> (host, port): a flood's few thousand sources
+# are converted once each, not per datagram. Bounded: emptied when full.
+_ENDPOINTS_LIMIT = 8192
+_endpoints: dict[bytes, Endpoint] = {}
+
+
+_LOCAL_ADDRESSES_LIMIT = 256
+_local_addresses: dict[tuple[int, bytes], str] = {}
+
+
+def _local_address(level: int, pktinfo: bytes) -> str:
+    """The local address an IP_PKTINFO / IPV6_PKTINFO message names (a host has few)."""
+    local = _local_addresses.get((level, pktinfo))
+    if local is None:
+        if level == _IPPROTO_IPV6:
+            local = socket.inet_ntop(socket.AF_INET6, _IN6_PKTINFO.unpack(pktinfo)[0])
+        else:
+            local = socket.inet_ntop(socket.AF_INET, _IN_PKTINFO.unpack(pktinfo)[1])
+        if len(_local_addresses) >= _LOCAL_ADDRESSES_LIMIT:
+            _local_addresses.clear()
+        _local_addresses[level, pktinfo] = local
+    return local
+
+
+def _endpoint(name: bytes) -> Endpoint:
+    endpoint = _endpoints.get(name)
+    if endpoint is None:
+        if int.from_bytes(name[:2], "little") == socket.AF_INET6:
+            host = socket.inet_ntop(socket.AF_INET6, name[8:24])
+            scope = int.from_bytes(name[24:28], "little")
+            if scope and host.startswith("fe80:"):  # as Python's own recvmsg names it
+                try:
+                    host += "%" + socket.if_indextoname(scope)
+                except OSError:
+                    host += f"%{scope}"
+        else:
+            host = socket.inet_ntop(socket.AF_INET, name[4:8])
+        endpoint = (host, int.from_bytes(name[2:4], "big"))
+        if len(_endpoints) >= _ENDPOINTS_LIMIT:
+            _endpoints.clear()
+        _endpoints[name] = endpoint
+    return endpoint
+
+
+_slots = _ReceiveSlots()
 
 
 def enlarge_buffers(sock: socket.socket, size: int = TUNNEL_SOCKET_BUFFER) -> None:
@@ -113,7 +228,8 @@ def enable_timestamps(sock: socket.socket) -> None:
 
 def recv_batch(sock: socket.socket, limit: int = 64, aqm: CoDel | None = None
                ) -> list[tuple[list[bytes], Endpoint]]:
-    """Datagrams waiting on `sock`, grouped by source, from at most `limit` receive calls.
+    """Datagrams waiting on `sock`, grouped by source, from at most `limit` receives (a
+    datagram or a GRO train each; up to MMSG_SLOTS of them per system call).
 
     All the datagrams one source sent share one entry, in the order they came, even when
     other sources' datagrams came between them: a tunnel's packets stay one batch (one
@@ -139,69 +255,85 @@ def recv_batch_with_local(
 
     The local address is None unless `enable_pktinfo` was called on `sock`. With `max_bytes`,
     stops once that many bytes were read (one GRO read may go past it by up to 64 KiB).
-    `keep` is asked with the first byte and the source (host, port) of each read, before
+    `keep` is asked with the first byte and the source (host, port) of each receive, before
     anything else is spent on it; False drops it (a carrier sheds the kind of datagram a
-    flood is made of, at the cost of the receive call and a lookup).
+    flood is made of, at the cost of its slot in a receive call and a lookup).
     """
-    buffer, view = _receive.buffer, _receive.view
+    slots = _slots
+    view, names, controls = slots.view, slots.names, slots.controls
+    unpack_cmsghdr, unpack_int = _CMSGHDR.unpack_from, _INT.unpack_from
+    unpack_timespec = _TIMESPEC.unpack_from
     batches: dict[tuple[str, int, str | None], list[bytes]] = {}
     bytes_read: dict[tuple[str, int, str | None], int] = {}  # kept, by source
-    total = 0
-    for _ in range(limit):
-        if max_bytes is not None and total >= max_bytes:
-            break
-        try:
-            size, ancillary, flags, address = sock.recvmsg_into(
-                [buffer], _CMSG_SPACE, socket.MSG_DONTWAIT
-            )
-        except BlockingIOError:
-            break
-        except ConnectionError:  # an ICMP error queued for a connected socket
-            continue
-        if flags & _MSG_TRUNC or (
-                keep is not None and size and not keep(buffer[0], address[:2])):
-            continue
-        segment_size = size
-        local = None
-        received_at = None
-        for level, kind, data in ancillary:
-            if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
-                segment_size = struct.unpack("i", data[:4])[0] or size
-            elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
-                local = socket.inet_ntop(socket.AF_INET6, _IN6_PKTINFO.unpack(data)[0])
-            elif level == socket.IPPROTO_IP and kind == IP_PKTINFO:
-                local = socket.inet_ntop(socket.AF_INET, _IN_PKTINFO.unpack(data)[1])
-            elif level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-                seconds, nanoseconds = _TIMESPEC.unpack(data[:_TIMESPEC.size])
-                received_at = seconds + nanoseconds * 1e-9
-        total += size
-        key = (address[0], address[1], local)
-        received = view[:size]
-        # One timestamp for a GRO train. CoDel's drop goes to the source that brought the most
-        # bytes in this read (as fq_codel drops from its fattest flow): a bulk flow, not the
-        # many small peers whose datagrams make most of the dequeues, is told to back off.
-        if (aqm is not None and received_at is not None
-                and aqm.should_drop(time.time() - received_at, time.monotonic())):
-            heaviest = max(bytes_read, key=bytes_read.__getitem__, default=key)
-            if heaviest != key and bytes_read[heaviest] > size and batches[heaviest]:
-                bytes_read[heaviest] -= len(batches[heaviest].pop(0))
-            elif segment_size >= size:
+    total = received = 0
+    while received < limit:
+        count = min(slots.next_count, limit - received)
+        if max_bytes is not None:
+            if total >= max_bytes:
+                break
+            count = min(count, 1 + (max_bytes - total - 1) // _SLOT_SIZE)
+        results = slots.receive(sock, count)
+        received += len(results)
+        if results:
+            average = sum(result[3] for result in results) // len(results)
+            slots.next_count = max(1, min(MMSG_SLOTS, CALL_BYTES // max(1, average)))
+        for slot, (name_length, control_length, flags, size) in enumerate(results):
+            if flags & _MSG_TRUNC:
                 continue
+            start, name_at = slot * _SLOT_SIZE, slot * _NAME_SIZE
+            source = _endpoint(bytes(names[name_at:name_at + name_length]))
+            if keep is not None and size and not keep(view[start], source):
+                continue
+            segment_size = size
+            local = None
+            received_at = None
+            at = slot * _CMSG_SPACE
+            end = at + control_length
+            while at + _CMSG_HEADER <= end:
+                length, level, kind = unpack_cmsghdr(controls, at)
+                if length < _CMSG_HEADER:
+                    break
+                data = at + _CMSG_HEADER
+                if kind == UDP_GRO and level == SOL_UDP:
+                    segment_size = unpack_int(controls, data)[0] or size
+                elif kind == SO_TIMESTAMPNS and level == _SOL_SOCKET:
+                    seconds, nanoseconds = unpack_timespec(controls, data)
+                    received_at = seconds + nanoseconds * 1e-9
+                elif ((kind == _IPV6_PKTINFO and level == _IPPROTO_IPV6)
+                      or (kind == IP_PKTINFO and level == _IPPROTO_IP)):
+                    local = _local_address(level, bytes(controls[data:at + length]))
+                at += (length + _CMSG_ALIGN - 1) & -_CMSG_ALIGN
+            total += size
+            key = (source[0], source[1], local)
+            datagram = view[start:start + size]
+            # One timestamp for a GRO train. CoDel's drop goes to the source that brought the
+            # most bytes in this read (as fq_codel drops from its fattest flow): a bulk flow,
+            # not the many small peers whose datagrams make most of the dequeues, is told to
+            # back off.
+            if (aqm is not None and received_at is not None
+                    and aqm.should_drop(time.time() - received_at, time.monotonic())):
+                heaviest = max(bytes_read, key=bytes_read.__getitem__, default=key)
+                if heaviest != key and bytes_read[heaviest] > size and batches[heaviest]:
+                    bytes_read[heaviest] -= len(batches[heaviest].pop(0))
+                elif segment_size >= size:
+                    continue
+                else:
+                    datagram = view[start + segment_size:start + size]
+                    size -= segment_size
+            if segment_size >= size:
+                datagrams = [bytes(datagram)]
             else:
-                received = view[segment_size:size]
-                size -= segment_size
-        if segment_size >= size:
-            datagrams = [bytes(received)]
-        else:
-            datagrams = [
-                bytes(received[start:start + segment_size])
-                for start in range(0, size, segment_size)
-            ]
-        bytes_read[key] = bytes_read.get(key, 0) + size
-        if key in batches:
-            batches[key].extend(datagrams)
-        else:
-            batches[key] = datagrams
+                datagrams = [
+                    bytes(datagram[offset:offset + segment_size])
+                    for offset in range(0, size, segment_size)
+                ]
+            bytes_read[key] = bytes_read.get(key, 0) + size
+            if key in batches:
+                batches[key].extend(datagrams)
+            else:
+                batches[key] = datagrams
+        if len(results) < count:  # the socket is empty: no need to ask again
+            break
     return [(datagrams, (host, port), local)
             for (host, port, local), datagrams in batches.items() if datagrams]
 

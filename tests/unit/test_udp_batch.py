@@ -10,7 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aura_common.netio import udp
 from aura_common.netio.udp import (
+    CALL_BYTES,
+    MMSG_SLOTS,
     TUNNEL_SOCKET_BUFFER,
     enable_gro,
     enable_pktinfo,
@@ -206,3 +209,56 @@ def test_a_read_stops_at_its_byte_budget_and_leaves_the_rest_queued() -> None:
         assert sum(len(batch[0]) for batch in first) == 3
         rest = recv_batch_with_local(receiver, limit=64)
         assert sum(len(batch[0]) for batch in rest) == 7
+
+
+def test_a_read_takes_at_most_its_limit_of_receives_over_several_calls() -> None:
+    sender, receiver = make_pair(socket.AF_INET, gro=False)
+    with sender, receiver:
+        for datagram in payloads([100] * 150):
+            sender.sendto(datagram, receiver.getsockname())
+        time.sleep(0.05)
+        limit = MMSG_SLOTS + 6  # more than one call holds
+        [(first, _source, _local)] = recv_batch_with_local(receiver, limit=limit)
+        [(rest, _source, _local)] = recv_batch_with_local(receiver, limit=1000)
+        assert (len(first), len(rest)) == (limit, 150 - limit)
+        assert first + rest == payloads([100] * 150)
+
+
+def test_sources_are_named_as_the_socket_module_names_them(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    monkeypatch.setattr(udp, "_ENDPOINTS_LIMIT", 2)  # a flood's sources: bounded, still right
+    monkeypatch.setattr(udp, "_endpoints", {})
+    receiver = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    receiver.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    senders = [socket.socket(family, socket.SOCK_DGRAM)
+               for family in (socket.AF_INET, socket.AF_INET6, socket.AF_INET)]
+    with receiver, senders[0], senders[1], senders[2]:
+        receiver.bind(("::", 0))
+        port = receiver.getsockname()[1]
+        for sender, host in zip(senders, ("127.0.0.1", "::1", "127.0.0.1"), strict=True):
+            sender.bind((host, 0))
+            sender.sendto(b"x", (host, port))
+        time.sleep(0.05)
+        sources = [source for _datagrams, source in recv_batch(receiver)]
+        for sender in senders:
+            sender.sendto(b"y", ("127.0.0.1" if sender.family == socket.AF_INET else "::1",
+                                 port))
+        time.sleep(0.05)
+        expected = [receiver.recvfrom(10)[1][:2] for _ in senders]
+        assert sources == expected
+        assert expected[0][0] == "::ffff:127.0.0.1"
+        assert len(udp._endpoints) <= 2
+
+
+def test_a_call_asks_for_as_many_receives_as_fit_its_bytes() -> None:
+    sender, receiver = make_pair(socket.AF_INET, gro=True)
+    with sender, receiver:
+        train = payloads([1300] * 40)  # one GSO send, one receive: 52,000 bytes
+        send_batch(sender, train, receiver.getsockname())
+        time.sleep(0.05)
+        assert recv_batch(receiver) == [(train, sender.getsockname())]
+        assert udp._slots.next_count == CALL_BYTES // 52_000  # a few trains, copied out warm
+        send_batch(sender, [b"small"], receiver.getsockname())
+        time.sleep(0.05)
+        recv_batch(receiver)
+        assert udp._slots.next_count == MMSG_SLOTS  # small datagrams: every slot
