@@ -34,12 +34,14 @@ RECV_BATCH_BYTES = 4 << 20
 # Handshake messages (types 1-3) passed on per read, to be screened (mac1, then a cookie reply
 # or the rate limit) and queued; more are dropped as soon as their first byte and source are
 # read. When a flood outpaces what this process can screen, the socket's buffer must not fill
-# (the kernel would then drop data and junk alike): the read goes on at the cost of the
-# receive call and a lookup per shed message, and data is never shed. Messages the core would
+# (the kernel would then drop data and junk alike): the read goes on at the cost of a
+# recvmmsg slot and a lookup per shed message, and data is never shed. Messages the core would
 # drop anyway (`Device.shed_first`: an endpoint just sent a cookie reply, a source out of its
 # rate limit) have a small share of their own, in time rather than per read (reads come as
 # often as data does), so a flood of them can neither crowd out a new client's initiation or
 # a retry carrying its cookie, nor cost more than a few milliseconds of screening a second.
+# Whatever is shed is what WireGuard's queue would hold past its mark: the device is under
+# load (cookies needed) for a second after any read that sheds.
 HANDSHAKES_PER_READ = 64
 LIKELY_DROPPED_PER_SECOND = 200.0
 LIKELY_DROPPED_BURST = 8
@@ -76,13 +78,12 @@ class UdpCarrier:
         reply_from = self._reply_from
         batches = []
         handshakes = shed = 0
-        overflowed = False
         shed_first, now = self.hub.device.shed_first, time.monotonic()
         tokens = min(float(LIKELY_DROPPED_BURST), self._likely_dropped_tokens
                      + (now - self._likely_dropped_at) * LIKELY_DROPPED_PER_SECOND)
 
         def keep(first_byte: int, source: Endpoint) -> bool:
-            nonlocal handshakes, tokens, shed, overflowed
+            nonlocal handshakes, tokens, shed
             if first_byte not in HANDSHAKE_TYPES:
                 return True
             if shed_first(source, now):
@@ -91,7 +92,6 @@ class UdpCarrier:
             else:
                 handshakes += 1
                 kept = handshakes <= HANDSHAKES_PER_READ
-                overflowed |= not kept
             shed += not kept
             return kept
 
@@ -104,9 +104,8 @@ class UdpCarrier:
                     del reply_from[next(iter(reply_from))]
             batches.append((datagrams, source))
         self._likely_dropped_tokens, self._likely_dropped_at = tokens, now
-        if shed:
+        if shed:  # more handshake messages than are screened: that is load
             self.hub.counters.shed(shed)
-        if overflowed:  # more new handshakes than one read screens: that is load
             self.hub.device.handshakes_shed(now)
         if batches:
             self.hub.received_batches(batches)

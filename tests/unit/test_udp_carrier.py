@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 from aura_common.transport import SessionHub
 from aura_common.wireguard import Device, generate_private_key, public_key
+from aura_common.wireguard.limits import UNDER_LOAD_STICKY
 from aura_lab.flood import junk_initiation
 from services.udp.main import (
     HANDSHAKES_PER_READ,
@@ -111,3 +112,24 @@ def test_what_the_core_would_drop_anyway_is_screened_at_a_bounded_rate_over_many
     assert screened <= LIKELY_DROPPED_BURST + LIKELY_DROPPED_PER_SECOND * elapsed + 1
     shed = hub.counters.dropped["handshake_queue_full"]
     assert screened + shed + carrier.aqm.dropped == reads * per_read  # CoDel: they waited 10 ms
+
+
+def test_handshakes_shed_from_endpoints_just_answered_keep_the_device_under_load() -> None:
+    key = generate_private_key()
+    with carrier_on_loopback(Device(key)) as (carrier, flooder):
+        hub, server = carrier.hub, carrier.sock
+
+        async def read() -> None:  # at once: loopback queues each datagram as it is sent,
+            carrier._readable()  # and one waiting long would meet CoDel
+
+        for _ in range(HANDSHAKES_PER_READ + 1):  # one more than a read screens: load
+            flooder.sendto(junk_initiation(public_key(key)), server.getsockname())
+        asyncio.run(read())
+        assert hub.counters.sent[3] == HANDSHAKES_PER_READ  # a cookie reply each
+        time.sleep(UNDER_LOAD_STICKY + 0.1)  # that load is over, the endpoint still paced
+        for _ in range(3 * LIKELY_DROPPED_BURST):  # a burst screened, the rest shed: load
+            flooder.sendto(junk_initiation(public_key(key)), server.getsockname())
+        asyncio.run(read())
+    # Screened under load: answered with cookies, none queued for a key exchange.
+    assert hub.counters.sent[3] == HANDSHAKES_PER_READ + LIKELY_DROPPED_BURST
+    assert hub.device.handshakes_pending == 0
