@@ -81,8 +81,7 @@ class Device:
         self._handshakes = Handshakes(public_key, self._static, self._authority, self._peers,
                                       self._index, rng=rng, wall_ns=wall_ns,
                                       completed=self._handshake_completed)
-        self._receiver = Receiver(self._index, screen=self._screen.screen,
-                                  other=self._handshakes.receive,
+        self._receiver = Receiver(self._index, other=self._handshakes.receive,
                                   confirmed=self._handshake_completed,
                                   rekey=self._handshakes.initiate_unless_pending)
 
@@ -130,9 +129,9 @@ class Device:
                         now: float) -> list[Event]:
         """Everything a transport has read at once, as (datagrams, source) runs.
 
-        Data is handled at once. Handshake messages are screened at once too, with nothing
-        dearer than a keyed hash: mac1, and under load mac2 (else a cookie reply) and the
-        per-source rate limit. Those that pass join the handshake queue (at most
+        Data is handled first, from every run. Handshake messages are screened after it, with
+        nothing dearer than a keyed hash: mac1, and under load mac2 (else a cookie reply) and
+        the per-source rate limit. Those that pass join the handshake queue (at most
         HANDSHAKE_QUEUE_SIZE, new sources first: backlog.py), whose key exchanges are the dear part:
         HANDSHAKE_WORK_BATCH of them are done now, the rest by `process_handshakes`. The
         queue's length is the load that decides whether a handshake must carry a cookie, and
@@ -140,9 +139,13 @@ class Device:
         arrive, and a flood of them costs a hash each.
         """
         events: list[Event] = []
+        handshakes: list[tuple[bytes, Endpoint]] = []
         run = self._receiver.run
         for datagrams, source in batches:
-            run(datagrams, source, now, events)
+            run(datagrams, source, now, events, handshakes)
+        screen = self._screen.screen
+        for datagram, source in handshakes:
+            screen(datagram, source, now, events)
         self._work_handshakes(now, events)
         return events
 

@@ -1,4 +1,4 @@
-"""The receive path: data messages opened, handshake messages passed on to be screened.
+"""The receive path: data messages opened, handshake messages set aside to be screened.
 
 Per data message: one struct operation, one dict lookup, one AEAD call on the cipher object
 the keypair caches, the replay window and the IP length check. Bookkeeping (endpoint, counters,
@@ -39,24 +39,25 @@ PeerHandler = Callable[[Peer, float, list[Event]], None]
 class Receiver:
     """Opens runs of datagrams; hands the device what is not data.
 
-    `screen`: a message of a handshake type and size; `other`: any other one that is not data;
-    `confirmed`: a peer's new keys are confirmed (its handshake completed); `rekey`: a peer
-    should start a handshake unless one is pending.
+    `other`: a message that is neither data nor of a handshake type and size; `confirmed`: a
+    peer's new keys are confirmed (its handshake completed); `rekey`: a peer should start a
+    handshake unless one is pending.
     """
 
-    __slots__ = ("_confirmed", "_keypairs", "_other", "_rekey", "_screen")
+    __slots__ = ("_confirmed", "_keypairs", "_other", "_rekey")
 
-    def __init__(self, index: IndexTable, *, screen: MessageHandler, other: MessageHandler,
+    def __init__(self, index: IndexTable, *, other: MessageHandler,
                  confirmed: PeerHandler, rekey: PeerHandler) -> None:
         self._keypairs = index.keypairs
-        self._screen = screen
         self._other = other
         self._confirmed = confirmed
         self._rekey = rekey
 
     def run(self, datagrams: Sequence[bytes], source: Endpoint, now: float,
-            events: list[Event]) -> None:
-        """Datagrams from one source, in order."""
+            events: list[Event], handshakes: list[tuple[bytes, Endpoint]]) -> None:
+        """Datagrams from one source, in order; messages of a handshake type and size are
+        appended to `handshakes` instead, for the device to screen after the data of the
+        whole read (a flood of them delays no data)."""
         keypairs = self._keypairs
         unpack_header = TRANSPORT_HEADER.unpack_from
         run_peer: Peer | None = None
@@ -117,7 +118,7 @@ class Receiver:
                 self._finish(run_peer, run_packets, run_bytes, run_has_data, source, now, events)
                 run_peer = None
             if size and _HANDSHAKE_SIZES.get(datagram[0]) == size:
-                self._screen(datagram, source, now, events)
+                handshakes.append((datagram, source))
             else:
                 self._other(datagram, source, now, events)
         if run_peer is not None:

@@ -12,7 +12,14 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from aura_common.transport import SessionHub, format_endpoint
-from aura_common.wireguard import Device, Event, Transmit, generate_private_key, public_key
+from aura_common.wireguard import (
+    Device,
+    Event,
+    Received,
+    Transmit,
+    generate_private_key,
+    public_key,
+)
 from aura_common.wireguard.constants import REKEY_TIMEOUT
 from aura_common.wireguard.cookie import (
     CookiePacer,
@@ -110,6 +117,19 @@ def test_under_load_junk_costs_a_cookie_reply_at_once_and_data_behind_it_goes_th
     queued = UNDER_LOAD_BACKLOG - 1
     assert sizes(events) == [64] * (len(flood) - queued)
     assert pair.server.handshakes_pending == queued - HANDSHAKE_WORK_BATCH
+
+
+def test_the_data_of_a_read_is_handled_before_its_handshake_messages() -> None:
+    pair = Pair()
+    pair.connect()
+    pair.server.handshakes_shed(0.5)  # under load: each junk initiation earns a cookie reply
+    server_public = public_key(pair.server_key)
+    packet = b"\x45\x00\x00\x14" + bytes(16)  # an IPv4 header, 20 bytes long
+    data = transmits(pair.client.send(pair.to_server, [packet], 0.5))
+    flood = spoofed([junk_initiation(server_public) for _ in range(3)])
+    events = pair.server.receive_batches([*flood, (data, CLIENT_ADDR)], 0.5)
+    kinds = [type(event).__name__ for event in events if isinstance(event, Transmit | Received)]
+    assert kinds == ["Received", "Transmit", "Transmit", "Transmit"]
 
 
 def test_under_load_one_message_gets_one_cookie_reply_per_interval() -> None:
