@@ -76,6 +76,17 @@ class Accounts:
             return True
         return False
 
+    def share(self, peer: Credentials, served: Collection[str]) -> str | None:
+        """The share of a listener's hello slots `peer` waits in (aura_common.ipc.listener), or
+        None when it may take none of the roles `served`. Root and each service account have
+        their own; the admin group's members, however many, share one, so they can never
+        fill the slots a transport needs to reconnect."""
+        if not self.admits(peer, served):
+            return None
+        if peer.uid in (0, self.own_uid) or peer.uid in self.roles_by_uid:
+            return f"uid {peer.uid}"
+        return "the admin group"
+
     def role_of(self, peer: Credentials, claimed: str, served: Collection[str]) -> str:
         """The role `peer` acts in, which is `claimed`; RoleRefused when its uid says otherwise."""
         if claimed not in served:
@@ -103,12 +114,13 @@ def user_id(name: str) -> int | None:
         return None
 
 
-def own_account_admits(peer: Credentials) -> bool:
-    """For a process's private socket (the client's control socket): root and its own uid."""
-    return peer.uid in (0, os.getuid())
+def own_account_admits(peer: Credentials) -> str | None:
+    """For a process's private socket (the client's control socket): root and its own uid,
+    each in a share of its own."""
+    return f"uid {peer.uid}" if peer.uid in (0, os.getuid()) else None
 
 
 def own_account_only(peer: Credentials, claimed: str) -> str:
-    if own_account_admits(peer):
+    if own_account_admits(peer) is not None:
         return claimed
     raise RoleRefused(f"uid {peer.uid} is neither root nor this process's user")

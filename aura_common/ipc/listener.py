@@ -36,10 +36,13 @@ log = logging.getLogger("aura_common.ipc")
 
 HELLO_TIMEOUT = 5.0
 # Connections that have not passed their hello yet; more are closed at once, so callers cannot
-# use up the listener's descriptors. Each uid has its own share: a caller that sits on its
-# connections without a hello (a compromised transport, an operator's stuck script) delays
-# only itself, never another account (a transport reconnecting after a restart).
+# use up the listener's descriptors. Each uid has its own few, and each share (`admits` names
+# it: root and every service account have one of their own, the admin group's members one
+# between them) a bounded number: callers that sit on their connections without a hello (a
+# compromised transport, operators' stuck scripts, however many operators) delay only their
+# own share, never another account (a transport reconnecting after a restart).
 MAX_UNAUTHENTICATED = 64
+MAX_UNAUTHENTICATED_PER_SHARE = 16
 MAX_UNAUTHENTICATED_PER_UID = 4
 # Callers turned away as they connect are logged at most this often (with their number), so
 # a local user looping on connect() cannot flood the journal.
@@ -118,6 +121,7 @@ class Listener:
         self._authorize = authorize
         self._admits = admits
         self._unauthenticated: collections.Counter[int] = collections.Counter()  # by uid
+        self._unauthenticated_shares: collections.Counter[str] = collections.Counter()
         self.refused = 0
         self._turned_away = 0  # since the last line about them
         self._turned_away_logged = -TURNED_AWAY_LOG_INTERVAL
@@ -166,18 +170,23 @@ class Listener:
             except OSError:
                 conn.close()
                 continue
-            if not self._admits(caller):
+            share = self._admits(caller)
+            if share is None:
                 self._turn_away(conn, caller, "permission denied: this account may not "
                                 "connect here")
             elif self._unauthenticated[caller.uid] >= MAX_UNAUTHENTICATED_PER_UID:
                 self._turn_away(conn, caller, f"uid {caller.uid} has "
                                 f"{MAX_UNAUTHENTICATED_PER_UID} connections waiting for "
                                 "their hello already")
+            elif self._unauthenticated_shares[share] >= MAX_UNAUTHENTICATED_PER_SHARE:
+                self._turn_away(conn, caller, f"{share} has {MAX_UNAUTHENTICATED_PER_SHARE} "
+                                "connections waiting for their hello already")
             elif self._unauthenticated.total() >= MAX_UNAUTHENTICATED:
                 self._turn_away(conn, caller, "too many connections waiting for their hello")
             else:
                 self._unauthenticated[caller.uid] += 1
-                task = self._loop.create_task(self._serve(conn, caller.uid))
+                self._unauthenticated_shares[share] += 1
+                task = self._loop.create_task(self._serve(conn, caller.uid, share))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
@@ -200,13 +209,16 @@ class Listener:
                         caller.uid, caller.gid, why)
             self._turned_away, self._turned_away_logged = 0, now
 
-    async def _serve(self, conn: socket.socket, uid: int) -> None:
+    async def _serve(self, conn: socket.socket, uid: int, share: str) -> None:
         try:
             channel = await self._authenticate(conn)
         finally:
             self._unauthenticated[uid] -= 1
             if not self._unauthenticated[uid]:
                 del self._unauthenticated[uid]
+            self._unauthenticated_shares[share] -= 1
+            if not self._unauthenticated_shares[share]:
+                del self._unauthenticated_shares[share]
         if channel is None:
             return
         try:

@@ -569,7 +569,7 @@ async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
     listener = await ipc.Listener.start(
         activated[0] if activated else config.router_socket, router.on_channel,
         lambda peer, claimed: accounts.role_of(peer, claimed, SERVED_ROLES),
-        lambda peer: accounts.admits(peer, SERVED_ROLES), protocol=TO_ROUTER, mode=0o666,
+        lambda peer: accounts.share(peer, SERVED_ROLES), protocol=TO_ROUTER, mode=0o666,
     )
     limits = loop.create_task(router.check_limits_forever())
     feed = None if router.feed is None else loop.create_task(router.feed.run())

@@ -152,7 +152,7 @@ async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
         signer.on_channel,
         # Root and the admin group only: no service account may ask for a manifest.
         lambda peer, claimed: accounts.role_of(peer, claimed, (ADMIN,)),
-        lambda peer: accounts.admits(peer, (ADMIN,)),
+        lambda peer: accounts.share(peer, (ADMIN,)),
         protocol=TO_SIGNER,
         role="signer",
         group=gid if may_chown and not activated else None,

@@ -84,8 +84,8 @@ def anyone(peer: ipc.Credentials, claimed: str) -> str:
     return claimed
 
 
-def everyone(peer: ipc.Credentials) -> bool:
-    return True
+def everyone(peer: ipc.Credentials) -> str:
+    return f"uid {peer.uid}"
 
 
 @asynccontextmanager
@@ -521,7 +521,7 @@ def test_no_caller_can_hold_the_hello_slots_of_another_account() -> None:
         try:
             async with listening(
                 Path(path), authorize=functools.partial(accounts.role_of, served=served),
-                admits=functools.partial(accounts.admits, served=served),
+                admits=functools.partial(accounts.share, served=served),
             ) as started:
                 os.chmod(path, 0o666)
                 for holder in (STRANGER_UID, OPERATOR_UID):
@@ -542,6 +542,47 @@ def test_no_caller_can_hold_the_hello_slots_of_another_account() -> None:
                 assert msgpack.unpackb(answer)["t"] == "error"
                 stranger.close()
                 assert started.refused >= listener.MAX_UNAUTHENTICATED + 8
+        finally:
+            shutil.rmtree(directory)
+
+    asyncio.run(scenario())
+
+
+# More operators than the slots in all would hold, each with all its own uid may keep waiting.
+ADMIN_MEMBERS = range(
+    62001, 62001 + listener.MAX_UNAUTHENTICATED // listener.MAX_UNAUTHENTICATED_PER_UID + 1)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as other uids")
+def test_the_admin_groups_members_together_cannot_hold_the_transports_hello_slots() -> None:
+    """However many operators sit on connections without a hello, each within its own uid's
+    share, they fill only the admin group's share: a transport and root still get in."""
+    accounts = Accounts({TRANSPORT_UID: frozenset({"udp"})}, admin_gid=4242, own_uid=0,
+                        member=lambda uid, gid, group: uid in ADMIN_MEMBERS)
+    served = ("udp", "admin")
+
+    async def scenario() -> None:
+        directory = tempfile.mkdtemp(prefix="aura-ipc-")
+        os.chmod(directory, 0o755)
+        path = os.path.join(directory, "router.sock")
+        loop = asyncio.get_running_loop()
+        try:
+            async with listening(
+                Path(path), authorize=functools.partial(accounts.role_of, served=served),
+                admits=functools.partial(accounts.share, served=served),
+            ) as started:
+                os.chmod(path, 0o666)
+                held = [_connected_as(member, path) for member in ADMIN_MEMBERS
+                        for _ in range(listener.MAX_UNAUTHENTICATED_PER_UID)]
+                await asyncio.sleep(0.3)  # every one accepted (or turned away)
+                assert started.refused == len(held) - listener.MAX_UNAUTHENTICATED_PER_SHARE
+                for uid, role in ((TRANSPORT_UID, "udp"), (0, "admin")):
+                    caller = _connected_as(uid, path)
+                    reply = await loop.run_in_executor(None, _first_reply, caller, role)
+                    assert reply == "hello", f"uid {uid} was locked out by the admin group"
+                    caller.close()
+                for sock in held:
+                    sock.close()
         finally:
             shutil.rmtree(directory)
 
