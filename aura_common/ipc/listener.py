@@ -57,7 +57,10 @@ class HelloRejected(ChannelClosed):
 
 async def _expect_hello(channel: Channel) -> Hello:
     try:
-        frame = await asyncio.wait_for(channel.recv(), HELLO_TIMEOUT)
+        # Not wait_for: on Python 3.11 it loses a cancellation (Listener.close) that comes as
+        # the hello does, and the handler would outlive the listener.
+        async with asyncio.timeout(HELLO_TIMEOUT):
+            frame = await channel.recv()
     except TimeoutError:
         channel.close()
         raise HelloRejected(f"no hello within {HELLO_TIMEOUT:.0f} s") from None

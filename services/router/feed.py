@@ -259,8 +259,12 @@ class DatabaseFeed:
             if self._full or self._pending:
                 continue
             timeout = max(0.0, min(next_full, next_flush) - time.monotonic())
+            # asyncio.timeout, never wait_for: on Python 3.11 wait_for returns the result when
+            # its awaitable finishes as the task is cancelled (a notification, a reload as the
+            # router stops), the cancellation is lost and this loop outlives its router.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     async def _listen(self, listen: psycopg.AsyncConnection[Any]) -> None:
         async for notify in listen.notifies():
@@ -278,7 +282,8 @@ class DatabaseFeed:
             cursor = await query.execute(sql, params)
             return await cursor.fetchall()
 
-        return await asyncio.wait_for(run(), QUERY_TIMEOUT)
+        async with asyncio.timeout(QUERY_TIMEOUT):
+            return await run()
 
     async def _fetch_one(self, query: psycopg.AsyncConnection[Any], sql: str) -> object:
         rows = await self._rows(query, sql, ())
@@ -337,7 +342,8 @@ class DatabaseFeed:
                                          (MAX_PEERS + 1,))
             return await cursor.fetchall()
 
-        rows = await asyncio.wait_for(run(), QUERY_TIMEOUT)
+        async with asyncio.timeout(QUERY_TIMEOUT):
+            rows = await run()
         shared = {name: count for name, count in rows[:MAX_PEERS]
                   if isinstance(name, str) and isinstance(count, int) and count >= 0}
         self.usage.flushed(sent, shared)

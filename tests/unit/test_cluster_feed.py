@@ -6,6 +6,7 @@ member adds up in the database. Real PostgreSQL servers started by the test (aur
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -292,5 +293,30 @@ def test_a_damaged_copy_does_not_keep_a_member_from_starting(
             await eventually(lambda: "alice" in Path(config.registry_copy_file).read_text(), 3)
         finally:
             await stop(task)
+
+    asyncio.run(scenario())
+
+
+def test_a_reload_as_the_router_stops_does_not_keep_the_feed_running(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """A wake-up (reload, notification) that comes as the feed is cancelled must not cost the
+    cancellation: the feed ends, so does the router's event loop. (asyncio.wait_for on
+    Python 3.11 returned the finished wake-up instead, and the feed ran on for ever.)"""
+    config = init_member(tmp_path / "a", postgres, postgres.new_database())
+
+    async def scenario() -> None:
+        for _ in range(3):  # idle between its reads nearly all the time: caught there
+            router, task, _ = start(config)
+            try:
+                await eventually(functools.partial(connected, router), 10)
+                await asyncio.sleep(0.2)
+                assert router.feed is not None
+                router.feed.refresh()
+                task.cancel()
+                done, _ = await asyncio.wait([task], timeout=5)
+                assert done, "the feed kept running after it was cancelled"
+            finally:
+                await stop(task)
 
     asyncio.run(scenario())
