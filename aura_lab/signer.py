@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from aura_common.manifest import SignedManifest
+from aura_common.pki.manifest import SignedManifest
 
 PYTHON = sys.executable
 

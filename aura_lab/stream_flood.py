@@ -37,8 +37,8 @@ from qh3.quic.connection import QuicConnection
 from qh3.quic.events import ConnectionTerminated, HandshakeCompleted
 from qh3.quic.packet import pull_quic_header
 
-from aura_common.framing import ALPN
 from aura_common.quic.link import CONNECTION_ID_LENGTH, datagram_configuration
+from aura_common.wire.framing import ALPN
 from aura_lab.flood import source_addresses
 
 KINDS = ("tcp-dribble", "tcp-stall", "tcp-no-finish", "quic-one-port", "quic-many-ports")

@@ -43,8 +43,8 @@ from psycopg.types.json import Jsonb
 from aura_common.cluster.presence import HEARTBEAT, LiveSession, member_info
 from aura_common.cluster.store import DatabaseStore
 from aura_common.config import ServerConfig
-from aura_common.keys import read_key_file
-from aura_common.registry import RegisteredPeer
+from aura_common.pki.keys import read_key_file
+from aura_common.state.registry import RegisteredPeer
 from aura_common.wireguard import (
     Device,
     HandshakeCompleted,

@@ -48,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aura_common.registry import RegisteredPeer, Registry
+from aura_common.state.registry import RegisteredPeer, Registry
 from aura_common.wireguard import (
     Device,
     HandshakeAuthority,

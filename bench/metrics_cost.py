@@ -21,10 +21,10 @@ from types import SimpleNamespace
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
-from aura_common import metrics
 from aura_common.ipc.frames import PeerKey
-from aura_common.registry import RegisteredPeer
-from aura_common.transport import SessionHub
+from aura_common.service import metrics
+from aura_common.state.registry import RegisteredPeer
+from aura_common.transport.hub import SessionHub
 from aura_common.wireguard import Device, Transmit, generate_private_key, public_key
 from aura_common.wireguard.constants import MESSAGE_TRANSPORT
 from services.router.sessions import SessionTable

@@ -38,10 +38,9 @@ import aioquic.quic.configuration
 import aioquic.quic.connection
 import qh3.quic.connection
 
-from aura_common import pki
 from aura_common.config import QuicConfig
-from aura_common.framing import ALPN
 from aura_common.netio.udp import Endpoint
+from aura_common.pki import ca
 from aura_common.quic.datagram import DatagramSocket
 from aura_common.quic.link import (
     CONNECTION_ID_LENGTH,
@@ -50,6 +49,7 @@ from aura_common.quic.link import (
     QuicLink,
     datagram_configuration,
 )
+from aura_common.wire.framing import ALPN
 from bench.core_throughput import connected_pair
 from services.quic.carrier import server_configuration
 
@@ -94,8 +94,8 @@ def aioquic_pair(folder: Path) -> tuple[Any, Any]:
 def connected(pair: Callable[[Path], tuple[Any, Any]], folder: Path) -> tuple[Any, Any, float]:
     """`pair`'s connections, handshake done."""
     folder.mkdir()
-    pki.create_ca(folder)
-    pki.issue_tls_certificate(pki.load_ca_private_key(folder), ["127.0.0.1"], folder)
+    ca.create_ca(folder)
+    ca.issue_tls_certificate(ca.load_ca_private_key(folder), ["127.0.0.1"], folder)
     client, server = pair(folder)
     now = 0.0
     client.connect(SERVER, now=now)

@@ -34,8 +34,8 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from aura_common.config import ServerConfig
-from aura_common.keys import load_server_private_key
-from aura_common.registry import RegisteredPeer, Registry
+from aura_common.pki.keys import load_server_private_key
+from aura_common.state.registry import RegisteredPeer, Registry
 from aura_common.wireguard import generate_private_key, public_key
 from aura_lab.netns import Lab
 from aura_lab.topology import INTERNET_HOST, PUBLIC_HOST, SERVER_TUNNEL_V4, AuraServer, build

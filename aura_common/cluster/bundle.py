@@ -15,9 +15,9 @@ import json
 import os
 from typing import Any
 
-from aura_common.atomic import read_bounded
 from aura_common.config import ServerConfig
 from aura_common.errors import ConfigError
+from aura_common.state.atomic import read_bounded
 
 BUNDLE_VERSION = 1
 SIZE_LIMIT = 1 << 20

@@ -10,10 +10,10 @@ from __future__ import annotations
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from aura_common.atomic import read_bounded
 from aura_common.cluster.schema import MIGRATIONS
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError, ConfigError
+from aura_common.state.atomic import read_bounded
 
 CONNECT_TIMEOUT = 3  # seconds per host, unless the connection string sets connect_timeout
 KEEPALIVES = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "3",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aura_common.config import ServerConfig
-from aura_common.manifest import (
+from aura_common.pki.manifest import (
     HostPorts,
     ManifestError,
     SignedManifest,
@@ -26,7 +26,7 @@ from aura_common.manifest import (
     parse_body,
 )
 from aura_common.roles import is_transport
-from aura_common.runtime import listening_ports
+from aura_common.state.runtime import listening_ports
 
 if TYPE_CHECKING:
     import psycopg

@@ -21,8 +21,8 @@ from aura_common.cluster import database
 from aura_common.cluster.seal import seal, unseal
 from aura_common.config import ServerConfig, is_peer_name
 from aura_common.errors import AuraError, ConfigError
-from aura_common.keys import read_key_file
-from aura_common.registry import RegisteredPeer, Registry, parse_peer
+from aura_common.pki.keys import read_key_file
+from aura_common.state.registry import RegisteredPeer, Registry, parse_peer
 
 MAX_PEERS = 1 << 20  # more rows than any pool holds: a database not to be trusted
 REGISTRY_LOCK = 0x41555242  # advisory lock: one registry edit at a time, cluster-wide

@@ -26,9 +26,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from aura_common.bounded import ByteQueue
 from aura_common.errors import AuraError
 from aura_common.ipc import frames
+from aura_common.ipc.bounded import ByteQueue
 from aura_common.ipc.credentials import peer_credentials
 from aura_common.ipc.frames import MAX_FRAME, MAX_ITEMS, Frame, Packets, Protocol, ProtocolError
 from aura_common.netio.codel import CoDel

@@ -21,7 +21,7 @@ class NotPermitted(AuraError):
 
 
 # Decides the role of a caller from its credentials and the role its hello claims; raises
-# NotPermitted to refuse it (aura_common.accounts).
+# NotPermitted to refuse it (aura_common.ipc.accounts).
 Authorize = Callable[[Credentials, str], str]
 # Whether a caller's uid may take any role at all on a listener, asked before its hello is read:
 # None if not, else the name of the share of hello slots it waits in (aura_common.ipc.listener).

@@ -28,7 +28,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union
 
 import msgpack
 
-from aura_common.manifest import (
+from aura_common.pki.manifest import (
     MAX_BODY_BYTES,
     MAX_ENDPOINTS,
     MAX_EXPIRES_DAYS,

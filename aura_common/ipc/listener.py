@@ -2,7 +2,7 @@
 
 The connecting side speaks first with a `hello` (protocol version and the role it claims).
 Who may connect, and in which role, is decided on the listening side from SO_PEERCRED by the
-listener's `admits` and `authorize` callbacks (aura_common.accounts): a caller whose uid may
+listener's `admits` and `authorize` callbacks (aura_common.ipc.accounts): a caller whose uid may
 take no role there is closed as it is accepted, before anything of it is read; the role in
 the hello of the others only has to agree with what their uid allows. The listener answers
 with its own hello, or with an `error` frame and closes.

@@ -24,9 +24,9 @@ from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection, QuicConnectionError
 from qh3.quic.events import QuicEvent
 
-from aura_common.framing import ALPN
 from aura_common.netio.udp import Endpoint
 from aura_common.quic.datagram import DatagramSocket
+from aura_common.wire.framing import ALPN
 
 # qh3 logs every close a peer sends and every protocol error at WARNING, as tracebacks of its
 # own: the carriers report what matters, with the fields the journal needs.

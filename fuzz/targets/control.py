@@ -1,4 +1,4 @@
-"""In-tunnel control messages the client receives from the server (aura_common/control.py).
+"""In-tunnel control messages the client receives from the server (aura_common/wire/control.py).
 
 Contract: `decode_control` returns None (not a control message) or a ControlMessage, or
 raises ControlError; a decoded message stays within the documented counts and re-encodes.
@@ -6,7 +6,7 @@ raises ControlError; a decoded message stays within the documented counts and re
 
 from __future__ import annotations
 
-from aura_common import control
+from aura_common.wire import control
 
 MAX_LEN = 70_000
 

@@ -1,4 +1,4 @@
-"""2-byte length framing of WireGuard messages inside TLS (aura_common/framing.py).
+"""2-byte length framing of WireGuard messages inside TLS (aura_common/wire/framing.py).
 
 Contract: `FrameDecoder.feed` never raises, however the stream is cut into reads; the frames
 it returns are exactly the stream's complete frames; it buffers at most MAX_FRAME + 1 bytes.
@@ -6,7 +6,7 @@ it returns are exactly the stream's complete frames; it buffers at most MAX_FRAM
 
 from __future__ import annotations
 
-from aura_common.framing import MAX_FRAME, FrameDecoder, encode
+from aura_common.wire.framing import MAX_FRAME, FrameDecoder, encode
 
 MAX_LEN = 3 * (MAX_FRAME + 2)
 

@@ -15,7 +15,7 @@ import dataclasses
 import sys
 
 from aura_common.ipc import frames
-from aura_common.manifest import ManifestError, SignedManifest
+from aura_common.pki.manifest import ManifestError, SignedManifest
 
 MAX_LEN = 70_000
 PROTOCOLS = (frames.TO_ROUTER, frames.FROM_ROUTER, frames.TO_SIGNER, frames.FROM_SIGNER,

@@ -1,4 +1,4 @@
-"""The dynamic-pool leases file (aura_common/pool.py).
+"""The dynamic-pool leases file (aura_common/state/pool.py).
 
 Contract: `parse_leases` raises only ConfigError; every accepted lease lies in the pool and
 no address is leased twice.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 
 from aura_common.errors import ConfigError
-from aura_common.pool import AddressPool, parse_leases
+from aura_common.state.pool import AddressPool, parse_leases
 
 MAX_LEN = 8192
 POOL = AddressPool(ipaddress.IPv4Network("10.77.0.0/24"), ipaddress.IPv6Network("fd77::/64"))

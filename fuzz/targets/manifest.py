@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 
-from aura_common import manifest
-from aura_common.manifest import ManifestError, SignedManifest
+from aura_common.pki import manifest
+from aura_common.pki.manifest import ManifestError, SignedManifest
 
 MAX_LEN = 4 * manifest.MAX_BODY_BYTES + 64
 CA_PUBLIC = bytes(range(32, 64))

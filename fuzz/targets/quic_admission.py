@@ -18,8 +18,8 @@ from qh3._hazmat import Buffer
 from qh3.quic.connection import QuicConnection
 from qh3.quic.packet import pull_quic_header
 
-from aura_common import pki
 from aura_common.config import QuicConfig
+from aura_common.pki import ca
 from aura_common.quic.link import CONNECTION_ID_LENGTH
 from services.quic.carrier import destination_cid, server_configuration
 from services.quic.retry import RetryTokens
@@ -28,8 +28,8 @@ MAX_LEN = 2048
 ADDRESS = ("192.0.2.1", 40000)
 _KEYS = Path(tempfile.mkdtemp(prefix="fuzz-quic-"))
 atexit.register(shutil.rmtree, _KEYS)
-pki.create_ca(_KEYS)
-pki.issue_tls_certificate(pki.load_ca_private_key(_KEYS), ["127.0.0.1"], _KEYS)
+ca.create_ca(_KEYS)
+ca.issue_tls_certificate(ca.load_ca_private_key(_KEYS), ["127.0.0.1"], _KEYS)
 CONFIGURATION = server_configuration(QuicConfig(), str(_KEYS / "tls.crt"), str(_KEYS / "tls.key"))
 TOKENS = RetryTokens()
 

@@ -1,4 +1,4 @@
-"""The peer registry file (aura_common/registry.py).
+"""The peer registry file (aura_common/state/registry.py).
 
 Contract: `parse_peers` raises only ConfigError; accepted peers have 32-byte keys and
 unique names.
@@ -7,7 +7,7 @@ unique names.
 from __future__ import annotations
 
 from aura_common.errors import ConfigError
-from aura_common.registry import parse_peers
+from aura_common.state.registry import parse_peers
 
 MAX_LEN = 8192
 

@@ -1,4 +1,4 @@
-"""A transport's runtime.json in the state directory (aura_common/runtime.py).
+"""A transport's runtime.json in the state directory (aura_common/state/runtime.py).
 
 Contract: `parse_runtime` raises only ConfigError, and what it accepts is the named
 transport's well-formed entry.
@@ -7,7 +7,7 @@ transport's well-formed entry.
 from __future__ import annotations
 
 from aura_common.errors import ConfigError
-from aura_common.runtime import parse_runtime
+from aura_common.state.runtime import parse_runtime
 
 MAX_LEN = 4096
 

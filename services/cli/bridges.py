@@ -12,14 +12,14 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from aura_common import ipc, pki
-from aura_common.atomic import write_atomic
+from aura_common import ipc
 from aura_common.cluster.presence import Member, cluster_members
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError
 from aura_common.ipc.frames import FROM_SIGNER, ManifestUpdated, Sign, Signed
-from aura_common.keys import read_key_file
-from aura_common.manifest import (
+from aura_common.pki import ca
+from aura_common.pki.keys import read_key_file
+from aura_common.pki.manifest import (
     MAX_ENDPOINTS,
     MAX_EXPIRES_DAYS,
     HostPorts,
@@ -29,7 +29,8 @@ from aura_common.manifest import (
     verify,
 )
 from aura_common.roles import Transport
-from aura_common.runtime import ports_of, read_runtime, runtime_file
+from aura_common.state.atomic import write_atomic
+from aura_common.state.runtime import ports_of, read_runtime, runtime_file
 from services.cli.admin import tell_router
 
 DEFAULT_EXPIRES_DAYS = 365
@@ -97,7 +98,7 @@ def handler(args: argparse.Namespace) -> int:
     elif args.from_cluster:
         members = cluster_members(config)
         endpoints = endpoints_from_cluster(members)
-        serial_above = newest_serial(members, pki.load_ca_public_key(config.key_dir))
+        serial_above = newest_serial(members, ca.load_ca_public_key(config.key_dir))
     else:
         endpoints = [parse_endpoint_spec(spec) for spec in args.endpoints]
         if len(endpoints) > MAX_ENDPOINTS:
@@ -106,7 +107,7 @@ def handler(args: argparse.Namespace) -> int:
     signed = request_signature(config, endpoints, args.expires, server_key, serial_above)
     # Check the signer's work against the CA clients trust before anyone relies on it.
     try:
-        manifest = verify(signed, pki.load_ca_public_key(config.key_dir), now=None)
+        manifest = verify(signed, ca.load_ca_public_key(config.key_dir), now=None)
     except ManifestError as error:
         raise AuraError(f"the signer returned a manifest that does not verify: {error}") from None
     print(f"signed bridge manifest, {manifest.summary()}")
@@ -138,7 +139,7 @@ def renewal_reason(
     try:
         with open(path, "rb") as file:
             signed = SignedManifest.from_json(file.read())
-        manifest = verify(signed, pki.load_ca_public_key(config.key_dir), now=None)
+        manifest = verify(signed, ca.load_ca_public_key(config.key_dir), now=None)
     except FileNotFoundError:
         return f"{path}: no manifest yet"
     except OSError as error:

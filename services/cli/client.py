@@ -16,8 +16,8 @@ from aura_common.config import ClientConfig
 from aura_common.errors import AuraError
 from aura_common.ipc.frames import FROM_CLIENT, ClientState, ClientStatus, Down, DownDone, Status
 from aura_common.ipc.oneshot import Reply
-from aura_common.limits import format_size
-from aura_common.log import JOURNAL_SOCKET
+from aura_common.service.log import JOURNAL_SOCKET
+from aura_common.state.client_limits import format_size
 from services.cli.status import human_duration
 
 DEFAULT_CLIENT_CONFIG = "/etc/aura/client.yaml"

@@ -13,13 +13,14 @@ from typing import Any
 import qrcode
 import yaml
 
-from aura_common import runtime
-from aura_common.atomic import write_atomic
 from aura_common.config import ServerConfig, encode_key, format_host_port
 from aura_common.errors import AuraError
 from aura_common.ipc.frames import Reload
-from aura_common.keys import new_key_pair, read_key_file, server_public_key
-from aura_common.limits import (
+from aura_common.pki.keys import new_key_pair, read_key_file, server_public_key
+from aura_common.roles import CLIENT_ORDER, Transport
+from aura_common.state import runtime
+from aura_common.state.atomic import write_atomic
+from aura_common.state.client_limits import (
     EXPIRY_EXAMPLE,
     SIZE_EXAMPLE,
     Usage,
@@ -28,9 +29,8 @@ from aura_common.limits import (
     parse_expiry,
     parse_size,
 )
-from aura_common.pool import AddressPool
-from aura_common.registry import RegisteredPeer, open_store
-from aura_common.roles import CLIENT_ORDER, Transport
+from aura_common.state.pool import AddressPool
+from aura_common.state.registry import RegisteredPeer, open_store
 from aura_common.wireguard import generate_private_key
 from services.cli.admin import RouterNotRunning, router_status, tell_router
 from services.client.routes import subtract

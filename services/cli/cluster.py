@@ -6,9 +6,9 @@ import argparse
 import os
 import sys
 
-from aura_common.atomic import write_atomic
 from aura_common.cluster import bundle
 from aura_common.config import ServerConfig
+from aura_common.state.atomic import write_atomic
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

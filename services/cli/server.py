@@ -19,8 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from aura_common import ipc, pki, runtime, systemd
-from aura_common.atomic import write_atomic
+from aura_common import ipc
 from aura_common.config import (
     RegistryConfig,
     ServerConfig,
@@ -29,10 +28,14 @@ from aura_common.config import (
     parse_port,
 )
 from aura_common.errors import AuraError
-from aura_common.keys import new_key_pair
-from aura_common.registry import Registry
+from aura_common.pki import ca
+from aura_common.pki.keys import new_key_pair
 from aura_common.roles import SERVICE_ROLES, Transport
-from aura_common.service import EXIT_CONFIG
+from aura_common.service import systemd
+from aura_common.service.shell import EXIT_CONFIG
+from aura_common.state import runtime
+from aura_common.state.atomic import write_atomic
+from aura_common.state.registry import Registry
 
 log = logging.getLogger("aura")
 
@@ -238,11 +241,11 @@ def init_server(args: argparse.Namespace) -> int:
     _owned_by(server_key, 0o600)
 
     had_ca = Path(config.ca_key_file).exists()
-    pki.create_ca(key_dir)
+    ca.create_ca(key_dir)
     print(("kept" if had_ca else "created") + f" the CA key {config.ca_key_file}")
     _owned_by(config.ca_key_file, 0o600)
     if not Path(config.tls_cert_file).exists():
-        pki.issue_tls_certificate(pki.load_ca_private_key(key_dir), [config.public_host], key_dir)
+        ca.issue_tls_certificate(ca.load_ca_private_key(key_dir), [config.public_host], key_dir)
         print(f"issued the TLS certificate {config.tls_cert_file} for {config.public_host}")
     _owned_by(config.tls_key_file, 0o600)
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from aura_common.cluster.presence import DOWN_AFTER, Member, cluster_members
 from aura_common.config import ServerConfig
-from aura_common.limits import format_size
-from aura_common.runtime import ports_of
+from aura_common.state.client_limits import format_size
+from aura_common.state.runtime import ports_of
 from services.cli.admin import router_status
 
 

@@ -20,11 +20,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from aura_common import ipc
-from aura_common.accounts import own_account_admits, own_account_only
 from aura_common.config import ClientConfig, format_host_port
-from aura_common.control import ControlMessage
 from aura_common.errors import AuraError
+from aura_common.ipc.accounts import own_account_admits, own_account_only
 from aura_common.ipc.frames import TO_CLIENT, ClientState
+from aura_common.wire.control import ControlMessage
 from services.client.carriers import CARRIERS
 from services.client.carriers.base import CarrierFactory
 from services.client.control_socket import ControlSocket

@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from aura_common.control import ControlError, ControlMessage, decode_control
+from aura_common.wire.control import ControlError, ControlMessage, decode_control
 from services.client.path import Path
 from services.client.tunnel import TunnelDevice
 

@@ -17,7 +17,7 @@ import socket
 from collections.abc import Callable
 
 from aura_common.config import format_host_port
-from aura_common.log import fields
+from aura_common.service.log import fields
 from services.client.network import TunnelNetwork
 from services.client.order import TransportOrder
 from services.client.path import Path

@@ -25,7 +25,7 @@ import socket
 from collections.abc import Iterable, Mapping, Sequence
 
 from aura_common.config import ClientConfig
-from aura_common.control import IPAddress
+from aura_common.wire.control import IPAddress
 from aura_common.wireguard import Device, Event, HandshakeCompleted, Received, Transmit
 from services.client.carriers.base import CarrierFactory, CarrierLifecycle, Deliver
 from services.client.dns import Record

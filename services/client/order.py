@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 from aura_common.config import ClientConfig
 from aura_common.errors import ConfigError
-from aura_common.manifest import Manifest, ManifestError, SignedManifest, parse_body
-from aura_common.manifest_store import ManifestStore
+from aura_common.pki.manifest import Manifest, ManifestError, SignedManifest, parse_body
+from services.client.manifest_store import ManifestStore
 from services.client.schedule import Schedule, Target, targets
 
 log = logging.getLogger("aura-client")

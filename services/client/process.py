@@ -1,7 +1,7 @@
 """The client process: `python -m services.client.process CONFIG` (what `aura client up` starts).
 
 Logging (to journald when detached) and the handler for errors nobody awaited; signals and exit
-statuses come from the common shell (aura_common/service.py): 78 for a config error, 1 for any
+statuses come from the common shell (aura_common/service/shell.py): 78 for a config error, 1 for any
 other reason to stop, 0 after `down` or a signal.
 """
 
@@ -15,9 +15,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from aura_common import log as aura_log
 from aura_common.config import ClientConfig
-from aura_common.service import exit_status, supervise
+from aura_common.service import log as aura_log
+from aura_common.service.shell import exit_status, supervise
 from services.client.daemon import ClientDaemon
 from services.client.path import describe
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from aura_common.config import ClientConfig
-from aura_common.control import ControlMessage, IPAddress
+from aura_common.wire.control import ControlMessage, IPAddress
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aura_common.config import ClientConfig
-from aura_common.manifest import Manifest
+from aura_common.pki.manifest import Manifest
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0

@@ -6,10 +6,10 @@ import argparse
 import socket
 from collections.abc import Sequence
 
-from aura_common import runtime
 from aura_common.config import ServerConfig
-from aura_common.service import run_service
-from aura_common.transport import disabled, listening_socket, new_hub, serve_sessions
+from aura_common.service.shell import run_service
+from aura_common.state import runtime
+from aura_common.transport.hub import disabled, listening_socket, new_hub, serve_sessions
 from services.quic.carrier import QuicCarrier, server_configuration
 
 

@@ -23,15 +23,15 @@ from typing import Any
 
 import psycopg
 
-from aura_common.atomic import parse_versioned_json, read_state_file, write_atomic
 from aura_common.cluster import database
 from aura_common.cluster.store import MAX_PEERS, SELECT_PEERS, peers_from_rows
 from aura_common.config import ServerConfig, is_peer_name
 from aura_common.errors import AuraError, ConfigError
 from aura_common.ipc.frames import RegistryState
-from aura_common.keys import read_key_file
-from aura_common.limits import Usage
-from aura_common.registry import RegisteredPeer, Registry, registry_document
+from aura_common.pki.keys import read_key_file
+from aura_common.state.atomic import parse_versioned_json, read_state_file, write_atomic
+from aura_common.state.client_limits import Usage
+from aura_common.state.registry import RegisteredPeer, Registry, registry_document
 
 log = logging.getLogger("aura-router")
 

@@ -16,11 +16,11 @@ from typing import Any, Protocol
 import psycopg
 from psycopg.types.json import Jsonb
 
-from aura_common import runtime
 from aura_common.cluster import database, presence
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError
-from aura_common.manifest import ManifestError, SignedManifest
+from aura_common.pki.manifest import ManifestError, SignedManifest
+from aura_common.state import runtime
 
 log = logging.getLogger("aura-router")
 

@@ -22,11 +22,11 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from aura_common import control, ipc, metrics, pki, runtime, systemd
-from aura_common.accounts import ADMIN, Accounts
+from aura_common import ipc
 from aura_common.cluster.presence import LiveSession
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError, ConfigError
+from aura_common.ipc.accounts import ADMIN, Accounts
 from aura_common.ipc.frames import (
     TO_ROUTER,
     DroppedPackets,
@@ -51,16 +51,20 @@ from aura_common.ipc.frames import (
     Status,
     TransportState,
 )
-from aura_common.keys import load_server_private_key
-from aura_common.limits import SAVE_INTERVAL, Gate, Usage
-from aura_common.log import NOTICE, fields
-from aura_common.manifest import ManifestError, SignedManifest, parse_body, verify
 from aura_common.netio import link
 from aura_common.netio.tun import Tun
-from aura_common.pool import AddressPool, Leases
-from aura_common.registry import RegisteredPeer, Registry
+from aura_common.pki import ca
+from aura_common.pki.keys import load_server_private_key
+from aura_common.pki.manifest import ManifestError, SignedManifest, parse_body, verify
 from aura_common.roles import Transport, is_transport
-from aura_common.service import run_service
+from aura_common.service import metrics, systemd
+from aura_common.service.log import NOTICE, fields
+from aura_common.service.shell import run_service
+from aura_common.state import runtime
+from aura_common.state.client_limits import SAVE_INTERVAL, Gate, Usage
+from aura_common.state.pool import AddressPool, Leases
+from aura_common.state.registry import RegisteredPeer, Registry
+from aura_common.wire import control
 from aura_common.wireguard import HandshakeAuthority
 from aura_common.wireguard.messages import MessageError
 from aura_common.wireguard.noise import HandshakeError
@@ -306,7 +310,7 @@ class Router:
         """A manifest another member of the cluster published: pushed if it is newer and
         verifies against our CA (it came through the database)."""
         try:
-            manifest = verify(signed, pki.load_ca_public_key(self.config.key_dir), now=None)
+            manifest = verify(signed, ca.load_ca_public_key(self.config.key_dir), now=None)
         except (ManifestError, ConfigError) as error:
             log.warning("ignoring a bridge manifest from the cluster: %s", error)
             return

@@ -15,8 +15,8 @@ import binascii
 import json
 from collections.abc import Iterable, Mapping
 
-from aura_common.atomic import parse_versioned_json, read_state_file, write_atomic
 from aura_common.errors import ConfigError
+from aura_common.state.atomic import parse_versioned_json, read_state_file, write_atomic
 
 VERSION = 1
 KEY_SIZE = 32

@@ -22,14 +22,13 @@ import logging
 import os
 from collections.abc import Sequence
 
-from aura_common import ipc, pki, systemd
-from aura_common.accounts import ADMIN, Accounts
-from aura_common.atomic import LockBusy, locked, write_atomic
+from aura_common import ipc
 from aura_common.config import ServerConfig
 from aura_common.errors import ConfigError
+from aura_common.ipc.accounts import ADMIN, Accounts
 from aura_common.ipc.frames import TO_SIGNER, Error, ManifestText, Sign, Signed
-from aura_common.log import fields
-from aura_common.manifest import (
+from aura_common.pki import ca
+from aura_common.pki.manifest import (
     HostPorts,
     Manifest,
     ManifestError,
@@ -37,7 +36,10 @@ from aura_common.manifest import (
     sign,
     verify,
 )
-from aura_common.service import run_service
+from aura_common.service import systemd
+from aura_common.service.log import fields
+from aura_common.service.shell import run_service
+from aura_common.state.atomic import LockBusy, locked, write_atomic
 
 log = logging.getLogger("aura-signer")
 
@@ -50,7 +52,7 @@ class RequestError(ValueError):
 class Signer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.ca_key = pki.load_ca_private_key_file(config.ca_key_file)
+        self.ca_key = ca.load_ca_private_key_file(config.ca_key_file)
 
     async def on_channel(self, channel: ipc.Channel) -> None:
         caller = channel.peer_credentials

@@ -8,10 +8,10 @@ import socket
 from collections.abc import Sequence
 
 from aura_common.config import ServerConfig
-from aura_common.fallback import FallbackChain
-from aura_common.service import run_service
-from aura_common.transport import disabled, listening_socket, new_hub, serve_sessions
+from aura_common.service.shell import run_service
+from aura_common.transport.hub import disabled, listening_socket, new_hub, serve_sessions
 from services.tcp.carrier import TcpCarrier, server_tls_context
+from services.tcp.fallback import FallbackChain
 
 
 async def serve(config: ServerConfig, args: argparse.Namespace) -> None:

@@ -12,8 +12,8 @@ from aura_common.config import ServerConfig
 from aura_common.netio import udp as udp_batch
 from aura_common.netio.codel import CoDel
 from aura_common.netio.udp import Endpoint
-from aura_common.service import run_service
-from aura_common.transport import (
+from aura_common.service.shell import run_service
+from aura_common.transport.hub import (
     SessionHub,
     disabled,
     listening_socket,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aura_common import runtime
+from aura_common.state import runtime
 from aura_lab.netns import Lab
 from aura_lab.topology import (
     INTERNET_HOST,

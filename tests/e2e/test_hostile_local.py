@@ -20,7 +20,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from aura_common import runtime
+from aura_common.state import runtime
 from aura_lab.netns import Lab
 from aura_lab.topology import AURA, SERVER_TUNNEL_V4, AuraServer, build, stock_wireguard_up
 

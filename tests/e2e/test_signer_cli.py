@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from aura_common import runtime
-from aura_common.manifest import SignedManifest, parse_body
+from aura_common.pki.manifest import SignedManifest, parse_body
+from aura_common.state import runtime
 from aura_lab import signer
 from aura_lab.netns import Lab
 from aura_lab.signer import SignerServer

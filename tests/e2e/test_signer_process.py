@@ -20,9 +20,10 @@ from typing import Any
 import msgpack
 import pytest
 
-from aura_common import ipc, pki
+from aura_common import ipc
 from aura_common.ipc.frames import FROM_SIGNER, to_map
-from aura_common.manifest import SignedManifest, verify
+from aura_common.pki import ca
+from aura_common.pki.manifest import SignedManifest, verify
 from aura_lab import signer
 from aura_lab.signer import PYTHON, SignerServer
 from aura_lab.users import as_user
@@ -48,7 +49,7 @@ def ask(server: SignerServer, frame: dict[str, Any]) -> dict[str, Any]:
 
 def serial_of(server: SignerServer, reply: dict[str, Any]) -> int:
     signed = SignedManifest.from_mapping(reply["manifest"])
-    return verify(signed, pki.load_ca_public_key(server.root), now=None).serial
+    return verify(signed, ca.load_ca_public_key(server.root), now=None).serial
 
 
 def sign_request(**changes: Any) -> dict[str, Any]:
@@ -70,7 +71,7 @@ def test_root_signs_through_the_cli(running: SignerServer) -> None:
     assert "router is not running" in result.stdout
     signed = SignedManifest.from_json(out.read_text())
     assert signed == running.manifest()
-    ca_public = pki.load_ca_public_key(running.root)
+    ca_public = ca.load_ca_public_key(running.root)
     manifest = verify(signed, ca_public, now=None)
     assert manifest.bridges == ("vpn.test:8443", "vpn.test:443", "[2001:db8::1]:8444")
     assert (manifest.expires - manifest.issued).days == 30

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from aura_common.manifest import Manifest, SignedManifest, parse_body
+from aura_common.pki.manifest import Manifest, SignedManifest, parse_body
 from aura_lab.netns import Lab
 from tests.system import container as containers
 from tests.system import packages

@@ -17,9 +17,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from aura_common import pki
 from aura_common.config import ClientConfig, ClientInterface, ClientServer, QuicConfig
-from aura_common.transport import SessionHub
+from aura_common.pki import ca
+from aura_common.transport.hub import SessionHub
 from aura_common.wireguard import Device, HandshakeCompleted, Transmit, generate_private_key
 from aura_common.wireguard import public_key as wg_public_key
 from services.client.carriers.tcp import Carrier as TcpClient
@@ -45,8 +45,8 @@ class Keys:
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     directory = tmp_path_factory.mktemp("keys")
-    public = pki.create_ca(directory)
-    pki.issue_tls_certificate(pki.load_ca_private_key(directory), ["127.0.0.1"], directory)
+    public = ca.create_ca(directory)
+    ca.issue_tls_certificate(ca.load_ca_private_key(directory), ["127.0.0.1"], directory)
     return Keys(directory, raw_key(public), generate_private_key(), generate_private_key())
 
 

@@ -1,4 +1,4 @@
-"""A state file's lock (`aura_common.atomic.locked`) held by another process, as another
+"""A state file's lock (`aura_common.state.atomic.locked`) held by another process, as another
 account's process could hold it: a separate process, not a fork, which would share this
 one's lock file description."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 REPO = str(Path(__file__).resolve().parents[2])
 HOLD = (
     "import sys, time\n"
-    "from aura_common.atomic import locked\n"
+    "from aura_common.state.atomic import locked\n"
     "with locked(sys.argv[1]):\n"
     "    print('held', flush=True)\n"
     "    time.sleep(60)\n"

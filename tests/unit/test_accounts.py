@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 
-from aura_common.accounts import Accounts, RoleRefused, _group_member
 from aura_common.config import ServerConfig, ServiceUsers
 from aura_common.ipc import Credentials
+from aura_common.ipc.accounts import Accounts, RoleRefused, _group_member
 
 ROUTER_SERVES = ("udp", "tcp", "quic", "admin")
 ROUTER, UDP, TCP, QUIC, SIGNER = 901, 902, 903, 904, 905

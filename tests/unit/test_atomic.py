@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from aura_common.atomic import LockBusy, locked, read_state_file, write_atomic
 from aura_common.errors import AuraError, ConfigError
+from aura_common.state.atomic import LockBusy, locked, read_state_file, write_atomic
 from tests.unit.held_lock import held_elsewhere
 
 REPO = str(Path(__file__).resolve().parents[2])
@@ -61,7 +61,7 @@ def test_a_fifo_in_place_of_the_lock_file_is_refused_without_hanging(tmp_path: P
     os.mkfifo(folder / "leases.json.lock")
     script = (
         "import sys\n"
-        "from aura_common.atomic import locked\n"
+        "from aura_common.state.atomic import locked\n"
         "with locked(sys.argv[1]):\n"
         "    pass\n"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aura_common.bounded import ByteQueue
+from aura_common.ipc.bounded import ByteQueue
 
 
 def test_offer_refuses_what_does_not_fit_and_push_does_not() -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from aura_common.errors import AuraError
 from aura_common.ipc.frames import ClientState
-from aura_common.limits import format_size
+from aura_common.state.client_limits import format_size
 from services.cli.clients import parse_networks
 from services.cli.status import human_duration
 

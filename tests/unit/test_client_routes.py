@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aura_common.config import ClientConfig
-from aura_common.control import ControlMessage
+from aura_common.wire.control import ControlMessage
 from services.client.routes import TunnelPlan, plan_tunnel, subtract, tunnel_routes
 
 KEY = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="

@@ -7,7 +7,7 @@ import datetime
 import pytest
 
 from aura_common.config import ClientConfig
-from aura_common.manifest import HostPorts, Manifest
+from aura_common.pki.manifest import HostPorts, Manifest
 from services.client.schedule import (
     BACKOFF_MAX,
     PROBE_INTERVAL,

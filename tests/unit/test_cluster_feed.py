@@ -17,8 +17,8 @@ from aura_common.cluster import database
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError
 from aura_common.ipc.frames import Peers
-from aura_common.keys import load_server_private_key
-from aura_common.registry import RegisteredPeer, open_store
+from aura_common.pki.keys import load_server_private_key
+from aura_common.state.registry import RegisteredPeer, open_store
 from aura_common.wireguard import HandshakeAuthority
 from aura_lab import pg
 from aura_lab.pg import PostgresServer

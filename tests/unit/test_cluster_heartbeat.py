@@ -16,12 +16,12 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from aura_common import runtime
 from aura_common.cluster import database, presence
 from aura_common.cluster.presence import LiveSession, cluster_members
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError
-from aura_common.manifest import HostPorts, Manifest, SignedManifest, sign
+from aura_common.pki.manifest import HostPorts, Manifest, SignedManifest, sign
+from aura_common.state import runtime
 from aura_lab.pg import PostgresServer
 from services.cli.main import main as aura
 from services.router import heartbeat

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from aura_common.cluster import presence
 from aura_common.cluster.presence import DOWN_AFTER, LiveSession, Member, member_info, parse_member
 from aura_common.errors import AuraError
-from aura_common.manifest import HostPorts, Manifest, sign
+from aura_common.pki.manifest import HostPorts, Manifest, sign
 from services.cli.bridges import endpoints_from_cluster, newest_serial
 from services.cli.status import member_mapping, render_cluster
 from tests.unit.strategies import json_values

@@ -16,8 +16,8 @@ from aura_common.cluster.seal import SEALED_SIZE
 from aura_common.cluster.store import DatabaseStore
 from aura_common.config import ServerConfig, decode_key
 from aura_common.errors import AuraError, ConfigError
-from aura_common.pool import AddressPool
-from aura_common.registry import RegisteredPeer, open_store
+from aura_common.state.pool import AddressPool
+from aura_common.state.registry import RegisteredPeer, open_store
 from aura_lab.pg import PostgresServer
 from services.cli.main import main as aura
 

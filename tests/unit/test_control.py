@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aura_common import control as c
-from aura_common import manifest as m
+from aura_common.pki import manifest as m
+from aura_common.wire import control as c
 
 CA = ed25519.Ed25519PrivateKey.generate()
 SIGNED = m.sign(

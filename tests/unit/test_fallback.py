@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
 from aura_common.config import FallbackHandler, TcpConfig
-from aura_common.fallback import FallbackChain, Flow, ProxyHandler, RejectHandler
+from services.tcp.fallback import FallbackChain, Flow, ProxyHandler, RejectHandler
 
 DECOY_ANSWER = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\ndecoy"
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aura_common.framing import MAX_FRAME, FrameDecoder, encode
+from aura_common.wire.framing import MAX_FRAME, FrameDecoder, encode
 
 messages = st.lists(st.binary(max_size=2000), max_size=20)
 

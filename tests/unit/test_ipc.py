@@ -23,9 +23,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aura_common import ipc
-from aura_common.accounts import Accounts
 from aura_common.errors import AuraError
 from aura_common.ipc import frames, listener
+from aura_common.ipc.accounts import Accounts
 from aura_common.ipc.frames import (
     MAX_FRAME,
     PROTOCOL_VERSION,

@@ -46,7 +46,7 @@ from aura_common.ipc.frames import (
     Status,
     TransportState,
 )
-from aura_common.manifest import HostPorts
+from aura_common.pki.manifest import HostPorts
 from fuzz.targets.ipc_frames import deep_size
 from services.router.main import Router
 from tests.unit.router_fakes import new_router

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError, ConfigError
-from aura_common.limits import (
+from aura_common.state.client_limits import (
     SAVE_INTERVAL,
     Gate,
     Usage,
@@ -26,7 +26,7 @@ from aura_common.limits import (
     parse_size,
     refusal,
 )
-from aura_common.registry import RegisteredPeer, Registry
+from aura_common.state.registry import RegisteredPeer, Registry
 from tests.unit.router_fakes import FakeTransport, claim, new_router
 
 NOW = datetime.datetime(2026, 11, 29, 12, 0, 0, tzinfo=datetime.UTC)
@@ -219,7 +219,7 @@ def test_router_cuts_off_a_peer_at_its_quota_and_remembers_usage(
     import asyncio
     import logging
 
-    from aura_common.log import NOTICE
+    from aura_common.service.log import NOTICE
     from services.router.main import Router
 
     config = ServerConfig.default("vpn.example", state_dir=str(tmp_path))

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aura_common import log as aura_log
-from aura_common.log import (
+from aura_common.service import log as aura_log
+from aura_common.service.log import (
     NOTICE,
     JournalHandler,
     RateLimitedLog,

@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aura_common import manifest as m
 from aura_common.errors import AuraError
-from aura_common.manifest_store import ManifestStore
+from aura_common.pki import manifest as m
+from services.client.manifest_store import ManifestStore
 from tests.unit.strategies import json_values
 
 NOW = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=datetime.UTC)

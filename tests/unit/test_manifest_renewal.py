@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from aura_common import pki
-from aura_common.atomic import write_atomic
 from aura_common.config import ServerConfig
-from aura_common.manifest import HostPorts, Manifest, sign
+from aura_common.pki import ca
+from aura_common.pki.manifest import HostPorts, Manifest, sign
+from aura_common.state.atomic import write_atomic
 from services.cli.bridges import renewal_due, renewal_reason
 
 NOW = datetime.datetime(2026, 6, 1, 12, 0, tzinfo=datetime.UTC)
@@ -33,14 +33,14 @@ def make_config(tmp_path: Path) -> ServerConfig:
         "vpn.test", state_dir=str(tmp_path / "state"), runtime_dir=str(tmp_path / "run"),
         key_dir=str(tmp_path / "keys"))
     (tmp_path / "state" / "signer").mkdir(parents=True)
-    pki.create_ca(tmp_path / "keys")
+    ca.create_ca(tmp_path / "keys")
     return config
 
 
 def store(config: ServerConfig, issued: datetime.datetime, days: int, serial: int = 4) -> None:
     manifest = Manifest.create(serial=serial, issued=issued, expires_days=days,
                                server_public_key=bytes(32), endpoints=[HostPorts("vpn.test", 8443)])
-    signed = sign(manifest, pki.load_ca_private_key(config.key_dir))
+    signed = sign(manifest, ca.load_ca_private_key(config.key_dir))
     write_atomic(config.manifest_file, signed.to_json().encode(), 0o644)
 
 
@@ -65,7 +65,7 @@ def test_no_manifest_is_renewed(tmp_path: Path) -> None:
 def test_a_manifest_from_another_ca_is_renewed(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     store(config, NOW, 365)
-    pki.create_ca(tmp_path / "other")
+    ca.create_ca(tmp_path / "other")
     other = ServerConfig.default("vpn.test", state_dir=config.state_dir,
                                  key_dir=str(tmp_path / "other"))
     assert "another CA" in (renewal_reason(other, NOW, WINDOW) or "")

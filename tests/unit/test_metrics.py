@@ -17,13 +17,14 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
-from aura_common import ipc, metrics
+from aura_common import ipc
 from aura_common.config import MetricsConfig, ServerConfig
 from aura_common.errors import ConfigError
 from aura_common.ipc.frames import TO_ROUTER, Packets, PeerKey, encode
-from aura_common.limits import Gate, Usage
-from aura_common.registry import RegisteredPeer
-from aura_common.transport import SessionHub
+from aura_common.service import metrics
+from aura_common.state.client_limits import Gate, Usage
+from aura_common.state.registry import RegisteredPeer
+from aura_common.transport.hub import SessionHub
 from aura_common.wireguard import Device, Transmit, generate_private_key, public_key
 from services.router.sessions import SessionTable
 from tests.unit.router_fakes import ipv4

@@ -15,37 +15,37 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from qh3.quic.connection import X509Certificate
 from qh3.tls import AlertBadCertificate, verify_certificate
 
-from aura_common import pki
 from aura_common.errors import AuraError
+from aura_common.pki import ca
 
 
 def test_create_ca_writes_private_key_0600_and_never_overwrites(tmp_path: Path) -> None:
-    public = pki.create_ca(tmp_path)
+    public = ca.create_ca(tmp_path)
     key_file = tmp_path / "ca.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     before = key_file.read_bytes()
-    assert pki.create_ca(tmp_path) == public
+    assert ca.create_ca(tmp_path) == public
     assert key_file.read_bytes() == before
-    assert pki.load_ca_public_key(tmp_path) == public
-    assert pki.load_ca_private_key(tmp_path).public_key() == public
+    assert ca.load_ca_public_key(tmp_path) == public
+    assert ca.load_ca_private_key(tmp_path).public_key() == public
     assert len((tmp_path / "ca.pub").read_text().strip()) == 44
 
 
 def test_public_key_text_round_trip_and_errors() -> None:
     text = "A" * 43 + "="
-    assert pki.public_key_to_text(pki.public_key_from_text(text)) == text
+    assert ca.public_key_to_text(ca.public_key_from_text(text)) == text
     with pytest.raises(ValueError, match="32 bytes"):
-        pki.public_key_from_text("AAAA")
+        ca.public_key_from_text("AAAA")
     with pytest.raises(ValueError, match="base64"):
-        pki.public_key_from_text("not base64!")
+        ca.public_key_from_text("not base64!")
 
 
 def test_tls_certificate_is_p256_signed_by_ca(tmp_path: Path) -> None:
-    pki.create_ca(tmp_path)
-    ca_key = pki.load_ca_private_key(tmp_path)
-    leaf = pki.issue_tls_certificate(ca_key, ["vpn.example.com", "192.0.2.7"], tmp_path)
+    ca.create_ca(tmp_path)
+    ca_key = ca.load_ca_private_key(tmp_path)
+    leaf = ca.issue_tls_certificate(ca_key, ["vpn.example.com", "192.0.2.7"], tmp_path)
     assert isinstance(leaf.public_key(), ec.EllipticCurvePublicKey)
-    ca_cert = pki.load_certificate(tmp_path / "ca.crt")
+    ca_cert = ca.load_certificate(tmp_path / "ca.crt")
     leaf.verify_directly_issued_by(ca_cert)
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["vpn.example.com"]
@@ -54,19 +54,19 @@ def test_tls_certificate_is_p256_signed_by_ca(tmp_path: Path) -> None:
 
 
 def test_ca_certificate_for_another_key_is_refused(tmp_path: Path) -> None:
-    pki.create_ca(tmp_path)
-    pki.issue_tls_certificate(pki.load_ca_private_key(tmp_path), ["a.example"], tmp_path)
+    ca.create_ca(tmp_path)
+    ca.issue_tls_certificate(ca.load_ca_private_key(tmp_path), ["a.example"], tmp_path)
     other = tmp_path / "other"
-    pki.create_ca(other)
+    ca.create_ca(other)
     (other / "ca.crt").write_bytes((tmp_path / "ca.crt").read_bytes())
     with pytest.raises(AuraError, match="different key"):
-        pki.issue_tls_certificate(pki.load_ca_private_key(other), ["a.example"], other)
+        ca.issue_tls_certificate(ca.load_ca_private_key(other), ["a.example"], other)
 
 
 @pytest.mark.parametrize("host", ["vpn.example.com", "127.0.0.1"])
 def test_qh3_accepts_the_chain(tmp_path: Path, host: str) -> None:
-    pki.create_ca(tmp_path)
-    issued = pki.issue_tls_certificate(pki.load_ca_private_key(tmp_path), [host], tmp_path)
+    ca.create_ca(tmp_path)
+    issued = ca.issue_tls_certificate(ca.load_ca_private_key(tmp_path), [host], tmp_path)
     leaf = X509Certificate(issued.public_bytes(Encoding.DER))
     cadata = (tmp_path / "ca.crt").read_bytes()
     verify_certificate(leaf, server_name=host, cadata=cadata)
@@ -76,8 +76,8 @@ def test_qh3_accepts_the_chain(tmp_path: Path, host: str) -> None:
 
 @pytest.mark.parametrize("host", ["vpn.example.com", "127.0.0.1"])
 def test_python_ssl_tls13_handshake_verifies_against_ca(tmp_path: Path, host: str) -> None:
-    pki.create_ca(tmp_path)
-    pki.issue_tls_certificate(pki.load_ca_private_key(tmp_path), [host], tmp_path)
+    ca.create_ca(tmp_path)
+    ca.issue_tls_certificate(ca.load_ca_private_key(tmp_path), [host], tmp_path)
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_context.minimum_version = ssl.TLSVersion.TLSv1_3
     server_context.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")

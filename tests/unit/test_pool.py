@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aura_common.errors import AuraError, ConfigError
-from aura_common.pool import AddressPool, Leases, parse_leases
+from aura_common.state.pool import AddressPool, Leases, parse_leases
 
 POOL = AddressPool(IPv4Network("10.77.0.0/24"), IPv6Network("fd77:7777::/64"))
 
@@ -102,7 +102,7 @@ def test_a_damaged_leases_file_is_a_warning_and_is_replaced(
 ) -> None:
     path = tmp_path / "leases.json"
     path.write_bytes(damage)
-    with caplog.at_level(logging.WARNING, logger="aura_common.pool"):
+    with caplog.at_level(logging.WARNING, logger="aura_common.state.pool"):
         leases = Leases(path, POOL)  # the router starts
     [record] = caplog.records
     assert record.levelno == logging.WARNING and str(path) in record.getMessage()

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from aura_common.errors import AuraError
-from aura_common.ports import bind_with_scan
+from aura_common.transport.ports import bind_with_scan
 
 KINDS = [socket.SOCK_DGRAM, socket.SOCK_STREAM]
 
@@ -58,7 +58,7 @@ def test_binds_dual_stack_on_the_configured_port(
     sock_type: int, opened: list[socket.socket], caplog: pytest.LogCaptureFixture
 ) -> None:
     port = free_range(1, sock_type)
-    with caplog.at_level(logging.INFO, logger="aura_common.ports"):
+    with caplog.at_level(logging.INFO, logger="aura_common.transport.ports"):
         sock = bind_with_scan("::", port, sock_type)
     opened.append(sock)
     assert sock.family == socket.AF_INET6
@@ -85,7 +85,7 @@ def test_scans_past_busy_and_skipped_ports(
 ) -> None:
     base = free_range(4, sock_type)
     opened.append(_occupy(base, sock_type))
-    with caplog.at_level(logging.WARNING, logger="aura_common.ports"):
+    with caplog.at_level(logging.WARNING, logger="aura_common.transport.ports"):
         sock = bind_with_scan("::", base, sock_type, skip={base + 1})
     opened.append(sock)
     assert sock.getsockname()[1] == base + 2

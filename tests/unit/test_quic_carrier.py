@@ -152,9 +152,9 @@ def test_server_gone_is_reported_within_seconds(keys: Keys) -> None:
 
 
 def test_client_refuses_another_ca(keys: Keys, tmp_path: Any) -> None:
-    from aura_common import pki
+    from aura_common.pki import ca
 
-    other = raw_key(pki.create_ca(tmp_path))
+    other = raw_key(ca.create_ca(tmp_path))
 
     async def scenario() -> None:
         async with quic_server(keys, QuicConfig()) as (_, port):

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aura_common.errors import AuraError, ConfigError
-from aura_common.registry import RegisteredPeer, Registry, parse_peers
+from aura_common.state.registry import RegisteredPeer, Registry, parse_peers
 from tests.unit.strategies import json_values
 
 

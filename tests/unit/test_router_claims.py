@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from aura_common.config import ServerConfig
-from aura_common.registry import RegisteredPeer, Registry
+from aura_common.state.registry import RegisteredPeer, Registry
 from tests.unit.router_fakes import FakeTransport, claim, new_router
 
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from aura_common import pki
-from aura_common.atomic import write_atomic
 from aura_common.config import ServerConfig
-from aura_common.control import decode_control
 from aura_common.ipc.frames import Packets
-from aura_common.manifest import HostPorts, Manifest, SignedManifest, sign
-from aura_common.registry import RegisteredPeer, Registry
+from aura_common.pki import ca
+from aura_common.pki.manifest import HostPorts, Manifest, SignedManifest, sign
+from aura_common.state.atomic import write_atomic
+from aura_common.state.registry import RegisteredPeer, Registry
+from aura_common.wire.control import decode_control
 from services.router.main import Router, serial_of
 from tests.unit.router_fakes import FakeTransport, claim, new_router
 
@@ -34,9 +34,9 @@ def test_the_newest_verified_manifest_from_the_cluster_is_pushed_and_kept(
         "version": 1, "public_host": "vpn.example", "state_dir": str(tmp_path / "state"),
         "key_dir": str(tmp_path / "keys"),
     })
-    pki.create_ca(tmp_path / "keys")
+    ca.create_ca(tmp_path / "keys")
     Path(config.manifest_file).parent.mkdir(parents=True)
-    ca = pki.load_ca_private_key_file(config.ca_key_file)
+    ca_key = ca.load_ca_private_key_file(config.ca_key_file)
     with Registry.edit(config.peers_file) as registry:
         registry.add(RegisteredPeer("alice", bytes(range(32)), address_v4="10.77.0.2"))
 
@@ -45,12 +45,12 @@ def test_the_newest_verified_manifest_from_the_cluster_is_pushed_and_kept(
         link = FakeTransport()
         router.transports[link] = "udp"  # type: ignore[index]
         claim(router, link, "alice")
-        write_atomic(config.manifest_file, signed(3, ca).to_json().encode(), 0o644)
+        write_atomic(config.manifest_file, signed(3, ca_key).to_json().encode(), 0o644)
         router.load_manifest()
-        router.adopt_manifest(signed(2, ca))  # older: ignored
+        router.adopt_manifest(signed(2, ca_key))  # older: ignored
         router.adopt_manifest(signed(9, ed25519.Ed25519PrivateKey.generate()))  # not our CA
         assert serial_of(router.manifest) == 3
-        router.adopt_manifest(signed(7, ca))
+        router.adopt_manifest(signed(7, ca_key))
         router.load_manifest()  # the local file is older: the cluster's stays
         await asyncio.sleep(0)
         return router, link

@@ -24,8 +24,8 @@ from aura_common.ipc.frames import (
     HandshakesDone,
     SessionUp,
 )
-from aura_common.registry import RegisteredPeer, Registry
-from aura_common.transport import SessionHub
+from aura_common.state.registry import RegisteredPeer, Registry
+from aura_common.transport.hub import SessionHub
 from aura_common.wireguard import (
     Answer,
     Device,

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from aura_common.config import ServerConfig
-from aura_common.registry import RegisteredPeer, Registry
+from aura_common.state.registry import RegisteredPeer, Registry
 from tests.unit.held_lock import held_elsewhere
 from tests.unit.router_fakes import FakeTransport, claim, new_router
 

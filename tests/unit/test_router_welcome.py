@@ -6,9 +6,9 @@ import asyncio
 from pathlib import Path
 
 from aura_common.config import ServerConfig
-from aura_common.control import decode_control
 from aura_common.ipc.frames import Packets
-from aura_common.registry import RegisteredPeer, Registry
+from aura_common.state.registry import RegisteredPeer, Registry
+from aura_common.wire.control import decode_control
 from tests.unit.router_fakes import FakeTransport, claim, new_router
 
 

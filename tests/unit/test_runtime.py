@@ -18,10 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aura_common import runtime
-from aura_common.atomic import locked, write_atomic
 from aura_common.config import ServerConfig
 from aura_common.errors import ConfigError
+from aura_common.state import runtime
+from aura_common.state.atomic import locked, write_atomic
 from services.quic.main import ports_of_udp_transport
 from tests.unit.strategies import json_values
 
@@ -149,7 +149,7 @@ def test_locked_creates_the_directory_and_excludes_other_processes(tmp_path: Pat
     path = tmp_path / "new" / "file.json"
     script = (
         "import sys\n"
-        "from aura_common.atomic import locked\n"
+        "from aura_common.state.atomic import locked\n"
         "with locked(sys.argv[1]):\n"
         "    print('child got the lock', flush=True)\n"
     )
@@ -178,9 +178,9 @@ def test_a_damaged_runtime_file_does_not_stop_aura_quic(
     udp_file = runtime.runtime_file(config.transports_dir, "udp")
     Path(udp_file).parent.mkdir(parents=True)
     Path(udp_file).write_bytes(damage)
-    with caplog.at_level(logging.WARNING, logger="aura_common.runtime"):
+    with caplog.at_level(logging.WARNING, logger="aura_common.state.runtime"):
         assert ports_of_udp_transport(config) == {config.transports.udp.port}
-    [record] = [r for r in caplog.records if r.name == "aura_common.runtime"]
+    [record] = [r for r in caplog.records if r.name == "aura_common.state.runtime"]
     assert record.levelno == logging.WARNING
     assert udp_file in record.getMessage()
     runtime.record_bound(config.transports_dir, "udp", ["[::]:8444"], activated=False)
@@ -207,7 +207,7 @@ def test_a_failed_runtime_write_is_logged_not_raised(
 
     monkeypatch.setattr(runtime, "write_atomic", refuse)
     monkeypatch.setattr(runtime.os, "unlink", refuse)
-    with caplog.at_level(logging.ERROR, logger="aura_common.runtime"):
+    with caplog.at_level(logging.ERROR, logger="aura_common.state.runtime"):
         runtime.record_bound(folder, "udp", ["[::]:8444"], activated=False)
         runtime.forget(folder, "udp")
     assert [r.levelno for r in caplog.records] == [logging.ERROR, logging.ERROR]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from aura_common import runtime
 from aura_common.config import ServerConfig
+from aura_common.state import runtime
 from services.cli.server import Supervisor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,7 +20,7 @@ def late_binder(transports_dir: str, name: str, delay: float) -> list[str]:
     """A process that records its port only after `delay`, as a slow start on a loaded host."""
     return [sys.executable, "-c", (
         "import sys, time\n"
-        "from aura_common import runtime\n"
+        "from aura_common.state import runtime\n"
         f"time.sleep({delay})\n"
         f"runtime.record_bound({transports_dir!r}, {name!r}, ['[::]:8444'], False)\n"
         "sys.stdin.read()\n"

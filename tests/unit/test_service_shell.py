@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from aura_common import log as aura_log
-from aura_common import service
 from aura_common.config import ServerConfig
+from aura_common.service import log as aura_log
+from aura_common.service import shell
 from services.client import process
 
 
@@ -40,8 +40,8 @@ def test_missing_config_exits_78_and_names_aura_server_init(
     tmp_path: Path, stderr_logging: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     missing = tmp_path / "server.yaml"
-    code = service.run_service("aura-test", "test", never_started, ["--config", str(missing)])
-    assert code == service.EXIT_CONFIG
+    code = shell.run_service("aura-test", "test", never_started, ["--config", str(missing)])
+    assert code == shell.EXIT_CONFIG
     err = capsys.readouterr().err
     assert str(missing) in err and "`aura server init` creates it" in err, err
 
@@ -51,8 +51,8 @@ def test_a_broken_config_gets_no_init_hint(
 ) -> None:
     broken = tmp_path / "server.yaml"
     broken.write_text("version: [\n")
-    code = service.run_service("aura-test", "test", never_started, ["--config", str(broken)])
-    assert code == service.EXIT_CONFIG
+    code = shell.run_service("aura-test", "test", never_started, ["--config", str(broken)])
+    assert code == shell.EXIT_CONFIG
     err = capsys.readouterr().err
     assert "valid YAML" in err and "aura server init" not in err, err
 
@@ -62,7 +62,7 @@ def test_the_client_process_exits_78_on_a_config_error(
 ) -> None:
     broken = tmp_path / "client.yaml"
     broken.write_text("version: [\n")
-    assert process.run(str(broken)) == service.EXIT_CONFIG
+    assert process.run(str(broken)) == shell.EXIT_CONFIG
     err = capsys.readouterr().err
     assert "configuration error" in err and str(broken) in err, err
 
@@ -78,7 +78,7 @@ def test_a_signal_calls_the_work_s_own_stop_instead_of_cancelling_it() -> None:
             finished.append("cleaned up")  # a cancelled work would not get here
 
         asyncio.get_running_loop().call_later(0.01, os.kill, os.getpid(), signal.SIGTERM)
-        await service.supervise(work(), stop=stop.set)
+        await shell.supervise(work(), stop=stop.set)
 
     asyncio.run(scenario())
     assert finished == ["cleaned up"]

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aura_common import pki
 from aura_common.config import ServerConfig
 from aura_common.ipc.frames import TO_SIGNER, ProtocolError, Sign, from_map
-from aura_common.manifest import (
+from aura_common.pki import ca
+from aura_common.pki.manifest import (
     MAX_ENDPOINTS,
     MAX_EXPIRES_DAYS,
     MAX_SERIAL,
@@ -32,7 +32,7 @@ def make_signer(tmp_path: Path) -> Signer:
         key_dir=str(tmp_path / "keys"),
     )  # fmt: skip
     (tmp_path / "state" / "signer").mkdir(parents=True)
-    pki.create_ca(tmp_path / "keys")
+    ca.create_ca(tmp_path / "keys")
     return Signer(config)
 
 
@@ -52,7 +52,7 @@ def test_sign_stores_manifest_and_serial(tmp_path: Path) -> None:
     stored = SignedManifest.from_json((tmp_path / "state" / "signer" / "manifest.json").read_text())
     assert stored == signed
     now = datetime.datetime.now(datetime.UTC)
-    assert verify(stored, pki.load_ca_public_key(tmp_path / "keys"), now=now) == manifest
+    assert verify(stored, ca.load_ca_public_key(tmp_path / "keys"), now=now) == manifest
     assert signer.sign([HostPorts("vpn.test", tcp=443)], 3, bytes(32))[1].serial == 2
 
 

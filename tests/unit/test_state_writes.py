@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from aura_common import limits, pool
+from aura_common.state import client_limits, pool
 
 ERRNOS = [errno.ENOSPC, errno.EROFS]
 
@@ -40,7 +40,7 @@ def test_leases_stay_in_memory_and_are_written_once_the_disk_takes_them(
     before = path.read_bytes()
     with monkeypatch.context() as patch:
         refuse_writes(patch, pool, errno_)
-        with caplog.at_level(logging.WARNING, logger="aura_common.pool"):
+        with caplog.at_level(logging.WARNING, logger="aura_common.state.pool"):
             second = leases.lease("bob")  # no exception: the router keeps serving
             leases.lease("carol")
         assert second != first and leases.unsaved
@@ -60,20 +60,20 @@ def test_usage_is_kept_and_saved_later_when_the_disk_refuses(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     path = tmp_path / "usage.json"
-    usage = limits.Usage(path)
+    usage = client_limits.Usage(path)
     usage.add("alice", 1000)
     usage.save(0.0)
     before = path.read_bytes()
     usage.add("alice", 500)
     with monkeypatch.context() as patch:
-        refuse_writes(patch, limits, errno_)
+        refuse_writes(patch, client_limits, errno_)
         with caplog.at_level(logging.WARNING):
             usage.save(100.0)  # no exception: the limits loop keeps running
             usage.save(200.0)
         assert path.read_bytes() == before
-        assert usage.save_due(200.0 + limits.SAVE_INTERVAL)  # still to be written
+        assert usage.save_due(200.0 + client_limits.SAVE_INTERVAL)  # still to be written
     errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(errors) == 1 and errors[0].levelno == logging.ERROR
     assert str(path) in errors[0].getMessage() and os.strerror(errno_) in errors[0].getMessage()
     usage.save(300.0)
-    assert limits.Usage.load(path).get("alice") == 1500
+    assert client_limits.Usage.load(path).get("alice") == 1500

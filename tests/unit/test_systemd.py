@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from aura_common import systemd
+from aura_common.service import systemd
 
 REPO = str(Path(__file__).resolve().parents[2])
 
@@ -88,7 +88,7 @@ def test_watchdog_interval(clean_env: pytest.MonkeyPatch) -> None:
 
 CHILD = """
 import json, os, socket
-from aura_common import systemd
+from aura_common.service import systemd
 names = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 fds = systemd.listen_fds()
 report = {"env_after": [n for n in names if n in os.environ],

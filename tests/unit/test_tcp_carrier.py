@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from aura_common import pki
 from aura_common.config import (
     FallbackHandler,
     TcpConfig,
 )
-from aura_common.fallback import FallbackChain
-from aura_common.framing import encode
+from aura_common.pki import ca
+from aura_common.wire.framing import encode
 from aura_common.wireguard import Device, Transmit, generate_private_key
 from aura_common.wireguard import public_key as wg_public_key
 from services.client.carriers.tcp import Carrier as TcpClient
 from services.tcp.carrier import MAX_UNAUTHENTICATED_BYTES, TcpCarrier, server_tls_context
 from services.tcp.clienthello import MAX_PRE_TLS
+from services.tcp.fallback import FallbackChain
 from tests.unit.carrier_kit import Initiator, Keys, keys, new_hub, raw_key, run
 
 __all__ = ["keys"]  # the module-scoped key fixture
@@ -90,7 +90,7 @@ def test_server_closing_is_reported_to_the_client(keys: Keys) -> None:
 
 
 def test_client_refuses_a_certificate_from_another_ca(keys: Keys, tmp_path: Path) -> None:
-    other_raw = raw_key(pki.create_ca(tmp_path))
+    other_raw = raw_key(ca.create_ca(tmp_path))
 
     async def scenario() -> None:
         async with tcp_server(keys, TcpConfig()) as (_, port):

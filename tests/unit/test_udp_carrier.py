@@ -8,7 +8,7 @@ import socket
 import time
 from collections.abc import Iterator
 
-from aura_common.transport import SessionHub
+from aura_common.transport.hub import SessionHub
 from aura_common.wireguard import Device, generate_private_key, public_key
 from aura_common.wireguard.limits import UNDER_LOAD_STICKY
 from aura_lab.flood import junk_initiation

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from aura_common.ipc.frames import HandshakeRefusal, Handshakes, HandshakesDone
-from aura_common.transport import SessionHub
+from aura_common.transport.hub import SessionHub
 from aura_common.wireguard import (
     Device,
     HandshakeRequested,

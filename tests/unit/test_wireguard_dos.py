@@ -11,7 +11,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from aura_common.transport import SessionHub, format_endpoint
+from aura_common.transport.hub import SessionHub, format_endpoint
 from aura_common.wireguard import (
     Device,
     Event,
@@ -381,7 +381,7 @@ def test_the_hub_logs_one_line_per_kind_of_drop_a_second(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     hub = SessionHub("udp", Device(generate_private_key()), "/nonexistent/router.sock")
-    with caplog.at_level(logging.DEBUG, logger="aura_common.transport"):
+    with caplog.at_level(logging.DEBUG, logger="aura_common.transport.hub"):
         for _ in range(1000):
             hub.received([b"\x09" * 40], ("192.0.2.1", 1))
     lines = [r for r in caplog.records if "dropped from" in r.getMessage()]

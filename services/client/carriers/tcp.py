@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from aura_common.config import ClientConfig
-from aura_common.framing import ALPN, FrameDecoder, encode
+from aura_common.wire.framing import ALPN, FrameDecoder, encode
 from services.client.carriers.base import CarrierLifecycle, Deliver
 
 READ_SIZE = 65536

@@ -35,8 +35,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from aura_common.config import ServerConfig, format_host_port
-from aura_common.limits import parse_time
 from aura_common.roles import Transport
+from aura_common.state.client_limits import parse_time
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -124,7 +124,7 @@ class Link(Protocol):
 
 
 class Hub(Protocol):
-    """A transport's session hub (aura_common.transport.SessionHub)."""
+    """A transport's session hub (aura_common.transport.hub.SessionHub)."""
 
     role: str
     counters: TransportCounters

@@ -12,8 +12,8 @@ import os
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from aura_common.atomic import locked, write_atomic
-from aura_common.manifest import Manifest, ManifestError, SignedManifest, verify
+from aura_common.pki.manifest import Manifest, ManifestError, SignedManifest, verify
+from aura_common.state.atomic import locked, write_atomic
 
 log = logging.getLogger(__name__)
 

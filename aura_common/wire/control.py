@@ -24,7 +24,7 @@ from typing import TypeVar
 
 import msgpack
 
-from aura_common.manifest import ManifestError, SignedManifest
+from aura_common.pki.manifest import ManifestError, SignedManifest
 
 MAGIC = 0xA7
 CONTROL_VERSION = 1

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from aura_common.config import FallbackHandler, TcpConfig, format_host_port
-from aura_common.log import RateLimitedLog, fields
+from aura_common.service.log import RateLimitedLog, fields
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from aura_common.atomic import locked, parse_versioned_json, read_state_file, write_atomic
 from aura_common.config import ServerConfig, is_peer_name
 from aura_common.errors import AuraError, ConfigError
-from aura_common.limits import now_text, parse_time
+from aura_common.state.atomic import locked, parse_versioned_json, read_state_file, write_atomic
+from aura_common.state.client_limits import now_text, parse_time
 
 REGISTRY_VERSION = 1
 KEY_SIZE = 32

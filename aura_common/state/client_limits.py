@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from fractions import Fraction
 from typing import Protocol
 
-from aura_common.atomic import parse_versioned_json, read_state_file, write_atomic
 from aura_common.errors import AuraError, ConfigError
+from aura_common.state.atomic import parse_versioned_json, read_state_file, write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 
-from aura_common import log as aura_log
-from aura_common import systemd
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError, ConfigError
+from aura_common.service import log as aura_log
+from aura_common.service import systemd
 
 EXIT_CONFIG = 78
 DEFAULT_CONFIG = "/etc/aura/server.yaml"

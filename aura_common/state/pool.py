@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
-from aura_common.atomic import LockBusy, locked, parse_versioned_json, write_atomic
 from aura_common.errors import AuraError, ConfigError
-from aura_common.limits import now_text
+from aura_common.state.atomic import LockBusy, locked, parse_versioned_json, write_atomic
+from aura_common.state.client_limits import now_text
 
 log = logging.getLogger(__name__)
 

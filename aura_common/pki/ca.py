@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from aura_common.atomic import write_atomic
 from aura_common.errors import AuraError, ConfigError
+from aura_common.state.atomic import write_atomic
 
 CA_KEY = "ca.key"
 CA_PUB = "ca.pub"

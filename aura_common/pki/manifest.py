@@ -45,7 +45,7 @@ from aura_common.config.values import (
     parse_port,
 )
 from aura_common.errors import AuraError
-from aura_common.pki import key_id
+from aura_common.pki.ca import key_id
 from aura_common.roles import Transport, is_transport
 
 MANIFEST_VERSION = 1

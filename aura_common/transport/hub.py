@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from aura_common import ipc, metrics, runtime, systemd
+from aura_common import ipc
 from aura_common.config import ServerConfig
 from aura_common.ipc.frames import (
     FROM_ROUTER,
@@ -35,10 +35,12 @@ from aura_common.ipc.frames import (
     SessionDown,
     SessionUp,
 )
-from aura_common.keys import load_server_public_key
-from aura_common.log import fields
 from aura_common.netio.udp import Endpoint
-from aura_common.ports import bind_with_scan
+from aura_common.pki.keys import load_server_public_key
+from aura_common.service import metrics, systemd
+from aura_common.service.log import fields
+from aura_common.state import runtime
+from aura_common.transport.ports import bind_with_scan
 from aura_common.wireguard import (
     Answer,
     Device,

@@ -1,0 +1,3 @@
+"""Keys and PKI: the Aura CA and the TLS certificate it signs, WireGuard key files, the signed
+bridge manifest.
+"""
