@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from aura_common.roles import Transport
 from aura_lab.netns import Lab
 from aura_lab.topology import (
     AURA,
@@ -44,7 +45,7 @@ def main() -> int:
             folder = Path(tmp)
             step("namespaces: client ── server ── internet (203.0.113.2)")
             server = build(lab, folder)
-            server.init(transports=("udp", "tcp", "quic"))
+            server.init(transports=tuple(Transport))
             print(server.aura("list-clients").stdout.strip())
             step("aura server run (signer, router, udp, tcp, quic)")
             server.start()

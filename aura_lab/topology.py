@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from aura_common.roles import Transport
 from aura_lab.netns import Lab
 
 INTERNET_HOST = "203.0.113.2"
@@ -54,7 +55,7 @@ class AuraServer:
                   "--state-dir", str(self.folder / "state"),
                   "--runtime-dir", str(self.folder / "run"), "--uplink", self.uplink, *extra)
         document = yaml.safe_load(self.config.read_text())
-        for name in ("udp", "tcp", "quic"):
+        for name in Transport:
             document["transports"][name]["enabled"] = name in transports
         for key, value in (edit or {}).items():
             target = document

@@ -25,12 +25,17 @@ from collections.abc import Sequence
 
 from aura_common.config import ServerConfig, format_host_port
 from aura_common.errors import AuraError
+from aura_common.roles import Transport
 
 CONFIG = "/etc/aura/server.yaml"
 DROP_IN = "50-aura-listen.conf"
 REGISTRY_DROP_IN = "aura-router.service.d/50-aura-registry.conf"
 # The socket units' listen directive per transport.
-DIRECTIVES = {"udp": "ListenDatagram", "tcp": "ListenStream", "quic": "ListenDatagram"}
+DIRECTIVES = {
+    Transport.UDP: "ListenDatagram",
+    Transport.TCP: "ListenStream",
+    Transport.QUIC: "ListenDatagram",
+}
 ANY_ADDRESS = ("::", "")
 
 

@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+from aura_common.roles import Transport
 from services.client.carriers import quic, tcp, udp
 from services.client.carriers.base import CarrierFactory
 
-CARRIERS: dict[str, CarrierFactory] = {"udp": udp.Carrier, "quic": quic.Carrier, "tcp": tcp.Carrier}
+CARRIERS: dict[str, CarrierFactory] = {
+    Transport.UDP: udp.Carrier, Transport.QUIC: quic.Carrier, Transport.TCP: tcp.Carrier,
+}
