@@ -572,6 +572,9 @@ class _Fields:
         self.names = frozenset(name for name, _, _ in self.fields)
         # Fields holding records need converting on the way out; the rest go as they are.
         self.nested = [f.name for f in dataclasses.fields(cls) if _holds_record(hints[f.name])]
+        # A field whose default is None travels only when set, as peers have always sent a
+        # sign request's absent ports, a manifest without key_id or a status without registry.
+        self.optional = frozenset(f.name for f in dataclasses.fields(cls) if f.default is None)
 
     def from_map(self, mapping: dict[str, Any]) -> Any:
         values = {}
@@ -651,10 +654,11 @@ def _spec(cls: type) -> _Fields:
 def _wire(value: Any) -> Any:
     """A field's value as msgpack packs it (records become lists or maps)."""
     if type(value) in _RECORD_AS_LIST:
-        fields = [_wire(getattr(value, f.name)) for f in dataclasses.fields(value)]
         if _RECORD_AS_LIST[type(value)]:
-            return fields
-        return dict(zip((f.name for f in dataclasses.fields(value)), fields, strict=True))
+            return [_wire(getattr(value, f.name)) for f in dataclasses.fields(value)]
+        optional = _spec(type(value)).optional
+        return {f.name: _wire(item) for f in dataclasses.fields(value)
+                if (item := getattr(value, f.name)) is not None or f.name not in optional}
     if isinstance(value, list | tuple):
         return [_wire(item) for item in value]
     return value
@@ -663,10 +667,12 @@ def _wire(value: Any) -> Any:
 def to_map(frame: Frame) -> dict[str, Any]:
     """The frame as the map it travels as (`t` included)."""
     mapping: dict[str, Any] = {"t": frame.TAG}
-    nested = _spec(type(frame)).nested
+    spec = _spec(type(frame))
     for field in dataclasses.fields(frame):  # type: ignore[arg-type]
         value = getattr(frame, field.name)
-        mapping[field.name] = _wire(value) if field.name in nested else value
+        if value is None and field.name in spec.optional:
+            continue
+        mapping[field.name] = _wire(value) if field.name in spec.nested else value
     return mapping
 
 

@@ -304,6 +304,22 @@ def test_a_record_field_of_any_value_decodes_checked_or_is_refused_by_name(
     assert len(frames.encode(decoded)) <= len(msgpack.packb(mapping, use_bin_type=True)) + 64
 
 
+def test_a_field_that_may_be_absent_travels_only_when_set_as_peers_always_sent_it() -> None:
+    sign = Sign([HostPorts("vpn.test", udp=8443)], 7, bytes(32))
+    assert frames.to_map(sign)["endpoints"] == [{"host": "vpn.test", "udp": 8443}]
+    assert frames.to_map(Signed(ManifestText("{}", SIGNATURE)))["manifest"] == {
+        "body": "{}", "signature": SIGNATURE}
+    peer = PeerState("a", True, [], False, 0, None, None, None, None)
+    status = frames.to_map(RouterStatus(1.0, "aura0", [], [peer], DroppedPackets(0, 0),
+                                        HandshakeCounts(0, 0, 0)))
+    assert "registry" not in status and "transport" not in status["peers"][0]
+    assert status["peers"][0]["quota_bytes"] is None  # nil has a meaning here: unlimited
+    # Sent either way, they decode to the same frame.
+    for mapping in (frames.to_map(sign), {**frames.to_map(sign), "endpoints": [
+            {"host": "vpn.test", "udp": 8443, "tcp": None, "quic": None}]}):
+        assert frames.from_map(mapping, TO_SIGNER) == sign
+
+
 def test_parts_of_another_frame_may_not_interleave() -> None:
     async def scenario() -> None:
         sender, receiver = pair(FROM_ROUTER)
