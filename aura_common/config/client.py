@@ -137,5 +137,5 @@ class ClientConfig(ConfigFile):
         return os.path.splitext(self.manifest_state_file)[0] + ".dns.json"
 
     def header(self) -> str:
-        return (f"# Aura client configuration for {self.name}. "
-                "Keep it secret: it holds a private key.")
+        return (f"# Aura client configuration for {self.name}: `aura client up <this file>`.\n"
+                "# Keep it secret: it holds a private key.")

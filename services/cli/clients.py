@@ -11,13 +11,21 @@ import sys
 from typing import Any
 
 import qrcode
-import yaml
 
-from aura_common.config import ServerConfig, encode_key, format_host_port
+from aura_common.config import (
+    ClientConfig,
+    ClientInterface,
+    ClientServer,
+    ClientTransports,
+    ClientTunnel,
+    ServerConfig,
+    encode_key,
+    format_host_port,
+)
 from aura_common.errors import AuraError
 from aura_common.ipc.frames import Reload
 from aura_common.pki.keys import new_key_pair, read_key_file, server_public_key
-from aura_common.roles import CLIENT_ORDER, Transport
+from aura_common.roles import Transport
 from aura_common.state import runtime
 from aura_common.state.atomic import write_atomic
 from aura_common.state.client_limits import (
@@ -194,28 +202,20 @@ def aura_config(
     direct: list[Network],
 ) -> str:
     ports = _endpoint_ports(config)
-    addresses = [f"{peer.address_v4}/32"] if peer.address_v4 else []
+    addresses = [ipaddress.ip_interface(f"{peer.address_v4}/32")] if peer.address_v4 else []
     if peer.address_v6:
-        addresses.append(f"{peer.address_v6}/128")
-    document = {
-        "version": 1,
-        "name": peer.name,
-        "interface": {"private_key": encode_key(private), "addresses": addresses,
-                      "mtu": config.tun.mtu, "dns": list(config.network.dns)},
-        "server": {
-            "public_key": encode_key(server_public_key(config)),
-            "preshared_key": encode_key(peer.preshared_key) if peer.preshared_key else None,
-            "host": config.public_host,
-            "ca_public_key": encode_key(read_key_file(config.ca_public_key_file)),
-        },
-        "transports": {"order": list(CLIENT_ORDER), **ports},
-        "tunnel": {"split": {"vpn": [{"cidr": str(n)} for n in vpn],
-                             "direct": [{"cidr": str(n)} for n in direct]}},
-        "manifest": _current_manifest(config),
-        "keepalive": 25,
-    }
-    header = f"# Aura client config for {peer.name}: `aura client up <this file>`\n"
-    return header + yaml.safe_dump(document, sort_keys=False)
+        addresses.append(ipaddress.ip_interface(f"{peer.address_v6}/128"))
+    return ClientConfig(
+        name=peer.name,
+        interface=ClientInterface(private_key=private, addresses=tuple(addresses),
+                                  mtu=config.tun.mtu, dns=config.network.dns),
+        server=ClientServer(public_key=server_public_key(config), host=config.public_host,
+                            ca_public_key=read_key_file(config.ca_public_key_file),
+                            preshared_key=peer.preshared_key or None),
+        transports=ClientTransports(udp=ports["udp"], quic=ports["quic"], tcp=ports["tcp"]),
+        tunnel=ClientTunnel(vpn=tuple(vpn), direct=tuple(direct)),
+        manifest=_current_manifest(config),
+    ).dump()
 
 
 def _write_private(path: str, text: str) -> None:
