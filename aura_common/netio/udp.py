@@ -16,8 +16,10 @@ that local address, and `send_batch(..., source=...)` sends from it.
 
 from __future__ import annotations
 
+import _socket
 import ctypes
 import errno
+import functools
 import mmap
 import socket
 import struct
@@ -358,12 +360,13 @@ def send_batch(
     while index < count:
         group_end = _group_end(datagrams, index) if use_gso else index + 1
         group = datagrams[index:group_end]
-        gso = [] if len(group) == 1 else [(SOL_UDP, UDP_SEGMENT, struct.pack("H", len(group[0])))]
+        gso: _ControlMessages = (() if len(group) == 1 else
+                                 ((SOL_UDP, UDP_SEGMENT, struct.pack("H", len(group[0]))),))
         try:
             sock.sendmsg(group, gso + origin, socket.MSG_DONTWAIT, destination)
         except OSError as error:
             if origin and error.errno in _SOURCE_REFUSED:
-                origin = []  # perhaps the address is gone: again, from any address
+                origin = ()  # perhaps the address is gone: again, from any address
             elif gso and error.errno in _GSO_REFUSED:
                 _sockets_without_gso.add(sock)
                 use_gso, origin = False, wanted_origin  # again, one datagram per call
@@ -375,19 +378,33 @@ def send_batch(
     return sent
 
 
-def _source_cmsg(sock: socket.socket, source: str | None) -> list[tuple[int, int, bytes]]:
+_ControlMessages = tuple[tuple[int, int, bytes], ...]
+# A socket's address family as the plain int the C socket holds: `socket.socket.family`
+# converts it to an enum member on every read, and hashing that costs as much again.
+_family: Callable[[socket.socket], int] = _socket.socket.family.__get__
+
+
+def _source_cmsg(sock: socket.socket, source: str | None) -> _ControlMessages:
     if source is None:
-        return []
+        return ()
+    return _pktinfo(_family(sock), source)
+
+
+@functools.lru_cache(maxsize=1024)
+def _pktinfo(family: int, source: str) -> _ControlMessages:
+    """The control message that sends from `source`. Cached: a server sends from one or a few
+    addresses, once per destination a read or frame held (a thousand peers' replies are a
+    thousand sends), and the conversion cost more than the rest of a send's Python."""
     try:
-        if sock.family == socket.AF_INET6:
+        if family == socket.AF_INET6:
             if "." in source and ":" not in source:
                 source = "::ffff:" + source
             packed = socket.inet_pton(socket.AF_INET6, source)
-            return [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, _IN6_PKTINFO.pack(packed, 0))]
+            return ((socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, _IN6_PKTINFO.pack(packed, 0)),)
         packed = socket.inet_pton(socket.AF_INET, source)
     except OSError:
-        return []
-    return [(socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, packed, bytes(4)))]
+        return ()
+    return ((socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, packed, bytes(4))),)
 
 
 def _group_end(datagrams: Sequence[bytes], start: int) -> int:
