@@ -92,12 +92,13 @@ class Channel:
         self._fd = sock.fileno()
         self._buffer = bytearray(MAX_FRAME + 1)
         self._view = memoryview(self._buffer)
-        self._queue: ByteQueue[dict[str, Any]] = ByteQueue(MAX_QUEUED_BYTES)
+        # Frames read and not yet taken, each with its encoded size.
+        self._queue: ByteQueue[tuple[dict[str, Any], int]] = ByteQueue(MAX_QUEUED_BYTES)
         # Set by a receiver of packets: `pkts` frames' batches go here, from the reader
         # callback itself while no other frame waits before them (no turn of the event loop
         # between socket and handler), else in order from `recv`.
         self.on_packets: Callable[[frames.Batches], None] | None = None
-        self._joiner = frames.Joiner()
+        self._joiner = frames.Joiner(protocol)
         self._waiter: asyncio.Future[None] | None = None
         self._writer_waiter: asyncio.Future[None] | None = None
         self._reading = False
@@ -170,17 +171,17 @@ class Channel:
             budget -= size
             if self.on_packets is not None and not self._queue and mapping["t"] == Packets.TAG:
                 # Nothing waits before it: handled now, not a turn of the loop later.
-                self._deliver_now(mapping)
+                self._deliver_now(mapping, size)
                 if self.closed:
                     break
                 continue
-            self._queue.push(mapping, size)
+            self._queue.push((mapping, size), size)
         self._wake()
 
-    def _deliver_now(self, mapping: dict[str, Any]) -> None:
+    def _deliver_now(self, mapping: dict[str, Any], size: int) -> None:
         assert self.on_packets is not None
         try:
-            frame = self._accept(mapping)
+            frame = self._accept(mapping, size)
         except ChannelClosed:
             return  # logged and closed
         if frame is None:
@@ -205,7 +206,7 @@ class Channel:
             finally:
                 self._waiter = None
 
-    def _take(self) -> dict[str, Any]:
+    def _take(self) -> tuple[dict[str, Any], int]:
         mapping = self._queue.pop()
         if self._queue.size < MAX_QUEUED_BYTES // 2:
             self._start_reading()
@@ -218,7 +219,7 @@ class Channel:
         others."""
         while True:
             await self._wait_for_frames()
-            frame = self._accept(self._take())
+            frame = self._accept(*self._take())
             if frame is not None and not self._packets_handled(frame):
                 return frame
 
@@ -228,7 +229,7 @@ class Channel:
             await self._wait_for_frames()
             received = []
             while self._queue:
-                frame = self._accept(self._take())
+                frame = self._accept(*self._take())
                 if frame is not None and not self._packets_handled(frame):
                     received.append(frame)
             if received:
@@ -240,10 +241,11 @@ class Channel:
         self.on_packets(frame.batches)
         return True
 
-    def _accept(self, mapping: dict[str, Any]) -> Frame | None:
-        """The frame `mapping` is, joined with earlier parts; None while parts are missing."""
+    def _accept(self, mapping: dict[str, Any], size: int) -> Frame | None:
+        """The frame `mapping` (`size` bytes encoded) is, joined with earlier parts; None
+        while parts are missing."""
         try:
-            joined = self._joiner.add(mapping)
+            joined = self._joiner.add(mapping, size)
             if joined is None:
                 return None
             frame = frames.from_map(joined, self.protocol)

@@ -50,10 +50,11 @@ MAX_TEXT = 64 << 10
 BYTES_PER_OBJECT = 4
 OBJECT_SLACK = 64
 DECODE_EXPANSION = 24
-# A chunked frame's parts: each at most this large, and at most MAX_JOINED_ITEMS entries
-# joined in all.
+# A chunked frame's parts: each at most this large, and at most MAX_JOINED_ITEMS entries and
+# MAX_JOINED_BYTES of parts (as received) joined in all.
 CHUNK_BYTES = 64 << 10
 MAX_JOINED_ITEMS = 1 << 20
+MAX_JOINED_BYTES = 128 << 20
 # A record's own check may quote the value it refused; this much of its reason is kept.
 MAX_REASON = 200
 
@@ -782,28 +783,43 @@ def decode(data: bytes | memoryview, protocol: Protocol) -> Frame:
 
 
 class Joiner:
-    """Puts the parts of chunked frames (`encode_parts`) together again, one frame at a time."""
+    """Puts the parts of chunked frames (`encode_parts`) together again, one frame at a time.
 
-    def __init__(self) -> None:
+    Only a frame of `protocol` that is sent in parts (its `CHUNKED` list) may come in parts:
+    anything else could keep the joiner holding part after part of a frame that never ends.
+    """
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
         self._joined: dict[str, Any] | None = None
+        self._joined_bytes = 0
 
-    def add(self, mapping: dict[str, Any]) -> dict[str, Any] | None:
+    def add(self, mapping: dict[str, Any], size: int) -> dict[str, Any] | None:
         """`mapping` itself when it is no part; the joined frame after its last part; None
-        while parts are missing. ProtocolError for a malformed or oversized part."""
+        while parts are missing. `size` is the part's encoded size. ProtocolError for a
+        malformed or oversized part."""
         if "chunk" not in mapping and self._joined is None:
             return mapping
         tag, key, end = mapping["t"], mapping.get("chunk"), mapping.get("end")
-        items = mapping.get(key) if isinstance(key, str) else None
+        cls = self._protocol.frames.get(tag)
+        if cls is None or cls.CHUNKED is None or key != cls.CHUNKED:
+            raise ProtocolError(f"a part of a {tag!r} frame, which is not sent in parts "
+                                f"(or not its list {key!r})")
+        items = mapping.get(key)
         joined = self._joined
-        if not isinstance(key, str) or not isinstance(items, list) or not isinstance(end, bool) or (
+        if not isinstance(items, list) or not isinstance(end, bool) or (
             joined is not None and (joined["t"] != tag or joined["chunk"] != key)
         ):
             raise ProtocolError(f"malformed part of a chunked {tag} frame")
         if joined is None:
             self._joined = joined = mapping
+            self._joined_bytes = size
         elif len(joined[key]) + len(items) > MAX_JOINED_ITEMS:
             raise ProtocolError(f"chunked {tag} frame of more than {MAX_JOINED_ITEMS} entries")
         else:
+            self._joined_bytes += size
+            if self._joined_bytes > MAX_JOINED_BYTES:
+                raise ProtocolError(f"chunked {tag} frame of more than {MAX_JOINED_BYTES} bytes")
             joined[key].extend(items)
         if not end:
             return None

@@ -332,6 +332,48 @@ def test_parts_of_another_frame_may_not_interleave() -> None:
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("part", [
+    # A transport (or an operator) may send no parts at all: the router's frames are whole.
+    {"t": "hs", "items": [[1, bytes(148)]], "chunk": "items", "end": False},
+    {"t": "status", "junk": [bytes(60_000)], "chunk": "junk", "end": False},
+    {"t": "pkts", "at": 1.0, "batches": [["a", [bytes(60_000)]]], "chunk": "batches",
+     "end": False},
+])
+def test_a_frame_that_is_never_sent_in_parts_may_not_start_one(part: dict[str, Any]) -> None:
+    """Else the joiner holds part after part (a terabyte in 1 MiB frames) for a frame that
+    never ends: memory no receive-queue bound sees."""
+    async def scenario() -> None:
+        sender, receiver = pair(TO_ROUTER)
+        sender.sock.send(msgpack.packb(part, use_bin_type=True))
+        with pytest.raises(ipc.ChannelClosed, match="not sent in parts"):
+            await asyncio.wait_for(receiver.recv(), 5)
+
+    asyncio.run(scenario())
+
+
+def test_parts_name_their_frames_own_chunked_list() -> None:
+    async def scenario() -> None:
+        sender, receiver = pair(FROM_ROUTER)
+        part = {"t": "peers", "peers": [], "junk": [bytes(60_000)], "chunk": "junk",
+                "end": False}
+        sender.sock.send(msgpack.packb(part, use_bin_type=True))
+        with pytest.raises(ipc.ChannelClosed, match="not sent in parts"):
+            await asyncio.wait_for(receiver.recv(), 5)
+
+    asyncio.run(scenario())
+
+
+def test_parts_are_joined_within_a_bound_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(frames, "MAX_JOINED_BYTES", 1 << 20)
+    joiner = frames.Joiner(FROM_ROUTER)
+    part = {"t": "peers", "peers": [["x" * 60_000]], "chunk": "peers", "end": False}
+    size = len(msgpack.packb(part, use_bin_type=True))
+    for _ in range((1 << 20) // size):
+        assert joiner.add(dict(part, peers=[["x" * 60_000]]), size) is None
+    with pytest.raises(frames.ProtocolError, match="bytes"):
+        joiner.add(dict(part, peers=[["x" * 60_000]]), size)
+
+
 # -- frames that outgrow one frame ---------------------------------------------------------
 def registry_file(path: Path, count: int) -> None:
     key = base64.b64encode(bytes(32)).decode()
