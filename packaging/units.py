@@ -29,6 +29,15 @@ DESCRIPTIONS = {
 NO_KEY = """\
 # No private key: the router answers handshakes (server.pub is public). It writes only its
 # own runtime.json (its folder)."""
+# A stream socket unit binds its port again as soon as it has closed it (`systemctl restart
+# aura.target`, an upgrade), while a process systemd has just forked may still hold a copy of
+# the old listening socket: the `(sd-chown)` helper of aura-signer.socket (SocketGroup=), any
+# service before it closes what it inherited. Without SO_REUSEPORT that bind fails
+# (EADDRINUSE), the socket unit fails and its service with it. Datagram sockets bind again
+# anyway (SO_REUSEADDR), and a stale copy in a reuse-port group would get a share of datagrams.
+STREAM_OPTIONS = """
+# Bound again while a process systemd forked may still hold the old socket (packaging/units.py).
+ReusePort=yes"""
 HANDED_KEYS = """\
 # Keys stay root-only on disk; systemd hands this service a copy of the ones it uses
 # (in $CREDENTIALS_DIRECTORY). It writes only its own runtime.json (its folder)."""
@@ -45,9 +54,12 @@ def render(template: str, transport: Transport) -> str:
     """One transport's unit from a template's text."""
     # The default port is the config's: the generator's drop-in overrides it from server.yaml.
     port = getattr(TransportsConfig(), transport).port
+    listen = f"{DIRECTIVES[transport]}={port}"
+    if DIRECTIVES[transport] == "ListenStream":
+        listen += STREAM_OPTIONS
     for key, value in (("@DESCRIPTION@", DESCRIPTIONS[transport]),
                        ("@CREDENTIALS@", credentials(transport)),
-                       ("@LISTEN@", f"{DIRECTIVES[transport]}={port}"),
+                       ("@LISTEN@", listen),
                        ("@NAME@", transport.value)):
         template = template.replace(key, value)
     return template
