@@ -36,7 +36,7 @@ from prometheus_client.registry import Collector
 
 from aura_common.config import ServerConfig, format_host_port
 from aura_common.roles import Transport
-from aura_common.state.client_limits import parse_time
+from aura_common.state.timestamps import parse_time
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from aura_common.errors import AuraError, ConfigError
 from aura_common.state.atomic import parse_versioned_json, read_state_file, write_atomic
+from aura_common.state.timestamps import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -100,24 +101,6 @@ def parse_size(text: str) -> int | None:
     if size <= 0:
         raise AuraError(f"--quota {text!r}: expected {SIZE_EXAMPLE}, at least one byte")
     return size
-
-
-def format_time(moment: datetime.datetime) -> str:
-    """The state files' spelling of a time: ISO 8601, UTC, seconds, `Z`."""
-    return moment.astimezone(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def now_text() -> str:
-    """This moment as `format_time` spells it (when a peer, lease or bound port began)."""
-    return format_time(datetime.datetime.now(datetime.UTC))
-
-
-def parse_time(text: str) -> datetime.datetime:
-    """A time written by `format_time` (any ISO 8601 with an offset); ValueError otherwise."""
-    moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        raise ValueError(f"{text!r} has no time zone")
-    return moment
 
 
 def format_size(count: float) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 from aura_common.errors import AuraError, ConfigError
 from aura_common.state.atomic import LockBusy, locked, parse_versioned_json, write_atomic
-from aura_common.state.client_limits import now_text
+from aura_common.state.timestamps import now_text
 
 log = logging.getLogger(__name__)
 

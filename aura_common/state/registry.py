@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from aura_common.config import ServerConfig, is_peer_name
 from aura_common.errors import AuraError, ConfigError
 from aura_common.state.atomic import locked, parse_versioned_json, read_state_file, write_atomic
-from aura_common.state.client_limits import now_text, parse_time
+from aura_common.state.timestamps import now_text, parse_time
 
 REGISTRY_VERSION = 1
 KEY_SIZE = 32

@@ -26,7 +26,7 @@ from aura_common.config import parse_host_port
 from aura_common.errors import ConfigError
 from aura_common.roles import Transport, is_transport
 from aura_common.state.atomic import parse_versioned_json, read_state_file, write_atomic
-from aura_common.state.client_limits import now_text
+from aura_common.state.timestamps import now_text
 
 log = logging.getLogger(__name__)
 

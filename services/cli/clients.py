@@ -33,12 +33,12 @@ from aura_common.state.client_limits import (
     SIZE_EXAMPLE,
     Usage,
     format_size,
-    format_time,
     parse_expiry,
     parse_size,
 )
 from aura_common.state.pool import AddressPool
 from aura_common.state.registry import RegisteredPeer, open_store
+from aura_common.state.timestamps import format_time
 from aura_common.wireguard import generate_private_key
 from services.cli.admin import RouterNotRunning, router_status, tell_router
 from services.client.routes import subtract

@@ -20,13 +20,13 @@ from aura_common.state.client_limits import (
     SAVE_INTERVAL,
     Gate,
     Usage,
-    format_time,
     parse_duration,
     parse_expiry,
     parse_size,
     refusal,
 )
 from aura_common.state.registry import RegisteredPeer, Registry
+from aura_common.state.timestamps import format_time
 from tests.unit.router_fakes import FakeTransport, claim, new_router
 
 NOW = datetime.datetime(2026, 11, 29, 12, 0, 0, tzinfo=datetime.UTC)
