@@ -71,7 +71,10 @@ class Path:
 
         Bounded: `OPEN_TIMEOUT` plus `HANDSHAKE_TIMEOUT` at most."""
         try:
-            await asyncio.wait_for(self.carrier.open(*self.endpoint, self._deliver), OPEN_TIMEOUT)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that arrives as the open completes, and the client's stop would then wait on it.
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                await self.carrier.open(*self.endpoint, self._deliver)
         except TimeoutError:
             return f"no connection within {OPEN_TIMEOUT:.0f} s"
         except Exception as error:  # any carrier failure means: this target does not work
