@@ -43,6 +43,10 @@ MAX_QUEUED_BYTES = 4 << 20
 # handled as they are read, so the loop's other readers (the router's TUN, where the replies
 # to those packets wait in the device's queue, `tun.QUEUE_PACKETS`) get their turn between bursts.
 READ_BUDGET = 256 << 10
+# Bytes of `post`ed frames not yet sent. Above this `recv` waits for them to go out: a peer
+# that sends requests and never reads the replies holds back its own requests (its socket
+# then fills), instead of the receiver keeping every reply it cannot send.
+MAX_POSTED_BYTES = 4 << 20
 # Linux socket options Python does not name (asm-generic/socket.h): root may exceed wmem_max.
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
@@ -105,6 +109,8 @@ class Channel:
         self._closed_reason: str | None = None
         self._send_lock = asyncio.Lock()
         self._posted: set[asyncio.Task[None]] = set()  # `post`ed frames still being sent
+        self.posted_bytes = 0  # their encoded size
+        self._posted_waiter: asyncio.Future[None] | None = None
         # The time `pkts` frames wait between send and dequeue (see `_police`), and the
         # packets dropped for it.
         self.aqm = CoDel()
@@ -216,8 +222,9 @@ class Channel:
         """The next frame (a chunked one joined); raises ChannelClosed once the channel is
         closed and drained, or after a frame the protocol does not allow (logged, channel
         closed). With `on_packets` set, `pkts` frames go there instead, in order with the
-        others."""
+        others. Waits while more than MAX_POSTED_BYTES of posted frames are unsent."""
         while True:
+            await self._room_for_replies()
             await self._wait_for_frames()
             frame = self._accept(*self._take())
             if frame is not None and not self._packets_handled(frame):
@@ -226,6 +233,7 @@ class Channel:
     async def recv_many(self) -> list[Frame]:
         """Every frame read so far (at least one), for batch processing."""
         while True:
+            await self._room_for_replies()
             await self._wait_for_frames()
             received = []
             while self._queue:
@@ -342,8 +350,13 @@ class Channel:
         A frame whose list may outgrow one frame (`CHUNKED`) goes in parts of at most
         CHUNK_BYTES, under the send lock, so no other frame comes between them.
         """
-        parts = [self._checked(part) for part in
-                 frames.encode_parts(frame, min(frames.CHUNK_BYTES, self.max_frame))]
+        await self._send_parts(self._parts(frame))
+
+    def _parts(self, frame: Frame) -> list[bytes]:
+        return [self._checked(part) for part in
+                frames.encode_parts(frame, min(frames.CHUNK_BYTES, self.max_frame))]
+
+    async def _send_parts(self, parts: list[bytes]) -> None:
         async with self._send_lock:
             for part in parts:
                 await self._send_waiting(part)
@@ -351,14 +364,32 @@ class Channel:
     def post(self, frame: Frame) -> None:
         """`send_reliable` in the background, for a sender that must not wait (a frame that
         must not be dropped like a packet batch may be). A channel closing meanwhile ends it:
-        whoever serves the channel notices that."""
-        task = self._loop.create_task(self._send_posted(frame))
+        whoever serves the channel notices that. While more than MAX_POSTED_BYTES wait,
+        `recv` takes no more frames (the requests that earn these replies)."""
+        parts = self._parts(frame)
+        size = sum(map(len, parts))
+        self.posted_bytes += size
+        task = self._loop.create_task(self._send_posted(parts, size))
         self._posted.add(task)
         task.add_done_callback(self._posted.discard)
 
-    async def _send_posted(self, frame: Frame) -> None:
-        with contextlib.suppress(ChannelClosed, OSError):
-            await self.send_reliable(frame)
+    async def _send_posted(self, parts: list[bytes], size: int) -> None:
+        try:
+            with contextlib.suppress(ChannelClosed, OSError):
+                await self._send_parts(parts)
+        finally:
+            self.posted_bytes -= size
+            waiter = self._posted_waiter
+            if self.posted_bytes <= MAX_POSTED_BYTES and waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    async def _room_for_replies(self) -> None:
+        while self.posted_bytes > MAX_POSTED_BYTES and self._closed_reason is None:
+            self._posted_waiter = self._loop.create_future()
+            try:
+                await self._posted_waiter
+            finally:
+                self._posted_waiter = None
 
     async def _send_waiting(self, data: bytes) -> None:
         while True:
@@ -395,6 +426,8 @@ class Channel:
             self._loop.remove_writer(self._fd)
             if not self._writer_waiter.done():
                 self._writer_waiter.set_result(None)  # the sender sees the reason and raises
+        if self._posted_waiter is not None and not self._posted_waiter.done():
+            self._posted_waiter.set_result(None)
         self._wake()
         self.sock.close()
 
