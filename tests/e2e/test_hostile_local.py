@@ -49,7 +49,7 @@ WARNINGS = {
     "expanding": "sent a bad frame",
     "deep": "sent a bad frame",
     "wrong shape": "sent a bad frame: pkts.batches[0]: expected a [peer, [bytes, ...]] pair",
-    "bad part": "malformed part of a chunked session_up frame",
+    "bad part": "frame, which is not sent in parts",
     "bad handshake time": "sent a bad frame: session_up.handshake_at: expected a finite number",
 }
 
