@@ -505,45 +505,53 @@ def _first_reply(sock: socket.socket, role: str) -> str:
     return "closed" if not data else msgpack.unpackb(data)["t"]
 
 
+@asynccontextmanager
+async def open_to_everyone(accounts: Accounts) -> AsyncIterator[tuple[str, ipc.Listener]]:
+    """A router socket serving a transport and admins as `accounts` decides, in a folder and
+    with a mode that let any local account connect: its path and its listener."""
+    served = ("udp", "admin")
+    directory = tempfile.mkdtemp(prefix="aura-ipc-")
+    os.chmod(directory, 0o755)
+    path = os.path.join(directory, "router.sock")
+    try:
+        async with listening(
+            Path(path), authorize=functools.partial(accounts.role_of, served=served),
+            admits=functools.partial(accounts.share, served=served),
+        ) as started:
+            os.chmod(path, 0o666)
+            yield path, started
+    finally:
+        shutil.rmtree(directory)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as other uids")
 def test_no_caller_can_hold_the_hello_slots_of_another_account() -> None:
     """A stranger (no role here) is closed as accepted; an admitted account sitting on its
     connections without a hello holds only its own share: the transport still gets in."""
     accounts = Accounts({TRANSPORT_UID: frozenset({"udp"})}, admin_gid=4242, own_uid=0,
                         member=lambda uid, gid, group: uid == OPERATOR_UID)
-    served = ("udp", "admin")
 
     async def scenario() -> None:
-        directory = tempfile.mkdtemp(prefix="aura-ipc-")
-        os.chmod(directory, 0o755)
-        path = os.path.join(directory, "router.sock")
         loop = asyncio.get_running_loop()
-        try:
-            async with listening(
-                Path(path), authorize=functools.partial(accounts.role_of, served=served),
-                admits=functools.partial(accounts.share, served=served),
-            ) as started:
-                os.chmod(path, 0o666)
-                for holder in (STRANGER_UID, OPERATOR_UID):
-                    held = [_connected_as(holder, path)
-                            for _ in range(listener.MAX_UNAUTHENTICATED + 8)]
-                    await asyncio.sleep(0.3)  # every one accepted (or turned away)
-                    transport = _connected_as(TRANSPORT_UID, path)
-                    reply = await loop.run_in_executor(None, _first_reply, transport, "udp")
-                    assert reply == "hello", f"the transport was locked out by uid {holder}"
-                    transport.close()
-                    for sock in held:
-                        sock.close()
-                # Its hello waits, unread, as it is turned away: it still gets the answer.
-                stranger = _connected_as(STRANGER_UID, path)
-                stranger.send(msgpack.packb({"t": "hello", "v": PROTOCOL_VERSION,
-                                             "role": "admin"}))
-                answer = await loop.run_in_executor(None, stranger.recv, 65536)
-                assert msgpack.unpackb(answer)["t"] == "error"
-                stranger.close()
-                assert started.refused >= listener.MAX_UNAUTHENTICATED + 8
-        finally:
-            shutil.rmtree(directory)
+        async with open_to_everyone(accounts) as (path, started):
+            for holder in (STRANGER_UID, OPERATOR_UID):
+                held = [_connected_as(holder, path)
+                        for _ in range(listener.MAX_UNAUTHENTICATED + 8)]
+                await asyncio.sleep(0.3)  # every one accepted (or turned away)
+                transport = _connected_as(TRANSPORT_UID, path)
+                reply = await loop.run_in_executor(None, _first_reply, transport, "udp")
+                assert reply == "hello", f"the transport was locked out by uid {holder}"
+                transport.close()
+                for sock in held:
+                    sock.close()
+            # Its hello waits, unread, as it is turned away: it still gets the answer.
+            stranger = _connected_as(STRANGER_UID, path)
+            stranger.send(msgpack.packb({"t": "hello", "v": PROTOCOL_VERSION,
+                                         "role": "admin"}))
+            answer = await loop.run_in_executor(None, stranger.recv, 65536)
+            assert msgpack.unpackb(answer)["t"] == "error"
+            stranger.close()
+            assert started.refused >= listener.MAX_UNAUTHENTICATED + 8
 
     asyncio.run(scenario())
 
@@ -559,32 +567,21 @@ def test_the_admin_groups_members_together_cannot_hold_the_transports_hello_slot
     share, they fill only the admin group's share: a transport and root still get in."""
     accounts = Accounts({TRANSPORT_UID: frozenset({"udp"})}, admin_gid=4242, own_uid=0,
                         member=lambda uid, gid, group: uid in ADMIN_MEMBERS)
-    served = ("udp", "admin")
 
     async def scenario() -> None:
-        directory = tempfile.mkdtemp(prefix="aura-ipc-")
-        os.chmod(directory, 0o755)
-        path = os.path.join(directory, "router.sock")
         loop = asyncio.get_running_loop()
-        try:
-            async with listening(
-                Path(path), authorize=functools.partial(accounts.role_of, served=served),
-                admits=functools.partial(accounts.share, served=served),
-            ) as started:
-                os.chmod(path, 0o666)
-                held = [_connected_as(member, path) for member in ADMIN_MEMBERS
-                        for _ in range(listener.MAX_UNAUTHENTICATED_PER_UID)]
-                await asyncio.sleep(0.3)  # every one accepted (or turned away)
-                assert started.refused == len(held) - listener.MAX_UNAUTHENTICATED_PER_SHARE
-                for uid, role in ((TRANSPORT_UID, "udp"), (0, "admin")):
-                    caller = _connected_as(uid, path)
-                    reply = await loop.run_in_executor(None, _first_reply, caller, role)
-                    assert reply == "hello", f"uid {uid} was locked out by the admin group"
-                    caller.close()
-                for sock in held:
-                    sock.close()
-        finally:
-            shutil.rmtree(directory)
+        async with open_to_everyone(accounts) as (path, started):
+            held = [_connected_as(member, path) for member in ADMIN_MEMBERS
+                    for _ in range(listener.MAX_UNAUTHENTICATED_PER_UID)]
+            await asyncio.sleep(0.3)  # every one accepted (or turned away)
+            assert started.refused == len(held) - listener.MAX_UNAUTHENTICATED_PER_SHARE
+            for uid, role in ((TRANSPORT_UID, "udp"), (0, "admin")):
+                caller = _connected_as(uid, path)
+                reply = await loop.run_in_executor(None, _first_reply, caller, role)
+                assert reply == "hello", f"uid {uid} was locked out by the admin group"
+                caller.close()
+            for sock in held:
+                sock.close()
 
     asyncio.run(scenario())
 
