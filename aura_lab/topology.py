@@ -8,10 +8,13 @@ reachable from clients through the tunnel and the server's NAT.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,6 +134,21 @@ def build(lab: Lab, folder: Path) -> AuraServer:
     internet_ns = lab.namespace("net")
     uplink, _ = lab.link(server_ns, "203.0.113.1/24", internet_ns, "203.0.113.2/24")
     return AuraServer(lab, server_ns, folder, internet_ns, uplink)
+
+
+@contextlib.contextmanager
+def running_server(transports: tuple[str, ...] = ("udp",)) -> Iterator[AuraServer]:
+    """An Aura server started in a lab of its own (`server.lab`) with a scratch folder
+    (`server.folder`), all torn down on leaving: for benches, which make no pytest lab."""
+    lab = Lab()
+    try:
+        with tempfile.TemporaryDirectory(prefix="aura-bench-") as scratch:
+            server = build(lab, Path(scratch))
+            server.init(transports=transports)
+            server.start()
+            yield server
+    finally:
+        lab.close()
 
 
 def stock_wireguard_up(lab: Lab, ns: str, conf: Path) -> str:

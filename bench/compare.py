@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import re
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aura_lab.netns import Lab
-from aura_lab.topology import SERVER_TUNNEL_V4, AuraServer, build, iperf3, stock_wireguard_up
+from aura_lab.topology import (
+    SERVER_TUNNEL_V4,
+    AuraServer,
+    iperf3,
+    running_server,
+    stock_wireguard_up,
+)
 from bench import readme
 
 WG_PAIR_SERVER = "10.99.0.1"
@@ -89,38 +94,31 @@ AURA_CLIENT = ["python3", "-m", "services.cli.main", "client"]
 
 
 def run(seconds: int) -> list[Result]:
-    lab = Lab()
     results: list[Result] = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="aura-bench-") as tmp:
-            folder = Path(tmp)
-            server = build(lab, folder)
-            server.init()
-            server.start()
-            bare_ns = server.add_client_namespace()
-            wg_ns = server.add_client_namespace()
-            stock_ns = server.add_client_namespace()
-            aura_ns = server.add_client_namespace()
-            wireguard_go_pair(lab, folder, wg_ns, server.ns)
-            stock_wireguard_up(lab, stock_ns, server.provision("bench-stock", "wireguard",
-                                                               "--vpn-cidrs", "10.77.0.0/24"))
-            paths: list[tuple[str, Callable[[], Result]]] = [
-                ("bare veth", lambda: measure(lab, "bare veth", bare_ns, server.ns,
-                                              "198.51.100.1", seconds)),
-                ("wireguard-go pair", lambda: measure(lab, "wireguard-go pair", wg_ns,
-                                                      server.ns, WG_PAIR_SERVER, seconds)),
-                ("wireguard-go -> aura", lambda: measure(lab, "wireguard-go -> aura", stock_ns,
-                                                         server.ns, SERVER_TUNNEL_V4, seconds)),
-            ]
-            for _, run_one in paths:
-                results.append(run_one())
-                print(f"measured {results[-1]}", flush=True)
-                time.sleep(1)
-            aura_client_up(lab, server, aura_ns, folder)
-            results.append(measure(lab, "aura -> aura (udp)", aura_ns, server.ns,
-                                   SERVER_TUNNEL_V4, seconds))
-    finally:
-        lab.close()
+    with running_server() as server:
+        lab, folder = server.lab, server.folder
+        bare_ns = server.add_client_namespace()
+        wg_ns = server.add_client_namespace()
+        stock_ns = server.add_client_namespace()
+        aura_ns = server.add_client_namespace()
+        wireguard_go_pair(lab, folder, wg_ns, server.ns)
+        stock_wireguard_up(lab, stock_ns, server.provision("bench-stock", "wireguard",
+                                                           "--vpn-cidrs", "10.77.0.0/24"))
+        paths: list[tuple[str, Callable[[], Result]]] = [
+            ("bare veth", lambda: measure(lab, "bare veth", bare_ns, server.ns,
+                                          "198.51.100.1", seconds)),
+            ("wireguard-go pair", lambda: measure(lab, "wireguard-go pair", wg_ns,
+                                                  server.ns, WG_PAIR_SERVER, seconds)),
+            ("wireguard-go -> aura", lambda: measure(lab, "wireguard-go -> aura", stock_ns,
+                                                     server.ns, SERVER_TUNNEL_V4, seconds)),
+        ]
+        for _, run_one in paths:
+            results.append(run_one())
+            print(f"measured {results[-1]}", flush=True)
+            time.sleep(1)
+        aura_client_up(lab, server, aura_ns, folder)
+        results.append(measure(lab, "aura -> aura (udp)", aura_ns, server.ns,
+                               SERVER_TUNNEL_V4, seconds))
     return results
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import re
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from aura_common.roles import Transport
 from aura_lab.netns import Lab
-from aura_lab.topology import PUBLIC_HOST, SERVER_TUNNEL_V4, build
+from aura_lab.topology import PUBLIC_HOST, SERVER_TUNNEL_V4, running_server
 from bench import readme
 from bench.compare import WG_PAIR_SERVER, wireguard_go_pair
 from bench.transports import aura_client_on
@@ -101,34 +100,27 @@ def measure(lab: Lab, name: str, ns: str, server_ns: str, address: str, seconds:
 
 
 def run(seconds: int) -> list[Latency]:
-    lab = Lab()
     results: list[Latency] = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="aura-bench-") as tmp:
-            folder = Path(tmp)
-            server = build(lab, folder)
-            server.init(transports=TRANSPORTS)
-            server.start()
-            bare_ns = server.add_client_namespace()
-            wg_ns = server.add_client_namespace()
-            aura_ns = server.add_client_namespace()
-            wireguard_go_pair(lab, folder, wg_ns, server.ns)
-            paths: list[tuple[str, Callable[[], Latency]]] = [
-                ("bare veth", lambda: measure(lab, "bare veth", bare_ns, server.ns,
-                                              PUBLIC_HOST, seconds, folder)),
-                (REFERENCE, lambda: measure(lab, REFERENCE, wg_ns, server.ns, WG_PAIR_SERVER,
-                                            seconds, folder)),
-            ]
-            for _, run_one in paths:
-                results.append(run_one())
-            for transport in TRANSPORTS:
-                client = aura_client_on(lab, server, aura_ns, transport, folder)
-                results.append(measure(lab, f"aura {transport}", aura_ns, server.ns,
-                                       SERVER_TUNNEL_V4, seconds, folder))
-                lab.stop(client)
-                time.sleep(1)
-    finally:
-        lab.close()
+    with running_server(TRANSPORTS) as server:
+        lab, folder = server.lab, server.folder
+        bare_ns = server.add_client_namespace()
+        wg_ns = server.add_client_namespace()
+        aura_ns = server.add_client_namespace()
+        wireguard_go_pair(lab, folder, wg_ns, server.ns)
+        paths: list[tuple[str, Callable[[], Latency]]] = [
+            ("bare veth", lambda: measure(lab, "bare veth", bare_ns, server.ns,
+                                          PUBLIC_HOST, seconds, folder)),
+            (REFERENCE, lambda: measure(lab, REFERENCE, wg_ns, server.ns, WG_PAIR_SERVER,
+                                        seconds, folder)),
+        ]
+        for _, run_one in paths:
+            results.append(run_one())
+        for transport in TRANSPORTS:
+            client = aura_client_on(lab, server, aura_ns, transport, folder)
+            results.append(measure(lab, f"aura {transport}", aura_ns, server.ns,
+                                   SERVER_TUNNEL_V4, seconds, folder))
+            lab.stop(client)
+            time.sleep(1)
     return results
 
 

@@ -23,7 +23,6 @@ import json
 import os
 import statistics
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +31,7 @@ import yaml
 
 from aura_common.roles import CLIENT_ORDER
 from aura_lab.netns import Lab
-from aura_lab.topology import INTERNET_HOST, AuraServer, build, iperf3
+from aura_lab.topology import INTERNET_HOST, AuraServer, iperf3, running_server
 from bench import readme
 from bench.compare import AURA_CLIENT, Result, measure, ping_rtt
 
@@ -144,31 +143,24 @@ def openvpn_tcp_pair(lab: Lab, server: AuraServer, folder: Path) -> str:
 
 
 def run(seconds: int) -> tuple[list[Result], dict[str, CpuShares]]:
-    lab = Lab()
     results: list[Result] = []
     cpu: dict[str, CpuShares] = {}
-    try:
-        with tempfile.TemporaryDirectory(prefix="aura-bench-") as tmp:
-            folder = Path(tmp)
-            server = build(lab, folder)
-            server.init(transports=TRANSPORTS)
-            server.start()
-            # One client namespace on the link whose address is the server's public one, one
-            # transport at a time.
-            aura_ns = server.add_client_namespace()
-            for transport in TRANSPORTS:
-                client = aura_client_on(lab, server, aura_ns, transport, folder)
-                result, shares = measure_aura(lab, server, aura_ns, transport, client, seconds)
-                results.append(result)
-                cpu[result.path] = shares
-                print(f"measured {result}; CPU us per packet {shares}", flush=True)
-                lab.stop(client)
-                time.sleep(1)
-            ns = openvpn_tcp_pair(lab, server, folder)
-            results.append(measure(lab, "openvpn tcp", ns, server.ns, OPENVPN_SERVER, seconds))
-            print(f"measured {results[-1]}", flush=True)
-    finally:
-        lab.close()
+    with running_server(TRANSPORTS) as server:
+        lab, folder = server.lab, server.folder
+        # One client namespace on the link whose address is the server's public one, one
+        # transport at a time.
+        aura_ns = server.add_client_namespace()
+        for transport in TRANSPORTS:
+            client = aura_client_on(lab, server, aura_ns, transport, folder)
+            result, shares = measure_aura(lab, server, aura_ns, transport, client, seconds)
+            results.append(result)
+            cpu[result.path] = shares
+            print(f"measured {result}; CPU us per packet {shares}", flush=True)
+            lab.stop(client)
+            time.sleep(1)
+        ns = openvpn_tcp_pair(lab, server, folder)
+        results.append(measure(lab, "openvpn tcp", ns, server.ns, OPENVPN_SERVER, seconds))
+        print(f"measured {results[-1]}", flush=True)
     return results, cpu
 
 
