@@ -201,6 +201,11 @@ class HandshakeAuthority:
         issued = _TICKET_TIME.pack(int(wall * 1000))
         return issued + self._ticket_mac(carrier, peer_public, issued)
 
+    @staticmethod
+    def ticket_issued(ticket: bytes) -> float:
+        """When a (valid) ticket was issued, Unix time: of two, the later handshake's."""
+        return float(_TICKET_TIME.unpack(ticket[: _TICKET_TIME.size])[0] / 1000)
+
     def ticket_valid(self, ticket: bytes, carrier: str, peer_public: bytes,
                      wall: float) -> bool:
         """Whether `ticket` is one this authority issued to `carrier` for `peer_public`, for

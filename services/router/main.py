@@ -422,6 +422,15 @@ class Router:
             self._misdirected(channel, "session", f"session_up for {name} without the ticket "
                               "of a handshake the router answered for it")
             return
+        issued = self.authority.ticket_issued(frame.ticket)
+        current = self.sessions.get(name)
+        if current is not None and current.link is not channel and \
+                issued <= current.ticket_issued:
+            # A transport keeps its tickets after the peer moved on: one of them must not
+            # pull the peer's traffic back to a transport it has left.
+            self._misdirected(channel, "session", f"session_up for {name} with a ticket "
+                              f"older than its session over {current.transport}")
+            return
         try:
             addresses = self._addresses_for(peer)
         except AuraError as error:
@@ -430,6 +439,7 @@ class Router:
         session, new = self.sessions.up(
             name, channel, role, endpoint, addresses, frame.handshake_at
         )
+        session.ticket_issued = max(session.ticket_issued, issued)
         if new:
             log.info("%s connected over %s from %s as %s", name, role, endpoint,
                      ", ".join(addresses),

@@ -30,6 +30,7 @@ class Session(Generic[Link]):
     tx_packets: int = 0
     tx_bytes: int = 0
     accounted_bytes: int = 0  # rx + tx already added to the peer's usage
+    ticket_issued: float = 0.0  # of the newest handshake claimed for it (Unix time)
 
     def unaccounted(self) -> int:
         """Bytes moved since the last call, for the peer's usage (client limits)."""

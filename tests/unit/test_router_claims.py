@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -59,5 +60,36 @@ def test_packets_for_another_transports_session_or_with_foreign_sources_are_drop
                 caplog.text)
         router._from_transport(tcp, [("alice", [ipv4_from("10.77.0.2")])])  # type: ignore[arg-type]
         assert tun.written == [ipv4_from("10.77.0.2")]
+
+    asyncio.run(scenario())
+
+
+def test_a_ticket_older_than_the_session_cannot_take_it_back_to_another_transport(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A transport keeps the tickets of the peers it carried; after a peer moved on, one of
+    them (valid 180 s) must not pull the peer's downlink back to the transport it left."""
+    config = ServerConfig.default("vpn.example", state_dir=str(tmp_path),
+                                  runtime_dir=str(tmp_path), key_dir=str(tmp_path))
+    with Registry.edit(config.peers_file) as registry:
+        registry.add(RegisteredPeer("alice", b"a" * 32, address_v4="10.77.0.2"))
+
+    async def scenario() -> None:
+        router = new_router(config)
+        udp, tcp = FakeTransport(1), FakeTransport(2)
+        router.transports.update({udp: "udp", tcp: "tcp"})  # type: ignore[dict-item]
+        now = time.time()
+        old = router.authority.ticket("udp", b"a" * 32, now - 60)
+        claim(router, udp, "alice", ticket=old)
+        claim(router, tcp, "alice", ticket=router.authority.ticket("tcp", b"a" * 32, now - 1))
+        with caplog.at_level(logging.WARNING, logger="aura-router"):
+            claim(router, udp, "alice", ticket=old)
+        session = router.sessions.get("alice")
+        assert session is not None and session.link is tcp
+        assert "older than" in caplog.text
+        # A newer handshake over udp moves the peer there, as it should.
+        claim(router, udp, "alice", ticket=router.authority.ticket("udp", b"a" * 32, now))
+        session = router.sessions.get("alice")
+        assert session is not None and session.link is udp
 
     asyncio.run(scenario())
