@@ -109,10 +109,12 @@ class Tun:
     ) -> None:
         self.close()
 
-    def read_batch(self, limit: int = 256) -> list[bytes]:
-        """Plain IP packets from up to `limit` reads; stops early when nothing is waiting."""
+    def read_batch(self, limit: int = 256, max_bytes: int | None = None) -> list[bytes]:
+        """Plain IP packets from up to `limit` reads, and with `max_bytes`, until that many
+        bytes were read (the last read may pass it); stops early when nothing is waiting."""
         packets: list[bytes] = []
         counters = self.counters
+        total = 0
         for _ in range(limit):
             try:
                 frame = os.read(self._fd, _READ_SIZE)
@@ -123,6 +125,9 @@ class Tun:
             if not pieces:
                 counters.read_drops += 1
             packets += pieces
+            total += len(frame)
+            if max_bytes is not None and total >= max_bytes:
+                break
         counters.packets_read += len(packets)
         return packets
 

@@ -52,7 +52,7 @@ from aura_common.ipc.frames import (
     TransportState,
 )
 from aura_common.netio import link
-from aura_common.netio.tun import Tun
+from aura_common.netio.tun import QUEUE_PACKETS, Tun
 from aura_common.pki import ca
 from aura_common.pki.keys import load_server_private_key
 from aura_common.pki.manifest import ManifestError, SignedManifest, parse_body, verify
@@ -80,7 +80,12 @@ SERVED_ROLES = (*Transport, ADMIN)
 # A transport that sends frames for sessions it does not hold is warned about at most this
 # often (a peer moving between transports causes a few legitimately).
 MISDIRECTED_WARN_INTERVAL = 10.0
-TUN_READ_LIMIT = 64
+# One turn reads as much of the TUN as one turn of a transport's frames may write into it
+# (the IPC channel reads 256 KiB a turn: thousands of small packets, each answered by the
+# kernel at once into a queue that drops what it cannot hold): a full queue of small
+# packets, or 64 of the largest (TSO) reads.
+TUN_READ_LIMIT = QUEUE_PACKETS
+TUN_READ_BYTES = 64 * (64 << 10)
 LIMITS_INTERVAL = 0.25  # a peer past its quota or expiry is cut off within this (plus IPC)
 # How often leases a busy lock kept in memory are written again.
 LEASE_FLUSH_INTERVAL = 2.0
@@ -496,7 +501,7 @@ class Router:
 
     def _tun_readable(self) -> None:
         assert self.tun is not None
-        packets = self.tun.read_batch(TUN_READ_LIMIT)
+        packets = self.tun.read_batch(TUN_READ_LIMIT, TUN_READ_BYTES)
         # One frame per transport for all its peers (ipc.Channel.send_packets).
         by_link: dict[ipc.Channel, list[tuple[str, list[bytes]]]] = {}
         for session, batch in self.sessions.dispatch(packets).items():
