@@ -94,7 +94,7 @@ class HostPorts:
 
     def ports(self) -> dict[str, int]:
         """The ports this endpoint has, by transport, in the order udp, tcp, quic."""
-        found = {"udp": self.udp, "tcp": self.tcp, "quic": self.quic}
+        found = {t.value: getattr(self, t.value) for t in Transport}
         return {name: port for name, port in found.items() if port is not None}
 
     def address(self, port: int) -> str:
