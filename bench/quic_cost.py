@@ -38,8 +38,8 @@ import aioquic.quic.configuration
 import aioquic.quic.connection
 import qh3.quic.connection
 
+from aura_common.addresses import Endpoint
 from aura_common.config import QuicConfig
-from aura_common.netio.udp import Endpoint
 from aura_common.pki import ca
 from aura_common.quic.datagram import DatagramSocket
 from aura_common.quic.link import (

@@ -28,6 +28,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 
+from aura_common.addresses import Endpoint
 from aura_common.netio.codel import CoDel
 
 SOL_UDP = 17
@@ -63,8 +64,6 @@ _IN6_PKTINFO = struct.Struct("=16si")  # address, ifindex
 _GSO_REFUSED = frozenset({errno.EIO, errno.EINVAL, errno.ENOPROTOOPT})
 # Errors for a source address the host no longer has (IPv4 reports it as unreachable).
 _SOURCE_REFUSED = frozenset({errno.EINVAL, errno.EADDRNOTAVAIL, errno.ENETUNREACH})
-
-Endpoint = tuple[str, int]
 
 _sockets_without_gso: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 

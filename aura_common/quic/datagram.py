@@ -15,9 +15,9 @@ import os
 import socket
 from collections.abc import Callable, Sequence
 
+from aura_common.addresses import Endpoint
 from aura_common.netio import udp as udp_batch
 from aura_common.netio.codel import CoDel
-from aura_common.netio.udp import Endpoint
 
 # (datagrams, remote address, local address) for runs of datagrams sharing both addresses.
 Burst = list[tuple[list[bytes], Endpoint, "str | None"]]

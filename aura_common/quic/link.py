@@ -24,7 +24,7 @@ from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection, QuicConnectionError
 from qh3.quic.events import QuicEvent
 
-from aura_common.netio.udp import Endpoint
+from aura_common.addresses import Endpoint
 from aura_common.quic.datagram import DatagramSocket
 from aura_common.wire.framing import ALPN
 

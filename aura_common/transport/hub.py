@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from aura_common import ipc
+from aura_common.addresses import Endpoint, source_address
 from aura_common.config import ServerConfig
 from aura_common.ipc.frames import (
     FROM_ROUTER,
@@ -35,7 +36,6 @@ from aura_common.ipc.frames import (
     SessionDown,
     SessionUp,
 )
-from aura_common.netio.udp import Endpoint
 from aura_common.pki.keys import load_server_public_key
 from aura_common.service import metrics, systemd
 from aura_common.service.log import fields
@@ -54,7 +54,6 @@ from aura_common.wireguard import (
     Transmit,
 )
 from aura_common.wireguard.constants import MESSAGE_TRANSPORT
-from aura_common.wireguard.cookie import source_address
 from aura_common.wireguard.noise import TransportKeys
 
 log = logging.getLogger(__name__)

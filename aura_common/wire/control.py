@@ -24,6 +24,7 @@ from typing import TypeVar
 
 import msgpack
 
+from aura_common.addresses import IPAddress
 from aura_common.pki.manifest import ManifestError, SignedManifest
 
 MAGIC = 0xA7
@@ -36,7 +37,6 @@ MAX_TEXT = 4096  # longest string: the manifest body
 _KEYS = ("address", "dns", "routes", "manifest")
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _T = TypeVar("_T")
 

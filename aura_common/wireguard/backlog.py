@@ -19,14 +19,15 @@ from __future__ import annotations
 
 from collections import deque
 
-from .cookie import RateLimiter, Source
+from ..addresses import Endpoint
+from .cookie import RateLimiter
 from .limits import (
     BACKLOG_SOURCES,
     FRESH_AFTER,
     HANDSHAKE_QUEUE_SIZE,
 )
 
-Waiting = tuple[bytes, Source]
+Waiting = tuple[bytes, Endpoint]
 
 
 class HandshakeBacklog:
@@ -37,7 +38,7 @@ class HandshakeBacklog:
         self._behind: deque[Waiting] = deque()
         self._queued_at: dict[bytes, float] = {}  # source key -> last queued, oldest first
 
-    def add(self, datagram: bytes, source: Source, now: float) -> Source | None:
+    def add(self, datagram: bytes, source: Endpoint, now: float) -> Endpoint | None:
         """Queues a message; returns the source of the message dropped for want of room
         (this one, or one queued behind that it displaced), or None."""
         key = _key(source)
@@ -55,7 +56,7 @@ class HandshakeBacklog:
             del queued_at[next(iter(queued_at))]
         return dropped
 
-    def would_drop(self, source: Source, now: float) -> bool:
+    def would_drop(self, source: Endpoint, now: float) -> bool:
         """Whether `add` would drop a message from `source` now (full, and the source had
         one queued lately): a carrier sheds such messages before it reads them."""
         if len(self._first) + len(self._behind) < self._capacity:
@@ -73,7 +74,7 @@ class HandshakeBacklog:
         return len(self._first) + len(self._behind)
 
 
-def _key(source: Source) -> bytes:
+def _key(source: Endpoint) -> bytes:
     try:
         return RateLimiter.key(source[0])
     except OSError:  # not an IP address: an endpoint a carrier named otherwise

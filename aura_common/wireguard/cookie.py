@@ -13,8 +13,6 @@ reply every few seconds (`CookiePacer`): a message sent again unchanged is a rep
 from __future__ import annotations
 
 import hmac
-import ipaddress
-import socket
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from ..addresses import Endpoint, source_ip
 from .constants import COOKIE_SECRET_MAX_AGE, LABEL_COOKIE, LABEL_MAC1
 from .crypto import blake2s_hash, hchacha20, keyed_mac, xaead_open
 from .limits import (
@@ -36,36 +35,8 @@ from .limits import (
 )
 from .messages import MAC_SIZE, CookieReply
 
-Source = tuple[str, int]
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-_V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 
-
-def source_ip(host: str) -> bytes:
-    """The packed address a datagram came from (4 or 16 bytes), IPv4 always as IPv4.
-
-    A dual-stack socket reports IPv4 sources as IPv4-mapped IPv6 (`::ffff:a.b.c.d`); every
-    decision about a source (cookie, rate limit, display) goes through here. It runs for
-    every handshake message under load, so it avoids the slower `ipaddress` parser.
-    """
-    if ":" not in host:
-        return socket.inet_pton(socket.AF_INET, host)
-    packed = socket.inet_pton(socket.AF_INET6, host.partition("%")[0])  # no zone index
-    return packed[12:] if packed[:12] == _V4_MAPPED_PREFIX else packed
-
-
-def unmapped(host: str) -> str:
-    """`host` with an IPv4-mapped IPv6 address as plain IPv4; any other as it is."""
-    packed = source_ip(host)
-    return socket.inet_ntop(socket.AF_INET, packed) if len(packed) == 4 else host
-
-
-def source_address(host: str) -> IPAddress:
-    """`source_ip` as an address object, for display."""
-    return ipaddress.ip_address(source_ip(host))
-
-
-def source_bytes(source: Source) -> bytes:
+def source_bytes(source: Endpoint) -> bytes:
     """The source address as the cookie binds it: IP bytes, then the port big-endian."""
     return source_ip(source[0]) + source[1].to_bytes(2, "big")
 
@@ -101,7 +72,7 @@ class CookieChecker:
         expected = keyed_mac(self._mac1_key, message[:mac1_offset])
         return hmac.compare_digest(expected, message[mac1_offset : mac1_offset + MAC_SIZE])
 
-    def mac2_valid(self, message: bytes, mac1_offset: int, source: Source, now: float) -> bool:
+    def mac2_valid(self, message: bytes, mac1_offset: int, source: Endpoint, now: float) -> bool:
         """Whether `message` carries a valid mac2 for `source` (a cookie we issued to it)."""
         if self._secret_born is None or now - self._secret_born > COOKIE_SECRET_MAX_AGE:
             self._new_secret(now)  # every cookie issued so far is void
@@ -112,7 +83,7 @@ class CookieChecker:
                                    message[mac2_offset : mac2_offset + MAC_SIZE])
 
     def cookie_reply(self, message: bytes, mac1_offset: int, receiver: int,
-                     source: Source) -> bytes:
+                     source: Endpoint) -> bytes:
         """A cookie reply to `message` (call `mac2_valid` first: it keeps the secret fresh).
 
         The reply carries the cookie for `source`, encrypted with the message's mac1 as
@@ -153,17 +124,17 @@ class CookiePacer:
     def __init__(self, interval: float = COOKIE_REPLY_INTERVAL,
                  capacity: int = COOKIE_REPLY_TABLE_SIZE) -> None:
         self._interval, self._capacity = interval, capacity
-        self._replied: dict[tuple[Source, bytes], float] = {}  # in the order answered
-        self._endpoints: dict[Source, float] = {}  # the last reply to each, in that order
+        self._replied: dict[tuple[Endpoint, bytes], float] = {}  # in the order answered
+        self._endpoints: dict[Endpoint, float] = {}  # the last reply to each, in that order
 
-    def allow(self, source: Source, mac1: bytes, now: float) -> bool:
+    def allow(self, source: Endpoint, mac1: bytes, now: float) -> bool:
         if not _paced(self._replied, (source, mac1), now, self._interval, self._capacity):
             return False
         self._endpoints.pop(source, None)
         _paced(self._endpoints, source, now, 0.0, self._capacity)
         return True
 
-    def answered_recently(self, source: Source, now: float) -> bool:
+    def answered_recently(self, source: Endpoint, now: float) -> bool:
         """Whether `source` got a cookie reply less than the interval ago (a hint for whom to
         shed first when a read holds more than can be screened, not a refusal)."""
         last = self._endpoints.get(source)

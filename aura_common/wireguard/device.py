@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from ..addresses import Endpoint
 from ..errors import AuraError
 from .authority import Answer, HandshakeAuthority
 from .constants import KEY_SIZE, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER
@@ -29,7 +30,7 @@ from .events import Dropped, Event, HandshakeCompleted, SessionExpired
 from .handshake import Handshakes
 from .indextable import IndexTable
 from .limits import AUTHORITY_WINDOW, DEFAULT_MTU, HANDSHAKE_WORK_BATCH, UNDER_LOAD_BACKLOG
-from .peer import Endpoint, Peer
+from .peer import Peer
 from .receive import Receiver
 from .screen import HandshakeScreen
 from .send import SENT, STAGED, send

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .peer import Endpoint, Peer
+from ..addresses import Endpoint
+from .peer import Peer
 
 
 @dataclass(slots=True)

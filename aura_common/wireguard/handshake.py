@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from ..addresses import Endpoint
 from .authority import Answer, HandshakeAuthority
 from .constants import (
     KEY_SIZE,
@@ -26,7 +27,7 @@ from .keypair import Keypair
 from .limits import HANDSHAKE_QUEUE_SIZE
 from .messages import TYPE_WORD, CookieReply, Initiation, MessageError, Response
 from .noise import HandshakeError, consume_response
-from .peer import Endpoint, Peer
+from .peer import Peer
 
 
 class Handshakes:

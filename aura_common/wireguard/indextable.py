@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..addresses import Endpoint
 from .keypair import Keypair
-from .peer import Endpoint, Peer
+from .peer import Peer
 
 
 class IndexTable:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from ..addresses import Endpoint
 from .constants import REJECT_AFTER_TIME, REKEY_TIMEOUT
 from .cookie import CookieJar
 from .crypto import tai64n
@@ -20,8 +21,6 @@ from .limits import MAX_QUEUED_PACKETS
 from .messages import CookieReply
 from .noise import InitiatorState, create_initiation, initial_hash_for
 from .timers import Timers
-
-Endpoint = tuple[str, int]  # (host, port): where a peer's datagrams come from and go to
 
 
 class Peer:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 from cryptography.exceptions import InvalidTag
 
+from ..addresses import Endpoint
 from .constants import (
     COOKIE_REPLY_SIZE,
     INITIATION_SIZE,
@@ -25,7 +26,7 @@ from .constants import (
 from .events import Dropped, Event, Received
 from .indextable import IndexTable
 from .messages import TRANSPORT_HEADER
-from .peer import Endpoint, Peer
+from .peer import Peer
 
 _NONCE_PREFIX = bytes(4)
 _HANDSHAKE_SIZES = {MESSAGE_INITIATION: INITIATION_SIZE, MESSAGE_RESPONSE: RESPONSE_SIZE,

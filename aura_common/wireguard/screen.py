@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..addresses import Endpoint
 from .backlog import HandshakeBacklog
 from .constants import MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION
 from .cookie import CookieChecker, CookiePacer, Load, RateLimiter
 from .events import Dropped, Event, Transmit
 from .indextable import IndexTable
 from .messages import INITIATION_MAC1_OFFSET, MAC_SIZE, RESPONSE_MAC1_OFFSET, TYPE_WORD
-from .peer import Endpoint
 
 
 class HandshakeScreen:

@@ -26,9 +26,9 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from aura_common.addresses import IPAddress
 from aura_common.errors import AuraError
 from aura_common.state.atomic import write_atomic
-from aura_common.wire.control import IPAddress
 
 log = logging.getLogger("aura-client")
 

@@ -13,9 +13,10 @@ import ipaddress
 import logging
 from collections.abc import Iterable
 
+from aura_common.addresses import IPAddress
 from aura_common.config import ClientConfig
 from aura_common.errors import AuraError
-from aura_common.wire.control import ControlMessage, IPAddress
+from aura_common.wire.control import ControlMessage
 from services.client.dns import SystemDns
 from services.client.path import Path
 from services.client.routes import plan_tunnel

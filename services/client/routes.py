@@ -13,8 +13,9 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from aura_common.addresses import IPAddress
 from aura_common.config import ClientConfig
-from aura_common.wire.control import ControlMessage, IPAddress
+from aura_common.wire.control import ControlMessage
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface

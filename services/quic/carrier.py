@@ -43,14 +43,13 @@ from qh3.quic.packet import (
     pull_quic_header,
 )
 
+from aura_common.addresses import Endpoint, unmapped
 from aura_common.config import QuicConfig
 from aura_common.errors import ConfigError
-from aura_common.netio.udp import Endpoint
 from aura_common.quic.datagram import Burst, DatagramSocket
 from aura_common.quic.link import CONNECTION_ID_LENGTH, QuicLink, datagram_configuration
 from aura_common.service.log import RateLimitedLog, fields
 from aura_common.transport.hub import SessionHub, format_endpoint
-from aura_common.wireguard.cookie import unmapped
 from services.quic.retry import RetryTokens
 
 log = logging.getLogger("aura-quic")

@@ -17,7 +17,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from aura_common.netio.udp import Endpoint
+from aura_common.addresses import Endpoint
 
 NONCE_LENGTH = 12
 # Clients answer a Retry at once (RFC 9000 section 8.1.4 lets servers keep this short).

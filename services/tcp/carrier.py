@@ -22,13 +22,12 @@ import socket
 import ssl
 from collections.abc import Sequence
 
+from aura_common.addresses import Endpoint, unmapped
 from aura_common.config import TcpConfig
 from aura_common.errors import ConfigError
-from aura_common.netio.udp import Endpoint
 from aura_common.service.log import RateLimitedLog, fields
 from aura_common.transport.hub import SessionHub, format_endpoint
 from aura_common.wire.framing import ALPN, FrameDecoder, encode
-from aura_common.wireguard.cookie import unmapped
 from services.tcp.clienthello import ClientHello, ClientHelloReader
 from services.tcp.fallback import FallbackChain, Flow
 

@@ -8,10 +8,10 @@ import socket
 import time
 from collections.abc import Sequence
 
+from aura_common.addresses import Endpoint
 from aura_common.config import ServerConfig
 from aura_common.netio import udp as udp_batch
 from aura_common.netio.codel import CoDel
-from aura_common.netio.udp import Endpoint
 from aura_common.service.shell import run_service
 from aura_common.transport.hub import (
     SessionHub,

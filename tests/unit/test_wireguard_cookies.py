@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from aura_common.addresses import unmapped
 from aura_common.wireguard import HandshakeCompleted, Transmit, public_key
 from aura_common.wireguard.constants import COOKIE_SECRET_MAX_AGE
-from aura_common.wireguard.cookie import cookie_key, unmapped
+from aura_common.wireguard.cookie import cookie_key
 from aura_common.wireguard.crypto import xaead_open
 from aura_lab.flood import junk_initiation
 from tests.unit.wireguard_pair import CLIENT_ADDR, Pair, drop_reasons, of_type, transmits

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from aura_common.addresses import source_address
 from aura_common.transport.hub import SessionHub, format_endpoint
 from aura_common.wireguard import (
     Device,
@@ -25,7 +26,6 @@ from aura_common.wireguard.cookie import (
     CookiePacer,
     Load,
     RateLimiter,
-    source_address,
     source_bytes,
 )
 from aura_common.wireguard.limits import (
