@@ -1,17 +1,19 @@
-"""The real Router without its process: a router on a fresh authority, a transport link that
-keeps what the router sent it, a transport's `session_up` after a handshake, and IPv4
-packets as transports hand them over."""
+"""The real Router without its process: its config with peers registered, a router on a fresh
+authority, a transport link that keeps what the router sent it, a transport's `session_up`
+after a handshake, and IPv4 packets as transports hand them over."""
 
 from __future__ import annotations
 
 import ipaddress
 import struct
 import time
+from pathlib import Path
 from typing import Any
 
 from aura_common.config import ServerConfig
 from aura_common.ipc import Credentials
 from aura_common.ipc.frames import Frame, Packets, Peers, SessionUp
+from aura_common.state.registry import RegisteredPeer, Registry
 from aura_common.wireguard import HandshakeAuthority, generate_private_key
 from services.router.main import Router
 
@@ -21,6 +23,18 @@ def ipv4(src: str, dst: str, payload: bytes = b"x" * 20) -> bytes:
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, 17, 0,
                          ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed)
     return header + payload
+
+
+def router_config(tmp_path: Path, *peers: RegisteredPeer) -> ServerConfig:
+    """A server config keeping its state, runtime files and keys in `tmp_path`, with `peers`
+    in its registry."""
+    config = ServerConfig.default("vpn.example", state_dir=str(tmp_path),
+                                  runtime_dir=str(tmp_path), key_dir=str(tmp_path))
+    if peers:
+        with Registry.edit(config.peers_file) as registry:
+            for peer in peers:
+                registry.add(peer)
+    return config
 
 
 def new_router(config: ServerConfig) -> Router:

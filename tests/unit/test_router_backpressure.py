@@ -13,11 +13,10 @@ import msgpack
 import pytest
 
 from aura_common import ipc
-from aura_common.config import ServerConfig
 from aura_common.ipc import channel as channel_module
 from aura_common.ipc.frames import TO_ROUTER
-from aura_common.state.registry import RegisteredPeer, Registry
-from tests.unit.router_fakes import new_router
+from aura_common.state.registry import RegisteredPeer
+from tests.unit.router_fakes import new_router, router_config
 
 BOUND = 64 << 10
 
@@ -26,10 +25,8 @@ def test_replies_a_transport_leaves_unread_hold_back_its_requests(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(channel_module, "MAX_POSTED_BYTES", BOUND)
-    config = ServerConfig.default("vpn.example", state_dir=str(tmp_path),
-                                  runtime_dir=str(tmp_path), key_dir=str(tmp_path))
-    with Registry.edit(config.peers_file) as registry:
-        registry.add(RegisteredPeer("alice", bytes(range(32)), address_v4="10.77.0.2"))
+    config = router_config(
+        tmp_path, RegisteredPeer("alice", bytes(range(32)), address_v4="10.77.0.2"))
 
     async def scenario() -> int:
         router = new_router(config)

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from aura_common.config import ServerConfig
-from aura_common.state.registry import RegisteredPeer, Registry
-from tests.unit.router_fakes import FakeTransport, claim, new_router
+from aura_common.state.registry import RegisteredPeer
+from tests.unit.router_fakes import FakeTransport, claim, new_router, router_config
 
 
 def ipv4_from(source: str) -> bytes:
@@ -33,11 +32,11 @@ class FakeTun:
 def test_packets_for_another_transports_session_or_with_foreign_sources_are_dropped(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = ServerConfig.default("vpn.example", state_dir=str(tmp_path),
-                                  runtime_dir=str(tmp_path), key_dir=str(tmp_path))
-    with Registry.edit(config.peers_file) as registry:
-        registry.add(RegisteredPeer("alice", b"a" * 32, address_v4="10.77.0.2"))
-        registry.add(RegisteredPeer("bob", b"b" * 32, address_v4="10.77.0.3"))
+    config = router_config(
+        tmp_path,
+        RegisteredPeer("alice", b"a" * 32, address_v4="10.77.0.2"),
+        RegisteredPeer("bob", b"b" * 32, address_v4="10.77.0.3"),
+    )
 
     async def scenario() -> None:
         router = new_router(config)
@@ -69,10 +68,7 @@ def test_a_ticket_older_than_the_session_cannot_take_it_back_to_another_transpor
 ) -> None:
     """A transport keeps the tickets of the peers it carried; after a peer moved on, one of
     them (valid 180 s) must not pull the peer's downlink back to the transport it left."""
-    config = ServerConfig.default("vpn.example", state_dir=str(tmp_path),
-                                  runtime_dir=str(tmp_path), key_dir=str(tmp_path))
-    with Registry.edit(config.peers_file) as registry:
-        registry.add(RegisteredPeer("alice", b"a" * 32, address_v4="10.77.0.2"))
+    config = router_config(tmp_path, RegisteredPeer("alice", b"a" * 32, address_v4="10.77.0.2"))
 
     async def scenario() -> None:
         router = new_router(config)

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from aura_common import ipc
-from aura_common.config import ServerConfig
 from aura_common.errors import AuraError
 from aura_common.ipc.frames import (
     FROM_ROUTER,
@@ -39,13 +38,12 @@ from aura_common.wireguard.noise import TransportKeys
 from services.router import main as router_main
 from services.router import replay
 from services.router.main import HANDSHAKE_QUEUE, Router
-from tests.unit.router_fakes import FakeTransport, new_router
+from tests.unit.router_fakes import FakeTransport, new_router, router_config
 from tests.unit.wireguard_pair import CLIENT_ADDR, SERVER_ADDR, of_type, transmits
 
 
 def setup(tmp_path: Path) -> tuple[Any, bytes]:
-    config = ServerConfig.default("vpn.example", state_dir=str(tmp_path),
-                                  runtime_dir=str(tmp_path), key_dir=str(tmp_path))
+    config = router_config(tmp_path)
     client_key = generate_private_key()
     with Registry.edit(config.peers_file) as registry:
         registry.add(RegisteredPeer("alice", public_key(client_key), preshared_key=bytes(range(32)),
@@ -210,8 +208,7 @@ async def udp_transport(
 def test_a_transport_without_the_key_forwards_one_turn_in_one_frame_and_claims_its_sessions(
     tmp_path: Path,
 ) -> None:
-    config = ServerConfig.default("vpn.example", state_dir=str(tmp_path),
-                                  runtime_dir=str(tmp_path), key_dir=str(tmp_path))
+    config = router_config(tmp_path)
     server_key = generate_private_key()
     clients = [generate_private_key() for _ in range(3)]
     with Registry.edit(config.peers_file) as registry:
@@ -263,8 +260,7 @@ def test_a_new_preshared_or_public_key_ends_the_peers_session_on_the_router_and_
     """The operator replaces a leaked key: the session made with the old one ends at once,
     its session keys leave the transport, its ticket no longer claims it, and the peer
     connects again with the new key. Other peers keep their sessions."""
-    config = ServerConfig.default("vpn.example", state_dir=str(tmp_path),
-                                  runtime_dir=str(tmp_path), key_dir=str(tmp_path))
+    config = router_config(tmp_path)
     server_key = generate_private_key()
     alice_key, bob_key, carol_key = (generate_private_key() for _ in range(3))
     with Registry.edit(config.peers_file) as registry:

@@ -12,12 +12,11 @@ from pathlib import Path
 from aura_common.config import ServerConfig
 from aura_common.state.registry import RegisteredPeer, Registry
 from tests.unit.held_lock import held_elsewhere
-from tests.unit.router_fakes import FakeTransport, claim, new_router
+from tests.unit.router_fakes import FakeTransport, claim, new_router, router_config
 
 
 def dynamic_config(tmp_path: Path) -> ServerConfig:
-    config = ServerConfig.default("vpn.example", state_dir=str(tmp_path),
-                                  runtime_dir=str(tmp_path), key_dir=str(tmp_path))
+    config = router_config(tmp_path)
     return replace(config, network=replace(config.network, strategy="dynamic"))
 
 

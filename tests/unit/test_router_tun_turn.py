@@ -12,12 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from aura_common.config import ServerConfig
 from aura_common.ipc.frames import Packets
 from aura_common.netio.offload import VNET_HDR_LEN
 from aura_common.netio.tun import QUEUE_PACKETS, Tun
-from aura_common.state.registry import RegisteredPeer, Registry
-from tests.unit.router_fakes import FakeTransport, claim, ipv4, new_router
+from aura_common.state.registry import RegisteredPeer
+from tests.unit.router_fakes import FakeTransport, claim, ipv4, new_router, router_config
 
 PLAIN = bytes(VNET_HDR_LEN)  # no offload: one plain packet per read
 
@@ -43,10 +42,7 @@ def test_a_read_batch_stops_at_its_byte_budget_or_its_read_count() -> None:
 
 
 def test_one_turn_reads_a_full_queue_of_small_packets(tmp_path: Path) -> None:
-    config = ServerConfig.default("vpn.example", state_dir=str(tmp_path),
-                                  runtime_dir=str(tmp_path), key_dir=str(tmp_path))
-    with Registry.edit(config.peers_file) as registry:
-        registry.add(RegisteredPeer("bob", b"b" * 32, address_v4="10.77.0.3"))
+    config = router_config(tmp_path, RegisteredPeer("bob", b"b" * 32, address_v4="10.77.0.3"))
 
     async def scenario() -> None:
         router = new_router(config)
