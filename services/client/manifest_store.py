@@ -1,11 +1,14 @@
 """Where a client keeps the newest bridge manifest it has accepted.
 
 The stored serial is the floor for every later manifest: one with a lower serial is refused
-(rollback), so a replayed old manifest cannot send the client back to abandoned ports.
+(rollback), so a replayed old manifest cannot send the client back to abandoned ports. A
+manifest naming another server's WireGuard key is refused too: one CA may sign for several
+servers, and their ports are no use with this server's key.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
 import logging
 import os
@@ -20,12 +23,16 @@ log = logging.getLogger(__name__)
 
 class ManifestStore:
     def __init__(
-        self, path: str | os.PathLike[str], ca_public_key: ed25519.Ed25519PublicKey | bytes
+        self,
+        path: str | os.PathLike[str],
+        ca_public_key: ed25519.Ed25519PublicKey | bytes,
+        server_public_key: bytes,
     ) -> None:
         self.path = os.fspath(path)
         if isinstance(ca_public_key, bytes):
             ca_public_key = ed25519.Ed25519PublicKey.from_public_bytes(ca_public_key)
         self.ca_public_key = ca_public_key
+        self.server_public_key = server_public_key
 
     def stored(self) -> tuple[SignedManifest, Manifest] | None:
         """The stored manifest, signature checked but not its expiry; None if there is none.
@@ -60,6 +67,12 @@ class ManifestStore:
             floor = self.serial
             try:
                 manifest = verify(signed, self.ca_public_key, now=now, min_serial=floor)
+                if manifest.server_public_key != self.server_public_key:
+                    raise ManifestError(
+                        "another_server",
+                        f"it is for the server with key {_b64(manifest.server_public_key)}; "
+                        f"this client's server has key {_b64(self.server_public_key)}",
+                    )
             except ManifestError as error:
                 log.warning("refused bridge manifest: %s", error.detail)
                 raise
@@ -68,3 +81,6 @@ class ManifestStore:
                 log.info("accepted bridge manifest serial %d", manifest.serial)
         return manifest
 
+
+def _b64(key: bytes) -> str:
+    return base64.b64encode(key).decode()

@@ -27,7 +27,8 @@ class TransportOrder:
     def __init__(self, config: ClientConfig, available: Sequence[str]) -> None:
         self.config = config
         self.available = list(available)
-        self.store = ManifestStore(config.manifest_state_file, config.server.ca_public_key)
+        self.store = ManifestStore(config.manifest_state_file, config.server.ca_public_key,
+                                   config.server.public_key)
         self.manifest_serial = 0
         self.schedule = Schedule(self._targets(self._initial_manifest()))
         self.changed = asyncio.Event()

@@ -310,7 +310,7 @@ def test_fuzz_round_trip(endpoints: list[m.HostPorts], serial: int) -> None:
 def test_store_accepts_newer_refuses_rollback_and_logs(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = ManifestStore(tmp_path / "manifest.json", CA.public_key())
+    store = ManifestStore(tmp_path / "manifest.json", CA.public_key(), SERVER_KEY)
     assert store.serial == 0 and store.stored() is None
     assert store.accept(m.sign(make(serial=7), CA), now=NOW).serial == 7
     assert store.serial == 7
@@ -322,11 +322,12 @@ def test_store_accepts_newer_refuses_rollback_and_logs(
     assert "refused bridge manifest: serial 6 is lower than 7" in caplog.text
     assert store.serial == 7
     store.accept(m.sign(make(serial=8), CA), now=NOW)
-    assert ManifestStore(tmp_path / "manifest.json", CA.public_key().public_bytes_raw()).serial == 8
+    raw_ca = CA.public_key().public_bytes_raw()
+    assert ManifestStore(tmp_path / "manifest.json", raw_ca, SERVER_KEY).serial == 8
 
 
 def test_store_keeps_its_floor_after_the_stored_manifest_expires(tmp_path: Path) -> None:
-    store = ManifestStore(tmp_path / "manifest.json", CA.public_key())
+    store = ManifestStore(tmp_path / "manifest.json", CA.public_key(), SERVER_KEY)
     store.accept(m.sign(make(serial=4, days=1), CA), now=NOW)
     later = NOW + datetime.timedelta(days=3)
     with pytest.raises(m.ManifestError, match="lower than 4"):
@@ -337,7 +338,7 @@ def test_store_refuses_tampered_and_ignores_a_damaged_file(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "manifest.json"
-    store = ManifestStore(path, CA.public_key())
+    store = ManifestStore(path, CA.public_key(), SERVER_KEY)
     signed = m.sign(make(), CA)
     with pytest.raises(m.ManifestError, match="altered"):
         store.accept(m.SignedManifest(signed.body, bytes(64)), now=NOW)
@@ -345,3 +346,18 @@ def test_store_refuses_tampered_and_ignores_a_damaged_file(
     path.write_text("{not json")
     assert store.serial == 0
     assert "ignoring stored manifest" in caplog.text
+
+
+def test_store_refuses_a_manifest_for_another_server(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = ManifestStore(tmp_path / "manifest.json", CA.public_key(), SERVER_KEY)
+    other = m.Manifest.create(
+        serial=9, issued=NOW, expires_days=7, server_public_key=bytes(32),
+        endpoints=ENDPOINTS,
+    )
+    with pytest.raises(m.ManifestError) as caught:
+        store.accept(m.sign(other, CA), now=NOW)
+    assert caught.value.reason == "another_server"
+    assert "refused bridge manifest: it is for the server with key AAAA" in caplog.text
+    assert store.serial == 0 and not (tmp_path / "manifest.json").exists()
