@@ -106,7 +106,7 @@ class Flood:
         self.hello = client_hello(args.hello_size if self.kind == "tcp-dribble" else 0)
         self.records_per_write = max(1, args.records_per_write)
         self.open = 0
-        self.one_port: Endpoint | None = None
+        self.one_port: QuicSocket | None = None
 
     def source(self) -> Iterator[str | None]:
         while True:
@@ -189,20 +189,20 @@ class Flood:
         loop = asyncio.get_running_loop()
         if self.kind == "quic-one-port":
             if self.one_port is None:
-                self.one_port = await Endpoint.open(self, source)
-            endpoint = self.one_port
+                self.one_port = await QuicSocket.open(self, source)
+            sock = self.one_port
         else:
-            endpoint = await Endpoint.open(self, source)
+            sock = await QuicSocket.open(self, source)
         configuration = datagram_configuration(is_client=True, idle_timeout=MAX_SECONDS)
         configuration.verify_mode = ssl.CERT_NONE
         quic = QuicConnection(configuration=configuration)
         ended = loop.create_future()
-        endpoint.add(quic, ended)
+        sock.add(quic, ended)
         quic.connect(self.target, now=loop.time())
         self.report.opened += 1
         try:
             while not ended.done() and loop.time() < deadline:
-                endpoint.flush(quic)
+                sock.flush(quic)
                 timer = quic.get_timer()
                 wait = 0.2 if timer is None else min(0.2, max(0.0, timer - loop.time()))
                 with contextlib.suppress(TimeoutError):
@@ -214,12 +214,12 @@ class Flood:
             if ended.done():
                 self.report.closed_by_server += 1
         finally:
-            endpoint.remove(quic)
-            if endpoint is not self.one_port:
-                endpoint.close()
+            sock.remove(quic)
+            if sock is not self.one_port:
+                sock.close()
 
 
-class Endpoint(asyncio.DatagramProtocol):
+class QuicSocket(asyncio.DatagramProtocol):
     """A UDP socket carrying one or many client QUIC connections, told apart by the
     connection id the server writes to."""
 
@@ -229,11 +229,11 @@ class Endpoint(asyncio.DatagramProtocol):
         self.connections: dict[bytes, tuple[QuicConnection, asyncio.Future[None]]] = {}
 
     @classmethod
-    async def open(cls, flood: Flood, source: str | None) -> Endpoint:
+    async def open(cls, flood: Flood, source: str | None) -> QuicSocket:
         loop = asyncio.get_running_loop()
         local = (source or ("::" if ":" in flood.target[0] else "0.0.0.0"), 0)
-        _, endpoint = await loop.create_datagram_endpoint(lambda: cls(flood), local_addr=local)
-        return endpoint
+        _, sock = await loop.create_datagram_endpoint(lambda: cls(flood), local_addr=local)
+        return sock
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
