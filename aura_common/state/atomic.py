@@ -4,7 +4,10 @@ Root writes into directories a service account owns (the registry for the router
 state beside a config its user owns). Whoever owns such a directory may plant a symlink, a
 FIFO or a hard link under any name in it, so every file here is opened relative to a
 descriptor of its directory with O_NOFOLLOW, a new file is created with O_EXCL, and only a
-file this process has just created is ever handed to another owner (by descriptor).
+file this process has just created is ever handed to another owner (by descriptor). The
+directory itself is reached one component at a time (`open_directory`): a symlink on the way
+is followed only where no other account could have put it, so an account that owns a folder
+higher up cannot swap a folder below it for a link to /etc.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any
 from aura_common.errors import AuraError, ConfigError
 
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# The folders on the way: O_PATH, so a folder we may search but not list is passed too.
+_STEP_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO someone planted under the lock's name must not hang us.
 _LOCK_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 LOCK_MODE = 0o640
@@ -31,13 +36,95 @@ class LockBusy(AuraError):
     """Another process holds the lock and the caller asked not to wait."""
 
 
+# Symlinks followed on the way to one directory, as the kernel's own bound (ELOOP).
+_MAX_LINKS = 40
+
+
 def open_directory(directory: str | os.PathLike[str]) -> int:
-    """A descriptor of `directory`, refusing a symlink in its place (AuraError)."""
+    """A descriptor of `directory`, reached as `walk_to` does (AuraError if refused)."""
     try:
-        return os.open(directory, _DIRECTORY_FLAGS)
+        return walk_to(directory)
     except OSError as error:
         why = "a symlink is refused" if error.errno == errno.ELOOP else error.strerror
         raise AuraError(f"{os.fspath(directory)}: cannot open the directory ({why})") from None
+
+
+def walk_to(directory: str | os.PathLike[str]) -> int:
+    """A descriptor of `directory`, reached one component at a time (OSError if refused;
+    ELOOP for a symlink that may not be followed).
+
+    The last component is never followed if it is a symlink. An earlier one is followed
+    only when the folder holding it is one that no other account can change (`_sealed`):
+    `/var/run` -> `/run` is root's, but a link that the owner of `/home/alice` put at
+    `/home/alice/vpn` pointing to `/etc` is refused.
+    """
+    pending = os.path.abspath(os.fspath(directory)).split("/")[1:]
+    pending.reverse()  # a stack: the next component last
+    fd = os.open("/", _STEP_FLAGS)
+    links = 0
+    try:
+        while pending:
+            part = pending.pop()
+            if part in ("", "."):
+                continue
+            try:
+                child = os.open(part, _STEP_FLAGS, dir_fd=fd)
+            except OSError as error:
+                if error.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                target = _link_target(fd, part)
+                if target is None:
+                    raise
+                links += 1
+                if not pending or links > _MAX_LINKS or not _may_follow(fd, part):
+                    raise OSError(errno.ELOOP, "a symlink is refused") from None
+                if target.startswith("/"):
+                    os.close(fd)
+                    fd = os.open("/", _STEP_FLAGS)
+                pending.extend(reversed(target.split("/")))
+                continue
+            os.close(fd)
+            fd = child
+        return os.open(".", _DIRECTORY_FLAGS, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _link_target(dir_fd: int, name: str) -> str | None:
+    """The target of `name` in the folder if it is a symlink, else None."""
+    try:
+        return os.readlink(name, dir_fd=dir_fd)
+    except OSError:
+        return None
+
+
+def _may_follow(dir_fd: int, name: str) -> bool:
+    """Whether no other account can have put the symlink `name` where it is: its folder is
+    sealed, or sticky (/tmp) with the link root's or ours (only a link's owner replaces it)."""
+    folder = os.fstat(dir_fd)
+    if _sealed(folder):
+        return True
+    owner = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_uid
+    return bool(folder.st_mode & stat.S_ISVTX) and owner in (0, os.geteuid())
+
+
+def _sealed(status: os.stat_result) -> bool:
+    """Whether only root (or this process's own account) can change the folder's entries."""
+    return status.st_uid in (0, os.geteuid()) and not status.st_mode & 0o022
+
+
+def open_beneath(path: str | os.PathLike[str], flags: int, mode: int = 0o600) -> int:
+    """`os.open` of `path` with O_NOFOLLOW, its folder reached as `walk_to` does.
+
+    The one way root opens a file in a folder another account may own; OSError as os.open.
+    """
+    path = os.fspath(path)
+    dir_fd = walk_to(os.path.dirname(os.path.abspath(path)))
+    try:
+        return os.open(os.path.basename(path), flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                       dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def write_atomic(
@@ -147,7 +234,7 @@ def read_bounded(path: str, limit: int, expected: str) -> bytes:
     large), never through a symlink and never waiting on a FIFO; a file that cannot be read is
     a ConfigError naming it and `expected`."""
     try:
-        fd = os.open(path, _READ_FLAGS)
+        fd = open_beneath(path, _READ_FLAGS)
         with os.fdopen(fd, "rb") as file:
             return file.read(limit + 1)
     except OSError as error:
@@ -169,7 +256,7 @@ def read_state_file(path: str, limit: int = STATE_FILE_LIMIT) -> bytes | None:
     regular file, and a file over `limit` bytes.
     """
     try:
-        fd = os.open(path, _READ_FLAGS)
+        fd = open_beneath(path, _READ_FLAGS)
     except FileNotFoundError:
         return None
     except OSError as exc:

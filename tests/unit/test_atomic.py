@@ -145,3 +145,47 @@ def test_a_new_lock_file_is_readable_by_the_group_whatever_the_umask(tmp_path: P
     finally:
         os.umask(old)
     assert (tmp_path / "runtime.json.lock").stat().st_mode & 0o777 == 0o640
+
+
+def test_a_folder_on_the_way_swapped_for_a_link_is_refused(tmp_path: Path) -> None:
+    """O_NOFOLLOW guards the last component only: the owner of a folder higher up could
+    turn `<its folder>/vpn` into a link to a folder of root's, and root would write there."""
+    folder = _service_folder(tmp_path)
+    roots = tmp_path / "etc"
+    roots.mkdir()
+    (roots / "peers.json.lock").write_bytes(b"")  # only in the lock's test: opened, not made
+    (roots / "state.json").write_bytes(b"{}")
+    (folder / "vpn").symlink_to(roots)
+    os.lchown(folder / "vpn", 65534, 65534)
+    with pytest.raises(AuraError, match="a symlink is refused"):
+        write_atomic(folder / "vpn" / "peers.json", b"{}")
+    with pytest.raises(AuraError, match="a symlink is refused"), \
+            locked(folder / "vpn" / "peers.json"):
+        pass
+    with pytest.raises(ConfigError, match="a symlink is refused"):
+        read_state_file(str(folder / "vpn" / "state.json"))
+    assert sorted(p.name for p in roots.iterdir()) == ["peers.json.lock", "state.json"]
+
+
+def test_a_link_on_the_way_only_root_could_make_is_followed(tmp_path: Path) -> None:
+    """/var/run -> /run: a link in a folder no other account can change is followed; in a
+    sticky folder (/tmp), so is one of root's own, but not one another account made there."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act for another account")
+    real = tmp_path / "real"
+    (real / "aura").mkdir(parents=True)
+    (tmp_path / "run").symlink_to("real")
+    write_atomic(tmp_path / "run" / "aura" / "runtime.json", b"{}")
+    assert read_state_file(str(tmp_path / "run" / "aura" / "runtime.json")) == b"{}"
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    (sticky / "roots").symlink_to(real)
+    (sticky / "theirs").symlink_to(real)
+    os.lchown(sticky / "theirs", 65534, 65534)
+    with locked(sticky / "roots" / "aura" / "runtime.json"):
+        pass
+    with pytest.raises(AuraError, match="a symlink is refused"):
+        write_atomic(sticky / "theirs" / "aura" / "leases.json", b"{}")
+    assert sorted(p.name for p in (real / "aura").iterdir()) == ["runtime.json",
+                                                                "runtime.json.lock"]
