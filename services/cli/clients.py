@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import io
 import ipaddress
 import json
 import os
@@ -27,7 +28,7 @@ from aura_common.ipc.frames import Reload
 from aura_common.pki.keys import new_key_pair, read_key_file, server_public_key
 from aura_common.roles import Transport
 from aura_common.state import runtime
-from aura_common.state.atomic import write_atomic
+from aura_common.state.atomic import read_state_file, write_atomic
 from aura_common.state.client_limits import (
     EXPIRY_EXAMPLE,
     SIZE_EXAMPLE,
@@ -134,12 +135,13 @@ def _endpoint_ports(config: ServerConfig) -> dict[str, int]:
 
 
 def _current_manifest(config: ServerConfig) -> dict[str, Any] | None:
+    """The signer's manifest (in its account's folder: read as a state file, no link)."""
     try:
-        with open(config.manifest_file, encoding="utf-8") as file:
-            manifest: dict[str, Any] = json.load(file)
-            return manifest
-    except (OSError, ValueError):
+        data = read_state_file(config.manifest_file)
+        manifest = None if data is None else json.loads(data)
+    except (AuraError, ValueError):
         return None
+    return manifest if isinstance(manifest, dict) else None
 
 
 def _register_peer(
@@ -218,8 +220,10 @@ def aura_config(
     ).dump()
 
 
-def _write_private(path: str, text: str) -> None:
-    write_atomic(path, text.encode(), mode=0o600)
+def _write_private(path: str, data: bytes) -> None:
+    """A client's config (its private key) for the operator: ours, 0600, even in a folder
+    another account owns, which may neither receive it nor redirect it by a link."""
+    write_atomic(path, data, mode=0o600, owner=(os.geteuid(), os.getegid()))
     print(f"wrote {path}", file=sys.stderr)
 
 
@@ -233,11 +237,11 @@ def provision_client(args: argparse.Namespace) -> int:
     live = tell_router(config, Reload())
     if args.format == "aura":
         _write_private(args.output or f"{peer.name}.yaml",
-                       aura_config(config, peer, private, vpn, direct))
+                       aura_config(config, peer, private, vpn, direct).encode())
     else:
         text = wireguard_config(config, peer, private, subtract(vpn, direct))
         if args.format == "wireguard":
-            _write_private(args.output or f"{peer.name}.conf", text)
+            _write_private(args.output or f"{peer.name}.conf", text.encode())
         else:
             show_qr(text, args.output)
     addresses = ", ".join(a for a in (peer.address_v4, peer.address_v6) if a) or "leased on connect"
@@ -252,11 +256,9 @@ def show_qr(text: str, output: str | None) -> None:
     code.add_data(text)
     code.make(fit=True)
     if output:
-        image = code.make_image()
-        with open(output, "wb") as file:
-            os.fchmod(file.fileno(), 0o600)
-            image.save(file)
-        print(f"wrote {output}", file=sys.stderr)
+        png = io.BytesIO()
+        code.make_image().save(png)
+        _write_private(output, png.getvalue())
     else:
         code.print_ascii(out=sys.stdout, invert=True)
 

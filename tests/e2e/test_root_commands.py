@@ -1,0 +1,116 @@
+"""What a local account can plant for the commands root runs: nothing that turns them.
+
+A real unprivileged account (made with useradd) owns a folder and fills it with links and
+files; root then runs the real command as a subprocess (`aura provision-client`, `aura
+client up`), and the test checks what root wrote, where, and as whose.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aura_lab.topology import AURA
+from aura_lab.users import as_user
+
+pytestmark = pytest.mark.e2e
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def mallory() -> Iterator[pwd.struct_passwd]:
+    """A fresh local account with no group of Aura's."""
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        pytest.skip("needs root and useradd")
+    name = f"aura-tm-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--user-group", name],
+                   check=True)  # fmt: skip
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", name], check=False, capture_output=True)
+        subprocess.run(["groupdel", name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """A root folder the account can reach (pytest's own is root's alone, 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix="aura-root-commands-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def owned_folder(tmp_path: Path, user: pwd.struct_passwd) -> Path:
+    folder = tmp_path / "share"
+    folder.mkdir()
+    os.chown(folder, user.pw_uid, user.pw_gid)
+    return folder
+
+
+def root_file(path: Path, content: bytes, mode: int = 0o644) -> Path:
+    path.write_bytes(content)
+    path.chmod(mode)
+    return path
+
+
+def plant(user: pwd.struct_passwd, links: dict[Path, Path], files: dict[Path, str]) -> None:
+    def action() -> dict[str, Any]:
+        for link, target in links.items():
+            link.symlink_to(target)
+        for path, text in files.items():
+            path.write_text(text)
+        return {}
+
+    assert as_user(user, action) == {}
+
+
+def aura(config: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*AURA, "--config", str(config), *argv], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+
+
+def test_provisioned_configs_are_roots_and_follow_no_link(
+    tmp_path: Path, mallory: pwd.struct_passwd
+) -> None:
+    config = tmp_path / "etc" / "server.yaml"
+    init = aura(config, "server", "init", "--public-host", "198.51.100.1",
+                "--state-dir", str(tmp_path / "state"), "--runtime-dir", str(tmp_path / "run"))
+    assert init.returncode == 0, init.stderr
+    share = owned_folder(tmp_path, mallory)
+    victim = root_file(tmp_path / "victim", b"keep\n")
+    secret = tmp_path / "secret"
+    secret.mkdir(mode=0o700)
+    plant(mallory, {share / "bob.png": victim, share / "out": secret}, {})
+
+    # A PNG output through a link the folder's owner planted: the link is replaced.
+    made = aura(config, "provision-client", "bob", "--format", "qr", "-o", str(share / "bob.png"))
+    assert made.returncode == 0, made.stderr
+    assert victim.read_bytes() == b"keep\n"
+    png = share / "bob.png"
+    assert not png.is_symlink() and png.read_bytes().startswith(PNG_MAGIC)
+    assert (png.stat().st_uid, png.stat().st_mode & 0o777) == (0, 0o600)
+
+    # A config written into another account's folder stays root's: it holds a private key.
+    made = aura(config, "provision-client", "carol", "--format", "wireguard",
+                "-o", str(share / "carol.conf"))
+    assert made.returncode == 0, made.stderr
+    assert (share / "carol.conf").stat().st_uid == 0
+
+    # A folder on the way swapped for a link to a folder of root's: refused, nothing written.
+    made = aura(config, "provision-client", "dave", "-o", str(share / "out" / "dave.yaml"))
+    assert made.returncode != 0 and "a symlink is refused" in made.stderr, made.stderr
+    assert list(secret.iterdir()) == []
+    assert "Traceback" not in made.stderr
