@@ -139,3 +139,57 @@ class ClientConfig(ConfigFile):
     def header(self) -> str:
         return (f"# Aura client configuration for {self.name}: `aura client up <this file>`.\n"
                 "# Keep it secret: it holds a private key.")
+
+
+# The keys naming where the client, which runs as root, creates and replaces files.
+ROOT_WRITTEN_PATHS = ("state_file", "runtime_dir")
+
+
+def refuse_foreign_paths(config: ClientConfig) -> None:
+    """Refuse `state_file` and `runtime_dir` in a config another account can change.
+
+    Root runs the client, and those keys say where it writes: whoever could write the file
+    (its owner, or the owner of a folder above it) could otherwise have root replace
+    /etc/shadow with a manifest. Such a config keeps the defaults (beside the file, and
+    root's /run/aura-client); one only root can change may name any path.
+    """
+    if os.geteuid() != 0 or config.path is None:
+        return
+    writer = changeable_by(config.path)
+    if writer is None:
+        return
+    defaults = ClientConfig.__dataclass_fields__
+    for name in ROOT_WRITTEN_PATHS:
+        if getattr(config, name) != defaults[name].default:
+            raise ConfigError(config.path, name,
+                              f"no {name} in a config {writer} can change (root writes there); "
+                              "remove the key, or make the file and its folders root's")
+
+
+def changeable_by(path: str) -> str | None:
+    """Who other than root could change the file at `path` (its owner, the owner of a folder
+    above it or of a link on the way, or anyone through a group- or world-writable one),
+    None if nobody."""
+    for start in (os.path.abspath(path), os.path.realpath(path)):
+        writer = _changeable_along(start)
+        if writer is not None:
+            return writer
+    return None
+
+
+def _changeable_along(path: str) -> str | None:
+    trusted = (0, os.geteuid())
+    current, status = path, os.lstat(path)
+    if status.st_mode & 0o022 and not os.path.islink(path):
+        return f"any account with write access to {path}"
+    while True:
+        if status.st_uid not in trusted:
+            return f"uid {status.st_uid} (the owner of {current})"
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        folder = os.lstat(parent)
+        # A sticky folder (/tmp) lets others add entries but not replace a root-owned one.
+        if folder.st_mode & 0o022 and not folder.st_mode & 0o1000 and not os.path.islink(parent):
+            return f"any account with write access to {parent}"
+        current, status = parent, folder

@@ -13,10 +13,12 @@ import time
 import services
 from aura_common import ipc
 from aura_common.config import ClientConfig
+from aura_common.config.client import refuse_foreign_paths
 from aura_common.errors import AuraError
 from aura_common.ipc.frames import FROM_CLIENT, ClientState, ClientStatus, Down, DownDone, Status
 from aura_common.ipc.oneshot import Reply
 from aura_common.service.log import JOURNAL_SOCKET
+from aura_common.state.atomic import open_beneath
 from aura_common.state.client_limits import format_size
 from services.cli.status import human_duration
 
@@ -84,6 +86,7 @@ def client_up(args: argparse.Namespace) -> int:
 
         return run_client(args.config, verbose=args.verbose)
     config = ClientConfig.load(args.config)
+    refuse_foreign_paths(config)
     running = _status_or_none(config)
     if running is not None:
         raise AuraError(
@@ -103,7 +106,8 @@ def client_up(args: argparse.Namespace) -> int:
         command.append("--journal")
     if args.verbose:
         command.append("--verbose")
-    with open(log_file, "ab") as output:
+    fd = open_beneath(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "ab") as output:
         # Output before logging is set up (a crash at import) still lands in the file.
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,

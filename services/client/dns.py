@@ -22,13 +22,14 @@ import json
 import logging
 import os
 import shutil
+import stat
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aura_common.addresses import IPAddress
 from aura_common.errors import AuraError
-from aura_common.state.atomic import write_atomic
+from aura_common.state.atomic import open_beneath, write_atomic
 
 log = logging.getLogger("aura-client")
 
@@ -37,6 +38,7 @@ Runner = Callable[[Sequence[str], str | None], None]
 RESOLV_CONF = "/etc/resolv.conf"
 RESOLVED_RUNTIME = "/run/systemd/resolve"
 RECORD_VERSION = 1
+RECORD_LIMIT = 1 << 20  # a record holds one resolv.conf; anything larger is not ours
 
 
 class Strategy(Protocol):
@@ -106,7 +108,7 @@ class ResolvConfFile:
         self.path = path
 
     def prepare(self, interface: str, servers: Sequence[IPAddress]) -> Record:
-        record: Record = {"path": self.path}
+        record: Record = {}
         try:
             if os.path.islink(self.path):
                 record["symlink"] = os.readlink(self.path)
@@ -121,10 +123,10 @@ class ResolvConfFile:
         return record
 
     def apply(self, record: Record) -> None:
-        _replace(str(record["path"]), str(record["written"]))
+        _replace(self.path, str(record["written"]))
 
     def restore(self, record: Record) -> None:
-        path = str(record["path"])
+        path = self.path  # never a path from the record: only resolv.conf is put back
         try:
             with open(path, encoding="utf-8", errors="surrogateescape") as file:
                 current: str | None = file.read()
@@ -201,7 +203,9 @@ class SystemDns:
         record = self.strategy.prepare(interface, servers)
         record.update(version=RECORD_VERSION, strategy=self.strategy.name)
         # Stored before the change it undoes, so a crash in between cannot lose it.
-        write_atomic(self.record_path, json.dumps(record).encode(), mode=0o600)
+        # Root's own, also in a folder another account owns: only such a record is replayed.
+        write_atomic(self.record_path, json.dumps(record).encode(), mode=0o600,
+                     owner=(os.geteuid(), os.getegid()))
         self.strategy.apply(record)
         self.applied = servers
         log.info("DNS servers %s applied through %s", ", ".join(map(str, servers)),
@@ -226,14 +230,30 @@ class SystemDns:
             os.unlink(self.record_path)
 
     def _read_record(self) -> Record | None:
+        """The record this account wrote, if there is one. It says what to write where as
+        root, and it lives beside the client's state, in a folder the config's owner may own:
+        a file that account could have written or swapped in is refused."""
         try:
-            with open(self.record_path, "rb") as file:
-                record = json.loads(file.read())
+            fd = open_beneath(self.record_path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as error:
+        except (OSError, AuraError) as error:
             log.error("ignoring the unreadable DNS record %s: %s", self.record_path, error)
             return None
+        with os.fdopen(fd, "rb") as file:
+            status = os.fstat(fd)
+            if not (stat.S_ISREG(status.st_mode) and status.st_uid == os.geteuid()
+                    and status.st_nlink == 1 and not status.st_mode & 0o022):
+                log.error("ignoring the DNS record %s: not a file only this account (uid %d) "
+                          "wrote (owner uid %d, mode %o, %d links); remove it", self.record_path,
+                          os.geteuid(), status.st_uid, status.st_mode & 0o7777,
+                          status.st_nlink)
+                return None
+            try:
+                record = json.loads(file.read(RECORD_LIMIT + 1))
+            except (OSError, ValueError) as error:
+                log.error("ignoring the unreadable DNS record %s: %s", self.record_path, error)
+                return None
         if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
             log.error("ignoring the DNS record %s: expected version %d", self.record_path,
                       RECORD_VERSION)

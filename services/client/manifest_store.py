@@ -15,10 +15,13 @@ import os
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from aura_common.errors import AuraError
 from aura_common.pki.manifest import Manifest, ManifestError, SignedManifest, verify
-from aura_common.state.atomic import locked, write_atomic
+from aura_common.state.atomic import locked, read_state_file, write_atomic
 
 log = logging.getLogger(__name__)
+
+MANIFEST_FILE_LIMIT = 1 << 20  # a manifest lists a few endpoints: kilobytes
 
 
 class ManifestStore:
@@ -40,9 +43,12 @@ class ManifestStore:
         A damaged or foreign file is reported and treated as absent.
         """
         try:
-            with open(self.path, "rb") as file:
-                text = file.read()
-        except FileNotFoundError:
+            # In a folder the config's owner may own: no link, no FIFO, nothing huge.
+            text = read_state_file(self.path, MANIFEST_FILE_LIMIT)
+        except AuraError as error:
+            log.warning("ignoring stored manifest: %s", error)
+            return None
+        if text is None:
             return None
         try:
             signed = SignedManifest.from_json(text)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aura_common.config import ClientConfig
+from aura_common.config.client import refuse_foreign_paths
 from aura_common.service import log as aura_log
 from aura_common.service.shell import exit_status, supervise
 from services.client.daemon import ClientDaemon
@@ -37,6 +38,7 @@ def log_stray_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]
 
 
 async def _run(config: ClientConfig) -> None:
+    refuse_foreign_paths(config)
     asyncio.get_running_loop().set_exception_handler(log_stray_exception)
     daemon = ClientDaemon(config)
     # A signal stops the daemon as `down` does: it takes its routes and DNS back itself.

@@ -7,10 +7,13 @@ client up`), and the test checks what root wrote, where, and as whose.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
+import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -18,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from aura_lab.topology import AURA
+from aura_lab.netns import Lab
+from aura_lab.topology import AURA, build
 from aura_lab.users import as_user
 
 pytestmark = pytest.mark.e2e
@@ -114,3 +119,81 @@ def test_provisioned_configs_are_roots_and_follow_no_link(
     assert made.returncode != 0 and "a symlink is refused" in made.stderr, made.stderr
     assert list(secret.iterdir()) == []
     assert "Traceback" not in made.stderr
+
+
+# -- the client ------------------------------------------------------------------------------
+def start_client(lab: Lab, ns: str, config: Path, resolv_conf: Path, log: Path
+                 ) -> subprocess.Popen[bytes]:
+    """`aura client up --foreground` as root, /etc/resolv.conf a scratch file in its own
+    mount namespace (the host's resolver is never at stake)."""
+    script = " && ".join([
+        "mount --make-rprivate /",
+        "{ [ ! -d /run/systemd/resolve ] || mount -t tmpfs tmpfs /run/systemd/resolve; }",
+        f"mount --bind {shlex.quote(str(resolv_conf))} /etc/resolv.conf",
+        f"exec env PATH={shlex.quote(os.path.dirname(sys.executable))}:/usr/bin:/bin "
+        + shlex.join([*AURA, "client", "up", "--foreground", str(config)]),
+    ])  # fmt: skip
+    return lab.spawn(ns, ["unshare", "-m", "sh", "-c", script], log=log)
+
+
+def users_client(lab: Lab, tmp_path: Path, user: pwd.struct_passwd,
+                 **keys: str) -> tuple[str, Path]:
+    """A client config provisioned by root and handed to `user` in the user's own folder,
+    as an operator does; with `keys` added by that user. Returns its namespace too."""
+    server = build(lab, tmp_path / "server")
+    server.folder.mkdir()
+    server.init()
+    name = f"m{uuid.uuid4().hex[:8]}"  # the default runtime dir is shared: a name of its own
+    provisioned = server.provision(name, "aura")
+    document = yaml.safe_load(provisioned.read_text())
+    del document["runtime_dir"]
+    document.update(keys)
+    share = owned_folder(tmp_path, user)
+    config = share / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(document, sort_keys=False))
+    os.chown(config, user.pw_uid, user.pw_gid)
+    return server.add_client_namespace(), config
+
+
+def test_a_dns_record_the_configs_owner_planted_is_not_replayed(
+    lab: Lab, tmp_path: Path, mallory: pwd.struct_passwd
+) -> None:
+    ns, config = users_client(lab, tmp_path, mallory)
+    # Both files hold what the record says root wrote there, so that a replay of it would
+    # write through whichever path the client takes: the record's (any file) or its own.
+    original = b"root:x:0:0::/root:/bin/sh\n"
+    victim = root_file(tmp_path / "passwd", original)
+    resolv_conf = root_file(tmp_path / "resolv.conf", original)
+    # What the client replays after a crash: "put this content back at this path".
+    record = {"version": 1, "strategy": "file", "interface": "aura-x", "path": str(victim),
+              "written": original.decode(), "content": "root::0:0::/root:/bin/sh\n"}
+    record_path = config.parent / f"{config.stem}.state.dns.json"
+    plant(mallory, {}, {record_path: json.dumps(record)})
+    log = tmp_path / "client.log"
+    client = start_client(lab, ns, config, resolv_conf, log)
+    try:
+        lab.wait_for(lambda: "tunnel device" in log.read_text(), timeout=30,
+                     what="the client past its DNS recovery")
+    finally:
+        lab.stop(client)
+    assert victim.read_bytes() == original and resolv_conf.read_bytes() == original
+    assert f"ignoring the DNS record {record_path}: not a file only this account" in \
+        log.read_text()
+
+
+def test_a_config_another_account_owns_may_not_say_where_root_writes(
+    lab: Lab, tmp_path: Path, mallory: pwd.struct_passwd
+) -> None:
+    victim = root_file(tmp_path / "shadow", b"root:secret\n", 0o600)
+    ns, config = users_client(lab, tmp_path, mallory, state_file=str(victim))
+    log = tmp_path / "client.log"
+    resolv_conf = root_file(tmp_path / "resolv.conf", b"nameserver 192.0.2.53\n")
+    client = start_client(lab, ns, config, resolv_conf, log)
+    try:
+        status = client.wait(30)
+    finally:
+        lab.stop(client)
+    assert status == 78, log.read_text()
+    assert f"{config}: state_file: expected no state_file in a config uid " \
+        f"{mallory.pw_uid}" in log.read_text()
+    assert victim.read_bytes() == b"root:secret\n" and not Path(f"{victim}.lock").exists()

@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import os
 import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,8 @@ from aura_common.errors import AuraError
 from aura_common.pki import manifest as m
 from services.client.manifest_store import ManifestStore
 from tests.unit.strategies import json_values
+
+REPO = str(Path(__file__).resolve().parents[2])
 
 NOW = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=datetime.UTC)
 CA = ed25519.Ed25519PrivateKey.generate()
@@ -361,3 +366,26 @@ def test_store_refuses_a_manifest_for_another_server(
     assert caught.value.reason == "another_server"
     assert "refused bridge manifest: it is for the server with key AAAA" in caplog.text
     assert store.serial == 0 and not (tmp_path / "manifest.json").exists()
+
+
+def test_store_reads_no_fifo_link_or_endless_file_in_its_place(tmp_path: Path) -> None:
+    """The store lives beside a client config, in a folder its owner may fill with traps
+    for the client, which runs as root: each is ignored with a warning, at once."""
+    script = (
+        "import logging, sys\n"
+        "from cryptography.hazmat.primitives.asymmetric import ed25519\n"
+        "from services.client.manifest_store import ManifestStore\n"
+        "logging.basicConfig()\n"
+        "key = ed25519.Ed25519PrivateKey.generate().public_key()\n"
+        "print(ManifestStore(sys.argv[1], key, bytes(32)).serial)\n"
+    )
+    os.mkfifo(tmp_path / "fifo.json")
+    (tmp_path / "zero.json").symlink_to("/dev/zero")
+    for name, why in (("fifo.json", "a regular file"), ("zero.json", "a symlink is refused")):
+        child = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / name)], capture_output=True,
+            text=True, env={**os.environ, "PYTHONPATH": REPO}, timeout=30,
+        )  # fmt: skip
+        assert child.stdout == "0\n", child.stderr
+        assert f"ignoring stored manifest: {tmp_path / name}" in child.stderr, child.stderr
+        assert why in child.stderr
