@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -58,8 +59,8 @@ class Scale:
     offered_per_s: float
     bulk_solo_bps: float
     bulk_loaded_bps: float
-    rss_idle_kib: int
-    rss_connected_kib: int
+    rss_idle: Rss
+    rss_connected: Rss
     status_idle_s: float
     status_connected_s: float
     status_idle_peers: int
@@ -93,9 +94,11 @@ def add_peers(config: ServerConfig, count: int) -> list[dict[str, str]]:
     return entries
 
 
-SERVER = ("services.udp", "services.router")
+UDP, ROUTER = ("services.udp",), ("services.router",)
+SERVER = UDP + ROUTER
 LOAD_GENERATOR = ("bench.loadgen",)
 BULK_CLIENT = ("client up",)
+IPERF = ("iperf3",)
 
 
 def processes(lab: Lab, ns: str, words: tuple[str, ...]) -> list[str]:
@@ -123,25 +126,70 @@ def process_rss_kib(lab: Lab, ns: str, words: tuple[str, ...]) -> int:
     return total
 
 
-def cpu_ticks(lab: Lab, ns: str, words: tuple[str, ...]) -> dict[str, int]:
-    """User + system CPU time so far (clock ticks) of each of those processes, by pid."""
+@dataclass
+class Rss:
+    """Resident memory (KiB) of the server's two processes."""
+
+    udp: int
+    router: int
+
+    @property
+    def total(self) -> int:
+        return self.udp + self.router
+
+
+def server_rss(lab: Lab, ns: str) -> Rss:
+    return Rss(process_rss_kib(lab, ns, UDP), process_rss_kib(lab, ns, ROUTER))
+
+
+Ticks = dict[str, tuple[int, int]]
+
+
+def cpu_ticks(lab: Lab, ns: str, words: tuple[str, ...]) -> Ticks:
+    """User and system CPU time so far (clock ticks) of each of those processes, by pid."""
     ticks = {}
     for pid in processes(lab, ns, words):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        ticks[pid] = int(fields[11]) + int(fields[12])  # utime, stime
+        ticks[pid] = (int(fields[11]), int(fields[12]))  # utime, stime
     return ticks
 
 
-def cpu_used(before: dict[str, int], after: dict[str, int]) -> float:
-    """CPU seconds used between two `cpu_ticks` samples. Only what a process used in between
-    counts: one that started meanwhile counts from zero, and one that was gone (or a zombie,
-    whose command line reads empty) at the second sample drops out of both, where a
+@dataclass
+class Cores:
+    """CPU seconds per second: in the process itself (user) and in the kernel for it
+    (system: its system calls, and the network stack's work done on its behalf)."""
+
+    user: float
+    system: float
+
+    @property
+    def total(self) -> float:
+        return self.user + self.system
+
+    def __str__(self) -> str:
+        return f"{self.total:.2f} ({self.user:.2f} user)"
+
+
+def cpu_used(before: Ticks, after: Ticks, seconds: float) -> Cores:
+    """Cores used between two `cpu_ticks` samples `seconds` apart. Only what a process used
+    in between counts: one that started meanwhile counts from zero, and one that was gone (or
+    a zombie, whose command line reads empty) at the second sample drops out of both, where a
     difference of totals would subtract its whole lifetime's time."""
-    ticks = sum(spent - before.get(pid, 0) for pid, spent in after.items())
-    return ticks / os.sysconf("SC_CLK_TCK")
+    user = sum(spent[0] - before.get(pid, (0, 0))[0] for pid, spent in after.items())
+    system = sum(spent[1] - before.get(pid, (0, 0))[1] for pid, spent in after.items())
+    tick = os.sysconf("SC_CLK_TCK")
+    return Cores(user / tick / seconds, system / tick / seconds)
+
+
+def machine_ticks() -> tuple[int, int]:
+    """The machine's busy and total CPU ticks so far (/proc/stat), every process included."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle, total
 
 
 @dataclass
@@ -172,23 +220,40 @@ def kernel_drops(lab: Lab, server: AuraServer, config: ServerConfig, load_ns: st
 
 @dataclass
 class CpuShare:
-    """Cores each part used while the bulk client uploaded (CPU seconds per second)."""
+    """Cores each part used while the bulk client uploaded, and the whole machine's busy
+    cores (everything else on it included: the two cores are all that is shared)."""
 
-    server: float
-    load_generator: float
-    bulk_client: float
+    udp: Cores
+    router: Cores
+    load_generator: Cores
+    bulk_client: Cores
+    iperf: Cores  # both ends of the bulk upload
+    machine: float
+    cores: int
+
+    @property
+    def server(self) -> float:
+        return self.udp.total + self.router.total
 
 
 def upload_with_cpu(lab: Lab, server: AuraServer, bulk_ns: str, load_ns: str, seconds: float,
                     folder: Path) -> tuple[float, CpuShare]:
-    parts = ((server.ns, SERVER), (load_ns, LOAD_GENERATOR), (bulk_ns, BULK_CLIENT))
+    parts = ((server.ns, UDP), (server.ns, ROUTER), (load_ns, LOAD_GENERATOR),
+             (bulk_ns, BULK_CLIENT))
+    iperf_ns = (bulk_ns, server.internet_ns)
+    busy_before, total_before = machine_ticks()
     before = [cpu_ticks(lab, ns, words) for ns, words in parts]
     start = time.monotonic()
-    bps = iperf_upload(lab, bulk_ns, server.internet_ns, seconds, folder)
+    bps, iperf = iperf_upload(lab, bulk_ns, server.internet_ns, seconds, folder,
+                                    lambda: [cpu_ticks(lab, ns, IPERF) for ns in iperf_ns])
     elapsed = time.monotonic() - start
-    used = [cpu_used(ticks, cpu_ticks(lab, ns, words)) / elapsed
+    used = [cpu_used(ticks, cpu_ticks(lab, ns, words), elapsed)
             for (ns, words), ticks in zip(parts, before, strict=True)]
-    return bps, CpuShare(*used)
+    busy_after, total_after = machine_ticks()
+    cores = os.cpu_count() or 1
+    machine = cores * (busy_after - busy_before) / max(total_after - total_before, 1)
+    udp, router, load_generator, bulk_client = used
+    return bps, CpuShare(udp, router, load_generator, bulk_client, iperf, machine, cores)
 
 
 def status_time(config: ServerConfig) -> tuple[float, int]:
@@ -210,22 +275,32 @@ def router_packets(config: ServerConfig) -> tuple[int, int]:
             sum(p.get("tx_packets") or 0 for p in load))
 
 
-def iperf_upload(lab: Lab, ns: str, server_ns: str, seconds: float, folder: Path) -> float:
-    """iperf3 TCP upload through the bulk client's tunnel, bits/s; 0 if it never finishes."""
+def iperf_upload(lab: Lab, ns: str, server_ns: str, seconds: float, folder: Path,
+                 ticks: Callable[[], list[Ticks]]) -> tuple[float, Cores]:
+    """iperf3 TCP upload through the bulk client's tunnel, bits/s (0 if it never finishes),
+    and the cores both iperf3 ends used meanwhile (`ticks` samples them)."""
     port = 5201 + int(time.monotonic_ns() % 1000)
     server = lab.spawn(server_ns, ["iperf3", "-s", "-1", "-p", str(port)])
     report = folder / f"iperf3-{port}-{time.monotonic_ns()}.json"
     client = None
+    cores = Cores(0, 0)
     try:
         time.sleep(0.3)
+        before, start = ticks(), time.monotonic()
         client = lab.spawn(ns, ["iperf3", "-c", INTERNET_HOST, "-p", str(port), "-t",
                                 str(int(seconds)), "--json", "--connect-timeout", "5000"],
                            log=report)
+        # Sampled before either end exits (the upload's last second is left out).
+        time.sleep(max(seconds - 1, 0.5))
+        after, elapsed = ticks(), time.monotonic() - start
+        used = [cpu_used(b, a, elapsed) for b, a in zip(before, after, strict=True)]
+        cores = Cores(sum(c.user for c in used), sum(c.system for c in used))
         client.wait(seconds + 30)
         result = json.loads(report.read_text())
-        return float(result["end"]["sum_received"]["bits_per_second"]) if "end" in result else 0
+        bps = float(result["end"]["sum_received"]["bits_per_second"]) if "end" in result else 0
+        return bps, cores
     except (subprocess.TimeoutExpired, json.JSONDecodeError, KeyError):
-        return 0.0
+        return 0.0, cores
     finally:
         if client is not None:
             lab.stop(client)
@@ -252,7 +327,7 @@ def run(peers: int, rate: float, seconds: float) -> Scale:
             bulk_client = aura_client_on(lab, server, bulk_ns, "udp", folder)
             bulk_seconds = max(seconds - 4, 3)
             solo, cpu_solo = upload_with_cpu(lab, server, bulk_ns, load_ns, bulk_seconds, folder)
-            rss_idle = process_rss_kib(lab, server.ns, SERVER)
+            rss_idle = server_rss(lab, server.ns)
             status_idle, status_idle_peers = status_time(config)
 
             peers_file, result_file = folder / "load-peers.json", folder / "load-result.json"
@@ -268,7 +343,7 @@ def run(peers: int, rate: float, seconds: float) -> Scale:
                 raise AssertionError((folder / "loadgen.log").read_text())
             connected_at = time.monotonic()
             time.sleep(1)
-            rss_connected = process_rss_kib(lab, server.ns, SERVER)
+            rss_connected = server_rss(lab, server.ns)
             status_connected, status_peers = status_time(config)
             router_before = router_packets(config)
             kernel_before = kernel_drops(lab, server, config, load_ns)
@@ -294,7 +369,11 @@ def table(s: Scale) -> str:
     ramp = [step for step in s.ramp if not step["cookie_replies"]]
     knee = max(ramp, key=lambda step: step["completed_per_s"], default=None)
     cookie_step = next((step for step in s.ramp if step["cookie_replies"]), None)
-    per_peer = (s.rss_connected_kib - s.rss_idle_kib) / max(s.connected, 1)
+    peers = max(s.connected, 1)
+    per_peer = (s.rss_connected.total - s.rss_idle.total) / peers
+    udp_per_peer = (s.rss_connected.udp - s.rss_idle.udp) / peers
+    router_per_peer = (s.rss_connected.router - s.rss_idle.router) / peers
+    loaded, solo = s.cpu_loaded, s.cpu_solo
     rows = [
         ("peers connected", f"{s.connected} of {s.peers} in {s.connect_seconds:.1f} s",
          f"x{s.connected / s.peers:.3f} of the peers"),
@@ -314,15 +393,17 @@ def table(s: Scale) -> str:
          if knee else "cookies from the first step",
          f"cookies from {cookie_step['offered_per_s']:.0f}/s offered" if cookie_step
          else "no cookie reply up to the last step"),
-        ("memory, aura-udp + aura-router", f"{s.rss_connected_kib / 1024:.1f} MiB with every "
-         f"peer live, {s.rss_idle_kib / 1024:.1f} MiB with none",
-         f"{per_peer:.1f} KiB per peer, x{s.rss_connected_kib / s.rss_idle_kib:.2f}"),
-        ("CPU while the bulk client uploads (cores)",
-         f"aura-udp + aura-router {s.cpu_loaded.server:.2f} under load, "
-         f"{s.cpu_solo.server:.2f} alone; load generator {s.cpu_loaded.load_generator:.2f}; "
-         f"bulk client {s.cpu_loaded.bulk_client:.2f} under load, "
-         f"{s.cpu_solo.bulk_client:.2f} alone",
-         f"bulk client x{s.cpu_loaded.bulk_client / max(s.cpu_solo.bulk_client, 1e-3):.2f} "
+        ("memory, aura-udp + aura-router", f"{s.rss_connected.total / 1024:.1f} MiB with "
+         f"every peer live, {s.rss_idle.total / 1024:.1f} MiB with none: aura-udp "
+         f"{udp_per_peer:.1f}, aura-router {router_per_peer:.1f} KiB per peer",
+         f"{per_peer:.1f} KiB per peer, x{s.rss_connected.total / s.rss_idle.total:.2f}"),
+        ("CPU while the bulk client uploads (cores, of them in user space)",
+         f"under load / alone: aura-udp {loaded.udp} / {solo.udp}, aura-router "
+         f"{loaded.router} / {solo.router}, bulk client {loaded.bulk_client} / "
+         f"{solo.bulk_client}, iperf3 {loaded.iperf} / {solo.iperf}; load generator "
+         f"{loaded.load_generator}; the machine {loaded.machine:.2f} / {solo.machine:.2f} "
+         f"busy of {loaded.cores}",
+         f"bulk client x{loaded.bulk_client.total / max(solo.bulk_client.total, 1e-3):.2f} "
          "of its CPU alone"),
         ("`aura status` request", f"{1e3 * s.status_connected_s:.1f} ms with {s.status_peers} "
          f"live, {1e3 * s.status_idle_s:.1f} ms with {s.status_idle_peers}",
