@@ -397,7 +397,7 @@ def table(s: Scale) -> str:
          f"every peer live, {s.rss_idle.total / 1024:.1f} MiB with none: aura-udp "
          f"{udp_per_peer:.1f}, aura-router {router_per_peer:.1f} KiB per peer",
          f"{per_peer:.1f} KiB per peer, x{s.rss_connected.total / s.rss_idle.total:.2f}"),
-        ("CPU while the bulk client uploads (cores, of them in user space)",
+        ("CPU while the bulk client uploads (cores)",
          f"under load / alone: aura-udp {loaded.udp} / {solo.udp}, aura-router "
          f"{loaded.router} / {solo.router}, bulk client {loaded.bulk_client} / "
          f"{solo.bulk_client}, iperf3 {loaded.iperf} / {solo.iperf}; load generator "

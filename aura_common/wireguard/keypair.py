@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from array import array
+
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from .constants import REJECT_AFTER_MESSAGES
@@ -10,6 +12,9 @@ from .noise import TransportKeys
 
 # The window is a ring of 64-bit blocks (as in the kernel and wireguard-go): updating it touches
 # one small int per packet, where one big bitmap int would be copied whole on every change.
+# The blocks are one flat array of unsigned 64-bit words (1 KiB a keypair), not a list of ints:
+# a list holds a separate 36-byte int per filled block, 4.6 KiB more once a session has
+# carried a window's worth of packets.
 _BLOCK_SHIFT = 6
 _BLOCK_MASK = (1 << _BLOCK_SHIFT) - 1
 _RING_BLOCKS = (REPLAY_WINDOW >> _BLOCK_SHIFT) + 1
@@ -39,7 +44,7 @@ class Keypair:
         self.created = created
         self.send_counter = 0
         self.highest_counter = 0
-        self.window_ring = [0] * _RING_BLOCKS
+        self.window_ring = array("Q", bytes(8 * _RING_BLOCKS))
         self.ticket = b""  # the handshake authority's proof of this handshake, opaque here
 
     def accept_counter(self, counter: int) -> bool:
@@ -64,6 +69,11 @@ class Keypair:
             return False
         ring[slot] |= bit
         return True
+
+    def retire(self) -> None:
+        """The keypair is now the previous one: data still in flight may arrive on it, but
+        nothing is sent on it again, so its send cipher (2 KiB of OpenSSL state) goes."""
+        self.sender = None
 
     def erase(self) -> None:
         """Drops the cipher objects; Python cannot wipe the key bytes they hold in memory."""

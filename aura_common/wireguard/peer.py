@@ -160,6 +160,7 @@ class Peer:
             return False
         self._erase(self._previous)
         self._previous, self.current, self._next = self.current, keypair, None
+        self._retire_previous()
         self.endpoint = source
         return True
 
@@ -175,6 +176,7 @@ class Peer:
             self._previous, self._next = self._next, None
         else:
             self._previous = self.current
+        self._retire_previous()
         self.current = keypair
         self.timers.keys_derived(now)
         self.endpoint = source
@@ -217,6 +219,10 @@ class Peer:
         self._staged.clear()
         self._cookies.forget()
         self.timers.keys_erased()
+
+    def _retire_previous(self) -> None:
+        if self._previous is not None:
+            self._previous.retire()
 
     def _erase(self, keypair: Keypair | None) -> None:
         if keypair is not None:

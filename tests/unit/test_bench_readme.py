@@ -90,7 +90,9 @@ def test_each_readme_table_has_the_layout_its_bench_writes() -> None:
         latency.table(measured, latency.ratios(measured), 1))
     ramp = [{"offered_per_s": 100.0, "completed": 100, "completed_per_s": 100.0,
              "initiations": 100, "cookie_replies": 0}]
-    share = scale.CpuShare(1.0, 1.0, 1.0)
-    run = scale.Scale(1000, 1000, 5.0, 1000, 1000, 100.0, 1e9, 1e9, 1024, 2048, 0.01, 0.01,
+    cores = scale.Cores(0.5, 0.5)
+    share = scale.CpuShare(cores, cores, cores, cores, cores, 2.0, 2)
+    run = scale.Scale(1000, 1000, 5.0, 1000, 1000, 100.0, 1e9, 1e9, scale.Rss(512, 512),
+                      scale.Rss(1024, 1024), 0.01, 0.01,
                       1, 1000, ramp, 1000, 1000, scale.KernelDrops(0, 0, 0), share, share)
     assert rows(blocks["scale"]) == rows(scale.table(run))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import tracemalloc
 
 import pytest
 from hypothesis import given
@@ -229,6 +230,18 @@ def test_rotation_keeps_the_previous_keypair_for_data_in_flight() -> None:
     assert of_type(fresh, Received)[0].packets == [ipv4_packet(b"new")]
 
 
+def test_the_previous_keypair_keeps_only_its_receive_cipher() -> None:
+    """Nothing is sent on the previous keys, so their send cipher (2 KiB of OpenSSL state per
+    peer) is dropped at rotation, on the initiator's side and the responder's."""
+    pair = Pair()
+    pair.connect(0.0)
+    pair.connect(10.0)
+    for peer in (pair.to_server, pair.to_client):
+        previous = peer._previous  # the slot has no public view
+        assert previous is not None and previous.receiver is not None
+        assert previous.sender is None
+
+
 def test_timer_jitter_is_drawn_in_bulk_not_per_packet() -> None:
     """Request and reply, 1,000 times: each reply arms the server's "no answer" timer with
     fresh jitter, which comes from a few large draws from the random source."""
@@ -407,6 +420,22 @@ def test_replay_window_matches_its_definition(counters: list[int]) -> None:
     model = _ReplayModel()
     for counter in counters:
         assert keypair.accept_counter(counter) == model.accept(counter), counter
+
+
+def test_the_replay_window_takes_no_more_memory_as_the_packets_it_saw_grow() -> None:
+    """A live session's window is a fixed 1 KiB: filled blocks take no memory of their own."""
+    keypair = Keypair(TransportKeys(bytes(32), bytes(32)), local_index=1, remote_index=2,
+                      is_initiator=False, created=0.0)
+    keypair.accept_counter(0)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for counter in range(1, 3 * REPLAY_WINDOW):
+            keypair.accept_counter(counter)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 512
 
 
 def test_initiation_timestamps_come_from_the_injected_wall_clock() -> None:
