@@ -47,9 +47,11 @@ from aura_common.config.values import (
 from aura_common.errors import AuraError
 from aura_common.pki.ca import key_id
 from aura_common.roles import Transport, is_transport
+from aura_common.state.atomic import read_state_file
 
 MANIFEST_VERSION = 1
 MAX_BODY_BYTES = 4096
+MAX_FILE_BYTES = 4 * MAX_BODY_BYTES  # a serialised signed manifest: body, signature, key id
 MAX_ENDPOINTS = 16
 MAX_EXPIRES_DAYS = 3650
 MAX_SERIAL = 2**53 - 1  # exact in every JSON implementation
@@ -209,9 +211,17 @@ class SignedManifest:
         return json.dumps(self.to_mapping(), indent=2, sort_keys=True) + "\n"
 
     @classmethod
+    def load(cls, path: str) -> SignedManifest | None:
+        """The manifest stored at `path`, None if there is none. Another account writes it
+        (the signer's, a client's user): read as a state file, no link, no FIFO, at most
+        `MAX_FILE_BYTES` (ConfigError naming the file), then parsed (ManifestError)."""
+        data = read_state_file(path, MAX_FILE_BYTES)
+        return None if data is None else cls.from_json(data)
+
+    @classmethod
     def from_json(cls, text: str | bytes) -> SignedManifest:
-        if len(text) > 4 * MAX_BODY_BYTES:
-            raise _malformed("manifest", f"at most {4 * MAX_BODY_BYTES} bytes")
+        if len(text) > MAX_FILE_BYTES:
+            raise _malformed("manifest", f"at most {MAX_FILE_BYTES} bytes")
         try:
             value = json.loads(text)
         except (ValueError, UnicodeDecodeError):

@@ -137,15 +137,14 @@ def renewal_reason(
     """Why the stored manifest needs signing again, or None (after saying why not)."""
     path = config.manifest_file
     try:
-        with open(path, "rb") as file:
-            signed = SignedManifest.from_json(file.read())
+        signed = SignedManifest.load(path)
+        if signed is None:
+            return f"{path}: no manifest yet"
         manifest = verify(signed, ca.load_ca_public_key(config.key_dir), now=None)
-    except FileNotFoundError:
-        return f"{path}: no manifest yet"
-    except OSError as error:
-        return f"{path}: unreadable ({error.strerror})"
     except ManifestError as error:
         return f"{path}: {error}"
+    except AuraError as error:
+        return str(error)
     if renewal_due(manifest.expires, now, window):
         return f"serial {manifest.serial} expires {manifest.expires:%Y-%m-%d %H:%M} UTC"
     print(f"{path}: serial {manifest.serial} expires {manifest.expires:%Y-%m-%d %H:%M} UTC, "

@@ -26,6 +26,7 @@ from aura_common.config import (
 from aura_common.errors import AuraError
 from aura_common.ipc.frames import Reload
 from aura_common.pki.keys import new_key_pair, read_key_file, server_public_key
+from aura_common.pki.manifest import MAX_FILE_BYTES
 from aura_common.roles import Transport
 from aura_common.state import runtime
 from aura_common.state.atomic import read_state_file, write_atomic
@@ -137,7 +138,7 @@ def _endpoint_ports(config: ServerConfig) -> dict[str, int]:
 def _current_manifest(config: ServerConfig) -> dict[str, Any] | None:
     """The signer's manifest (in its account's folder: read as a state file, no link)."""
     try:
-        data = read_state_file(config.manifest_file)
+        data = read_state_file(config.manifest_file, MAX_FILE_BYTES)
         manifest = None if data is None else json.loads(data)
     except (AuraError, ValueError):
         return None

@@ -17,11 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from aura_common.errors import AuraError
 from aura_common.pki.manifest import Manifest, ManifestError, SignedManifest, verify
-from aura_common.state.atomic import locked, read_state_file, write_atomic
+from aura_common.state.atomic import locked, write_atomic
 
 log = logging.getLogger(__name__)
-
-MANIFEST_FILE_LIMIT = 1 << 20  # a manifest lists a few endpoints: kilobytes
 
 
 class ManifestStore:
@@ -44,17 +42,15 @@ class ManifestStore:
         """
         try:
             # In a folder the config's owner may own: no link, no FIFO, nothing huge.
-            text = read_state_file(self.path, MANIFEST_FILE_LIMIT)
-        except AuraError as error:
-            log.warning("ignoring stored manifest: %s", error)
-            return None
-        if text is None:
-            return None
-        try:
-            signed = SignedManifest.from_json(text)
+            signed = SignedManifest.load(self.path)
+            if signed is None:
+                return None
             manifest = verify(signed, self.ca_public_key, now=None)
         except ManifestError as error:
             log.warning("ignoring stored manifest %s: %s", self.path, error.detail)
+            return None
+        except AuraError as error:
+            log.warning("ignoring stored manifest: %s", error)
             return None
         return signed, manifest
 

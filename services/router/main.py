@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import functools
 import ipaddress
-import json
 import logging
 import os
 import signal
@@ -290,11 +289,8 @@ class Router:
     def load_manifest(self) -> None:
         """The signer's manifest file, unless the cluster already gave us a newer one."""
         try:
-            with open(self.config.manifest_file, encoding="utf-8") as file:
-                stored = SignedManifest.from_mapping(json.load(file))
-        except FileNotFoundError:
-            stored = None
-        except (OSError, ValueError, ManifestError) as error:
+            stored = SignedManifest.load(self.config.manifest_file)  # the signer's account's
+        except AuraError as error:
             log.warning("cannot read the bridge manifest %s: %s", self.config.manifest_file, error)
             return
         if serial_of(stored) >= serial_of(self.manifest):

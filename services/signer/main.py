@@ -24,14 +24,13 @@ from collections.abc import Sequence
 
 from aura_common import ipc
 from aura_common.config import ServerConfig
-from aura_common.errors import ConfigError
+from aura_common.errors import AuraError, ConfigError
 from aura_common.ipc.accounts import ADMIN, Accounts
 from aura_common.ipc.frames import TO_SIGNER, Error, ManifestText, Sign, Signed
 from aura_common.pki import ca
 from aura_common.pki.manifest import (
     HostPorts,
     Manifest,
-    ManifestError,
     SignedManifest,
     sign,
     verify,
@@ -133,10 +132,10 @@ class Signer:
         return max(int(text), self.stored_serial())
 
     def stored_serial(self) -> int:
-        with contextlib.suppress(FileNotFoundError, ValueError, ManifestError):
-            with open(self.config.manifest_file, "rb") as file:
-                signed = SignedManifest.from_json(file.read())
-            return verify(signed, self.ca_key.public_key(), now=None).serial
+        with contextlib.suppress(AuraError):
+            signed = SignedManifest.load(self.config.manifest_file)
+            if signed is not None:
+                return verify(signed, self.ca_key.public_key(), now=None).serial
         return 0
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
+import threading
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from aura_common.config import ServerConfig
@@ -60,3 +63,34 @@ def test_the_newest_verified_manifest_from_the_cluster_is_pushed_and_kept(
     welcomes = [decode_control(f.batches[0][1][0]) for f in link.frames if isinstance(f, Packets)]
     # The welcome (no manifest yet), then the adopted one.
     assert [serial_of(w.manifest) for w in welcomes if w is not None] == [0, 7]
+
+
+def test_a_fifo_or_endless_file_in_place_of_the_manifest_does_not_stall_the_router(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The signer's account writes the manifest file and may put anything there: the router
+    reads it on its event loop, so a FIFO nobody writes would freeze every tunnel until the
+    watchdog, and /dev/zero would take all memory. Each is one warning, at once."""
+    config = ServerConfig.from_mapping({
+        "version": 1, "public_host": "vpn.example", "state_dir": str(tmp_path / "state"),
+        "key_dir": str(tmp_path / "keys"),
+    })
+    ca.create_ca(tmp_path / "keys")
+    manifest = Path(config.manifest_file)
+    manifest.parent.mkdir(parents=True)
+    for trap in ("fifo", "/dev/zero"):
+        if trap == "fifo":
+            os.mkfifo(manifest)
+        else:
+            manifest.symlink_to(trap)
+        router = new_router(config)
+        loaded = threading.Thread(target=router.load_manifest, daemon=True)
+        loaded.start()
+        loaded.join(10)
+        if loaded.is_alive():  # let the stuck reader go before failing
+            os.close(os.open(manifest, os.O_WRONLY | os.O_NONBLOCK))
+        assert not loaded.is_alive(), f"the router stalled on a {trap} manifest"
+        assert router.manifest is None
+        assert f"cannot read the bridge manifest {manifest}" in caplog.text
+        manifest.unlink()
+        caplog.clear()
