@@ -40,18 +40,19 @@ class LockBusy(AuraError):
 _MAX_LINKS = 40
 
 
-def open_directory(directory: str | os.PathLike[str]) -> int:
+def open_directory(directory: str | os.PathLike[str], create: int | None = None) -> int:
     """A descriptor of `directory`, reached as `walk_to` does (AuraError if refused)."""
     try:
-        return walk_to(directory)
+        return walk_to(directory, create)
     except OSError as error:
         why = "a symlink is refused" if error.errno == errno.ELOOP else error.strerror
         raise AuraError(f"{os.fspath(directory)}: cannot open the directory ({why})") from None
 
 
-def walk_to(directory: str | os.PathLike[str]) -> int:
+def walk_to(directory: str | os.PathLike[str], create: int | None = None) -> int:
     """A descriptor of `directory`, reached one component at a time (OSError if refused;
-    ELOOP for a symlink that may not be followed).
+    ELOOP for a symlink that may not be followed). With `create`, missing folders are made
+    on the way with that mode (before the umask), as `os.makedirs` would, but through no link.
 
     The last component is never followed if it is a symlink. An earlier one is followed
     only when the folder holding it is one that no other account can change (`_sealed`):
@@ -69,6 +70,13 @@ def walk_to(directory: str | os.PathLike[str]) -> int:
                 continue
             try:
                 child = os.open(part, _STEP_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if create is None:
+                    raise
+                with contextlib.suppress(FileExistsError):  # made by another meanwhile
+                    os.mkdir(part, create, dir_fd=fd)
+                pending.append(part)
+                continue
             except OSError as error:
                 if error.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise
@@ -186,9 +194,7 @@ def locked(path: str | os.PathLike[str], *, wait: bool = True) -> Iterator[None]
     router's event loop must never wait on a lock another account can hold).
     """
     lock_path = os.fspath(path) + ".lock"
-    directory = os.path.dirname(os.path.abspath(lock_path))
-    os.makedirs(directory, mode=0o750, exist_ok=True)
-    dir_fd = open_directory(directory)
+    dir_fd = open_directory(os.path.dirname(os.path.abspath(lock_path)), create=0o750)
     try:
         fd = _open_lock_file(dir_fd, os.path.basename(lock_path), lock_path)
     finally:

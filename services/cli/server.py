@@ -34,7 +34,7 @@ from aura_common.roles import SERVICE_ROLES, Transport
 from aura_common.service import systemd
 from aura_common.service.shell import EXIT_CONFIG
 from aura_common.state import runtime
-from aura_common.state.atomic import write_atomic
+from aura_common.state.atomic import open_beneath, open_directory, write_atomic
 from aura_common.state.registry import Registry
 
 log = logging.getLogger("aura")
@@ -148,7 +148,7 @@ def _owned_by(path: str | Path, mode: int, uid: int = -1, gid: int = -1) -> None
     cannot hand another file to an account.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = open_beneath(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as error:
         raise AuraError(f"{path}: cannot set its owner and mode ({error.strerror}; "
                         "a symlink is refused)") from None
@@ -171,7 +171,7 @@ def _prepare_directories(config: ServerConfig) -> None:
     own = {config.router_dir: users["router"], config.signer_dir: users["signer"],
            **{os.path.join(config.transports_dir, t): users[t] for t in Transport}}
     for directory in (config.state_dir, config.runtime_dir, config.transports_dir, *own):
-        Path(directory).mkdir(parents=True, exist_ok=True, mode=0o755)
+        os.close(open_directory(directory, create=0o755))
     # Root's: sockets (no service can replace another's), and the folders of the folders.
     for directory in (config.runtime_dir, config.state_dir, config.transports_dir):
         _owned_by(directory, 0o755, 0, 0)
@@ -226,7 +226,7 @@ def init_server(args: argparse.Namespace) -> int:
     # Private keys are root's alone (0600): systemd, or `aura server run`, hands each service a
     # copy of the ones it uses. The rest (config, public keys, certificates) is public.
     key_dir = Path(config.key_dir)
-    key_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+    os.close(open_directory(key_dir, create=0o755))
     _owned_by(key_dir, 0o755)
     _prepare_directories(config)
 

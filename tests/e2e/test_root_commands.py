@@ -121,6 +121,27 @@ def test_provisioned_configs_are_roots_and_follow_no_link(
     assert "Traceback" not in made.stderr
 
 
+def test_server_init_follows_no_link_another_account_put_on_the_way(
+    tmp_path: Path, mallory: pwd.struct_passwd
+) -> None:
+    """A state directory below a folder another account owns: that account swaps a folder
+    on the way for a link to a private folder of root's. `server init` makes its folders
+    and sets their owner and mode (0755): not there."""
+    share = owned_folder(tmp_path, mallory)
+    private = tmp_path / "private"
+    (private / "state").mkdir(parents=True)
+    private.chmod(0o700)
+    (private / "state").chmod(0o700)
+    plant(mallory, {share / "aura": private}, {})
+    made = aura(tmp_path / "etc" / "server.yaml", "server", "init", "--public-host",
+                "198.51.100.1", "--state-dir", str(share / "aura" / "state"),
+                "--runtime-dir", str(tmp_path / "run"))
+    assert made.returncode != 0 and "a symlink is refused" in made.stderr, made.stderr
+    assert (private / "state").stat().st_mode & 0o777 == 0o700
+    assert list((private / "state").iterdir()) == []
+    assert "Traceback" not in made.stderr
+
+
 # -- the client ------------------------------------------------------------------------------
 def start_client(lab: Lab, ns: str, config: Path, resolv_conf: Path, log: Path
                  ) -> subprocess.Popen[bytes]:
