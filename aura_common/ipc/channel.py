@@ -182,7 +182,10 @@ class Channel:
                     break
                 continue
             self._queue.push((mapping, size), size)
-        self._wake()
+        if self._queue:
+            # Only for a frame to take: packets handled above would wake `recv` for nothing,
+            # a turn of the loop (and a new future) per batch, ahead of the next reader.
+            self._wake()
 
     def _deliver_now(self, mapping: dict[str, Any], size: int) -> None:
         assert self.on_packets is not None

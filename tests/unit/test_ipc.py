@@ -658,6 +658,33 @@ def test_packets_reach_their_handler_from_the_reader_and_keep_their_place_after_
     asyncio.run(scenario())
 
 
+def test_packets_handled_in_the_reader_do_not_wake_a_task_waiting_for_frames() -> None:
+    async def scenario() -> None:
+        sender, receiver = pair()
+        handled: list[list[tuple[str, list[bytes]]]] = []
+        receiver.on_packets = handled.append
+        waiting = asyncio.ensure_future(receiver.recv())
+        await asyncio.sleep(0)  # it waits for a frame now
+        waiter = receiver._waiter
+        assert waiter is not None
+        ip = b"\x45" + bytes(19)
+        for peer in ("a", "b", "c"):
+            assert sender.send(packets([(peer, [ip])]))
+        for _ in range(500):  # a busy machine is slow
+            if len(handled) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert len(handled) == 3
+        # The same wait, never woken: no turn of the loop spent on it per batch.
+        assert receiver._waiter is waiter and not waiter.done()
+        await sender.send_reliable(SessionDown("a"))
+        assert await asyncio.wait_for(waiting, 5) == SessionDown("a")
+        sender.close()
+        receiver.close()
+
+    asyncio.run(scenario())
+
+
 def ask(path: Path, frame: Frame, reply: type[Frame]) -> Frame:
     return ipc.request(path, frame, reply, FROM_ECHO, service="the echo", start="start it",
                        allowed="run as root")
