@@ -61,3 +61,39 @@ def test_a_hop_slower_than_the_timeout_drops_that_ping() -> None:
     budget = [20e-6] * 10
     budget[5] = hops.HOP_TIMEOUT * 2
     assert hops.hop_times(hops.parse("\n".join(round_trip(10.0, budget))), PIDS) == []
+
+
+def syscall(at: float, pid: int, entering: bool) -> str:
+    event = "raw_syscalls:sys_enter: NR 46 (7, 0, 0, 0, 0, 0)" if entering else \
+        "raw_syscalls:sys_exit: NR 46 = 0"
+    return f"         python3 {pid:5d} [000] {at:.6f}: {event}"
+
+
+def switched_out(at: float, pid: int) -> str:
+    return (f"         python3 {pid:5d} [000] {at:.6f}: sched:sched_switch: prev_comm=python3 "
+            f"prev_pid={pid} prev_prio=120 prev_state=R ==> next_comm=postgres next_pid=7 "
+            f"next_prio=120")
+
+
+def test_a_turn_splits_into_system_calls_time_switched_out_and_its_own_code() -> None:
+    budget = [20e-6, 300e-6, 30e-6, 250e-6, 50e-6, 350e-6, 40e-6, 260e-6, 80e-6, 200e-6]
+    lines = round_trip(10.0, budget)
+    router, runs_at = PIDS["router"], 10.0 + sum(budget[:5])  # the router's turn starts
+    lines += [
+        syscall(runs_at - 100e-6, router, True), syscall(runs_at + 10e-6, router, False),
+        syscall(runs_at + 50e-6, router, True), syscall(runs_at + 90e-6, router, False),
+        switched_out(runs_at + 100e-6, router), switch(runs_at + 160e-6, router),
+        syscall(runs_at + 300e-6, router, True),  # the send that wakes aura-udp (at 350)
+        syscall(runs_at + 400e-6, PIDS["udp"], True),  # another process's
+    ]
+    [ping] = hops.traced_pings(hops.parse("\n".join(sorted(lines, key=_time))), PIDS)
+    assert ping.hops == pytest.approx(budget, abs=1e-7)
+    turn = ping.turns[hops.CHAIN.index("router")]
+    assert turn.syscalls == 3  # the one it woke in, one whole, and the send
+    assert turn.syscall_seconds == pytest.approx(10e-6 + 40e-6 + 50e-6, abs=1e-7)
+    assert turn.off_seconds == pytest.approx(60e-6, abs=1e-7)
+    assert ping.turns[0] == hops.Turn(0.0, 0, 0.0)  # no events: all its own code
+
+
+def _time(line: str) -> float:
+    return float(line.split("]", 1)[1].split(":", 1)[0])
