@@ -53,7 +53,7 @@ def credentials(transport: Transport) -> str:
 def render(template: str, transport: Transport) -> str:
     """One transport's unit from a template's text."""
     # The default port is the config's: the generator's drop-in overrides it from server.yaml.
-    port = getattr(TransportsConfig(), transport).port
+    port = TransportsConfig().listener(transport).port
     listen = f"{DIRECTIVES[transport]}={port}"
     if DIRECTIVES[transport] == "ListenStream":
         listen += STREAM_OPTIONS

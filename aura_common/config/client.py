@@ -34,7 +34,7 @@ from aura_common.config.reader import (
 )
 from aura_common.config.values import MTU_MAX, MTU_MIN, is_host, is_peer_name
 from aura_common.errors import ConfigError
-from aura_common.roles import CLIENT_ORDER, is_transport
+from aura_common.roles import CLIENT_ORDER, Transport, is_transport
 
 Network = IPv4Network | IPv6Network
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -82,6 +82,11 @@ class ClientTransports:
     tcp: int = key(8443, PORT)
     # TLS/QUIC server name; None means the server host.
     server_name: str | None = key(None, Optional(Text(is_host, "a host name")))
+
+    def port(self, transport: Transport) -> int:
+        """The server's port for `transport`."""
+        ports = {Transport.UDP: self.udp, Transport.QUIC: self.quic, Transport.TCP: self.tcp}
+        return ports[transport]
 
 
 @dataclass(frozen=True)

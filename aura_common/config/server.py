@@ -34,7 +34,7 @@ from aura_common.config.reader import (
     read_section,
 )
 from aura_common.config.values import MTU_MAX, MTU_MIN, is_host, is_interface_name
-from aura_common.roles import METRICS_SERVICES
+from aura_common.roles import METRICS_SERVICES, Transport
 
 DEFAULT_SERVER_CONFIG = "/etc/aura/server.yaml"
 STRATEGIES = ("static", "dynamic")
@@ -132,6 +132,17 @@ class TransportsConfig:
     udp: UdpConfig = key(UdpConfig(), Nested(UdpConfig))
     tcp: TcpConfig = key(TcpConfig(), Nested(TcpConfig))
     quic: QuicConfig = key(QuicConfig(), Nested(QuicConfig))
+
+    def listener(self, transport: Transport) -> ListenerConfig:
+        """The section of `transport` (`transports.udp`, ...)."""
+        sections: dict[Transport, ListenerConfig] = {
+            Transport.UDP: self.udp, Transport.TCP: self.tcp, Transport.QUIC: self.quic}
+        return sections[transport]
+
+    def with_port(self, transport: Transport, port: int) -> TransportsConfig:
+        """The same sections, `transport`'s listening on `port`."""
+        changed: dict[str, Any] = {transport.value: replace(self.listener(transport), port=port)}
+        return replace(self, **changed)
 
 
 _METRICS_ADDRESS = Optional(host_port("IP:PORT such as 127.0.0.1:9741 or [::1]:9741, or null",

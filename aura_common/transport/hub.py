@@ -37,6 +37,7 @@ from aura_common.ipc.frames import (
     SessionUp,
 )
 from aura_common.pki.keys import load_server_public_key
+from aura_common.roles import Transport
 from aura_common.service import metrics, systemd
 from aura_common.service.log import fields
 from aura_common.state import runtime
@@ -353,7 +354,7 @@ class SessionHub:
 # -- what every transport process does around its carrier ---------------------------------
 def disabled(config: ServerConfig, role: str) -> bool:
     """True (after saying so) when `role` is switched off, e.g. socket-activated anyway."""
-    if getattr(config.transports, role).enabled:
+    if config.transports.listener(Transport(role)).enabled:
         return False
     log.info("the %s transport is disabled in %s", role, config.path)
     runtime.forget(config.transports_dir, role)
@@ -372,7 +373,7 @@ def listening_socket(
     if activated:
         sock, from_systemd = activated[0], True
     else:
-        settings = getattr(config.transports, role)
+        settings = config.transports.listener(Transport(role))
         sock = bind_with_scan(settings.listen, settings.port, sock_type, skip=skip)
         from_systemd = False
     sock.setblocking(False)

@@ -173,7 +173,7 @@ def endpoint_from_runtime(config: ServerConfig) -> HostPorts:
         entry = transports.get(name)
         path = runtime_file(config.transports_dir, name)
         if entry is None:
-            if getattr(config.transports, name).enabled:
+            if config.transports.listener(name).enabled:
                 print(f"aura: warning: {name} is enabled but has no {path}", file=sys.stderr)
             continue
         if not process_alive(entry["pid"]):

@@ -127,7 +127,7 @@ def parse_networks(values: list[str] | tuple[str, ...], option: str) -> list[Net
 def _endpoint_ports(config: ServerConfig) -> dict[str, int]:
     """Ports clients should use: what the transports really bound, else the configured ones."""
     # Plain strings: the ports go into the client's YAML file.
-    ports = {t.value: getattr(config.transports, t).port for t in Transport}
+    ports = {t.value: config.transports.listener(t).port for t in Transport}
     try:
         bound = runtime.read_runtime(config.transports_dir)
     except AuraError:

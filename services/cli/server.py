@@ -64,7 +64,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     init.add_argument("--tun", help="TUN device name (default aura0)")
     init.add_argument("--uplink", help="interface to NAT client traffic out of (default: any)")
     for name in Transport:
-        default = getattr(TransportsConfig(), name).port
+        default = TransportsConfig().listener(name).port
         init.add_argument(f"--{name}-port", type=port_number, metavar="PORT",
                           help=f"{name.upper()} port (default {default})")
     init.add_argument("--database", metavar="CONNSTR",
@@ -102,10 +102,12 @@ def _new_config(args: argparse.Namespace, config_path: Path) -> ServerConfig:
     config = ServerConfig.default(args.public_host, uplink=args.uplink, **options)
     if args.strategy:
         config = replace(config, network=replace(config.network, strategy=args.strategy))
-    ports = {name: getattr(args, f"{name}_port") for name in Transport}
-    transports = {name: replace(getattr(config.transports, name), port=port)
-                  for name, port in ports.items() if port is not None}
-    return replace(config, transports=replace(config.transports, **transports))
+    transports = config.transports
+    for name in Transport:
+        port = getattr(args, f"{name}_port")
+        if port is not None:
+            transports = transports.with_port(name, port)
+    return replace(config, transports=transports)
 
 
 def port_number(text: str) -> int:
@@ -333,7 +335,7 @@ def _services(config: ServerConfig) -> list[str]:
         names.append("signer")
     names.append("router")
     for transport in Transport:
-        if getattr(config.transports, transport).enabled:
+        if config.transports.listener(transport).enabled:
             names.append(transport.value)
     return names
 

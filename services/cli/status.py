@@ -10,6 +10,7 @@ from typing import Any
 
 from aura_common.cluster.presence import DOWN_AFTER, Member, cluster_members
 from aura_common.config import ServerConfig
+from aura_common.roles import Transport, is_transport
 from aura_common.state.client_limits import format_size
 from aura_common.state.runtime import ports_of
 from services.cli.admin import router_status
@@ -88,7 +89,8 @@ def port_differences(config: ServerConfig, transports: list[dict[str, Any]]) -> 
     """One line per transport whose bound port is not the one the config asks for."""
     differences = []
     for transport in transports:
-        section = getattr(config.transports, transport["name"], None)
+        name = transport["name"]
+        section = config.transports.listener(Transport(name)) if is_transport(name) else None
         bound = sorted(ports_of(transport["bound"]))
         if section is not None and bound and bound != [section.port]:
             ports = ", ".join(map(str, bound))

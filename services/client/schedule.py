@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from aura_common.config import ClientConfig
 from aura_common.pki.manifest import Manifest
+from aura_common.roles import Transport
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
@@ -52,7 +53,7 @@ def targets(
     home = config.server.host.lower().rstrip(".")
     hosts: list[tuple[str, dict[str, int]]] = [
         (config.server.host,
-         {name: getattr(config.transports, name) for name in config.transports.order}),
+         {name: config.transports.port(Transport(name)) for name in config.transports.order}),
     ]
     listed = manifest.endpoints if manifest is not None and manifest.endpoints else ()
     for endpoint in listed:

@@ -49,7 +49,7 @@ def drop_ins(config: ServerConfig) -> dict[str, str]:
     """Relative path of each drop-in -> its text."""
     files = {}
     for name, directive in DIRECTIVES.items():
-        transport = getattr(config.transports, name)
+        transport = config.transports.listener(name)
         files[f"aura-{name}.socket.d/{DROP_IN}"] = (
             f"# Written by aura-generator from {config.path} (transports.{name}); "
             "edit that file, then `systemctl daemon-reload`.\n"

@@ -6,6 +6,7 @@ import base64
 import contextlib
 import ipaddress
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from aura_common.config import (
 )
 from aura_common.config.values import host_problem
 from aura_common.errors import ConfigError
+from aura_common.roles import Transport
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 
@@ -410,3 +412,15 @@ def test_garbage_files_raise_only_config_error(tmp_path_factory: Any, data: byte
     for loader in (ServerConfig.load, ClientConfig.load):
         with pytest.raises(ConfigError):
             loader(path)
+
+
+def test_each_transport_has_its_section_and_its_client_port() -> None:
+    server = ServerConfig.from_mapping({"version": 1, "public_host": "vpn.example",
+                                        "transports": {"udp": {"port": 1}, "tcp": {"port": 2},
+                                                       "quic": {"port": 3}}})
+    assert [server.transports.listener(t).port for t in Transport] == [1, 2, 3]
+    moved = server.transports.with_port(Transport.TCP, 9)
+    assert [moved.listener(t).port for t in Transport] == [1, 9, 3]
+    assert moved.tcp == replace(server.transports.tcp, port=9)  # the rest of the section kept
+    client = ClientTransports(udp=1, tcp=2, quic=3)
+    assert [client.port(t) for t in Transport] == [1, 2, 3]

@@ -71,7 +71,7 @@ def test_the_socket_listens_on_the_config_default_under_the_transport_name(
         units: dict[str, str], transport: Transport) -> None:
     socket = parse(units[f"aura-{transport}.socket"])["Socket"]
     directive = "ListenStream" if transport == Transport.TCP else "ListenDatagram"
-    assert socket[directive] == str(getattr(TransportsConfig(), transport).port)
+    assert socket[directive] == str(TransportsConfig().listener(transport).port)
     assert socket["FileDescriptorName"] == transport.value
     # A stream listener binds again while a copy of the old one may live (tests/system).
     assert socket.get("ReusePort") == ("yes" if transport == Transport.TCP else None)
