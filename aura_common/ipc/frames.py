@@ -19,6 +19,7 @@ with the other fields repeated, a slice of the list, `chunk` (the list's name) a
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import types
 import typing
@@ -348,12 +349,20 @@ class Signed(Frame):
     manifest: ManifestText
 
 
+class TunnelState(enum.StrEnum):
+    """Where the Linux client's tunnel is."""
+
+    CONNECTING = "connecting"  # trying a transport
+    BACKOFF = "backoff"  # waiting before the next try
+    UP = "up"  # a path carries traffic
+
+
 @record(as_list=False)
 @dataclass(frozen=True, slots=True)
 class ClientState:
     """The Linux client as `aura client status` shows it."""
 
-    state: Text  # connecting, backoff or up
+    state: TunnelState
     transport: Text | None  # of the live path
     endpoint: Text | None  # host:port of the live path
     last_handshake: float | None  # Unix time
@@ -450,6 +459,8 @@ def _check_for(hint: Any) -> Check:
         return _scalar(bool, "a boolean")
     if origin is Literal:
         return _one_of(args)
+    if isinstance(hint, type) and issubclass(hint, enum.StrEnum):
+        return _member_of(hint)
     if origin in (Union, types.UnionType) and len(args) == 2 and type(None) in args:
         inner = _check_for(next(a for a in args if a is not type(None)))
         return lambda value: None if value is None else inner(value)
@@ -504,6 +515,18 @@ def _one_of(values: tuple[Any, ...]) -> Check:
         if type(value) is not str or value not in values:
             raise _Bad(expected)
         return value
+
+    return check
+
+
+def _member_of(kind: type[enum.StrEnum]) -> Check:
+    """A value of the enum `kind`, sent as its string."""
+    expected = "one of " + ", ".join(repr(member.value) for member in kind)
+
+    def check(value: Any) -> Any:
+        if type(value) is not str or not any(value == member.value for member in kind):
+            raise _Bad(expected)
+        return kind(value)
 
     return check
 
@@ -662,6 +685,8 @@ def _wire(value: Any) -> Any:
                 if (item := getattr(value, f.name)) is not None or f.name not in optional}
     if isinstance(value, list | tuple):
         return [_wire(item) for item in value]
+    if isinstance(value, enum.StrEnum):
+        return value.value
     return value
 
 

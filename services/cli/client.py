@@ -15,7 +15,15 @@ from aura_common import ipc
 from aura_common.config import ClientConfig
 from aura_common.config.client import refuse_foreign_paths
 from aura_common.errors import AuraError
-from aura_common.ipc.frames import FROM_CLIENT, ClientState, ClientStatus, Down, DownDone, Status
+from aura_common.ipc.frames import (
+    FROM_CLIENT,
+    ClientState,
+    ClientStatus,
+    Down,
+    DownDone,
+    Status,
+    TunnelState,
+)
 from aura_common.ipc.oneshot import Reply
 from aura_common.service.log import JOURNAL_SOCKET
 from aura_common.state.atomic import open_beneath
@@ -124,7 +132,7 @@ def client_up(args: argparse.Namespace) -> int:
                 _print_tail(log_file)
             return 1
         status = _status_or_none(config)
-        if status is not None and status.state == "up" and status.addresses:
+        if status is not None and status.state == TunnelState.UP and status.addresses:
             print(f"connected over {status.transport} to {status.endpoint}; "
                   f"{status.tun} has {', '.join(status.addresses)}")
             return 0
@@ -159,8 +167,8 @@ def client_status(args: argparse.Namespace) -> int:
 
 
 def render(name: str, status: ClientState, now: float) -> str:
-    headline: str = status.state
-    if headline == "up":
+    headline: str = status.state.value
+    if status.state == TunnelState.UP:
         headline = f"up over {status.transport} to {status.endpoint}"
     lines = [f"aura client {name}: {headline} "
              f"(tunnel {status.tun}, mtu {status.mtu}, pid {status.pid})"]

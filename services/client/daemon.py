@@ -23,7 +23,7 @@ from aura_common import ipc
 from aura_common.config import ClientConfig, format_host_port
 from aura_common.errors import AuraError
 from aura_common.ipc.accounts import own_account_admits, own_account_only
-from aura_common.ipc.frames import TO_CLIENT, ClientState
+from aura_common.ipc.frames import TO_CLIENT, ClientState, TunnelState
 from aura_common.wire.control import ControlMessage
 from services.client.carriers import CARRIERS
 from services.client.carriers.base import CarrierFactory
@@ -134,7 +134,7 @@ class ClientDaemon:
         live = self.failover.live if self.failover is not None else None
         counters = self.datapath.counters if self.datapath is not None else new_counters()
         return ClientState(
-            state=self.failover.state if self.failover is not None else "connecting",
+            state=self.failover.state if self.failover is not None else TunnelState.CONNECTING,
             transport=live.target.transport if live else None,
             endpoint=format_host_port(*live.endpoint) if live else None,
             last_handshake=self.last_handshake,

@@ -17,6 +17,7 @@ import socket
 from collections.abc import Callable
 
 from aura_common.config import format_host_port
+from aura_common.ipc.frames import TunnelState
 from aura_common.service.log import fields
 from services.client.network import TunnelNetwork
 from services.client.order import TransportOrder
@@ -32,7 +33,7 @@ PathFactory = Callable[[Target, str], Path]
 
 
 class Failover:
-    """`state` is "connecting", "up" or "backoff"; `path` is the path that carries traffic (or
+    """`state` is where the tunnel is; `path` is the path that carries traffic (or
     is being tried), `probe` a better transport being tried beside it."""
 
     def __init__(self, order: TransportOrder, new_path: PathFactory,
@@ -43,14 +44,14 @@ class Failover:
         self.network = network
         self.path: Path | None = None
         self.probe: Path | None = None
-        self.state = "connecting"
+        self.state = TunnelState.CONNECTING
         self.last_error: str | None = None
         self._loop = asyncio.get_running_loop()
 
     @property
     def live(self) -> Path | None:
         """The path that carries traffic now, if one is up."""
-        return self.path if self.state == "up" else None
+        return self.path if self.state == TunnelState.UP else None
 
     def close(self) -> None:
         for path in (self.probe, self.path):
@@ -60,7 +61,7 @@ class Failover:
     async def paths_forever(self) -> None:
         while True:
             target = self.schedule.current
-            self.state = "connecting"
+            self.state = TunnelState.CONNECTING
             reason, was_up = await self._attempt(target)
             if was_up:
                 assert self.path is not None
@@ -76,7 +77,7 @@ class Failover:
                 log.warning("%s failed: %s", target, reason, extra=info)
                 delay = self.schedule.failed()
             if delay:
-                self.state = "backoff"
+                self.state = TunnelState.BACKOFF
                 log.warning("retrying in %.1f s, starting with %s", delay, self.schedule.current)
                 await asyncio.sleep(delay)
 
@@ -101,7 +102,7 @@ class Failover:
             failure = await path.connect()
             if failure is not None:
                 return failure, False
-            self.state = "up"
+            self.state = TunnelState.UP
             self.schedule.connected(self._loop.time())
             log.info("tunnel up over %s", target, extra=fields(
                 transport=target.transport, endpoint=format_host_port(*path.endpoint)))

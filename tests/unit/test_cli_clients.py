@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aura_common.errors import AuraError
-from aura_common.ipc.frames import ClientState
+from aura_common.ipc.frames import ClientState, TunnelState
 from aura_common.state.client_limits import format_size
 from services.cli.clients import parse_networks
 from services.cli.status import human_duration
@@ -28,7 +28,7 @@ def test_client_status_is_readable() -> None:
     from services.cli.client import render
 
     status = ClientState(
-        state="up", transport="quic", endpoint="198.51.100.1:8444", last_handshake=95.0,
+        state=TunnelState.UP, transport="quic", endpoint="198.51.100.1:8444", last_handshake=95.0,
         rx_packets=3, rx_bytes=2048, tx_packets=4, tx_bytes=100, addresses=["10.77.0.2/32"],
         routes=["0.0.0.0/1", "128.0.0.0/1"], dns=[], dns_applied_with=None, manifest_serial=2,
         tun="aura-a", mtu=1376, last_error=None, pid=42,

@@ -45,6 +45,7 @@ from aura_common.ipc.frames import (
     Signed,
     Status,
     TransportState,
+    TunnelState,
 )
 from aura_common.pki.manifest import HostPorts
 from fuzz.targets.ipc_frames import deep_size
@@ -223,7 +224,7 @@ RECORDS = {
                  FROM_ROUTER, ("registry",)),
     "dropped": (RouterStatus(1.0, "aura0", [], [], DroppedPackets(1, 2), HandshakeCounts(3, 4, 5)),
                 FROM_ROUTER, ("dropped",)),
-    "client": (ClientStatus(ClientState("up", "udp", "192.0.2.1:8443", 1.7e9, 1, 2, 3, 4,
+    "client": (ClientStatus(ClientState(TunnelState.UP, "udp", "192.0.2.1:8443", 1.7e9, 1, 2, 3, 4,
                                         ["10.77.0.2/32"], ["0.0.0.0/0"], [], None, 3, "aura-a",
                                         1420, None, 42)),
                FROM_CLIENT, ("status",)),
@@ -260,6 +261,9 @@ def with_field(name: str, field: str, value: object) -> dict[str, Any]:
     ("client", "addresses", ["10.77.0.2/32", 7],
      "status_reply.status.addresses[1]: expected a string of at most 256"),
     ("client", "pid", 0, "status_reply.status.pid: expected an integer in 1.."),
+    ("client", "state", "hacked",
+     "status_reply.status.state: expected one of 'connecting', 'backoff', 'up'"),
+    ("client", "state", 1, "status_reply.status.state: expected one of 'connecting'"),
     ("endpoint", "udp", 0, "sign.endpoints[0]: expected a valid HostPorts (udp port: expected"),
     ("endpoint", "host", "no such host!", "sign.endpoints[0]: expected a valid HostPorts (host"),
     ("endpoint", "host", "h" * 60_000, "sign.endpoints[0]: expected a valid HostPorts (host"),
@@ -474,3 +478,12 @@ def test_one_wakeup_reads_at_most_the_read_budget() -> None:
         receiver.close()
 
     asyncio.run(scenario())
+
+
+def test_the_client_state_travels_as_its_string_and_decodes_to_its_member() -> None:
+    frame = RECORDS["client"][0]
+    assert isinstance(frame, ClientStatus)
+    wire = frames.encode(frame)
+    assert msgpack.unpackb(wire)["status"]["state"] == "up"
+    decoded = frames.from_map(msgpack.unpackb(wire), FROM_CLIENT)
+    assert isinstance(decoded, ClientStatus) and decoded.status.state is TunnelState.UP
