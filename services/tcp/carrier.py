@@ -9,9 +9,12 @@ frames, and all complete frames go to the hub in one call.
 Unauthenticated connections are "pending": bounded in number (the oldest is closed to admit a
 new one), in number per source address (the oldest of that address is closed), in time
 (`handshake_timeout` from accept) and in bytes (MAX_UNAUTHENTICATED_BYTES read, the ClientHello
-within MAX_PRE_TLS of them). A connection leaves that state only when a WireGuard handshake
-with a known peer completes over it; an answer from the hub (a cookie reply, a handshake
-response) proves nothing about the client.
+within MAX_CLIENT_HELLO in at most MAX_RECORDS records). While the ClientHello is read, the
+socket wakes the event loop only once the bytes that could complete it are there
+(SO_RCVLOWAT), so the wakeups a client can cause before its verdict grow with the logarithm of
+the hello's size, however it trickles its bytes. A connection leaves the pending state only
+when a WireGuard handshake with a known peer completes over it; an answer from the hub (a
+cookie reply, a handshake response) proves nothing about the client.
 """
 
 from __future__ import annotations
@@ -85,6 +88,12 @@ class _Connection:
         self.decoder = FrameDecoder()
         self.authenticated = False
         self.received = 0  # bytes read while unauthenticated
+
+    def wake_after(self, count: int) -> None:
+        """Let the socket wake the event loop only once `count` bytes wait in it (or it ends)."""
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None and sock.fileno() >= 0:  # not yet closed
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, count)
 
     def flush(self) -> None:
         if self.outgoing.pending:
@@ -198,9 +207,14 @@ class TcpCarrier:
     async def _sort(self, conn: _Connection) -> bool:
         """Read the ClientHello: True for Aura; otherwise hand the flow to the fallback chain."""
         hello = ClientHelloReader()
-        verdict = None
-        while verdict is None:
-            verdict = hello.feed(await conn.read())
+        verdict = hello.feed(await conn.read())
+        if verdict is None:
+            try:
+                while verdict is None:
+                    conn.wake_after(hello.wanted)
+                    verdict = hello.feed(await conn.read())
+            finally:
+                conn.wake_after(1)
         data = hello.received
         if isinstance(verdict, ClientHello) and ALPN.encode() in verdict.alpn:
             conn.incoming.write(data)

@@ -7,7 +7,13 @@ name), or why they are not. The handshake message may span several TLS records.
 A client controls how its bytes are cut into records and reads, so the cost of reading must not
 depend on it: each byte is looked at once, records are reassembled as they arrive, and the
 ClientHello body is parsed once, when complete. The bytes a client may send before a verdict
-are bounded (MAX_PRE_TLS), whatever the record sizes.
+are bounded whatever the record sizes: the ClientHello (MAX_CLIENT_HELLO) in at most
+MAX_RECORDS records, so a verdict comes within MAX_CLIENT_HELLO + MAX_RECORDS * RECORD_HEADER
+bytes.
+
+`wanted` says how many more bytes could complete the ClientHello, so that the connection need
+not be woken before they are there (SO_RCVLOWAT): a client that trickles its bytes wakes the
+server a few times in all, not once per write.
 """
 
 from __future__ import annotations
@@ -23,8 +29,13 @@ EXTENSION_ALPN = 16
 MAX_RECORD = 16384 + 2048  # TLSPlaintext limit plus the slack some stacks use
 # Real ClientHellos, post-quantum key shares and padding included, stay below 4 KiB.
 MAX_CLIENT_HELLO = 16384
-# Record headers included: a ClientHello cut into records of 5 bytes or more fits.
-MAX_PRE_TLS = 2 * MAX_CLIENT_HELLO
+# TLS stacks send a ClientHello in one record, two for the largest; tools that cut it to hide
+# the server name from filters use a few dozen. Beyond this it is no Aura client's (ours sends
+# one), and each record costs a turn of the reader: past it, the fallback chain takes the flow.
+MAX_RECORDS = 64
+# The smallest ClientHello: version, random, empty session id, one suite, one compression
+# method, with its handshake header.
+MIN_CLIENT_HELLO = HANDSHAKE_HEADER + 2 + 32 + 1 + 4 + 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,29 +89,39 @@ class ClientHelloReader:
     whoever takes the connection over (the TLS stack or the fallback chain).
     """
 
-    __slots__ = ("_chunks", "_handshake", "_header", "_needed", "_record_left", "received_size")
+    __slots__ = ("_chunks", "_handshake", "_header", "_needed", "_record_left", "_records")
 
     def __init__(self) -> None:
         self._chunks: list[bytes] = []
-        self.received_size = 0
         self._header = bytearray()  # the record header being read
         self._record_left = 0  # payload bytes of the current record still to come
         self._handshake = bytearray()  # the handshake layer, reassembled from record payloads
         self._needed: int | None = None  # the ClientHello's size with its header, once known
+        self._records = 0
 
     @property
     def received(self) -> bytes:
         return b"".join(self._chunks)
 
+    @property
+    def wanted(self) -> int:
+        """The fewest more bytes that could complete the ClientHello (a record header counted
+        only when one is due). Fewer could bring a verdict only by starting a malformed record:
+        such a client then waits for its refusal until it sends more, closes, or meets the
+        handshake deadline."""
+        missing = (self._needed or MIN_CLIENT_HELLO) - len(self._handshake)
+        if not self._record_left:
+            missing += RECORD_HEADER - len(self._header)
+        return max(1, missing)
+
     def feed(self, data: bytes) -> Verdict | None:
         if not data:
             return None
-        if not self._chunks and data[0] != RECORD_HANDSHAKE:
-            self._keep(data)
+        first = not self._chunks
+        self._chunks.append(data)
+        if first and data[0] != RECORD_HANDSHAKE:
             return NotClientHello("not TLS")
-        allowed = MAX_PRE_TLS - self.received_size
-        self._keep(data)
-        position, size = 0, min(len(data), allowed)
+        position, size = 0, len(data)
         while position < size:
             if self._record_left:
                 end = min(size, position + self._record_left)
@@ -114,13 +135,7 @@ class ClientHelloReader:
                 verdict = self._record_header() if len(self._header) == RECORD_HEADER else None
             if verdict is not None:
                 return verdict
-        if len(data) > allowed:
-            return NotClientHello(f"no complete ClientHello in {MAX_PRE_TLS} bytes")
         return None
-
-    def _keep(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self.received_size += len(data)
 
     def _record_header(self) -> NotClientHello | None:
         header, self._header = self._header, bytearray()
@@ -131,6 +146,9 @@ class ClientHelloReader:
         length = (header[3] << 8) | header[4]
         if length == 0 or length > MAX_RECORD:
             return NotClientHello("bad TLS record length")
+        self._records += 1
+        if self._records > MAX_RECORDS:
+            return NotClientHello(f"ClientHello in more than {MAX_RECORDS} records")
         self._record_left = length
         return None
 

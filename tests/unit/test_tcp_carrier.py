@@ -20,8 +20,9 @@ from aura_common.wire.framing import encode
 from aura_common.wireguard import Device, Transmit, generate_private_key
 from aura_common.wireguard import public_key as wg_public_key
 from services.client.carriers.tcp import Carrier as TcpClient
+from services.tcp import carrier as tcp_carrier
 from services.tcp.carrier import MAX_UNAUTHENTICATED_BYTES, TcpCarrier, server_tls_context
-from services.tcp.clienthello import MAX_PRE_TLS
+from services.tcp.clienthello import MAX_RECORDS
 from services.tcp.fallback import FallbackChain
 from tests.unit.carrier_kit import Initiator, Keys, keys, new_hub, raw_key, run
 
@@ -238,10 +239,10 @@ def test_unauthenticated_bytes_are_bounded(keys: Keys) -> None:
     async def scenario() -> None:
         settings = replace(TcpConfig(), handshake_timeout=30)
         async with tcp_server(keys, settings) as (carrier, port):
-            # a ClientHello dribbled as 1-byte records: sorted out after MAX_PRE_TLS bytes
+            # a ClientHello dribbled as 1-byte records: sorted out after MAX_RECORDS records
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             record = b"\x16\x03\x01\x00\x01\x01"
-            for _ in range(MAX_PRE_TLS // len(record) + 1):
+            for _ in range(MAX_RECORDS + 1):
                 writer.write(record)
             await closed_by_server(reader, within=3)
             writer.close()
@@ -255,5 +256,51 @@ def test_unauthenticated_bytes_are_bounded(keys: Keys) -> None:
             writer.close()
             await asyncio.sleep(0.1)
             assert carrier.pending == 0
+
+    run(scenario)
+
+
+def real_client_hello_in_records(count: int) -> bytes:
+    """The ClientHello OpenSSL sends for aura/1, its handshake message cut into `count`
+    records."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = tls_client(["aura/1"]).wrap_bio(incoming, outgoing)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    message = outgoing.read()[5:]
+    size = -(-len(message) // count)
+    return b"".join(b"\x16\x03\x01" + len(message[i : i + size]).to_bytes(2, "big")
+                    + message[i : i + size] for i in range(0, len(message), size))
+
+
+def test_a_trickled_hello_wakes_the_listener_a_few_times(
+        keys: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A client that sends its ClientHello a few bytes at a time: the socket wakes the
+    # listener only once the bytes that could complete the hello are there (SO_RCVLOWAT).
+    # Before, each write cost a wakeup and a turn of the reader, hundreds per connection.
+    reads = 0
+    read = tcp_carrier._Connection.read
+
+    async def counted(self: tcp_carrier._Connection) -> bytes:
+        nonlocal reads
+        reads += 1
+        return await read(self)
+
+    monkeypatch.setattr(tcp_carrier._Connection, "read", counted)
+    hello = real_client_hello_in_records(MAX_RECORDS)
+
+    async def scenario() -> None:
+        async with tcp_server(keys, TcpConfig()) as (_, port):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for start in range(0, len(hello), 4):
+                writer.write(hello[start : start + 4])
+                await writer.drain()
+                await asyncio.sleep(0.001)
+            async with asyncio.timeout(3):
+                answer = await reader.read(5)
+            assert answer[:3] == b"\x16\x03\x03"  # a ServerHello: sorted as Aura
+            assert len(hello) // 4 > 100
+            assert reads <= 10, reads
+            writer.close()
 
     run(scenario)

@@ -1,5 +1,6 @@
 """The ClientHello reader: real hellos from OpenSSL, every prefix, splits across records and
-reads, work linear in the bytes however they are cut, the byte bound, fuzz."""
+reads, work linear in the bytes however they are cut, the record and byte bounds, the bytes it
+waits for, fuzz."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from hypothesis import strategies as st
 
 from services.tcp import clienthello
 from services.tcp.clienthello import (
-    MAX_PRE_TLS,
+    MAX_CLIENT_HELLO,
+    MAX_RECORDS,
+    RECORD_HEADER,
     ClientHello,
     ClientHelloReader,
     NotClientHello,
@@ -131,31 +134,81 @@ def padded_hello(padding: int) -> bytes:
                        + bytes(padding))
 
 
+def in_records(hello: bytes, count: int) -> bytes:
+    """The handshake message of `hello` cut into `count` records of about equal size."""
+    handshake = records_payload(hello)
+    return records(handshake, -(-len(handshake) // count))
+
+
 def test_work_is_linear_in_the_bytes_however_they_are_cut() -> None:
-    # A ClientHello of 1,600-odd bytes as that many 1-byte records, one per read: re-parsing
-    # everything read so far on every read cost 23 million steps here, enough to stall the
-    # event loop for seconds; each record is now looked at once.
-    pieces = one_byte_records(padded_hello(1600))
+    # A ClientHello of 1,600-odd bytes in MAX_RECORDS records, one byte per read: re-parsing
+    # everything read so far on every read cost millions of steps, enough to stall the event
+    # loop for seconds; each byte is now looked at once.
+    stream = in_records(padded_hello(1600), MAX_RECORDS)
+    pieces = [stream[i : i + 1] for i in range(len(stream))]
     steps, verdict = parse_steps(pieces)
     assert verdict == ClientHello((b"aura/1",), None)
     assert steps < 50 * len(pieces)
-    whole_steps, _ = parse_steps([b"".join(pieces)])
-    assert whole_steps < 50 * len(pieces)
+    whole_steps, _ = parse_steps([stream])
+    assert whole_steps < 50 * MAX_RECORDS
+
+
+def test_records_are_bounded() -> None:
+    # Each record costs a turn of the reader: a ClientHello in 1-byte records is refused
+    # after MAX_RECORDS of them, however many bytes it still announces.
+    pieces = one_byte_records(padded_hello(1600))
+    reader, verdict, fed = ClientHelloReader(), None, 0
+    for piece in pieces:
+        verdict = reader.feed(piece)
+        fed += 1
+        if verdict is not None:
+            break
+    assert verdict == NotClientHello(f"ClientHello in more than {MAX_RECORDS} records")
+    assert fed == MAX_RECORDS + 1
+    assert parse_client_hello(in_records(padded_hello(1600), MAX_RECORDS)) == ClientHello(
+        (b"aura/1",), None)
 
 
 def test_bytes_before_a_verdict_are_bounded() -> None:
-    pieces = one_byte_records(padded_hello(12000))  # a valid size, cut into 6-byte records
-    assert sum(map(len, pieces)) > MAX_PRE_TLS
-    reader, verdict = ClientHelloReader(), None
-    for piece in pieces:
-        verdict = reader.feed(piece)
-        if verdict is not None:
-            break
-    assert verdict == NotClientHello(f"no complete ClientHello in {MAX_PRE_TLS} bytes")
-    assert MAX_PRE_TLS < reader.received_size <= MAX_PRE_TLS + 6
-    steps, verdict = parse_steps([b"".join(pieces)])  # in one read: looked at up to the bound
-    assert verdict == NotClientHello(f"no complete ClientHello in {MAX_PRE_TLS} bytes")
-    assert steps < 50 * MAX_PRE_TLS // 6
+    largest = padded_hello(MAX_CLIENT_HELLO - len(padded_hello(0)) + RECORD_HEADER)
+    assert len(largest) - RECORD_HEADER == MAX_CLIENT_HELLO
+    stream = in_records(largest, MAX_RECORDS)
+    assert len(stream) <= MAX_CLIENT_HELLO + MAX_RECORDS * RECORD_HEADER
+    assert parse_client_hello(stream) == ClientHello((b"aura/1",), None)
+    assert parse_client_hello(in_records(padded_hello(MAX_CLIENT_HELLO), 1)) == NotClientHello(
+        "ClientHello too large")
+
+
+@given(st.integers(min_value=0, max_value=MAX_CLIENT_HELLO - 100),
+       st.integers(min_value=1, max_value=MAX_RECORDS), st.integers(min_value=1, max_value=64))
+def test_wanted_never_asks_for_more_than_the_hello_still_needs(
+        padding: int, count: int, first: int) -> None:
+    # The listener does not wake before `wanted` bytes are there: more than a real client
+    # sends would leave its connection waiting until the deadline.
+    stream = in_records(padded_hello(padding), count)
+    reader, position, verdict = ClientHelloReader(), 0, None
+    step = first
+    while verdict is None:
+        assert position < len(stream)
+        verdict = reader.feed(stream[position : position + step])
+        position += step
+        step = reader.wanted
+        assert verdict is not None or step <= len(stream) - position
+    assert verdict == ClientHello((b"aura/1",), None)
+
+
+def test_reads_of_wanted_bytes_are_few() -> None:
+    # Fed `wanted` bytes at a time, as the listener's socket wakes, a hello in many small
+    # records needs a handful of reads, not one per record.
+    for padding, count in ((4000, 1), (4000, 8), (4000, MAX_RECORDS), (200, MAX_RECORDS)):
+        stream = in_records(padded_hello(padding), count)
+        reader, position, reads, verdict = ClientHelloReader(), 0, 0, None
+        while verdict is None:
+            step = reader.wanted if reads else 1
+            verdict = reader.feed(stream[position : position + step])
+            position, reads = position + step, reads + 1
+        assert verdict == ClientHello((b"aura/1",), None)
+        assert reads <= 10, (padding, count, reads)
 
 
 def test_verdicts_on_what_is_not_a_hello() -> None:
@@ -183,6 +236,7 @@ def test_malformed_inside_is_refused_not_raised() -> None:
        st.integers(min_value=1, max_value=40))
 def test_built_alpn_offers_round_trip(names: list[bytes], record_size: int) -> None:
     handshake = records_payload(build_hello(alpn_extension(names)))
+    record_size = max(record_size, -(-len(handshake) // MAX_RECORDS))
     assert parse_client_hello(records(handshake, record_size)) == ClientHello(tuple(names), None)
 
 
