@@ -294,7 +294,22 @@ class RouterCollector(Collector):
         handshakes.add_metric(["answered"], router.handshakes_answered)
         handshakes.add_metric(["refused"], router.handshakes_refused)
         handshakes.add_metric(["dropped"], router.handshakes_dropped)
+        drops = None if router.tun is None else tun_queue_drops(router.tun.name)
+        if drops is not None:
+            out.counter("aura_router_tun_dropped_packets",
+                        "Packets the kernel dropped because the TUN device's queue (packets "
+                        "waiting for the router to read them) was full: the device's "
+                        "tx_dropped, as `ip -s link` shows it.", []).add_metric([], drops)
         return _Snapshot(lambda: _peer_families(peers, out))
+
+
+def tun_queue_drops(device: str) -> int | None:
+    """The kernel's count of packets dropped at `device`'s full queue, None if unknown."""
+    try:
+        with open(f"/sys/class/net/{device}/statistics/tx_dropped", "rb") as counter:
+            return int(counter.read())
+    except (OSError, ValueError):
+        return None
 
 
 def _peer_families(peers: list[tuple[Any, ...]], out: _Families) -> Iterator[Metric]:

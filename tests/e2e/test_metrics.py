@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -247,3 +249,33 @@ def test_metrics_can_be_switched_off_per_service_and_entirely(
         prometheus.wait_until(f'up{{job="{job}"}}', lambda v: v == 0, f"{job} scrape failed")
     prometheus.stop()
 
+
+
+def test_the_tun_queues_kernel_drops_are_counted(lab: Lab, tmp_path: Path) -> None:
+    """The router stopped while 3,000 datagrams for the pool (2,048 fit the TUN's queue) are
+    sent into aura0: the kernel drops the rest, and the router's metric says how many, as
+    the device's own counter does."""
+    server = build(lab, tmp_path)
+    server.init()
+    server.start()
+    router = server.service_pid("router")
+    os.kill(router, signal.SIGSTOP)
+    try:  # bounded: 3,000 one-byte datagrams, once
+        lab.run(server.ns, [sys.executable, "-c", TO_THE_POOL])
+    finally:
+        os.kill(router, signal.SIGCONT)
+    kernel = int(lab.run(server.ns, ["cat", "/sys/class/net/aura0/statistics/tx_dropped"])
+                 .stdout)
+    assert kernel > 0, "the queue did not overflow"
+    scraped = lab.run(server.ns, ["curl", "-sf", f"http://127.0.0.1:{SERVICES['router']}/metrics"])
+    values = [line.split()[-1] for line in scraped.stdout.splitlines()
+              if line.startswith("aura_router_tun_dropped_packets_total ")]
+    assert values and float(values[0]) == kernel, scraped.stdout[-2000:]
+
+
+TO_THE_POOL = """
+import socket
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(3000):
+    sock.sendto(b"x", ("10.77.0.50", 9))
+"""

@@ -8,6 +8,7 @@ import socket
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -168,7 +169,19 @@ def router_state() -> SimpleNamespace:
     return SimpleNamespace(registry=registry, sessions=sessions, transports={},
                            usage=Usage("/nonexistent/usage.json", {"alice": 5, "bob": 2000}),
                            gate=Gate(), handshakes_answered=7, handshakes_refused=2,
-                           handshakes_dropped=1)
+                           handshakes_dropped=1, tun=None)
+
+
+def test_the_tun_devices_kernel_drops_are_the_routers_metric() -> None:
+    router = router_state()
+    router.tun = SimpleNamespace(name="lo")  # a device every namespace has, read for real
+    kernel = int(Path("/sys/class/net/lo/statistics/tx_dropped").read_text())
+    value = registry_of(metrics.RouterCollector(router)).get_sample_value(
+        "aura_router_tun_dropped_packets_total")
+    assert value is not None and kernel <= value <= kernel + 1000
+    router.tun = SimpleNamespace(name="aura-gone")  # no such device: no series, no error
+    assert registry_of(metrics.RouterCollector(router)).get_sample_value(
+        "aura_router_tun_dropped_packets_total") is None
 
 
 def test_router_metrics_follow_the_session_table() -> None:
