@@ -5,6 +5,10 @@ Unix socket in its folder and, when asked, on a TCP address (for instance one in
 network namespace, with `netns=`). It never touches a system-wide cluster. The role `aura`
 logs in with a password (scram-sha-256) written to `password_file`, so tests exercise the
 real password path; the superuser `postgres` is trusted on the socket only.
+
+A run killed before it could stop its servers leaves them running: each folder names the
+process that made it (`aura_lab.leftovers`), and the next server made reclaims (stops and
+removes) those of processes that are gone.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ from types import TracebackType
 
 import psycopg
 
+from aura_lab import leftovers
+
 ROLE, PASSWORD = "aura", "test-password-not-secret"
+PREFIX = "aura-pg-"
 
 
 def postgres_bin() -> Path | None:
@@ -43,6 +50,27 @@ def unavailable() -> str | None:
     return None
 
 
+def as_postgres(argv: list[str]) -> list[str]:
+    """`argv` run as the server's account when we are root (PostgreSQL refuses root)."""
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+def reclaim_abandoned(parent: Path | None = None) -> list[Path]:
+    """Stop and remove the servers whose run was killed (their owner process is gone);
+    returns their folders."""
+    bin_dir = postgres_bin()
+    reclaimed = []
+    for folder in leftovers.abandoned(parent or Path(tempfile.gettempdir()), PREFIX):
+        data = folder / "data"
+        if bin_dir is not None and (data / "postmaster.pid").exists():
+            subprocess.run(as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m",
+                                        "immediate", "-w", "-t", "30", "stop"]),
+                           capture_output=True, timeout=60, cwd=folder)  # fmt: skip
+        shutil.rmtree(folder, ignore_errors=True)
+        reclaimed.append(folder)
+    return reclaimed
+
+
 class PostgresServer:
     def __init__(self, listen: str | None = None, port: int = 5432,
                  netns: str | None = None) -> None:
@@ -51,8 +79,10 @@ class PostgresServer:
             raise RuntimeError(unavailable())
         self.bin = bin_dir
         self.listen, self.port, self.netns = listen, port, netns
+        reclaim_abandoned()
         # Short (Unix socket paths are limited to 107 bytes) and reachable by postgres.
-        self.directory = Path(tempfile.mkdtemp(prefix="aura-pg-"))
+        self.directory = Path(tempfile.mkdtemp(prefix=PREFIX))
+        leftovers.mark(self.directory)
         self.data = self.directory / "data"
         self.socket_dir = self.directory / "sock"
         self.password_file = str(self.directory / "password")
@@ -65,9 +95,7 @@ class PostgresServer:
     # -- as the server's account -----------------------------------------------------------
     def _as_server(self, argv: list[str]) -> list[str]:
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
-        if os.geteuid() == 0:
-            prefix += ["runuser", "-u", "postgres", "--"]
-        return [*prefix, *argv]
+        return [*prefix, *as_postgres(argv)]
 
     def _run(self, argv: list[str], timeout: float = 60) -> None:
         result = subprocess.run(self._as_server(argv), capture_output=True, text=True,

@@ -6,6 +6,11 @@ copy-on-write overlay of it with `systemd-nspawn --boot` inside a network namesp
 made, so the test's veth links reach the container. The host's PID 1 need not be systemd:
 nspawn runs unregistered (`--register=no --keep-unit`) and commands enter the container
 with `nsenter` on its PID 1.
+
+A run killed before it could stop its container leaves it booted and its overlay mounted:
+each run folder names the test process that owns it, nspawn and the container's PID 1
+(`aura_lab.leftovers`), and the next container started reclaims those of processes that are
+gone (kills what still runs, unmounts, removes the folder).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
+
+from aura_lab import leftovers
 
 SUITE = "bookworm"
 MIRROR = os.environ.get("AURA_TEST_MIRROR", "http://deb.debian.org/debian")
@@ -43,6 +50,8 @@ PACKAGES = (
 )
 
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Markers in a run folder besides its owner's: the nspawn process and the container's PID 1.
+NSPAWN, LEADER = ".nspawn", ".leader"
 
 
 class ContainerError(RuntimeError):
@@ -133,8 +142,11 @@ class Container:
     # -- life cycle -----------------------------------------------------------------------
     def start(self, boot_timeout: float = 90) -> None:
         lower = rootfs()
+        reclaim_abandoned()
+        self.run_dir.mkdir(parents=True)
+        leftovers.mark(self.run_dir)
         for sub in ("upper", "work", "root"):
-            (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+            (self.run_dir / sub).mkdir()
         subprocess.run(
             [
                 "mount", "-t", "overlay", "overlay", "-o",
@@ -162,7 +174,9 @@ class Container:
                  "SYSTEMD_NSPAWN_TMPFS_TMP": "1", "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"},
         )
         log.close()
+        leftovers.mark(self.run_dir, NSPAWN, self.process.pid)
         self.leader = self._wait_for_leader(timeout=30)
+        leftovers.mark(self.run_dir, LEADER, self.leader)
         state = self._wait_until_running(boot_timeout)
         if state not in ("running", "degraded"):
             raise ContainerError(f"container did not boot (state {state!r}):\n{self.console()}")
@@ -260,6 +274,22 @@ class Container:
 
     def read(self, path: str) -> str:
         return (self.root / path.lstrip("/")).read_text()
+
+
+def reclaim_abandoned(runs_dir: Path = RUNS_DIR) -> list[Path]:
+    """Tear down the containers whose run was killed (their owner process is gone): kill the
+    container's PID 1 (which ends its PID namespace) and nspawn if they still run, unmount
+    the overlay, remove the folder. Returns the folders."""
+    reclaimed = []
+    for run_dir in leftovers.abandoned(runs_dir, ""):
+        leftovers.kill_if_alive(run_dir, LEADER)
+        leftovers.kill_if_alive(run_dir, NSPAWN, group=True)
+        root = run_dir / "root"
+        if root.is_mount():
+            subprocess.run(["umount", "--lazy", str(root)], capture_output=True, timeout=30)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        reclaimed.append(run_dir)
+    return reclaimed
 
 
 @contextmanager
