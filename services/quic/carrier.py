@@ -247,6 +247,11 @@ class QuicCarrier:
                                       host_cid_length=self.configuration.connection_id_length)
         except ValueError:
             return None
+        # Only a datagram large enough to open a connection is answered (RFC 9000 sections
+        # 5.2.2 and 14.1): a Version Negotiation packet echoes both connection ids, so a
+        # short one from a forged source would be reflected larger than it came.
+        if len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
+            return None
         supported = self.configuration.supported_versions
         # A Version Negotiation packet (version 0) is never answered: two servers would
         # bounce them forever at an attacker's request.
@@ -256,7 +261,7 @@ class QuicCarrier:
                 source_cid=header.destination_cid, destination_cid=header.source_cid,
                 supported_versions=supported), addr)
             return None
-        if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
+        if header.packet_type != QuicPacketType.INITIAL:
             return None
         refusal = self._refusal(plain_address(addr)[0])
         if refusal:

@@ -4,6 +4,7 @@ address (however many share one UDP port), time without a WireGuard handshake, b
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from dataclasses import replace
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 from qh3._hazmat import Buffer
 from qh3.quic.connection import QuicConnection, QuicConnectionError
 from qh3.quic.events import ConnectionTerminated, HandshakeCompleted
-from qh3.quic.packet import pull_quic_header
+from qh3.quic.packet import SMALLEST_MAX_DATAGRAM_SIZE, pull_quic_header
 
 from aura_common.config import QuicConfig
 from aura_common.quic.link import CONNECTION_ID_LENGTH, datagram_configuration
@@ -169,5 +170,35 @@ def test_unauthenticated_bytes_are_bounded(keys: Keys) -> None:
             assert carrier.pending == 0
             assert talker.transport is not None
             talker.transport.close()
+
+    run(scenario)
+
+
+def test_version_negotiation_answers_only_datagrams_that_could_open_a_connection(
+        keys: Keys) -> None:
+    # A Version Negotiation packet echoes both connection ids: answering a 9-byte packet of
+    # an unknown version with 11 bytes reflected more than a forged source sent.
+    unknown_version = b"\xc0\x1a\x2a\x3a\x4a\x00\x00"
+
+    async def answer(sock: socket.socket, port: int, data: bytes) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendto(sock, data, ("127.0.0.1", port))
+        try:
+            async with asyncio.timeout(0.5):
+                return await loop.sock_recv(sock, 2048)
+        except TimeoutError:
+            return None
+
+    async def scenario() -> None:
+        async with quic_server(keys, QuicConfig()) as (_, port):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.setblocking(False)
+                sock.bind(("127.0.0.1", 0))
+                for size in (7, 9, 100, SMALLEST_MAX_DATAGRAM_SIZE - 1):
+                    padded = unknown_version + bytes(size - len(unknown_version))
+                    assert await answer(sock, port, padded) is None, size
+                whole = unknown_version + bytes(SMALLEST_MAX_DATAGRAM_SIZE - 7)
+                negotiation = await answer(sock, port, whole)
+                assert negotiation is not None and negotiation[1:5] == bytes(4)
 
     run(scenario)
