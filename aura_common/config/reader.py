@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
@@ -172,16 +173,30 @@ class Nested(Check[T]):
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+# A config is a few KiB; the bound keeps one another account planted (a client config its
+# user owns, read by root) from costing its reader more.
+CONFIG_FILE_LIMIT = 1 << 20
+
+
 def read_yaml(path: str) -> object:
     try:
-        with open(path, "rb") as f:
-            return yaml.load(f, Loader=_YAML_LOADER)
+        # O_NONBLOCK: a FIFO in the file's place must not hang the (root) command.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ConfigError(path, "", "an existing config file (not found)") from None
     except PermissionError:
         raise ConfigError(path, "", "a file this user may read (permission denied)") from None
-    except IsADirectoryError:
-        raise ConfigError(path, "", "a file, not a directory") from None
+    with os.fdopen(fd, "rb") as file:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError(path, "", "a file, not a directory")
+        if not stat.S_ISREG(mode):
+            raise ConfigError(path, "", "a regular file (not a FIFO or a device)")
+        data = file.read(CONFIG_FILE_LIMIT + 1)
+    if len(data) > CONFIG_FILE_LIMIT:
+        raise ConfigError(path, "", f"a config file of at most {CONFIG_FILE_LIMIT} bytes")
+    try:
+        return yaml.load(data, Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

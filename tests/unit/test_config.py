@@ -6,6 +6,8 @@ import base64
 import contextlib
 import ipaddress
 import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,8 @@ from aura_common.config import (
 from aura_common.config.values import host_problem
 from aura_common.errors import ConfigError
 from aura_common.roles import Transport
+
+REPO = str(Path(__file__).resolve().parents[2])
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 
@@ -424,3 +428,31 @@ def test_each_transport_has_its_section_and_its_client_port() -> None:
     assert moved.tcp == replace(server.transports.tcp, port=9)  # the rest of the section kept
     client = ClientTransports(udp=1, tcp=2, quic=3)
     assert [client.port(t) for t in Transport] == [1, 2, 3]
+
+
+def test_a_fifo_device_or_huge_file_in_place_of_a_config_is_refused_at_once(
+    tmp_path: Path,
+) -> None:
+    """Root reads a client config its user owns: what that user puts there is refused with
+    one error, without waiting on a FIFO or reading without end (the child is limited to
+    1 GiB and 30 s, so a reader that falls for it fails instead of taking the machine)."""
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+        "from aura_common.config import ClientConfig\n"
+        "from aura_common.errors import ConfigError\n"
+        "try:\n"
+        "    ClientConfig.load(sys.argv[1])\n"
+        "except ConfigError as error:\n"
+        "    print(error)\n"
+    )
+    os.mkfifo(tmp_path / "fifo.yaml")
+    (tmp_path / "zero.yaml").symlink_to("/dev/zero")
+    (tmp_path / "huge.yaml").write_bytes(b"#" * ((1 << 20) + 1))
+    for name, why in (("fifo.yaml", "a regular file"), ("zero.yaml", "a regular file"),
+                      ("huge.yaml", "a config file of at most 1048576 bytes")):
+        child = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / name)], capture_output=True,
+            text=True, timeout=30, env={**os.environ, "PYTHONPATH": REPO},
+        )  # fmt: skip
+        assert child.stdout.startswith(f"{tmp_path / name}: expected {why}"), child.stderr
