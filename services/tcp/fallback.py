@@ -23,6 +23,25 @@ log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
 UPSTREAM_CONNECT_TIMEOUT = 5.0
+# Reads of all fallback flows together, both directions (a read is a wakeup, a write and a
+# few hundred bytecodes): about 5% of a core at most, and at 64 KiB a read, still tens of
+# MB/s for a decoy site's visitors.
+READS_PER_SECOND = 1000
+READ_BURST = 100
+
+
+class ReadPacer:
+    """A token bucket of reads shared by every flow (GCRA: one `_due` time, no timer)."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.interval, self.slack = 1 / rate, burst / rate
+        self._due = float("-inf")
+
+    def delay(self, now: float) -> float:
+        """Seconds to wait before the next read; that read is counted now."""
+        due = max(self._due, now)
+        self._due = due + self.interval
+        return max(0.0, due - now - self.slack)
 
 
 @dataclass(slots=True)
@@ -57,8 +76,9 @@ class ProxyHandler:
 
     Passes the flow on when the upstream cannot be reached."""
 
-    def __init__(self, upstream: tuple[str, int], idle_timeout: float) -> None:
-        self.upstream, self.idle_timeout = upstream, idle_timeout
+    def __init__(self, upstream: tuple[str, int], idle_timeout: float, pacer: ReadPacer
+                 ) -> None:
+        self.upstream, self.idle_timeout, self.pacer = upstream, idle_timeout, pacer
         self.name = f"proxy to {format_host_port(*upstream)}"
 
     async def claim(self, flow: Flow) -> bool:
@@ -71,7 +91,8 @@ class ProxyHandler:
                         extra=fields(transport="tcp", endpoint=flow.endpoint))
             return False
         up_writer.write(flow.initial)
-        await splice(flow.reader, flow.writer, up_reader, up_writer, self.idle_timeout)
+        await splice(flow.reader, flow.writer, up_reader, up_writer, self.idle_timeout,
+                     self.pacer)
         return True
 
 
@@ -85,14 +106,18 @@ class _Activity:
 async def splice(
     a_reader: asyncio.StreamReader, a_writer: asyncio.StreamWriter,
     b_reader: asyncio.StreamReader, b_writer: asyncio.StreamWriter, idle_timeout: float,
+    pacer: ReadPacer,
 ) -> None:
     """Copy both ways until both sides finish; abort both after `idle_timeout` of silence.
 
-    An end of stream on one side is passed on as a half-close, as TCP would."""
+    An end of stream on one side is passed on as a half-close, as TCP would. Between reads
+    the pacer asks to wait, a side's socket is not read at all (its bytes gather in the
+    kernel, for one read later), so it cannot wake the event loop either."""
     loop = asyncio.get_running_loop()
     activity = _Activity(loop.time())
 
-    async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def pump(source: asyncio.StreamReader, source_writer: asyncio.StreamWriter,
+                   sink: asyncio.StreamWriter) -> None:
         while True:
             try:
                 async with asyncio.timeout(idle_timeout):
@@ -109,9 +134,17 @@ async def splice(
                 if sink.can_write_eof() and not sink.is_closing():
                     sink.write_eof()
                 return
+            wait = pacer.delay(loop.time())
+            if wait:
+                transport = source_writer.transport
+                assert isinstance(transport, asyncio.ReadTransport)  # a socket's: both ways
+                transport.pause_reading()
+                await asyncio.sleep(wait)
+                if not transport.is_closing():
+                    transport.resume_reading()
 
-    pumps = [asyncio.ensure_future(pump(a_reader, b_writer)),
-             asyncio.ensure_future(pump(b_reader, a_writer))]
+    pumps = [asyncio.ensure_future(pump(a_reader, a_writer, b_writer)),
+             asyncio.ensure_future(pump(b_reader, b_writer, a_writer))]
     try:
         await asyncio.gather(*pumps)
     except (OSError, TimeoutError):
@@ -126,31 +159,38 @@ async def splice(
 
 
 class FallbackChain:
-    def __init__(self, handlers: Sequence[Handler], *, max_flows: int) -> None:
+    def __init__(self, handlers: Sequence[Handler], *, max_flows: int,
+                 max_flows_per_source: int) -> None:
         self.handlers = list(handlers)
-        self.max_flows = max_flows
+        self.max_flows, self.max_flows_per_source = max_flows, max_flows_per_source
         self.active = 0
+        self._by_host: Counter[str] = Counter()
         # Flows by outcome (a metric): the claiming handler's type, unclaimed, overflow, failed.
         self.outcomes: Counter[str] = Counter()
         self._log = RateLimitedLog(log)
 
     @classmethod
     def from_config(cls, settings: TcpConfig) -> FallbackChain:
-        """Handlers in config order; in-flight flows bounded like pending connections."""
-        return cls([_handler(h, settings.idle_timeout) for h in settings.fallback],
-                   max_flows=settings.max_pending)
+        """Handlers in config order; in-flight flows bounded like pending connections, in all
+        and per source address; one read pacer for all of them."""
+        pacer = ReadPacer(READS_PER_SECOND, READ_BURST)
+        return cls([_handler(h, settings.idle_timeout, pacer) for h in settings.fallback],
+                   max_flows=settings.max_pending,
+                   max_flows_per_source=settings.max_pending_per_source)
 
     async def handle(self, flow: Flow) -> None:
         """Offer the flow to each handler in turn; close it if none claims it."""
         extra = fields(transport="tcp", endpoint=flow.endpoint)
         host = flow.endpoint.rpartition(":")[0]
-        if self.active >= self.max_flows:
-            self._log.log(host, logging.INFO, "fallback: %d flows in flight; dropping %s (%s)",
-                          self.active, flow.endpoint, flow.reason, extra=extra)
+        if self.active >= self.max_flows or self._by_host[host] >= self.max_flows_per_source:
+            self._log.log(host, logging.INFO, "fallback: %d flows in flight, %d from this "
+                          "address; dropping %s (%s)", self.active, self._by_host[host],
+                          flow.endpoint, flow.reason, extra=extra)
             self.outcomes["overflow"] += 1
             flow.writer.transport.abort()
             return
         self.active += 1
+        self._by_host[host] += 1
         try:
             for handler in self.handlers:
                 if await handler.claim(flow):
@@ -169,10 +209,13 @@ class FallbackChain:
             flow.writer.transport.abort()
         finally:
             self.active -= 1
+            self._by_host[host] -= 1
+            if not self._by_host[host]:
+                del self._by_host[host]
 
 
-def _handler(config: FallbackHandler, idle_timeout: float) -> Handler:
+def _handler(config: FallbackHandler, idle_timeout: float, pacer: ReadPacer) -> Handler:
     if config.type == "proxy":
         assert config.upstream is not None  # the config loader requires it
-        return ProxyHandler(config.upstream, idle_timeout)
+        return ProxyHandler(config.upstream, idle_timeout, pacer)
     return RejectHandler()
