@@ -69,6 +69,7 @@ from aura_common.wireguard.messages import MessageError
 from aura_common.wireguard.noise import HandshakeError
 from services.router import nat, replay
 from services.router.sessions import Session, SessionTable
+from services.router.timeshare import TimeShare
 
 if TYPE_CHECKING:
     from services.router.feed import DatabaseFeed
@@ -96,6 +97,14 @@ LEASE_FLUSH_INTERVAL = 2.0
 # The transport counts unanswered ones as its load and asks for cookies when they pile up.
 HANDSHAKE_QUEUE = 256
 HANDSHAKE_TURN_SECONDS = 0.0005
+# While packets have moved in the last HANDSHAKE_DATA_RECENT seconds, handshake work gets at
+# most HANDSHAKE_SHARE of the loop's time (timeshare.py), saved up to HANDSHAKE_SHARE_BURST:
+# a flood of initiations that pass every check then slows handshakes, not the tunnels (a
+# tenth of a core still answers several hundred a second, while each client needs one every
+# two minutes). With no data moving, handshakes may use all of it.
+HANDSHAKE_SHARE = 0.1
+HANDSHAKE_SHARE_BURST = 0.002
+HANDSHAKE_DATA_RECENT = 0.02
 
 
 def _keys(peer: RegisteredPeer | None) -> tuple[bytes, bytes] | None:
@@ -146,6 +155,8 @@ class Router:
             log.warning("%s; initiations answered before this start may be replayed once", error)
         self._handshakes: dict[ipc.Channel, deque[HandshakeRequest]] = {}
         self._handshakes_scheduled = False
+        self._handshake_share = TimeShare(HANDSHAKE_SHARE, HANDSHAKE_SHARE_BURST,
+                                          HANDSHAKE_DATA_RECENT)
         self.handshakes_answered = 0
         self.handshakes_refused = 0  # did not authenticate, replayed, or peer may not connect
         self.handshakes_dropped = 0  # over a transport's queue, or its link closed first
@@ -375,21 +386,28 @@ class Router:
             channel.post(HandshakesDone([], [
                 HandshakeRefusal(item.local_index, "router handshake queue full")
                 for item in overflow]))
+        self._schedule_handshakes(0.0)
+
+    def _schedule_handshakes(self, delay: float) -> None:
         if not self._handshakes_scheduled:
             self._handshakes_scheduled = True
-            asyncio.get_running_loop().call_soon(self._answer_handshakes)
+            asyncio.get_running_loop().call_later(delay, self._answer_handshakes)
 
     def _answer_handshakes(self) -> None:
-        """Each transport's queue for its share of HANDSHAKE_TURN_SECONDS (one at least);
-        the rest next turn."""
+        """Each transport's queue for its share of HANDSHAKE_TURN_SECONDS (one at least), or
+        of the time the data path leaves them (`_handshake_share`); the rest in a later turn."""
         self._handshakes_scheduled = False
         now, wall = time.monotonic(), time.time()
+        allowance = self._handshake_share.allowance(now)
+        if allowance <= 0:
+            self._schedule_handshakes(self._handshake_share.wait(now))
+            return
         authority = self.authority
-        share = HANDSHAKE_TURN_SECONDS / len(self._handshakes)
+        share = min(HANDSHAKE_TURN_SECONDS, allowance) / len(self._handshakes)
         for channel, queue in list(self._handshakes.items()):
             role = self.transports.get(channel)
             answers, refused = [], []
-            until = time.perf_counter() + share
+            until = time.monotonic() + share
             while queue:
                 request = queue.popleft()
                 index = request.local_index
@@ -401,7 +419,7 @@ class Router:
                     answers.append(HandshakeAnswer(
                         index, answer.peer_public, answer.response, answer.keys.send,
                         answer.keys.receive, answer.remote_index, answer.ticket))
-                if time.perf_counter() >= until:
+                if time.monotonic() >= until:
                     break
             self.handshakes_answered += len(answers)
             self.handshakes_refused += len(refused)
@@ -409,9 +427,10 @@ class Router:
                 del self._handshakes[channel]
             if role is not None:
                 channel.post(HandshakesDone(answers, refused))
-        if self._handshakes and not self._handshakes_scheduled:
-            self._handshakes_scheduled = True
-            asyncio.get_running_loop().call_soon(self._answer_handshakes)
+        finished = time.monotonic()
+        self._handshake_share.spent(finished - now, finished)
+        if self._handshakes:
+            self._schedule_handshakes(0.0)
 
     def _session_up(self, channel: ipc.Channel, frame: SessionUp) -> None:
         name, endpoint = frame.peer, frame.endpoint
@@ -463,6 +482,7 @@ class Router:
 
     def _from_transport(self, channel: ipc.Channel,
                         batches: list[tuple[str, list[bytes]]]) -> None:
+        self._handshake_share.data_moved(time.monotonic())
         accepted: list[bytes] = []
         for peer, packets in batches:
             allowed = self.sessions.accept(peer, channel, packets)
@@ -498,6 +518,8 @@ class Router:
     def _tun_readable(self) -> None:
         assert self.tun is not None
         packets = self.tun.read_batch(TUN_READ_LIMIT, TUN_READ_BYTES)
+        if packets:
+            self._handshake_share.data_moved(time.monotonic())
         # One frame per transport for all its peers (ipc.Channel.send_packets).
         by_link: dict[ipc.Channel, list[tuple[str, list[bytes]]]] = {}
         for session, batch in self.sessions.dispatch(packets).items():

@@ -34,7 +34,7 @@ from aura_common.wireguard import (
     generate_private_key,
     public_key,
 )
-from aura_common.wireguard.noise import TransportKeys
+from aura_common.wireguard.noise import HandshakeError, TransportKeys
 from services.router import main as router_main
 from services.router import replay
 from services.router.main import HANDSHAKE_QUEUE, Router
@@ -324,3 +324,66 @@ def test_a_new_preshared_or_public_key_ends_the_peers_session_on_the_router_and_
             await until(lambda: len(list(router.sessions)) == 3)
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+class FakeClock:
+    """The router's `time` module, on a clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return 1.7e9 + self.now
+
+
+class SlowAuthority:
+    """Refuses every initiation, each after `cost` seconds of the fake clock."""
+
+    def __init__(self, clock: FakeClock, cost: float) -> None:
+        self.clock, self.cost = clock, cost
+
+    def answer(self, *args: object) -> None:
+        self.clock.now += self.cost
+        raise HandshakeError("bad mac1")
+
+
+def test_while_data_moves_handshakes_get_only_their_share_of_the_router(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, _ = setup(tmp_path)
+    clock = FakeClock()
+    monkeypatch.setattr(router_main, "time", clock)
+    cost = 0.001  # a turn ends after one handshake (more than HANDSHAKE_TURN_SECONDS)
+
+    async def scenario() -> None:
+        router = new_router(config)
+        router.authority = SlowAuthority(clock, cost)  # type: ignore[assignment]
+        udp = FakeTransport(1)
+        router.transports[udp] = "udp"  # type: ignore[index]
+        router._handshakes_from(udp, [HandshakeRequest(n, b"\x01" + bytes(147))  # type: ignore[arg-type]
+                                      for n in range(HANDSHAKE_QUEUE)])
+
+        def turns(count: int, data: bool) -> int:
+            before = router.handshakes_refused
+            for _ in range(count):
+                if data:
+                    router._from_transport(udp, [])  # type: ignore[arg-type]
+                router._answer_handshakes()
+                clock.now += 0.0005  # the data path's part of the turn
+            return router.handshakes_refused - before
+
+        # No data: a handshake every turn, the loop's whole time.
+        assert turns(40, data=False) == 40
+        # Data moving: the saved-up burst, then a tenth of the time (40 turns: 60 ms).
+        worked = turns(40, data=True)
+        assert worked <= (router_main.HANDSHAKE_SHARE_BURST
+                          + 0.06 * router_main.HANDSHAKE_SHARE) / cost + 1
+        assert worked >= 2
+        # The data stops: the whole time again.
+        clock.now += router_main.HANDSHAKE_DATA_RECENT
+        assert turns(40, data=False) == 40
+
+    asyncio.run(scenario())
