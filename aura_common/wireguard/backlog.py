@@ -40,21 +40,30 @@ class HandshakeBacklog:
 
     def add(self, datagram: bytes, source: Endpoint, now: float) -> Endpoint | None:
         """Queues a message; returns the source of the message dropped for want of room
-        (this one, or one queued behind that it displaced), or None."""
+        (this one, or one queued behind that it displaced), or None.
+
+        A message dropped for want of room counts as queued for its source too: it had its
+        turn, so a flood source that finds the backlog full does not stay new (and first in
+        line at the carrier, `fresh`) for every message it sends."""
         key = _key(source)
         queued_at = self._queued_at
         fresh = self._fresh(key, now)
-        dropped = None
-        if len(self._first) + len(self._behind) >= self._capacity:
-            if not fresh or not self._behind:
-                return source
-            dropped = self._behind.pop()[1]
-        (self._first if fresh else self._behind).append((datagram, source))
         queued_at.pop(key, None)
         queued_at[key] = now  # re-inserted last: dicts keep insertion order
         if len(queued_at) > self._sources:
             del queued_at[next(iter(queued_at))]
+        if len(self._first) + len(self._behind) >= self._capacity:
+            if not fresh or not self._behind:
+                return source
+            dropped = self._behind.pop()[1]
+        else:
+            dropped = None
+        (self._first if fresh else self._behind).append((datagram, source))
         return dropped
+
+    def fresh(self, source: Endpoint, now: float) -> bool:
+        """Whether a message from `source` would go first (none queued for FRESH_AFTER)."""
+        return self._fresh(_key(source), now)
 
     def would_drop(self, source: Endpoint, now: float) -> bool:
         """Whether `add` would drop a message from `source` now (full, and the source had

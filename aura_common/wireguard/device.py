@@ -214,6 +214,13 @@ class Device:
         """
         return self._screen.shed_first(source, now)
 
+    def goes_first(self, source: Endpoint, now: float) -> bool:
+        """Whether a handshake message from `source` would go ahead of the queue: its source
+        (IPv4 address, IPv6 /64) has had no message queued for FRESH_AFTER. A new client, or
+        one retrying with its cookie, is; a flood source that is let through is not (backlog.py).
+        A carrier keeps such messages before others when a read holds more than it screens."""
+        return self._screen.goes_first(source, now)
+
     def _work_handshakes(self, now: float, events: list[Event]) -> None:
         queue = self._screen.queue
         work = min(len(queue), HANDSHAKE_WORK_BATCH)

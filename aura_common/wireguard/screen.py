@@ -71,6 +71,10 @@ class HandshakeScreen:
         """Handshake messages were dropped unread: under load, as when the queue is long."""
         self._load.overflowed(now)
 
+    def goes_first(self, source: Endpoint, now: float) -> bool:
+        """See `Device.goes_first`."""
+        return self.queue.fresh(source, now)
+
     def shed_first(self, source: Endpoint, now: float) -> bool:
         """See `Device.shed_first`."""
         if self._pacer.answered_recently(source, now) or self.queue.would_drop(source, now):

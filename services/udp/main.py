@@ -43,12 +43,19 @@ RECV_BATCH_BYTES = 4 << 20
 # Whatever is shed is what WireGuard's queue would hold past its mark: the device is under
 # load (cookies needed) for a second after any read that sheds.
 HANDSHAKES_PER_READ = 64
+# The last of those are kept for sources that would go ahead of the queue (`Device.goes_first`:
+# none queued for 5 s, as a new client, or one retrying with its cookie): a flood from thousands
+# of sources, each proven and within its rate limit, has its messages read first as often as
+# not, and would otherwise take every place of a read before a new client's retry.
+FRESH_RESERVE = 16
 LIKELY_DROPPED_PER_SECOND = 200.0
 LIKELY_DROPPED_BURST = 8
 # Remote endpoints whose local address is remembered; the least recently heard go first, so
 # a flood of spoofed sources costs bounded memory.
 REPLY_ADDRESSES_LIMIT = 4096
 HANDSHAKE_TYPES = frozenset({MESSAGE_INITIATION, MESSAGE_RESPONSE, MESSAGE_COOKIE_REPLY})
+# What a read makes of a handshake message's source (see `UdpCarrier._readable`).
+_LIKELY_DROPPED, _FIRST, _OTHER = range(3)
 
 
 class UdpCarrier:
@@ -78,20 +85,32 @@ class UdpCarrier:
         reply_from = self._reply_from
         batches = []
         handshakes = shed = 0
-        shed_first, now = self.hub.device.shed_first, time.monotonic()
+        device, now = self.hub.device, time.monotonic()
         tokens = min(float(LIKELY_DROPPED_BURST), self._likely_dropped_tokens
                      + (now - self._likely_dropped_at) * LIKELY_DROPPED_PER_SECOND)
+        # What the device says of a source holds for the whole read (nothing is screened
+        # before it ends): asked once per source, so a flood from one endpoint costs a
+        # lookup per message.
+        kinds: dict[Endpoint, int] = {}
 
         def keep(first_byte: int, source: Endpoint) -> bool:
             nonlocal handshakes, tokens, shed
             if first_byte not in HANDSHAKE_TYPES:
                 return True
-            if shed_first(source, now):
+            kind = kinds.get(source)
+            if kind is None:
+                kind = (_LIKELY_DROPPED if device.shed_first(source, now)
+                        else _FIRST if device.goes_first(source, now) else _OTHER)
+                kinds[source] = kind
+            if kind == _LIKELY_DROPPED:
                 kept = tokens >= 1.0
                 tokens -= kept
+            elif kind == _FIRST:  # one message: a real initiator sends no more at once
+                kinds[source] = _OTHER
+                kept = handshakes < HANDSHAKES_PER_READ
             else:
-                handshakes += 1
-                kept = handshakes <= HANDSHAKES_PER_READ
+                kept = handshakes < HANDSHAKES_PER_READ - FRESH_RESERVE
+            handshakes += kept and kind != _LIKELY_DROPPED
             shed += not kept
             return kept
 

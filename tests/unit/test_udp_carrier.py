@@ -15,11 +15,16 @@ from aura_common.wireguard import Device, generate_private_key, public_key
 from aura_common.wireguard.limits import UNDER_LOAD_STICKY
 from aura_lab.flood import junk_initiation
 from services.udp.main import (
+    FRESH_RESERVE,
     HANDSHAKES_PER_READ,
     LIKELY_DROPPED_BURST,
     LIKELY_DROPPED_PER_SECOND,
     UdpCarrier,
 )
+
+# What one read keeps of one source's handshake messages: the places kept for new sources
+# are not for more of one that was just read.
+ONE_SOURCE_PER_READ = HANDSHAKES_PER_READ - FRESH_RESERVE
 
 
 @contextlib.contextmanager
@@ -44,9 +49,9 @@ def test_a_read_passes_on_its_share_of_handshakes_and_all_data_then_is_under_loa
     key = generate_private_key()
     with carrier_on_loopback(Device(key, mtu=1420)) as (carrier, flooder):
         hub, server = carrier.hub, carrier.sock
-        extra = 36
+        extra = 52  # with those kept, 100 handshake messages and 10 data datagrams
         junk = junk_initiation(public_key(key))  # one message, replayed
-        for n in range(HANDSHAKES_PER_READ + extra):
+        for n in range(ONE_SOURCE_PER_READ + extra):
             flooder.sendto(junk, server.getsockname())
             if n % 10 == 0:  # data for no session among them: never shed, each reaches the core
                 flooder.sendto(b"\x04" + bytes(47), server.getsockname())
@@ -62,7 +67,7 @@ def test_a_read_passes_on_its_share_of_handshakes_and_all_data_then_is_under_loa
     # A read that sheds puts the device under load, so what it kept is screened under load:
     # one message, one cookie reply; its replays are dropped as answered.
     assert hub.counters.sent[3] == 1
-    assert dropped["cookie_already_sent"] == HANDSHAKES_PER_READ - 1
+    assert dropped["cookie_already_sent"] == ONE_SOURCE_PER_READ - 1
     assert hub.device.handshakes_pending == 0
 
 
@@ -129,14 +134,42 @@ def test_handshakes_shed_from_endpoints_just_answered_keep_the_device_under_load
         async def read() -> None:  # at once: loopback queues each datagram as it is sent,
             carrier._readable()  # and one waiting long would meet CoDel
 
-        for _ in range(HANDSHAKES_PER_READ + 1):  # one more than a read screens: load
+        for _ in range(ONE_SOURCE_PER_READ + 1):  # one more than a read screens: load
             flooder.sendto(junk_initiation(public_key(key)), server.getsockname())
         asyncio.run(read())
-        assert hub.counters.sent[3] == HANDSHAKES_PER_READ  # a cookie reply each
+        assert hub.counters.sent[3] == ONE_SOURCE_PER_READ  # a cookie reply each
         time.sleep(UNDER_LOAD_STICKY + 0.1)  # that load is over, the endpoint still paced
         for _ in range(3 * LIKELY_DROPPED_BURST):  # a burst screened, the rest shed: load
             flooder.sendto(junk_initiation(public_key(key)), server.getsockname())
         asyncio.run(read())
     # Screened under load: answered with cookies, none queued for a key exchange.
-    assert hub.counters.sent[3] == HANDSHAKES_PER_READ + LIKELY_DROPPED_BURST
+    assert hub.counters.sent[3] == ONE_SOURCE_PER_READ + LIKELY_DROPPED_BURST
     assert hub.device.handshakes_pending == 0
+
+
+def test_a_new_source_is_read_through_a_flood_of_sources_queued_lately() -> None:
+    """A flood whose every source is let through (proven, within its rate limit) is not
+    shed first; a read holding more of it than the carrier screens still keeps a new
+    client's message, though it came last."""
+    key = generate_private_key()
+    with carrier_on_loopback(Device(key)) as (carrier, flooder), \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        hub, server = carrier.hub, carrier.sock
+        client.bind(("127.0.0.2", 0))  # another source address than the flood's 127.0.0.1
+        client.settimeout(2)
+
+        async def read() -> None:
+            carrier._readable()
+
+        flooder.sendto(junk_initiation(public_key(key)), server.getsockname())
+        asyncio.run(read())  # queued (not under load): the flood's source was queued lately
+        assert not hub.device.goes_first(("127.0.0.1", 1), time.monotonic())
+        flood = 2 * HANDSHAKES_PER_READ
+        for _ in range(flood):
+            flooder.sendto(junk_initiation(public_key(key)), server.getsockname())
+        client.sendto(junk_initiation(public_key(key)), server.getsockname())  # read last
+        asyncio.run(read())
+        # The read shed, so what it kept was screened under load: a cookie reply each.
+        assert len(client.recv(100)) == 64
+    assert hub.counters.sent[3] == ONE_SOURCE_PER_READ + 1
+    assert hub.counters.dropped["handshake_queue_full"] == flood - ONE_SOURCE_PER_READ

@@ -64,6 +64,18 @@ def test_when_full_a_new_source_takes_the_place_of_the_newest_behind() -> None:
     assert len(backlog) == 4
 
 
+def test_a_source_dropped_for_want_of_room_is_not_new_again_until_fresh_after() -> None:
+    backlog = HandshakeBacklog(capacity=2)
+    for n in range(2):
+        backlog.add(b"x", (f"198.51.100.{n}", 1), 0.0)
+    flood = ("2001:db8:a000:1::1", 1000)
+    assert backlog.fresh(flood, 0.0)
+    assert backlog.add(b"flood", flood, 0.0) == flood  # only new sources queued: dropped
+    # It had its turn: no longer ahead of anyone (nor kept first by a carrier's read).
+    assert not backlog.fresh(flood, 1.0)
+    assert backlog.fresh(flood, FRESH_AFTER)
+
+
 def test_remembered_sources_are_bounded_the_longest_queued_forgotten_first() -> None:
     backlog = HandshakeBacklog(sources=2)
     first, second, third = ("192.0.2.1", 1), ("192.0.2.2", 1), ("192.0.2.3", 1)
