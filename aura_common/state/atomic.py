@@ -59,6 +59,16 @@ def walk_to(directory: str | os.PathLike[str], create: int | None = None) -> int
     `/var/run` -> `/run` is root's, but a link that the owner of `/home/alice` put at
     `/home/alice/vpn` pointing to `/etc` is refused.
     """
+    fd = _walk(directory, create)
+    try:
+        return os.open(".", _DIRECTORY_FLAGS, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _walk(directory: str | os.PathLike[str], create: int | None = None) -> int:
+    """`walk_to`'s O_PATH descriptor of `directory`: enough to open a file in it, and
+    needing only search permission, as a plain open() of a path would."""
     pending = os.path.abspath(os.fspath(directory)).split("/")[1:]
     pending.reverse()  # a stack: the next component last
     fd = os.open("/", _STEP_FLAGS)
@@ -93,9 +103,10 @@ def walk_to(directory: str | os.PathLike[str], create: int | None = None) -> int
                 continue
             os.close(fd)
             fd = child
-        return os.open(".", _DIRECTORY_FLAGS, dir_fd=fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
 
 
 def _link_target(dir_fd: int, name: str) -> str | None:
@@ -127,7 +138,7 @@ def open_beneath(path: str | os.PathLike[str], flags: int, mode: int = 0o600) ->
     The one way root opens a file in a folder another account may own; OSError as os.open.
     """
     path = os.fspath(path)
-    dir_fd = walk_to(os.path.dirname(os.path.abspath(path)))
+    dir_fd = _walk(os.path.dirname(os.path.abspath(path)))
     try:
         return os.open(os.path.basename(path), flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
                        dir_fd=dir_fd)

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from aura_common.errors import AuraError, ConfigError
-from aura_common.state.atomic import LockBusy, locked, read_state_file, write_atomic
+from aura_common.state.atomic import (
+    LockBusy,
+    locked,
+    read_bounded,
+    read_state_file,
+    write_atomic,
+)
+from aura_lab.users import as_user
 from tests.unit.held_lock import held_elsewhere
 
 REPO = str(Path(__file__).resolve().parents[2])
@@ -189,3 +199,21 @@ def test_a_link_on_the_way_only_root_could_make_is_followed(tmp_path: Path) -> N
         write_atomic(sticky / "theirs" / "aura" / "leases.json", b"{}")
     assert sorted(p.name for p in (real / "aura").iterdir()) == ["runtime.json",
                                                                 "runtime.json.lock"]
+
+
+def test_a_file_in_a_folder_one_may_search_but_not_list_is_read() -> None:
+    """A service reads its credentials from a folder it may search but perhaps not list:
+    reaching the file one folder at a time must need no more than a plain open() does."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act for another account")
+    folder = Path(tempfile.mkdtemp(prefix="aura-search-only-"))
+    try:
+        folder.chmod(0o711)
+        (folder / "password").write_bytes(b"secret")
+        (folder / "password").chmod(0o644)
+        nobody = pwd.getpwnam("nobody")
+        outcome = as_user(nobody, lambda: {
+            "read": read_bounded(str(folder / "password"), 64, "a password").decode()})
+        assert outcome == {"read": "secret"}
+    finally:
+        shutil.rmtree(folder)
