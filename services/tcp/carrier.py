@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 import ssl
 from collections.abc import Sequence
@@ -132,6 +133,14 @@ class TcpCarrier:
         return len(self._live)
 
     # -- accepting ----------------------------------------------------------------------
+    async def serve(self, sock: socket.socket) -> asyncio.Server:
+        """Accept connections on the listening `sock`. The kernel hands over a connection
+        only once it has sent something (TCP_DEFER_ACCEPT, for up to `handshake_timeout`):
+        one that connects and says nothing costs no task, timer or pending slot here."""
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT,
+                        math.ceil(self.settings.handshake_timeout))
+        return await asyncio.start_server(self.accept, sock=sock)
+
     async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """The `asyncio.start_server` callback: one connection, start to end."""
         sock = writer.get_extra_info("socket")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import socket
 from collections.abc import Sequence
 
@@ -22,7 +21,7 @@ async def serve(config: ServerConfig, args: argparse.Namespace) -> None:
     sock, activated = listening_socket(config, "tcp", socket.SOCK_STREAM)
     hub = new_hub(config, "tcp")
     carrier = TcpCarrier(hub, settings, tls, FallbackChain.from_config(settings))
-    server = await asyncio.start_server(carrier.accept, sock=sock)
+    server = await carrier.serve(sock)
     fallback = ", ".join(h.name for h in carrier.fallback.handlers)
     try:
         await serve_sessions(config, hub, sock, activated, f"fallback: {fallback}")

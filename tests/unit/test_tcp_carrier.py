@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -35,7 +36,9 @@ DECOY_ANSWER = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\ndecoy"
 async def tcp_server(keys: Keys, settings: TcpConfig) -> AsyncIterator[tuple[TcpCarrier, int]]:
     tls = server_tls_context(str(keys.directory / "tls.crt"), str(keys.directory / "tls.key"))
     carrier = TcpCarrier(new_hub(keys), settings, tls, FallbackChain.from_config(settings))
-    server = await asyncio.start_server(carrier.accept, "127.0.0.1", 0)
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.setblocking(False)
+    server = await carrier.serve(sock)
     try:
         yield carrier, server.sockets[0].getsockname()[1]
     finally:
@@ -47,6 +50,14 @@ async def closed_by_server(reader: asyncio.StreamReader, within: float = 3) -> N
         with contextlib.suppress(ConnectionResetError):
             while await reader.read(65536):
                 pass
+
+
+async def started_hello(host: str, port: int, **kwargs: object
+                        ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection that sent the first byte of a TLS record and stalled."""
+    reader, writer = await asyncio.open_connection(host, port, **kwargs)  # type: ignore[arg-type]
+    writer.write(b"\x16")
+    return reader, writer
 
 
 def tls_client(alpn: list[str]) -> ssl.SSLContext:
@@ -157,7 +168,8 @@ def test_pending_connections_are_bounded_and_time_out(keys: Keys) -> None:
     async def scenario() -> None:
         settings = replace(TcpConfig(), max_pending=3, handshake_timeout=0.8)
         async with tcp_server(keys, settings) as (carrier, port):
-            idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+            # each sends a first byte of a ClientHello, then nothing
+            idle = [await started_hello("127.0.0.1", port) for _ in range(5)]
             await asyncio.sleep(0.2)
             assert carrier.pending == 3
             await closed_by_server(idle[0][0], within=0.5)  # the oldest made room
@@ -222,8 +234,8 @@ def test_pending_connections_are_bounded_per_source_address(keys: Keys) -> None:
     async def scenario() -> None:
         settings = replace(TcpConfig(), max_pending=100, max_pending_per_source=3)
         async with tcp_server(keys, settings) as (carrier, port):
-            other = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))
-            flood = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+            other = await started_hello("127.0.0.1", port, local_addr=("127.0.0.2", 0))
+            flood = [await started_hello("127.0.0.1", port) for _ in range(5)]
             await asyncio.sleep(0.2)
             assert carrier.pending == 4  # three from the flooding address, one from the other
             await closed_by_server(flood[0][0], within=0.5)  # the oldest of that address
@@ -302,5 +314,24 @@ def test_a_trickled_hello_wakes_the_listener_a_few_times(
             assert len(hello) // 4 > 100
             assert reads <= 10, reads
             writer.close()
+
+    run(scenario)
+
+
+def test_a_connection_that_sends_nothing_is_not_accepted(keys: Keys) -> None:
+    # TCP_DEFER_ACCEPT: the kernel keeps a silent connection to itself; before, each cost a
+    # task, a timer and a pending slot (evicting the oldest) for `handshake_timeout`.
+    async def scenario() -> None:
+        async with tcp_server(keys, TcpConfig(max_pending=2)) as (carrier, port):
+            silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
+            await asyncio.sleep(0.3)
+            assert carrier.pending == 0
+            reader, writer = await started_hello("127.0.0.1", port)
+            async with asyncio.timeout(2):
+                while carrier.pending == 0:
+                    await asyncio.sleep(0.01)
+            assert carrier.pending == 1
+            for _, w in [*silent, (reader, writer)]:
+                w.close()
 
     run(scenario)
