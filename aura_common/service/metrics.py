@@ -283,10 +283,15 @@ class RouterCollector(Collector):
             _add_link(out, role, links.get(role))
         dropped = out.counter("aura_router_dropped_packets",
                               "IP packets the router dropped: no session owns the destination "
-                              "(unroutable) or the source is not the peer's (spoofed).",
+                              "(unroutable), the source is not the peer's (spoofed), or they "
+                              "waited too long in the queue read from the TUN (queue).",
                               ["reason"])
         dropped.add_metric(["unroutable"], sessions.unroutable)
         dropped.add_metric(["spoofed"], sessions.spoofed)
+        dropped.add_metric(["queue"], router.queue.dropped)
+        out.counter("aura_router_ecn_marked_packets",
+                    "IP packets from the TUN marked Congestion Experienced instead of dropped "
+                    "(their sender is ECN-capable).", []).add_metric([], router.queue.marked)
         handshakes = out.counter("aura_router_handshakes",
                                  "Initiations the transports forwarded: answered, refused (did "
                                  "not authenticate, replayed, peer may not connect) or dropped "

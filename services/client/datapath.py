@@ -1,7 +1,11 @@
 """The data path: packets from the TUN into the live path, and payloads from it back.
 
-Reads are batched (up to `TUN_READ_LIMIT` packets per readiness); decrypted payloads that are
-IP packets go to the TUN in one write, the rest are in-tunnel control messages.
+Each readiness reads everything the TUN holds (up to `TUN_READ_LIMIT` reads) into a flow queue
+(`netio.fq`), and each turn of the event loop seals and sends at most `TURN_BYTES` of it,
+sparse flows first: a ping or an acknowledgement waits for one turn of a bulk upload, not for
+its whole backlog in the kernel's TUN ring, and the backlog is bounded (CoDel, and a byte limit
+sized to a few milliseconds at the rate it drains). Decrypted payloads that are IP packets go
+to the TUN in one write, the rest are in-tunnel control messages.
 """
 
 from __future__ import annotations
@@ -9,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
+from aura_common.netio.fq import FlowQueue
 from aura_common.wire.control import ControlError, ControlMessage, decode_control
 from services.client.path import Path
 from services.client.tunnel import TunnelDevice
@@ -18,6 +24,9 @@ from services.client.tunnel import TunnelDevice
 log = logging.getLogger("aura-client")
 
 TUN_READ_LIMIT = 256
+# Bytes sealed and sent per turn of the event loop: between turns the loop reads the TUN
+# again (new flows go first) and the carrier's socket (acknowledgements of the upload).
+TURN_BYTES = 64 << 10
 
 
 def new_counters() -> dict[str, int]:
@@ -37,6 +46,8 @@ class DataPath:
         self.control = control
         self.fatal = fatal
         self.counters = new_counters()
+        self.queue = FlowQueue()
+        self._sending = False  # a turn of `_send_turn` is scheduled
         self._loop = asyncio.get_running_loop()
 
     def start(self) -> None:
@@ -53,11 +64,22 @@ class DataPath:
             self._loop.remove_reader(self.tun.tun.fileno())
             self.fatal(f"reading {self.tun.name} failed: {error.strerror}")
             return
+        if packets and self.current() is not None:
+            self.queue.push(packets, time.monotonic())
+            if not self._sending:
+                self._send_turn()
+
+    def _send_turn(self) -> None:
+        self._sending = False
         path = self.current()
+        packets = self.queue.pop(TURN_BYTES, time.monotonic())
         if packets and path is not None:
             self.counters["tx_packets"] += len(packets)
             self.counters["tx_bytes"] += sum(map(len, packets))
             path.send(packets)
+        if self.queue:
+            self._sending = True
+            self._loop.call_soon(self._send_turn)
 
     def received(self, packets: list[bytes]) -> None:
         """Decrypted payloads from a path."""

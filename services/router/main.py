@@ -51,6 +51,7 @@ from aura_common.ipc.frames import (
     TransportState,
 )
 from aura_common.netio import link
+from aura_common.netio.fq import FlowQueue
 from aura_common.netio.tun import QUEUE_PACKETS, Tun
 from aura_common.pki import ca
 from aura_common.pki.keys import load_server_private_key
@@ -86,6 +87,12 @@ MISDIRECTED_WARN_INTERVAL = 10.0
 # packets, or 64 of the largest (TSO) reads.
 TUN_READ_LIMIT = QUEUE_PACKETS
 TUN_READ_BYTES = 64 * (64 << 10)
+# What the TUN gave waits in a flow queue (`netio.fq`), not in the device's ring: each turn of
+# the event loop dispatches at most TURN_BYTES of it, sparse flows first, so a ping or an
+# acknowledgement towards a client waits for one turn of a bulk download, not for its whole
+# backlog; CoDel and a byte limit sized to a few milliseconds at the rate it drains bound
+# the backlog.
+TURN_BYTES = 256 << 10
 LIMITS_INTERVAL = 0.25  # a peer past its quota or expiry is cut off within this (plus IPC)
 # How often leases a busy lock kept in memory are written again.
 LEASE_FLUSH_INTERVAL = 2.0
@@ -144,6 +151,8 @@ class Router:
         self.transports: dict[ipc.Channel, str] = {}
         self._warned_at: dict[tuple[ipc.Channel, str], float] = {}  # by link and kind
         self.tun: Tun | None = None
+        self.queue = FlowQueue()  # read from the TUN, not yet dispatched
+        self._dispatching = False  # a turn of `_dispatch_turn` is scheduled
         self.manifest: SignedManifest | None = None
         self.gate = Gate()
         self.refused_since: dict[str, float] = {}  # when the gate refused each peer (Unix time)
@@ -520,6 +529,16 @@ class Router:
         packets = self.tun.read_batch(TUN_READ_LIMIT, TUN_READ_BYTES)
         if packets:
             self._handshake_share.data_moved(time.monotonic())
+        self.queue.push(packets, time.monotonic())
+        if not self._dispatching:
+            self._dispatch_turn()
+
+    def _dispatch_turn(self) -> None:
+        self._dispatching = False
+        packets = self.queue.pop(TURN_BYTES, time.monotonic())
+        if self.queue:
+            self._dispatching = True
+            asyncio.get_running_loop().call_soon(self._dispatch_turn)
         # One frame per transport for all its peers (ipc.Channel.send_packets).
         by_link: dict[ipc.Channel, list[tuple[str, list[bytes]]]] = {}
         for session, batch in self.sessions.dispatch(packets).items():

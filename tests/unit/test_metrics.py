@@ -169,7 +169,8 @@ def router_state() -> SimpleNamespace:
     return SimpleNamespace(registry=registry, sessions=sessions, transports={},
                            usage=Usage("/nonexistent/usage.json", {"alice": 5, "bob": 2000}),
                            gate=Gate(), handshakes_answered=7, handshakes_refused=2,
-                           handshakes_dropped=1, tun=None)
+                           handshakes_dropped=1, tun=None,
+                           queue=SimpleNamespace(dropped=5, marked=6))
 
 
 def test_the_tun_devices_kernel_drops_are_the_routers_metric() -> None:
@@ -206,6 +207,9 @@ def test_router_metrics_follow_the_session_table() -> None:
     assert registry.get_sample_value("aura_router_sessions", {"transport": "quic"}) == 1
     assert registry.get_sample_value("aura_router_dropped_packets_total",
                                      {"reason": "unroutable"}) == 1
+    assert registry.get_sample_value("aura_router_dropped_packets_total",
+                                     {"reason": "queue"}) == 5
+    assert registry.get_sample_value("aura_router_ecn_marked_packets_total") == 6
     assert registry.get_sample_value("aura_registry_peers") == 2
     assert [registry.get_sample_value("aura_router_handshakes_total", {"outcome": outcome})
             for outcome in ("answered", "refused", "dropped")] == [7, 2, 1]

@@ -12,13 +12,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from aura_common.ipc.frames import Packets
 from aura_common.netio.offload import VNET_HDR_LEN
 from aura_common.netio.tun import QUEUE_PACKETS, Tun
 from aura_common.state.registry import RegisteredPeer
+from services.router import main as router_main
 from tests.unit.router_fakes import FakeTransport, claim, ipv4, new_router, router_config
 
 PLAIN = bytes(VNET_HDR_LEN)  # no offload: one plain packet per read
+TURN_BYTES = 32 << 10  # a few turns' backlog fits the flow queue's smallest limit
 
 
 @contextmanager
@@ -64,3 +68,42 @@ def test_one_turn_reads_a_full_queue_of_small_packets(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
 
+
+
+def test_a_ping_reply_overtakes_the_backlog_of_a_bulk_download(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What one read takes from the TUN waits in the router's flow queue; each turn of the
+    loop dispatches TURN_BYTES of it, and a packet of a flow with nothing queued goes first."""
+    monkeypatch.setattr(router_main, "TURN_BYTES", TURN_BYTES)
+    config = router_config(tmp_path, RegisteredPeer("bob", b"b" * 32, address_v4="10.77.0.3"))
+
+    async def scenario() -> None:
+        router = new_router(config)
+        udp = FakeTransport()
+        router.transports[udp] = "udp"  # type: ignore[index]
+        claim(router, udp, "bob")
+        with tun_pair() as (tun, kernel):
+            router.tun = tun
+            download = [ipv4("10.77.0.1", "10.77.0.3", b"\x14\x51\x9c\x40" + bytes(1400))
+                        for _ in range(3 * TURN_BYTES // 1424)]
+            for packet in download:
+                kernel.send(PLAIN + packet)
+            udp.frames.clear()
+            router._tun_readable()
+            first_turn = len(sent_packets(udp))
+            assert 0 < first_turn * 1424 <= TURN_BYTES + 1424
+            reply = ipv4("10.77.0.1", "10.77.0.3", b"\x00\x00\xab\xcd" + bytes(60))
+            kernel.send(PLAIN + reply)
+            router._tun_readable()
+            await asyncio.sleep(0)  # the next turn
+            assert sent_packets(udp)[first_turn] == reply
+            await asyncio.sleep(0.01)  # the following turns dispatch the rest
+            router.tun = None
+        assert sent_packets(udp) == [*download[:first_turn], reply, *download[first_turn:]]
+
+    asyncio.run(scenario())
+
+
+def sent_packets(transport: FakeTransport) -> list[bytes]:
+    return [p for f in transport.frames if isinstance(f, Packets) for _, ps in f.batches
+            for p in ps]
