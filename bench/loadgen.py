@@ -167,7 +167,7 @@ class Generator:
         sent, carry = 0, 0.0
         for initiator in self.initiators:
             initiator.echo = echo_request(initiator.address, self.target, initiator.index, 1)
-        start = time.monotonic()
+        start, cpu_start = time.monotonic(), time.process_time()
         cursor = 0
         slot = 0
         while time.monotonic() - start < seconds:
@@ -184,9 +184,10 @@ class Generator:
             # Always yield: the replies must be read even when sending runs late.
             await asyncio.sleep(max(start + slot * SEND_SLOT - time.monotonic(), 0))
         elapsed = time.monotonic() - start
+        cpu = time.process_time() - cpu_start  # this process's user + system time
         await asyncio.sleep(2.0)  # the last replies
         received = sum(i.replies for i in self.initiators)
-        return {"sent": sent, "received": received, "seconds": elapsed,
+        return {"sent": sent, "received": received, "seconds": elapsed, "cpu_seconds": cpu,
                 "offered_per_s": sent / elapsed,
                 "peers_without_reply": sum(1 for i in self.initiators if not i.replies)}
 

@@ -57,6 +57,7 @@ class Scale:
     sent: int
     received: int
     offered_per_s: float
+    load_cpu_seconds: float  # the load generator's CPU time over the steady phase
     bulk_solo_bps: float
     bulk_loaded_bps: float
     rss_idle: Rss
@@ -359,7 +360,8 @@ def run(peers: int, rate: float, seconds: float) -> Scale:
         lab.close()
     connect, steady = result["connect"], result["steady"]
     return Scale(peers, connect["connected"], connect["seconds"], steady["sent"],
-                 steady["received"], steady["offered_per_s"], solo, loaded, rss_idle,
+                 steady["received"], steady["offered_per_s"], steady["cpu_seconds"], solo,
+                 loaded, rss_idle,
                  rss_connected, status_idle, status_connected, status_idle_peers, status_peers,
                  result["ramp"], router_after[0] - router_before[0],
                  router_after[1] - router_before[1], kernel, cpu_solo, cpu_loaded)
@@ -401,8 +403,9 @@ def table(s: Scale) -> str:
          f"under load / alone: aura-udp {loaded.udp} / {solo.udp}, aura-router "
          f"{loaded.router} / {solo.router}, bulk client {loaded.bulk_client} / "
          f"{solo.bulk_client}, iperf3 {loaded.iperf} / {solo.iperf}; load generator "
-         f"{loaded.load_generator}; the machine {loaded.machine:.2f} / {solo.machine:.2f} "
-         f"busy of {loaded.cores}",
+         f"{loaded.load_generator}, {1e6 * s.load_cpu_seconds / max(s.sent, 1):.0f} µs per "
+         f"echo request; the machine {loaded.machine:.2f} / {solo.machine:.2f} busy of "
+         f"{loaded.cores}",
          f"bulk client x{loaded.bulk_client.total / max(solo.bulk_client.total, 1e-3):.2f} "
          "of its CPU alone"),
         ("`aura status` request", f"{1e3 * s.status_connected_s:.1f} ms with {s.status_peers} "

@@ -353,7 +353,9 @@ def send_batch(
     `len(datagrams) - returned` as dropped.
     """
     sent = 0
-    use_gso = sock not in _sockets_without_gso
+    # A lone datagram (a server's reply to each of many peers) needs no segmentation, and
+    # asking the weak set whether the socket refused it costs a third of its Python.
+    use_gso = len(datagrams) > 1 and sock not in _sockets_without_gso
     wanted_origin = origin = _source_cmsg(sock, source)
     index, count = 0, len(datagrams)
     while index < count:
