@@ -94,5 +94,6 @@ def test_each_readme_table_has_the_layout_its_bench_writes() -> None:
     share = scale.CpuShare(cores, cores, cores, cores, cores, 2.0, 2)
     run = scale.Scale(1000, 1000, 5.0, 1000, 1000, 100.0, 1.0, 1e9, 1e9, scale.Rss(512, 512),
                       scale.Rss(1024, 1024), 0.01, 0.01,
-                      1, 1000, ramp, 1000, 1000, scale.KernelDrops(0, 0, 0), share, share)
+                      1, 1000, ramp, 1000, 1000, scale.KernelDrops(0, 0, 0), share, share,
+                      1.0)
     assert rows(blocks["scale"]) == rows(scale.table(run))
