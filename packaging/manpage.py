@@ -96,6 +96,16 @@ Unix sockets of the router and the signer.
 Client configuration used by
 .BR aura-client@NAME.service .
 .TP
+.I /var/lib/aura-client
+That unit's client state:
+.I NAME.state.json
+the newest bridge manifest,
+.I NAME.state.dns.json
+the record of the DNS change it made (a client run by hand keeps both beside its config).
+.TP
+.I /run/aura-client
+Control sockets of running clients.
+.TP
 .I /opt/aura/venv
 The private Python environment the package carries.
 .TP

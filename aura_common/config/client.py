@@ -113,8 +113,9 @@ class ClientConfig(ConfigFile):
         "the signed bridge manifest, once one exists", hash=False)
     runtime_dir: str = key("/run/aura-client", AbsolutePath(),
                            "control socket of the running client")
-    state_file: str | None = key(None, Optional(AbsolutePath()),
-                                 "newer manifests; null = beside this file")
+    state_file: str | None = key(
+        None, Optional(AbsolutePath()),
+        "newer manifests; null = beside this file (or in systemd's StateDirectory)")
     keepalive: int = key(25, Integer(0, 65535), "seconds; 0 disables")
     path: str | None = field(default=None, compare=False)
 

@@ -151,10 +151,11 @@ def _replace(path: str, text: str) -> None:
     try:
         write_atomic(path, text.encode("utf-8", "surrogateescape"), mode=0o644)
     except OSError as error:
-        if error.errno != errno.EBUSY:
+        if error.errno not in (errno.EBUSY, errno.EROFS):
             raise
-        # The file is a mount point (a container's or a bind mount): it cannot be replaced,
-        # only rewritten in place. O_NOFOLLOW: never write through a planted symlink.
+        # The file is a mount point (a container's, or the writable one in a read-only /etc
+        # that aura-client@.service's ReadWritePaths= makes): it cannot be replaced, only
+        # rewritten in place. O_NOFOLLOW: never write through a planted symlink.
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
         with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as file:
             file.write(text)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aura_common.config import ClientConfig
@@ -37,8 +38,20 @@ def log_stray_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]
     log.debug("traceback of the ignored error", exc_info=error)
 
 
+def state_in_state_directory(config: ClientConfig, environ: Mapping[str, str]) -> ClientConfig:
+    """Under `aura-client@.service` the config's folder is read-only (ProtectSystem=strict):
+    a config that names no `state_file` keeps its state in the unit's StateDirectory instead."""
+    directory = environ.get("STATE_DIRECTORY")
+    if config.state_file is not None or not directory:
+        return config
+    # systemd lists one path per StateDirectory= entry; the unit has one.
+    state_file = os.path.join(directory.split(":")[0], f"{config.name}.state.json")
+    return dataclasses.replace(config, state_file=state_file)
+
+
 async def _run(config: ClientConfig) -> None:
     refuse_foreign_paths(config)
+    config = state_in_state_directory(config, os.environ)
     asyncio.get_running_loop().set_exception_handler(log_stray_exception)
     daemon = ClientDaemon(config)
     # A signal stops the daemon as `down` does: it takes its routes and DNS back itself.

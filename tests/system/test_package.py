@@ -45,7 +45,7 @@ GENERATED = "/run/systemd/generator"
 ACCOUNTS = SERVICES  # each service runs as the system user of its own name
 # `systemd-analyze security` exposure each unit must stay at or below (10 = unconfined).
 EXPOSURE_LIMITS = {"aura-router": 2.0, "aura-signer": 0.5, "aura-udp": 1.5, "aura-tcp": 1.5,
-                   "aura-quic": 1.5}
+                   "aura-quic": 1.5, "aura-client@x": 1.9}
 
 
 @dataclass
@@ -467,6 +467,56 @@ def test_aura_client_passes_traffic(setup: Setup) -> None:
     lab.wait_for(is_up, timeout=30, interval=0.5, what="aura client up")
     assert _ping_until(setup, timeout=20, ns=aura_ns), (
         (setup.work / "aura-client.log").read_text()[-2000:])
+
+
+
+def test_client_unit_stores_the_manifest_and_applies_dns(setup: Setup) -> None:
+    """aura-client@NAME.service, sandboxed as packaged, in a namespace of its own inside the
+    container: the manifest the server pushes is stored, the DNS servers are applied and put
+    back at stop, and nothing in the journal is refused by the sandbox."""
+    box = setup.box
+    box.run("ip netns add cl3 && ip link add vc0 type veth peer name vc1 netns cl3"
+            " && ip addr add 10.99.3.1/24 dev vc0 && ip link set vc0 up"
+            " && ip -n cl3 addr add 10.99.3.2/24 dev vc1 && ip -n cl3 link set vc1 up"
+            " && ip -n cl3 route add default via 10.99.3.1")
+    box.run(["aura", "provision-client", "erin", "--format", "aura", "--output", "/root/erin.yaml"])
+    document = yaml.safe_load(box.read("/root/erin.yaml"))
+    document["interface"]["dns"] = ["10.77.0.53"]
+    document.pop("manifest", None)  # so the server's, pushed in-tunnel, is what gets stored
+    box.run("mkdir -p /etc/aura/clients /etc/systemd/system/aura-client@erin.service.d"
+            " && install -m 600 /dev/stdin /etc/aura/clients/erin.yaml",
+            input=yaml.safe_dump(document))
+    box.run("printf '[Service]\\nNetworkNamespacePath=/run/netns/cl3\\n'"
+            " > /etc/systemd/system/aura-client@erin.service.d/netns.conf"
+            " && systemctl daemon-reload")
+    resolv_before = box.read("/etc/resolv.conf")
+    box.run(["systemctl", "start", "aura-client@erin"], timeout=60)
+
+    def status() -> dict[str, Any]:
+        out = box.run(["aura", "client", "status", "/etc/aura/clients/erin.yaml", "--json"],
+                      check=False).stdout
+        return json.loads(out) if out.startswith("{") else {}
+
+    def settled() -> bool:
+        now = status()
+        return (now.get("state") == "up" and now.get("manifest_serial", 0) > 0
+                and now.get("dns_applied_with") is not None)
+
+    journal = ["journalctl", "-u", "aura-client@erin", "-o", "cat", "--no-pager"]
+    try:
+        setup.lab.wait_for(settled, timeout=30, interval=0.5, what="client unit up")
+    except AssertionError as failure:
+        raise AssertionError(f"{failure}: {status()}\n{box.run(journal).stdout}") from None
+    assert status()["dns_applied_with"] == "file"  # Debian's default: no resolved, no resolvconf
+    assert "nameserver 10.77.0.53" in box.read("/etc/resolv.conf")
+    stored = json.loads(box.read("/var/lib/aura-client/erin.state.json"))
+    assert stored, "no manifest stored"
+    box.run(["systemctl", "stop", "aura-client@erin"], timeout=60)
+    assert box.read("/etc/resolv.conf") == resolv_before
+    log = box.run(journal).stdout
+    for refused in ("Read-only file system", "Permission denied", "Operation not permitted",
+                    "could not", "ignored:"):
+        assert refused not in log, log
 
 
 # -- without systemd ---------------------------------------------------------------------------

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from ipaddress import ip_interface
 
 import pytest
 
-from services.client.process import log_stray_exception
+from aura_common.config import ClientConfig
+from aura_common.config.client import ClientInterface, ClientServer
+from services.client.process import log_stray_exception, state_in_state_directory
 
 
 def _fail() -> None:
@@ -48,3 +51,27 @@ def test_a_context_without_an_exception_is_logged_as_its_message(
         loop.close()
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (logging.WARNING, "ignored: Task was destroyed but it is pending!")]
+
+
+def _config(path: str, state_file: str | None = None) -> ClientConfig:
+    return ClientConfig(
+        name="alice", path=path, state_file=state_file,
+        interface=ClientInterface(bytes(32), (ip_interface("10.77.0.2/32"),)),
+        server=ClientServer(bytes(32), "192.0.2.1", bytes(32)),
+    )
+
+
+def test_under_the_unit_the_state_goes_to_its_state_directory() -> None:
+    # aura-client@.service: the config's folder is read-only, STATE_DIRECTORY is writable.
+    config = state_in_state_directory(_config("/etc/aura/clients/alice.yaml"),
+                                      {"STATE_DIRECTORY": "/var/lib/aura-client"})
+    assert config.manifest_state_file == "/var/lib/aura-client/alice.state.json"
+    assert config.dns_state_file == "/var/lib/aura-client/alice.state.dns.json"
+
+
+def test_by_hand_the_state_stays_beside_the_config_and_a_named_state_file_wins() -> None:
+    by_hand = state_in_state_directory(_config("/home/me/alice.yaml"), {})
+    assert by_hand.manifest_state_file == "/home/me/alice.state.json"
+    named = _config("/etc/aura/clients/alice.yaml", "/srv/alice.json")
+    assert state_in_state_directory(named, {"STATE_DIRECTORY": "/var/lib/aura-client"}) == named
+    assert named.manifest_state_file == "/srv/alice.json"
