@@ -172,7 +172,10 @@ def write_atomic(
         try:
             with os.fdopen(fd, "wb") as f:
                 os.fchmod(f.fileno(), mode)
-                if owner is not None:
+                # Only when it changes something: a sandboxed client may not call chown at
+                # all (aura-client@.service: SystemCallFilter=~@privileged).
+                created = os.fstat(f.fileno())
+                if owner is not None and (created.st_uid, created.st_gid) != owner:
                     os.fchown(f.fileno(), owner[0], owner[1])
                 f.write(data)
                 f.flush()

@@ -217,3 +217,15 @@ def test_a_file_in_a_folder_one_may_search_but_not_list_is_read() -> None:
         assert outcome == {"read": "secret"}
     finally:
         shutil.rmtree(folder)
+
+
+def test_a_file_already_the_right_owners_is_not_chowned(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under aura-client@.service chown is filtered out (EPERM); the client's own files need none.
+    def refused(*args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchown", refused)
+    target = tmp_path / "alice.state.dns.json"
+    write_atomic(target, b"{}", owner=(os.geteuid(), os.getegid()))
+    assert target.read_bytes() == b"{}"

@@ -3,16 +3,19 @@ a crash and is replayed at the next start, and the system is detected."""
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from aura_common.errors import AuraError
+from services.client import dns as dns_module
 from services.client.dns import SystemDns, detect, strategies
 
 SERVERS = (ipaddress.ip_address("10.77.0.1"), ipaddress.ip_address("fd77:7777::1"))
@@ -91,6 +94,28 @@ def test_file_is_rewritten_and_given_back(record: Path, runner: FakeRunner,
     dns.restore()
     assert conf.read_text() == ORIGINAL and not record.exists() and runner.calls == []
 
+
+
+def test_file_in_a_read_only_folder_is_rewritten_in_place(
+        record: Path, runner: FakeRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # aura-client@.service: /etc is read-only, only resolv.conf itself is writable, so no
+    # temporary file can be made beside it (EROFS).
+    conf = tmp_path / "resolv.conf"
+    conf.write_text(ORIGINAL)
+    write_atomic = dns_module.write_atomic
+
+    def read_only_folder(path: str, data: bytes, **kwargs: Any) -> None:
+        if path == str(conf):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+        write_atomic(path, data, **kwargs)
+
+    monkeypatch.setattr(dns_module, "write_atomic", read_only_folder)
+    inode = conf.stat().st_ino
+    dns = system(record, runner, "file", conf)
+    dns.apply("aura-alice", SERVERS)
+    assert conf.read_text().splitlines()[1:] == ["nameserver 10.77.0.1", "nameserver fd77:7777::1"]
+    dns.restore()
+    assert conf.read_text() == ORIGINAL and conf.stat().st_ino == inode and not record.exists()
 
 def test_file_that_was_a_symlink_or_absent_comes_back_so(
     record: Path, runner: FakeRunner, tmp_path: Path
