@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import socket
+import struct
+import termios
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -72,6 +75,15 @@ def _tune_buffers(sock: socket.socket) -> None:
         except PermissionError:
             # Unprivileged: the kernel caps this at net.core.wmem_max / rmem_max.
             sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+
+
+def _unread_bytes(sock: socket.socket) -> int:
+    """The bytes of every frame waiting in the socket (SIOCINQ sums a SOCK_SEQPACKET queue)."""
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD,
+                                                   bytes(4)))[0])
+    except OSError:
+        return 0
 
 
 class Channel:
@@ -277,7 +289,13 @@ class Channel:
         a client's address and manifest, sent once per handshake.
         """
         now = time.monotonic()
-        if not self.aqm.should_drop(now - frame.at, now):
+        sojourn = now - frame.at
+        behind = None
+        if sojourn >= self.aqm.target:  # what waits behind its first packet matters only now
+            behind = (sum(len(packet) for _, packets in frame.batches for packet in packets)
+                      - next((len(packets[0]) for _, packets in frame.batches if packets), 0)
+                      + self._queue.size + _unread_bytes(self.sock))
+        if not self.aqm.should_drop(sojourn, now, behind):
             return frame
         droppable = [position for position, (_, packets) in enumerate(frame.batches)
                      if packets and packets[0][:1] and packets[0][0] >> 4 in (4, 6)]

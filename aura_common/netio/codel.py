@@ -18,6 +18,10 @@ import math
 
 TARGET = 0.005  # seconds of standing queue tolerated (RFC 8289's default)
 INTERVAL = 0.1  # seconds: about the longest round trip of the flows inside
+# No more than this many bytes queued behind the packet dequeued is no standing queue (RFC 8289
+# section 5.2, "maxpacket"): that packet waited because the reader was busy, not behind
+# others, and dropping it would only cost a light flow (a ping) its lone packet.
+MAX_PACKET = 1500
 
 
 class CoDel:
@@ -31,8 +35,11 @@ class CoDel:
         self._count = 0
         self._last_count = 0
 
-    def should_drop(self, sojourn: float, now: float) -> bool:
-        """Whether the packet being dequeued after waiting `sojourn` seconds is dropped."""
+    def should_drop(self, sojourn: float, now: float, behind: int | None = None) -> bool:
+        """Whether the packet being dequeued after waiting `sojourn` seconds is dropped;
+        `behind`: the bytes still queued behind it, where the caller knows them."""
+        if behind is not None and behind <= MAX_PACKET:
+            sojourn = 0.0
         above = self._above_long_enough(sojourn, now)
         if self._dropping:
             if not above:

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aura_common.netio import udp
-from aura_common.netio.codel import INTERVAL, TARGET, CoDel
+from aura_common.netio.codel import INTERVAL, MAX_PACKET, TARGET, CoDel
 
 
 def drops(codel: CoDel, sojourn: float, start: float, seconds: float, step: float = 0.001
@@ -115,3 +115,11 @@ def test_a_drop_goes_to_the_source_that_brought_the_most_bytes() -> None:
         batches = udp.recv_batch(receiver, aqm=codel)
         assert batches == [([b"light"], ("127.0.0.1", light.getsockname()[1]))]
         assert codel.dropped == 3
+
+
+def test_no_more_than_one_packet_behind_is_no_standing_queue() -> None:
+    codel = CoDel(target=0.005, interval=0.1)
+    # Every packet waited 50 ms (a busy reader), but nothing was queued behind it.
+    assert not any(codel.should_drop(0.05, t / 100, behind=MAX_PACKET) for t in range(100))
+    # The same waits with a queue behind them: dropped after an interval.
+    assert any(codel.should_drop(0.05, 1 + t / 100, behind=MAX_PACKET + 1) for t in range(100))

@@ -590,7 +590,7 @@ def test_packets_that_keep_waiting_on_the_link_are_dropped_at_dequeue_but_not_co
     async def scenario() -> None:
         sender, receiver = pair()
         receiver.aqm = CoDel(target=0.005, interval=0.0)  # drop from the second late frame
-        ip, control = b"\x45" + bytes(19), b"\xa7control"
+        ip, control = b"\x45" + bytes(999), b"\xa7control"  # more than MAX_PACKET behind
         late = time.monotonic() - 1.0
         sender.send(packets([("a", [control, ip]), ("b", [ip, ip])], late))
         sender.send(packets([("a", [control]), ("b", [ip, ip])], late))
@@ -614,7 +614,7 @@ def test_a_packet_dropped_for_waiting_is_the_busiest_peers() -> None:
     async def scenario() -> None:
         sender, receiver = pair()
         receiver.aqm = CoDel(target=0.005, interval=0.0)  # drop from the second late frame
-        light, heavy = b"\x45light" + bytes(14), b"\x45heavy" + bytes(14)
+        light, heavy = b"\x45light" + bytes(994), b"\x45heavy" + bytes(994)
         late = time.monotonic() - 1.0
         for _ in range(2):
             sender.send(packets([("a", [light]), ("b", [heavy] * 3)], late))
@@ -625,6 +625,25 @@ def test_a_packet_dropped_for_waiting_is_the_busiest_peers() -> None:
             [("a", [light]), ("b", [heavy] * 3)],
             [("a", [light]), ("b", [heavy] * 2)],
         ]
+        sender.close()
+        receiver.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_lone_late_packet_is_not_dropped_for_waiting() -> None:
+    """A packet that waited because the reader was busy, with nothing queued behind it, is no
+    standing queue (RFC 8289's maxpacket): a ping through a busy server keeps its reply."""
+    async def scenario() -> None:
+        sender, receiver = pair()
+        receiver.aqm = CoDel(target=0.005, interval=0.0)
+        ping = b"\x45" + bytes(83)
+        late = time.monotonic() - 1.0
+        for _ in range(3):
+            sender.send(packets([("a", [ping])], late))
+            [frame] = await asyncio.wait_for(receiver.recv_many(), 5)
+            assert isinstance(frame, Packets) and frame.batches == [("a", [ping])]
+        assert receiver.delay_dropped == 0
         sender.close()
         receiver.close()
 
