@@ -589,12 +589,14 @@ def test_the_admin_groups_members_together_cannot_hold_the_transports_hello_slot
 def test_packets_that_keep_waiting_on_the_link_are_dropped_at_dequeue_but_not_control() -> None:
     async def scenario() -> None:
         sender, receiver = pair()
-        receiver.aqm = CoDel(target=0.005, interval=0.0)  # drop from the second late frame
+        receiver.aqm = CoDel(target=10.0, interval=0.0)  # drop from the second late frame
         ip, control = b"\x45" + bytes(999), b"\xa7control"  # more than MAX_PACKET behind
-        late = time.monotonic() - 1.0
+        late = time.monotonic() - 100.0
         sender.send(packets([("a", [control, ip]), ("b", [ip, ip])], late))
         sender.send(packets([("a", [control]), ("b", [ip, ip])], late))
-        sender.send(packets([("a", [ip, ip])]))  # fresh: CoDel stops dropping
+        # Fresh: CoDel stops dropping. The long target keeps it fresh through any stall of a
+        # loaded test machine between this send and the read.
+        sender.send(packets([("a", [ip, ip])]))
         received: list[Frame] = []
         while len(received) < 3:
             received += await asyncio.wait_for(receiver.recv_many(), 5)
@@ -613,9 +615,9 @@ def test_packets_that_keep_waiting_on_the_link_are_dropped_at_dequeue_but_not_co
 def test_a_packet_dropped_for_waiting_is_the_busiest_peers() -> None:
     async def scenario() -> None:
         sender, receiver = pair()
-        receiver.aqm = CoDel(target=0.005, interval=0.0)  # drop from the second late frame
+        receiver.aqm = CoDel(target=10.0, interval=0.0)  # drop from the second late frame
         light, heavy = b"\x45light" + bytes(994), b"\x45heavy" + bytes(994)
-        late = time.monotonic() - 1.0
+        late = time.monotonic() - 100.0
         for _ in range(2):
             sender.send(packets([("a", [light]), ("b", [heavy] * 3)], late))
         received: list[Frame] = []
@@ -636,9 +638,9 @@ def test_a_lone_late_packet_is_not_dropped_for_waiting() -> None:
     standing queue (RFC 8289's maxpacket): a ping through a busy server keeps its reply."""
     async def scenario() -> None:
         sender, receiver = pair()
-        receiver.aqm = CoDel(target=0.005, interval=0.0)
+        receiver.aqm = CoDel(target=10.0, interval=0.0)
         ping = b"\x45" + bytes(83)
-        late = time.monotonic() - 1.0
+        late = time.monotonic() - 100.0
         for _ in range(3):
             sender.send(packets([("a", [ping])], late))
             [frame] = await asyncio.wait_for(receiver.recv_many(), 5)
