@@ -12,11 +12,26 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
 
 OWNER = ".aura-owner"
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped, after a moment for a kill to land."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return False
+        if state == "Z":
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def identity(pid: int) -> str | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -223,6 +225,20 @@ def assert_traffic(lab: Lab, ns: str, server: AuraServer) -> tuple[float, float]
     down = iperf3(lab, ns, server.internet_ns, INTERNET_HOST, reverse=True)
     assert up > 1e6 and down > 1e6, (up, down)
     return up, down
+
+
+def client_with_scratch_resolv_conf(lab: Lab, ns: str, config: Path, resolv_conf: Path,
+                                    log: Path) -> subprocess.Popen[bytes]:
+    """`aura client up --foreground` as root, /etc/resolv.conf a scratch file in its own
+    mount namespace (the host's resolver is never at stake)."""
+    script = " && ".join([
+        "mount --make-rprivate /",
+        "{ [ ! -d /run/systemd/resolve ] || mount -t tmpfs tmpfs /run/systemd/resolve; }",
+        f"mount --bind {shlex.quote(str(resolv_conf))} /etc/resolv.conf",
+        f"exec env PATH={shlex.quote(os.path.dirname(sys.executable))}:/usr/bin:/bin "
+        + shlex.join([*AURA, "client", "up", "--foreground", str(config)]),
+    ])  # fmt: skip
+    return lab.spawn(ns, ["unshare", "-m", "sh", "-c", script], log=log)
 
 
 def client_status(lab: Lab, ns: str, config: Path) -> dict[str, Any]:

@@ -7,10 +7,7 @@ directory is hidden and resolvconf left off PATH there, so the file strategy is 
 
 from __future__ import annotations
 
-import os
-import shlex
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,24 +15,13 @@ import yaml
 
 from aura_common.config import ClientConfig
 from aura_lab.netns import Lab
-from aura_lab.topology import AURA, build, client_status
+from aura_lab.topology import AURA, build, client_status, client_with_scratch_resolv_conf
 from aura_lab.topology import client_is_up as is_up
 
 pytestmark = pytest.mark.e2e
 
 ORIGINAL = "# the host's own\nnameserver 192.0.2.53\nsearch example.net\n"
 PUSHED = ["10.77.0.1", "fd77:7777::1"]
-
-
-def start_client(lab: Lab, ns: str, config: Path, resolv_conf: Path, log: Path):
-    script = " && ".join([
-        "mount --make-rprivate /",
-        "{ [ ! -d /run/systemd/resolve ] || mount -t tmpfs tmpfs /run/systemd/resolve; }",
-        f"mount --bind {shlex.quote(str(resolv_conf))} /etc/resolv.conf",
-        f"exec env PATH={shlex.quote(os.path.dirname(sys.executable))}:/usr/bin:/bin "
-        + shlex.join([*AURA, "client", "up", "--foreground", str(config)]),
-    ])  # fmt: skip
-    return lab.spawn(ns, ["unshare", "-m", "sh", "-c", script], log=log)
 
 
 def test_pushed_dns_is_applied_and_restored_on_down_and_after_a_crash(
@@ -55,7 +41,7 @@ def test_pushed_dns_is_applied_and_restored_on_down_and_after_a_crash(
     ns = server.add_client_namespace()
     log = tmp_path / "client.log"
 
-    start_client(lab, ns, config, resolv_conf, log)
+    client_with_scratch_resolv_conf(lab, ns, config, resolv_conf, log)
     lab.wait_for(lambda: is_up(lab, ns, config), timeout=30, what="client up")
     lab.wait_for(lambda: "nameserver 10.77.0.1" in resolv_conf.read_text(), what="DNS applied")
     assert [line for line in resolv_conf.read_text().splitlines() if line[:1] != "#"] == [
@@ -68,12 +54,12 @@ def test_pushed_dns_is_applied_and_restored_on_down_and_after_a_crash(
     assert resolv_conf.read_text() == ORIGINAL
 
     # Killed without a chance to clean up: the next start replays the record first.
-    crashed = start_client(lab, ns, config, resolv_conf, log)
+    crashed = client_with_scratch_resolv_conf(lab, ns, config, resolv_conf, log)
     lab.wait_for(lambda: "nameserver 10.77.0.1" in resolv_conf.read_text(), timeout=30,
                  what="DNS applied again")
     lab.stop(crashed, signal.SIGKILL)
     assert "nameserver 10.77.0.1" in resolv_conf.read_text() and record.exists()
-    start_client(lab, ns, config, resolv_conf, log)
+    client_with_scratch_resolv_conf(lab, ns, config, resolv_conf, log)
     lab.wait_for(lambda: is_up(lab, ns, config), timeout=30, what="client up after the crash")
     assert "restoring the DNS settings a previous run left (file)" in log.read_text()
     lab.wait_for(lambda: "nameserver 10.77.0.1" in resolv_conf.read_text(), what="DNS applied")

@@ -9,31 +9,17 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from aura_lab import pg
+from aura_lab.leftovers import running
 from aura_lab.netns import Lab
 
 pytestmark = pytest.mark.e2e
 
 REPO = str(Path(__file__).resolve().parents[2])
-
-
-def running(pid: str) -> bool:
-    """Alive and not a zombie waiting for whoever adopted it to reap it."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return False
-        if state == "Z":
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_close_ends_a_daemon_that_detached_itself(lab: Lab) -> None:
@@ -43,7 +29,7 @@ def test_close_ends_a_daemon_that_detached_itself(lab: Lab) -> None:
                            check=True).stdout.split()
     assert Path(f"/proc/{pid}").exists()
     lab.close()
-    assert not running(pid), "a process of the test outlived its lab"
+    assert not running(int(pid)), "a process of the test outlived its lab"
     assert ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                                     check=True).stdout
 
@@ -65,7 +51,7 @@ def test_a_killed_runs_postgres_is_reclaimed_by_the_next_and_a_live_ones_kept() 
                            timeout=120, env={**os.environ, "PYTHONPATH": REPO})  # fmt: skip
     assert child.returncode == -signal.SIGKILL, child.stderr
     leaked = Path(child.stdout.strip())
-    postmaster = (leaked / "data" / "postmaster.pid").read_text().split()[0]
+    postmaster = int((leaked / "data" / "postmaster.pid").read_text().split()[0])
     assert running(postmaster), "the killed run's server should still run"
     unmarked = Path(tempfile.mkdtemp(prefix=pg.PREFIX))  # being made by a run right now
     try:

@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ import pytest
 import yaml
 
 from aura_lab.netns import Lab
-from aura_lab.topology import AURA, build
+from aura_lab.topology import AURA, build, client_with_scratch_resolv_conf
 from aura_lab.users import as_user
 
 pytestmark = pytest.mark.e2e
@@ -143,20 +141,6 @@ def test_server_init_follows_no_link_another_account_put_on_the_way(
 
 
 # -- the client ------------------------------------------------------------------------------
-def start_client(lab: Lab, ns: str, config: Path, resolv_conf: Path, log: Path
-                 ) -> subprocess.Popen[bytes]:
-    """`aura client up --foreground` as root, /etc/resolv.conf a scratch file in its own
-    mount namespace (the host's resolver is never at stake)."""
-    script = " && ".join([
-        "mount --make-rprivate /",
-        "{ [ ! -d /run/systemd/resolve ] || mount -t tmpfs tmpfs /run/systemd/resolve; }",
-        f"mount --bind {shlex.quote(str(resolv_conf))} /etc/resolv.conf",
-        f"exec env PATH={shlex.quote(os.path.dirname(sys.executable))}:/usr/bin:/bin "
-        + shlex.join([*AURA, "client", "up", "--foreground", str(config)]),
-    ])  # fmt: skip
-    return lab.spawn(ns, ["unshare", "-m", "sh", "-c", script], log=log)
-
-
 def users_client(lab: Lab, tmp_path: Path, user: pwd.struct_passwd,
                  **keys: str) -> tuple[str, Path]:
     """A client config provisioned by root and handed to `user` in the user's own folder,
@@ -191,7 +175,7 @@ def test_a_dns_record_the_configs_owner_planted_is_not_replayed(
     record_path = config.parent / f"{config.stem}.state.dns.json"
     plant(mallory, {}, {record_path: json.dumps(record)})
     log = tmp_path / "client.log"
-    client = start_client(lab, ns, config, resolv_conf, log)
+    client = client_with_scratch_resolv_conf(lab, ns, config, resolv_conf, log)
     try:
         lab.wait_for(lambda: "tunnel device" in log.read_text(), timeout=30,
                      what="the client past its DNS recovery")
@@ -209,7 +193,7 @@ def test_a_config_another_account_owns_may_not_say_where_root_writes(
     ns, config = users_client(lab, tmp_path, mallory, state_file=str(victim))
     log = tmp_path / "client.log"
     resolv_conf = root_file(tmp_path / "resolv.conf", b"nameserver 192.0.2.53\n")
-    client = start_client(lab, ns, config, resolv_conf, log)
+    client = client_with_scratch_resolv_conf(lab, ns, config, resolv_conf, log)
     try:
         status = client.wait(30)
     finally:

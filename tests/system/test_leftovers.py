@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -31,20 +30,6 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def running(pid: int) -> bool:
-    """Alive and not a zombie, after a moment for a kill to land."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return False
-        if state == "Z":
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def test_a_killed_runs_container_is_reclaimed_and_a_live_runs_kept(lab: Lab) -> None:
     reason = containers.unavailable()
     if reason:
@@ -55,14 +40,15 @@ def test_a_killed_runs_container_is_reclaimed_and_a_live_runs_kept(lab: Lab) -> 
     assert child.returncode == -signal.SIGKILL, child.stderr
     folder, nspawn, leader = child.stdout.split()
     run_dir = Path(folder)
-    assert (run_dir / "root").is_mount() and running(int(nspawn)) and running(int(leader))
+    assert (run_dir / "root").is_mount()
+    assert leftovers.running(int(nspawn)) and leftovers.running(int(leader))
     live = containers.RUNS_DIR / f"aura-live-{uuid.uuid4().hex[:8]}"  # a run still going
     live.mkdir(parents=True)
     leftovers.mark(live)
     try:
         reclaimed = containers.reclaim_abandoned()
         assert run_dir in reclaimed and live not in reclaimed
-        assert not running(int(leader)) and not running(int(nspawn))
+        assert not leftovers.running(int(leader)) and not leftovers.running(int(nspawn))
         assert not run_dir.exists() and live.exists()
         mounts = Path("/proc/self/mountinfo").read_text()
         assert str(run_dir) not in mounts
