@@ -527,9 +527,10 @@ class Router:
     def _tun_readable(self) -> None:
         assert self.tun is not None
         packets = self.tun.read_batch(TUN_READ_LIMIT, TUN_READ_BYTES)
+        now = time.monotonic()
         if packets:
-            self._handshake_share.data_moved(time.monotonic())
-        self.queue.push(packets, time.monotonic())
+            self._handshake_share.data_moved(now)
+        self.queue.push(packets, now)
         if not self._dispatching:
             self._dispatch_turn()
 
