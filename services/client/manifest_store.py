@@ -63,25 +63,39 @@ class ManifestStore:
     def accept(
         self, signed: SignedManifest, *, now: datetime.datetime | None = None
     ) -> Manifest:
-        """Verify `signed` and store it if newer; raise ManifestError (logged) if refused."""
+        """Verify `signed` and store it if newer; raise ManifestError (logged) if refused.
+
+        A manifest that verifies but cannot be stored (its folder read-only or full) is
+        still returned, so it applies until the client stops; the failure is logged as one
+        error naming the file.
+        """
         now = now or datetime.datetime.now(datetime.UTC)
-        with locked(self.path):
-            floor = self.serial
-            try:
-                manifest = verify(signed, self.ca_public_key, now=now, min_serial=floor)
-                if manifest.server_public_key != self.server_public_key:
-                    raise ManifestError(
-                        "another_server",
-                        f"it is for the server with key {_b64(manifest.server_public_key)}; "
-                        f"this client's server has key {_b64(self.server_public_key)}",
-                    )
-            except ManifestError as error:
-                log.warning("refused bridge manifest: %s", error.detail)
-                raise
-            if manifest.serial > floor:
-                write_atomic(self.path, signed.to_json().encode(), 0o600)
-                log.info("accepted bridge manifest serial %d", manifest.serial)
+        floor = self.serial
+        try:
+            manifest = verify(signed, self.ca_public_key, now=now, min_serial=floor)
+            if manifest.server_public_key != self.server_public_key:
+                raise ManifestError(
+                    "another_server",
+                    f"it is for the server with key {_b64(manifest.server_public_key)}; "
+                    f"this client's server has key {_b64(self.server_public_key)}",
+                )
+        except ManifestError as error:
+            log.warning("refused bridge manifest: %s", error.detail)
+            raise
+        if manifest.serial > floor:
+            self._store(signed, manifest.serial)
         return manifest
+
+    def _store(self, signed: SignedManifest, serial: int) -> None:
+        try:
+            with locked(self.path):
+                if serial > self.serial:  # not overtaken since it was verified
+                    write_atomic(self.path, signed.to_json().encode(), 0o600)
+                    log.info("accepted bridge manifest serial %d", serial)
+        except (OSError, AuraError) as error:
+            why = error.strerror if isinstance(error, OSError) and error.strerror else error
+            log.error("%s: cannot store bridge manifest serial %d (%s); it applies until the "
+                      "client stops", self.path, serial, why)
 
 
 def _b64(key: bytes) -> str:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import datetime
+import errno
 import json
+import logging
 import os
 import re
 import stat
 import subprocess
 import sys
+from ipaddress import ip_interface
 from pathlib import Path
 
 import pytest
@@ -17,9 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aura_common.config import ClientConfig
+from aura_common.config.client import ClientInterface, ClientServer
 from aura_common.errors import AuraError
 from aura_common.pki import manifest as m
 from services.client.manifest_store import ManifestStore
+from services.client.order import TransportOrder
 from tests.unit.strategies import json_values
 
 REPO = str(Path(__file__).resolve().parents[2])
@@ -366,6 +372,50 @@ def test_store_refuses_a_manifest_for_another_server(
     assert caught.value.reason == "another_server"
     assert "refused bridge manifest: it is for the server with key AAAA" in caplog.text
     assert store.serial == 0 and not (tmp_path / "manifest.json").exists()
+
+
+def _one_error(caplog: pytest.LogCaptureFixture) -> str:
+    problems = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.levelno for r in problems] == [logging.ERROR]
+    assert problems[0].exc_info is None
+    line = problems[0].getMessage()
+    assert "\n" not in line
+    return line
+
+
+def test_a_manifest_the_full_folder_cannot_take_is_used_and_one_error_names_the_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the OSError escaped to the carrier's callback: asyncio's "Exception in callback".
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("services.client.manifest_store.write_atomic", full)
+    path = tmp_path / "manifest.json"
+    store = ManifestStore(path, CA.public_key(), SERVER_KEY)
+    assert store.accept(m.sign(make(serial=7), CA), now=NOW).serial == 7
+    assert _one_error(caplog) == (f"{path}: cannot store bridge manifest serial 7 (No space "
+                                  "left on device); it applies until the client stops")
+    assert store.serial == 0
+
+
+def test_a_manifest_whose_lock_cannot_be_opened_is_used_by_the_order(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A real failure of the lock step: a folder where the lock file belongs.
+    state = tmp_path / "alice.state.json"
+    Path(f"{state}.lock").mkdir()
+    config = ClientConfig(
+        name="alice", path=str(tmp_path / "alice.yaml"), state_file=str(state),
+        interface=ClientInterface(bytes(32), (ip_interface("10.77.0.2/32"),)),
+        server=ClientServer(SERVER_KEY, "192.0.2.1", CA.public_key().public_bytes_raw()),
+    )
+    order = TransportOrder(config, ["udp", "quic", "tcp"])
+    issued = datetime.datetime.now(datetime.UTC)
+    order.accept_manifest(m.sign(make(serial=3, issued=issued), CA), now=0.0)
+    assert order.manifest_serial == 3 and order.changed.is_set()
+    assert _one_error(caplog).startswith(f"{state}: cannot store bridge manifest serial 3 ")
+    assert "alice.state.json.lock: not a regular file" in caplog.text and not state.exists()
 
 
 def test_store_reads_no_fifo_link_or_endless_file_in_its_place(tmp_path: Path) -> None:
