@@ -8,8 +8,10 @@ frames, and all complete frames go to the hub in one call.
 
 Unauthenticated connections are "pending": bounded in number (the oldest is closed to admit a
 new one), in number per source address (the oldest of that address is closed), in time
-(`handshake_timeout` from accept) and in bytes (MAX_UNAUTHENTICATED_BYTES read, the ClientHello
-within MAX_CLIENT_HELLO in at most MAX_RECORDS records). While the ClientHello is read, the
+(`handshake_timeout` from accept), in bytes (MAX_UNAUTHENTICATED_BYTES read, the ClientHello
+within MAX_CLIENT_HELLO in at most MAX_RECORDS records) and in reads
+(MAX_UNAUTHENTICATED_READS, so a client that trickles tiny TLS records after its handshake
+wakes the event loop a bounded number of times). While the ClientHello is read, the
 socket wakes the event loop only once the bytes that could complete it are there
 (SO_RCVLOWAT), so the wakeups a client can cause before its verdict grow with the logarithm of
 the hello's size, however it trickles its bytes. A connection leaves the pending state only
@@ -44,6 +46,10 @@ WIREGUARD_TYPES = frozenset((1, 2, 3, 4))
 # What a client may send before its WireGuard handshake completes: a ClientHello, the rest of
 # TLS and a few initiations take 3 to 8 KiB; the slack covers retries and certificates.
 MAX_UNAUTHENTICATED_BYTES = 64 << 10
+# Reads (so wakeups of the event loop) before that handshake, the ClientHello's included: a
+# client takes 3 or 4. Without it a client that finished TLS could send ~3,000 of the
+# smallest TLS records within the bytes above, each costing a wakeup and a TLS read.
+MAX_UNAUTHENTICATED_READS = 64
 
 
 def server_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
@@ -78,7 +84,7 @@ class _Closed(Exception):
 
 class _Connection:
     __slots__ = ("authenticated", "decoder", "endpoint", "incoming", "outgoing", "reader",
-                 "received", "source", "tls", "writer")
+                 "reads", "received", "source", "tls", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
@@ -88,7 +94,7 @@ class _Connection:
         self.tls: ssl.SSLObject | None = None
         self.decoder = FrameDecoder()
         self.authenticated = False
-        self.received = 0  # bytes read while unauthenticated
+        self.received = self.reads = 0  # bytes and reads while unauthenticated
 
     def wake_after(self, count: int) -> None:
         """Let the socket wake the event loop only once `count` bytes wait in it (or it ends)."""
@@ -106,8 +112,11 @@ class _Connection:
             raise _Closed("closed by the client")
         if not self.authenticated:
             self.received += len(data)
+            self.reads += 1
             if self.received > MAX_UNAUTHENTICATED_BYTES:
                 raise _Closed(f"{self.received} bytes without a WireGuard handshake")
+            if self.reads > MAX_UNAUTHENTICATED_READS:
+                raise _Closed(f"{self.reads} reads without a WireGuard handshake")
         return data
 
 

@@ -22,7 +22,12 @@ from aura_common.wireguard import Device, Transmit, generate_private_key
 from aura_common.wireguard import public_key as wg_public_key
 from services.client.carriers.tcp import Carrier as TcpClient
 from services.tcp import carrier as tcp_carrier
-from services.tcp.carrier import MAX_UNAUTHENTICATED_BYTES, TcpCarrier, server_tls_context
+from services.tcp.carrier import (
+    MAX_UNAUTHENTICATED_BYTES,
+    MAX_UNAUTHENTICATED_READS,
+    TcpCarrier,
+    server_tls_context,
+)
 from services.tcp.clienthello import MAX_RECORDS
 from services.tcp.fallback import FallbackChain
 from tests.unit.carrier_kit import Initiator, Keys, keys, new_hub, raw_key, run
@@ -314,6 +319,42 @@ def test_a_trickled_hello_wakes_the_listener_a_few_times(
             assert len(hello) // 4 > 100
             assert reads <= 10, reads
             writer.close()
+
+    run(scenario)
+
+
+def test_tiny_records_after_tls_are_read_a_bounded_number_of_times(
+        keys: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A client that finished TLS and trickles one-byte records of an initiation that never
+    # completes: before, each was a wakeup and a read, up to ~3,000 within the 64 KiB and
+    # `handshake_timeout`; now the connection is closed after MAX_UNAUTHENTICATED_READS.
+    reads = 0
+    read = tcp_carrier._Connection.read
+
+    async def counted(self: tcp_carrier._Connection) -> bytes:
+        nonlocal reads
+        reads += 1
+        return await read(self)
+
+    monkeypatch.setattr(tcp_carrier._Connection, "read", counted)
+    initiation = encode([b"\x01\0\0\0" + bytes(144)])
+
+    async def scenario() -> None:
+        async with tcp_server(keys, TcpConfig()) as (carrier, port):
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=tls_client(["aura/1"]))
+            with contextlib.suppress(ConnectionError):
+                for byte in initiation[:-1]:
+                    writer.write(bytes([byte]))  # a TLS record of its own
+                    await writer.drain()
+                    await asyncio.sleep(0.002)
+                    if reader.at_eof():
+                        break
+            await closed_by_server(reader)
+            writer.close()
+            assert len(initiation) > 2 * MAX_UNAUTHENTICATED_READS
+            assert reads <= MAX_UNAUTHENTICATED_READS + 1, reads
+            assert carrier.pending == 0
 
     run(scenario)
 
