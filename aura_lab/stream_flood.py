@@ -18,8 +18,9 @@ ones a second and at most MAX_OPENED in all. With `--sources N` connections take
 source addresses of the attacker namespace (aura_lab.flood.attacker_namespace). Prints one
 JSON line: connections opened, closed by the server, failed to open, QUIC handshakes finished,
 bytes sent, seconds, and the CPU seconds the flood itself used. Dribbled hellos are written by
-one loop, every connection's next piece each `--interval`, so that the generator's own cost
-(it shares the machine with the server) stays a fraction of what it makes the server do.
+one loop, every connection's next piece each `--interval`, and a QUIC connection's task wakes
+only for its packets and its timer, so that the generator's own cost (it shares the machine
+with the server) stays a fraction of what it makes the server do.
 """
 
 from __future__ import annotations
@@ -212,27 +213,38 @@ class Flood:
         configuration = datagram_configuration(is_client=True, idle_timeout=MAX_SECONDS)
         configuration.verify_mode = ssl.CERT_NONE
         quic = QuicConnection(configuration=configuration)
-        ended = loop.create_future()
-        sock.add(quic, ended)
+        state = _ClientState(loop.create_future(), asyncio.Event())
+        sock.add(quic, state)
         quic.connect(self.target, now=loop.time())
         self.report.opened += 1
         try:
-            while not ended.done() and loop.time() < deadline:
+            # Awake only when a packet came (it may have moved the timer) or the timer is
+            # due, so a connection that holds on costs the generator nothing. Before, each
+            # woke every 0.2 s: 200 held were 1,000 wakeups a second, a quarter of the
+            # generator's CPU, taken from the machine the measured client shares.
+            while not state.ended.done() and loop.time() < deadline:
                 sock.flush(quic)
                 timer = quic.get_timer()
-                wait = 0.2 if timer is None else min(0.2, max(0.0, timer - loop.time()))
+                until = deadline if timer is None else min(deadline, timer)
+                state.received.clear()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await asyncio.shield(ended)
+                    async with asyncio.timeout(max(0.0, until - loop.time())):
+                        await state.received.wait()
                 timer = quic.get_timer()
                 if timer is not None and timer <= loop.time():
                     quic.handle_timer(now=loop.time())
-            if ended.done():
+            if state.ended.done():
                 self.report.closed_by_server += 1
         finally:
             sock.remove(quic)
             if sock is not self.one_port:
                 sock.close()
+
+
+@dataclass
+class _ClientState:
+    ended: asyncio.Future[None]
+    received: asyncio.Event  # a packet came since the connection's task last looked
 
 
 class QuicSocket(asyncio.DatagramProtocol):
@@ -242,7 +254,7 @@ class QuicSocket(asyncio.DatagramProtocol):
     def __init__(self, flood: Flood) -> None:
         self.flood = flood
         self.transport: asyncio.DatagramTransport | None = None
-        self.connections: dict[bytes, tuple[QuicConnection, asyncio.Future[None]]] = {}
+        self.connections: dict[bytes, tuple[QuicConnection, _ClientState]] = {}
 
     @classmethod
     async def open(cls, flood: Flood, source: str | None) -> QuicSocket:
@@ -254,8 +266,8 @@ class QuicSocket(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def add(self, quic: QuicConnection, ended: asyncio.Future[None]) -> None:
-        self.connections[quic.host_cid] = (quic, ended)
+    def add(self, quic: QuicConnection, state: _ClientState) -> None:
+        self.connections[quic.host_cid] = (quic, state)
 
     def remove(self, quic: QuicConnection) -> None:
         self.connections.pop(quic.host_cid, None)
@@ -268,6 +280,7 @@ class QuicSocket(asyncio.DatagramProtocol):
         entry = self.connections.get(header.destination_cid)
         if entry is not None:
             entry[0].receive_datagram(data, addr, now=asyncio.get_running_loop().time())
+            entry[1].received.set()
             self.flush(entry[0])
 
     def flush(self, quic: QuicConnection) -> None:
@@ -280,8 +293,9 @@ class QuicSocket(asyncio.DatagramProtocol):
         while (event := quic.next_event()) is not None:
             if isinstance(event, HandshakeCompleted):
                 self.flood.report.handshakes += 1
-            elif isinstance(event, ConnectionTerminated) and not entry[1].done():
-                entry[1].set_result(None)
+            elif isinstance(event, ConnectionTerminated) and not entry[1].ended.done():
+                entry[1].ended.set_result(None)
+                entry[1].received.set()
 
     def close(self) -> None:
         if self.transport is not None:
