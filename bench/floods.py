@@ -384,9 +384,12 @@ STREAM_FLOODS: list[StreamFlood] = [
 
 def stream_flood_ratios(setup: StreamSetup, floods: list[StreamFlood], seconds: int,
                         repeat: int) -> list[dict]:
-    """Per flood: its transport's client's throughput under it over just before it, and the
-    transport process's CPU under it over just before it (a share of one core each)."""
-    measured: dict[str, dict] = {f.__name__: {"ratios": [], "cores": [], "baseline_cores": []}
+    """Per flood: its transport's client's throughput under it over just before it, the
+    transport process's CPU under it over just before it (a share of one core each), and what
+    the flood itself cost that process: its CPU under the flood less what the data it still
+    moved cost at the rate measured just before (as `flood_ratios`)."""
+    measured: dict[str, dict] = {f.__name__: {"ratios": [], "cores": [], "baseline_cores": [],
+                                              "flood_cores": []}
                                  for f in floods}
     for _ in range(repeat):
         for flood in floods:
@@ -407,6 +410,7 @@ def stream_flood_ratios(setup: StreamSetup, floods: list[StreamFlood], seconds: 
             entry["ratios"].append(under / baseline)
             entry["cores"].append(cores)
             entry["baseline_cores"].append(baseline_cores)
+            entry["flood_cores"].append(cores - baseline_cores * under / baseline)
             entry["baseline"] = baseline
             entry["report"] = flood_report(process, log, seconds + 60)
     return [{"flood": name, "ratio": statistics.median(entry["ratios"]), **entry}
@@ -428,7 +432,8 @@ def run_stream_floods(floods: list[StreamFlood], seconds: int, repeat: int) -> N
                 print(f"  {entry['flood']:<40} ratio {entry['ratio']:.2f} ({ratios}; last "
                       f"baseline {entry['baseline'] / 1e6:.0f} Mbit/s), CPU "
                       f"{statistics.median(entry['baseline_cores']):.2f} / "
-                      f"{statistics.median(entry['cores']):.2f}; last flood: "
+                      f"{statistics.median(entry['cores']):.2f}, the flood's own cost "
+                      f"{statistics.median(entry['flood_cores']):.2f}; last flood: "
                       f"{report['opened']} opened, {report['closed_by_server']} closed by the "
                       f"server, {report['handshakes']} QUIC handshakes, the flooder used "
                       f"{report['cpu_seconds'] / report['seconds']:.2f} core")
