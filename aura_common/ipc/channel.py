@@ -86,6 +86,16 @@ def _unread_bytes(sock: socket.socket) -> int:
         return 0
 
 
+def _unsent_bytes(sock: socket.socket) -> int:
+    """Bytes sent that the other side has not read (SIOCOUTQ: a Unix socket's send buffer is
+    charged for each frame until the receiver takes it), the kernel's overhead included."""
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ,
+                                                   bytes(4)))[0])
+    except OSError:
+        return 0
+
+
 class Channel:
     """One connected SEQPACKET socket carrying frames; it accepts the frames of `protocol`.
 
@@ -314,6 +324,10 @@ class Channel:
         if len(data) > self.max_frame:
             raise FrameTooLarge(f"frame of {len(data)} bytes over the limit of {self.max_frame}")
         return data
+
+    def unread_by_peer(self) -> int:
+        """Bytes of frames sent on this channel that the other side has not read yet."""
+        return _unsent_bytes(self.sock)
 
     def send(self, frame: Frame) -> bool:
         """Send without waiting. False when the socket is full (counted in `dropped`) or closed."""

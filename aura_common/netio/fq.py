@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from typing import Generic, TypeVar
 
 from aura_common.netio.codel import CoDel
 
@@ -42,6 +43,8 @@ TIME_LIMIT = 0.005
 RATE_WINDOW = 0.1
 LIMIT_FLOOR = 128 << 10
 LIMIT_CEILING = 4 << 20
+
+Outlet = TypeVar("Outlet")
 
 _ECN_MASK = 0x03
 _CE = 0x03
@@ -117,6 +120,10 @@ class FlowQueue:
 
     def __bool__(self) -> bool:
         return self.bytes > 0
+
+    def __len__(self) -> int:
+        """Packets waiting."""
+        return sum(len(flow.packets) for flow in self._flows.values())
 
     def push(self, packets: Iterable[bytes], now: float) -> None:
         flows = self._flows
@@ -197,3 +204,38 @@ class FlowQueue:
             dropped += 1
         self.dropped += dropped
         return dropped > 0
+
+
+class FlowQueues(Generic[Outlet]):
+    """A FlowQueue per outlet (the router's transport links), so an outlet that does not take
+    its packets holds back only its own flows; drops and marks are counted over all, those of
+    closed outlets included."""
+
+    def __init__(self) -> None:
+        self.queues: dict[Outlet, FlowQueue] = {}
+        self._dropped = 0  # by queues of outlets since closed
+        self._marked = 0
+
+    def __bool__(self) -> bool:
+        return any(self.queues.values())
+
+    def of(self, outlet: Outlet) -> FlowQueue:
+        queue = self.queues.get(outlet)
+        if queue is None:
+            queue = self.queues[outlet] = FlowQueue()
+        return queue
+
+    def close(self, outlet: Outlet) -> None:
+        """Forget `outlet`'s queue and what waits in it (counted dropped)."""
+        queue = self.queues.pop(outlet, None)
+        if queue is not None:
+            self._dropped += queue.dropped + len(queue)
+            self._marked += queue.marked
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped + sum(queue.dropped for queue in self.queues.values())
+
+    @property
+    def marked(self) -> int:
+        return self._marked + sum(queue.marked for queue in self.queues.values())

@@ -51,7 +51,7 @@ from aura_common.ipc.frames import (
     TransportState,
 )
 from aura_common.netio import link
-from aura_common.netio.fq import FlowQueue
+from aura_common.netio.fq import FlowQueues
 from aura_common.netio.tun import QUEUE_PACKETS, Tun
 from aura_common.pki import ca
 from aura_common.pki.keys import load_server_private_key
@@ -93,6 +93,13 @@ TUN_READ_BYTES = 64 * (64 << 10)
 # backlog; CoDel and a byte limit sized to a few milliseconds at the rate it drains bound
 # the backlog.
 TURN_BYTES = 256 << 10
+# The queue is kept per transport link, and a link gets more only while its transport has
+# less than LINK_BYTES of it unread (the kernel's count, frame overhead included): what the
+# link holds is a FIFO a ping reply cannot overtake, so the backlog waits in the flow queue
+# instead. A link over it is looked at again on the router's next TUN read or packets from a
+# transport, or after LINK_POLL if none comes first.
+LINK_BYTES = TURN_BYTES
+LINK_POLL = 0.0005
 LIMITS_INTERVAL = 0.25  # a peer past its quota or expiry is cut off within this (plus IPC)
 # How often leases a busy lock kept in memory are written again.
 LEASE_FLUSH_INTERVAL = 2.0
@@ -151,8 +158,9 @@ class Router:
         self.transports: dict[ipc.Channel, str] = {}
         self._warned_at: dict[tuple[ipc.Channel, str], float] = {}  # by link and kind
         self.tun: Tun | None = None
-        self.queue = FlowQueue()  # read from the TUN, not yet dispatched
+        self.queue: FlowQueues[ipc.Channel] = FlowQueues()  # read from the TUN, not yet sent
         self._dispatching = False  # a turn of `_dispatch_turn` is scheduled
+        self._held: asyncio.TimerHandle | None = None  # the next look at links without room
         self.manifest: SignedManifest | None = None
         self.gate = Gate()
         self.refused_since: dict[str, float] = {}  # when the gate refused each peer (Unix time)
@@ -380,6 +388,7 @@ class Router:
             for kind in ("session", "packets"):
                 self._warned_at.pop((channel, kind), None)
             self.handshakes_dropped += len(self._handshakes.pop(channel, ()))
+            self.queue.close(channel)
             for session in self.sessions.drop_link(channel):
                 self.usage.add(session.peer, session.unaccounted())
                 self._release(session.peer)
@@ -500,6 +509,8 @@ class Router:
             accepted += allowed
         if accepted and self.tun is not None:
             self.tun.write_batch(accepted)
+        if self._held is not None:  # a transport at work may have read its link meanwhile
+            self._dispatch_turn()
 
     def _refused(self, channel: ipc.Channel, peer: str) -> None:
         session = self.sessions.get(peer)
@@ -530,26 +541,40 @@ class Router:
         now = time.monotonic()
         if packets:
             self._handshake_share.data_moved(now)
-        self.queue.push(packets, now)
+        for channel, batch in self.sessions.by_link(packets).items():
+            self.queue.of(channel).push(batch, now)
         if not self._dispatching:
             self._dispatch_turn()
 
     def _dispatch_turn(self) -> None:
+        """Up to TURN_BYTES of each link's queue, as far as the link has room."""
         self._dispatching = False
-        packets = self.queue.pop(TURN_BYTES, time.monotonic())
-        if self.queue:
+        if self._held is not None:
+            self._held.cancel()
+            self._held = None
+        now = time.monotonic()
+        more = held = False
+        for outlet, queue in self.queue.queues.items():
+            if not queue:
+                continue
+            room = LINK_BYTES - outlet.unread_by_peer()
+            if room <= 0:
+                held = True
+                continue
+            # One frame per transport for all its peers (ipc.Channel.send_packets); a session
+            # that moved to another link meanwhile is sent on its new one.
+            by_link: dict[ipc.Channel, list[tuple[str, list[bytes]]]] = {}
+            for session, batch in self.sessions.dispatch(
+                    queue.pop(min(TURN_BYTES, room), now)).items():
+                by_link.setdefault(session.link, []).append((session.peer, batch))
+            for channel, batches in by_link.items():
+                channel.send_packets(batches)
+            more = more or bool(queue)
+        if more:
             self._dispatching = True
             asyncio.get_running_loop().call_soon(self._dispatch_turn)
-        # One frame per transport for all its peers (ipc.Channel.send_packets).
-        by_link: dict[ipc.Channel, list[tuple[str, list[bytes]]]] = {}
-        for session, batch in self.sessions.dispatch(packets).items():
-            link = by_link.get(session.link)
-            if link is None:
-                by_link[session.link] = [(session.peer, batch)]
-            else:
-                link.append((session.peer, batch))
-        for channel, batches in by_link.items():
-            channel.send_packets(batches)
+        elif held:  # or sooner, on the next TUN read or packets from a transport
+            self._held = asyncio.get_running_loop().call_later(LINK_POLL, self._dispatch_turn)
 
     # -- cluster: what the heartbeat publishes -------------------------------------------
     def live_transports(self) -> set[str]:

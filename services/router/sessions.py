@@ -130,6 +130,23 @@ class SessionTable(Generic[Link]):
                 del self._by_address[address]
 
     # -- data path ----------------------------------------------------------------------
+    def by_link(self, packets: Sequence[bytes]) -> dict[Link, list[bytes]]:
+        """Packets read from the TUN grouped by the link of the session that owns their
+        destination (where they will queue); the others are counted unroutable."""
+        batches: dict[Link, list[bytes]] = {}
+        by_address = self._by_address
+        for packet in packets:
+            session = by_address.get(destination_of(packet))
+            if session is None:
+                self.unroutable += 1
+                continue
+            batch = batches.get(session.link)
+            if batch is None:
+                batches[session.link] = [packet]
+            else:
+                batch.append(packet)
+        return batches
+
     def dispatch(self, packets: Sequence[bytes]) -> dict[Session[Link], list[bytes]]:
         """Group packets read from the TUN by the session that owns their destination."""
         batches: dict[Session[Link], list[bytes]] = {}

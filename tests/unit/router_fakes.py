@@ -60,6 +60,10 @@ class FakeTransport:
     def __init__(self, pid: int = 4242) -> None:
         self.peer_credentials = Credentials(pid, 900 + pid, 900)
         self.frames: list[Frame] = []
+        self.unread = 0  # bytes sent that the transport has not read
+
+    def unread_by_peer(self) -> int:
+        return self.unread
 
     async def send_reliable(self, frame: Frame) -> None:
         self.frames.append(frame)

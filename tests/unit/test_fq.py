@@ -16,6 +16,7 @@ from aura_common.netio.fq import (
     RATE_WINDOW,
     TIME_LIMIT,
     FlowQueue,
+    FlowQueues,
     flow_key,
     mark_ce,
 )
@@ -185,3 +186,16 @@ def test_every_packet_comes_out_once_in_flow_order_or_is_counted_dropped(
         mine = [p for p in sent if p[21] == flow]
         kept = [p for p in out if p[21] == flow]
         assert kept == mine[len(mine) - len(kept):]  # drops are from the head
+
+
+def test_flow_queues_count_the_drops_of_closed_outlets_and_what_was_left_in_them() -> None:
+    queues: FlowQueues[str] = FlowQueues()
+    queues.of("udp").push([ipv4(1, 2, 5, 6) for _ in range(3)], 0.0)
+    queues.of("udp").dropped = 2
+    queues.of("tcp").marked = 1
+    assert queues and queues.dropped == 2 and queues.marked == 1
+    queues.close("udp")
+    assert "udp" not in queues.queues
+    assert queues.dropped == 2 + 3 and queues.marked == 1
+    queues.close("tcp")
+    assert not queues and queues.dropped == 5 and queues.marked == 1

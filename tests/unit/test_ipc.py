@@ -736,3 +736,17 @@ def test_one_request_gets_its_reply_or_one_line_saying_what_to_do(tmp_path: Path
     with pytest.raises(ipc.NotRunning, match=r"^the echo is not running \(no answer on "
                                              r".*service\.sock\): start it$"):
         ask(path, Status(), Echo)
+
+
+def test_the_sender_sees_the_bytes_its_peer_has_not_read_yet() -> None:
+    async def scenario() -> None:
+        sender, receiver = pair()
+        assert sender.unread_by_peer() == 0
+        sender.send(packets([("a", [b"\x45" + bytes(9999)])]))
+        assert sender.unread_by_peer() >= 10000
+        await asyncio.wait_for(receiver.recv_many(), 5)
+        assert sender.unread_by_peer() == 0
+        sender.close()
+        receiver.close()
+
+    asyncio.run(scenario())

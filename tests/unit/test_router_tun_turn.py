@@ -104,6 +104,52 @@ def test_a_ping_reply_overtakes_the_backlog_of_a_bulk_download(
     asyncio.run(scenario())
 
 
+def test_a_link_with_a_backlog_unread_gets_nothing_more_and_holds_back_no_other_link(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a transport leaves LINK_BYTES unread in its link, the router keeps that link's
+    packets in the flow queue, where a ping reply read later still overtakes them; another
+    transport's link is served meanwhile."""
+    monkeypatch.setattr(router_main, "TURN_BYTES", TURN_BYTES)
+    config = router_config(tmp_path, RegisteredPeer("bob", b"b" * 32, address_v4="10.77.0.3"),
+                           RegisteredPeer("carol", b"c" * 32, address_v4="10.77.0.4"))
+
+    async def scenario() -> None:
+        router = new_router(config)
+        udp, tcp = FakeTransport(), FakeTransport(pid=4343)
+        router.transports[udp] = "udp"  # type: ignore[index]
+        router.transports[tcp] = "tcp"  # type: ignore[index]
+        claim(router, udp, "bob")
+        claim(router, tcp, "carol")
+        with tun_pair() as (tun, kernel):
+            router.tun = tun
+            to_bob = [ipv4("10.77.0.1", "10.77.0.3", b"\x14\x51\x9c\x40" + bytes(1400))
+                      for _ in range(2 * TURN_BYTES // 1424)]
+            to_carol = [ipv4("10.77.0.1", "10.77.0.4", b"\x14\x51\x9c\x41" + bytes(1400))
+                        for _ in range(2 * TURN_BYTES // 1424)]
+            for packet in to_bob + to_carol:
+                kernel.send(PLAIN + packet)
+            udp.frames.clear()
+            tcp.frames.clear()
+            router._tun_readable()
+            first_turn = len(sent_packets(udp))
+            assert 0 < first_turn < len(to_bob)
+            udp.unread = router_main.LINK_BYTES
+            reply = ipv4("10.77.0.1", "10.77.0.3", b"\x00\x00\xab\xcd" + bytes(60))
+            kernel.send(PLAIN + reply)
+            router._tun_readable()
+            await asyncio.sleep(router_main.LINK_POLL * 4)
+            assert len(sent_packets(udp)) == first_turn
+            assert sent_packets(tcp) == to_carol
+            udp.unread = 0
+            router._from_transport(udp, [])  # its transport at work: its link is looked at
+            assert sent_packets(udp)[first_turn] == reply
+            await asyncio.sleep(router_main.LINK_POLL * 4)
+            router.tun = None
+        assert sent_packets(udp) == [*to_bob[:first_turn], reply, *to_bob[first_turn:]]
+
+    asyncio.run(scenario())
+
+
 def sent_packets(transport: FakeTransport) -> list[bytes]:
     return [p for f in transport.frames if isinstance(f, Packets) for _, ps in f.batches
             for p in ps]
