@@ -97,6 +97,10 @@ _MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
 # the datagrams behind it are still there.
 _SEND_ERRORS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH,
                           errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN})
+# Told such an error (its errno) by a read or send of a connected socket: the kernel reports
+# it once, to whichever call comes first, so asking for it before each call (SO_ERROR) costs
+# a system call per read and send for nothing.
+ErrorReport = Callable[[int], None]
 
 
 class _ReceiveSlots(threading.local):
@@ -127,9 +131,12 @@ class _ReceiveSlots(threading.local):
         self.headers_address = ctypes.addressof(ctypes.c_char.from_buffer(self.headers))
         self.next_count = MMSG_SLOTS  # see CALL_BYTES
 
-    def receive(self, sock: socket.socket, count: int) -> list[tuple[int, int, int, int]]:
+    def receive(self, sock: socket.socket, count: int, on_error: ErrorReport | None = None
+                ) -> list[tuple[int, int, int, int]]:
         """Up to `count` receives (at most MMSG_SLOTS) in one call, without blocking: per
-        slot filled, (name length, control length, flags, datagram length)."""
+        slot filled, (name length, control length, flags, datagram length). An error queued
+        for an earlier send goes to `on_error` (this read then returns nothing), or is
+        skipped."""
         self.headers[:] = self.fresh_headers
         while True:
             received = _libc.recvmmsg(sock.fileno(), self.headers_address, count,
@@ -139,6 +146,9 @@ class _ReceiveSlots(threading.local):
                     memoryview(self.headers)[:received * _MMSGHDR.size]))
             error = ctypes.get_errno()
             if error in (errno.EAGAIN, errno.EWOULDBLOCK):
+                return []
+            if error in _SEND_ERRORS and on_error is not None:
+                on_error(error)
                 return []
             if error not in _SEND_ERRORS and error != errno.EINTR:
                 raise OSError(error, f"recvmmsg: {errno.errorcode.get(error, error)}")
@@ -227,8 +237,8 @@ def enable_timestamps(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
 
-def recv_batch(sock: socket.socket, limit: int = 64, aqm: CoDel | None = None
-               ) -> list[tuple[list[bytes], Endpoint]]:
+def recv_batch(sock: socket.socket, limit: int = 64, aqm: CoDel | None = None,
+               on_error: ErrorReport | None = None) -> list[tuple[list[bytes], Endpoint]]:
     """Datagrams waiting on `sock`, grouped by source, from at most `limit` receives (a
     datagram or a GRO train each; up to MMSG_SLOTS of them per system call).
 
@@ -236,10 +246,12 @@ def recv_batch(sock: socket.socket, limit: int = 64, aqm: CoDel | None = None
     other sources' datagrams came between them: a tunnel's packets stay one batch (one
     decryption run, one IPC frame) while a flood from elsewhere interleaves. Never blocks.
     With `aqm` (and `enable_timestamps`), it decides by the time each datagram waited which
-    to drop.
+    to drop. `on_error` is told an error the kernel queued for an earlier send (ICMP port
+    unreachable on a connected socket); without it, such errors are skipped.
     """
     batches: dict[Endpoint, list[bytes]] = {}
-    for datagrams, source, _local in recv_batch_with_local(sock, limit, aqm=aqm):
+    for datagrams, source, _local in recv_batch_with_local(sock, limit, aqm=aqm,
+                                                           on_error=on_error):
         if source in batches:
             batches[source].extend(datagrams)
         else:
@@ -250,6 +262,7 @@ def recv_batch(sock: socket.socket, limit: int = 64, aqm: CoDel | None = None
 def recv_batch_with_local(
     sock: socket.socket, limit: int = 64, max_bytes: int | None = None,
     aqm: CoDel | None = None, keep: Callable[[int, tuple[str, int]], bool] | None = None,
+    on_error: ErrorReport | None = None,
 ) -> list[tuple[list[bytes], Endpoint, str | None]]:
     """Like `recv_batch`, grouped by source and the local address each datagram was sent to
     (entries in the order of each one's first datagram).
@@ -273,7 +286,7 @@ def recv_batch_with_local(
             if total >= max_bytes:
                 break
             count = min(count, 1 + (max_bytes - total - 1) // _SLOT_SIZE)
-        results = slots.receive(sock, count)
+        results = slots.receive(sock, count, on_error)
         received += len(results)
         if results:
             average = sum(result[3] for result in results) // len(results)
@@ -341,7 +354,7 @@ def recv_batch_with_local(
 
 def send_batch(
     sock: socket.socket, datagrams: Sequence[bytes], destination: Endpoint,
-    source: str | None = None,
+    source: str | None = None, on_error: ErrorReport | None = None,
 ) -> int:
     """Send `datagrams` to `destination`; returns how many the kernel accepted.
 
@@ -350,7 +363,8 @@ def send_batch(
     `recv_batch_with_local` reports it) fixes the sending address; if the host no longer has
     it, the kernel picks one. A full buffer (EAGAIN, ENOBUFS) or an unreachable destination
     drops the datagrams concerned, as a full NIC queue would; the caller counts
-    `len(datagrams) - returned` as dropped.
+    `len(datagrams) - returned` as dropped. With `on_error`, an unreachable destination (or
+    an ICMP error queued for a connected socket) is told to it and ends the send.
     """
     sent = 0
     # A lone datagram (a server's reply to each of many peers) needs no segmentation, and
@@ -371,6 +385,9 @@ def send_batch(
             elif gso and error.errno in _GSO_REFUSED:
                 _sockets_without_gso.add(sock)
                 use_gso, origin = False, wanted_origin  # again, one datagram per call
+            elif on_error is not None and error.errno in _SEND_ERRORS:
+                on_error(error.errno)
+                return sent
             else:
                 index = group_end  # dropped
             continue

@@ -49,29 +49,26 @@ class Carrier(CarrierLifecycle):
         self._opening()
         asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
 
-    def _pending_error(self) -> bool:
-        """Consume an ICMP error the kernel queued for the socket; True if there was one."""
-        assert self.sock is not None
-        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if not code:
-            return False
+    def _failed(self, code: int) -> None:
+        """An error the kernel queued for the socket (an ICMP error for an earlier datagram),
+        told by the read or send that met it: the path is broken."""
         reason = os.strerror(code)
         if code == errno.ECONNREFUSED:
             host, port = self.destination
             reason += f" (ICMP port unreachable: nothing listens on udp {host}:{port})"
         self.broken(reason)
-        return True
 
     def _readable(self) -> None:
-        if self.sock is None or self._pending_error():
+        if self.sock is None:
             return
-        for datagrams, _source in udp_batch.recv_batch(self.sock, RECV_BATCH_LIMIT, self.aqm):
+        for datagrams, _source in udp_batch.recv_batch(self.sock, RECV_BATCH_LIMIT, self.aqm,
+                                                       on_error=self._failed):
             self._deliver(datagrams)
 
     def transmit(self, datagrams: Sequence[bytes]) -> None:
         # A full socket buffer drops the datagrams, as a full NIC queue would.
-        if self.sock is not None and not self._pending_error():
-            udp_batch.send_batch(self.sock, datagrams, self.destination)
+        if self.sock is not None:
+            udp_batch.send_batch(self.sock, datagrams, self.destination, on_error=self._failed)
 
     def _release(self) -> None:
         if self.sock is not None:
