@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from aura_common.config import ServerConfig
 from aura_common.errors import AuraError, ConfigError
 from aura_common.service import log as aura_log
-from aura_common.service import systemd
+from aura_common.service import loop, systemd
 
 EXIT_CONFIG = 78
 DEFAULT_CONFIG = "/etc/aura/server.yaml"
@@ -46,7 +46,7 @@ def run_service(
 
     def work() -> None:
         config = ServerConfig.load(args.config)
-        asyncio.run(supervise(main(config, args)))
+        loop.run(supervise(main(config, args)))
 
     return exit_status(logging.getLogger(name), work, config_hint=hint)
 

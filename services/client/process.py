@@ -19,6 +19,7 @@ from typing import Any
 from aura_common.config import ClientConfig
 from aura_common.config.client import refuse_foreign_paths
 from aura_common.service import log as aura_log
+from aura_common.service import loop
 from aura_common.service.shell import exit_status, supervise
 from services.client.daemon import ClientDaemon
 from services.client.path import describe
@@ -67,7 +68,7 @@ def run(config_path: str, *, verbose: bool = False, journal: bool = False) -> in
         root = logging.getLogger()
         root.removeHandler(handler)
         root.addHandler(aura_log.JournalHandler("aura-client"))
-    status = exit_status(log, lambda: asyncio.run(_run(ClientConfig.load(config_path))),
+    status = exit_status(log, lambda: loop.run(_run(ClientConfig.load(config_path))),
                          failure="stopping: ")
     if status == 0:
         log.info("stopped")
