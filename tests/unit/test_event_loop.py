@@ -55,8 +55,13 @@ def test_writers_timers_and_results_work_as_on_asyncio() -> None:
         loop = asyncio.get_running_loop()
         a, b = _pair()
         seen: list[str] = []
-        writable = loop.create_future()
-        loop.add_writer(b.fileno(), lambda: writable.done() or writable.set_result(None))
+        writable: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:
+            if not writable.done():
+                writable.set_result(None)
+
+        loop.add_writer(b.fileno(), ready)
         await writable
         loop.remove_writer(b.fileno())
         seen.append("writable")
