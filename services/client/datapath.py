@@ -64,22 +64,34 @@ class DataPath:
             self._loop.remove_reader(self.tun.tun.fileno())
             self.fatal(f"reading {self.tun.name} failed: {error.strerror}")
             return
-        if packets and self.current() is not None:
-            self.queue.push(packets, time.monotonic())
-            if not self._sending:
-                self._send_turn()
+        if not packets:
+            return
+        path = self.current()
+        if path is None:
+            return
+        if len(packets) == 1 and not self.queue:
+            # A lone packet into an empty queue would come straight out of it again (an idle
+            # ping, a keepalive): it is sent without the queue's work.
+            self._send(path, packets)
+            return
+        self.queue.push(packets, time.monotonic())
+        if not self._sending:
+            self._send_turn()
 
     def _send_turn(self) -> None:
         self._sending = False
         path = self.current()
         packets = self.queue.pop(TURN_BYTES, time.monotonic())
         if packets and path is not None:
-            self.counters["tx_packets"] += len(packets)
-            self.counters["tx_bytes"] += sum(map(len, packets))
-            path.send(packets)
+            self._send(path, packets)
         if self.queue:
             self._sending = True
             self._loop.call_soon(self._send_turn)
+
+    def _send(self, path: Path, packets: list[bytes]) -> None:
+        self.counters["tx_packets"] += len(packets)
+        self.counters["tx_bytes"] += sum(map(len, packets))
+        path.send(packets)
 
     def received(self, packets: list[bytes]) -> None:
         """Decrypted payloads from a path."""
