@@ -187,6 +187,9 @@ class HandshakeAnswer:
 class HandshakeRefusal:
     local_index: U32
     reason: str
+    # The initiation did not authenticate (no key the router knows made it): its source is to
+    # blame. False: a replay, one too soon, or no room for it.
+    unauthenticated: bool
 
 
 @frame("hs_done")

@@ -175,7 +175,8 @@ class SessionHub:
         """Queue an admitted initiation for the router; all of one turn go in one frame."""
         if self._router is None:
             self._handle(self.device.refuse_handshake(request.local_index,
-                                                      "router not connected"))
+                                                      "router not connected", False,
+                                                      time.monotonic()))
             return
         self._requests.append(HandshakeRequest(request.local_index, request.initiation))
         if not self._requests_scheduled:
@@ -191,7 +192,8 @@ class SessionHub:
         if router is None or not router.send(Handshakes(requests)):
             for request in requests:
                 self._handle(self.device.refuse_handshake(request.local_index,
-                                                          "router link full or down"))
+                                                          "router link full or down", False,
+                                                          time.monotonic()))
 
     def _router_answered(self, frame: HandshakesDone) -> None:
         now = time.monotonic()
@@ -202,7 +204,8 @@ class SessionHub:
                             a.initiator_index, a.ticket)
             self._handle(device.complete_handshake(a.local_index, answer, now))
         for refusal in frame.refused:
-            self._handle(device.refuse_handshake(refusal.local_index, refusal.reason))
+            self._handle(device.refuse_handshake(refusal.local_index, refusal.reason,
+                                                 refusal.unauthenticated, now))
         self._work_handshakes_soon()  # answers make room for initiations still waiting
 
     def _log_drop(self, event: Dropped) -> None:

@@ -48,6 +48,11 @@ TICKET_LIFETIME = REJECT_AFTER_TIME
 TICKET_CLOCK_SLACK = 2.0
 
 
+class Replayed(HandshakeError):
+    """An initiation a known peer made, seen again or too soon after its last: it
+    authenticated, so its source is not to blame for it (anyone may have replayed it)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """A completed responder handshake, for the device that carried the initiation."""
@@ -178,9 +183,9 @@ class HandshakeAuthority:
                                       static_static_for=self._static_static_for)
         known = self._peers[consumed.initiator_public]
         if consumed.timestamp <= known.last_timestamp:
-            raise HandshakeError("replayed initiation")
+            raise Replayed("replayed initiation")
         if now - known.last_initiation_at < INITIATION_MIN_INTERVAL:
-            raise HandshakeError("initiation flood")
+            raise Replayed("initiation flood")
         known.last_timestamp = consumed.timestamp
         known.last_initiation_at = now
         self._timestamps[consumed.initiator_public] = consumed.timestamp

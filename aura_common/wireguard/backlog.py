@@ -27,7 +27,7 @@ from .limits import (
     HANDSHAKE_QUEUE_SIZE,
 )
 
-Waiting = tuple[bytes, Endpoint]
+Waiting = tuple[bytes, Endpoint, bool]  # a message, its source, whether a mac2 proved it
 
 
 class HandshakeBacklog:
@@ -38,7 +38,8 @@ class HandshakeBacklog:
         self._behind: deque[Waiting] = deque()
         self._queued_at: dict[bytes, float] = {}  # source key -> last queued, oldest first
 
-    def add(self, datagram: bytes, source: Endpoint, now: float) -> Endpoint | None:
+    def add(self, datagram: bytes, source: Endpoint, now: float,
+            proven: bool) -> Endpoint | None:
         """Queues a message; returns the source of the message dropped for want of room
         (this one, or one queued behind that it displaced), or None.
 
@@ -58,7 +59,7 @@ class HandshakeBacklog:
             dropped = self._behind.pop()[1]
         else:
             dropped = None
-        (self._first if fresh else self._behind).append((datagram, source))
+        (self._first if fresh else self._behind).append((datagram, source, proven))
         return dropped
 
     def fresh(self, source: Endpoint, now: float) -> bool:

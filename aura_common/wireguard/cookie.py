@@ -31,6 +31,8 @@ from .limits import (
     HANDSHAKES_PER_SECOND,
     RATE_LIMIT_IDLE,
     RATE_LIMIT_TABLE_SIZE,
+    REFUSED_SOURCE_PENALTY,
+    REFUSED_SOURCES,
     UNDER_LOAD_STICKY,
 )
 from .messages import MAC_SIZE, CookieReply
@@ -271,3 +273,34 @@ class RateLimiter:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+class RefusedSources:
+    """Sources (keyed as `RateLimiter.key`) whose proven initiation the authority refused,
+    each held for `penalty` seconds from its last refusal.
+
+    Bounded: at most `capacity` sources; the one refused longest ago is forgotten first, so
+    an attacker with more proven sources than that sees each held for less.
+    """
+
+    def __init__(self, penalty: float = REFUSED_SOURCE_PENALTY,
+                 capacity: int = REFUSED_SOURCES) -> None:
+        self._penalty, self._capacity = penalty, capacity
+        self._refused: dict[bytes, float] = {}  # key -> last refused, oldest first
+
+    def refused(self, key: bytes, now: float) -> None:
+        refused = self._refused
+        refused.pop(key, None)
+        refused[key] = now  # re-inserted last: dicts keep insertion order
+        while refused:
+            oldest, at = next(iter(refused.items()))
+            if len(refused) <= self._capacity and now - at < self._penalty:
+                break
+            del refused[oldest]
+
+    def held(self, key: bytes, now: float) -> bool:
+        at = self._refused.get(key)
+        return at is not None and now - at < self._penalty
+
+    def __len__(self) -> int:
+        return len(self._refused)

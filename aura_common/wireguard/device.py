@@ -81,7 +81,8 @@ class Device:
         self._screen = HandshakeScreen(public_key, rng, under_load_after, self._index)
         self._handshakes = Handshakes(public_key, self._static, self._authority, self._peers,
                                       self._index, rng=rng, wall_ns=wall_ns,
-                                      completed=self._handshake_completed)
+                                      completed=self._handshake_completed,
+                                      unauthenticated=self._screen.unauthenticated)
         self._receiver = Receiver(self._index, other=self._handshakes.receive,
                                   confirmed=self._handshake_completed,
                                   rekey=self._handshakes.initiate_unless_pending)
@@ -227,8 +228,8 @@ class Device:
         if self._authority is None:
             work = min(work, AUTHORITY_WINDOW - self._index.awaiting)
         for _ in range(work):
-            datagram, source = queue.pop()
-            self._handshakes.receive(datagram, source, now, events)
+            datagram, source, proven = queue.pop()
+            self._handshakes.receive(datagram, source, now, events, proven)
 
     # -- handshakes -----------------------------------------------------------------------
     def initiate(self, peer: Peer, now: float) -> list[Event]:
@@ -251,10 +252,12 @@ class Device:
         self._handshakes.complete(local_index, answer, now, events)
         return events
 
-    def refuse_handshake(self, local_index: int, reason: str) -> list[Event]:
-        """The authority refused the initiation handed out with `local_index`."""
+    def refuse_handshake(self, local_index: int, reason: str, unauthenticated: bool,
+                         now: float) -> list[Event]:
+        """The authority refused the initiation handed out with `local_index`: it did not
+        authenticate (`unauthenticated`), or it was a replay, came too soon or found no room."""
         events: list[Event] = []
-        self._handshakes.refuse(local_index, reason, events)
+        self._handshakes.refuse(local_index, reason, unauthenticated, now, events)
         return events
 
     def _handshake_completed(self, peer: Peer, now: float, events: list[Event]) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from ..addresses import Endpoint
-from .authority import Answer, HandshakeAuthority
+from .authority import Answer, HandshakeAuthority, Replayed
 from .constants import (
     KEY_SIZE,
     MESSAGE_COOKIE_REPLY,
@@ -32,15 +32,17 @@ from .peer import Peer
 
 class Handshakes:
     """`completed(peer, now, events)` is called when our initiation is answered (a responder's
-    keys are confirmed later, by data, on the receive path)."""
+    keys are confirmed later, by data, on the receive path); `unauthenticated(source, now)` when
+    an initiation whose source a mac2 proved did not authenticate."""
 
-    __slots__ = ("_authority", "_completed", "_index", "_peers", "_public_key", "_rng",
-                 "_static", "_wall_ns")
+    __slots__ = ("_authority", "_completed", "_index", "_peers", "_public_key",
+                 "_rng", "_static", "_unauthenticated", "_wall_ns")
 
     def __init__(self, public_key: bytes, static: X25519PrivateKey | None,
                  authority: HandshakeAuthority | None, peers: Mapping[bytes, Peer],
                  index: IndexTable, *, rng: Callable[[int], bytes], wall_ns: Callable[[], int],
-                 completed: Callable[[Peer, float, list[Event]], None]) -> None:
+                 completed: Callable[[Peer, float, list[Event]], None],
+                 unauthenticated: Callable[[Endpoint, float], None]) -> None:
         self._public_key = public_key
         self._static = static
         self._authority = authority
@@ -49,6 +51,7 @@ class Handshakes:
         self._rng = rng
         self._wall_ns = wall_ns
         self._completed = completed
+        self._unauthenticated = unauthenticated
 
     # -- ours -----------------------------------------------------------------------------
     def initiate(self, peer: Peer, now: float, events: list[Event], *, retry: bool) -> None:
@@ -73,12 +76,12 @@ class Handshakes:
 
     # -- theirs ---------------------------------------------------------------------------
     def receive(self, datagram: bytes, source: Endpoint, now: float,
-                events: list[Event]) -> None:
-        """A screened handshake message, or garbage."""
+                events: list[Event], proven: bool = False) -> None:
+        """A screened handshake message (`proven`: it carried a valid mac2), or garbage."""
         message_type = TYPE_WORD.unpack_from(datagram)[0] if len(datagram) >= 4 else -1
         try:
             if message_type == MESSAGE_INITIATION:
-                self._receive_initiation(datagram, source, now, events)
+                self._receive_initiation(datagram, source, now, events, proven)
             elif message_type == MESSAGE_RESPONSE:
                 self._receive_response(datagram, source, now, events)
             elif message_type == MESSAGE_COOKIE_REPLY:
@@ -91,6 +94,8 @@ class Handshakes:
             events.append(Dropped(str(error), source))
         except HandshakeError as error:
             events.append(Dropped(f"handshake rejected: {error}", source))
+            if proven and message_type == MESSAGE_INITIATION and not isinstance(error, Replayed):
+                self._unauthenticated(source, now)
 
     def complete(self, local_index: int, answer: Answer, now: float,
                  events: list[Event]) -> None:
@@ -103,19 +108,25 @@ class Handshakes:
         else:
             self._install_answer(answer, local_index, source, now, events)
 
-    def refuse(self, local_index: int, reason: str, events: list[Event]) -> None:
-        """The authority refused the initiation handed out with `local_index`."""
-        events.append(Dropped(f"handshake rejected: {reason}", self._index.answered(local_index)))
+    def refuse(self, local_index: int, reason: str, unauthenticated: bool, now: float,
+               events: list[Event]) -> None:
+        """The authority refused the initiation handed out with `local_index` (see
+        `Device.refuse_handshake`)."""
+        proven = self._index.proven(local_index)
+        source = self._index.answered(local_index)
+        events.append(Dropped(f"handshake rejected: {reason}", source))
+        if source is not None and proven and unauthenticated:
+            self._unauthenticated(source, now)
 
     def _receive_initiation(self, datagram: bytes, source: Endpoint, now: float,
-                            events: list[Event]) -> None:
+                            events: list[Event], proven: bool) -> None:
         Initiation.unpack(datagram)  # its size, type and reserved bytes
         authority = self._authority
         if authority is None:
             if self._index.awaiting >= HANDSHAKE_QUEUE_SIZE:
                 events.append(Dropped("handshake authority backlog full", source))
                 return
-            local_index = self._index.await_answer(source, now)
+            local_index = self._index.await_answer(source, now, proven)
             events.append(HandshakeRequested(datagram, local_index, source))
             return
         local_index = self._index.new_index()

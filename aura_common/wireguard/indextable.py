@@ -23,8 +23,9 @@ class IndexTable:
         # Read directly, per data message, by the receive path.
         self.keypairs: dict[int, tuple[Keypair, Peer]] = {}
         self._handshakes: dict[int, Peer] = {}
-        # Initiations handed to the authority: the source to answer and when it was asked.
-        self._awaiting: dict[int, tuple[Endpoint, float]] = {}
+        # Initiations handed to the authority: the source to answer, when it was asked and
+        # whether a mac2 proved that source.
+        self._awaiting: dict[int, tuple[Endpoint, float, bool]] = {}
 
     def new_index(self) -> int:
         while True:
@@ -61,11 +62,16 @@ class IndexTable:
     def awaiting(self) -> int:
         return len(self._awaiting)
 
-    def await_answer(self, source: Endpoint, now: float) -> int:
+    def await_answer(self, source: Endpoint, now: float, proven: bool) -> int:
         """A new index for an initiation handed to the authority at `now`."""
         index = self.new_index()
-        self._awaiting[index] = (source, now)
+        self._awaiting[index] = (source, now, proven)
         return index
+
+    def proven(self, index: int) -> bool:
+        """Whether a mac2 proved the source of the initiation `index` names, awaiting."""
+        awaited = self._awaiting.get(index)
+        return awaited is not None and awaited[2]
 
     def answered(self, index: int) -> Endpoint | None:
         """The source of the initiation `index` names, which waits no more (None: none)."""
@@ -74,5 +80,6 @@ class IndexTable:
 
     def unanswered(self, now: float, timeout: float) -> list[Endpoint]:
         """Forgets the initiations asked `timeout` or more ago; their sources."""
-        late = [index for index, (_, asked) in self._awaiting.items() if now - asked >= timeout]
+        late = [index for index, (_, asked, _) in self._awaiting.items()
+                if now - asked >= timeout]
         return [self._awaiting.pop(index)[0] for index in late]

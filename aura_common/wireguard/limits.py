@@ -50,5 +50,15 @@ HANDSHAKE_BURST = 5
 RATE_LIMIT_TABLE_SIZE = 4096
 RATE_LIMIT_IDLE = 1.0
 
+# A source (as above) whose initiation, carrying a valid mac2, did not authenticate (no key
+# the authority knows made it) gets no handshake screened under load for this long: within
+# its rate limit it could otherwise have a key exchange refused every FRESH_AFTER seconds,
+# and thousands of such sources would take the authority's whole share. A real client with a
+# key we do not know fails the same way each time; others behind its address (one IPv4 NAT)
+# wait under load as they would behind a flood of its 20 a second. Sources remembered for
+# it, the one refused longest ago forgotten first.
+REFUSED_SOURCE_PENALTY = 30.0
+REFUSED_SOURCES = 16384
+
 # Packets waiting for a handshake, per peer.
 MAX_QUEUED_PACKETS = 1024

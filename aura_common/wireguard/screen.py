@@ -4,7 +4,8 @@ A key exchange is the dear part of a handshake, so a flood must not reach it che
 initiation and response has its mac1 checked (a keyed hash, proof the sender knows our public
 key); under load (the queue, plus the initiations the authority has not answered, past a mark)
 it must also carry a valid mac2 (proof it can receive at its source address), else it gets a
-cookie reply (paced per message), and sources that prove themselves are rate limited. What
+cookie reply (paced per message), and sources that prove themselves are rate limited, and held
+for a while once the authority refused one of their initiations (`RefusedSources`). What
 passes waits in a bounded queue, where sources with nothing queued lately go first
 (`backlog.py`); the device works it a few at a time. The pieces themselves
 (cookies, pacing, load, rate limit) are in `cookie.py`.
@@ -17,14 +18,14 @@ from collections.abc import Callable
 from ..addresses import Endpoint
 from .backlog import HandshakeBacklog
 from .constants import MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION
-from .cookie import CookieChecker, CookiePacer, Load, RateLimiter
+from .cookie import CookieChecker, CookiePacer, Load, RateLimiter, RefusedSources
 from .events import Dropped, Event, Transmit
 from .indextable import IndexTable
 from .messages import INITIATION_MAC1_OFFSET, MAC_SIZE, RESPONSE_MAC1_OFFSET, TYPE_WORD
 
 
 class HandshakeScreen:
-    __slots__ = ("_checker", "_index", "_load", "_pacer", "queue", "rate_limiter")
+    __slots__ = ("_checker", "_index", "_load", "_pacer", "_refused", "queue", "rate_limiter")
 
     def __init__(self, public_key: bytes, rng: Callable[[int], bytes], under_load_after: int,
                  index: IndexTable) -> None:
@@ -33,11 +34,13 @@ class HandshakeScreen:
         self._load = Load(under_load_after)
         self._pacer = CookiePacer()
         self.rate_limiter = RateLimiter()
+        self._refused = RefusedSources()
         self.queue = HandshakeBacklog()
 
     def screen(self, datagram: bytes, source: Endpoint, now: float, events: list[Event]) -> None:
         """Queues a handshake message (of its type's size) that passes the checks."""
         kind = datagram[0]
+        proven = False
         if kind != MESSAGE_COOKIE_REPLY:  # a reply to us is checked by its own AEAD
             if TYPE_WORD.unpack_from(datagram)[0] != kind:
                 events.append(Dropped("handshake with nonzero reserved bytes", source))
@@ -60,12 +63,21 @@ class HandshakeScreen:
                         events.append(Dropped("no mac2, and a cookie was sent there just now",
                                               source))
                     return
+                if self._refused.held(RateLimiter.key(source[0]), now):
+                    events.append(Dropped("handshake rate limit: one from there was refused",
+                                          source))
+                    return
                 if not self.rate_limiter.allow(source[0], now):
                     events.append(Dropped("handshake rate limit", source))
                     return
-        dropped = self.queue.add(datagram, source, now)
+                proven = True
+        dropped = self.queue.add(datagram, source, now, proven)
         if dropped is not None:
             events.append(Dropped("handshake queue full", dropped))
+
+    def unauthenticated(self, source: Endpoint, now: float) -> None:
+        """An initiation from `source` that a mac2 proved did not authenticate."""
+        self._refused.refused(RateLimiter.key(source[0]), now)
 
     def shed(self, now: float) -> None:
         """Handshake messages were dropped unread: under load, as when the queue is long."""
@@ -79,4 +91,8 @@ class HandshakeScreen:
         """See `Device.shed_first`."""
         if self._pacer.answered_recently(source, now) or self.queue.would_drop(source, now):
             return True
-        return self._load.lasts(now) and self.rate_limiter.exhausted(source[0], now)
+        if not self._load.lasts(now):
+            return False
+        host = source[0]
+        return self.rate_limiter.exhausted(host, now) or self._refused.held(
+            RateLimiter.key(host), now)

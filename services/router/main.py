@@ -66,6 +66,7 @@ from aura_common.state.pool import AddressPool, Leases
 from aura_common.state.registry import RegisteredPeer, Registry
 from aura_common.wire import control
 from aura_common.wireguard import HandshakeAuthority
+from aura_common.wireguard.authority import Replayed
 from aura_common.wireguard.messages import MessageError
 from aura_common.wireguard.noise import HandshakeError
 from services.router import nat, replay
@@ -402,7 +403,7 @@ class Router:
             overflow = items[room:]
             self.handshakes_dropped += len(overflow)
             channel.post(HandshakesDone([], [
-                HandshakeRefusal(item.local_index, "router handshake queue full")
+                HandshakeRefusal(item.local_index, "router handshake queue full", False)
                 for item in overflow]))
         self._schedule_handshakes(0.0)
 
@@ -432,7 +433,8 @@ class Router:
                 try:
                     answer = authority.answer(request.initiation, index, role or "", now, wall)
                 except (HandshakeError, MessageError) as error:
-                    refused.append(HandshakeRefusal(index, str(error)))
+                    refused.append(HandshakeRefusal(index, str(error),
+                                                    not isinstance(error, Replayed)))
                 else:
                     answers.append(HandshakeAnswer(
                         index, answer.peer_public, answer.response, answer.keys.send,

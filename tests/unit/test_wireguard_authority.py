@@ -185,7 +185,8 @@ def test_unanswered_initiations_expire_and_refusals_free_their_slot() -> None:
     pair = Relayed()
     [first] = pair.requests(0.0)
     assert pair.relay.awaiting_authority == 1
-    assert drop_reasons(pair.relay.refuse_handshake(first.local_index, "replayed initiation")) == [
+    assert drop_reasons(pair.relay.refuse_handshake(first.local_index, "replayed initiation", False,
+                                                     0.0)) == [
         "handshake rejected: replayed initiation"]
     pair.requests(1.0)
     assert drop_reasons(pair.relay.tick(1.0 + REKEY_TIMEOUT)) == [

@@ -16,6 +16,7 @@ from aura_common.transport.hub import SessionHub, format_endpoint
 from aura_common.wireguard import (
     Device,
     Event,
+    HandshakeRequested,
     Received,
     Transmit,
     generate_private_key,
@@ -26,6 +27,7 @@ from aura_common.wireguard.cookie import (
     CookiePacer,
     Load,
     RateLimiter,
+    RefusedSources,
     source_bytes,
 )
 from aura_common.wireguard.limits import (
@@ -37,11 +39,20 @@ from aura_common.wireguard.limits import (
     HANDSHAKES_PER_SECOND,
     RATE_LIMIT_IDLE,
     RATE_LIMIT_TABLE_SIZE,
+    REFUSED_SOURCE_PENALTY,
     UNDER_LOAD_BACKLOG,
     UNDER_LOAD_STICKY,
 )
 from aura_lab.flood import junk_initiation
-from tests.unit.wireguard_pair import CLIENT_ADDR, SERVER_ADDR, Pair, drop_reasons, transmits
+from tests.unit.wireguard_pair import (
+    CLIENT_ADDR,
+    SERVER_ADDR,
+    Pair,
+    Relayed,
+    drop_reasons,
+    of_type,
+    transmits,
+)
 
 
 def sizes(events: list) -> list[int]:
@@ -257,6 +268,71 @@ def test_under_load_a_proven_source_is_limited_per_address_and_others_pass() -> 
 
     other.receive(transmits(at_server(other.initiate(to_server, 1.0), 1.0)), SERVER_ADDR, 1.0)
     assert sizes(at_server(other.initiate(to_server, 1.05), 1.05)) == [92]
+
+
+def test_under_load_a_proven_source_whose_initiation_fails_is_held_for_the_penalty() -> None:
+    """A source that proved its address and then sent an initiation that did not authenticate
+    gets no key exchange for REFUSED_SOURCE_PENALTY, though within its rate limit; and a
+    carrier sheds its messages first meanwhile. Other sources are not touched."""
+    pair = Pair(under_load_after=0)
+    stranger = Device(generate_private_key())  # a key the server does not know
+    to_server = stranger.add_peer(public_key(pair.server_key), endpoint=SERVER_ADDR)
+    attacker = ("2001:db8:a000:1::1", 5555)
+
+    def initiate(now: float) -> list[str]:
+        events = pair.server.receive(transmits(stranger.initiate(to_server, now)), attacker, now)
+        stranger.receive(transmits(events), SERVER_ADDR, now)  # takes a cookie reply
+        return drop_reasons(events)
+
+    assert initiate(0.0) == []  # a cookie reply: no mac2 yet
+    assert initiate(1.0) == ["handshake rejected: unknown peer"]  # proven, one key exchange
+    assert pair.server.shed_first(("2001:db8:a000:1::2", 1), 1.5)  # the same /64
+    for now in (1.5, 2.0, 1.0 + REFUSED_SOURCE_PENALTY - 0.1):
+        assert initiate(now) == ["handshake rate limit: one from there was refused"]
+    assert initiate(1.0 + REFUSED_SOURCE_PENALTY) == ["handshake rejected: unknown peer"]
+    pair.at_client(pair.at_server(pair.client.initiate(pair.to_server, 2.0), 2.0), 2.0)
+    assert sizes(pair.at_server(pair.client.initiate(pair.to_server, 3.0), 3.0)) == [92]
+
+
+def test_a_relay_holds_a_source_only_for_a_proven_initiation_that_failed_itself() -> None:
+    def tries_after_a_refusal(proven: bool, unauthenticated: bool) -> list[str]:
+        """What becomes of a client's next tries under load, after the authority refused its
+        initiation (proven by a mac2 or not) as unauthenticated or as a replay."""
+        pair = Relayed(under_load_after=10_000)  # under load only when told of shed messages
+
+        def initiate(now: float) -> list[Event]:
+            events = pair.relay.receive(transmits(pair.client.initiate(pair.to_server, now)),
+                                        CLIENT_ADDR, now)
+            pair.client.receive(transmits(events), SERVER_ADDR, now)  # takes a cookie reply
+            return events
+
+        if proven:
+            pair.relay.handshakes_shed(0.0)
+            initiate(0.0)  # a cookie reply
+        [request] = of_type(initiate(0.5), HandshakeRequested)
+        pair.relay.refuse_handshake(request.local_index, "authentication failed",
+                                    unauthenticated, 0.5)
+        pair.relay.handshakes_shed(1.0)  # under load from now on
+        events = initiate(1.0) + initiate(1.5)  # (without a cookie yet, the first earns one)
+        return drop_reasons(events) + ["asked"] * len(of_type(events, HandshakeRequested))
+
+    held = "handshake rate limit: one from there was refused"
+    assert tries_after_a_refusal(True, True) == [held, held]
+    # A replay (or no room): not the source's fault.
+    assert tries_after_a_refusal(True, False) == ["asked", "asked"]
+    # Without load no mac2 proved the source: anyone could have sent it from there.
+    assert tries_after_a_refusal(False, True) == ["asked"]
+
+
+def test_refused_sources_are_bounded_and_forgotten_after_the_penalty() -> None:
+    refused = RefusedSources(penalty=30.0, capacity=3)
+    for n in range(4):
+        refused.refused(bytes([n]), float(n))
+    assert len(refused) == 3
+    assert [refused.held(bytes([n]), 4.0) for n in range(4)] == [False, True, True, True]
+    assert not refused.held(bytes([1]), 31.0)
+    refused.refused(bytes([9]), 40.0)  # the rest are past their penalty: forgotten
+    assert len(refused) == 1
 
 
 def test_handshakes_shed_unread_mean_load_and_the_read_they_came_in_is_screened_under_it(
