@@ -257,10 +257,13 @@ class RateLimiter:
         buckets[key] = (tokens - 1.0 if allowed else tokens, now)
         return allowed
 
-    def exhausted(self, host: str, now: float) -> bool:
-        """Whether `host` has no token left now (a look only: nothing is taken or stored)."""
-        bucket = self._buckets.get(self.key(host))
-        return bucket is not None and bucket[0] + (now - bucket[1]) * self._rate < 1.0
+    def tokens(self, key: bytes, now: float) -> int:
+        """The whole tokens the source `key` (see `key`) has now: how many of its handshakes
+        `allow` would pass (a look only: nothing is taken or stored)."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return int(self._burst)
+        return int(min(self._burst, bucket[0] + (now - bucket[1]) * self._rate))
 
     def prune(self, now: float) -> None:
         """Forget sources idle for RATE_LIMIT_IDLE: their bucket is full again anyway."""

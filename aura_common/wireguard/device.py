@@ -209,11 +209,19 @@ class Device:
 
         True for an endpoint sent a cookie reply within COOKIE_REPLY_INTERVAL (a real
         initiator tries again only REKEY_TIMEOUT later: a flood, or a spoofer, sends so soon)
-        and, under load, for a source out of rate-limit tokens, or while the handshake queue
-        is full for one that had a message queued lately (dropped after screening anyway). A
-        new client, or one retrying with its cookie, is none of these.
+        and, under load, for a source out of rate-limit tokens or held (its initiation did not
+        authenticate), or while the handshake queue is full for one that had a message queued
+        lately (dropped after screening anyway). A new client, or one retrying with its cookie,
+        is none of these.
         """
         return self._screen.shed_first(source, now)
+
+    def handshakes_admissible(self, source: Endpoint, now: float) -> int:
+        """How many handshake messages from `source` could pass screening now: under load,
+        the rate-limit tokens of its source (none while it is held for an initiation that did
+        not authenticate); otherwise HANDSHAKE_QUEUE_SIZE. A carrier that reads many at once
+        need not keep more, each to have its macs checked only to be dropped."""
+        return self._screen.admissible(source, now)
 
     def goes_first(self, source: Endpoint, now: float) -> bool:
         """Whether a handshake message from `source` would go ahead of the queue: its source

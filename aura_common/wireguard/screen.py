@@ -21,6 +21,7 @@ from .constants import MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION
 from .cookie import CookieChecker, CookiePacer, Load, RateLimiter, RefusedSources
 from .events import Dropped, Event, Transmit
 from .indextable import IndexTable
+from .limits import HANDSHAKE_QUEUE_SIZE
 from .messages import INITIATION_MAC1_OFFSET, MAC_SIZE, RESPONSE_MAC1_OFFSET, TYPE_WORD
 
 
@@ -89,10 +90,12 @@ class HandshakeScreen:
 
     def shed_first(self, source: Endpoint, now: float) -> bool:
         """See `Device.shed_first`."""
-        if self._pacer.answered_recently(source, now) or self.queue.would_drop(source, now):
-            return True
+        return (self._pacer.answered_recently(source, now) or self.queue.would_drop(source, now)
+                or not self.admissible(source, now))
+
+    def admissible(self, source: Endpoint, now: float) -> int:
+        """See `Device.handshakes_admissible`."""
         if not self._load.lasts(now):
-            return False
-        host = source[0]
-        return self.rate_limiter.exhausted(host, now) or self._refused.held(
-            RateLimiter.key(host), now)
+            return HANDSHAKE_QUEUE_SIZE
+        key = RateLimiter.key(source[0])
+        return 0 if self._refused.held(key, now) else self.rate_limiter.tokens(key, now)

@@ -43,6 +43,8 @@ RECV_BATCH_BYTES = 4 << 20
 # Whatever is shed is what WireGuard's queue would hold past its mark: the device is under
 # load (cookies needed) for a second after any read that sheds.
 HANDSHAKES_PER_READ = 64
+# Of one source, a read keeps no more than could pass its rate limit
+# (`Device.handshakes_admissible`); the rest have the small share above.
 # The last of those are kept for sources that would go ahead of the queue (`Device.goes_first`:
 # none queued for 5 s, as a new client, or one retrying with its cookie): a flood from thousands
 # of sources, each proven and within its rate limit, has its messages read first as often as
@@ -92,6 +94,7 @@ class UdpCarrier:
         # before it ends): asked once per source, so a flood from one endpoint costs a
         # lookup per message.
         kinds: dict[Endpoint, int] = {}
+        admissible: dict[Endpoint, int] = {}  # more of the source's messages it may keep
 
         def keep(first_byte: int, source: Endpoint) -> bool:
             nonlocal handshakes, tokens, shed
@@ -99,9 +102,16 @@ class UdpCarrier:
                 return True
             kind = kinds.get(source)
             if kind is None:
-                kind = (_LIKELY_DROPPED if device.shed_first(source, now)
-                        else _FIRST if device.goes_first(source, now) else _OTHER)
+                if device.shed_first(source, now):
+                    kind = _LIKELY_DROPPED
+                else:
+                    kind = _FIRST if device.goes_first(source, now) else _OTHER
+                    admissible[source] = device.handshakes_admissible(source, now)
                 kinds[source] = kind
+            if kind != _LIKELY_DROPPED:
+                admissible[source] -= 1
+                if admissible[source] < 0:
+                    kind = kinds[source] = _LIKELY_DROPPED
             if kind == _LIKELY_DROPPED:
                 kept = tokens >= 1.0
                 tokens -= kept

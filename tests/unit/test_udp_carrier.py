@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from aura_common.netio.codel import CoDel
 from aura_common.transport.hub import SessionHub
 from aura_common.wireguard import Device, generate_private_key, public_key
-from aura_common.wireguard.limits import UNDER_LOAD_STICKY
+from aura_common.wireguard.cookie import CookiePacer
+from aura_common.wireguard.limits import HANDSHAKE_BURST, UNDER_LOAD_STICKY
 from aura_lab.flood import junk_initiation
 from services.udp.main import (
     FRESH_RESERVE,
@@ -173,3 +174,37 @@ def test_a_new_source_is_read_through_a_flood_of_sources_queued_lately() -> None
         assert len(client.recv(100)) == 64
     assert hub.counters.sent[3] == ONE_SOURCE_PER_READ + 1
     assert hub.counters.dropped["handshake_queue_full"] == flood - ONE_SOURCE_PER_READ
+
+
+def test_a_read_keeps_no_more_of_a_proven_source_than_its_rate_limit_would_pass() -> None:
+    """Under load, initiations with a valid mac2 from one source: one read keeps the few its
+    tokens would let through (and the small share of what is likely dropped), not its share
+    of the places, each mac-checked only for the rate limit to drop it."""
+    key = generate_private_key()
+    stranger = Device(generate_private_key())  # the server knows no such peer
+    with carrier_on_loopback(Device(key, under_load_after=0)) as (carrier, flooder):
+        hub, server = carrier.hub, carrier.sock
+        # Its endpoint is not shed first as one just sent a cookie reply for long.
+        hub.device._screen._pacer = CookiePacer(interval=0.05)
+        to_server = stranger.add_peer(public_key(key), endpoint=server.getsockname())
+        flooder.settimeout(2)
+
+        def initiation() -> bytes:
+            [message] = stranger.initiate(to_server, time.monotonic())[0].datagrams
+            return message
+
+        async def read() -> None:
+            carrier._readable()
+
+        flooder.sendto(initiation(), server.getsockname())
+        asyncio.run(read())  # a cookie reply: the flooder can prove its address from now on
+        stranger.receive([flooder.recv(100)], server.getsockname(), time.monotonic())
+        time.sleep(0.1)
+        flood = ONE_SOURCE_PER_READ - 8
+        for _ in range(flood):
+            flooder.sendto(initiation(), server.getsockname())
+        asyncio.run(read())
+    dropped = hub.counters.dropped
+    screened = dropped["rate_limited"] + HANDSHAKE_BURST  # a token each, then the limit
+    assert screened <= HANDSHAKE_BURST + LIKELY_DROPPED_BURST
+    assert dropped["handshake_queue_full"] == flood - screened  # shed unread
