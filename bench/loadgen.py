@@ -10,8 +10,10 @@ loop. Phases, each bounded in time and rate:
 1. connect: every peer handshakes, at most CONNECT_RATE initiations per second;
 2. steady: every peer sends `--rate` ICMP echo requests per second to `target` for
    `--seconds`; replies are counted per peer;
-3. ramp: re-handshakes at rising rates, one second each, until cookie replies appear (the
-   server is under load) or the rates run out.
+3. ramp: one second of re-handshakes at a rate, doubling from RAMP_START until cookie replies
+   appear (the server is under load) or RAMP_MAX is passed, then RAMP_REFINE more seconds
+   halving the interval between the highest rate without cookies and the lowest with them
+   (`RampSearch`), so the knee is known within 1/2**RAMP_REFINE of that interval.
 
 Once connected it writes RESULT.connected and idles `--hold` seconds before the steady phase.
 RESULT.json gets the figures (times, counts); `bench.scale` turns them into ratios.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import select
 import socket
 import struct
 import time
@@ -32,7 +35,10 @@ from aura_common.wireguard import Device, HandshakeCompleted, Peer, Received, Tr
 from aura_lab.icmp import ECHO_REPLY, echo_request
 
 CONNECT_RATE = 200  # initiations/s while connecting: below the knee, so all peers get in
-RAMP_RATES = (50, 100, 200, 400, 800, 1600)
+RAMP_START, RAMP_MAX = 50.0, 6400.0
+RAMP_REFINE = 4  # bisections after the first step with cookies: 800 to 1,600/s is told by 50/s
+# Between steps: longer than the server stays under load after its backlog (one second).
+RAMP_REST = 2.0
 COOKIE_REPLY = bytes([3])
 # The peers' timers (retransmits, keepalives) are checked this often: they are whole seconds.
 TICK = 1.0
@@ -47,6 +53,40 @@ def echo_reply_ident(packet: bytes) -> int | None:
     if len(packet) < start + 8 or packet[start] != ECHO_REPLY:
         return None
     return int(struct.unpack_from("!H", packet, start + 4)[0])
+
+
+class RampSearch:
+    """The handshake rates to offer, one step at a time: doubling from `start` while no step
+    meets cookies, then bisecting between the highest rate that met none and the lowest that
+    met some. I/O-free: `rate` is the next step's rate (None when done), `record` its outcome."""
+
+    def __init__(self, start: float = RAMP_START, ceiling: float = RAMP_MAX,
+                 refine: int = RAMP_REFINE) -> None:
+        self.clean: float | None = None  # the highest rate offered without cookie replies
+        self.cookies: float | None = None  # the lowest rate that met cookie replies
+        self._next: float | None = start
+        self._ceiling = ceiling
+        self._refine = refine
+
+    @property
+    def rate(self) -> float | None:
+        return self._next
+
+    def record(self, offered: float, cookies: bool) -> None:
+        """The step at `rate` offered `offered`/s (the sender may fall short of it)."""
+        if cookies:
+            self.cookies = offered if self.cookies is None else min(self.cookies, offered)
+        else:
+            self.clean = offered if self.clean is None else max(self.clean, offered)
+        rate = self._next
+        assert rate is not None
+        if self.cookies is None:
+            self._next = rate * 2 if rate * 2 <= self._ceiling else None
+        elif self.clean is None or self._refine == 0:
+            self._next = None  # cookies from the first step: nothing below it was tried
+        else:
+            self._refine -= 1
+            self._next = (self.clean + self.cookies) / 2
 
 
 @dataclass
@@ -67,11 +107,33 @@ class Generator:
     initiators: list[Initiator] = field(default_factory=list)
     cookie_replies: int = 0
     handshake_times: list[float] = field(default_factory=list)
+    _poller: select.epoll = field(default_factory=select.epoll)
+    _by_fd: dict[int, Initiator] = field(default_factory=dict)
+
+    def add(self, initiator: Initiator) -> None:
+        self.initiators.append(initiator)
+        self._by_fd[initiator.sock.fileno()] = initiator
+        self._poller.register(initiator.sock.fileno(), select.EPOLLIN)
+
+    def close(self) -> None:
+        for initiator in self.initiators:
+            initiator.sock.close()
+        self._poller.close()
+
+    @property
+    def poller(self) -> int:
+        """One descriptor that is readable while any peer's socket is."""
+        return self._poller.fileno()
+
+    def drain(self) -> None:
+        """One datagram from every peer socket that has one, found by one epoll call: the
+        event loop's selector would run a callback, with its Python, per socket. A peer gets
+        about one reply at a time; one left waiting is read by the next call."""
+        by_fd = self._by_fd
+        for fd, _ in self._poller.poll(0):
+            self.readable(by_fd[fd])
 
     def readable(self, initiator: Initiator) -> None:
-        # One datagram per wakeup: a peer gets about one reply at a time, and the selector
-        # (level-triggered) reports the socket again if more wait, so no second receive
-        # call is spent to learn that the socket is empty.
         try:
             datagram = initiator.sock.recv(65535)
         except (BlockingIOError, ConnectionError):
@@ -127,8 +189,9 @@ class Generator:
 
     async def ramp(self) -> list[dict[str, float]]:
         steps = []
-        for rate in RAMP_RATES:
-            count = min(len(self.initiators), rate)  # one second's worth
+        search = RampSearch()
+        while (rate := search.rate) is not None:
+            count = min(len(self.initiators), round(rate))  # one second's worth
             batch = self.initiators[:count]
             before = {id(i): i.handshakes for i in batch}
             cookies_before, done_before = self.cookie_replies, len(self.handshake_times)
@@ -136,17 +199,18 @@ class Generator:
             sent_in = await self.handshake_at(rate, batch)
             await asyncio.sleep(1.0)  # answers still on the way
             completed = [t for t in self.handshake_times[done_before:] if t >= start]
+            cookies = self.cookie_replies - cookies_before
+            offered = count / max(sent_in, 1e-3)
             steps.append({
-                "offered_per_s": count / max(sent_in, 1e-3),
+                "offered_per_s": offered,
                 "completed": sum(1 for i in batch if i.handshakes > before[id(i)]),
                 "completed_per_s": len(completed) / max(max(completed, default=start) - start,
                                                         sent_in, 1e-3),
                 "initiations": count,
-                "cookie_replies": self.cookie_replies - cookies_before,
+                "cookie_replies": cookies,
             })
-            if self.cookie_replies > cookies_before:
-                break
-            await asyncio.sleep(1.0)
+            search.record(offered, cookies > 0)
+            await asyncio.sleep(RAMP_REST)
         return steps
 
     async def steady(self, rate: float, seconds: float) -> dict[str, float]:
@@ -157,10 +221,16 @@ class Generator:
         sent, carry = 0, 0.0
         for initiator in self.initiators:
             initiator.echo = echo_request(initiator.address, self.target, initiator.index, 1)
+        # Replies are read once per slot, not at each wakeup the server's sends would cause:
+        # what this process spends per echo is the bench's to keep small (it shares the cores
+        # with the server), and a reply read 10 ms later is counted the same.
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.poller)
         start, cpu_start = time.monotonic(), time.process_time()
         cursor = 0
         slot = 0
         while time.monotonic() - start < seconds:
+            self.drain()
             slot += 1
             carry += per_slot_cycle
             now = time.monotonic()
@@ -171,10 +241,10 @@ class Generator:
                 self.handle(initiator, initiator.device.send(initiator.peer, [initiator.echo],
                                                              now))
                 sent += 1
-            # Always yield: the replies must be read even when sending runs late.
             await asyncio.sleep(max(start + slot * SEND_SLOT - time.monotonic(), 0))
         elapsed = time.monotonic() - start
         cpu = time.process_time() - cpu_start  # this process's user + system time
+        loop.add_reader(self.poller, self.drain)
         await asyncio.sleep(2.0)  # the last replies
         received = sum(i.replies for i in self.initiators)
         # The monotonic clock is the machine's, so the bench can tell what overlapped.
@@ -198,9 +268,8 @@ async def main_async(peers_file: Path, result_file: Path, rate: float, seconds: 
                                preshared_key=bytes.fromhex(psk) if psk else None)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         sock.connect(server)
-        initiator = Initiator(index + 1, entry["address"], device, peer, sock)
-        generator.initiators.append(initiator)
-        loop.add_reader(sock.fileno(), generator.readable, initiator)
+        generator.add(Initiator(index + 1, entry["address"], device, peer, sock))
+    loop.add_reader(generator.poller, generator.drain)
     ticker = loop.create_task(generator.tick_forever())
     try:
         connect = await generator.connect()
@@ -211,9 +280,8 @@ async def main_async(peers_file: Path, result_file: Path, rate: float, seconds: 
         ramp = await generator.ramp()
     finally:
         ticker.cancel()
-        for initiator in generator.initiators:
-            loop.remove_reader(initiator.sock.fileno())
-            initiator.sock.close()
+        loop.remove_reader(generator.poller)
+        generator.close()
     return {"connect": connect, "steady": steady, "ramp": ramp}
 
 

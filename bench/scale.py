@@ -6,15 +6,16 @@ and `aura status`, each against a reference measured in the same run.
 The server's pool is a /20, its registry gets `--peers` generated peers (written before it
 starts), and `bench.loadgen` runs them all in one process in a client namespace: it connects
 every peer, holds, sends `--rate` ICMP echo requests per peer per second to the server's tunnel
-address for `--seconds`, then ramps re-handshakes until cookies appear. An Aura client in
-another namespace is the bulk client: iperf3 upload alone first (the reference), then during
-the steady phase. Figures:
+address for `--seconds`, then offers re-handshakes at rates that search for where cookies
+begin. An Aura client in another namespace is the bulk client: iperf3 upload alone first (the
+reference), then during the steady phase. Figures:
 
 * loss: echo requests without a reply during the steady phase (the target: < 0.1%), and
   where the kernel dropped meanwhile: full UDP sockets (server, load generator) and the
   router's full TUN queue (the bulk client's traffic included);
 * bulk share: the bulk client's throughput under the load / alone (the target: >= 0.8);
-* handshakes/s: completed per second at each ramp step, up to the first cookie reply;
+* handshakes/s: completed per second at the highest rate offered without a cookie reply, and
+  the lowest rate that met one (the load generator's steps search between them);
 * memory per peer: (RSS of aura-udp + aura-router with every peer connected - RSS before
   any connected) / peers, and the ratio of those RSS totals;
 * `aura status`: the admin request's time with every peer live / with only the bulk client.
@@ -375,9 +376,10 @@ def run(peers: int, rate: float, seconds: float) -> Scale:
 
 
 def table(s: Scale) -> str:
-    ramp = [step for step in s.ramp if not step["cookie_replies"]]
-    knee = max(ramp, key=lambda step: step["completed_per_s"], default=None)
-    cookie_step = next((step for step in s.ramp if step["cookie_replies"]), None)
+    knee = max((step for step in s.ramp if not step["cookie_replies"]),
+               key=lambda step: step["offered_per_s"], default=None)
+    cookie_step = min((step for step in s.ramp if step["cookie_replies"]),
+                      key=lambda step: step["offered_per_s"], default=None)
     peers = max(s.connected, 1)
     per_peer = (s.rss_connected.total - s.rss_idle.total) / peers
     udp_per_peer = (s.rss_connected.udp - s.rss_idle.udp) / peers
@@ -401,8 +403,8 @@ def table(s: Scale) -> str:
         ("handshakes/s before cookies",
          f"{knee['completed_per_s']:.0f}/s completed at {knee['offered_per_s']:.0f}/s offered"
          if knee else "cookies from the first step",
-         f"cookies from {cookie_step['offered_per_s']:.0f}/s offered" if cookie_step
-         else "no cookie reply up to the last step"),
+         f"cookies from {cookie_step['offered_per_s']:.0f}/s offered ({len(s.ramp)} steps)"
+         if cookie_step else f"no cookie reply in {len(s.ramp)} steps"),
         ("memory, aura-udp + aura-router", f"{s.rss_connected.total / 1024:.1f} MiB with "
          f"every peer live, {s.rss_idle.total / 1024:.1f} MiB with none: aura-udp "
          f"{udp_per_peer:.1f}, aura-router {router_per_peer:.1f} KiB per peer",

@@ -16,7 +16,7 @@ from typing import Generic, TypeVar
 Link = TypeVar("Link")  # the transport connection a session lives on
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # a thousand live sessions: no dict each
 class Session(Generic[Link]):
     peer: str
     link: Link

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+import tracemalloc
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -81,3 +82,22 @@ def test_address_extraction_never_raises(packet: bytes) -> None:
     if packet:
         assert len(source_of(packet)) in (0, 4, 16) or len(packet) < 40
         destination_of(packet)
+
+
+def test_a_live_session_costs_the_router_a_few_hundred_bytes() -> None:
+    """A server holds thousands of sessions: each is a slotted object (no instance dict) and,
+    with its table entries, address and counters, stays within 320 bytes."""
+    peers = [(f"peer{i}", f"192.0.2.{i % 250}:{40000 + i}", [f"10.77.{i // 250}.{i % 250 + 2}"])
+             for i in range(1000)]
+    sessions: SessionTable[str] = SessionTable()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for name, endpoint, addresses in peers:
+            sessions.up(name, "udp-link", "udp", endpoint, addresses, 1.0)
+        per_session = (tracemalloc.get_traced_memory()[0] - before) / len(peers)
+    finally:
+        tracemalloc.stop()
+    session = sessions.get("peer0")
+    assert session is not None and not hasattr(session, "__dict__")
+    assert per_session < 320
