@@ -11,9 +11,10 @@ loop. Phases, each bounded in time and rate:
 2. steady: every peer sends `--rate` ICMP echo requests per second to `target` for
    `--seconds`; replies are counted per peer;
 3. ramp: one second of re-handshakes at a rate, doubling from RAMP_START until cookie replies
-   appear (the server is under load) or RAMP_MAX is passed, then RAMP_REFINE more seconds
-   halving the interval between the highest rate without cookies and the lowest with them
-   (`RampSearch`), so the knee is known within 1/2**RAMP_REFINE of that interval.
+   appear or an initiation goes unanswered for a second (the server is under load) or
+   RAMP_MAX is passed, then RAMP_REFINE more seconds halving the interval between the
+   highest rate the server kept up with and the lowest it did not (`RampSearch`), so the
+   knee is known within 1/2**RAMP_REFINE of that interval.
 
 Once connected it writes RESULT.connected and idles `--hold` seconds before the steady phase.
 RESULT.json gets the figures (times, counts); `bench.scale` turns them into ratios.
@@ -36,9 +37,12 @@ from aura_lab.icmp import ECHO_REPLY, echo_request
 
 CONNECT_RATE = 200  # initiations/s while connecting: below the knee, so all peers get in
 RAMP_START, RAMP_MAX = 50.0, 6400.0
-RAMP_REFINE = 4  # bisections after the first step with cookies: 800 to 1,600/s is told by 50/s
-# Between steps: longer than the server stays under load after its backlog (one second).
-RAMP_REST = 2.0
+RAMP_REFINE = 4  # bisections after the first step the server fell behind: 800 to 1,600/s by 50/s
+# After a step, its peers' handshakes that went unanswered are retransmitted (5 s later):
+# the next step starts once every one of them completed (or after RAMP_SETTLE), and then
+# later than the server stays under load after its backlog (one second).
+RAMP_SETTLE = 8.0
+RAMP_REST = 1.5
 COOKIE_REPLY = bytes([3])
 # The peers' timers (retransmits, keepalives) are checked this often: they are whole seconds.
 TICK = 1.0
@@ -56,14 +60,15 @@ def echo_reply_ident(packet: bytes) -> int | None:
 
 
 class RampSearch:
-    """The handshake rates to offer, one step at a time: doubling from `start` while no step
-    meets cookies, then bisecting between the highest rate that met none and the lowest that
-    met some. I/O-free: `rate` is the next step's rate (None when done), `record` its outcome."""
+    """The handshake rates to offer, one step at a time: doubling from `start` while the server
+    keeps up (every initiation answered, no cookie reply), then bisecting between the highest
+    rate it kept up with and the lowest it did not. I/O-free: `rate` is the next step's rate
+    (None when done), `record` its outcome."""
 
     def __init__(self, start: float = RAMP_START, ceiling: float = RAMP_MAX,
                  refine: int = RAMP_REFINE) -> None:
-        self.clean: float | None = None  # the highest rate offered without cookie replies
-        self.cookies: float | None = None  # the lowest rate that met cookie replies
+        self.kept_up: float | None = None  # the highest rate offered that the server kept up with
+        self.behind: float | None = None  # the lowest rate offered that it did not
         self._next: float | None = start
         self._ceiling = ceiling
         self._refine = refine
@@ -72,21 +77,21 @@ class RampSearch:
     def rate(self) -> float | None:
         return self._next
 
-    def record(self, offered: float, cookies: bool) -> None:
+    def record(self, offered: float, behind: bool) -> None:
         """The step at `rate` offered `offered`/s (the sender may fall short of it)."""
-        if cookies:
-            self.cookies = offered if self.cookies is None else min(self.cookies, offered)
+        if behind:
+            self.behind = offered if self.behind is None else min(self.behind, offered)
         else:
-            self.clean = offered if self.clean is None else max(self.clean, offered)
+            self.kept_up = offered if self.kept_up is None else max(self.kept_up, offered)
         rate = self._next
         assert rate is not None
-        if self.cookies is None:
+        if self.behind is None:
             self._next = rate * 2 if rate * 2 <= self._ceiling else None
-        elif self.clean is None or self._refine == 0:
-            self._next = None  # cookies from the first step: nothing below it was tried
+        elif self.kept_up is None or self._refine == 0:
+            self._next = None  # behind from the first step: nothing below it was tried
         else:
             self._refine -= 1
-            self._next = (self.clean + self.cookies) / 2
+            self._next = (self.kept_up + self.behind) / 2
 
 
 @dataclass
@@ -209,7 +214,11 @@ class Generator:
                 "initiations": count,
                 "cookie_replies": cookies,
             })
-            search.record(offered, cookies > 0)
+            search.record(offered, cookies > 0 or steps[-1]["completed"] < count)
+            settled = time.monotonic() + RAMP_SETTLE
+            while (time.monotonic() < settled
+                   and any(i.handshakes == before[id(i)] for i in batch)):
+                await asyncio.sleep(0.1)
             await asyncio.sleep(RAMP_REST)
         return steps
 

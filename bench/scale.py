@@ -14,8 +14,9 @@ reference), then during the steady phase. Figures:
   where the kernel dropped meanwhile: full UDP sockets (server, load generator) and the
   router's full TUN queue (the bulk client's traffic included);
 * bulk share: the bulk client's throughput under the load / alone (the target: >= 0.8);
-* handshakes/s: completed per second at the highest rate offered without a cookie reply, and
-  the lowest rate that met one (the load generator's steps search between them);
+* handshakes/s: completed per second at the highest rate offered that the server kept up
+  with (no cookie reply, every initiation answered within a second), and the lowest it did
+  not (the load generator's steps search between them);
 * memory per peer: (RSS of aura-udp + aura-router with every peer connected - RSS before
   any connected) / peers, and the ratio of those RSS totals;
 * `aura status`: the admin request's time with every peer live / with only the bulk client.
@@ -375,11 +376,17 @@ def run(peers: int, rate: float, seconds: float) -> Scale:
                  router_after[1] - router_before[1], kernel, cpu_solo, cpu_loaded, overlap)
 
 
+def fell_behind(step: dict[str, float]) -> bool:
+    """A handshake step the server did not keep up with: a cookie reply, or an initiation
+    not answered within the second after the step (`bench.loadgen.RampSearch`)."""
+    return bool(step["cookie_replies"]) or step["completed"] < step["initiations"]
+
+
 def table(s: Scale) -> str:
-    knee = max((step for step in s.ramp if not step["cookie_replies"]),
-               key=lambda step: step["offered_per_s"], default=None)
-    cookie_step = min((step for step in s.ramp if step["cookie_replies"]),
-                      key=lambda step: step["offered_per_s"], default=None)
+    kept_up = [step for step in s.ramp if not fell_behind(step)]
+    knee = max(kept_up, key=lambda step: step["offered_per_s"], default=None)
+    behind = min((step for step in s.ramp if fell_behind(step)),
+                 key=lambda step: step["offered_per_s"], default=None)
     peers = max(s.connected, 1)
     per_peer = (s.rss_connected.total - s.rss_idle.total) / peers
     udp_per_peer = (s.rss_connected.udp - s.rss_idle.udp) / peers
@@ -401,10 +408,13 @@ def table(s: Scale) -> str:
          "alone",
          f"x{s.bulk_loaded_bps / max(s.bulk_solo_bps, 1):.2f} of alone"),
         ("handshakes/s before cookies",
-         f"{knee['completed_per_s']:.0f}/s completed at {knee['offered_per_s']:.0f}/s offered"
-         if knee else "cookies from the first step",
-         f"cookies from {cookie_step['offered_per_s']:.0f}/s offered ({len(s.ramp)} steps)"
-         if cookie_step else f"no cookie reply in {len(s.ramp)} steps"),
+         (f"{knee['completed_per_s']:.0f}/s completed at {knee['offered_per_s']:.0f}/s offered"
+          if knee else "behind from the first step")
+         + (f"; at {behind['offered_per_s']:.0f}/s {behind['cookie_replies']} cookie replies, "
+            f"{behind['initiations'] - behind['completed']} of {behind['initiations']} "
+            "unanswered within a second" if behind else ""),
+         f"behind from {behind['offered_per_s']:.0f}/s offered ({len(s.ramp)} steps)"
+         if behind else f"kept up in all {len(s.ramp)} steps"),
         ("memory, aura-udp + aura-router", f"{s.rss_connected.total / 1024:.1f} MiB with "
          f"every peer live, {s.rss_idle.total / 1024:.1f} MiB with none: aura-udp "
          f"{udp_per_peer:.1f}, aura-router {router_per_peer:.1f} KiB per peer",
