@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from aura_common.netio.codel import CoDel
 from aura_common.transport.hub import SessionHub
-from aura_common.wireguard import Device, generate_private_key, public_key
+from aura_common.wireguard import Device, Transmit, generate_private_key, public_key
 from aura_common.wireguard.cookie import CookiePacer
 from aura_common.wireguard.limits import HANDSHAKE_BURST, UNDER_LOAD_STICKY
 from aura_lab.flood import junk_initiation
@@ -190,7 +190,9 @@ def test_a_read_keeps_no_more_of_a_proven_source_than_its_rate_limit_would_pass(
         flooder.settimeout(2)
 
         def initiation() -> bytes:
-            [message] = stranger.initiate(to_server, time.monotonic())[0].datagrams
+            [event] = stranger.initiate(to_server, time.monotonic())
+            assert isinstance(event, Transmit)
+            [message] = event.datagrams
             return message
 
         async def read() -> None:
