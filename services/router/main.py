@@ -98,9 +98,11 @@ TURN_BYTES = 256 << 10
 # less than LINK_BYTES of it unread (the kernel's count, frame overhead included): what the
 # link holds is a FIFO a ping reply cannot overtake, so the backlog waits in the flow queue
 # instead. A link over it is looked at again on the router's next TUN read or packets from a
-# transport, or after LINK_POLL if none comes first.
+# transport, or after LINK_POLL if none comes first, twice as long each time nothing could be
+# sent (up to LINK_POLL_LIMIT: a transport that stopped reading costs a few wakeups a second).
 LINK_BYTES = TURN_BYTES
 LINK_POLL = 0.0005
+LINK_POLL_LIMIT = 0.05
 LIMITS_INTERVAL = 0.25  # a peer past its quota or expiry is cut off within this (plus IPC)
 # How often leases a busy lock kept in memory are written again.
 LEASE_FLUSH_INTERVAL = 2.0
@@ -162,6 +164,7 @@ class Router:
         self.queue: FlowQueues[ipc.Channel] = FlowQueues()  # read from the TUN, not yet sent
         self._dispatching = False  # a turn of `_dispatch_turn` is scheduled
         self._held: asyncio.TimerHandle | None = None  # the next look at links without room
+        self._held_for = LINK_POLL  # after how long
         self.manifest: SignedManifest | None = None
         self.gate = Gate()
         self.refused_since: dict[str, float] = {}  # when the gate refused each peer (Unix time)
@@ -555,7 +558,7 @@ class Router:
             self._held.cancel()
             self._held = None
         now = time.monotonic()
-        more = held = False
+        more = held = served = False
         for outlet, queue in self.queue.queues.items():
             if not queue:
                 continue
@@ -563,6 +566,7 @@ class Router:
             if room <= 0:
                 held = True
                 continue
+            served = True
             # One frame per transport for all its peers (ipc.Channel.send_packets); a session
             # that moved to another link meanwhile is sent on its new one.
             by_link: dict[ipc.Channel, list[tuple[str, list[bytes]]]] = {}
@@ -576,7 +580,9 @@ class Router:
             self._dispatching = True
             asyncio.get_running_loop().call_soon(self._dispatch_turn)
         elif held:  # or sooner, on the next TUN read or packets from a transport
-            self._held = asyncio.get_running_loop().call_later(LINK_POLL, self._dispatch_turn)
+            self._held_for = LINK_POLL if served else min(2 * self._held_for, LINK_POLL_LIMIT)
+            self._held = asyncio.get_running_loop().call_later(self._held_for,
+                                                               self._dispatch_turn)
 
     # -- cluster: what the heartbeat publishes -------------------------------------------
     def live_transports(self) -> set[str]:

@@ -150,6 +150,38 @@ def test_a_link_with_a_backlog_unread_gets_nothing_more_and_holds_back_no_other_
     asyncio.run(scenario())
 
 
+def test_a_link_that_stays_full_is_looked_at_less_and_less_often(
+        tmp_path: Path) -> None:
+    """A transport that stopped reading costs the router a few wakeups a second, not one
+    every LINK_POLL."""
+    config = router_config(tmp_path, RegisteredPeer("bob", b"b" * 32, address_v4="10.77.0.3"))
+    looks = 0
+
+    async def scenario() -> None:
+        router = new_router(config)
+        udp = FakeTransport()
+        router.transports[udp] = "udp"  # type: ignore[index]
+        claim(router, udp, "bob")
+
+        def unread() -> int:
+            nonlocal looks
+            looks += 1
+            return router_main.LINK_BYTES
+
+        udp.unread_by_peer = unread  # type: ignore[method-assign]
+        with tun_pair() as (tun, kernel):
+            router.tun = tun
+            kernel.send(PLAIN + ipv4("10.77.0.1", "10.77.0.3", bytes(1400)))
+            udp.frames.clear()
+            router._tun_readable()
+            await asyncio.sleep(0.2)  # 400 looks at one every LINK_POLL
+            router.tun = None
+        assert sent_packets(udp) == []
+
+    asyncio.run(scenario())
+    assert 2 < looks <= 12
+
+
 def sent_packets(transport: FakeTransport) -> list[bytes]:
     return [p for f in transport.frames if isinstance(f, Packets) for _, ps in f.batches
             for p in ps]
