@@ -10,7 +10,9 @@ packet by its destination connection id, read straight from the header.
 
 Python pays per call, so the data path moves bursts: everything one socket read returns is fed
 to qh3 first, then each connection's WireGuard messages go to the hub in one call, and each
-connection packs and sends what is due (acknowledgements, replies) in one `transmit`.
+connection that queued replies sends them with what is due (acknowledgements) in one
+`transmit`. An authenticated connection's acknowledgements alone wait a little for a message
+to carry them (`QuicLink.acknowledge`).
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ class QuicCarrier:
         self.dropped = 0  # DATAGRAM frames not queued: queue full or message too large
         # The local address the datagram being handled was sent to.
         self.local_address: str | None = None
-        # Connections with received packets or queued messages in this burst (ordered set).
+        # Connections with messages queued (or a close) in this burst (ordered set).
         self.touched: dict[ServerConnection, None] = {}
         self._by_cid: dict[bytes, ServerConnection] = {}
         self._by_link: dict[QuicLink, ServerConnection] = {}
@@ -167,6 +169,7 @@ class QuicCarrier:
     # -- data path ------------------------------------------------------------------------
     def _burst(self, burst: Burst) -> None:
         touched = self.touched
+        received: dict[ServerConnection, None] = {}
         self._receiving = True
         try:
             for datagrams, source, local in burst:
@@ -191,14 +194,22 @@ class QuicCarrier:
                     if connection.link in self._by_link:  # not closed to make room meanwhile
                         connection.link.local_address = local
                         connection.link.receive(share, source)
-                        touched[connection] = None
-            for connection in list(touched):
+                        received[connection] = None
+            for connection in list(received):
                 self._take_events(connection)
         finally:
             self._receiving = False
         self.touched = {}
         for connection in touched:
             connection.link.transmit()
+        for connection in received:
+            if connection in touched:
+                continue
+            # The QUIC and WireGuard handshakes go at once: the client waits for each step.
+            if connection in self.unauthenticated:
+                connection.link.transmit()
+            else:
+                connection.link.acknowledge()
 
     def handle_events(self, link: QuicLink) -> None:
         """Events a timer produced (idle timeout, the end of closing)."""
@@ -223,6 +234,7 @@ class QuicCarrier:
             elif isinstance(event, StreamDataReceived):
                 connection.link.quic.close(error_code=QuicErrorCode.PROTOCOL_VIOLATION,
                                            reason_phrase="aura/1 carries DATAGRAM frames only")
+                self.touched[connection] = None  # the close leaves with this burst
             elif isinstance(event, ConnectionTerminated):
                 self._forget(connection, event)
         if batch:

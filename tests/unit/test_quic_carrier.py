@@ -5,6 +5,7 @@ address the client wrote to, bulk traffic in both directions, and clean closes."
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -230,6 +231,7 @@ def test_bulk_messages_both_ways(keys: Keys) -> None:
 
 
 def recording_sizes(send: Callable[..., None], sizes: list[int]) -> Callable[..., None]:
+    @functools.wraps(send)
     def recorded(datagrams: Sequence[bytes], *args: Any) -> None:
         sizes.extend(map(len, datagrams))
         send(datagrams, *args)
@@ -318,5 +320,79 @@ def test_messages_before_the_quic_handshake_are_dropped(keys: Keys) -> None:
             await opening
         client.close()
         silent.close()
+
+    run(scenario)
+
+
+def test_an_acknowledgement_waits_for_a_reply_to_carry_it(keys: Keys) -> None:
+    """Two full-sized packets make qh3 owe an acknowledgement at once. Once the tunnel is up,
+    each end holds it for the reply the flows inside send back, so one packet carries both;
+    with no reply it still leaves, alone."""
+    two = [ipv4_packet(bytes(TUNNEL_MTU - 20))] * 2
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        async with quic_server(keys, QuicConfig()) as (carrier, port):
+            hub, client = carrier.hub, QuicClient(keys.client_config())
+            initiator = Counting(keys)
+            # (messages delivered, then what to do) for the client's side
+            on_deliver: list[tuple[int, Callable[[], None]]] = []
+
+            def deliver(datagrams: list[bytes]) -> None:
+                initiator.deliver(datagrams)
+                if on_deliver and initiator.received >= on_deliver[0][0]:
+                    loop.call_soon(on_deliver.pop()[1])  # before any timer falls due
+
+            await client.open("127.0.0.1", port, deliver)
+            await initiator.handshake(client)
+            assert client._keepalive is not None and client._socket is not None
+            client._keepalive.cancel()  # its pings would be acknowledged too
+            await asyncio.sleep(0.2)  # the handshake's acknowledgements have left
+            peer = next(iter(hub.device.peers))
+            hub_received = hub.received
+
+            def server_replies(datagrams: Any, source: Any) -> None:
+                hub_received(datagrams, source)
+                server_got.extend(datagrams)
+                if len(server_got) >= 2:
+                    hub.received = hub_received  # type: ignore[method-assign]
+                    loop.call_soon(reply, lambda: server_sends_packet(carrier))
+
+            sent: list[int] = []
+            before_reply: list[int] = []
+            server_got: list[bytes] = []
+
+            def reply(send: Callable[[], None]) -> None:
+                before_reply.append(len(sent))
+                send()
+
+            for sock, upload in ((carrier.socket, True), (client._socket, False)):
+                sock.send = recording_sizes(sock.send, sent)  # type: ignore[method-assign]
+                # a burst answered at once
+                if upload:
+                    hub.received = server_replies  # type: ignore[method-assign]
+                    initiator.handle(initiator.device.send(initiator.peer, two,
+                                                           time.monotonic()))
+                else:
+                    on_deliver.append((initiator.received + 2, lambda: reply(
+                        lambda: initiator.handle(initiator.device.send(
+                            initiator.peer, [ipv4_packet()], time.monotonic())))))
+                    hub._handle(hub.device.send(peer, two, time.monotonic()))
+                await asyncio.sleep(0.1)
+                assert before_reply == [0], "an acknowledgement left alone before the reply"
+                assert len(sent) == 1, "the reply did not carry the acknowledgement"
+                # a burst nobody answers
+                sent.clear()
+                before_reply.clear()
+                if upload:
+                    initiator.handle(initiator.device.send(initiator.peer, two,
+                                                           time.monotonic()))
+                else:
+                    hub._handle(hub.device.send(peer, two, time.monotonic()))
+                await asyncio.sleep(0.1)
+                assert len(sent) == 1 and sent[0] < 64, "no acknowledgement left alone"
+                sent.clear()
+                sock.send = sock.send.__wrapped__  # type: ignore[attr-defined, method-assign]
+            client.close()
 
     run(scenario)

@@ -8,6 +8,8 @@ more) or the server closing the connection is reported at once.
 Like the server, the carrier works in bursts: every QUIC packet one socket read returns is
 fed to qh3, the WireGuard messages they carried go to the client in one `deliver` call,
 and then one `transmit` sends the acknowledgements and whatever the client queued meanwhile.
+Once connected, a burst that queued nothing leaves its acknowledgements to ride with the next
+message (`QuicLink.acknowledge`).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class Carrier(CarrierLifecycle):
         self._socket: DatagramSocket | None = None
         self._link: QuicLink | None = None
         self._receiving = False
+        self._queued = False  # messages were queued while a burst was handled
         self._keepalive: asyncio.Task[None] | None = None
         self._connected: asyncio.Future[None] | None = None
         self._pings: dict[int, asyncio.Future[None]] = {}
@@ -110,15 +113,21 @@ class Carrier(CarrierLifecycle):
         link = self._link
         if link is None:
             return
-        self._receiving = True
+        # The burst that completes the QUIC handshake answers at once, as do those before it.
+        connected = self._connected is not None and self._connected.done()
+        self._receiving, self._queued = True, False
         try:
             for datagrams, source, _local in burst:
                 link.receive(datagrams, source)
             self._take_events(link)
         finally:
             self._receiving = False
-        if self._link is link:  # not broken meanwhile
+        if self._link is not link:  # broken meanwhile
+            return
+        if self._queued or not connected:
             link.transmit()
+        else:
+            link.acknowledge()
 
     def _timer_events(self, link: QuicLink) -> None:
         if self._link is link:
@@ -173,6 +182,7 @@ class Carrier(CarrierLifecycle):
         if link is not None:
             # while a burst is handled, they leave with its acknowledgements
             self.dropped += link.send(datagrams, now=not self._receiving)
+            self._queued = self._queued or self._receiving
 
     def broken(self, reason: str) -> None:
         if self._connected is not None and not self._connected.done():
