@@ -25,7 +25,8 @@
    QUIC), write one more function and list it in FLOODS.
 4. TCP and QUIC floods (aura_lab/stream_flood.py): a second server with both transports, an
    Aura client pinned to each; each function below floods one transport, and the result is
-   that transport's client's iperf3 upload under the flood over just before it.
+   that transport's client's iperf3 upload under the flood over just before it. A control
+   that starts the generator and opens nothing gives the noise floor of those ratios.
 
 The flood generator shares the machine with the server and the client (on two cores, with
 both of them): it builds every datagram before it starts and hands the kernel a batch per
@@ -372,6 +373,13 @@ def quic_handshakes_from_20_addresses(setup: StreamSetup, seconds: float
                           "--sources", "20")
 
 
+def quic_control_without_connections(setup: StreamSetup, seconds: float
+                                     ) -> tuple[subprocess.Popen[bytes], Path]:
+    """No flood: the generator starts and opens nothing. Its ratio is the noise floor of
+    the floods' ratios on this machine (two adjacent runs of the same upload)."""
+    return stream_flooder(setup, "quic-many-ports", seconds, "--connections", "0")
+
+
 StreamFlood = Callable[[StreamSetup, float], tuple[subprocess.Popen[bytes], Path]]
 STREAM_FLOODS: list[StreamFlood] = [
     tcp_dribbled_hellos_from_10_addresses,
@@ -379,6 +387,7 @@ STREAM_FLOODS: list[StreamFlood] = [
     tcp_unfinished_tls_from_30_addresses,
     quic_handshakes_from_one_port,
     quic_handshakes_from_20_addresses,
+    quic_control_without_connections,
 ]
 
 
