@@ -60,6 +60,36 @@ log = logging.getLogger("aura-quic")
 # handshake and a few initiations take 5 to 10 KiB. It also bounds what qh3 buffers for such
 # a connection (out-of-order CRYPTO data).
 MAX_UNAUTHENTICATED_BYTES = 64 << 10
+# New connections one source address may open a second, after a burst of
+# `max_pending_per_source`: a proven address that closes its connections and opens new ones
+# would otherwise cost a full QUIC handshake (about 1 ms) each, dozens a second.
+NEW_CONNECTIONS_PER_SECOND = 4.0
+# Source addresses whose rate is remembered (about 200 bytes each); the one seen longest ago
+# is forgotten first and comes back with a full burst.
+RATE_TABLE_SIZE = 4096
+
+
+class SourceRate:
+    """Token buckets of new connections per source address: `rate` a second, at most
+    `burst` saved, `size` sources remembered."""
+
+    def __init__(self, rate: float, burst: int, size: int = RATE_TABLE_SIZE) -> None:
+        self.rate, self.burst, self.size = rate, burst, size
+        self._buckets: dict[str, tuple[float, float]] = {}  # host -> (tokens, when), oldest first
+
+    def _tokens(self, host: str, now: float) -> float:
+        tokens, when = self._buckets.get(host, (self.burst, now))
+        return min(self.burst, tokens + (now - when) * self.rate)
+
+    def allows(self, host: str, now: float) -> bool:
+        return self._tokens(host, now) >= 1
+
+    def take(self, host: str, now: float) -> None:
+        tokens = self._tokens(host, now) - 1
+        self._buckets.pop(host, None)
+        self._buckets[host] = (tokens, now)
+        if len(self._buckets) > self.size:
+            del self._buckets[next(iter(self._buckets))]
 
 
 def server_configuration(settings: QuicConfig, cert_file: str, key_file: str
@@ -130,8 +160,9 @@ class QuicCarrier:
     counted one by one (a client may open many from one UDP port). A connection is
     unauthenticated until a WireGuard handshake with a known peer completes over it; it is
     closed if that takes longer than `handshake_timeout` or MAX_UNAUTHENTICATED_BYTES. Beyond
-    `max_pending_per_source` unauthenticated connections from one IP address, a packet that
-    would open another is dropped before qh3 spends anything on it; at `max_connections`
+    `max_pending_per_source` unauthenticated connections from one IP address, or past
+    NEW_CONNECTIONS_PER_SECOND new ones from it (after a burst of as many as that), a packet
+    that would open another is dropped before qh3 spends anything on it; at `max_connections`
     the oldest unauthenticated connection is closed to admit a new one (refused only when all
     are authenticated).
     """
@@ -155,6 +186,7 @@ class QuicCarrier:
         self._by_link: dict[QuicLink, ServerConnection] = {}
         self._by_address: dict[Endpoint, ServerConnection] = {}
         self._retry = RetryTokens()
+        self._rate = SourceRate(NEW_CONNECTIONS_PER_SECOND, settings.max_pending_per_source)
         self._receiving = False
         self._log = RateLimitedLog(log)
 
@@ -317,6 +349,7 @@ class QuicCarrier:
         # A live connection that migrated away may still hold this address; the newcomer
         # takes it, and the older one's replies are dropped until its client re-handshakes.
         self._by_address[address] = connection
+        self._rate.take(address[0], self._now())
         self._hold_unauthenticated(connection)
         return connection
 
@@ -327,6 +360,9 @@ class QuicCarrier:
         if self._unauthenticated_by_host.get(host, 0) >= settings.max_pending_per_source:
             return (f"{settings.max_pending_per_source} QUIC connections from this address "
                     "without a WireGuard handshake")
+        if not self._rate.allows(host, self._now()):
+            return (f"more than {NEW_CONNECTIONS_PER_SECOND:.0f} new QUIC connections a second "
+                    "from this address")
         if self.connections >= settings.max_connections and not self.unauthenticated:
             return f"{settings.max_connections} QUIC connections open, all authenticated"
         return None

@@ -17,7 +17,11 @@ from qh3.quic.packet import SMALLEST_MAX_DATAGRAM_SIZE, pull_quic_header
 from aura_common.config import QuicConfig
 from aura_common.quic.link import CONNECTION_ID_LENGTH, datagram_configuration
 from services.client.carriers.quic import Carrier as QuicClient
-from services.quic.carrier import MAX_UNAUTHENTICATED_BYTES
+from services.quic.carrier import (
+    MAX_UNAUTHENTICATED_BYTES,
+    NEW_CONNECTIONS_PER_SECOND,
+    SourceRate,
+)
 from tests.unit.carrier_kit import Initiator, Keys, keys, quic_server, run
 
 __all__ = ["keys"]
@@ -202,3 +206,85 @@ def test_version_negotiation_answers_only_datagrams_that_could_open_a_connection
                 assert negotiation is not None and negotiation[1:5] == bytes(4)
 
     run(scenario)
+
+
+class Churn(asyncio.DatagramProtocol):
+    """One connection at a time from one address: each closed as soon as its QUIC handshake
+    completes and the next opened at once."""
+
+    def __init__(self, server: tuple[str, int]) -> None:
+        self.server = server
+        self.handshakes = 0
+        self.transport: asyncio.DatagramTransport | None = None
+        self.quic: QuicConnection | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.open()
+
+    def open(self) -> None:
+        configuration = datagram_configuration(is_client=True, idle_timeout=10)
+        configuration.verify_mode = ssl.CERT_NONE
+        self.quic = QuicConnection(configuration=configuration)
+        self.quic.connect(self.server, now=asyncio.get_running_loop().time())
+        self.flush()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        assert self.quic is not None
+        self.quic.receive_datagram(data, addr, now=asyncio.get_running_loop().time())
+        self.flush()
+
+    def flush(self) -> None:
+        assert self.quic is not None and self.transport is not None
+        for data, addr in self.quic.datagrams_to_send(now=asyncio.get_running_loop().time()):
+            self.transport.sendto(data, addr)
+        while (event := self.quic.next_event()) is not None:
+            if isinstance(event, HandshakeCompleted):
+                self.handshakes += 1
+                self.quic.close()
+                self.flush()
+                self.open()
+                return
+
+    async def run(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while loop.time() < end:
+            assert self.quic is not None
+            timer = self.quic.get_timer()
+            if timer is not None and timer <= loop.time():
+                self.quic.handle_timer(now=loop.time())
+                self.flush()
+            await asyncio.sleep(0.01)
+
+
+def test_new_connections_are_rate_limited_per_source_address(keys: Keys) -> None:
+    # A proven address that closes each connection and opens the next: before, a full QUIC
+    # handshake each, as fast as the round trips went (about 30 a second one at a time).
+    async def scenario() -> None:
+        settings = QuicConfig()
+        async with quic_server(keys, settings) as (_, port):
+            churn = Churn(("127.0.0.1", port))
+            await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: churn, local_addr=("127.0.0.3", 0))
+            await churn.run(3.0)
+            limit = settings.max_pending_per_source + 3.0 * NEW_CONNECTIONS_PER_SECOND + 1
+            assert settings.max_pending_per_source <= churn.handshakes <= limit, churn.handshakes
+            other = await open_from_one_port(port, 1, seconds=1)
+            assert len(other.established) == 1  # another address has its own allowance
+            for clients in (churn, other):
+                assert clients.transport is not None
+                clients.transport.close()
+
+    run(scenario)
+
+
+def test_the_source_rate_table_is_bounded() -> None:
+    rate = SourceRate(1.0, 2, size=3)
+    for n in range(5):
+        rate.take(f"192.0.2.{n}", now=0.0)
+    assert len(rate._buckets) == 3
+    rate.take("192.0.2.4", now=0.0)
+    assert not rate.allows("192.0.2.4", now=0.0)
+    assert rate.allows("192.0.2.4", now=1.0)
+    assert rate.allows("192.0.2.0", now=0.0)  # forgotten: a full burst again
