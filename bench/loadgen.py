@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import select
 import socket
 import struct
 import time
@@ -112,33 +111,11 @@ class Generator:
     initiators: list[Initiator] = field(default_factory=list)
     cookie_replies: int = 0
     handshake_times: list[float] = field(default_factory=list)
-    _poller: select.epoll = field(default_factory=select.epoll)
-    _by_fd: dict[int, Initiator] = field(default_factory=dict)
-
-    def add(self, initiator: Initiator) -> None:
-        self.initiators.append(initiator)
-        self._by_fd[initiator.sock.fileno()] = initiator
-        self._poller.register(initiator.sock.fileno(), select.EPOLLIN)
-
-    def close(self) -> None:
-        for initiator in self.initiators:
-            initiator.sock.close()
-        self._poller.close()
-
-    @property
-    def poller(self) -> int:
-        """One descriptor that is readable while any peer's socket is."""
-        return self._poller.fileno()
-
-    def drain(self) -> None:
-        """One datagram from every peer socket that has one, found by one epoll call: the
-        event loop's selector would run a callback, with its Python, per socket. A peer gets
-        about one reply at a time; one left waiting is read by the next call."""
-        by_fd = self._by_fd
-        for fd, _ in self._poller.poll(0):
-            self.readable(by_fd[fd])
 
     def readable(self, initiator: Initiator) -> None:
+        # One datagram per wakeup: a peer gets about one reply at a time, and the selector
+        # (level-triggered) reports the socket again if more wait, so no second receive
+        # call is spent to learn that the socket is empty.
         try:
             datagram = initiator.sock.recv(65535)
         except (BlockingIOError, ConnectionError):
@@ -230,16 +207,10 @@ class Generator:
         sent, carry = 0, 0.0
         for initiator in self.initiators:
             initiator.echo = echo_request(initiator.address, self.target, initiator.index, 1)
-        # Replies are read once per slot, not at each wakeup the server's sends would cause:
-        # what this process spends per echo is the bench's to keep small (it shares the cores
-        # with the server), and a reply read 10 ms later is counted the same.
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(self.poller)
         start, cpu_start = time.monotonic(), time.process_time()
         cursor = 0
         slot = 0
         while time.monotonic() - start < seconds:
-            self.drain()
             slot += 1
             carry += per_slot_cycle
             now = time.monotonic()
@@ -250,10 +221,10 @@ class Generator:
                 self.handle(initiator, initiator.device.send(initiator.peer, [initiator.echo],
                                                              now))
                 sent += 1
+            # Always yield: the replies must be read even when sending runs late.
             await asyncio.sleep(max(start + slot * SEND_SLOT - time.monotonic(), 0))
         elapsed = time.monotonic() - start
         cpu = time.process_time() - cpu_start  # this process's user + system time
-        loop.add_reader(self.poller, self.drain)
         await asyncio.sleep(2.0)  # the last replies
         received = sum(i.replies for i in self.initiators)
         # The monotonic clock is the machine's, so the bench can tell what overlapped.
@@ -277,8 +248,9 @@ async def main_async(peers_file: Path, result_file: Path, rate: float, seconds: 
                                preshared_key=bytes.fromhex(psk) if psk else None)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         sock.connect(server)
-        generator.add(Initiator(index + 1, entry["address"], device, peer, sock))
-    loop.add_reader(generator.poller, generator.drain)
+        initiator = Initiator(index + 1, entry["address"], device, peer, sock)
+        generator.initiators.append(initiator)
+        loop.add_reader(sock.fileno(), generator.readable, initiator)
     ticker = loop.create_task(generator.tick_forever())
     try:
         connect = await generator.connect()
@@ -289,8 +261,9 @@ async def main_async(peers_file: Path, result_file: Path, rate: float, seconds: 
         ramp = await generator.ramp()
     finally:
         ticker.cancel()
-        loop.remove_reader(generator.poller)
-        generator.close()
+        for initiator in generator.initiators:
+            loop.remove_reader(initiator.sock.fileno())
+            initiator.sock.close()
     return {"connect": connect, "steady": steady, "ramp": ramp}
 
 
