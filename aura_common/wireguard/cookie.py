@@ -222,6 +222,12 @@ class Load:
         return now < self._until
 
 
+# Host texts -> `RateLimiter.key`: a flood's few thousand sources are parsed once each, not
+# per message. Bounded: emptied when full.
+SOURCE_KEYS_KEPT = 8192
+_source_keys: dict[str, bytes] = {}
+
+
 class RateLimiter:
     """A token bucket per source (IPv4 address, IPv6 /64), for sources a mac2 has proven.
 
@@ -239,8 +245,16 @@ class RateLimiter:
 
     @staticmethod
     def key(host: str) -> bytes:
-        packed = source_ip(host)
-        return packed if len(packed) == 4 else packed[:8]
+        """The source `host` is counted as: its IPv4 address, or its IPv6 /64. Kept per host
+        text, since a carrier asks for every handshake message of a flood it reads."""
+        key = _source_keys.get(host)
+        if key is None:
+            packed = source_ip(host)
+            key = packed if len(packed) == 4 else packed[:8]
+            if len(_source_keys) >= SOURCE_KEYS_KEPT:
+                _source_keys.clear()
+            _source_keys[host] = key
+        return key
 
     def allow(self, host: str, now: float) -> bool:
         key = self.key(host)

@@ -19,11 +19,13 @@ from aura_common.wireguard import (
     HandshakeRequested,
     Received,
     Transmit,
+    cookie,
     generate_private_key,
     public_key,
 )
 from aura_common.wireguard.constants import REKEY_TIMEOUT
 from aura_common.wireguard.cookie import (
+    SOURCE_KEYS_KEPT,
     CookiePacer,
     Load,
     RateLimiter,
@@ -369,6 +371,12 @@ def test_rate_limiter_burst_then_the_rate() -> None:
     assert limiter.allow("10.0.0.2", 0.05)  # another address has its own bucket
 
 
+def test_source_keys_kept_for_a_flood_are_bounded() -> None:
+    for n in range(SOURCE_KEYS_KEPT + 10):
+        assert RateLimiter.key(f"2001:db8:{n:x}::1") == bytes.fromhex(f"20010db8{n:04x}0000")
+    assert 0 < len(cookie._source_keys) <= SOURCE_KEYS_KEPT
+
+
 def test_rate_limiter_keys_ipv4_by_address_and_ipv6_by_64() -> None:
     key = RateLimiter.key
     assert key("::ffff:192.0.2.1") == key("192.0.2.1") == bytes([192, 0, 2, 1])
@@ -425,6 +433,7 @@ def test_rate_limiter_forgets_idle_sources_and_evicts_the_least_recent_when_full
 
 def test_rate_limiter_table_is_bounded_in_entries_and_bytes() -> None:
     limiter = RateLimiter()
+    cookie._source_keys.clear()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
@@ -434,7 +443,8 @@ def test_rate_limiter_table_is_bounded_in_entries_and_bytes() -> None:
     finally:
         tracemalloc.stop()
     assert len(limiter) == RATE_LIMIT_TABLE_SIZE
-    assert held < RATE_LIMIT_TABLE_SIZE * 320, held  # about 1.2 MiB at most
+    # About 1.2 MiB at most, and the source keys kept (about half a MiB when full).
+    assert held < RATE_LIMIT_TABLE_SIZE * 320 + SOURCE_KEYS_KEPT * 80, held
 
 
 def test_cookie_pacer_is_bounded_in_entries_and_bytes() -> None:
